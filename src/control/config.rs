@@ -1,0 +1,314 @@
+//! The daemon's configuration: a JSON file, or the embedded default.
+//!
+//! Unknown keys are refused (serde `deny_unknown_fields`) and every error names
+//! the path of the offending key (`vnics[1].mtu`), so a typo never silently
+//! falls back to a default. `schemas/config.schema.json` describes the same
+//! format; a test keeps the two in step.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::packet::wire::MacAddr;
+use crate::vnic::SocketRole;
+
+/// Where sockets go when a vNIC names none.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/snapnet";
+
+pub const MIN_MTU: u16 = 68;
+pub const MAX_MTU: u16 = 9000;
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for sockets of vNICs that give no `socket`.
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
+    #[serde(default)]
+    pub vnics: Vec<VnicConfig>,
+    #[serde(default = "default_groups")]
+    pub groups: Vec<GroupConfig>,
+    /// Group that runs the switch engine (default: the first group).
+    #[serde(default)]
+    pub switch_group: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VnicConfig {
+    pub name: String,
+    /// Socket path (default: `<runtime_dir>/<name>.sock`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub role: SocketRole,
+    #[serde(with = "mac_string")]
+    pub mac: MacAddr,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    #[serde(default = "default_queue_pairs")]
+    pub queue_pairs: u16,
+    /// Group that runs this vNIC's engines (default: the first group).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Pinned threads that busy-poll their engines.
+    Dedicated,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub policy: Policy,
+    /// Threads of the group.
+    #[serde(default = "default_threads")]
+    pub threads: u16,
+    /// CPUs the threads are pinned to (empty: not pinned).
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+}
+
+fn default_runtime_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_RUNTIME_DIR)
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_queue_pairs() -> u16 {
+    1
+}
+fn default_threads() -> u16 {
+    1
+}
+fn default_groups() -> Vec<GroupConfig> {
+    vec![GroupConfig {
+        name: "default".into(),
+        policy: Policy::Dedicated,
+        threads: 1,
+        cpus: Vec::new(),
+    }]
+}
+
+mod mac_string {
+    use super::MacAddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&m.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The embedded default: two vNICs, one dedicated thread, no uplink.
+pub const EMBEDDED_DEFAULT: &str = r#"{
+  "runtime_dir": "/run/snapnet",
+  "vnics": [
+    { "name": "vnic0", "mac": "52:54:00:5a:00:01", "mtu": 1500, "queue_pairs": 1 },
+    { "name": "vnic1", "mac": "52:54:00:5a:00:02", "mtu": 1500, "queue_pairs": 1 }
+  ],
+  "groups": [
+    { "name": "default", "policy": "dedicated", "threads": 1 }
+  ]
+}"#;
+
+impl Config {
+    /// Parses and validates a config document.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    pub fn embedded_default() -> Self {
+        Self::from_json(EMBEDDED_DEFAULT).expect("the embedded default is valid")
+    }
+
+    /// The socket path of a vNIC.
+    pub fn socket_path(&self, v: &VnicConfig) -> PathBuf {
+        v.socket
+            .clone()
+            .unwrap_or_else(|| self.runtime_dir.join(format!("{}.sock", v.name)))
+    }
+
+    /// Checks what the types cannot: ranges, uniqueness, references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.groups.is_empty() {
+            return Err(invalid("groups", "at least one engine group is needed"));
+        }
+        let mut group_names = HashSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            let at = |k: &str| format!("groups[{i}].{k}");
+            check_name(&g.name, &at("name"))?;
+            if !group_names.insert(g.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("group name '{}' is used twice", g.name),
+                ));
+            }
+            if g.threads == 0 || g.threads > 256 {
+                return Err(invalid(
+                    at("threads"),
+                    format!("{} is not in 1..=256", g.threads),
+                ));
+            }
+            let ncpu = std::thread::available_parallelism().map_or(1024, |n| n.get().max(1024));
+            if let Some(c) = g.cpus.iter().find(|c| **c >= ncpu) {
+                return Err(invalid(at("cpus"), format!("CPU {c} does not exist")));
+            }
+        }
+        let known_group = |name: &Option<String>, at: String| match name {
+            Some(n) if !group_names.contains(n.as_str()) => {
+                Err(invalid(at, format!("no engine group named '{n}'")))
+            }
+            _ => Ok(()),
+        };
+        known_group(&self.switch_group, "switch_group".into())?;
+        let (mut names, mut macs, mut sockets) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for (i, v) in self.vnics.iter().enumerate() {
+            let at = |k: &str| format!("vnics[{i}].{k}");
+            check_name(&v.name, &at("name"))?;
+            if !names.insert(v.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("vNIC name '{}' is used twice", v.name),
+                ));
+            }
+            if v.mac.is_group() || v.mac.0 == [0; 6] {
+                return Err(invalid(
+                    at("mac"),
+                    format!("{} is not a unicast address", v.mac),
+                ));
+            }
+            if !macs.insert(v.mac) {
+                return Err(invalid(at("mac"), format!("MAC {} is used twice", v.mac)));
+            }
+            if !(MIN_MTU..=MAX_MTU).contains(&v.mtu) {
+                return Err(invalid(
+                    at("mtu"),
+                    format!("{} is not in {MIN_MTU}..={MAX_MTU}", v.mtu),
+                ));
+            }
+            if v.queue_pairs == 0 || v.queue_pairs > MAX_QUEUE_PAIRS {
+                return Err(invalid(
+                    at("queue_pairs"),
+                    format!("{} is not in 1..={MAX_QUEUE_PAIRS}", v.queue_pairs),
+                ));
+            }
+            if !sockets.insert(self.socket_path(v)) {
+                return Err(invalid(
+                    at("socket"),
+                    format!("socket {} is used twice", self.socket_path(v).display()),
+                ));
+            }
+            known_group(&v.group, at("group"))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            at,
+            format!("'{name}' is not a name (1-32 of A-Z a-z 0-9 - _ .)"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(doc: &str) -> String {
+        Config::from_json(doc).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_two_vnics_one_dedicated_thread() {
+        let c = Config::embedded_default();
+        assert_eq!(c.vnics.len(), 2);
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].threads, 1);
+        assert_eq!(
+            c.socket_path(&c.vnics[1]),
+            PathBuf::from("/run/snapnet/vnic1.sock")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = err(r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","mtuu":1500}]}"#);
+        assert!(e.contains("vnics[0]") && e.contains("mtuu"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","mtu":70000}]}"#);
+        assert!(e.contains("vnics[0].mtu"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","mtu":10}]}"#);
+        assert!(e.contains("vnics[0].mtu") && e.contains("68"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"nope"}]}"#);
+        assert!(e.contains("vnics[0].mac") && e.contains("nope"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","role":"peer"}]}"#);
+        assert!(e.contains("vnics[0].role"), "{e}");
+        let e = err(
+            r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01"},{"name":"b","mac":"02:00:00:00:00:01"}]}"#,
+        );
+        assert!(e.contains("vnics[1].mac") && e.contains("twice"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","group":"fast"}]}"#);
+        assert!(e.contains("vnics[0].group") && e.contains("fast"), "{e}");
+        let e = err(r#"{"groups":[{"name":"g","policy":"dedicated","threads":0}]}"#);
+        assert!(e.contains("groups[0].threads"), "{e}");
+        let e = err(r#"{"bogus":1}"#);
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(r#"{"vnics":[{"name":"a","mac":"01:00:00:00:00:01"}]}"#);
+        assert!(e.contains("unicast"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The control side: configuration and building the daemon from it.
+
+pub mod config;
+pub mod daemon;
+pub mod signals;
+
+pub use config::{Config, ConfigError};
+pub use daemon::{Daemon, DaemonError};

@@ -1,0 +1,57 @@
+//! A doorbell: an eventfd that is only written when its owner sleeps.
+//!
+//! The producer side costs one atomic load per batch while the consumer is
+//! awake; the eventfd write (a syscall) happens only to wake a sleeper.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub struct Doorbell {
+    fd: EventFd,
+    sleeping: AtomicBool,
+}
+
+impl Doorbell {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            fd: EventFd::new(EFD_NONBLOCK)?,
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Producer: call after publishing work.
+    #[inline]
+    pub fn ring(&self) {
+        // Pairs with the fence in `arm`: either the sleeper sees our work when
+        // it re-checks, or we see it sleeping and write the eventfd.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            let _ = self.fd.write(1);
+        }
+    }
+
+    /// Consumer: about to sleep. Re-check for work after this returns.
+    pub fn arm(&self) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Consumer: awake again; drains a pending wake-up.
+    pub fn disarm(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
+        let _ = self.fd.read();
+    }
+
+    /// Wakes the consumer unconditionally (control-plane use).
+    pub fn wake(&self) {
+        let _ = self.fd.write(1);
+    }
+}
+
+impl AsRawFd for Doorbell {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,34 @@
+//! The engine abstraction (after Snap): a stateful, single-threaded unit of
+//! packet work that a scheduler polls, moves between threads, and puts to sleep.
+
+pub mod doorbell;
+pub mod mailbox;
+
+use std::os::fd::RawFd;
+
+pub use doorbell::Doorbell;
+pub use mailbox::{Mailbox, MailboxError, MailboxSender};
+
+/// What a scheduler needs from an engine.
+///
+/// `poll` never blocks. A policy that wants to sleep calls `arm`, which enables
+/// the engine's wake-up sources and re-checks for work: only when it returns
+/// `false` may the thread block on `wake_fds`; after waking it calls `disarm`.
+pub trait Engine: Send {
+    /// A name for logs and accounting (`vnic0/q0`, `switch`, ...).
+    fn name(&self) -> &str;
+
+    /// Does up to `budget` units of work (packets) and returns how many were
+    /// done; 0 means the engine found nothing to do.
+    fn poll(&mut self, budget: usize) -> usize;
+
+    /// File descriptors whose readability means "poll me".
+    fn wake_fds(&self) -> Vec<RawFd>;
+
+    /// Enables wake-ups, then re-checks; `true` means work arrived meanwhile
+    /// and the caller must poll instead of sleeping.
+    fn arm(&mut self) -> bool;
+
+    /// Back to polling mode: wake-ups off.
+    fn disarm(&mut self);
+}

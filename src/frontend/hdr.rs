@@ -1,0 +1,121 @@
+//! The virtio-net packet header and raw descriptors.
+
+/// `struct virtio_net_hdr_v1` (12 bytes, little-endian on the wire). Without VERSION_1 and
+/// without MRG_RXBUF the legacy header is the first 10 bytes (no `num_buffers`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct VirtioNetHdr {
+    /// `VIRTIO_NET_HDR_F_*`.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`.
+    pub gso_type: u8,
+    /// Length of the headers to replicate for GSO.
+    pub hdr_len: u16,
+    /// Segment size for GSO.
+    pub gso_size: u16,
+    /// Where checksumming starts (with `F_NEEDS_CSUM`).
+    pub csum_start: u16,
+    /// Where to store the checksum, relative to `csum_start`.
+    pub csum_offset: u16,
+    /// Number of merged RX buffers (MRG_RXBUF); set by the device.
+    pub num_buffers: u16,
+}
+
+impl VirtioNetHdr {
+    /// Size of the header with VERSION_1 or MRG_RXBUF.
+    pub const LEN: usize = 12;
+    /// Size of the legacy header without MRG_RXBUF.
+    pub const LEGACY_LEN: usize = 10;
+    /// `flags`: the checksum at csum_start/csum_offset must be computed.
+    pub const F_NEEDS_CSUM: u8 = 1;
+    /// `flags`: the checksum is known to be valid.
+    pub const F_DATA_VALID: u8 = 2;
+    /// `gso_type`: no segmentation.
+    pub const GSO_NONE: u8 = 0;
+    /// `gso_type`: TCP over IPv4.
+    pub const GSO_TCPV4: u8 = 1;
+    /// `gso_type`: UDP (UFO).
+    pub const GSO_UDP: u8 = 3;
+    /// `gso_type`: TCP over IPv6.
+    pub const GSO_TCPV6: u8 = 4;
+    /// `gso_type` bit: ECN.
+    pub const GSO_ECN: u8 = 0x80;
+
+    /// Wire representation.
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        b
+    }
+
+    /// Parses the first 10 or 12 bytes of `b` (`num_buffers` is 0 when `b` is shorter).
+    #[inline]
+    pub fn from_bytes(b: &[u8]) -> VirtioNetHdr {
+        let u = |i: usize| {
+            if b.len() >= i + 2 {
+                u16::from_le_bytes([b[i], b[i + 1]])
+            } else {
+                0
+            }
+        };
+        VirtioNetHdr {
+            flags: b.first().copied().unwrap_or(0),
+            gso_type: b.get(1).copied().unwrap_or(0),
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+            num_buffers: u(10),
+        }
+    }
+}
+
+/// A descriptor to write verbatim into a descriptor table (see `Frontend::tx_raw_chain`).
+///
+/// `addr` is a guest-physical address. `next` values smaller than the number of descriptors
+/// in the chain are positions in the slice passed to `tx_raw_chain`/`rx_raw_chain` and are
+/// translated to the real table index; larger values are written unchanged (to test
+/// out-of-range `next`). `flags` are written unchanged (`VRING_DESC_F_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawDesc {
+    /// Guest-physical buffer address.
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// `VRING_DESC_F_NEXT` (1) / `_WRITE` (2) / `_INDIRECT` (4).
+    pub flags: u16,
+    /// Next descriptor (see above).
+    pub next: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hdr_roundtrip() {
+        assert_eq!(std::mem::size_of::<VirtioNetHdr>(), 12);
+        let h = VirtioNetHdr {
+            flags: 1,
+            gso_type: 4,
+            hdr_len: 0x0102,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        let b = h.to_bytes();
+        assert_eq!(&b[2..4], &[2, 1]);
+        assert_eq!(VirtioNetHdr::from_bytes(&b), h);
+        let legacy = VirtioNetHdr::from_bytes(&b[..10]);
+        assert_eq!(legacy.num_buffers, 0);
+        assert_eq!(legacy.csum_offset, 16);
+    }
+}

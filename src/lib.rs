@@ -1,0 +1,15 @@
+//! snapnet: a userspace host-networking daemon for virtual machines, after Google's Snap.
+//!
+//! Where a packet goes, by module: a guest's `vnic` engine copies it from the
+//! guest's TX ring into a `packet` frame, hands the frame over a `packet::link` to
+//! the `switch` engine, which hands it to another vNIC engine (or the uplink) that
+//! copies it into the receiving guest's RX ring. Engines are `engine::Engine`s
+//! scheduled by `sched`; the `control` module builds them from the config.
+
+pub mod control;
+pub mod engine;
+pub mod frontend;
+pub mod packet;
+pub mod sched;
+pub mod switch;
+pub mod vnic;

@@ -1,0 +1,47 @@
+//! The frame handle: what engines pass to each other instead of bytes.
+
+/// Offload metadata from the virtio-net header, carried with the frame so that
+/// checksum and segmentation offload survive vNIC -> vNIC switching.
+///
+/// Field meanings are those of `struct virtio_net_hdr` (virtio 1.x, 5.1.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// `VIRTIO_NET_HDR_GSO_NONE`.
+    pub const GSO_NONE: u8 = 0;
+
+    /// True when the frame is a segmentation-offload super-frame.
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & 0x7f != Self::GSO_NONE
+    }
+}
+
+/// Owns one frame of the pool until it is handed on or freed.
+///
+/// Deliberately neither `Clone` nor `Copy`: exactly one handle exists per
+/// allocated frame, which is what lets [`super::FramePool::bytes_mut`] hand out
+/// a mutable view without a lock.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameHandle {
+    pub(super) index: u32,
+    /// Start of the packet within the frame (bytes before it are headroom).
+    pub offset: u16,
+    /// Packet length in bytes, from the Ethernet header on.
+    pub len: u32,
+    pub offload: Offload,
+}
+
+impl FrameHandle {
+    /// Index of the frame in its pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}

@@ -1,0 +1,13 @@
+//! Frames and how they move: the frame pool (the future AF_XDP UMEM), move-only
+//! frame handles with offload metadata, SPSC links between engines, and checked
+//! views of the wire formats the switch looks at.
+
+pub mod checksum;
+pub mod frame;
+pub mod link;
+pub mod pool;
+pub mod wire;
+
+pub use frame::{FrameHandle, Offload};
+pub use link::{link, LinkRx, LinkTx};
+pub use pool::{FrameCache, FramePool, PoolConfig, PoolError};

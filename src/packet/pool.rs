@@ -1,0 +1,339 @@
+//! The frame pool: one mmapped region of fixed-size frames.
+//!
+//! Two size classes live in the one region. The small class (4 KiB frames, the
+//! first part of the region) is what an AF_XDP UMEM registers: one frame per
+//! UMEM chunk, room for a 1500 B MTU plus 256 B headroom. The large class holds a
+//! guest's TSO/USO super-frame (up to 64 KiB) contiguously, so copy loops never
+//! walk a chain of frames; it never reaches the uplink unsegmented.
+//!
+//! Frames are handed out through per-engine [`FrameCache`]s that refill from and
+//! spill to the shared free lists in bulk, so an engine takes the pool lock once
+//! per [`BULK`] frames, never per packet (the DPDK mempool-cache design).
+
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use super::FrameHandle;
+
+/// Bytes before the packet in every frame: room for the virtio-net header on
+/// the vNIC side and for `XDP_PACKET_HEADROOM` on the AF_XDP side.
+pub const HEADROOM: u16 = 256;
+
+/// Frames moved between a cache and the shared free list at once.
+pub const BULK: usize = 64;
+
+/// Frames a cache holds at most before it spills a bulk back.
+const CACHE_MAX: usize = 4 * BULK;
+
+/// Largest packet a frame may need: 64 KiB GSO payload plus Ethernet/VLAN.
+pub const MAX_PACKET: usize = 65_535 + 14 + 4;
+
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("frame pool: mmap of {bytes} bytes failed: {source}")]
+    Mmap {
+        bytes: usize,
+        source: std::io::Error,
+    },
+    #[error("frame pool: {0}")]
+    Config(&'static str),
+}
+
+/// Sizes of the pool.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub frames: u32,
+    pub frame_size: u32,
+    pub large_frames: u32,
+    pub large_frame_size: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            frames: 16_384,
+            frame_size: 4096,
+            large_frames: 256,
+            large_frame_size: 69_632,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// A few frames, for unit tests.
+    pub fn small_for_tests() -> Self {
+        Self {
+            frames: 512,
+            frame_size: 4096,
+            large_frames: 8,
+            large_frame_size: 69_632,
+        }
+    }
+}
+
+/// The frame pool. Shared by every engine of the daemon.
+pub struct FramePool {
+    base: *mut u8,
+    bytes: usize,
+    frames: u32,
+    frame_size: usize,
+    large_frame_size: usize,
+    free_small: Mutex<Vec<u32>>,
+    free_large: Mutex<Vec<u32>>,
+    total_large: u32,
+}
+
+// SAFETY: the region is owned by the pool for its whole life; which thread may
+// touch a frame is decided by who holds its (move-only) `FrameHandle`, and the
+// free lists are behind mutexes.
+unsafe impl Send for FramePool {}
+// SAFETY: as for `Send`: shared access only ever reaches frames through a handle.
+unsafe impl Sync for FramePool {}
+
+impl FramePool {
+    pub fn new(cfg: &PoolConfig) -> Result<Arc<Self>, PoolError> {
+        if cfg.frame_size < 2048 || !cfg.frame_size.is_power_of_two() {
+            return Err(PoolError::Config(
+                "frame_size must be a power of two of at least 2048",
+            ));
+        }
+        if (cfg.large_frame_size as usize) < MAX_PACKET + HEADROOM as usize {
+            return Err(PoolError::Config(
+                "large_frame_size must hold 64 KiB plus headroom",
+            ));
+        }
+        if cfg.frames == 0 {
+            return Err(PoolError::Config("frames must be at least 1"));
+        }
+        let small_bytes = cfg.frames as usize * cfg.frame_size as usize;
+        let bytes = small_bytes + cfg.large_frames as usize * cfg.large_frame_size as usize;
+        // SAFETY: anonymous private mapping with no address hint; the result is
+        // checked against MAP_FAILED before use and unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(PoolError::Mmap {
+                bytes,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // Hand out low indices last so a lightly loaded daemon touches few pages.
+        let free_small = (0..cfg.frames).rev().collect();
+        let free_large = (cfg.frames..cfg.frames + cfg.large_frames).rev().collect();
+        Ok(Arc::new(Self {
+            base: base.cast(),
+            bytes,
+            frames: cfg.frames,
+            frame_size: cfg.frame_size as usize,
+            large_frame_size: cfg.large_frame_size as usize,
+            free_small: Mutex::new(free_small),
+            free_large: Mutex::new(free_large),
+            total_large: cfg.large_frames,
+        }))
+    }
+
+    /// A per-engine cache of free frames.
+    pub fn cache(self: &Arc<Self>) -> FrameCache {
+        FrameCache {
+            pool: self.clone(),
+            small: Vec::with_capacity(CACHE_MAX + BULK),
+        }
+    }
+
+    /// Start of the region (for UMEM registration) and its length.
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.base, self.bytes)
+    }
+
+    /// Size of one small frame (the UMEM chunk size).
+    pub fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+
+    /// Frames in the shared free lists (small, large). Frames held in caches
+    /// are not counted: drop the caches first when checking for leaks.
+    pub fn free_frames(&self) -> (usize, usize) {
+        (lock(&self.free_small).len(), lock(&self.free_large).len())
+    }
+
+    /// Total frames (small, large).
+    pub fn total_frames(&self) -> (usize, usize) {
+        (self.frames as usize, self.total_large as usize)
+    }
+
+    #[inline]
+    fn span(&self, index: u32) -> (usize, usize) {
+        if index < self.frames {
+            (index as usize * self.frame_size, self.frame_size)
+        } else {
+            let small_bytes = self.frames as usize * self.frame_size;
+            (
+                small_bytes + (index - self.frames) as usize * self.large_frame_size,
+                self.large_frame_size,
+            )
+        }
+    }
+
+    /// Capacity in bytes of the frame behind `frame`.
+    #[inline]
+    pub fn capacity(&self, frame: &FrameHandle) -> usize {
+        self.span(frame.index).1
+    }
+
+    /// The whole frame buffer, headroom included.
+    #[inline]
+    pub fn frame_mut(&self, frame: &mut FrameHandle) -> &mut [u8] {
+        let (start, len) = self.span(frame.index);
+        // SAFETY: handles are only created by this pool with an index inside
+        // the region, and a handle is move-only: `&mut FrameHandle` proves no
+        // other view of this frame exists while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(start), len) }
+    }
+
+    /// The packet bytes of `frame`.
+    #[inline]
+    pub fn bytes(&self, frame: &FrameHandle) -> &[u8] {
+        let (start, cap) = self.span(frame.index);
+        let from = (frame.offset as usize).min(cap);
+        let to = (from + frame.len as usize).min(cap);
+        // SAFETY: as in `frame_mut`; the range is clamped to the frame, and the
+        // shared borrow of the unique handle excludes writers.
+        unsafe { std::slice::from_raw_parts(self.base.add(start + from), to - from) }
+    }
+}
+
+impl Drop for FramePool {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`bytes` are exactly the mapping made in `new`, and no
+        // handle can outlive the pool (caches hold an Arc to it).
+        unsafe {
+            libc::munmap(self.base.cast(), self.bytes);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a free-list lock cannot leave the Vec invalid.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An engine's private stock of free frames.
+pub struct FrameCache {
+    pool: Arc<FramePool>,
+    small: Vec<u32>,
+}
+
+impl FrameCache {
+    /// A frame able to hold `len` packet bytes after the headroom, or `None`
+    /// when the pool is exhausted (the caller counts a drop).
+    #[inline]
+    pub fn alloc(&mut self, len: usize) -> Option<FrameHandle> {
+        let need = len + HEADROOM as usize;
+        let index = if need <= self.pool.frame_size {
+            if self.small.is_empty() {
+                self.refill();
+            }
+            self.small.pop()?
+        } else if need <= self.pool.large_frame_size {
+            // Large frames are rare (TSO super-frames): no cache for them.
+            lock(&self.pool.free_large).pop()?
+        } else {
+            return None;
+        };
+        Some(FrameHandle {
+            index,
+            offset: HEADROOM,
+            len: 0,
+            offload: Default::default(),
+        })
+    }
+
+    /// Returns a frame to the pool.
+    #[inline]
+    pub fn free(&mut self, frame: FrameHandle) {
+        if frame.index < self.pool.frames {
+            self.small.push(frame.index);
+            if self.small.len() > CACHE_MAX {
+                self.spill(BULK);
+            }
+        } else {
+            lock(&self.pool.free_large).push(frame.index);
+        }
+    }
+
+    /// The pool this cache draws from.
+    pub fn pool(&self) -> &Arc<FramePool> {
+        &self.pool
+    }
+
+    #[cold]
+    fn refill(&mut self) {
+        let mut free = lock(&self.pool.free_small);
+        let take = free.len().min(BULK);
+        let from = free.len() - take;
+        self.small.extend(free.drain(from..));
+    }
+
+    fn spill(&mut self, n: usize) {
+        let from = self.small.len().saturating_sub(n);
+        lock(&self.pool.free_small).extend(self.small.drain(from..));
+    }
+}
+
+impl Drop for FrameCache {
+    fn drop(&mut self) {
+        let n = self.small.len();
+        self.spill(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_length_and_everything_returns() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let (small, large) = pool.total_frames();
+        {
+            let mut cache = pool.cache();
+            let mut a = cache.alloc(1500).unwrap();
+            assert_eq!(pool.capacity(&a), 4096);
+            let b = cache.alloc(60_000).unwrap();
+            assert_eq!(pool.capacity(&b), 69_632);
+            assert!(cache.alloc(MAX_PACKET + 1_000_000).is_none());
+            a.len = 4;
+            let off = a.offset as usize;
+            pool.frame_mut(&mut a)[off..off + 4].copy_from_slice(b"abcd");
+            assert_eq!(pool.bytes(&a), b"abcd");
+            cache.free(a);
+            cache.free(b);
+        }
+        assert_eq!(pool.free_frames(), (small, large));
+    }
+
+    #[test]
+    fn exhaustion_is_reported_not_fatal() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let mut held = Vec::new();
+        while let Some(f) = cache.alloc(64) {
+            held.push(f);
+        }
+        assert_eq!(held.len(), 512);
+        for f in held {
+            cache.free(f);
+        }
+        drop(cache);
+        assert_eq!(pool.free_frames().0, 512);
+    }
+}

@@ -1,0 +1,6 @@
+//! Checked, zero-copy views of wire formats. Constructors check lengths, so
+//! field accessors never index out of bounds on untrusted input.
+
+pub mod ethernet;
+
+pub use ethernet::{EthernetFrame, MacAddr};

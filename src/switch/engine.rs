@@ -1,0 +1,432 @@
+//! The switch engine: moves frame handles from every port's input links to
+//! the output links that the forwarding database (or flooding) picks.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fdb::{Fdb, DEFAULT_CAPACITY};
+use super::port::{PortCounters, PortDrop, PortId, SharedPortCounters, SwitchPort};
+use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
+use crate::packet::wire::{EthernetFrame, MacAddr};
+use crate::packet::{FrameCache, FrameHandle, FramePool};
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct SwitchEngine {
+    mailbox: Mailbox<SwitchEngine>,
+    ports: Vec<Option<SwitchPort>>,
+    fdb: Fdb,
+    pool: Arc<FramePool>,
+    cache: FrameCache,
+}
+
+/// The control plane's handle on a running switch (through its mailbox).
+#[derive(Clone)]
+pub struct SwitchHandle {
+    mailbox: MailboxSender<SwitchEngine>,
+}
+
+impl SwitchEngine {
+    pub fn new(pool: &Arc<FramePool>) -> std::io::Result<(Self, SwitchHandle)> {
+        let (mailbox, sender) = Mailbox::new()?;
+        Ok((
+            Self {
+                mailbox,
+                ports: Vec::new(),
+                fdb: Fdb::new(DEFAULT_CAPACITY),
+                pool: pool.clone(),
+                cache: pool.cache(),
+            },
+            SwitchHandle { mailbox: sender },
+        ))
+    }
+
+    /// Adds a port; `static_macs` are pinned to it in the FDB.
+    pub fn add_port(
+        &mut self,
+        port: SwitchPort,
+        static_macs: &[MacAddr],
+    ) -> (PortId, Arc<SharedPortCounters>) {
+        let shared = port.shared.clone();
+        let slot = match self.ports.iter().position(Option::is_none) {
+            Some(i) => {
+                self.ports[i] = Some(port);
+                i
+            }
+            None => {
+                self.ports.push(Some(port));
+                self.ports.len() - 1
+            }
+        };
+        let id = PortId(slot as u16);
+        for mac in static_macs {
+            self.fdb.add_static(*mac, id);
+        }
+        (id, shared)
+    }
+
+    /// Removes a port; frames waiting in its input links go back to the pool.
+    pub fn remove_port(&mut self, id: PortId) -> bool {
+        let Some(mut port) = self.ports.get_mut(usize::from(id.0)).and_then(Option::take) else {
+            return false;
+        };
+        for input in port.inputs.iter_mut() {
+            while let Some(f) = input.pop() {
+                self.cache.free(f);
+            }
+        }
+        self.fdb.forget_port(id);
+        true
+    }
+
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    #[inline]
+    fn forward(&mut self, input: usize, frame: FrameHandle) {
+        let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(&frame)) else {
+            port_mut(&mut self.ports, input).drop_frame(PortDrop::Runt);
+            self.cache.free(frame);
+            return;
+        };
+        let (dst, src) = (eth.dst(), eth.src());
+        {
+            let p = port_mut(&mut self.ports, input);
+            p.counters.rx_packets += 1;
+            p.counters.rx_bytes += u64::from(frame.len);
+            p.dirty = true;
+        }
+        if !src.is_group() {
+            self.fdb.learn(src, PortId(input as u16));
+        }
+        if dst.is_group() {
+            return self.flood(input, frame, flow_hash(src, dst));
+        }
+        match self.fdb.lookup(dst) {
+            Some(out) if usize::from(out.0) == input => {
+                port_mut(&mut self.ports, input).drop_frame(PortDrop::SamePort);
+                self.cache.free(frame);
+            }
+            Some(out)
+                if self
+                    .ports
+                    .get(usize::from(out.0))
+                    .is_some_and(Option::is_some) =>
+            {
+                output(
+                    &mut self.ports,
+                    &mut self.cache,
+                    usize::from(out.0),
+                    frame,
+                    flow_hash(src, dst),
+                );
+            }
+            _ => self.flood(input, frame, flow_hash(src, dst)),
+        }
+    }
+
+    fn flood(&mut self, input: usize, frame: FrameHandle, hash: u32) {
+        let last = self
+            .ports
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, p)| *i != input && p.is_some())
+            .map(|(i, _)| i);
+        let Some(last) = last else {
+            port_mut(&mut self.ports, input).drop_frame(PortDrop::NoRoute);
+            self.cache.free(frame);
+            return;
+        };
+        for target in 0..last {
+            if target == input || self.ports[target].is_none() {
+                continue;
+            }
+            let Some(mut copy) = self.cache.alloc(frame.len as usize) else {
+                port_mut(&mut self.ports, target).drop_frame(PortDrop::PoolEmpty);
+                continue;
+            };
+            copy.len = frame.len;
+            copy.offload = frame.offload;
+            let off = usize::from(copy.offset);
+            let src = self.pool.bytes(&frame);
+            self.pool.frame_mut(&mut copy)[off..off + src.len()].copy_from_slice(src);
+            output(&mut self.ports, &mut self.cache, target, copy, hash);
+        }
+        output(&mut self.ports, &mut self.cache, last, frame, hash);
+    }
+}
+
+#[inline]
+fn port_mut(ports: &mut [Option<SwitchPort>], i: usize) -> &mut SwitchPort {
+    ports[i].as_mut().expect("caller checked the port exists")
+}
+
+/// Picks the output queue so one flow stays on one queue (no reordering).
+#[inline]
+fn flow_hash(src: MacAddr, dst: MacAddr) -> u32 {
+    let x = (src.to_u64() ^ dst.to_u64().rotate_left(24)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 32) as u32
+}
+
+#[inline]
+fn output(
+    ports: &mut [Option<SwitchPort>],
+    cache: &mut FrameCache,
+    out: usize,
+    frame: FrameHandle,
+    hash: u32,
+) {
+    let port = port_mut(ports, out);
+    let queues = port.outputs.len();
+    if queues == 0 {
+        port.drop_frame(PortDrop::NoRoute);
+        cache.free(frame);
+        return;
+    }
+    let len = u64::from(frame.len);
+    match port.outputs[hash as usize % queues].push(frame) {
+        Ok(()) => {
+            port.counters.tx_packets += 1;
+            port.counters.tx_bytes += len;
+            port.dirty = true;
+        }
+        Err(frame) => {
+            port.drop_frame(PortDrop::LinkFull);
+            cache.free(frame);
+        }
+    }
+}
+
+impl Engine for SwitchEngine {
+    fn name(&self) -> &str {
+        "switch"
+    }
+
+    #[inline]
+    fn poll(&mut self, budget: usize) -> usize {
+        if let Some(job) = self.mailbox.take() {
+            job(self);
+        }
+        let mut work = 0;
+        for p in 0..self.ports.len() {
+            let queues = self.ports[p].as_ref().map_or(0, |port| port.inputs.len());
+            for q in 0..queues {
+                let mut n = 0;
+                while n < budget {
+                    let Some(frame) = self.ports[p].as_mut().and_then(|port| port.inputs[q].pop())
+                    else {
+                        break;
+                    };
+                    self.forward(p, frame);
+                    n += 1;
+                }
+                work += n;
+            }
+        }
+        if work > 0 {
+            for port in self.ports.iter_mut().flatten() {
+                for out in port.outputs.iter() {
+                    out.flush();
+                }
+                if port.dirty {
+                    port.shared.publish(&port.counters);
+                    port.dirty = false;
+                }
+            }
+        }
+        work
+    }
+
+    fn wake_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.mailbox.doorbell().as_raw_fd()];
+        for port in self.ports.iter().flatten() {
+            fds.extend(port.inputs.iter().map(|l| l.doorbell().as_raw_fd()));
+        }
+        fds
+    }
+
+    fn arm(&mut self) -> bool {
+        self.mailbox.doorbell().arm();
+        let mut work = false;
+        for port in self.ports.iter().flatten() {
+            for l in port.inputs.iter() {
+                l.doorbell().arm();
+                work |= !l.is_empty();
+            }
+        }
+        work
+    }
+
+    fn disarm(&mut self) {
+        self.mailbox.doorbell().disarm();
+        for port in self.ports.iter().flatten() {
+            for l in port.inputs.iter() {
+                l.doorbell().disarm();
+            }
+        }
+    }
+}
+
+impl SwitchHandle {
+    pub fn add_port(
+        &self,
+        port: SwitchPort,
+        static_macs: Vec<MacAddr>,
+    ) -> Result<(PortId, Arc<SharedPortCounters>), MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
+                s.add_port(port, &static_macs)
+            })
+    }
+
+    pub fn remove_port(&self, id: PortId) -> Result<bool, MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
+                s.remove_port(id)
+            })
+    }
+
+    pub fn fdb_entries(&self) -> Result<Vec<(MacAddr, super::fdb::FdbEntry)>, MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, |s: &mut SwitchEngine| s.fdb().entries())
+    }
+}
+
+/// Counters of a port, read from its shared copy.
+pub fn port_counters(shared: &SharedPortCounters) -> PortCounters {
+    shared.snapshot()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{link, LinkRx, LinkTx, PoolConfig};
+
+    struct TestPort {
+        to_switch: LinkTx,
+        from_switch: LinkRx,
+    }
+
+    fn add(sw: &mut SwitchEngine, name: &str, mac: Option<MacAddr>) -> (TestPort, PortId) {
+        let (to_switch, input) = link(64).unwrap();
+        let (output, from_switch) = link(4).unwrap();
+        let (id, _) = sw.add_port(
+            SwitchPort::new(name, vec![input], vec![output]),
+            &mac.into_iter().collect::<Vec<_>>(),
+        );
+        (
+            TestPort {
+                to_switch,
+                from_switch,
+            },
+            id,
+        )
+    }
+
+    fn frame(
+        cache: &mut FrameCache,
+        pool: &FramePool,
+        dst: MacAddr,
+        src: MacAddr,
+        len: usize,
+    ) -> FrameHandle {
+        let mut f = cache.alloc(len).unwrap();
+        f.len = len as u32;
+        let off = usize::from(f.offset);
+        let b = &mut pool.frame_mut(&mut f)[off..off + len];
+        b[0..6].copy_from_slice(&dst.0);
+        b[6..12].copy_from_slice(&src.0);
+        f
+    }
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+    const C: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc]);
+
+    #[test]
+    fn unicast_flood_learn_and_every_drop_reason() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut pa, a) = add(&mut sw, "a", Some(A));
+        let (mut pb, b) = add(&mut sw, "b", Some(B));
+        let (mut pc, c) = add(&mut sw, "c", None);
+
+        // Known unicast goes to exactly one port.
+        pa.to_switch
+            .push(frame(&mut cache, &pool, B, A, 60))
+            .unwrap();
+        sw.poll(64);
+        assert_eq!(pb.from_switch.len(), 1);
+        assert!(pc.from_switch.is_empty());
+        // Broadcast reaches everyone but the sender, byte-exact.
+        pc.to_switch
+            .push(frame(&mut cache, &pool, MacAddr::BROADCAST, C, 100))
+            .unwrap();
+        sw.poll(64);
+        assert_eq!(pa.from_switch.len(), 1);
+        assert_eq!(pb.from_switch.len(), 2);
+        let fa = pa.from_switch.pop().unwrap();
+        assert_eq!(&pool.bytes(&fa)[6..12], &C.0);
+        assert_eq!(pool.bytes(&fa).len(), 100);
+        cache.free(fa);
+        // C was learned: unicast to C now goes only to c.
+        pa.to_switch
+            .push(frame(&mut cache, &pool, C, A, 60))
+            .unwrap();
+        sw.poll(64);
+        assert_eq!(pc.from_switch.len(), 1);
+        assert_eq!(pb.from_switch.len(), 2);
+        // A frame for the sender's own port, a runt, and a full link.
+        pa.to_switch
+            .push(frame(&mut cache, &pool, A, A, 60))
+            .unwrap();
+        let mut runt = cache.alloc(10).unwrap();
+        runt.len = 10;
+        pa.to_switch.push(runt).unwrap();
+        for _ in 0..4 {
+            pa.to_switch
+                .push(frame(&mut cache, &pool, B, A, 60))
+                .unwrap();
+        }
+        sw.poll(64);
+        let ca = sw.ports[usize::from(a.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
+        let cb = sw.ports[usize::from(b.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
+        assert_eq!(ca.dropped(PortDrop::SamePort), 1);
+        assert_eq!(ca.dropped(PortDrop::Runt), 1);
+        assert_eq!(
+            cb.dropped(PortDrop::LinkFull),
+            2,
+            "link of 4 held 2 already"
+        );
+        assert_eq!(cb.tx_packets, 4);
+        assert_eq!(ca.rx_packets, 7);
+        // Removing a port forgets what was learned behind it.
+        assert!(sw.remove_port(c));
+        assert!(!sw.remove_port(c));
+        assert!(sw.fdb().lookup(C).is_none());
+        for p in [&mut pa, &mut pb, &mut pc] {
+            while let Some(f) = p.from_switch.pop() {
+                cache.free(f);
+            }
+        }
+        drop(cache);
+        drop(sw);
+        assert_eq!(
+            pool.free_frames().0,
+            pool.total_frames().0,
+            "no frame leaked"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The forwarding database: MAC -> port, with static entries (a vNIC's
+//! configured MAC) that learning cannot move.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::PortId;
+use crate::packet::wire::MacAddr;
+
+/// Entries learning may create; beyond it new addresses are flooded.
+pub const DEFAULT_CAPACITY: usize = 8192;
+
+/// A MAC address is already well mixed in its low bytes; one multiply spreads
+/// it over the table (SipHash would cost more than the lookup).
+#[derive(Default)]
+pub struct MacHasher(u64);
+
+impl Hasher for MacHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub port: PortId,
+    pub is_static: bool,
+}
+
+pub struct Fdb {
+    map: HashMap<u64, FdbEntry, BuildHasherDefault<MacHasher>>,
+    capacity: usize,
+}
+
+impl Fdb {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            capacity,
+        }
+    }
+
+    #[inline]
+    pub fn lookup(&self, mac: MacAddr) -> Option<PortId> {
+        self.map.get(&mac.to_u64()).map(|e| e.port)
+    }
+
+    /// Learns `mac` behind `port`; static entries stay put. Never allocates:
+    /// the table was sized at creation and is full at `capacity`.
+    #[inline]
+    pub fn learn(&mut self, mac: MacAddr, port: PortId) {
+        let key = mac.to_u64();
+        if let Some(e) = self.map.get_mut(&key) {
+            if !e.is_static {
+                e.port = port;
+            }
+            return;
+        }
+        if self.map.len() < self.capacity {
+            self.map.insert(
+                key,
+                FdbEntry {
+                    port,
+                    is_static: false,
+                },
+            );
+        }
+    }
+
+    /// Installs a static entry (replacing whatever was there).
+    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
+        self.map.insert(
+            mac.to_u64(),
+            FdbEntry {
+                port,
+                is_static: true,
+            },
+        );
+    }
+
+    /// Removes every entry that points at `port`.
+    pub fn forget_port(&mut self, port: PortId) {
+        self.map.retain(|_, e| e.port != port);
+    }
+
+    /// All entries, for listing.
+    pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .map(|(k, e)| {
+                let b = k.to_be_bytes();
+                (MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]), *e)
+            })
+            .collect();
+        v.sort_by_key(|(m, _)| *m);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_moves_dynamic_not_static_and_is_bounded() {
+        let mut fdb = Fdb::new(2);
+        let a = MacAddr([2, 0, 0, 0, 0, 1]);
+        let b = MacAddr([2, 0, 0, 0, 0, 2]);
+        let c = MacAddr([2, 0, 0, 0, 0, 3]);
+        fdb.add_static(a, PortId(0));
+        fdb.learn(a, PortId(1));
+        assert_eq!(fdb.lookup(a), Some(PortId(0)));
+        fdb.learn(b, PortId(1));
+        fdb.learn(b, PortId(2));
+        assert_eq!(fdb.lookup(b), Some(PortId(2)));
+        fdb.learn(c, PortId(1));
+        assert_eq!(fdb.lookup(c), None, "full table must not grow");
+        fdb.forget_port(PortId(2));
+        assert_eq!(fdb.lookup(b), None);
+        assert_eq!(fdb.entries().len(), 1);
+    }
+}

@@ -1,0 +1,344 @@
+//! The vNIC engine: one per queue pair. It moves guest TX chains to the switch
+//! and switch frames into guest RX buffers, and owns everything that path
+//! touches, so it runs without locks except one uncontended vring lock per
+//! batch (shared with the vhost-user message thread, which needs it for
+//! GET_VRING_BASE and friends).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::chain::{Segment, MAX_SEGMENTS};
+use super::features::Negotiated;
+use super::guest_memory::GuestMap;
+use super::guest_ring::{RingAddrs, RingView};
+use super::guest_rx::{self, RxChain, MAX_RX_CHAINS};
+use super::guest_tx;
+use super::stats::{DropReason, LogLimiter, QueueCounters, SharedQueueCounters};
+use crate::engine::{Engine, Mailbox, MailboxSender};
+use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
+
+/// Guest memory as vhost-user-backend hands it over.
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Which ring of the queue pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Guest RX (even vring index): the device writes.
+    Rx,
+    /// Guest TX (odd vring index): the device reads.
+    Tx,
+}
+
+impl Side {
+    pub fn of_vring(index: usize) -> Side {
+        if index % 2 == 0 {
+            Side::Rx
+        } else {
+            Side::Tx
+        }
+    }
+}
+
+/// A vring handed to the engine by the vhost-user side.
+pub struct AttachedQueue {
+    vring: VringRwLock,
+    mem: GuestMemory,
+    map: Option<GuestMap>,
+    view: Option<(RingAddrs, RingView)>,
+}
+
+impl AttachedQueue {
+    pub fn new(vring: VringRwLock, mem: GuestMemory) -> Self {
+        Self {
+            vring,
+            mem,
+            map: None,
+            view: None,
+        }
+    }
+
+    /// Runs one batch under the vring lock, with translations refreshed if
+    /// the memory table or ring addresses changed; signals the guest if `f`
+    /// says so.
+    #[inline]
+    fn batch(
+        &mut self,
+        f: impl FnOnce(&mut Queue, &RingView, &GuestMap) -> (usize, bool),
+    ) -> Result<usize, DropReason> {
+        let AttachedQueue {
+            vring,
+            mem,
+            map,
+            view,
+        } = self;
+        let mut state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return Ok(0);
+        }
+        let snapshot = mem.memory();
+        if !map.as_ref().is_some_and(|m| m.is_for(&snapshot)) {
+            *map = Some(GuestMap::new(snapshot.into_inner()));
+            *view = None;
+        }
+        let map = map.as_ref().expect("set above");
+        let q = state.get_queue_mut();
+        let addrs = RingAddrs {
+            desc: q.desc_table(),
+            avail: q.avail_ring(),
+            used: q.used_ring(),
+            size: q.size(),
+        };
+        if view.as_ref().is_none_or(|(a, _)| *a != addrs) {
+            *view = RingView::new(map, addrs).map(|v| (addrs, v));
+        }
+        let Some((_, ring)) = view.as_ref() else {
+            return Err(DropReason::AddressOutOfRange);
+        };
+        let (n, interrupt) = f(q, ring, map);
+        if interrupt {
+            let _ = state.signal_used_queue();
+        }
+        Ok(n)
+    }
+
+    /// Turns guest kicks on (before sleeping) or off (while polling).
+    fn set_kicks(&mut self, event_idx: bool, enable: bool) {
+        let AttachedQueue { vring, view, .. } = self;
+        let state = vring.get_mut();
+        if let Some((_, ring)) = view.as_ref() {
+            ring.set_kicks(event_idx, enable, state.get_queue().next_avail());
+        }
+    }
+
+    fn has_avail(&mut self) -> bool {
+        let AttachedQueue { vring, view, .. } = self;
+        let state = vring.get_mut();
+        view.as_ref()
+            .is_some_and(|(_, r)| r.avail_idx() != state.get_queue().next_avail())
+    }
+
+    fn kick_fd(&self) -> Option<RawFd> {
+        self.vring
+            .get_ref()
+            .get_kick()
+            .as_ref()
+            .map(|k| k.as_raw_fd())
+    }
+}
+
+/// Everything the per-packet code touches, apart from the rings.
+pub(super) struct DataPath {
+    pub pool: Arc<FramePool>,
+    pub cache: FrameCache,
+    pub to_switch: LinkTx,
+    pub from_switch: LinkRx,
+    pub counters: QueueCounters,
+    pub segs: Vec<Segment>,
+    pub rx_chains: Vec<RxChain>,
+    pub features: Negotiated,
+    pub mtu: u16,
+    log: LogLimiter,
+    name: String,
+}
+
+impl DataPath {
+    /// Counts a guest error and logs it, rate-limited.
+    #[cold]
+    pub fn malformed(&mut self, reason: DropReason, head: u16) {
+        self.counters.drop(reason);
+        if let Some(suppressed) = self.log.allow() {
+            log::warn!(
+                "{}: malformed descriptor chain (head {head}): {} ({suppressed} similar messages suppressed)",
+                self.name,
+                reason.as_str()
+            );
+        }
+    }
+}
+
+/// Static parameters of a queue-pair engine.
+pub struct VnicEngineConfig {
+    pub name: String,
+    pub mtu: u16,
+}
+
+/// The engine of one vNIC queue pair.
+pub struct VnicEngine {
+    name: String,
+    mailbox: Mailbox<VnicEngine>,
+    rx: Option<AttachedQueue>,
+    tx: Option<AttachedQueue>,
+    dp: DataPath,
+    shared: Arc<SharedQueueCounters>,
+    published: QueueCounters,
+}
+
+impl VnicEngine {
+    pub fn new(
+        cfg: VnicEngineConfig,
+        pool: &Arc<FramePool>,
+        to_switch: LinkTx,
+        from_switch: LinkRx,
+    ) -> std::io::Result<(Self, MailboxSender<VnicEngine>, Arc<SharedQueueCounters>)> {
+        let (mailbox, sender) = Mailbox::new()?;
+        let shared = Arc::new(SharedQueueCounters::default());
+        let engine = Self {
+            name: cfg.name.clone(),
+            mailbox,
+            rx: None,
+            tx: None,
+            dp: DataPath {
+                pool: pool.clone(),
+                cache: pool.cache(),
+                to_switch,
+                from_switch,
+                counters: QueueCounters::default(),
+                segs: Vec::with_capacity(MAX_SEGMENTS),
+                rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
+                features: Negotiated::default(),
+                mtu: cfg.mtu,
+                log: LogLimiter::new(Duration::from_secs(1)),
+                name: cfg.name,
+            },
+            shared: shared.clone(),
+            published: QueueCounters::default(),
+        };
+        Ok((engine, sender, shared))
+    }
+
+    /// Takes over a vring (mailbox request from the vhost-user side).
+    pub fn attach(&mut self, side: Side, queue: AttachedQueue, features: Negotiated) {
+        self.dp.features = features;
+        let mut queue = queue;
+        // Polling: ask the guest not to kick.
+        queue.set_kicks(features.event_idx, false);
+        match side {
+            Side::Rx => self.rx = Some(queue),
+            Side::Tx => self.tx = Some(queue),
+        }
+    }
+
+    /// Lets go of a vring; its state stays in the vring for GET_VRING_BASE.
+    pub fn detach(&mut self, side: Side) {
+        match side {
+            Side::Rx => self.rx = None,
+            Side::Tx => self.tx = None,
+        }
+    }
+
+    /// Changes the MTU enforced on guest TX.
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.dp.mtu = mtu;
+    }
+
+    fn poll_tx(&mut self, budget: usize) -> usize {
+        let Some(q) = self.tx.as_mut() else {
+            return 0;
+        };
+        let dp = &mut self.dp;
+        match q.batch(|q, ring, map| guest_tx::drain(q, ring, map, budget, dp)) {
+            Ok(n) => n,
+            Err(reason) => {
+                self.dp.malformed(reason, 0);
+                0
+            }
+        }
+    }
+
+    fn poll_rx(&mut self, budget: usize) -> usize {
+        let Some(q) = self.rx.as_mut() else {
+            // No guest driver: frames must not pile up and arrive stale later.
+            let mut n = 0;
+            while let Some(frame) = self.dp.from_switch.pop() {
+                self.dp.counters.drop(DropReason::GuestNotReady);
+                self.dp.cache.free(frame);
+                n += 1;
+            }
+            return n;
+        };
+        let dp = &mut self.dp;
+        match q.batch(|q, ring, map| guest_rx::fill(q, ring, map, budget, dp)) {
+            Ok(n) => n,
+            Err(reason) => {
+                self.dp.malformed(reason, 0);
+                0
+            }
+        }
+    }
+
+    fn publish_counters(&mut self) {
+        if self.published != self.dp.counters {
+            self.shared.publish(&self.dp.counters);
+            self.published.clone_from(&self.dp.counters);
+        }
+    }
+}
+
+impl Drop for VnicEngine {
+    fn drop(&mut self) {
+        // Frames still queued for this guest go back to the pool.
+        while let Some(frame) = self.dp.from_switch.pop() {
+            self.dp.cache.free(frame);
+        }
+    }
+}
+
+impl Engine for VnicEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[inline]
+    fn poll(&mut self, budget: usize) -> usize {
+        if let Some(job) = self.mailbox.take() {
+            job(self);
+        }
+        let work = self.poll_tx(budget) + self.poll_rx(budget);
+        if work > 0 {
+            self.publish_counters();
+        }
+        work
+    }
+
+    fn wake_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![
+            self.mailbox.doorbell().as_raw_fd(),
+            self.dp.from_switch.doorbell().as_raw_fd(),
+        ];
+        fds.extend(
+            self.rx
+                .iter()
+                .chain(self.tx.iter())
+                .filter_map(|q| q.kick_fd()),
+        );
+        fds
+    }
+
+    fn arm(&mut self) -> bool {
+        let event_idx = self.dp.features.event_idx;
+        self.mailbox.doorbell().arm();
+        self.dp.from_switch.doorbell().arm();
+        let mut work = !self.dp.from_switch.is_empty();
+        for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+            q.set_kicks(event_idx, true);
+        }
+        if let Some(q) = self.tx.as_mut() {
+            work |= q.has_avail();
+        }
+        work
+    }
+
+    fn disarm(&mut self) {
+        let event_idx = self.dp.features.event_idx;
+        self.mailbox.doorbell().disarm();
+        self.dp.from_switch.doorbell().disarm();
+        for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+            q.set_kicks(event_idx, false);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Guest TX: descriptor chains from the guest's TX ring become frames on the
+//! link to the switch, with exactly one copy.
+
+use virtio_queue::{Queue, QueueT};
+
+use super::chain::{walk, Direction};
+use super::engine::DataPath;
+use super::features::VNET_HDR_LEN;
+use super::guest_memory::GuestMap;
+use super::guest_ring::RingView;
+use super::stats::DropReason;
+use crate::packet::pool::MAX_PACKET;
+use crate::packet::wire::ethernet::HEADER_LEN as ETH_HLEN;
+use crate::packet::Offload;
+
+/// VLAN tag allowance on top of MTU + Ethernet header.
+const VLAN_LEN: usize = 4;
+const GSO_ECN: u8 = 0x80;
+const GSO_TCPV4: u8 = 1;
+const GSO_UDP: u8 = 3;
+const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
+
+/// Moves up to `budget` chains from the TX ring to the switch link. Returns
+/// the chains consumed and whether the guest wants an interrupt.
+pub(super) fn drain(
+    q: &mut Queue,
+    ring: &RingView,
+    map: &GuestMap,
+    budget: usize,
+    dp: &mut DataPath,
+) -> (usize, bool) {
+    let mut next_avail = q.next_avail();
+    let old_used = q.next_used();
+    let mut next_used = old_used;
+    let pending = ring.avail_idx().wrapping_sub(next_avail);
+    if pending > ring.size() {
+        dp.malformed(DropReason::BadAvailIndex, 0);
+        return (0, false);
+    }
+    // Backpressure: take no more than the link can hold.
+    let n = usize::from(pending).min(budget).min(dp.to_switch.free());
+    for _ in 0..n {
+        let head = ring.avail_entry(next_avail);
+        next_avail = next_avail.wrapping_add(1);
+        if let Err(reason) = one_chain(ring, map, head, dp) {
+            dp.malformed(reason, head);
+        }
+        // TX buffers are only read: the used length is 0 either way.
+        ring.put_used(next_used, head, 0);
+        next_used = next_used.wrapping_add(1);
+    }
+    if n == 0 {
+        return (0, false);
+    }
+    ring.publish_used(next_used);
+    q.set_next_avail(next_avail);
+    q.set_next_used(next_used);
+    dp.to_switch.flush();
+    (
+        n,
+        ring.needs_interrupt(dp.features.event_idx, old_used, next_used),
+    )
+}
+
+#[inline]
+fn one_chain(
+    ring: &RingView,
+    map: &GuestMap,
+    head: u16,
+    dp: &mut DataPath,
+) -> Result<(), DropReason> {
+    dp.segs.clear();
+    let total = walk(
+        ring,
+        map,
+        head,
+        Direction::DeviceReads,
+        dp.features.indirect,
+        &mut dp.segs,
+    )? as usize;
+    if total < VNET_HDR_LEN + ETH_HLEN {
+        return Err(DropReason::TooShort);
+    }
+    let len = total - VNET_HDR_LEN;
+    if len > MAX_PACKET {
+        return Err(DropReason::TooBig);
+    }
+    let Some(mut frame) = dp.cache.alloc(len) else {
+        dp.counters.drop(DropReason::PoolEmpty);
+        return Ok(());
+    };
+    // Copy header and packet in one pass: the header lands in the headroom
+    // just before the packet, so a header split across descriptors costs
+    // nothing extra.
+    let start = usize::from(frame.offset) - VNET_HDR_LEN;
+    let buf = &mut dp.pool.frame_mut(&mut frame)[start..start + total];
+    let mut at = 0;
+    for seg in dp.segs.iter() {
+        let n = seg.len as usize;
+        // SAFETY: `seg` was translated from guest memory that the GuestMap
+        // snapshot keeps mapped; `at + n <= total == buf.len()` because the
+        // segments sum to `total`. The guest may race on its bytes: we copy
+        // them once and only ever parse our copy.
+        unsafe { std::ptr::copy_nonoverlapping(seg.ptr, buf.as_mut_ptr().add(at), n) };
+        at += n;
+    }
+    let offload = parse_vnet_hdr(&buf[..VNET_HDR_LEN]);
+    let check = if offload.is_gso() {
+        check_gso(&offload, dp.features.host_tso)
+    } else if len > usize::from(dp.mtu) + ETH_HLEN + VLAN_LEN {
+        Err(DropReason::TooBig)
+    } else {
+        Ok(())
+    };
+    if let Err(reason) = check {
+        dp.cache.free(frame);
+        return Err(reason);
+    }
+    frame.len = len as u32;
+    frame.offload = offload;
+    dp.counters.tx_packets += 1;
+    dp.counters.tx_bytes += len as u64;
+    if let Err(frame) = dp.to_switch.push(frame) {
+        // Cannot happen: the batch was sized to the free slots.
+        dp.cache.free(frame);
+    }
+    Ok(())
+}
+
+fn check_gso(o: &Offload, host_tso: bool) -> Result<(), DropReason> {
+    if !host_tso || o.gso_size == 0 {
+        return Err(DropReason::BadGso);
+    }
+    match o.gso_type & !GSO_ECN {
+        GSO_TCPV4 | GSO_TCPV6 | GSO_UDP | GSO_UDP_L4 => Ok(()),
+        _ => Err(DropReason::BadGso),
+    }
+}
+
+/// Decodes a little-endian `virtio_net_hdr` (the 12-byte form).
+pub(super) fn parse_vnet_hdr(h: &[u8]) -> Offload {
+    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+    Offload {
+        flags: h[0],
+        gso_type: h[1],
+        hdr_len: u16_at(2),
+        gso_size: u16_at(4),
+        csum_start: u16_at(6),
+        csum_offset: u16_at(8),
+    }
+}
+
+/// Encodes `o` with `num_buffers` into the 12-byte header form.
+pub(super) fn write_vnet_hdr(h: &mut [u8], o: &Offload, num_buffers: u16) {
+    h[0] = o.flags;
+    h[1] = o.gso_type;
+    h[2..4].copy_from_slice(&o.hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&o.gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&o.csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&o.csum_offset.to_le_bytes());
+    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vnet_header_round_trip() {
+        let o = Offload {
+            flags: 1,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut h = [0u8; 12];
+        write_vnet_hdr(&mut h, &o, 3);
+        assert_eq!(parse_vnet_hdr(&h), o);
+        assert_eq!(u16::from_le_bytes([h[10], h[11]]), 3);
+        assert!(check_gso(&o, true).is_ok());
+        assert_eq!(check_gso(&o, false), Err(DropReason::BadGso));
+        let bad = Offload { gso_type: 9, ..o };
+        assert_eq!(check_gso(&bad, true), Err(DropReason::BadGso));
+    }
+}

@@ -1,0 +1,25 @@
+//! vNICs: virtio-net devices served over vhost-user, and the engines that move
+//! their packets.
+//!
+//! `connection` accepts frontends; `backend` is the thin `VhostUserBackend`
+//! impl; `device` holds features, config space and hands vrings to engines;
+//! `engine` is the per-queue-pair engine, whose per-packet work lives in
+//! `guest_tx` (guest -> switch) and `guest_rx` (switch -> guest) over
+//! `guest_ring`, `chain` and `guest_memory`.
+
+mod backend;
+pub mod chain;
+pub mod connection;
+pub mod device;
+pub mod engine;
+pub mod features;
+pub mod guest_memory;
+pub mod guest_ring;
+mod guest_rx;
+mod guest_tx;
+pub mod stats;
+
+pub use connection::{Connection, SocketRole};
+pub use device::{EngineSink, VnicDevice};
+pub use engine::{VnicEngine, VnicEngineConfig};
+pub use stats::{DropReason, QueueCounters, SharedQueueCounters};

@@ -1,0 +1,191 @@
+//! vNIC counters: packets and bytes each way, and a reason for every drop.
+//!
+//! The engine counts into plain integers and publishes them to the shared
+//! atomics once per poll, so readers never slow the data path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a vNIC dropped a frame or returned a guest buffer unused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Descriptor index past the end of the table.
+    BadDescIndex,
+    /// More descriptors than the queue has (a loop).
+    ChainTooLong,
+    /// A buffer outside guest memory.
+    AddressOutOfRange,
+    /// A device-writable buffer in a TX chain.
+    WriteOnlyOnTx,
+    /// A device-readable buffer in an RX chain.
+    ReadOnlyOnRx,
+    /// Indirect table malformed, nested, or not negotiated.
+    BadIndirect,
+    /// TX chain shorter than the virtio-net header plus an Ethernet header.
+    TooShort,
+    /// TX frame larger than MTU (or 64 KiB for GSO frames).
+    TooBig,
+    /// GSO frame from a guest that did not negotiate HOST_TSO, or bad gso_type.
+    BadGso,
+    /// The avail index moved more than a queue size: the ring is corrupt.
+    BadAvailIndex,
+    /// No free frame in the pool.
+    PoolEmpty,
+    /// RX: without MRG_RXBUF the guest's buffer is smaller than the frame.
+    RxBufferTooSmall,
+    /// RX: GSO frame for a guest that did not negotiate GUEST_TSO.
+    GsoNotAccepted,
+    /// RX: frame arrived while no guest driver is attached.
+    GuestNotReady,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 14] = [
+        DropReason::BadDescIndex,
+        DropReason::ChainTooLong,
+        DropReason::AddressOutOfRange,
+        DropReason::WriteOnlyOnTx,
+        DropReason::ReadOnlyOnRx,
+        DropReason::BadIndirect,
+        DropReason::TooShort,
+        DropReason::TooBig,
+        DropReason::BadGso,
+        DropReason::BadAvailIndex,
+        DropReason::PoolEmpty,
+        DropReason::RxBufferTooSmall,
+        DropReason::GsoNotAccepted,
+        DropReason::GuestNotReady,
+    ];
+
+    /// Stable name used in RPC, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BadDescIndex => "bad_desc_index",
+            DropReason::ChainTooLong => "chain_too_long",
+            DropReason::AddressOutOfRange => "address_out_of_range",
+            DropReason::WriteOnlyOnTx => "write_only_on_tx",
+            DropReason::ReadOnlyOnRx => "read_only_on_rx",
+            DropReason::BadIndirect => "bad_indirect",
+            DropReason::TooShort => "too_short",
+            DropReason::TooBig => "too_big",
+            DropReason::BadGso => "bad_gso",
+            DropReason::BadAvailIndex => "bad_avail_index",
+            DropReason::PoolEmpty => "pool_empty",
+            DropReason::RxBufferTooSmall => "rx_buffer_too_small",
+            DropReason::GsoNotAccepted => "gso_not_accepted",
+            DropReason::GuestNotReady => "guest_not_ready",
+        }
+    }
+}
+
+const REASONS: usize = DropReason::ALL.len();
+
+/// Counters of one queue pair, owned by its engine.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Frames the guest sent (TX ring -> switch).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames delivered to the guest (switch -> RX ring).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub drops: [u64; REASONS],
+}
+
+impl QueueCounters {
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another queue's counters (for per-vNIC totals).
+    pub fn add(&mut self, o: &QueueCounters) {
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// The published copy of a queue pair's counters.
+#[derive(Default)]
+pub struct SharedQueueCounters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    drops: [AtomicU64; REASONS],
+}
+
+impl SharedQueueCounters {
+    /// Publishes `c` (single writer: the engine).
+    pub fn publish(&self, c: &QueueCounters) {
+        self.tx_packets.store(c.tx_packets, Ordering::Relaxed);
+        self.tx_bytes.store(c.tx_bytes, Ordering::Relaxed);
+        self.rx_packets.store(c.rx_packets, Ordering::Relaxed);
+        self.rx_bytes.store(c.rx_bytes, Ordering::Relaxed);
+        for (a, v) in self.drops.iter().zip(c.drops.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> QueueCounters {
+        let mut c = QueueCounters {
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for (v, a) in c.drops.iter_mut().zip(self.drops.iter()) {
+            *v = a.load(Ordering::Relaxed);
+        }
+        c
+    }
+}
+
+/// Logs at most once per interval and says how many were suppressed, so a
+/// guest spraying malformed chains cannot flood the log.
+pub struct LogLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed_since_last)` when a line may be logged now.
+    #[cold]
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
