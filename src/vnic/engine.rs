@@ -147,6 +147,22 @@ pub(super) struct DataPath {
 }
 
 impl DataPath {
+    pub fn new(name: &str, pool: &Arc<FramePool>, mtu: u16, to_switch: LinkTx, from_switch: LinkRx) -> Self {
+        Self {
+            pool: pool.clone(),
+            cache: pool.cache(),
+            to_switch,
+            from_switch,
+            counters: QueueCounters::default(),
+            segs: Vec::with_capacity(MAX_SEGMENTS),
+            rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
+            features: Negotiated::default(),
+            mtu,
+            log: LogLimiter::new(Duration::from_secs(1)),
+            name: name.to_string(),
+        }
+    }
+
     /// Counts a guest error and logs it, rate-limited.
     #[cold]
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
@@ -192,19 +208,7 @@ impl VnicEngine {
             mailbox,
             rx: None,
             tx: None,
-            dp: DataPath {
-                pool: pool.clone(),
-                cache: pool.cache(),
-                to_switch,
-                from_switch,
-                counters: QueueCounters::default(),
-                segs: Vec::with_capacity(MAX_SEGMENTS),
-                rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
-                features: Negotiated::default(),
-                mtu: cfg.mtu,
-                log: LogLimiter::new(Duration::from_secs(1)),
-                name: cfg.name,
-            },
+            dp: DataPath::new(&cfg.name, pool, cfg.mtu, to_switch, from_switch),
             shared: shared.clone(),
             published: QueueCounters::default(),
         };

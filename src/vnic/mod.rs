@@ -18,6 +18,8 @@ pub mod guest_ring;
 mod guest_rx;
 mod guest_tx;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use connection::{Connection, SocketRole};
 pub use device::{EngineSink, VnicDevice};

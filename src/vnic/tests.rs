@@ -1,0 +1,484 @@
+//! Tier-1 tests of the vNIC data path against `virtio_queue`'s mock driver:
+//! every ring path with and without MRG_RXBUF and EVENT_IDX, indirect
+//! descriptors, and each kind of malformed chain.
+
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor as SplitDesc;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::engine::DataPath;
+use super::features::{self, Negotiated, VNET_HDR_LEN};
+use super::guest_memory::GuestMap;
+use super::guest_ring::{RingAddrs, RingView, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use super::stats::DropReason;
+use super::{guest_rx, guest_tx};
+use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
+
+const QSIZE: u16 = 16;
+const MEM: u64 = 0x40_0000;
+const BUF: u64 = 0x10_0000;
+const USED: u64 = 0x1000;
+
+struct Guest<'a> {
+    mem: &'a GuestMemoryMmap,
+    mock: MockSplitQueue<'a, GuestMemoryMmap>,
+    queue: Queue,
+    map: GuestMap,
+    view: RingView,
+    avail: u16,
+    next_desc: u16,
+    next_buf: u64,
+}
+
+impl<'a> Guest<'a> {
+    fn new(mem: &'a GuestMemoryMmap, arc: &Arc<GuestMemoryMmap>) -> Self {
+        let mock = MockSplitQueue::new(mem, QSIZE);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        // The mock places its used ring over the tail of its avail ring (it
+        // adds the avail entry count, not bytes); use a used ring of our own.
+        queue.set_used_ring_address(Some(USED as u32), Some(0));
+        let map = GuestMap::new(arc.clone());
+        let addrs = RingAddrs {
+            desc: queue.desc_table(),
+            avail: queue.avail_ring(),
+            used: queue.used_ring(),
+            size: queue.size(),
+        };
+        let view = RingView::new(&map, addrs).unwrap();
+        Guest {
+            mem,
+            mock,
+            queue,
+            map,
+            view,
+            avail: 0,
+            next_desc: 0,
+            next_buf: BUF,
+        }
+    }
+
+    /// A fresh guest buffer holding `bytes` (or zeroes of `len`).
+    fn buffer(&mut self, bytes: &[u8], len: u32) -> u64 {
+        let addr = self.next_buf;
+        self.next_buf += u64::from(len).max(bytes.len() as u64).next_multiple_of(64);
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+        addr
+    }
+
+    /// Writes raw descriptors at the next table slots and publishes the
+    /// first one; returns its index.
+    fn publish(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) -> u16 {
+        let base = self.next_desc;
+        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
+            let idx = base + i as u16;
+            let (flags, next) = match next {
+                Some(n) => (*flags | VIRTQ_DESC_F_NEXT, *n),
+                None if i + 1 < descs.len() => (*flags | VIRTQ_DESC_F_NEXT, idx + 1),
+                None => (*flags, 0),
+            };
+            self.mock
+                .desc_table()
+                .store(idx, RawDescriptor::from(SplitDesc::new(*addr, *len, flags, next)))
+                .unwrap();
+        }
+        self.next_desc += descs.len() as u16;
+        self.publish_head(base);
+        base
+    }
+
+    fn publish_head(&mut self, head: u16) {
+        self.mock.avail().ring().ref_at(usize::from(self.avail % QSIZE)).unwrap().store(head);
+        self.avail = self.avail.wrapping_add(1);
+        self.mock.avail().idx().store(self.avail);
+    }
+
+    fn used(&self, i: u16) -> (u32, u32) {
+        let at = USED + 4 + 8 * u64::from(i % QSIZE);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        (id, len)
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    fn set_used_event(&self, v: u16) {
+        let at = self.queue.avail_ring() + 4 + 2 * u64::from(QSIZE);
+        self.mem.write_obj(v, GuestAddress(at)).unwrap();
+    }
+
+    fn set_avail_flags(&self, v: u16) {
+        self.mem.write_obj(v, GuestAddress(self.queue.avail_ring())).unwrap();
+    }
+
+    fn tx(&mut self, dp: &mut DataPath) -> (usize, bool) {
+        guest_tx::drain(&mut self.queue, &self.view, &self.map, 64, dp)
+    }
+
+    fn rx(&mut self, dp: &mut DataPath) -> (usize, bool) {
+        guest_rx::fill(&mut self.queue, &self.view, &self.map, 64, dp)
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+}
+
+struct Switch {
+    from_guest: LinkRx,
+    to_guest: LinkTx,
+}
+
+fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
+    let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+    let (to_switch, from_guest) = link(64).unwrap();
+    let (to_guest, from_switch) = link(64).unwrap();
+    let mut dp = DataPath::new("test", &pool, 1500, to_switch, from_switch);
+    dp.features = Negotiated::from_bits(features);
+    (pool, dp, Switch { from_guest, to_guest })
+}
+
+fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
+    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    (m.clone(), Arc::new(m))
+}
+
+fn packet(len: usize, seed: u8) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    p[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    p[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    p
+}
+
+fn hdr(o: &Offload, num_buffers: u16) -> Vec<u8> {
+    let mut h = vec![0u8; VNET_HDR_LEN];
+    guest_tx::write_vnet_hdr(&mut h, o, num_buffers);
+    h
+}
+
+fn all_features() -> u64 {
+    features::offered(1)
+}
+
+fn without(bits: &[u32]) -> u64 {
+    bits.iter().fold(all_features(), |f, b| f & !(1u64 << b))
+}
+
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+fn frame_bytes(pool: &FramePool, f: &FrameHandle) -> Vec<u8> {
+    pool.bytes(f).to_vec()
+}
+
+#[test]
+fn tx_one_descriptor_split_header_and_indirect_all_arrive_byte_exact() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    let off = Offload {
+        flags: 1,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Default::default()
+    };
+    // Header and packet in one buffer.
+    let p1 = packet(60, 1);
+    let a = g.buffer(&[hdr(&off, 0), p1.clone()].concat(), 0);
+    g.publish(&[(a, 72, 0, None)]);
+    // Header in its own descriptor, packet split over two.
+    let p2 = packet(1514, 2);
+    let h = g.buffer(&hdr(&Offload::default(), 0), 0);
+    let d1 = g.buffer(&p2[..1000], 0);
+    let d2 = g.buffer(&p2[1000..], 0);
+    g.publish(&[(h, 12, 0, None), (d1, 1000, 0, None), (d2, 514, 0, None)]);
+    // Indirect table of two descriptors.
+    let p3 = packet(200, 3);
+    let ih = g.buffer(&hdr(&Offload::default(), 0), 0);
+    let id = g.buffer(&p3, 0);
+    let mut table = Vec::new();
+    for (addr, len, flags, next) in [(ih, 12u32, VIRTQ_DESC_F_NEXT, 1u16), (id, 200, 0, 0)] {
+        table.extend_from_slice(&addr.to_le_bytes());
+        table.extend_from_slice(&len.to_le_bytes());
+        table.extend_from_slice(&flags.to_le_bytes());
+        table.extend_from_slice(&next.to_le_bytes());
+    }
+    let t = g.buffer(&table, 0);
+    g.publish(&[(t, 32, VIRTQ_DESC_F_INDIRECT, None)]);
+
+    let (n, _) = g.tx(&mut dp);
+    assert_eq!(n, 3);
+    assert_eq!(g.used_idx(), 3);
+    for (i, head) in [0u32, 1, 4].iter().enumerate() {
+        assert_eq!(g.used(i as u16), (*head, 0));
+    }
+    for (want, want_off) in [(&p1, off), (&p2, Offload::default()), (&p3, Offload::default())] {
+        let f = sw.from_guest.pop().unwrap();
+        assert_eq!(&frame_bytes(&pool, &f), want);
+        assert_eq!(f.offload, want_off);
+        dp.cache.free(f);
+    }
+    assert_eq!(dp.counters.tx_packets, 3);
+    assert_eq!(dp.counters.total_drops(), 0);
+}
+
+#[test]
+fn tx_malformed_chains_return_with_zero_length_are_counted_and_serving_goes_on() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features() & !(1 << VIRTIO_RING_F_INDIRECT_DESC));
+    let good = packet(60, 9);
+    let ok = g.buffer(&[hdr(&Offload::default(), 0), good.clone()].concat(), 0);
+    let cases: Vec<(DropReason, Vec<(u64, u32, u16, Option<u16>)>)> = vec![
+        (DropReason::AddressOutOfRange, vec![(MEM + 0x1000, 72, 0, None)]),
+        (DropReason::AddressOutOfRange, vec![(MEM - 10, 72, 0, None)]),
+        (DropReason::WriteOnlyOnTx, vec![(ok, 72, VIRTQ_DESC_F_WRITE, None)]),
+        (DropReason::TooShort, vec![(ok, 20, 0, None)]),
+        (DropReason::BadIndirect, vec![(ok, 32, VIRTQ_DESC_F_INDIRECT, None)]),
+        (DropReason::BadDescIndex, vec![(ok, 12, 0, Some(QSIZE + 3))]),
+    ];
+    let mut want = Vec::new();
+    for (reason, descs) in &cases {
+        g.publish(descs);
+        want.push(*reason);
+        g.publish(&[(ok, 72, 0, None)]);
+    }
+    // A loop: descriptor pointing at itself.
+    let looped = g.next_desc;
+    g.publish(&[(ok, 72, 0, Some(looped))]);
+    g.publish(&[(ok, 72, 0, None)]);
+    let (n, _) = g.tx(&mut dp);
+    assert_eq!(n, 2 * cases.len() + 2);
+    for i in 0..n as u16 {
+        assert_eq!(g.used(i).1, 0);
+    }
+    for reason in want {
+        assert!(dp.counters.dropped(reason) >= 1, "{reason:?} not counted");
+    }
+    assert_eq!(dp.counters.dropped(DropReason::ChainTooLong), 1);
+    assert_eq!(dp.counters.total_drops(), cases.len() as u64 + 1);
+    assert_eq!(sw.from_guest.len(), cases.len() + 1, "every good chain still went through");
+    while let Some(f) = sw.from_guest.pop() {
+        assert_eq!(frame_bytes(&pool, &f), good);
+        dp.cache.free(f);
+    }
+}
+
+#[test]
+fn tx_frame_over_mtu_is_dropped_but_gso_frame_passes() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (_pool, mut dp, mut sw) = setup(all_features());
+    dp.mtu = 1500;
+    let big = packet(1600, 1);
+    let a = g.buffer(&[hdr(&Offload::default(), 0), big.clone()].concat(), 0);
+    g.publish(&[(a, 1612, 0, None)]);
+    let gso = Offload {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let tso = packet(30_000, 2);
+    let b = g.buffer(&[hdr(&gso, 0), tso.clone()].concat(), 0);
+    g.publish(&[(b, 30_012, 0, None)]);
+    g.tx(&mut dp);
+    assert_eq!(dp.counters.dropped(DropReason::TooBig), 1);
+    let f = sw.from_guest.pop().unwrap();
+    assert_eq!(f.len, 30_000);
+    assert_eq!(f.offload, gso);
+    dp.cache.free(f);
+}
+
+#[test]
+fn tx_backpressure_leaves_chains_in_the_ring() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+    let (to_switch, mut from_guest) = link(2).unwrap();
+    let (_to_guest, from_switch) = link(4).unwrap();
+    let mut dp = DataPath::new("t", &pool, 1500, to_switch, from_switch);
+    dp.features = Negotiated::from_bits(all_features());
+    let a = g.buffer(&[hdr(&Offload::default(), 0), packet(60, 1)].concat(), 0);
+    for _ in 0..5 {
+        g.publish(&[(a, 72, 0, None)]);
+    }
+    assert_eq!(g.tx(&mut dp).0, 2);
+    assert_eq!(g.queue.next_avail(), 2, "the rest stays for later");
+    for _ in 0..2 {
+        let f = from_guest.pop().unwrap();
+        dp.cache.free(f);
+    }
+    assert_eq!(g.tx(&mut dp).0, 2);
+    assert_eq!(dp.counters.total_drops(), 0);
+}
+
+fn push_frame(pool: &FramePool, dp: &mut DataPath, sw: &mut Switch, bytes: &[u8], off: Offload) {
+    let mut f = dp.cache.alloc(bytes.len()).unwrap();
+    f.len = bytes.len() as u32;
+    f.offload = off;
+    let o = usize::from(f.offset);
+    pool.frame_mut(&mut f)[o..o + bytes.len()].copy_from_slice(bytes);
+    assert!(sw.to_guest.push(f).is_ok());
+}
+
+#[test]
+fn rx_with_and_without_mrg_rxbuf() {
+    for mrg in [true, false] {
+        let (mem, arc) = memory();
+        let mut g = Guest::new(&mem, &arc);
+        let feats = if mrg { all_features() } else { without(&[VIRTIO_NET_F_MRG_RXBUF]) };
+        let (pool, mut dp, mut sw) = setup(feats);
+        let p = packet(3000, 4);
+        push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+        let mut bufs = Vec::new();
+        let n_bufs = if mrg { 4 } else { 1 };
+        let len = if mrg { 1024 } else { 4096 };
+        for _ in 0..n_bufs {
+            let b = g.buffer(&[], len);
+            bufs.push(b);
+            g.publish(&[(b, len, VIRTQ_DESC_F_WRITE, None)]);
+        }
+        let (n, _) = g.rx(&mut dp);
+        assert_eq!(n, 1, "mrg={mrg}");
+        let mut got = Vec::new();
+        let used = if mrg { 3 } else { 1 };
+        assert_eq!(g.used_idx(), used);
+        for i in 0..used {
+            let (id, l) = g.used(i);
+            assert_eq!(id, u32::from(i));
+            got.extend(g.read(bufs[i as usize], l as usize));
+        }
+        let h = guest_tx::parse_vnet_hdr(&got[..12]);
+        assert_eq!(h, Offload::default());
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), used, "num_buffers, mrg={mrg}");
+        assert_eq!(&got[12..], &p[..]);
+        assert_eq!(dp.counters.rx_packets, 1);
+    }
+}
+
+#[test]
+fn rx_waits_for_buffers_then_delivers() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    let p = packet(3000, 5);
+    push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+    assert_eq!(g.rx(&mut dp).0, 0);
+    let b = g.buffer(&[], 1024);
+    g.publish(&[(b, 1024, VIRTQ_DESC_F_WRITE, None)]);
+    assert_eq!(g.rx(&mut dp).0, 0, "one buffer is not enough: nothing consumed");
+    assert_eq!(g.queue.next_avail(), 0);
+    for _ in 0..2 {
+        let b = g.buffer(&[], 1024);
+        g.publish(&[(b, 1024, VIRTQ_DESC_F_WRITE, None)]);
+    }
+    assert_eq!(g.rx(&mut dp).0, 1);
+    assert_eq!(g.used_idx(), 3);
+    assert_eq!(dp.counters.total_drops(), 0);
+}
+
+#[test]
+fn rx_malformed_and_too_small_buffers_are_returned_and_counted() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(without(&[VIRTIO_NET_F_MRG_RXBUF]));
+    let b = g.buffer(&[], 2048);
+    g.publish(&[(b, 2048, 0, None)]); // read-only on RX
+    g.publish(&[(b, 100, VIRTQ_DESC_F_WRITE, None)]); // too small without MRG
+    g.publish(&[(MEM, 2048, VIRTQ_DESC_F_WRITE, None)]); // outside memory
+    g.publish(&[(b, 2048, VIRTQ_DESC_F_WRITE, None)]); // good
+    let p = packet(500, 6);
+    for _ in 0..4 {
+        push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+    }
+    assert_eq!(g.rx(&mut dp).0, 4);
+    assert_eq!(dp.counters.dropped(DropReason::ReadOnlyOnRx), 1);
+    assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
+    assert_eq!(dp.counters.dropped(DropReason::AddressOutOfRange), 1);
+    assert_eq!(dp.counters.rx_packets, 1);
+    assert_eq!((0..4).map(|i| g.used(i).1).collect::<Vec<_>>(), vec![0, 0, 0, 512]);
+    assert_eq!(&g.read(b + 12, 500), &p);
+}
+
+#[test]
+fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(without(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6]));
+    let mut p = packet(100, 7);
+    p[50] = 0;
+    p[51] = 0;
+    let partial = Offload {
+        flags: 1,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Default::default()
+    };
+    push_frame(&pool, &mut dp, &mut sw, &p, partial);
+    let tso = Offload {
+        gso_type: 1,
+        gso_size: 1448,
+        ..partial
+    };
+    push_frame(&pool, &mut dp, &mut sw, &packet(5000, 1), tso);
+    let b = g.buffer(&[], 2048);
+    g.publish(&[(b, 2048, VIRTQ_DESC_F_WRITE, None)]);
+    assert_eq!(g.rx(&mut dp).0, 2);
+    assert_eq!(dp.counters.dropped(DropReason::GsoNotAccepted), 1);
+    let got = g.read(b, 112);
+    assert_eq!(got[0], 0, "NEEDS_CSUM cleared");
+    assert_eq!(!crate::packet::checksum::ones_sum(&got[12 + 34..]), 0, "checksum completed");
+}
+
+#[test]
+fn interrupts_follow_event_idx_and_no_interrupt_flag() {
+    for event_idx in [true, false] {
+        let (mem, arc) = memory();
+        let mut g = Guest::new(&mem, &arc);
+        let feats = if event_idx { all_features() } else { without(&[VIRTIO_RING_F_EVENT_IDX]) };
+        let (_pool, mut dp, mut sw) = setup(feats);
+        let a = g.buffer(&[hdr(&Offload::default(), 0), packet(60, 1)].concat(), 0);
+        if event_idx {
+            g.set_used_event(5);
+        } else {
+            g.set_avail_flags(1); // VRING_AVAIL_F_NO_INTERRUPT
+        }
+        for _ in 0..3 {
+            g.publish(&[(a, 72, 0, None)]);
+        }
+        assert!(!g.tx(&mut dp).1, "event_idx={event_idx}: no interrupt wanted yet");
+        for _ in 0..3 {
+            g.publish(&[(a, 72, 0, None)]);
+        }
+        if event_idx {
+            assert!(g.tx(&mut dp).1, "used index crossed used_event");
+        } else {
+            g.set_avail_flags(0);
+            assert!(g.tx(&mut dp).1, "interrupts enabled again");
+        }
+        while let Some(f) = sw.from_guest.pop() {
+            dp.cache.free(f);
+        }
+    }
+}
+
+#[test]
+fn corrupt_avail_index_is_counted_not_followed() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (_pool, mut dp, _sw) = setup(all_features());
+    g.mock.avail().idx().store(QSIZE + 5);
+    assert_eq!(g.tx(&mut dp).0, 0);
+    assert_eq!(g.rx(&mut dp).0, 0);
+    assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 2);
+}
