@@ -68,6 +68,10 @@ impl<S: QueueSink> VhostUserBackend for VnicDevice<S> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
+    fn set_mtu(&self, mtu: u16) -> io::Result<()> {
+        VnicDevice::set_mtu(self, mtu).map_err(io::Error::other)
+    }
+
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         VnicDevice::stop_vring(self, queue_index as usize).map_err(io::Error::other)
     }

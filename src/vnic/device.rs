@@ -21,6 +21,10 @@ pub enum DeviceError {
     NoSuchVring(usize),
     #[error("vring {index}: engine did not answer: {source}")]
     Engine { index: usize, source: MailboxError },
+    #[error("MTU {asked} is above the vNIC's configured MTU {max}")]
+    MtuTooLarge { asked: u16, max: u16 },
+    #[error("MTU {0} is below the minimum of 68")]
+    MtuTooSmall(u16),
 }
 
 /// Where the device sends vrings: the engines (or a mock in tests).
@@ -35,6 +39,8 @@ pub trait QueueSink: Send + Sync + 'static {
     fn detach(&self, index: usize) -> Result<(), DeviceError>;
     /// A guest kick arrived on `index`: wake its engine if it sleeps.
     fn wake(&self, index: usize);
+    /// Enforce a new MTU on guest TX.
+    fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError>;
 }
 
 /// Engine mailboxes, one per queue pair.
@@ -85,6 +91,18 @@ impl QueueSink for EngineSink {
             engine.ring();
         }
     }
+
+    fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
+        for (qp, engine) in self.engines.iter().enumerate() {
+            engine
+                .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| e.set_mtu(mtu))
+                .map_err(|source| DeviceError::Engine {
+                    index: qp * 2,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// One vNIC's device state.
@@ -92,6 +110,7 @@ pub struct VnicDevice<S: QueueSink> {
     name: String,
     queue_pairs: u16,
     config: Mutex<ConfigSpace>,
+    max_mtu: u16,
     acked: AtomicU64,
     mem: Mutex<Option<GuestMemory>>,
     attached: Vec<AtomicBool>,
@@ -109,6 +128,7 @@ impl<S: QueueSink> VnicDevice<S> {
                 max_queue_pairs: queue_pairs,
                 mtu,
             }),
+            max_mtu: mtu,
             acked: AtomicU64::new(0),
             mem: Mutex::new(None),
             attached: (0..usize::from(queue_pairs) * 2)
@@ -144,6 +164,22 @@ impl<S: QueueSink> VnicDevice<S> {
 
     pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
         lock(&self.config).read(offset, size)
+    }
+
+    /// NET_SET_MTU from the frontend: at most the configured MTU.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
+        if mtu > self.max_mtu {
+            return Err(DeviceError::MtuTooLarge {
+                asked: mtu,
+                max: self.max_mtu,
+            });
+        }
+        if mtu < 68 {
+            return Err(DeviceError::MtuTooSmall(mtu));
+        }
+        self.sink.set_mtu(mtu)?;
+        lock(&self.config).mtu = mtu;
+        Ok(())
     }
 
     /// A vring became ready, or the guest kicked it: make sure its engine
@@ -230,6 +266,10 @@ pub(crate) mod tests {
         }
         fn wake(&self, index: usize) {
             lock(&self.calls).push(format!("wake {index}"));
+        }
+        fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
+            lock(&self.calls).push(format!("mtu {mtu}"));
+            Ok(())
         }
     }
 

@@ -147,7 +147,13 @@ pub(super) struct DataPath {
 }
 
 impl DataPath {
-    pub fn new(name: &str, pool: &Arc<FramePool>, mtu: u16, to_switch: LinkTx, from_switch: LinkRx) -> Self {
+    pub fn new(
+        name: &str,
+        pool: &Arc<FramePool>,
+        mtu: u16,
+        to_switch: LinkTx,
+        from_switch: LinkRx,
+    ) -> Self {
         Self {
             pool: pool.clone(),
             cache: pool.cache(),

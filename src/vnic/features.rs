@@ -38,13 +38,14 @@ pub fn offered(queue_pairs: u16) -> u64 {
     OFFERED | mq | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// vhost-user protocol features snapnet offers.
+/// vhost-user protocol features snapnet offers. STATUS and NET_MTU need the
+/// patched `vhost` crates (vendor/PATCHES.md).
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-        | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::STATUS
 }
 

@@ -13,7 +13,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::engine::DataPath;
 use super::features::{self, Negotiated, VNET_HDR_LEN};
 use super::guest_memory::GuestMap;
-use super::guest_ring::{RingAddrs, RingView, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use super::guest_ring::{
+    RingAddrs, RingView, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 use super::stats::DropReason;
 use super::{guest_rx, guest_tx};
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
@@ -82,7 +84,10 @@ impl<'a> Guest<'a> {
             };
             self.mock
                 .desc_table()
-                .store(idx, RawDescriptor::from(SplitDesc::new(*addr, *len, flags, next)))
+                .store(
+                    idx,
+                    RawDescriptor::from(SplitDesc::new(*addr, *len, flags, next)),
+                )
                 .unwrap();
         }
         self.next_desc += descs.len() as u16;
@@ -91,7 +96,12 @@ impl<'a> Guest<'a> {
     }
 
     fn publish_head(&mut self, head: u16) {
-        self.mock.avail().ring().ref_at(usize::from(self.avail % QSIZE)).unwrap().store(head);
+        self.mock
+            .avail()
+            .ring()
+            .ref_at(usize::from(self.avail % QSIZE))
+            .unwrap()
+            .store(head);
         self.avail = self.avail.wrapping_add(1);
         self.mock.avail().idx().store(self.avail);
     }
@@ -113,7 +123,9 @@ impl<'a> Guest<'a> {
     }
 
     fn set_avail_flags(&self, v: u16) {
-        self.mem.write_obj(v, GuestAddress(self.queue.avail_ring())).unwrap();
+        self.mem
+            .write_obj(v, GuestAddress(self.queue.avail_ring()))
+            .unwrap();
     }
 
     fn tx(&mut self, dp: &mut DataPath) -> (usize, bool) {
@@ -142,7 +154,14 @@ fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
     let (to_guest, from_switch) = link(64).unwrap();
     let mut dp = DataPath::new("test", &pool, 1500, to_switch, from_switch);
     dp.features = Negotiated::from_bits(features);
-    (pool, dp, Switch { from_guest, to_guest })
+    (
+        pool,
+        dp,
+        Switch {
+            from_guest,
+            to_guest,
+        },
+    )
 }
 
 fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
@@ -151,7 +170,9 @@ fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
 }
 
 fn packet(len: usize, seed: u8) -> Vec<u8> {
-    let mut p: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let mut p: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
     p[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
     p[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     p
@@ -171,7 +192,10 @@ fn without(bits: &[u32]) -> u64 {
     bits.iter().fold(all_features(), |f, b| f & !(1u64 << b))
 }
 
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 fn frame_bytes(pool: &FramePool, f: &FrameHandle) -> Vec<u8> {
@@ -219,7 +243,11 @@ fn tx_one_descriptor_split_header_and_indirect_all_arrive_byte_exact() {
     for (i, head) in [0u32, 1, 4].iter().enumerate() {
         assert_eq!(g.used(i as u16), (*head, 0));
     }
-    for (want, want_off) in [(&p1, off), (&p2, Offload::default()), (&p3, Offload::default())] {
+    for (want, want_off) in [
+        (&p1, off),
+        (&p2, Offload::default()),
+        (&p3, Offload::default()),
+    ] {
         let f = sw.from_guest.pop().unwrap();
         assert_eq!(&frame_bytes(&pool, &f), want);
         assert_eq!(f.offload, want_off);
@@ -237,11 +265,20 @@ fn tx_malformed_chains_return_with_zero_length_are_counted_and_serving_goes_on()
     let good = packet(60, 9);
     let ok = g.buffer(&[hdr(&Offload::default(), 0), good.clone()].concat(), 0);
     let cases: Vec<(DropReason, Vec<(u64, u32, u16, Option<u16>)>)> = vec![
-        (DropReason::AddressOutOfRange, vec![(MEM + 0x1000, 72, 0, None)]),
+        (
+            DropReason::AddressOutOfRange,
+            vec![(MEM + 0x1000, 72, 0, None)],
+        ),
         (DropReason::AddressOutOfRange, vec![(MEM - 10, 72, 0, None)]),
-        (DropReason::WriteOnlyOnTx, vec![(ok, 72, VIRTQ_DESC_F_WRITE, None)]),
+        (
+            DropReason::WriteOnlyOnTx,
+            vec![(ok, 72, VIRTQ_DESC_F_WRITE, None)],
+        ),
         (DropReason::TooShort, vec![(ok, 20, 0, None)]),
-        (DropReason::BadIndirect, vec![(ok, 32, VIRTQ_DESC_F_INDIRECT, None)]),
+        (
+            DropReason::BadIndirect,
+            vec![(ok, 32, VIRTQ_DESC_F_INDIRECT, None)],
+        ),
         (DropReason::BadDescIndex, vec![(ok, 12, 0, Some(QSIZE + 3))]),
     ];
     let mut want = Vec::new();
@@ -264,7 +301,11 @@ fn tx_malformed_chains_return_with_zero_length_are_counted_and_serving_goes_on()
     }
     assert_eq!(dp.counters.dropped(DropReason::ChainTooLong), 1);
     assert_eq!(dp.counters.total_drops(), cases.len() as u64 + 1);
-    assert_eq!(sw.from_guest.len(), cases.len() + 1, "every good chain still went through");
+    assert_eq!(
+        sw.from_guest.len(),
+        cases.len() + 1,
+        "every good chain still went through"
+    );
     while let Some(f) = sw.from_guest.pop() {
         assert_eq!(frame_bytes(&pool, &f), good);
         dp.cache.free(f);
@@ -336,7 +377,11 @@ fn rx_with_and_without_mrg_rxbuf() {
     for mrg in [true, false] {
         let (mem, arc) = memory();
         let mut g = Guest::new(&mem, &arc);
-        let feats = if mrg { all_features() } else { without(&[VIRTIO_NET_F_MRG_RXBUF]) };
+        let feats = if mrg {
+            all_features()
+        } else {
+            without(&[VIRTIO_NET_F_MRG_RXBUF])
+        };
         let (pool, mut dp, mut sw) = setup(feats);
         let p = packet(3000, 4);
         push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
@@ -360,7 +405,11 @@ fn rx_with_and_without_mrg_rxbuf() {
         }
         let h = guest_tx::parse_vnet_hdr(&got[..12]);
         assert_eq!(h, Offload::default());
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), used, "num_buffers, mrg={mrg}");
+        assert_eq!(
+            u16::from_le_bytes([got[10], got[11]]),
+            used,
+            "num_buffers, mrg={mrg}"
+        );
         assert_eq!(&got[12..], &p[..]);
         assert_eq!(dp.counters.rx_packets, 1);
     }
@@ -376,7 +425,11 @@ fn rx_waits_for_buffers_then_delivers() {
     assert_eq!(g.rx(&mut dp).0, 0);
     let b = g.buffer(&[], 1024);
     g.publish(&[(b, 1024, VIRTQ_DESC_F_WRITE, None)]);
-    assert_eq!(g.rx(&mut dp).0, 0, "one buffer is not enough: nothing consumed");
+    assert_eq!(
+        g.rx(&mut dp).0,
+        0,
+        "one buffer is not enough: nothing consumed"
+    );
     assert_eq!(g.queue.next_avail(), 0);
     for _ in 0..2 {
         let b = g.buffer(&[], 1024);
@@ -406,7 +459,10 @@ fn rx_malformed_and_too_small_buffers_are_returned_and_counted() {
     assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
     assert_eq!(dp.counters.dropped(DropReason::AddressOutOfRange), 1);
     assert_eq!(dp.counters.rx_packets, 1);
-    assert_eq!((0..4).map(|i| g.used(i).1).collect::<Vec<_>>(), vec![0, 0, 0, 512]);
+    assert_eq!(
+        (0..4).map(|i| g.used(i).1).collect::<Vec<_>>(),
+        vec![0, 0, 0, 512]
+    );
     assert_eq!(&g.read(b + 12, 500), &p);
 }
 
@@ -414,7 +470,11 @@ fn rx_malformed_and_too_small_buffers_are_returned_and_counted() {
 fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
     let (mem, arc) = memory();
     let mut g = Guest::new(&mem, &arc);
-    let (pool, mut dp, mut sw) = setup(without(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6]));
+    let (pool, mut dp, mut sw) = setup(without(&[
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ]));
     let mut p = packet(100, 7);
     p[50] = 0;
     p[51] = 0;
@@ -437,7 +497,11 @@ fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
     assert_eq!(dp.counters.dropped(DropReason::GsoNotAccepted), 1);
     let got = g.read(b, 112);
     assert_eq!(got[0], 0, "NEEDS_CSUM cleared");
-    assert_eq!(!crate::packet::checksum::ones_sum(&got[12 + 34..]), 0, "checksum completed");
+    assert_eq!(
+        !crate::packet::checksum::ones_sum(&got[12 + 34..]),
+        0,
+        "checksum completed"
+    );
 }
 
 #[test]
@@ -445,7 +509,11 @@ fn interrupts_follow_event_idx_and_no_interrupt_flag() {
     for event_idx in [true, false] {
         let (mem, arc) = memory();
         let mut g = Guest::new(&mem, &arc);
-        let feats = if event_idx { all_features() } else { without(&[VIRTIO_RING_F_EVENT_IDX]) };
+        let feats = if event_idx {
+            all_features()
+        } else {
+            without(&[VIRTIO_RING_F_EVENT_IDX])
+        };
         let (_pool, mut dp, mut sw) = setup(feats);
         let a = g.buffer(&[hdr(&Offload::default(), 0), packet(60, 1)].concat(), 0);
         if event_idx {
@@ -456,7 +524,10 @@ fn interrupts_follow_event_idx_and_no_interrupt_flag() {
         for _ in 0..3 {
             g.publish(&[(a, 72, 0, None)]);
         }
-        assert!(!g.tx(&mut dp).1, "event_idx={event_idx}: no interrupt wanted yet");
+        assert!(
+            !g.tx(&mut dp).1,
+            "event_idx={event_idx}: no interrupt wanted yet"
+        );
         for _ in 0..3 {
             g.publish(&[(a, 72, 0, None)]);
         }
