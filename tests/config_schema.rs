@@ -8,14 +8,20 @@ use serde_json::Value;
 use snapnet::control::config::{Config, EMBEDDED_DEFAULT};
 
 fn schema() -> Value {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/config.schema.json")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/config.schema.json"),
+    )
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn validate(doc: &Value) -> Result<(), String> {
     let schema = schema();
     let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
-    let errors: Vec<String> = validator.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {
@@ -29,7 +35,10 @@ fn shipped_configs() -> Vec<(String, String)> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "json") {
-            out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+            out.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            ));
         }
     }
     assert!(out.len() >= 3, "examples/ should ship configs");
@@ -51,13 +60,19 @@ fn compare_keys(schema: &Value, root: &Value, doc: &Value, at: &str) {
     let schema = resolve(schema, root);
     match doc {
         Value::Object(map) => {
-            let props = schema["properties"].as_object().unwrap_or_else(|| panic!("{at}: schema has no properties"));
+            let props = schema["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: schema has no properties"));
             let mut in_schema: Vec<&String> = props.keys().collect();
             let mut in_types: Vec<&String> = map.keys().collect();
             in_schema.sort();
             in_types.sort();
             assert_eq!(in_schema, in_types, "{at}: schema keys vs serde keys");
-            assert_eq!(schema["additionalProperties"], Value::Bool(false), "{at}: schema must refuse unknown keys");
+            assert_eq!(
+                schema["additionalProperties"],
+                Value::Bool(false),
+                "{at}: schema must refuse unknown keys"
+            );
             for (k, v) in map {
                 compare_keys(&props[k], root, v, &format!("{at}.{k}"));
             }
@@ -83,7 +98,9 @@ fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {
 
 #[test]
 fn schema_and_serde_types_have_the_same_keys() {
-    let full = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/full.json")).unwrap();
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/full.json"))
+            .unwrap();
     let cfg = Config::from_json(&full).unwrap();
     // Serialising writes every field, defaults included.
     let doc = serde_json::to_value(&cfg).unwrap();

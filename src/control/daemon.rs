@@ -48,6 +48,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 struct RunningVnic {
     name: String,
+    device: Arc<VnicDevice<EngineSink>>,
     socket: PathBuf,
     connection: Option<Connection>,
     port: PortId,
@@ -62,6 +63,8 @@ struct RunningVnic {
 pub struct VnicReport {
     pub name: String,
     pub socket: PathBuf,
+    /// Vrings a guest driver has set up and an engine serves (2 per queue pair).
+    pub rings_attached: usize,
     /// Per queue pair, from the vNIC engines.
     pub queues: Vec<QueueCounters>,
     /// The vNIC's port on the switch.
@@ -140,12 +143,13 @@ impl Daemon {
                 v.queue_pairs,
                 EngineSink::new(senders),
             ));
-            let connection = Connection::spawn(device, &socket, v.role).map_err(|source| {
-                DaemonError::Connection {
-                    name: v.name.clone(),
-                    source,
-                }
-            })?;
+            let connection =
+                Connection::spawn(device.clone(), &socket, v.role).map_err(|source| {
+                    DaemonError::Connection {
+                        name: v.name.clone(),
+                        source,
+                    }
+                })?;
             log::info!(
                 "{}: {} socket {} (mac {}, mtu {}, {} queue pair(s))",
                 v.name,
@@ -160,6 +164,7 @@ impl Daemon {
             );
             daemon.vnics.push(RunningVnic {
                 name: v.name.clone(),
+                device,
                 socket,
                 connection: Some(connection),
                 port,
@@ -179,6 +184,7 @@ impl Daemon {
             .map(|v| VnicReport {
                 name: v.name.clone(),
                 socket: v.socket.clone(),
+                rings_attached: v.device.attached_rings(),
                 queues: v.queues.iter().map(|q| q.snapshot()).collect(),
                 port: v.port_counters.snapshot(),
             })

@@ -21,6 +21,9 @@ pub mod memory;
 pub mod queue;
 pub mod split_ring;
 
+#[cfg(test)]
+mod loopback_tests;
+
 pub use device::{Frontend, RingInfo};
 pub use error::FrontendError;
 pub use hdr::{RawDesc, VirtioNetHdr};

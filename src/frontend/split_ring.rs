@@ -763,7 +763,7 @@ mod tests {
             let mut r = ring(8, event_idx);
             let mut dev = FakeDevice::new(&r);
             let mut total: u32 = 0;
-            for round in 0..20_000u32 {
+            for round in 0..40_000u32 {
                 let batch = 1 + (round % 8) as u16;
                 let mut heads = Vec::new();
                 for _ in 0..batch {

@@ -166,6 +166,14 @@ impl<S: QueueSink> VnicDevice<S> {
         lock(&self.config).read(offset, size)
     }
 
+    /// How many of the vNIC's vrings an engine is serving right now.
+    pub fn attached_rings(&self) -> usize {
+        self.attached
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// NET_SET_MTU from the frontend: at most the configured MTU.
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
         if mtu > self.max_mtu {

@@ -50,6 +50,10 @@ pub struct AttachedQueue {
     mem: GuestMemory,
     map: Option<GuestMap>,
     view: Option<(RingAddrs, RingView)>,
+    /// Whether the guest should kick: false while polling, true before
+    /// sleeping. Re-applied whenever the ring view is rebuilt.
+    kicks: bool,
+    event_idx: bool,
 }
 
 impl AttachedQueue {
@@ -59,6 +63,8 @@ impl AttachedQueue {
             mem,
             map: None,
             view: None,
+            kicks: true,
+            event_idx: false,
         }
     }
 
@@ -75,6 +81,8 @@ impl AttachedQueue {
             mem,
             map,
             view,
+            kicks,
+            event_idx,
         } = self;
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
@@ -95,6 +103,9 @@ impl AttachedQueue {
         };
         if view.as_ref().is_none_or(|(a, _)| *a != addrs) {
             *view = RingView::new(map, addrs).map(|v| (addrs, v));
+            if let Some((_, ring)) = view.as_ref() {
+                ring.set_kicks(*event_idx, *kicks, q.next_avail());
+            }
         }
         let Some((_, ring)) = view.as_ref() else {
             return Err(DropReason::AddressOutOfRange);
@@ -108,6 +119,8 @@ impl AttachedQueue {
 
     /// Turns guest kicks on (before sleeping) or off (while polling).
     fn set_kicks(&mut self, event_idx: bool, enable: bool) {
+        self.kicks = enable;
+        self.event_idx = event_idx;
         let AttachedQueue { vring, view, .. } = self;
         let state = vring.get_mut();
         if let Some((_, ring)) = view.as_ref() {
