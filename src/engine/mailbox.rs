@@ -15,7 +15,8 @@ use thiserror::Error;
 
 use super::Doorbell;
 
-type Job<E> = Box<dyn FnOnce(&mut E) + Send>;
+/// A request: runs once against the engine's state.
+pub type Job<E> = Box<dyn FnOnce(&mut E) + Send>;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MailboxError {
@@ -75,7 +76,7 @@ impl<E> Mailbox<E> {
 
     /// Takes the pending request, if any. The engine runs it as `job(self)`.
     #[inline]
-    pub fn take(&self) -> Option<Box<dyn FnOnce(&mut E) + Send>> {
+    pub fn take(&self) -> Option<Job<E>> {
         if self.shared.slot.load(Ordering::Relaxed).is_null() {
             return None;
         }
@@ -139,31 +140,29 @@ impl<E: 'static> MailboxSender<E> {
             std::thread::sleep(Duration::from_micros(50));
         }
         self.shared.doorbell.wake();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match reply_rx.recv_timeout(left.max(Duration::from_millis(1))) {
-                Ok(r) => return Ok(r),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(MailboxError::Dropped),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Withdraw the request if the engine has not taken it yet.
-                    if self
-                        .shared
-                        .slot
-                        .compare_exchange(
-                            p,
-                            std::ptr::null_mut(),
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    {
-                        // SAFETY: the exchange returned ownership of `p` to us.
-                        drop(unsafe { Box::from_raw(p) });
-                        return Err(MailboxError::Timeout(timeout));
-                    }
-                    // Taken: it is running; its answer will come.
-                    return reply_rx.recv().map_err(|_| MailboxError::Dropped);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reply_rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(MailboxError::Dropped),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Withdraw the request if the engine has not taken it yet.
+                if self
+                    .shared
+                    .slot
+                    .compare_exchange(
+                        p,
+                        std::ptr::null_mut(),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    // SAFETY: the exchange returned ownership of `p` to us.
+                    drop(unsafe { Box::from_raw(p) });
+                    return Err(MailboxError::Timeout(timeout));
                 }
+                // Taken: it is running; its answer will come.
+                reply_rx.recv().map_err(|_| MailboxError::Dropped)
             }
         }
     }

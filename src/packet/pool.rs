@@ -191,7 +191,7 @@ impl FramePool {
 
     /// The whole frame buffer, headroom included.
     #[inline]
-    pub fn frame_mut(&self, frame: &mut FrameHandle) -> &mut [u8] {
+    pub fn frame_mut<'a>(&'a self, frame: &'a mut FrameHandle) -> &'a mut [u8] {
         let (start, len) = self.span(frame.index);
         // SAFETY: handles are only created by this pool with an index inside
         // the region, and a handle is move-only: `&mut FrameHandle` proves no

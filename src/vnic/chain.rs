@@ -83,9 +83,11 @@ fn walk_indirect(
     let base = map
         .contiguous(table.addr, len)
         .ok_or(DropReason::AddressOutOfRange)?;
-    // SAFETY (for each read below): i < entries and the whole table of
-    // `entries` 16-byte descriptors was checked to be guest memory.
-    let read = |i: u16| unsafe { Desc::read(base.add(usize::from(i) * 16)) };
+    let read = |i: u16| {
+        // SAFETY: callers pass i < entries, and the whole table of `entries`
+        // 16-byte descriptors was checked to be guest memory.
+        unsafe { Desc::read(base.add(usize::from(i) * 16)) }
+    };
     let mut i = 0u16;
     let mut total = 0u64;
     let mut seen = 0u16;

@@ -21,6 +21,8 @@ use super::{guest_rx, guest_tx};
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
 
 const QSIZE: u16 = 16;
+/// (address, length, flags, explicit next).
+type RawDesc4 = (u64, u32, u16, Option<u16>);
 const MEM: u64 = 0x40_0000;
 const BUF: u64 = 0x10_0000;
 const USED: u64 = 0x1000;
@@ -73,7 +75,7 @@ impl<'a> Guest<'a> {
 
     /// Writes raw descriptors at the next table slots and publishes the
     /// first one; returns its index.
-    fn publish(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) -> u16 {
+    fn publish(&mut self, descs: &[RawDesc4]) -> u16 {
         let base = self.next_desc;
         for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
             let idx = base + i as u16;
@@ -264,7 +266,7 @@ fn tx_malformed_chains_return_with_zero_length_are_counted_and_serving_goes_on()
     let (pool, mut dp, mut sw) = setup(all_features() & !(1 << VIRTIO_RING_F_INDIRECT_DESC));
     let good = packet(60, 9);
     let ok = g.buffer(&[hdr(&Offload::default(), 0), good.clone()].concat(), 0);
-    let cases: Vec<(DropReason, Vec<(u64, u32, u16, Option<u16>)>)> = vec![
+    let cases: Vec<(DropReason, Vec<RawDesc4>)> = vec![
         (
             DropReason::AddressOutOfRange,
             vec![(MEM + 0x1000, 72, 0, None)],
