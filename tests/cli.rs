@@ -18,18 +18,34 @@ fn snapnet() -> Command {
 fn unknown_key_and_bad_value_are_refused_at_start_and_named() {
     let dir = TempDir::new("cli-bad");
     for (doc, needle) in [
-        (r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","mtuu":1500}]}"#, "mtuu"),
-        (r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","queue_pairs":99}]}"#, "vnics[0].queue_pairs"),
-        (r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01"}], "colour": "blue"}"#, "colour"),
+        (
+            r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","mtuu":1500}]}"#,
+            "mtuu",
+        ),
+        (
+            r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","queue_pairs":99}]}"#,
+            "vnics[0].queue_pairs",
+        ),
+        (
+            r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01"}], "colour": "blue"}"#,
+            "colour",
+        ),
     ] {
         let path = dir.path("bad.json");
         std::fs::write(&path, doc).unwrap();
-        let out = snapnet().args(["serve", "--config"]).arg(&path).output().unwrap();
+        let out = snapnet()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{doc}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "stderr should name {needle}: {err}");
     }
-    let out = snapnet().args(["serve", "--config", "/nonexistent/snapnet.json"]).output().unwrap();
+    let out = snapnet()
+        .args(["serve", "--config", "/nonexistent/snapnet.json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/snapnet.json"));
 }
@@ -55,7 +71,10 @@ fn sigterm_and_sigint_stop_cleanly_and_peers_see_a_disconnect() {
             .spawn()
             .unwrap();
         let sock = dir.path("vnic0.sock");
-        assert!(wait_for(Duration::from_secs(10), || sock.exists()), "socket never appeared");
+        assert!(
+            wait_for(Duration::from_secs(10), || sock.exists()),
+            "socket never appeared"
+        );
         let mut peer = UnixStream::connect(&sock).unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -68,12 +87,20 @@ fn sigterm_and_sigint_stop_cleanly_and_peers_see_a_disconnect() {
         assert!(status.success(), "exit status {status:?}");
         assert!(!sock.exists(), "socket file left behind");
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert!(out.contains("vnic0"), "counters printed at exit: {out}");
     }
 }
 
-fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -6,6 +6,7 @@ pub mod checksum;
 pub mod frame;
 pub mod link;
 pub mod pool;
+pub mod prefetch;
 pub mod wire;
 
 pub use frame::{FrameHandle, Offload};

@@ -17,6 +17,11 @@ pub struct SwitchEngine {
     mailbox: Mailbox<SwitchEngine>,
     ports: Vec<Option<SwitchPort>>,
     fdb: Fdb,
+    /// The last learn and the last lookup: a burst of one flow repeats the
+    /// same addresses, and two hash probes per frame are the switch's main
+    /// cost. Valid while the FDB generation is unchanged.
+    last_learn: Option<(MacAddr, usize, u64)>,
+    last_lookup: Option<(MacAddr, Option<PortId>, u64)>,
     pool: Arc<FramePool>,
     cache: FrameCache,
 }
@@ -35,6 +40,8 @@ impl SwitchEngine {
                 mailbox,
                 ports: Vec::new(),
                 fdb: Fdb::new(DEFAULT_CAPACITY),
+                last_learn: None,
+                last_lookup: None,
                 pool: pool.clone(),
                 cache: pool.cache(),
             },
@@ -98,13 +105,24 @@ impl SwitchEngine {
             p.counters.rx_bytes += u64::from(frame.len);
             p.dirty = true;
         }
-        if !src.is_group() {
+        let generation = self.fdb.generation();
+        if !src.is_group() && self.last_learn != Some((src, input, generation)) {
             self.fdb.learn(src, PortId(input as u16));
+            self.last_learn = Some((src, input, self.fdb.generation()));
         }
         if dst.is_group() {
             return self.flood(input, frame, flow_hash(src, dst));
         }
-        match self.fdb.lookup(dst) {
+        let generation = self.fdb.generation();
+        let out = match self.last_lookup {
+            Some((mac, out, g)) if mac == dst && g == generation => out,
+            _ => {
+                let out = self.fdb.lookup(dst);
+                self.last_lookup = Some((dst, out, generation));
+                out
+            }
+        };
+        match out {
             Some(out) if usize::from(out.0) == input => {
                 port_mut(&mut self.ports, input).drop_frame(PortDrop::SamePort);
                 self.cache.free(frame);

@@ -38,6 +38,9 @@ pub struct FdbEntry {
 pub struct Fdb {
     map: HashMap<u64, FdbEntry, BuildHasherDefault<MacHasher>>,
     capacity: usize,
+    /// Changes whenever an entry is added, moved or removed, so callers can
+    /// cache a lookup and know when it went stale.
+    generation: u64,
 }
 
 impl Fdb {
@@ -45,6 +48,7 @@ impl Fdb {
         Self {
             map: HashMap::with_capacity_and_hasher(capacity, Default::default()),
             capacity,
+            generation: 0,
         }
     }
 
@@ -59,36 +63,42 @@ impl Fdb {
     pub fn learn(&mut self, mac: MacAddr, port: PortId) {
         let key = mac.to_u64();
         if let Some(e) = self.map.get_mut(&key) {
-            if !e.is_static {
+            if !e.is_static && e.port != port {
                 e.port = port;
+                self.generation += 1;
             }
             return;
         }
         if self.map.len() < self.capacity {
-            self.map.insert(
-                key,
-                FdbEntry {
-                    port,
-                    is_static: false,
-                },
-            );
+            let entry = FdbEntry {
+                port,
+                is_static: false,
+            };
+            self.map.insert(key, entry);
+            self.generation += 1;
         }
+    }
+
+    /// Changes whenever an entry is added, moved or removed.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Installs a static entry (replacing whatever was there).
     pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
-        self.map.insert(
-            mac.to_u64(),
-            FdbEntry {
-                port,
-                is_static: true,
-            },
-        );
+        let entry = FdbEntry {
+            port,
+            is_static: true,
+        };
+        self.map.insert(mac.to_u64(), entry);
+        self.generation += 1;
     }
 
     /// Removes every entry that points at `port`.
     pub fn forget_port(&mut self, port: PortId) {
         self.map.retain(|_, e| e.port != port);
+        self.generation += 1;
     }
 
     /// All entries, for listing.

@@ -8,7 +8,8 @@ use super::guest_ring::{
 };
 use super::stats::DropReason;
 
-/// Most segments one chain may produce (direct or indirect).
+/// Most segments one chain may produce (direct or indirect). Scratch vectors
+/// hold twice this, so a batch can keep walking while under it.
 pub const MAX_SEGMENTS: usize = 1024;
 
 /// A piece of guest buffer, translated.
@@ -43,12 +44,13 @@ pub fn walk(
     indirect_ok: bool,
     segs: &mut Vec<Segment>,
 ) -> Result<u64, DropReason> {
+    let limit = segs.len() + MAX_SEGMENTS;
     let first = ring.desc(head).ok_or(DropReason::BadDescIndex)?;
     if first.flags & VIRTQ_DESC_F_INDIRECT != 0 {
         if !indirect_ok || first.flags & VIRTQ_DESC_F_NEXT != 0 {
             return Err(DropReason::BadIndirect);
         }
-        return walk_indirect(map, first, dir, segs);
+        return walk_indirect(map, first, dir, segs, limit);
     }
     let mut desc = first;
     let mut total = 0u64;
@@ -58,7 +60,7 @@ pub fn walk(
         if seen > u32::from(ring.size()) {
             return Err(DropReason::ChainTooLong);
         }
-        total += add_segment(map, &desc, dir, segs)?;
+        total += add_segment(map, &desc, dir, segs, limit)?;
         if desc.flags & VIRTQ_DESC_F_NEXT == 0 {
             return Ok(total);
         }
@@ -74,6 +76,7 @@ fn walk_indirect(
     table: Desc,
     dir: Direction,
     segs: &mut Vec<Segment>,
+    limit: usize,
 ) -> Result<u64, DropReason> {
     let len = u64::from(table.len);
     if len == 0 || len % 16 != 0 || len / 16 > MAX_SEGMENTS as u64 {
@@ -97,7 +100,7 @@ fn walk_indirect(
         if desc.flags & VIRTQ_DESC_F_INDIRECT != 0 {
             return Err(DropReason::BadIndirect);
         }
-        total += add_segment(map, &desc, dir, segs)?;
+        total += add_segment(map, &desc, dir, segs, limit)?;
         if desc.flags & VIRTQ_DESC_F_NEXT == 0 {
             return Ok(total);
         }
@@ -117,6 +120,7 @@ fn add_segment(
     desc: &Desc,
     dir: Direction,
     segs: &mut Vec<Segment>,
+    limit: usize,
 ) -> Result<u64, DropReason> {
     let writes = desc.flags & VIRTQ_DESC_F_WRITE != 0;
     match dir {
@@ -131,7 +135,7 @@ fn add_segment(
         let (ptr, n) = map
             .translate(gpa, left)
             .ok_or(DropReason::AddressOutOfRange)?;
-        if segs.len() >= MAX_SEGMENTS {
+        if segs.len() >= limit {
             return Err(DropReason::ChainTooLong);
         }
         segs.push(Segment { ptr, len: n as u32 });

@@ -17,7 +17,10 @@ use super::features::Negotiated;
 use super::guest_memory::GuestMap;
 use super::guest_ring::{RingAddrs, RingView};
 use super::guest_rx::{self, RxChain, MAX_RX_CHAINS};
-use super::guest_tx;
+use super::guest_tx::{self, TxChain};
+
+/// Most TX chains walked ahead in one batch.
+const TX_BATCH: usize = 64;
 use super::stats::{DropReason, LogLimiter, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
@@ -152,6 +155,7 @@ pub(super) struct DataPath {
     pub from_switch: LinkRx,
     pub counters: QueueCounters,
     pub segs: Vec<Segment>,
+    pub tx_chains: Vec<TxChain>,
     pub rx_chains: Vec<RxChain>,
     pub features: Negotiated,
     pub mtu: u16,
@@ -173,7 +177,8 @@ impl DataPath {
             to_switch,
             from_switch,
             counters: QueueCounters::default(),
-            segs: Vec::with_capacity(MAX_SEGMENTS),
+            segs: Vec::with_capacity(2 * MAX_SEGMENTS),
+            tx_chains: Vec::with_capacity(TX_BATCH),
             rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
             features: Negotiated::default(),
             mtu,

@@ -127,6 +127,17 @@ impl RingView {
         Some(unsafe { Desc::read(self.desc.add(DESC_SIZE as usize * usize::from(index))) })
     }
 
+    /// Prefetches descriptor `index` (ignored when out of range).
+    #[inline]
+    pub fn prefetch_desc(&self, index: u16) {
+        if index < self.size {
+            crate::packet::prefetch::prefetch_read(
+                self.desc
+                    .wrapping_add(DESC_SIZE as usize * usize::from(index)),
+            );
+        }
+    }
+
     /// Writes used slot `pos` (modulo the size).
     #[inline]
     pub fn put_used(&self, pos: u16, id: u16, len: u32) {

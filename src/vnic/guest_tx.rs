@@ -3,13 +3,14 @@
 
 use virtio_queue::{Queue, QueueT};
 
-use super::chain::{walk, Direction};
+use super::chain::{walk, Direction, MAX_SEGMENTS};
 use super::engine::DataPath;
 use super::features::VNET_HDR_LEN;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
 use super::stats::DropReason;
 use crate::packet::pool::MAX_PACKET;
+use crate::packet::prefetch::prefetch_span;
 use crate::packet::wire::ethernet::HEADER_LEN as ETH_HLEN;
 use crate::packet::Offload;
 
@@ -39,15 +40,57 @@ pub(super) fn drain(
         return (0, false);
     }
     // Backpressure: take no more than the link can hold.
-    let n = usize::from(pending).min(budget).min(dp.to_switch.free());
-    for _ in 0..n {
+    let n = usize::from(pending)
+        .min(budget)
+        .min(dp.to_switch.free())
+        .min(dp.tx_chains.capacity());
+    // Pass 1: walk the batch's chains (their descriptors prefetched first)
+    // and prefetch the start of each buffer, so the copies below find the
+    // lines the guest's core just wrote already on their way.
+    for i in 0..n {
+        ring.prefetch_desc(ring.avail_entry(next_avail.wrapping_add(i as u16)));
+    }
+    dp.segs.clear();
+    dp.tx_chains.clear();
+    while dp.tx_chains.len() < n && dp.segs.len() <= MAX_SEGMENTS {
         let head = ring.avail_entry(next_avail);
         next_avail = next_avail.wrapping_add(1);
-        if let Err(reason) = one_chain(ring, map, head, dp) {
-            dp.malformed(reason, head);
+        let seg_start = dp.segs.len();
+        let walked = walk(
+            ring,
+            map,
+            head,
+            Direction::DeviceReads,
+            dp.features.indirect,
+            &mut dp.segs,
+        );
+        match walked {
+            Ok(_) => {
+                for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
+                    prefetch_span(seg.ptr, seg.len as usize, 2);
+                }
+            }
+            Err(_) => dp.segs.truncate(seg_start),
+        }
+        dp.tx_chains.push(TxChain {
+            head,
+            seg_start,
+            seg_end: dp.segs.len(),
+            walked: walked.map(|t| t as usize),
+        });
+    }
+    // Pass 2: copy each chain into a frame and hand it to the switch.
+    let n = dp.tx_chains.len();
+    for i in 0..n {
+        let c = dp.tx_chains[i];
+        let result = c
+            .walked
+            .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
+        if let Err(reason) = result {
+            dp.malformed(reason, c.head);
         }
         // TX buffers are only read: the used length is 0 either way.
-        ring.put_used(next_used, head, 0);
+        ring.put_used(next_used, c.head, 0);
         next_used = next_used.wrapping_add(1);
     }
     if n == 0 {
@@ -63,22 +106,22 @@ pub(super) fn drain(
     )
 }
 
+/// A TX chain walked in pass 1.
+#[derive(Clone, Copy)]
+pub(super) struct TxChain {
+    head: u16,
+    seg_start: usize,
+    seg_end: usize,
+    walked: Result<usize, DropReason>,
+}
+
 #[inline]
 fn one_chain(
-    ring: &RingView,
-    map: &GuestMap,
-    head: u16,
+    seg_start: usize,
+    seg_end: usize,
+    total: usize,
     dp: &mut DataPath,
 ) -> Result<(), DropReason> {
-    dp.segs.clear();
-    let total = walk(
-        ring,
-        map,
-        head,
-        Direction::DeviceReads,
-        dp.features.indirect,
-        &mut dp.segs,
-    )? as usize;
     if total < VNET_HDR_LEN + ETH_HLEN {
         return Err(DropReason::TooShort);
     }
@@ -96,7 +139,7 @@ fn one_chain(
     let start = usize::from(frame.offset) - VNET_HDR_LEN;
     let buf = &mut dp.pool.frame_mut(&mut frame)[start..start + total];
     let mut at = 0;
-    for seg in dp.segs.iter() {
+    for seg in &dp.segs[seg_start..seg_end] {
         let n = seg.len as usize;
         // SAFETY: `seg` was translated from guest memory that the GuestMap
         // snapshot keeps mapped; `at + n <= total == buf.len()` because the
