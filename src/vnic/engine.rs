@@ -279,6 +279,11 @@ impl VnicEngine {
     }
 
     fn poll_rx(&mut self, budget: usize) -> usize {
+        // Nothing to deliver: leave the guest's ring (and its cache lines,
+        // which the guest's core is writing) alone.
+        if self.dp.from_switch.is_empty() {
+            return 0;
+        }
         let Some(q) = self.rx.as_mut() else {
             // No guest driver: frames must not pile up and arrive stale later.
             let mut n = 0;
