@@ -548,6 +548,11 @@ impl Frontend {
         self.qp(qp).tx.prepare_blast(frame)
     }
 
+    /// Like [`Self::prepare_blast`] with the virtio-net header `hdr`.
+    pub fn prepare_blast_with_hdr(&mut self, qp: u16, frame: &[u8], hdr: &VirtioNetHdr) {
+        self.qp(qp).tx.prepare_blast_with_hdr(frame, hdr)
+    }
+
     /// Publishes up to `n` pre-filled frames (no copy); returns how many.
     pub fn blast(&mut self, qp: u16, n: usize) -> usize {
         self.qp(qp).tx.blast(n)

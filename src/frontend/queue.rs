@@ -237,6 +237,12 @@ impl TxQueue {
     /// Fills every TX buffer with a zero header + `frame` for [`TxQueue::blast`]. Buffers the
     /// device holds right now are refilled when they come back.
     pub fn prepare_blast(&mut self, frame: &[u8]) {
+        self.prepare_blast_with_hdr(frame, &VirtioNetHdr::default());
+    }
+
+    /// Like [`Self::prepare_blast`] with a given virtio-net header (for
+    /// offload frames, e.g. TSO super-frames).
+    pub fn prepare_blast_with_hdr(&mut self, frame: &[u8], hdr: &VirtioNetHdr) {
         let total = self.hdr_len + frame.len();
         assert!(
             total <= self.buf_len as usize,
@@ -246,7 +252,8 @@ impl TxQueue {
         );
         self.reclaim();
         self.blast.clear();
-        self.blast.resize(self.hdr_len, 0);
+        self.blast
+            .extend_from_slice(&hdr.to_bytes()[..self.hdr_len]);
         self.blast.extend_from_slice(frame);
         self.dirty.fill(true);
         let free: Vec<u16> = self.ring.free_list().to_vec();

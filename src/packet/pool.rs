@@ -54,7 +54,7 @@ impl Default for PoolConfig {
         Self {
             frames: 16_384,
             frame_size: 4096,
-            large_frames: 256,
+            large_frames: 512,
             large_frame_size: 69_632,
         }
     }

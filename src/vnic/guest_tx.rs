@@ -80,18 +80,28 @@ pub(super) fn drain(
         });
     }
     // Pass 2: copy each chain into a frame and hand it to the switch.
-    let n = dp.tx_chains.len();
-    for i in 0..n {
-        let c = dp.tx_chains[i];
+    let walked = dp.tx_chains.len();
+    let mut n = 0;
+    while n < walked {
+        let c = dp.tx_chains[n];
         let result = c
             .walked
             .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
-        if let Err(reason) = result {
-            dp.malformed(reason, c.head);
+        match result {
+            Ok(Copied::Yes) => {}
+            // Backpressure: no frame free. Leave this chain and the rest of
+            // the batch in the ring for the next poll rather than drop.
+            Ok(Copied::PoolEmpty) => break,
+            Err(reason) => dp.malformed(reason, c.head),
         }
         // TX buffers are only read: the used length is 0 either way.
         ring.put_used(next_used, c.head, 0);
         next_used = next_used.wrapping_add(1);
+        n += 1;
+    }
+    if n < walked {
+        dp.counters.backpressure += 1;
+        next_avail = q.next_avail().wrapping_add(n as u16);
     }
     if n == 0 {
         return (0, false);
@@ -115,13 +125,20 @@ pub(super) struct TxChain {
     walked: Result<usize, DropReason>,
 }
 
+/// What became of a well-formed chain.
+enum Copied {
+    Yes,
+    /// The pool had no frame: the chain stays in the ring.
+    PoolEmpty,
+}
+
 #[inline]
 fn one_chain(
     seg_start: usize,
     seg_end: usize,
     total: usize,
     dp: &mut DataPath,
-) -> Result<(), DropReason> {
+) -> Result<Copied, DropReason> {
     if total < VNET_HDR_LEN + ETH_HLEN {
         return Err(DropReason::TooShort);
     }
@@ -130,8 +147,7 @@ fn one_chain(
         return Err(DropReason::TooBig);
     }
     let Some(mut frame) = dp.cache.alloc(len) else {
-        dp.counters.drop(DropReason::PoolEmpty);
-        return Ok(());
+        return Ok(Copied::PoolEmpty);
     };
     // Copy header and packet in one pass: the header lands in the headroom
     // just before the packet, so a header split across descriptors costs
@@ -168,7 +184,7 @@ fn one_chain(
         // Cannot happen: the batch was sized to the free slots.
         dp.cache.free(frame);
     }
-    Ok(())
+    Ok(Copied::Yes)
 }
 
 fn check_gso(o: &Offload, host_tso: bool) -> Result<(), DropReason> {

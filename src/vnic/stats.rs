@@ -30,7 +30,7 @@ pub enum DropReason {
     BadGso,
     /// The avail index moved more than a queue size: the ring is corrupt.
     BadAvailIndex,
-    /// No free frame in the pool.
+    /// No free frame in the pool (only where waiting is not possible).
     PoolEmpty,
     /// RX: without MRG_RXBUF the guest's buffer is smaller than the frame.
     RxBufferTooSmall,
@@ -90,6 +90,8 @@ pub struct QueueCounters {
     /// Frames delivered to the guest (switch -> RX ring).
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// Batches cut short because the frame pool was empty (guest TX waits).
+    pub backpressure: u64,
     pub drops: [u64; REASONS],
 }
 
@@ -113,6 +115,7 @@ impl QueueCounters {
         self.tx_bytes += o.tx_bytes;
         self.rx_packets += o.rx_packets;
         self.rx_bytes += o.rx_bytes;
+        self.backpressure += o.backpressure;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -126,6 +129,7 @@ pub struct SharedQueueCounters {
     tx_bytes: AtomicU64,
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
+    backpressure: AtomicU64,
     drops: [AtomicU64; REASONS],
 }
 
@@ -136,6 +140,7 @@ impl SharedQueueCounters {
         self.tx_bytes.store(c.tx_bytes, Ordering::Relaxed);
         self.rx_packets.store(c.rx_packets, Ordering::Relaxed);
         self.rx_bytes.store(c.rx_bytes, Ordering::Relaxed);
+        self.backpressure.store(c.backpressure, Ordering::Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -147,6 +152,7 @@ impl SharedQueueCounters {
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             rx_packets: self.rx_packets.load(Ordering::Relaxed),
             rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            backpressure: self.backpressure.load(Ordering::Relaxed),
             ..Default::default()
         };
         for (v, a) in c.drops.iter_mut().zip(self.drops.iter()) {

@@ -555,3 +555,34 @@ fn corrupt_avail_index_is_counted_not_followed() {
     assert_eq!(g.rx(&mut dp).0, 0);
     assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 2);
 }
+
+#[test]
+fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (_pool, mut dp, mut sw) = setup(all_features());
+    let gso = Offload {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    // The test pool has 8 large frames; send 10 TSO super-frames.
+    let a = g.buffer(&[hdr(&gso, 0), packet(20_000, 3)].concat(), 0);
+    for _ in 0..10 {
+        g.publish(&[(a, 20_012, 0, None)]);
+    }
+    assert_eq!(g.tx(&mut dp).0, 8);
+    assert_eq!(g.queue.next_avail(), 8, "two chains stay in the ring");
+    assert_eq!(g.used_idx(), 8);
+    assert_eq!(dp.counters.backpressure, 1);
+    assert_eq!(dp.counters.total_drops(), 0);
+    // Frames return to the pool: the rest goes through.
+    while let Some(f) = sw.from_guest.pop() {
+        dp.cache.free(f);
+    }
+    assert_eq!(g.tx(&mut dp).0, 2);
+    assert_eq!(g.used_idx(), 10);
+}
