@@ -36,16 +36,7 @@ fn as_socket_client_snapnet_waits_for_the_frontend_and_reconnects_after_it_resta
             wait_for(Duration::from_secs(5), || rings(&daemon, 0) == 2),
             "round {round}"
         );
-        let frames: Vec<Vec<u8>> = (0..16).map(|s| frame(MAC1, MAC0, 300, s)).collect();
-        let got = exchange(
-            &mut a,
-            0,
-            &mut b,
-            &frames,
-            frames.len(),
-            Duration::from_secs(5),
-        );
-        assert_eq!(got, frames, "round {round}");
+        assert_crosses(&mut a, &mut b, 16, 300, &format!("round {round}"));
         drop(a); // QEMU exits; the next round is QEMU restarting
         assert!(wait_for(Duration::from_secs(5), || rings(&daemon, 0) == 0));
     }
@@ -82,16 +73,7 @@ fn a_frontend_vanishing_mid_burst_harms_no_one() {
             quiet = std::time::Instant::now();
         }
     }
-    let frames: Vec<Vec<u8>> = (0..50).map(|s| frame(MAC1, MAC0, 500, s)).collect();
-    let got = exchange(
-        &mut a,
-        0,
-        &mut b,
-        &frames,
-        frames.len(),
-        Duration::from_secs(5),
-    );
-    assert_eq!(got, frames);
+    assert_crosses(&mut a, &mut b, 50, 500, "frames");
     drop(a);
     drop(b);
     daemon.stop();

@@ -319,6 +319,46 @@ impl Checker {
     }
 }
 
+/// Counters before and after a timed run, and the bench thread's CPU share.
+struct Measured {
+    s0: QueueStats,
+    s1: QueueStats,
+    secs: f64,
+    cpu_share: f64,
+    runq_ms: f64,
+}
+
+/// Runs `step` for the warm-up, then for `seconds`, measuring.
+fn measure(dev: &mut Frontend, seconds: f64, mut step: impl FnMut(&mut Frontend)) -> Measured {
+    let warm_end = Instant::now() + WARMUP;
+    while Instant::now() < warm_end {
+        step(dev);
+    }
+    let s0 = sum_stats(dev);
+    let cpu = CpuMeter::start();
+    let dur = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut iter = 0u64;
+    let elapsed = loop {
+        step(dev);
+        iter += 1;
+        if iter % 64 == 0 {
+            let e = start.elapsed();
+            if e >= dur {
+                break e;
+            }
+        }
+    };
+    let (cpu_share, runq_ms) = cpu.finish();
+    Measured {
+        s0,
+        s1: sum_stats(dev),
+        secs: elapsed.as_secs_f64(),
+        cpu_share,
+        runq_ms,
+    }
+}
+
 fn sum_stats(dev: &Frontend) -> QueueStats {
     let mut t = QueueStats::default();
     for q in 0..dev.queue_pairs() {
@@ -572,28 +612,13 @@ fn run_tx(a: TxArgs) -> Result<(), String> {
             dev.recv_count(q);
         }
     };
-    let warm_end = Instant::now() + WARMUP;
-    while Instant::now() < warm_end {
-        step(&mut dev);
-    }
-    let s0 = sum_stats(&dev);
-    let cpu = CpuMeter::start();
-    let dur = Duration::from_secs_f64(t.seconds);
-    let start = Instant::now();
-    let mut iter = 0u64;
-    let elapsed = loop {
-        step(&mut dev);
-        iter += 1;
-        if iter % 64 == 0 {
-            let e = start.elapsed();
-            if e >= dur {
-                break e;
-            }
-        }
-    };
-    let (cpu_share, runq_ms) = cpu.finish();
-    let s1 = sum_stats(&dev);
-    let secs = elapsed.as_secs_f64();
+    let Measured {
+        s0,
+        s1,
+        secs,
+        cpu_share,
+        runq_ms,
+    } = measure(&mut dev, t.seconds, step);
     let sent = s1.tx_packets - s0.tx_packets;
     let tx_mpps = sent as f64 / secs / 1e6;
     let tx_gbps = (sent * t.size as u64) as f64 * 8.0 / secs / 1e9;
@@ -631,28 +656,13 @@ fn run_rx(a: RxArgs) -> Result<(), String> {
             dev.recv_count(q);
         }
     };
-    let warm_end = Instant::now() + WARMUP;
-    while Instant::now() < warm_end {
-        step(&mut dev);
-    }
-    let s0 = sum_stats(&dev);
-    let cpu = CpuMeter::start();
-    let dur = Duration::from_secs_f64(a.seconds);
-    let start = Instant::now();
-    let mut iter = 0u64;
-    let elapsed = loop {
-        step(&mut dev);
-        iter += 1;
-        if iter % 64 == 0 {
-            let e = start.elapsed();
-            if e >= dur {
-                break e;
-            }
-        }
-    };
-    let (cpu_share, runq_ms) = cpu.finish();
-    let s1 = sum_stats(&dev);
-    let secs = elapsed.as_secs_f64();
+    let Measured {
+        s0,
+        s1,
+        secs,
+        cpu_share,
+        runq_ms,
+    } = measure(&mut dev, a.seconds, step);
     let received = s1.rx_packets - s0.rx_packets;
     let bytes = s1.rx_bytes - s0.rx_bytes;
     let rx_mpps = received as f64 / secs / 1e6;

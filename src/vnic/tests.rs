@@ -21,6 +21,15 @@ use super::{guest_rx, guest_tx};
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
 
 const QSIZE: u16 = 16;
+/// A TCPv4 TSO super-frame's header as Linux sends it.
+const TSO4: Offload = Offload {
+    flags: 1,
+    gso_type: 1,
+    hdr_len: 54,
+    gso_size: 1448,
+    csum_start: 34,
+    csum_offset: 16,
+};
 /// (address, length, flags, explicit next).
 type RawDesc4 = (u64, u32, u16, Option<u16>);
 const MEM: u64 = 0x40_0000;
@@ -323,14 +332,7 @@ fn tx_frame_over_mtu_is_dropped_but_gso_frame_passes() {
     let big = packet(1600, 1);
     let a = g.buffer(&[hdr(&Offload::default(), 0), big.clone()].concat(), 0);
     g.publish(&[(a, 1612, 0, None)]);
-    let gso = Offload {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let gso = TSO4;
     let tso = packet(30_000, 2);
     let b = g.buffer(&[hdr(&gso, 0), tso.clone()].concat(), 0);
     g.publish(&[(b, 30_012, 0, None)]);
@@ -561,14 +563,7 @@ fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
     let (mem, arc) = memory();
     let mut g = Guest::new(&mem, &arc);
     let (_pool, mut dp, mut sw) = setup(all_features());
-    let gso = Offload {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let gso = TSO4;
     // The test pool has 8 large frames; send 10 TSO super-frames.
     let a = g.buffer(&[hdr(&gso, 0), packet(20_000, 3)].concat(), 0);
     for _ in 0..10 {

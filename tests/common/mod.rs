@@ -129,6 +129,19 @@ pub fn exchange(
     got
 }
 
+/// Sends `n` numbered frames of `size` bytes from `tx` (MAC0) to `rx` (MAC1)
+/// on queue pair 0 and asserts that exactly they arrive, in order.
+pub fn assert_crosses(tx: &mut Frontend, rx: &mut Frontend, n: u32, size: usize, what: &str) {
+    let frames: Vec<Vec<u8>> = (0..n).map(|s| frame(MAC1, MAC0, size, s)).collect();
+    let got = exchange(tx, 0, rx, &frames, frames.len(), Duration::from_secs(5));
+    assert!(
+        got == frames,
+        "{what}: {} of {} frames arrived intact",
+        got.len(),
+        frames.len()
+    );
+}
+
 /// Open file descriptors of this process.
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
