@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::fdb::{Fdb, DEFAULT_CAPACITY};
 use super::port::{PortCounters, PortDrop, PortId, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
+use crate::packet::wire::flow::flow_hash;
 use crate::packet::wire::{EthernetFrame, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool};
 
@@ -98,7 +99,7 @@ impl SwitchEngine {
             self.cache.free(frame);
             return;
         };
-        let (dst, src) = (eth.dst(), eth.src());
+        let (dst, src, hash) = (eth.dst(), eth.src(), flow_hash(&eth));
         {
             let p = port_mut(&mut self.ports, input);
             p.counters.rx_packets += 1;
@@ -111,7 +112,7 @@ impl SwitchEngine {
             self.last_learn = Some((src, input, self.fdb.generation()));
         }
         if dst.is_group() {
-            return self.flood(input, frame, flow_hash(src, dst));
+            return self.flood(input, frame, hash);
         }
         let generation = self.fdb.generation();
         let out = match self.last_lookup {
@@ -138,10 +139,10 @@ impl SwitchEngine {
                     &mut self.cache,
                     usize::from(out.0),
                     frame,
-                    flow_hash(src, dst),
+                    hash,
                 );
             }
-            _ => self.flood(input, frame, flow_hash(src, dst)),
+            _ => self.flood(input, frame, hash),
         }
     }
 
@@ -180,13 +181,6 @@ impl SwitchEngine {
 #[inline]
 fn port_mut(ports: &mut [Option<SwitchPort>], i: usize) -> &mut SwitchPort {
     ports[i].as_mut().expect("caller checked the port exists")
-}
-
-/// Picks the output queue so one flow stays on one queue (no reordering).
-#[inline]
-fn flow_hash(src: MacAddr, dst: MacAddr) -> u32 {
-    let x = (src.to_u64() ^ dst.to_u64().rotate_left(24)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 32) as u32
 }
 
 #[inline]

@@ -2,5 +2,7 @@
 //! field accessors never index out of bounds on untrusted input.
 
 pub mod ethernet;
+pub mod flow;
+pub mod ip;
 
 pub use ethernet::{EthernetFrame, MacAddr};
