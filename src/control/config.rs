@@ -174,6 +174,11 @@ impl Config {
             .unwrap_or_else(|| self.runtime_dir.join(format!("{}.sock", v.name)))
     }
 
+    /// The engine group that runs vNIC `v`.
+    pub fn group_of<'a>(&'a self, v: &'a VnicConfig) -> &'a str {
+        v.group.as_deref().unwrap_or(&self.groups[0].name)
+    }
+
     /// Checks what the types cannot: ranges, uniqueness, references.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.groups.is_empty() {

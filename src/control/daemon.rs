@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::config::Config;
+use super::config::{Config, ConfigError, GroupConfig, VnicConfig};
 use crate::engine::MailboxError;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
 use crate::sched::{DedicatedGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, SwitchEngine, SwitchHandle, SwitchPort};
 use crate::vnic::connection::ConnectionError;
+use crate::vnic::device::DeviceError;
+use crate::vnic::SocketRole;
 use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, VnicDevice, VnicEngine,
     VnicEngineConfig,
@@ -39,6 +41,14 @@ pub enum DaemonError {
         name: String,
         source: ConnectionError,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InUse(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -47,7 +57,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 }
 
 struct RunningVnic {
-    name: String,
+    config: VnicConfig,
     device: Arc<VnicDevice<EngineSink>>,
     socket: PathBuf,
     connection: Option<Connection>,
@@ -55,7 +65,11 @@ struct RunningVnic {
     port_counters: Arc<SharedPortCounters>,
     queues: Vec<Arc<SharedQueueCounters>>,
     engines: Vec<EngineId>,
-    group: usize,
+}
+
+struct RunningGroup {
+    config: GroupConfig,
+    group: DedicatedGroup,
 }
 
 /// Counters of one vNIC, for display.
@@ -71,110 +85,247 @@ pub struct VnicReport {
     pub port: PortCounters,
 }
 
-/// The running daemon.
+/// The running daemon. The config file is applied through the same
+/// `add_group` / `add_vnic` calls that serve runtime changes, and every
+/// change is validated against the whole resulting configuration first, so a
+/// refused change leaves everything as it was.
 pub struct Daemon {
     pool: Arc<FramePool>,
-    groups: Vec<DedicatedGroup>,
+    /// The configuration as it stands now (what `add_*`/`remove_*` changed).
+    config: Config,
+    groups: Vec<RunningGroup>,
     switch: SwitchHandle,
+    switch_group: String,
+    switch_engine: EngineId,
     vnics: Vec<RunningVnic>,
 }
 
 impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
+        cfg.validate()?;
         let pool = FramePool::new(&PoolConfig::default())?;
-        let mut groups = Vec::new();
-        for g in &cfg.groups {
-            groups.push(DedicatedGroup::start(
-                &g.name,
-                usize::from(g.threads),
-                &g.cpus,
-            )?);
-        }
-        let group_index = |name: &Option<String>| {
-            name.as_ref()
-                .and_then(|n| cfg.groups.iter().position(|g| &g.name == n))
-                .unwrap_or(0)
-        };
         let (switch_engine, switch) = SwitchEngine::new(&pool).map_err(io("switch mailbox"))?;
-        groups[group_index(&cfg.switch_group)].add(Box::new(switch_engine));
         let mut daemon = Daemon {
             pool,
-            groups,
+            config: Config {
+                vnics: Vec::new(),
+                ..cfg.clone()
+            },
+            groups: Vec::new(),
             switch,
+            switch_group: String::new(),
+            switch_engine: EngineId(0),
             vnics: Vec::new(),
         };
+        daemon.config.groups.clear();
+        for g in &cfg.groups {
+            daemon.add_group(g.clone())?;
+        }
+        let switch_group = cfg
+            .switch_group
+            .clone()
+            .unwrap_or_else(|| cfg.groups[0].name.clone());
+        daemon.switch_engine = daemon.group(&switch_group)?.add(Box::new(switch_engine));
+        daemon.switch_group = switch_group;
         for v in &cfg.vnics {
-            let socket = cfg.socket_path(v);
-            if let Some(dir) = socket.parent() {
-                std::fs::create_dir_all(dir).map_err(io(format!("directory {}", dir.display())))?;
+            if let Err(e) = daemon.add_vnic(v.clone()) {
+                daemon.stop();
+                return Err(e);
             }
-            let group = group_index(&v.group);
-            let mut inputs = Vec::new();
-            let mut outputs = Vec::new();
-            let mut senders = Vec::new();
-            let mut queues = Vec::new();
-            let mut engines = Vec::new();
-            for q in 0..v.queue_pairs {
-                let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
-                let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
-                let (engine, sender, counters) = VnicEngine::new(
-                    VnicEngineConfig {
-                        name: format!("{}/q{q}", v.name),
-                        mtu: v.mtu,
-                    },
-                    &daemon.pool,
-                    to_switch,
-                    from_switch,
-                )
-                .map_err(io("engine mailbox"))?;
-                inputs.push(switch_in);
-                outputs.push(switch_out);
-                senders.push(sender);
-                queues.push(counters);
-                engines.push(daemon.groups[group].add(Box::new(engine)));
-            }
-            let (port, port_counters) = daemon
-                .switch
-                .add_port(SwitchPort::new(&v.name, inputs, outputs), vec![v.mac])?;
-            let device = Arc::new(VnicDevice::new(
-                &v.name,
-                v.mac,
-                v.mtu,
-                v.queue_pairs,
-                EngineSink::new(senders),
-            ));
-            let connection =
-                Connection::spawn(device.clone(), &socket, v.role).map_err(|source| {
-                    DaemonError::Connection {
-                        name: v.name.clone(),
-                        source,
-                    }
-                })?;
-            log::info!(
-                "{}: {} socket {} (mac {}, mtu {}, {} queue pair(s))",
-                v.name,
-                match v.role {
-                    crate::vnic::SocketRole::Server => "serving on",
-                    crate::vnic::SocketRole::Client => "connecting to",
-                },
-                socket.display(),
-                v.mac,
-                v.mtu,
-                v.queue_pairs
-            );
-            daemon.vnics.push(RunningVnic {
-                name: v.name.clone(),
-                device,
-                socket,
-                connection: Some(connection),
-                port,
-                port_counters,
-                queues,
-                engines,
-                group,
-            });
         }
         Ok(daemon)
+    }
+
+    fn group(&self, name: &str) -> Result<&DedicatedGroup, DaemonError> {
+        self.groups
+            .iter()
+            .find(|g| g.config.name == name)
+            .map(|g| &g.group)
+            .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
+    }
+
+    /// The configuration as it stands now.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts an engine group.
+    pub fn add_group(&mut self, g: GroupConfig) -> Result<(), DaemonError> {
+        let mut next = self.config.clone();
+        next.groups.push(g.clone());
+        next.validate()?;
+        let group = DedicatedGroup::start(&g.name, usize::from(g.threads), &g.cpus)?;
+        self.groups.push(RunningGroup { config: g, group });
+        self.config = next;
+        Ok(())
+    }
+
+    /// Stops an engine group that runs no engine.
+    pub fn remove_group(&mut self, name: &str) -> Result<(), DaemonError> {
+        let i = self
+            .groups
+            .iter()
+            .position(|g| g.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))?;
+        let users: Vec<String> = self
+            .config
+            .vnics
+            .iter()
+            .filter(|v| self.config.group_of(v) == name)
+            .map(|v| v.name.clone())
+            .collect();
+        if !users.is_empty() || self.switch_group == name {
+            let mut users = users;
+            if self.switch_group == name {
+                users.push("the switch".into());
+            }
+            return Err(DaemonError::InUse(format!(
+                "engine group '{name}' still runs {}; move or remove them first",
+                users.join(", ")
+            )));
+        }
+        let mut next = self.config.clone();
+        next.groups.retain(|g| g.name != name);
+        next.validate()?;
+        self.groups.remove(i).group.stop();
+        self.config = next;
+        Ok(())
+    }
+
+    /// Creates a vNIC: its engines, switch port, device and socket.
+    pub fn add_vnic(&mut self, v: VnicConfig) -> Result<(), DaemonError> {
+        let mut next = self.config.clone();
+        next.vnics.push(v.clone());
+        next.validate()?;
+        let socket = next.socket_path(&v);
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(io(format!("directory {}", dir.display())))?;
+        }
+        let group_name = next.group_of(&v).to_string();
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut senders = Vec::new();
+        let mut queues = Vec::new();
+        let mut engines = Vec::new();
+        for q in 0..v.queue_pairs {
+            let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let (engine, sender, counters) = VnicEngine::new(
+                VnicEngineConfig {
+                    name: format!("{}/q{q}", v.name),
+                    mtu: v.mtu,
+                },
+                &self.pool,
+                to_switch,
+                from_switch,
+            )
+            .map_err(io("engine mailbox"))?;
+            inputs.push(switch_in);
+            outputs.push(switch_out);
+            senders.push(sender);
+            queues.push(counters);
+            engines.push(Box::new(engine));
+        }
+        let device = Arc::new(VnicDevice::new(
+            &v.name,
+            v.mac,
+            v.mtu,
+            v.queue_pairs,
+            EngineSink::new(senders),
+        ));
+        // The socket last: a frontend may connect as soon as it exists.
+        let (port, port_counters) = self
+            .switch
+            .add_port(SwitchPort::new(&v.name, inputs, outputs), vec![v.mac])?;
+        let group = self.group(&group_name)?;
+        let engine_ids: Vec<EngineId> = engines.into_iter().map(|e| group.add(e)).collect();
+        let connection = match Connection::spawn(device.clone(), &socket, v.role) {
+            Ok(c) => c,
+            Err(source) => {
+                let _ = self.switch.remove_port(port);
+                for id in engine_ids {
+                    let _ = group.remove(id);
+                }
+                return Err(DaemonError::Connection {
+                    name: v.name.clone(),
+                    source,
+                });
+            }
+        };
+        log::info!(
+            "{}: {} socket {} (mac {}, mtu {}, {} queue pair(s), group {group_name})",
+            v.name,
+            match v.role {
+                SocketRole::Server => "serving on",
+                SocketRole::Client => "connecting to",
+            },
+            socket.display(),
+            v.mac,
+            v.mtu,
+            v.queue_pairs
+        );
+        self.vnics.push(RunningVnic {
+            config: v,
+            device,
+            socket,
+            connection: Some(connection),
+            port,
+            port_counters,
+            queues,
+            engines: engine_ids,
+        });
+        self.config = next;
+        Ok(())
+    }
+
+    /// Disconnects the guest, stops the vNIC's engines and frees its frames.
+    pub fn remove_vnic(&mut self, name: &str) -> Result<(), DaemonError> {
+        let i = self
+            .vnics
+            .iter()
+            .position(|v| v.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let mut v = self.vnics.remove(i);
+        self.config.vnics.retain(|c| c.name != name);
+        self.teardown(&mut v);
+        log::info!("{name}: removed");
+        Ok(())
+    }
+
+    fn teardown(&self, v: &mut RunningVnic) {
+        if let Some(c) = v.connection.take() {
+            c.stop();
+        }
+        if let Err(e) = self.switch.remove_port(v.port) {
+            log::warn!("{}: switch did not remove the port: {e}", v.config.name);
+        }
+        let group_name = self.config.group_of(&v.config).to_string();
+        if let Ok(group) = self.group(&group_name) {
+            for id in v.engines.drain(..) {
+                // Dropping the engine returns its queued frames to the pool.
+                if let Err(e) = group.remove(id) {
+                    log::warn!("{}: engine not removed: {e}", v.config.name);
+                }
+            }
+        }
+    }
+
+    /// Changes a vNIC's MTU (enforced on guest TX; reported in config space).
+    pub fn set_vnic_mtu(&mut self, name: &str, mtu: u16) -> Result<(), DaemonError> {
+        let i = self
+            .vnics
+            .iter()
+            .position(|v| v.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let mut next = self.config.clone();
+        if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
+            c.mtu = mtu;
+        }
+        next.validate()?;
+        self.vnics[i].device.reconfigure_mtu(mtu)?;
+        self.vnics[i].config.mtu = mtu;
+        self.config = next;
+        Ok(())
     }
 
     /// Counters of every vNIC.
@@ -182,13 +333,18 @@ impl Daemon {
         self.vnics
             .iter()
             .map(|v| VnicReport {
-                name: v.name.clone(),
+                name: v.config.name.clone(),
                 socket: v.socket.clone(),
                 rings_attached: v.device.attached_rings(),
                 queues: v.queues.iter().map(|q| q.snapshot()).collect(),
                 port: v.port_counters.snapshot(),
             })
             .collect()
+    }
+
+    /// The switch (for FDB requests).
+    pub fn switch(&self) -> &SwitchHandle {
+        &self.switch
     }
 
     /// The frame pool (for leak checks).
@@ -198,21 +354,20 @@ impl Daemon {
 
     /// Disconnects every frontend, stops every engine, removes the sockets.
     pub fn stop(mut self) {
-        for v in self.vnics.iter_mut() {
+        let mut vnics = std::mem::take(&mut self.vnics);
+        for v in vnics.iter_mut() {
             if let Some(c) = v.connection.take() {
                 c.stop();
             }
         }
-        for v in self.vnics.drain(..) {
-            let _ = self.switch.remove_port(v.port);
-            for id in v.engines {
-                if let Ok(engine) = self.groups[v.group].remove(id) {
-                    drop(engine);
-                }
-            }
+        for mut v in vnics {
+            self.teardown(&mut v);
+        }
+        if let Ok(group) = self.group(&self.switch_group) {
+            let _ = group.remove(self.switch_engine);
         }
         for g in self.groups.drain(..) {
-            g.stop();
+            g.group.stop();
         }
     }
 }

@@ -3,7 +3,7 @@
 //! pair. It reaches engines only through a [`QueueSink`], so it can be tested
 //! with a mock sink and no engine at all.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ pub struct VnicDevice<S: QueueSink> {
     name: String,
     queue_pairs: u16,
     config: Mutex<ConfigSpace>,
-    max_mtu: u16,
+    max_mtu: AtomicU16,
     acked: AtomicU64,
     mem: Mutex<Option<GuestMemory>>,
     attached: Vec<AtomicBool>,
@@ -128,7 +128,7 @@ impl<S: QueueSink> VnicDevice<S> {
                 max_queue_pairs: queue_pairs,
                 mtu,
             }),
-            max_mtu: mtu,
+            max_mtu: AtomicU16::new(mtu),
             acked: AtomicU64::new(0),
             mem: Mutex::new(None),
             attached: (0..usize::from(queue_pairs) * 2)
@@ -176,17 +176,24 @@ impl<S: QueueSink> VnicDevice<S> {
 
     /// NET_SET_MTU from the frontend: at most the configured MTU.
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        if mtu > self.max_mtu {
-            return Err(DeviceError::MtuTooLarge {
-                asked: mtu,
-                max: self.max_mtu,
-            });
+        let max = self.max_mtu.load(Ordering::Relaxed);
+        if mtu > max {
+            return Err(DeviceError::MtuTooLarge { asked: mtu, max });
         }
         if mtu < 68 {
             return Err(DeviceError::MtuTooSmall(mtu));
         }
         self.sink.set_mtu(mtu)?;
         lock(&self.config).mtu = mtu;
+        Ok(())
+    }
+
+    /// The control plane changes the vNIC's MTU: the new limit for guest TX
+    /// and for what a frontend may set with NET_SET_MTU.
+    pub fn reconfigure_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
+        self.sink.set_mtu(mtu)?;
+        lock(&self.config).mtu = mtu;
+        self.max_mtu.store(mtu, Ordering::Relaxed);
         Ok(())
     }
 

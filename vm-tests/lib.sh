@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Shared by the vm-tests scenarios: a private snapnet, guests booted through
+# qemu-scripts/, result parsing, and cleanup of everything on any exit.
+# A scenario sources this, calls vm_setup, does its work, and ends with
+# vm_pass or vm_fail (exactly one PASS/FAIL line).
+
+set -euo pipefail
+VM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VM_SCENARIO=${VM_SCENARIO:-$(basename "$0" .sh)}
+VM_START=$(date +%s.%N)
+VM_PIDS=()
+VM_SNAPNET_PID=""
+
+vm_log() { echo "[$VM_SCENARIO] $*" >&2; }
+
+vm_elapsed() { awk -v s="$VM_START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
+
+vm_pass() { echo "PASS $VM_SCENARIO ($(vm_elapsed) s) $*"; exit 0; }
+
+vm_fail() {
+    echo "FAIL $VM_SCENARIO ($(vm_elapsed) s) $*"
+    if [ -n "${VM_DIR:-}" ]; then
+        for f in "$VM_DIR"/*.log; do
+            [ -f "$f" ] || continue
+            echo "--- $f (last 15 lines)" >&2
+            tail -15 "$f" >&2
+        done
+    fi
+    exit 1
+}
+
+vm_cleanup() {
+    local p
+    for p in "${VM_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    if [ -n "$VM_SNAPNET_PID" ]; then kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true; fi
+    # QEMU runs under `timeout` inside launch-guest.sh: kill by our private dir.
+    if [ -n "${VM_DIR:-}" ]; then
+        pkill -9 -f "$VM_DIR" 2>/dev/null || true
+        sleep 0.2
+        [ -n "${VM_KEEP:-}" ] || rm -rf "$VM_DIR"
+    fi
+}
+
+# Creates the private directory, builds snapnet and the guest (cached).
+vm_setup() {
+    VM_DIR=$(mktemp -d "/tmp/snapnet-vm-$VM_SCENARIO.XXXXXX")
+    trap vm_cleanup EXIT
+    trap 'vm_fail "interrupted"' INT TERM
+    (cd "$VM_ROOT" && cargo build --release --bin snapnet >/dev/null 2>&1) || vm_fail "cannot build snapnet"
+    local out
+    out=$(bash "$VM_ROOT/qemu-scripts/build-guest.sh") || vm_fail "cannot build the test guest"
+    eval "$(echo "$out" | grep -E '^GUEST_(KERNEL|INITRD)=')"
+    [ -f "${GUEST_KERNEL:-}" ] && [ -f "${GUEST_INITRD:-}" ] || vm_fail "guest build printed no kernel/initrd"
+    VM_QEMU=${VM_QEMU:-qemu-system-x86_64}
+    command -v "$VM_QEMU" >/dev/null || [ -x "$VM_QEMU" ] || vm_fail "QEMU not found: $VM_QEMU"
+}
+
+# vm_config NAME JSON-VNICS-ARRAY [MTU]: writes $VM_DIR/NAME.json
+vm_config() {
+    cat > "$VM_DIR/$1.json" <<JSON
+{ "runtime_dir": "$VM_DIR", "vnics": $2,
+  "groups": [ { "name": "default", "policy": "dedicated", "threads": 1 } ] }
+JSON
+    echo "$VM_DIR/$1.json"
+}
+
+# Two vNICs vnic0/vnic1 in $VM_DIR; extra JSON fields for both as $1.
+vm_two_vnics() {
+    local extra=${1:-}
+    vm_config two "[
+      { \"name\": \"vnic0\", \"mac\": \"52:54:00:5a:00:01\" $extra },
+      { \"name\": \"vnic1\", \"mac\": \"52:54:00:5a:00:02\" $extra } ]"
+}
+
+# vm_snapnet CONFIG: starts snapnet, waits for its sockets.
+vm_snapnet() {
+    "$VM_ROOT/target/release/snapnet" serve --config "$1" >>"$VM_DIR/snapnet.log" 2>&1 &
+    VM_SNAPNET_PID=$!
+    local i
+    for i in $(seq 100); do
+        grep -q "running" "$VM_DIR/snapnet.log" 2>/dev/null && return 0
+        kill -0 "$VM_SNAPNET_PID" 2>/dev/null || vm_fail "snapnet exited at start"
+        sleep 0.05
+    done
+    vm_fail "snapnet did not start"
+}
+
+vm_snapnet_kill9() { kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true; wait "$VM_SNAPNET_PID" 2>/dev/null || true; VM_SNAPNET_PID=""; }
+
+# Prints snapnet's counter table (SIGUSR1) and returns it on stdout.
+vm_counters() {
+    local before
+    before=$(wc -l < "$VM_DIR/snapnet.log")
+    kill -USR1 "$VM_SNAPNET_PID"
+    sleep 0.3
+    tail -n +"$((before + 1))" "$VM_DIR/snapnet.log" | grep -vE '^\[' || true
+}
+
+# vm_guest NAME SOCKET MAC "CMDLINE" [extra launch-guest.sh options...]
+# Boots a guest in the background; serial output goes to $VM_DIR/NAME.log.
+vm_guest() {
+    local name=$1 sock=$2 mac=$3 cmdline=$4
+    shift 4
+    bash "$VM_ROOT/qemu-scripts/launch-guest.sh" --socket "$sock" --mac "$mac" --qemu "$VM_QEMU" \
+        --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" \
+        --cmdline "$cmdline" --serial-log "$VM_DIR/$name.log" --timeout "${VM_GUEST_TIMEOUT:-120}" \
+        --pidfile "$VM_DIR/$name.pid" "$@" >"$VM_DIR/$name.qemu.log" 2>&1 &
+    VM_PIDS+=($!)
+    eval "VM_GUEST_PID_$name=$!"
+}
+
+# vm_wait NAME [TIMEOUT]: waits until the guest printed SNAPNET-DONE.
+vm_wait() {
+    local name=$1 t=${2:-120} i
+    for i in $(seq $((t * 10))); do
+        grep -q "SNAPNET-DONE" "$VM_DIR/$name.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    vm_fail "guest $name did not finish within ${t}s"
+}
+
+# vm_result NAME TEST: the guest's result line for TEST (empty if none).
+vm_result() { grep -a "SNAPNET-RESULT test=$2 " "$VM_DIR/$1.log" | tail -1 | tr -d '\r'; }
+
+# vm_expect NAME TEST: fails the scenario unless TEST passed in guest NAME.
+vm_expect() {
+    local r
+    r=$(vm_result "$1" "$2")
+    case "$r" in
+        *status=pass*) vm_log "$1: $r" ;;
+        *) vm_fail "$1: $2 did not pass: ${r:-no result}" ;;
+    esac
+}
+
+# vm_field LINE KEY: the value of key=value in a result line.
+vm_field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every VM scenario; each prints one PASS/FAIL line. Exits non-zero if
+# any failed. A missing prerequisite is a failure, not a skip.
+set -uo pipefail
+cd "$(dirname "$0")"
+bash ../scripts/install-prereqs.sh qemu-system-x86 busybox-static iperf3 cpio xz-utils kmod iputils-ping ethtool
+failed=0
+for t in two-guests qemu10 multiqueue mtu qemu-restart snapnet-restart; do
+    if ! bash "./$t.sh"; then failed=$((failed + 1)); fi
+done
+echo "vm-tests: $failed failed"
+[ "$failed" -eq 0 ]
