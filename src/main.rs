@@ -1,10 +1,17 @@
-//! `snapnet`: the daemon (`serve`).
+//! `snapnet`: the daemon (`serve`) and its control client (`ctl`).
+
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use snapnet::control::daemon::format_report;
+use snapnet::control::rpc::server::RpcServer;
+use snapnet::control::rpc::Context;
+use snapnet::control::signals::{Signal, Signals};
 use snapnet::control::{Config, Daemon};
 
 #[derive(Parser)]
@@ -29,12 +36,13 @@ enum Command {
         #[arg(long)]
         print_default_config: bool,
     },
+    /// Talk to a running daemon over its control socket.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
             config,
             print_default_config,
@@ -55,15 +63,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ctl(args) => ctl::run(args),
     }
 }
 
+fn group_id(name: &str) -> Result<u32, String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("bad group name '{name}'"))?;
+    // SAFETY: `c` is a valid C string; getgrnam returns null or a pointer to
+    // static storage that we read once, before any other getgr* call.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        return Err(format!("control_group: no unix group named '{name}'"));
+    }
+    // SAFETY: non-null result of getgrnam points to a valid struct group.
+    Ok(unsafe { (*g).gr_gid })
+}
+
 fn serve(cfg: &Config) -> ExitCode {
-    let signals = match snapnet::control::signals::Signals::block() {
+    let signals = match Signals::block() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("snapnet: cannot set up signals: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let gid = match cfg.control_group.as_deref().map(group_id).transpose() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("snapnet: {e}");
+            return ExitCode::from(2);
         }
     };
     let daemon = match Daemon::start(cfg) {
@@ -73,21 +101,52 @@ fn serve(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ctx = Arc::new(Context {
+        daemon: Mutex::new(Some(daemon)),
+        started: Instant::now(),
+        request_shutdown: Box::new(|| {
+            // SAFETY: sends SIGTERM to this process; the main thread takes it.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        }),
+    });
+    let control_path = cfg.control_socket_path();
+    let server = match RpcServer::start(&control_path, gid, ctx.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("snapnet: control socket {}: {e}", control_path.display());
+            if let Some(d) = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                d.stop();
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     log::info!(
-        "snapnet {} running; SIGUSR1 prints counters, SIGINT/SIGTERM stop",
-        env!("CARGO_PKG_VERSION")
+        "snapnet {} running; control socket {}; SIGUSR1 prints counters, SIGINT/SIGTERM stop",
+        env!("CARGO_PKG_VERSION"),
+        control_path.display()
     );
     loop {
         match signals.wait() {
-            snapnet::control::signals::Signal::Stop => break,
-            snapnet::control::signals::Signal::Report => {
-                print!("{}", format_report(&daemon.report()))
+            Signal::Stop => break,
+            Signal::Report => {
+                if let Some(d) = ctx
+                    .daemon
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                {
+                    print!("{}", format_report(&d.report()));
+                }
             }
         }
     }
     log::info!("stopping");
-    let report = daemon.report();
-    daemon.stop();
-    print!("{}", format_report(&report));
+    server.stop();
+    let daemon = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(d) = daemon {
+        let report = d.report();
+        d.stop();
+        print!("{}", format_report(&report));
+    }
     ExitCode::SUCCESS
 }

@@ -32,6 +32,16 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config: {path}: {message}")]
     Invalid { path: String, message: String },
+    /// A name, MAC or socket path given twice.
+    #[error("config: {path}: {message}")]
+    Duplicate { path: String, message: String },
+}
+
+fn duplicate(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Duplicate {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -54,6 +64,13 @@ pub struct Config {
     /// Group that runs the switch engine (default: the first group).
     #[serde(default)]
     pub switch_group: Option<String>,
+    /// The JSON-RPC control socket (default: `<runtime_dir>/control.sock`).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Unix group allowed to use the control socket (mode 0660); without
+    /// it the socket is root-only (0600).
+    #[serde(default)]
+    pub control_group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +191,13 @@ impl Config {
             .unwrap_or_else(|| self.runtime_dir.join(format!("{}.sock", v.name)))
     }
 
+    /// The control socket's path.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.runtime_dir.join("control.sock"))
+    }
+
     /// The engine group that runs vNIC `v`.
     pub fn group_of<'a>(&'a self, v: &'a VnicConfig) -> &'a str {
         v.group.as_deref().unwrap_or(&self.groups[0].name)
@@ -189,7 +213,7 @@ impl Config {
             let at = |k: &str| format!("groups[{i}].{k}");
             check_name(&g.name, &at("name"))?;
             if !group_names.insert(g.name.as_str()) {
-                return Err(invalid(
+                return Err(duplicate(
                     at("name"),
                     format!("group name '{}' is used twice", g.name),
                 ));
@@ -217,7 +241,7 @@ impl Config {
             let at = |k: &str| format!("vnics[{i}].{k}");
             check_name(&v.name, &at("name"))?;
             if !names.insert(v.name.as_str()) {
-                return Err(invalid(
+                return Err(duplicate(
                     at("name"),
                     format!("vNIC name '{}' is used twice", v.name),
                 ));
@@ -229,7 +253,7 @@ impl Config {
                 ));
             }
             if !macs.insert(v.mac) {
-                return Err(invalid(at("mac"), format!("MAC {} is used twice", v.mac)));
+                return Err(duplicate(at("mac"), format!("MAC {} is used twice", v.mac)));
             }
             if !(MIN_MTU..=MAX_MTU).contains(&v.mtu) {
                 return Err(invalid(
@@ -244,7 +268,7 @@ impl Config {
                 ));
             }
             if !sockets.insert(self.socket_path(v)) {
-                return Err(invalid(
+                return Err(duplicate(
                     at("socket"),
                     format!("socket {} is used twice", self.socket_path(v).display()),
                 ));

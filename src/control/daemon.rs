@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::config::{Config, ConfigError, GroupConfig, VnicConfig};
 use crate::engine::MailboxError;
+use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
 use crate::sched::{DedicatedGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
@@ -342,9 +343,54 @@ impl Daemon {
             .collect()
     }
 
-    /// The switch (for FDB requests).
-    pub fn switch(&self) -> &SwitchHandle {
-        &self.switch
+    /// Engines placed in group `name`.
+    pub fn group_engines(&self, name: &str) -> Result<usize, DaemonError> {
+        Ok(self.group(name)?.engine_count())
+    }
+
+    /// CPU seconds used by each thread of group `name`.
+    pub fn group_thread_cpu(&self, name: &str) -> Result<Vec<(i32, f64)>, DaemonError> {
+        Ok(self.group(name)?.thread_cpu())
+    }
+
+    /// The switch's forwarding entries: (MAC, vNIC name, static).
+    pub fn fdb_entries(&self) -> Result<Vec<(MacAddr, String, bool)>, DaemonError> {
+        let entries = self.switch.fdb_entries()?;
+        Ok(entries
+            .into_iter()
+            .map(|(mac, e)| {
+                let port = self
+                    .vnics
+                    .iter()
+                    .find(|v| v.port == e.port)
+                    .map_or_else(|| format!("port{}", e.port.0), |v| v.config.name.clone());
+                (mac, port, e.is_static)
+            })
+            .collect())
+    }
+
+    /// Pins `mac` to vNIC `vnic`'s switch port.
+    pub fn fdb_add(&self, mac: MacAddr, vnic: &str) -> Result<(), DaemonError> {
+        let port = self
+            .vnics
+            .iter()
+            .find(|v| v.config.name == vnic)
+            .map(|v| v.port)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{vnic}'")))?;
+        if !self.switch.fdb_add_static(mac, port)? {
+            return Err(DaemonError::NotFound(format!(
+                "switch port of vNIC '{vnic}'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forgets `mac` in the switch.
+    pub fn fdb_remove(&self, mac: MacAddr) -> Result<(), DaemonError> {
+        if !self.switch.fdb_remove(mac)? {
+            return Err(DaemonError::NotFound(format!("forwarding entry for {mac}")));
+        }
+        Ok(())
     }
 
     /// The frame pool (for leak checks).

@@ -20,6 +20,8 @@ struct Worker {
     adds: Mutex<Vec<(EngineId, Box<dyn Engine>)>>,
     removals: Mutex<Vec<Removal>>,
     load: Mutex<Vec<EngineId>>,
+    /// Kernel thread id, for CPU accounting from /proc.
+    tid: std::sync::atomic::AtomicI32,
 }
 
 /// A group of dedicated polling threads.
@@ -46,6 +48,7 @@ impl DedicatedGroup {
                 adds: Mutex::new(Vec::new()),
                 removals: Mutex::new(Vec::new()),
                 load: Mutex::new(Vec::new()),
+                tid: std::sync::atomic::AtomicI32::new(0),
             });
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let (w, s) = (worker.clone(), stop.clone());
@@ -102,6 +105,22 @@ impl DedicatedGroup {
         Ok(engine)
     }
 
+    /// Engines placed in the group.
+    pub fn engine_count(&self) -> usize {
+        self.workers.iter().map(|w| lock(&w.load).len()).sum()
+    }
+
+    /// CPU time used by each thread so far: (kernel thread id, seconds).
+    pub fn thread_cpu(&self) -> Vec<(i32, f64)> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let tid = w.tid.load(Ordering::Relaxed);
+                (tid, thread_cpu_seconds(tid))
+            })
+            .collect()
+    }
+
     /// Stops the threads; engines still placed are dropped on their thread.
     pub fn stop(mut self) {
         self.shutdown();
@@ -126,6 +145,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn run(worker: Arc<Worker>, stop: Arc<AtomicBool>, cpu: Option<usize>) {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    worker.tid.store(tid, Ordering::Relaxed);
     if let Some(cpu) = cpu {
         pin_to_cpu(cpu);
     }
@@ -157,6 +179,15 @@ fn run(worker: Arc<Worker>, stop: Arc<AtomicBool>, cpu: Option<usize>) {
             }
         }
     }
+}
+
+/// CPU time of a thread of this process, from its schedstat (nanoseconds on
+/// CPU is the first field).
+fn thread_cpu_seconds(tid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 fn pin_to_cpu(cpu: usize) {

@@ -301,6 +301,29 @@ impl SwitchHandle {
             })
     }
 
+    /// Pins `mac` to port `port`; false when the port does not exist.
+    pub fn fdb_add_static(&self, mac: MacAddr, port: PortId) -> Result<bool, MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
+                let exists = s
+                    .ports
+                    .get(usize::from(port.0))
+                    .is_some_and(Option::is_some);
+                if exists {
+                    s.fdb.add_static(mac, port);
+                }
+                exists
+            })
+    }
+
+    /// Forgets `mac`; false when it was not known.
+    pub fn fdb_remove(&self, mac: MacAddr) -> Result<bool, MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
+                s.fdb.remove(mac)
+            })
+    }
+
     pub fn fdb_entries(&self) -> Result<Vec<(MacAddr, super::fdb::FdbEntry)>, MailboxError> {
         self.mailbox
             .call(CONTROL_TIMEOUT, |s: &mut SwitchEngine| s.fdb().entries())

@@ -95,6 +95,15 @@ impl Fdb {
         self.generation += 1;
     }
 
+    /// Removes the entry of `mac`; false if there was none.
+    pub fn remove(&mut self, mac: MacAddr) -> bool {
+        let found = self.map.remove(&mac.to_u64()).is_some();
+        if found {
+            self.generation += 1;
+        }
+        found
+    }
+
     /// Removes every entry that points at `port`.
     pub fn forget_port(&mut self, port: PortId) {
         self.map.retain(|_, e| e.port != port);

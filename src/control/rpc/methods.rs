@@ -1,0 +1,339 @@
+//! The control API's methods: parameters in, the daemon's modules called,
+//! results out. Every change goes through `Daemon`, whose operations validate
+//! first and reach running engines only through their mailboxes.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::protocol::*;
+use crate::control::config::{ConfigError, GroupConfig, VnicConfig};
+use crate::control::daemon::{Daemon, DaemonError, VnicReport};
+use crate::packet::wire::MacAddr;
+use crate::switch::PortDrop;
+use crate::vnic::{DropReason, QueueCounters};
+
+/// Every method the server answers (the OpenRPC document lists the same).
+pub const METHODS: &[&str] = &[
+    "vnic.add",
+    "vnic.remove",
+    "vnic.list",
+    "vnic.get",
+    "vnic.stats",
+    "vnic.update",
+    "group.add",
+    "group.remove",
+    "group.list",
+    "group.stats",
+    "switch.fdb.list",
+    "switch.fdb.add",
+    "switch.fdb.remove",
+    "daemon.status",
+    "daemon.shutdown",
+];
+
+/// What the methods work on.
+pub struct Context {
+    /// `None` once the daemon is stopping.
+    pub daemon: Mutex<Option<Daemon>>,
+    pub started: Instant,
+    /// Asks the main thread to stop the daemon.
+    pub request_shutdown: Box<dyn Fn() + Send + Sync>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VnicUpdateParams {
+    name: String,
+    #[serde(default)]
+    mtu: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbAddParams {
+    mac: String,
+    vnic: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbRemoveParams {
+    mac: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcError> {
+    // Positional params are not part of this API.
+    if v.is_array() {
+        return Err(RpcError::new(
+            INVALID_PARAMS,
+            "params must be an object with named members",
+        ));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        RpcError::new(INVALID_PARAMS, format!("params: {at}{}", e.inner()))
+    })
+}
+
+fn mac(s: &str, what: &str) -> Result<MacAddr, RpcError> {
+    s.parse()
+        .map_err(|e| RpcError::new(INVALID_PARAMS, format!("params.{what}: {e}")))
+}
+
+impl From<DaemonError> for RpcError {
+    fn from(e: DaemonError) -> Self {
+        let code = match &e {
+            DaemonError::Config(ConfigError::Duplicate { .. }) => ALREADY_EXISTS,
+            DaemonError::Config(ConfigError::Parse { .. }) => INVALID_PARAMS,
+            DaemonError::Config(_) => INVALID_VALUE,
+            DaemonError::NotFound(_) => NOT_FOUND,
+            DaemonError::InUse(_) => IN_USE,
+            DaemonError::Device(_) => INVALID_VALUE,
+            _ => RESOURCE,
+        };
+        // Config paths are relative to the whole config; say what was sent.
+        RpcError::new(code, e.to_string().replace("config: ", ""))
+    }
+}
+
+/// A config error about the entry being added is about the request's params.
+fn as_params(e: DaemonError, entry: &str) -> RpcError {
+    let mut r = RpcError::from(e);
+    r.message = r.message.replace(entry, "params.");
+    r
+}
+
+/// Runs one method.
+pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
+    let mut guard = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(d) = guard.as_mut() else {
+        return Err(RpcError::new(SHUTTING_DOWN, "the daemon is shutting down"));
+    };
+    match method {
+        "vnic.add" => {
+            let v: VnicConfig = params(p)?;
+            let name = v.name.clone();
+            let at = format!("vnics[{}].", d.config().vnics.len());
+            d.add_vnic(v).map_err(|e| as_params(e, &at))?;
+            vnic_info(d, &name)
+        }
+        "vnic.remove" => {
+            let NameParams { name } = params(p)?;
+            d.remove_vnic(&name)?;
+            Ok(json!({ "removed": name }))
+        }
+        "vnic.list" => {
+            let NoParams {} = params(p)?;
+            let names: Vec<String> = d.config().vnics.iter().map(|v| v.name.clone()).collect();
+            Ok(Value::Array(
+                names
+                    .iter()
+                    .map(|n| vnic_info(d, n))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        "vnic.get" => {
+            let NameParams { name } = params(p)?;
+            vnic_info(d, &name)
+        }
+        "vnic.stats" => {
+            let NameParams { name } = params(p)?;
+            let r = d
+                .report()
+                .into_iter()
+                .find(|r| r.name == name)
+                .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no vNIC '{name}'")))?;
+            Ok(vnic_stats(&r))
+        }
+        "vnic.update" => {
+            let u: VnicUpdateParams = params(p)?;
+            if d.config().vnics.iter().all(|v| v.name != u.name) {
+                return Err(RpcError::new(NOT_FOUND, format!("no vNIC '{}'", u.name)));
+            }
+            if let Some(mtu) = u.mtu {
+                d.set_vnic_mtu(&u.name, mtu)?;
+            }
+            vnic_info(d, &u.name)
+        }
+        "group.add" => {
+            let g: GroupConfig = params(p)?;
+            let name = g.name.clone();
+            let at = format!("groups[{}].", d.config().groups.len());
+            d.add_group(g).map_err(|e| as_params(e, &at))?;
+            group_info(d, &name)
+        }
+        "group.remove" => {
+            let NameParams { name } = params(p)?;
+            d.remove_group(&name)?;
+            Ok(json!({ "removed": name }))
+        }
+        "group.list" => {
+            let NoParams {} = params(p)?;
+            let names: Vec<String> = d.config().groups.iter().map(|g| g.name.clone()).collect();
+            Ok(Value::Array(
+                names
+                    .iter()
+                    .map(|n| group_info(d, n))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        "group.stats" => {
+            let NameParams { name } = params(p)?;
+            let threads = d.group_thread_cpu(&name)?;
+            Ok(json!({
+                "name": name,
+                "engines": d.group_engines(&name)?,
+                "threads": threads.iter().map(|(tid, secs)| json!({ "tid": tid, "cpu_seconds": secs })).collect::<Vec<_>>(),
+                "cpu_seconds": threads.iter().map(|(_, s)| s).sum::<f64>(),
+            }))
+        }
+        "switch.fdb.list" => {
+            let NoParams {} = params(p)?;
+            let entries = d.fdb_entries()?;
+            Ok(Value::Array(
+                entries
+                    .into_iter()
+                    .map(|(mac, port, is_static)| json!({ "mac": mac.to_string(), "port": port, "static": is_static }))
+                    .collect(),
+            ))
+        }
+        "switch.fdb.add" => {
+            let a: FdbAddParams = params(p)?;
+            let m = mac(&a.mac, "mac")?;
+            if m.is_group() {
+                return Err(RpcError::new(
+                    INVALID_VALUE,
+                    format!("params.mac: {m} is not a unicast address"),
+                ));
+            }
+            d.fdb_add(m, &a.vnic)?;
+            Ok(json!({ "mac": m.to_string(), "port": a.vnic, "static": true }))
+        }
+        "switch.fdb.remove" => {
+            let r: FdbRemoveParams = params(p)?;
+            let m = mac(&r.mac, "mac")?;
+            d.fdb_remove(m)?;
+            Ok(json!({ "removed": m.to_string() }))
+        }
+        "daemon.status" => {
+            let NoParams {} = params(p)?;
+            let (free, _) = d.pool().free_frames();
+            let (total, _) = d.pool().total_frames();
+            Ok(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
+                "vnics": d.config().vnics.len(),
+                "groups": d.config().groups.len(),
+                "pool": { "frames": total, "free_in_shared_list": free },
+            }))
+        }
+        "daemon.shutdown" => {
+            let NoParams {} = params(p)?;
+            drop(guard);
+            (ctx.request_shutdown)();
+            Ok(json!({ "shutting_down": true }))
+        }
+        _ => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("no method '{method}' (see schemas/openrpc.json)"),
+        )),
+    }
+}
+
+fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
+    let cfg = d.config();
+    let v = cfg
+        .vnics
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no vNIC '{name}'")))?;
+    let rings = d
+        .report()
+        .into_iter()
+        .find(|r| r.name == name)
+        .map_or(0, |r| r.rings_attached);
+    Ok(json!({
+        "name": v.name,
+        "mac": v.mac.to_string(),
+        "mtu": v.mtu,
+        "queue_pairs": v.queue_pairs,
+        "role": v.role,
+        "socket": cfg.socket_path(v),
+        "group": cfg.group_of(v),
+        "connected": rings > 0,
+        "rings_attached": rings,
+    }))
+}
+
+fn group_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
+    let g = d
+        .config()
+        .groups
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no engine group '{name}'")))?;
+    Ok(json!({
+        "name": g.name,
+        "policy": g.policy,
+        "threads": g.threads,
+        "cpus": g.cpus,
+        "engines": d.group_engines(name)?,
+    }))
+}
+
+fn counters(c: &QueueCounters) -> Value {
+    let mut drops = Map::new();
+    for r in DropReason::ALL {
+        drops.insert(r.as_str().into(), c.dropped(r).into());
+    }
+    json!({
+        "tx_packets": c.tx_packets,
+        "tx_bytes": c.tx_bytes,
+        "rx_packets": c.rx_packets,
+        "rx_bytes": c.rx_bytes,
+        "backpressure": c.backpressure,
+        "drops": drops,
+    })
+}
+
+/// The `vnic.stats` result: totals, per queue, and the switch port.
+pub fn vnic_stats(r: &VnicReport) -> Value {
+    let mut total = QueueCounters::default();
+    for q in &r.queues {
+        total.add(q);
+    }
+    let mut port_drops = Map::new();
+    for d in PortDrop::ALL {
+        port_drops.insert(d.as_str().into(), r.port.dropped(d).into());
+    }
+    let mut v = counters(&total);
+    v["name"] = r.name.clone().into();
+    v["queues"] = r.queues.iter().map(counters).collect();
+    v["switch_port"] = json!({
+        "rx_packets": r.port.rx_packets,
+        "rx_bytes": r.port.rx_bytes,
+        "tx_packets": r.port.tx_packets,
+        "tx_bytes": r.port.tx_bytes,
+        "drops": port_drops,
+    });
+    v
+}

@@ -1,0 +1,362 @@
+//! `snapnet ctl`: one subcommand per control method; tables for people,
+//! `--json` for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use snapnet::control::rpc::client::{Client, ClientError};
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        env = "SNAPNET_CONTROL_SOCKET",
+        default_value = "/run/snapnet/control.sock"
+    )]
+    socket: PathBuf,
+    /// Print the raw JSON result.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// vNICs: add, remove, list, get, stats, update.
+    #[command(subcommand)]
+    Vnic(VnicCmd),
+    /// Engine groups: add, remove, list, stats.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// The switch's forwarding database.
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Version, uptime, counts.
+    Status,
+    /// Stop the daemon (guests see their sockets close).
+    Shutdown,
+    /// Any method with raw JSON params.
+    Call {
+        method: String,
+        params: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VnicCmd {
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        mtu: Option<u16>,
+        #[arg(long)]
+        queue_pairs: Option<u16>,
+        /// vhost-user socket path (default: <runtime_dir>/<name>.sock).
+        #[arg(long = "vhost-socket")]
+        vhost_socket: Option<PathBuf>,
+        /// server (snapnet listens) or client (snapnet connects).
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+    Get {
+        name: String,
+    },
+    Stats {
+        name: String,
+    },
+    Update {
+        name: String,
+        #[arg(long)]
+        mtu: Option<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "dedicated")]
+        policy: String,
+        #[arg(long)]
+        threads: Option<u16>,
+        /// CPUs to pin the threads to, e.g. 2,3.
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+    Stats {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FdbCmd {
+    List,
+    /// Pin MAC to a vNIC's switch port.
+    Add {
+        mac: String,
+        vnic: String,
+    },
+    Remove {
+        mac: String,
+    },
+}
+
+fn obj(pairs: Vec<(&str, Option<Value>)>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    }
+    Value::Object(m)
+}
+
+fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
+    Ok(match cmd {
+        CtlCommand::Vnic(c) => match c {
+            VnicCmd::Add {
+                name,
+                mac,
+                mtu,
+                queue_pairs,
+                vhost_socket,
+                role,
+                group,
+            } => (
+                "vnic.add".into(),
+                obj(vec![
+                    ("name", Some(name.into())),
+                    ("mac", Some(mac.into())),
+                    ("mtu", mtu.map(Into::into)),
+                    ("queue_pairs", queue_pairs.map(Into::into)),
+                    (
+                        "socket",
+                        vhost_socket.map(|p| p.display().to_string().into()),
+                    ),
+                    ("role", role.map(Into::into)),
+                    ("group", group.map(Into::into)),
+                ]),
+            ),
+            VnicCmd::Remove { name } => ("vnic.remove".into(), json!({ "name": name })),
+            VnicCmd::List => ("vnic.list".into(), json!({})),
+            VnicCmd::Get { name } => ("vnic.get".into(), json!({ "name": name })),
+            VnicCmd::Stats { name } => ("vnic.stats".into(), json!({ "name": name })),
+            VnicCmd::Update { name, mtu } => (
+                "vnic.update".into(),
+                obj(vec![
+                    ("name", Some(name.into())),
+                    ("mtu", mtu.map(Into::into)),
+                ]),
+            ),
+        },
+        CtlCommand::Group(c) => match c {
+            GroupCmd::Add {
+                name,
+                policy,
+                threads,
+                cpus,
+            } => (
+                "group.add".into(),
+                obj(vec![
+                    ("name", Some(name.into())),
+                    ("policy", Some(policy.into())),
+                    ("threads", threads.map(Into::into)),
+                    ("cpus", (!cpus.is_empty()).then(|| cpus.into())),
+                ]),
+            ),
+            GroupCmd::Remove { name } => ("group.remove".into(), json!({ "name": name })),
+            GroupCmd::List => ("group.list".into(), json!({})),
+            GroupCmd::Stats { name } => ("group.stats".into(), json!({ "name": name })),
+        },
+        CtlCommand::Fdb(c) => match c {
+            FdbCmd::List => ("switch.fdb.list".into(), json!({})),
+            FdbCmd::Add { mac, vnic } => {
+                ("switch.fdb.add".into(), json!({ "mac": mac, "vnic": vnic }))
+            }
+            FdbCmd::Remove { mac } => ("switch.fdb.remove".into(), json!({ "mac": mac })),
+        },
+        CtlCommand::Status => ("daemon.status".into(), json!({})),
+        CtlCommand::Shutdown => ("daemon.shutdown".into(), json!({})),
+        CtlCommand::Call { method, params } => {
+            let p = match params {
+                Some(t) => {
+                    serde_json::from_str(&t).map_err(|e| format!("params are not JSON: {e}"))?
+                }
+                None => json!({}),
+            };
+            (method, p)
+        }
+    })
+}
+
+pub fn run(args: CtlArgs) -> ExitCode {
+    let (method, params) = match request(args.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapnet ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = Client::connect(&args.socket).and_then(|mut c| c.call(&method, params));
+    match result {
+        Ok(v) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", human(&method, &v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Rpc(e)) => {
+            eprintln!("snapnet ctl: {method}: {} (error {})", e.message, e.code);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("snapnet ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(rows: &[Value], cols: &[&str]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |vals: Vec<&str>| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    out += &line(cols.to_vec());
+    for r in &cells {
+        out += &line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn nonzero_drops(d: &Value) -> String {
+    let s: Vec<String> = d
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.join(" ")
+    }
+}
+
+fn human(method: &str, v: &Value) -> String {
+    match method {
+        "vnic.list" => table(
+            v.as_array().map_or(&[][..], Vec::as_slice),
+            &[
+                "name",
+                "mac",
+                "mtu",
+                "queue_pairs",
+                "role",
+                "group",
+                "connected",
+                "socket",
+            ],
+        ),
+        "group.list" => table(
+            v.as_array().map_or(&[][..], Vec::as_slice),
+            &["name", "policy", "threads", "cpus", "engines"],
+        ),
+        "switch.fdb.list" => table(
+            v.as_array().map_or(&[][..], Vec::as_slice),
+            &["mac", "port", "static"],
+        ),
+        "vnic.stats" => {
+            let mut rows = vec![json!({
+                "queue": "all",
+                "tx_packets": v["tx_packets"], "tx_bytes": v["tx_bytes"],
+                "rx_packets": v["rx_packets"], "rx_bytes": v["rx_bytes"],
+                "drops": nonzero_drops(&v["drops"]),
+            })];
+            for (i, q) in v["queues"].as_array().into_iter().flatten().enumerate() {
+                rows.push(json!({
+                    "queue": format!("q{i}"),
+                    "tx_packets": q["tx_packets"], "tx_bytes": q["tx_bytes"],
+                    "rx_packets": q["rx_packets"], "rx_bytes": q["rx_bytes"],
+                    "drops": nonzero_drops(&q["drops"]),
+                }));
+            }
+            let mut out = format!("vNIC {}\n", cell(&v["name"]));
+            out += &table(
+                &rows,
+                &[
+                    "queue",
+                    "tx_packets",
+                    "tx_bytes",
+                    "rx_packets",
+                    "rx_bytes",
+                    "drops",
+                ],
+            );
+            out += &format!(
+                "switch port: in {} pkts, out {} pkts, drops {}\n",
+                v["switch_port"]["rx_packets"],
+                v["switch_port"]["tx_packets"],
+                nonzero_drops(&v["switch_port"]["drops"])
+            );
+            out
+        }
+        _ => match v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", cell(v)))
+                .collect(),
+            other => format!("{}\n", cell(other)),
+        },
+    }
+}
