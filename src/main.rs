@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use snapnet::control::daemon::format_report;
+use snapnet::control::metrics::MetricsServer;
 use snapnet::control::rpc::server::RpcServer;
 use snapnet::control::rpc::Context;
 use snapnet::control::signals::{Signal, Signals};
@@ -35,6 +36,9 @@ enum Command {
         /// Print the embedded default config and exit.
         #[arg(long)]
         print_default_config: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Talk to a running daemon over its control socket.
     Ctl(ctl::CtlArgs),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             print_default_config,
+            metrics_listen,
         } => {
             if print_default_config {
                 println!("{}", snapnet::control::config::EMBEDDED_DEFAULT);
@@ -56,7 +61,7 @@ fn main() -> ExitCode {
                 None => Ok(Config::embedded_default()),
             };
             match cfg {
-                Ok(cfg) => serve(&cfg),
+                Ok(cfg) => serve(&cfg, metrics_listen.as_deref()),
                 Err(e) => {
                     eprintln!("snapnet: {e}");
                     ExitCode::from(2)
@@ -79,7 +84,7 @@ fn group_id(name: &str) -> Result<u32, String> {
     Ok(unsafe { (*g).gr_gid })
 }
 
-fn serve(cfg: &Config) -> ExitCode {
+fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
     let signals = match Signals::block() {
         Ok(s) => s,
         Err(e) => {
@@ -120,6 +125,23 @@ fn serve(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = match metrics_listen
+        .map(|a| MetricsServer::start(a, ctx.clone()))
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("snapnet: --metrics-listen: {e}");
+            server.stop();
+            if let Some(d) = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                d.stop();
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(m) = &metrics {
+        log::info!("metrics at http://{}/metrics", m.addr);
+    }
     log::info!(
         "snapnet {} running; control socket {}; SIGUSR1 prints counters, SIGINT/SIGTERM stop",
         env!("CARGO_PKG_VERSION"),
@@ -141,6 +163,9 @@ fn serve(cfg: &Config) -> ExitCode {
         }
     }
     log::info!("stopping");
+    if let Some(m) = metrics {
+        m.stop();
+    }
     server.stop();
     let daemon = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(d) = daemon {

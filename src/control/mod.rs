@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod rpc;
 pub mod signals;
 

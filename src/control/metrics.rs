@@ -1,0 +1,267 @@
+//! Prometheus / OpenMetrics text exposition of the daemon's counters
+//! (`--metrics-listen ADDR`, path `/metrics`), encoded by `prometheus-client`.
+//! A scrape reads the engines' published counters; it never touches an
+//! engine.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::daemon::Daemon;
+use super::rpc::Context;
+use crate::switch::PortDrop;
+use crate::vnic::{DropReason, QueueCounters};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// The exposition text for the daemon's current counters.
+pub fn render(d: &Daemon, uptime: f64) -> String {
+    let mut r = Registry::with_prefix("snapnet");
+    let vnic_packets = counter_family(
+        &mut r,
+        "vnic_packets",
+        "Frames per vNIC queue pair and direction (tx: from the guest, rx: to the guest)",
+    );
+    let vnic_bytes = counter_family(
+        &mut r,
+        "vnic_bytes",
+        "Bytes per vNIC queue pair and direction",
+    );
+    let vnic_drops = counter_family(
+        &mut r,
+        "vnic_drops",
+        "Frames dropped or guest buffers returned unused, by reason",
+    );
+    let vnic_backpressure = counter_family(
+        &mut r,
+        "vnic_backpressure",
+        "Guest TX batches cut short because the frame pool was empty",
+    );
+    let port_packets = counter_family(
+        &mut r,
+        "switch_port_packets",
+        "Frames per switch port and direction (rx: into the switch)",
+    );
+    let port_bytes = counter_family(
+        &mut r,
+        "switch_port_bytes",
+        "Bytes per switch port and direction",
+    );
+    let port_drops = counter_family(
+        &mut r,
+        "switch_port_drops",
+        "Frames the switch dropped, by port and reason",
+    );
+    let rings = Family::<Labels, Gauge>::default();
+    r.register(
+        "vnic_rings_attached",
+        "Virtqueues a guest driver has set up",
+        rings.clone(),
+    );
+    let engines = Family::<Labels, Gauge>::default();
+    r.register(
+        "group_engines",
+        "Engines placed in an engine group",
+        engines.clone(),
+    );
+    let cpu = Family::<Labels, Counter<f64>>::default();
+    r.register(
+        "group_thread_cpu_seconds",
+        "CPU time of an engine group's thread",
+        cpu.clone(),
+    );
+    let up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    r.register(
+        "uptime_seconds",
+        "Seconds since the daemon started",
+        up.clone(),
+    );
+    up.set(uptime);
+
+    for v in d.report() {
+        rings
+            .get_or_create(&vec![("vnic", v.name.clone())])
+            .set(v.rings_attached as i64);
+        for (q, c) in v.queues.iter().enumerate() {
+            let l = |extra: Vec<(&'static str, String)>| {
+                let mut l = vec![("vnic", v.name.clone()), ("queue", q.to_string())];
+                l.extend(extra);
+                l
+            };
+            let QueueCounters {
+                tx_packets,
+                tx_bytes,
+                rx_packets,
+                rx_bytes,
+                backpressure,
+                ..
+            } = *c;
+            vnic_packets
+                .get_or_create(&l(vec![("direction", "tx".into())]))
+                .inc_by(tx_packets);
+            vnic_packets
+                .get_or_create(&l(vec![("direction", "rx".into())]))
+                .inc_by(rx_packets);
+            vnic_bytes
+                .get_or_create(&l(vec![("direction", "tx".into())]))
+                .inc_by(tx_bytes);
+            vnic_bytes
+                .get_or_create(&l(vec![("direction", "rx".into())]))
+                .inc_by(rx_bytes);
+            vnic_backpressure
+                .get_or_create(&l(vec![]))
+                .inc_by(backpressure);
+            for reason in DropReason::ALL {
+                vnic_drops
+                    .get_or_create(&l(vec![("reason", reason.as_str().into())]))
+                    .inc_by(c.dropped(reason));
+            }
+        }
+        let p = vec![("port", v.name.clone())];
+        let with = |k: &'static str, val: &str| {
+            let mut l = p.clone();
+            l.push((k, val.to_string()));
+            l
+        };
+        port_packets
+            .get_or_create(&with("direction", "rx"))
+            .inc_by(v.port.rx_packets);
+        port_packets
+            .get_or_create(&with("direction", "tx"))
+            .inc_by(v.port.tx_packets);
+        port_bytes
+            .get_or_create(&with("direction", "rx"))
+            .inc_by(v.port.rx_bytes);
+        port_bytes
+            .get_or_create(&with("direction", "tx"))
+            .inc_by(v.port.tx_bytes);
+        for reason in PortDrop::ALL {
+            port_drops
+                .get_or_create(&with("reason", reason.as_str()))
+                .inc_by(v.port.dropped(reason));
+        }
+    }
+    for g in &d.config().groups {
+        let n = d.group_engines(&g.name).unwrap_or(0);
+        engines
+            .get_or_create(&vec![("group", g.name.clone())])
+            .set(n as i64);
+        for (i, (_, secs)) in d
+            .group_thread_cpu(&g.name)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            cpu.get_or_create(&vec![("group", g.name.clone()), ("thread", i.to_string())])
+                .inc_by(secs);
+        }
+    }
+    let mut out = String::new();
+    if encode(&mut out, &r).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The HTTP endpoint serving `/metrics`.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub addr: SocketAddr,
+}
+
+impl MetricsServer {
+    pub fn start(addr: &str, ctx: Arc<Context>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = answer(stream, &ctx);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn answer(stream: TcpStream, ctx: &Context) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.by_ref().take(8192).read_line(&mut request_line)?;
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.by_ref().take(8192).read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut w = stream;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    if !request_line.starts_with("GET ") || (path != "/metrics" && path != "/") {
+        return write!(
+            w,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+    let body = {
+        let guard = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(d) => render(d, ctx.started.elapsed().as_secs_f64()),
+            None => String::new(),
+        }
+    };
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    )
+}
