@@ -80,6 +80,9 @@ enum VnicCmd {
         name: String,
         #[arg(long)]
         mtu: Option<u16>,
+        /// Move the vNIC's engines to this engine group.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -158,11 +161,12 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             VnicCmd::List => ("vnic.list".into(), json!({})),
             VnicCmd::Get { name } => ("vnic.get".into(), json!({ "name": name })),
             VnicCmd::Stats { name } => ("vnic.stats".into(), json!({ "name": name })),
-            VnicCmd::Update { name, mtu } => (
+            VnicCmd::Update { name, mtu, group } => (
                 "vnic.update".into(),
                 obj(vec![
                     ("name", Some(name.into())),
                     ("mtu", mtu.map(Into::into)),
+                    ("group", group.map(Into::into)),
                 ]),
             ),
         },

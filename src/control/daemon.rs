@@ -329,6 +329,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// Moves a vNIC's engines to another engine group, state and queued
+    /// frames included (an engine is taken off one thread between two polls
+    /// and placed on another).
+    pub fn move_vnic(&mut self, name: &str, group: &str) -> Result<(), DaemonError> {
+        let i = self
+            .vnics
+            .iter()
+            .position(|v| v.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let mut next = self.config.clone();
+        if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
+            c.group = Some(group.to_string());
+        }
+        next.validate()?;
+        let from = self.config.group_of(&self.vnics[i].config).to_string();
+        if from == group {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.vnics[i].engines);
+        let mut moved = Vec::new();
+        for id in ids {
+            let engine = self.group(&from)?.remove(id)?;
+            moved.push(self.group(group)?.add(engine));
+        }
+        self.vnics[i].engines = moved;
+        self.vnics[i].config.group = Some(group.to_string());
+        self.config = next;
+        log::info!("{name}: engines moved from group {from} to {group}");
+        Ok(())
+    }
+
     /// Counters of every vNIC.
     pub fn report(&self) -> Vec<VnicReport> {
         self.vnics

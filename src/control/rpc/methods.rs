@@ -56,6 +56,8 @@ struct VnicUpdateParams {
     name: String,
     #[serde(default)]
     mtu: Option<u16>,
+    #[serde(default)]
+    group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +173,9 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             }
             if let Some(mtu) = u.mtu {
                 d.set_vnic_mtu(&u.name, mtu)?;
+            }
+            if let Some(group) = &u.group {
+                d.move_vnic(&u.name, group)?;
             }
             vnic_info(d, &u.name)
         }
