@@ -21,8 +21,6 @@ pub enum DeviceError {
     NoSuchVring(usize),
     #[error("vring {index}: engine did not answer: {source}")]
     Engine { index: usize, source: MailboxError },
-    #[error("MTU {asked} is above the vNIC's configured MTU {max}")]
-    MtuTooLarge { asked: u16, max: u16 },
     #[error("MTU {0} is below the minimum of 68")]
     MtuTooSmall(u16),
 }
@@ -174,17 +172,26 @@ impl<S: QueueSink> VnicDevice<S> {
             .count()
     }
 
-    /// NET_SET_MTU from the frontend: at most the configured MTU.
+    /// NET_SET_MTU from the frontend (QEMU's `host_mtu`). The vNIC's
+    /// configured MTU stays the limit: a larger value is accepted (refusing
+    /// it would make QEMU drop and retry the connection forever) but guest
+    /// frames above the configured MTU are still dropped and counted.
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        let max = self.max_mtu.load(Ordering::Relaxed);
-        if mtu > max {
-            return Err(DeviceError::MtuTooLarge { asked: mtu, max });
-        }
         if mtu < 68 {
             return Err(DeviceError::MtuTooSmall(mtu));
         }
-        self.sink.set_mtu(mtu)?;
-        lock(&self.config).mtu = mtu;
+        let max = self.max_mtu.load(Ordering::Relaxed);
+        let applied = if mtu > max {
+            log::warn!(
+                "{}: frontend MTU {mtu} is above the vNIC's MTU {max}; larger frames will be dropped",
+                self.name
+            );
+            max
+        } else {
+            mtu
+        };
+        self.sink.set_mtu(applied)?;
+        lock(&self.config).mtu = applied;
         Ok(())
     }
 

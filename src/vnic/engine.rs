@@ -192,8 +192,12 @@ impl DataPath {
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
         self.counters.drop(reason);
         if let Some(suppressed) = self.log.allow() {
+            let what = match reason {
+                DropReason::TooBig | DropReason::BadGso => "guest frame dropped",
+                _ => "malformed descriptor chain returned",
+            };
             log::warn!(
-                "{}: malformed descriptor chain (head {head}): {} ({suppressed} similar messages suppressed)",
+                "{}: {what} (head {head}): {} ({suppressed} similar messages suppressed)",
                 self.name,
                 reason.as_str()
             );

@@ -112,6 +112,9 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     worker_threads: Vec<thread::JoinHandle<VringEpollResult<()>>>,
     // snapnet patch: the driver status from SET_STATUS.
     status: u8,
+    // snapnet patch: users of each region added with ADD_MEM_REG, keyed by
+    // (guest address, size, frontend address).
+    region_refs: std::collections::HashMap<(u64, u64, u64), u32>,
 }
 
 // Ensure VhostUserHandler: Clone + Send + Sync + 'static.
@@ -176,6 +179,7 @@ where
             pending_mem: None,
             worker_threads,
             status: 0,
+            region_refs: std::collections::HashMap::new(),
         })
     }
 }
@@ -421,6 +425,8 @@ where
             let bases = mappings.iter().map(|mapping| mapping.local_addr).collect();
             self.pending_mem = Some(mem);
             self.mappings = mappings;
+            // snapnet patch: a new table replaces every added region.
+            self.region_refs.clear();
             return Ok(Some(bases));
         }
 
@@ -432,6 +438,8 @@ where
             .update_memory(self.atomic_mem.clone())
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
         self.mappings = mappings;
+        // snapnet patch: a new table replaces every added region.
+        self.region_refs.clear();
 
         Ok(None)
     }
@@ -727,6 +735,21 @@ where
             return Err(VhostUserError::InvalidOperation("postcopy not enabled"));
         }
 
+        // snapnet patch: QEMU (before 8.x) shares one connection among the
+        // vhost devices of a multiqueue vhost-user-net and each of them adds
+        // the same regions. An identical region is counted, not mapped again
+        // (mapping it again failed as "regions intersect" and dropped the
+        // connection); REM_MEM_REG unmaps it when the last user removes it.
+        if let Some(refs) = self.region_refs.get_mut(&(
+            region.guest_phys_addr,
+            region.memory_size,
+            region.user_addr,
+        )) {
+            *refs += 1;
+            drop(file);
+            return Ok(None);
+        }
+
         let guest_region = Arc::new(
             GuestRegionMmap::new(
                 region.mmap_region(file)?,
@@ -771,6 +794,10 @@ where
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
 
         self.mappings.push(addr_mapping);
+        self.region_refs.insert(
+            (region.guest_phys_addr, region.memory_size, region.user_addr),
+            1,
+        );
 
         Ok(None)
     }
@@ -785,6 +812,18 @@ where
             self.mappings
                 .retain(|mapping| mapping.gpa_base != region.guest_phys_addr);
             return Ok(());
+        }
+
+        // snapnet patch: see add_mem_region.
+        let key = (region.guest_phys_addr, region.memory_size, region.user_addr);
+        match self.region_refs.get_mut(&key) {
+            Some(refs) if *refs > 1 => {
+                *refs -= 1;
+                return Ok(());
+            }
+            _ => {
+                self.region_refs.remove(&key);
+            }
         }
 
         let (mem, _) = self
