@@ -30,9 +30,17 @@ vm_fail() {
 }
 
 vm_cleanup() {
-    local p
+    local p i
+    # The verdict is out; bash's notes about the jobs killed here are noise.
+    exec 2>/dev/null
     for p in "${VM_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    if [ -n "$VM_SNAPNET_PID" ]; then kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true; fi
+    if [ -n "$VM_SNAPNET_PID" ]; then
+        # Stop it as a user would; insist if it does not go.
+        kill -INT "$VM_SNAPNET_PID" 2>/dev/null || true
+        for i in $(seq 30); do kill -0 "$VM_SNAPNET_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true
+    fi
+    wait 2>/dev/null || true
     # QEMU runs under `timeout` inside launch-guest.sh: kill by our private dir.
     if [ -n "${VM_DIR:-}" ]; then
         pkill -9 -f "$VM_DIR" 2>/dev/null || true
@@ -85,7 +93,11 @@ vm_snapnet() {
     vm_fail "snapnet did not start"
 }
 
-vm_snapnet_kill9() { kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true; wait "$VM_SNAPNET_PID" 2>/dev/null || true; VM_SNAPNET_PID=""; }
+vm_snapnet_kill9() {
+    kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true
+    { wait "$VM_SNAPNET_PID"; } 2>/dev/null || true
+    VM_SNAPNET_PID=""
+}
 
 # Prints snapnet's counter table (SIGUSR1) and returns it on stdout.
 vm_counters() {
@@ -101,12 +113,22 @@ vm_counters() {
 vm_guest() {
     local name=$1 sock=$2 mac=$3 cmdline=$4
     shift 4
-    bash "$VM_ROOT/qemu-scripts/launch-guest.sh" --socket "$sock" --mac "$mac" --qemu "$VM_QEMU" \
+    # In a subshell that outlives QEMU, so killing QEMU on purpose is not
+    # reported as a killed job.
+    (bash "$VM_ROOT/qemu-scripts/launch-guest.sh" --socket "$sock" --mac "$mac" --qemu "$VM_QEMU" \
         --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" \
         --cmdline "$cmdline" --serial-log "$VM_DIR/$name.log" --timeout "${VM_GUEST_TIMEOUT:-120}" \
-        --pidfile "$VM_DIR/$name.pid" "$@" >"$VM_DIR/$name.qemu.log" 2>&1 &
+        --pidfile "$VM_DIR/$name.pid" "$@" >"$VM_DIR/$name.qemu.log" 2>&1 || true) &
     VM_PIDS+=($!)
     eval "VM_GUEST_PID_$name=$!"
+}
+
+# vm_guest_kill NAME: kills the guest's QEMU (SIGKILL, like a crash) and reaps it.
+vm_guest_kill() {
+    local job
+    kill -9 "$(cat "$VM_DIR/$1.pid" 2>/dev/null)" 2>/dev/null || true
+    job=$(eval "echo \${VM_GUEST_PID_$1:-}")
+    if [ -n "$job" ]; then { wait "$job"; } 2>/dev/null || true; fi
 }
 
 # vm_wait NAME [TIMEOUT]: waits until the guest printed SNAPNET-DONE.
@@ -131,6 +153,9 @@ vm_expect() {
         *) vm_fail "$1: $2 did not pass: ${r:-no result}" ;;
     esac
 }
+
+# vm_count NAME PATTERN: lines of guest NAME's console matching PATTERN.
+vm_count() { grep -ac "$2" "$VM_DIR/$1.log" 2>/dev/null || true; }
 
 # vm_field LINE KEY: the value of key=value in a result line.
 vm_field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }

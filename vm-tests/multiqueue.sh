@@ -6,7 +6,7 @@ vm_setup
 cfg=$(vm_two_vnics ', "queue_pairs": 2')
 vm_snapnet "$cfg"
 vm_guest a "$VM_DIR/vnic0.sock" 52:54:00:5a:00:01 \
-    "snapnet.ip=10.0.0.1/24 snapnet.peer=10.0.0.2 snapnet.tests=features,iperf-server,hold snapnet.hold=45" --queues 2
+    "snapnet.ip=10.0.0.1/24 snapnet.peer=10.0.0.2 snapnet.tests=features,iperf-server,hold snapnet.hold=90 snapnet.hold_until=iperf" --queues 2
 vm_guest b "$VM_DIR/vnic1.sock" 52:54:00:5a:00:02 \
     "snapnet.ip=10.0.0.2/24 snapnet.peer=10.0.0.1 snapnet.tests=features,ping,iperf-client snapnet.iperf_time=5 snapnet.iperf_streams=4" --queues 2
 vm_wait b 180

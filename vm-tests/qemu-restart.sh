@@ -16,8 +16,7 @@ mv "$VM_DIR/b.log" "$VM_DIR/b-first.log"
 vm_guest b "$VM_DIR/vnic1.sock" 52:54:00:5a:00:02 \
     "snapnet.ip=10.0.0.2/24 snapnet.peer=10.0.0.1 snapnet.tests=pingloop snapnet.duration=60"
 for i in $(seq 300); do grep -q "SNAPNET-PING" "$VM_DIR/b.log" 2>/dev/null && break; sleep 0.1; done
-pkill -9 -f "$VM_DIR/b.pid" 2>/dev/null || true
-kill -9 "$(cat "$VM_DIR/b.pid")" 2>/dev/null || true
+vm_guest_kill b
 sleep 1
 mv "$VM_DIR/b.log" "$VM_DIR/b-killed.log"
 vm_guest b "$VM_DIR/vnic1.sock" 52:54:00:5a:00:02 \

@@ -7,7 +7,7 @@ vm_setup
 cfg=$(vm_two_vnics)
 vm_snapnet "$cfg"
 vm_guest a "$VM_DIR/vnic0.sock" 52:54:00:5a:00:01 \
-    "snapnet.ip=10.0.0.1/24 snapnet.peer=10.0.0.2 snapnet.tests=features,ping,iperf-server,hold snapnet.hold=40"
+    "snapnet.ip=10.0.0.1/24 snapnet.peer=10.0.0.2 snapnet.tests=features,ping,iperf-server,hold snapnet.hold=90 snapnet.hold_until=iperf"
 vm_guest b "$VM_DIR/vnic1.sock" 52:54:00:5a:00:02 \
     "snapnet.ip=10.0.0.2/24 snapnet.peer=10.0.0.1 snapnet.tests=features,ping,iperf-client snapnet.iperf_time=5"
 vm_wait b 150
