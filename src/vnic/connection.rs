@@ -137,8 +137,11 @@ fn run_connection(
     }
     log::info!("{}: frontend connected", device.name());
     match daemon.wait() {
-        Ok(()) => log::info!("{}: frontend disconnected", device.name()),
-        Err(e) => log::info!("{}: connection ended: {e}", device.name()),
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => log::info!("{}: frontend disconnected", device.name()),
+        Err(e) => log::warn!("{}: connection ended: {e}", device.name()),
     }
     *lock(current) = None;
     device.disconnected();
