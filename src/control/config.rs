@@ -93,19 +93,14 @@ pub struct VnicConfig {
     pub group: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Pinned threads that busy-poll their engines.
-    Dedicated,
-}
+pub use crate::sched::Policy;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
     pub policy: Policy,
-    /// Threads of the group.
+    /// Threads of a dedicated group (a spreading group has one per engine).
     #[serde(default = "default_threads")]
     pub threads: u16,
     /// CPUs the threads are pinned to (empty: not pinned).

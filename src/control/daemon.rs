@@ -10,7 +10,7 @@ use super::config::{Config, ConfigError, GroupConfig, VnicConfig};
 use crate::engine::MailboxError;
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
-use crate::sched::{DedicatedGroup, EngineId, GroupError};
+use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, SwitchEngine, SwitchHandle, SwitchPort};
 use crate::vnic::connection::ConnectionError;
@@ -70,7 +70,7 @@ struct RunningVnic {
 
 struct RunningGroup {
     config: GroupConfig,
-    group: DedicatedGroup,
+    group: EngineGroup,
 }
 
 /// Counters of one vNIC, for display.
@@ -126,7 +126,7 @@ impl Daemon {
             .switch_group
             .clone()
             .unwrap_or_else(|| cfg.groups[0].name.clone());
-        daemon.switch_engine = daemon.group(&switch_group)?.add(Box::new(switch_engine));
+        daemon.switch_engine = daemon.group(&switch_group)?.add(Box::new(switch_engine))?;
         daemon.switch_group = switch_group;
         for v in &cfg.vnics {
             if let Err(e) = daemon.add_vnic(v.clone()) {
@@ -137,7 +137,7 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn group(&self, name: &str) -> Result<&DedicatedGroup, DaemonError> {
+    fn group(&self, name: &str) -> Result<&EngineGroup, DaemonError> {
         self.groups
             .iter()
             .find(|g| g.config.name == name)
@@ -155,7 +155,7 @@ impl Daemon {
         let mut next = self.config.clone();
         next.groups.push(g.clone());
         next.validate()?;
-        let group = DedicatedGroup::start(&g.name, usize::from(g.threads), &g.cpus)?;
+        let group = EngineGroup::start(&g.name, g.policy, usize::from(g.threads), &g.cpus)?;
         self.groups.push(RunningGroup { config: g, group });
         self.config = next;
         Ok(())
@@ -239,7 +239,19 @@ impl Daemon {
             .switch
             .add_port(SwitchPort::new(&v.name, inputs, outputs), vec![v.mac])?;
         let group = self.group(&group_name)?;
-        let engine_ids: Vec<EngineId> = engines.into_iter().map(|e| group.add(e)).collect();
+        let mut engine_ids: Vec<EngineId> = Vec::new();
+        for e in engines {
+            match group.add(e) {
+                Ok(id) => engine_ids.push(id),
+                Err(err) => {
+                    let _ = self.switch.remove_port(port);
+                    for id in engine_ids {
+                        let _ = group.remove(id);
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
         let connection = match Connection::spawn(device.clone(), &socket, v.role) {
             Ok(c) => c,
             Err(source) => {
@@ -351,7 +363,7 @@ impl Daemon {
         let mut moved = Vec::new();
         for id in ids {
             let engine = self.group(&from)?.remove(id)?;
-            moved.push(self.group(group)?.add(engine));
+            moved.push(self.group(group)?.add(engine)?);
         }
         self.vnics[i].engines = moved;
         self.vnics[i].config.group = Some(group.to_string());

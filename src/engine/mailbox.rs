@@ -92,6 +92,12 @@ impl<E> Mailbox<E> {
         Some(*unsafe { Box::from_raw(p) })
     }
 
+    /// True when a request waits (for the re-check before sleeping).
+    #[inline]
+    pub fn pending(&self) -> bool {
+        !self.shared.slot.load(Ordering::Acquire).is_null()
+    }
+
     /// The doorbell a sleeping engine must also wait on.
     pub fn doorbell(&self) -> &Doorbell {
         &self.shared.doorbell

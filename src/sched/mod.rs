@@ -1,9 +1,7 @@
-//! Engine groups: where engines run. This scheduler is the dedicated
-//! policy (pinned busy-polling threads); spreading and compacting come later
-//! behind the same `EngineGroup` surface.
+//! Engine groups: where engines run, and whether their threads may sleep.
 
-pub mod dedicated;
+pub mod group;
 mod placement;
 
-pub use dedicated::DedicatedGroup;
+pub use group::{EngineGroup, Policy};
 pub use placement::{EngineId, GroupError};

@@ -262,7 +262,7 @@ impl Engine for SwitchEngine {
 
     fn arm(&mut self) -> bool {
         self.mailbox.doorbell().arm();
-        let mut work = false;
+        let mut work = self.mailbox.pending();
         for port in self.ports.iter().flatten() {
             for l in port.inputs.iter() {
                 l.doorbell().arm();

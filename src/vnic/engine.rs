@@ -137,14 +137,6 @@ impl AttachedQueue {
         view.as_ref()
             .is_some_and(|(_, r)| r.avail_idx() != state.get_queue().next_avail())
     }
-
-    fn kick_fd(&self) -> Option<RawFd> {
-        self.vring
-            .get_ref()
-            .get_kick()
-            .as_ref()
-            .map(|k| k.as_raw_fd())
-    }
 }
 
 /// Everything the per-packet code touches, apart from the rings.
@@ -343,31 +335,28 @@ impl Engine for VnicEngine {
     }
 
     fn wake_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![
+        // Guest kicks reach the engine through the mailbox doorbell: the
+        // vhost-user thread owns the kick eventfds and rings it.
+        vec![
             self.mailbox.doorbell().as_raw_fd(),
             self.dp.from_switch.doorbell().as_raw_fd(),
-        ];
-        fds.extend(
-            self.rx
-                .iter()
-                .chain(self.tx.iter())
-                .filter_map(|q| q.kick_fd()),
-        );
-        fds
+        ]
     }
 
     fn arm(&mut self) -> bool {
         let event_idx = self.dp.features.event_idx;
         self.mailbox.doorbell().arm();
         self.dp.from_switch.doorbell().arm();
-        let mut work = !self.dp.from_switch.is_empty();
         for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
             q.set_kicks(event_idx, true);
         }
-        if let Some(q) = self.tx.as_mut() {
-            work |= q.has_avail();
-        }
-        work
+        // Re-check after arming. Frames waiting for the guest only count as
+        // work when the guest has buffers for them (or no driver at all, in
+        // which case they are dropped); otherwise its RX kick wakes us.
+        let frames_waiting = !self.dp.from_switch.is_empty();
+        let deliverable = frames_waiting && self.rx.as_mut().is_none_or(|q| q.has_avail());
+        let tx_waiting = self.tx.as_mut().is_some_and(|q| q.has_avail());
+        self.mailbox.pending() || deliverable || tx_waiting
     }
 
     fn disarm(&mut self) {
