@@ -98,6 +98,9 @@ enum GroupCmd {
         /// CPUs to pin the threads to, e.g. 2,3.
         #[arg(long, value_delimiter = ',')]
         cpus: Vec<usize>,
+        /// Compacting: queueing-delay bound in microseconds.
+        #[arg(long)]
+        latency_bound_us: Option<u32>,
     },
     Remove {
         name: String,
@@ -176,6 +179,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                 policy,
                 threads,
                 cpus,
+                latency_bound_us,
             } => (
                 "group.add".into(),
                 obj(vec![
@@ -183,6 +187,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                     ("policy", Some(policy.into())),
                     ("threads", threads.map(Into::into)),
                     ("cpus", (!cpus.is_empty()).then(|| cpus.into())),
+                    ("latency_bound_us", latency_bound_us.map(Into::into)),
                 ]),
             ),
             GroupCmd::Remove { name } => ("group.remove".into(), json!({ "name": name })),
@@ -314,7 +319,14 @@ fn human(method: &str, v: &Value) -> String {
         ),
         "group.list" => table(
             v.as_array().map_or(&[][..], Vec::as_slice),
-            &["name", "policy", "threads", "cpus", "engines"],
+            &[
+                "name",
+                "policy",
+                "threads",
+                "cpus",
+                "latency_bound_us",
+                "engines",
+            ],
         ),
         "switch.fdb.list" => table(
             v.as_array().map_or(&[][..], Vec::as_slice),

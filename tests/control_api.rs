@@ -77,6 +77,22 @@ fn runtime_changes_answer_as_documented() {
     let gs = c.ok("group.stats", json!({"name": "default"}));
     assert!(gs["engines"].as_u64().unwrap() >= 5);
     c.ok("group.remove", json!({"name": "g2"}));
+    let elastic = c.ok(
+        "group.add",
+        json!({"name": "elastic", "policy": "compacting", "threads": 2, "latency_bound_us": 100}),
+    );
+    assert_eq!(elastic["latency_bound_us"], 100);
+    c.ok("vnic.update", json!({"name": "web0", "group": "elastic"}));
+    let st = c.ok("group.stats", json!({"name": "elastic"}));
+    assert_eq!(st["engine_stats"].as_array().unwrap().len(), 2);
+    assert!(!st["thread_history"].as_array().unwrap().is_empty());
+    c.ok("vnic.update", json!({"name": "web0", "group": "default"}));
+    c.ok("group.remove", json!({"name": "elastic"}));
+    c.ok(
+        "group.add",
+        json!({"name": "sleepy", "policy": "spreading"}),
+    );
+    c.ok("group.remove", json!({"name": "sleepy"}));
     c.ok(
         "switch.fdb.add",
         json!({"mac": "02:00:00:00:00:99", "vnic": "web0"}),

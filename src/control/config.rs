@@ -106,6 +106,10 @@ pub struct GroupConfig {
     /// CPUs the threads are pinned to (empty: not pinned).
     #[serde(default)]
     pub cpus: Vec<usize>,
+    /// Compacting: the queueing delay (µs) an engine may see before the
+    /// group adds a thread.
+    #[serde(default = "default_latency_bound_us")]
+    pub latency_bound_us: u32,
 }
 
 fn default_runtime_dir() -> PathBuf {
@@ -120,12 +124,16 @@ fn default_queue_pairs() -> u16 {
 fn default_threads() -> u16 {
     1
 }
+fn default_latency_bound_us() -> u32 {
+    200
+}
 fn default_groups() -> Vec<GroupConfig> {
     vec![GroupConfig {
         name: "default".into(),
         policy: Policy::Dedicated,
         threads: 1,
         cpus: Vec::new(),
+        latency_bound_us: default_latency_bound_us(),
     }]
 }
 
@@ -211,6 +219,12 @@ impl Config {
                 return Err(duplicate(
                     at("name"),
                     format!("group name '{}' is used twice", g.name),
+                ));
+            }
+            if !(1..=1_000_000).contains(&g.latency_bound_us) {
+                return Err(invalid(
+                    at("latency_bound_us"),
+                    format!("{} is not in 1..=1000000", g.latency_bound_us),
                 ));
             }
             if g.threads == 0 || g.threads > 256 {

@@ -10,6 +10,7 @@ use super::config::{Config, ConfigError, GroupConfig, VnicConfig};
 use crate::engine::MailboxError;
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
+use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, SwitchEngine, SwitchHandle, SwitchPort};
@@ -70,8 +71,11 @@ struct RunningVnic {
 
 struct RunningGroup {
     config: GroupConfig,
-    group: EngineGroup,
+    group: Arc<EngineGroup>,
 }
+
+/// Per-engine accounting of a group and its thread-count history.
+pub type GroupAccounting = (Vec<(String, EngineStatsSnapshot)>, Vec<(f64, usize)>);
 
 /// Counters of one vNIC, for display.
 #[derive(Clone, Debug)]
@@ -141,7 +145,7 @@ impl Daemon {
         self.groups
             .iter()
             .find(|g| g.config.name == name)
-            .map(|g| &g.group)
+            .map(|g| &*g.group)
             .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
     }
 
@@ -155,7 +159,13 @@ impl Daemon {
         let mut next = self.config.clone();
         next.groups.push(g.clone());
         next.validate()?;
-        let group = EngineGroup::start(&g.name, g.policy, usize::from(g.threads), &g.cpus)?;
+        let group = EngineGroup::start_with_bound(
+            &g.name,
+            g.policy,
+            usize::from(g.threads),
+            &g.cpus,
+            std::time::Duration::from_micros(u64::from(g.latency_bound_us)),
+        )?;
         self.groups.push(RunningGroup { config: g, group });
         self.config = next;
         Ok(())
@@ -389,6 +399,13 @@ impl Daemon {
     /// Engines placed in group `name`.
     pub fn group_engines(&self, name: &str) -> Result<usize, DaemonError> {
         Ok(self.group(name)?.engine_count())
+    }
+
+    /// Accounting of each engine of group `name`, and its thread-count
+    /// history (compacting).
+    pub fn group_engine_stats(&self, name: &str) -> Result<GroupAccounting, DaemonError> {
+        let g = self.group(name)?;
+        Ok((g.engine_stats(), g.thread_history()))
     }
 
     /// CPU seconds used by each thread of group `name`.

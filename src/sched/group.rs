@@ -14,10 +14,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::stats::{EngineStats, EngineStatsSnapshot};
 use super::{EngineId, GroupError};
 use crate::engine::{Doorbell, Engine};
 
@@ -39,15 +40,25 @@ pub enum Policy {
     Dedicated,
     /// One thread per engine, sleeping when its engine is idle.
     Spreading,
+    /// 1..`threads` threads: engines are packed onto as few as keep every
+    /// engine's queueing delay under the bound; idle threads sleep.
+    Compacting,
 }
 
 type Removal = (EngineId, mpsc::SyncSender<Box<dyn Engine>>);
 
-struct Worker {
+/// An engine as a worker holds it.
+struct Placed {
+    id: EngineId,
+    engine: Box<dyn Engine>,
+    stats: Arc<EngineStats>,
+}
+
+pub(super) struct Worker {
     /// Set when `adds` or `removals` changed, so the hot loop checks one flag.
     changed: AtomicBool,
     stop: AtomicBool,
-    adds: Mutex<Vec<(EngineId, Box<dyn Engine>)>>,
+    adds: Mutex<Vec<Placed>>,
     removals: Mutex<Vec<Removal>>,
     load: Mutex<Vec<EngineId>>,
     /// Rung on placement changes and stop, so a sleeping worker notices.
@@ -75,35 +86,89 @@ pub struct EngineGroup {
     cpus: Vec<usize>,
     workers: Mutex<Vec<Running>>,
     next_cpu: AtomicUsize,
+    /// Accounting of every engine placed, by id, with its name.
+    stats: Mutex<Vec<(EngineId, String, Arc<EngineStats>)>>,
+    /// Compacting: most threads, and the queueing-delay bound.
+    max_threads: usize,
+    delay_bound: Duration,
+    /// Compacting: (seconds since start, threads) at every change.
+    history: Mutex<Vec<(f64, usize)>>,
+    started: std::time::Instant,
+    controller: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
 impl EngineGroup {
     /// Starts a group. Dedicated: `threads` threads now, thread i pinned to
     /// `cpus[i % len]` when `cpus` is not empty. Spreading: a thread per
-    /// engine as engines arrive, pinned round-robin over `cpus`.
+    /// engine as engines arrive, pinned round-robin over `cpus`. Compacting:
+    /// one thread now, up to `threads` as load requires.
     pub fn start(
         name: &str,
         policy: Policy,
         threads: usize,
         cpus: &[usize],
-    ) -> Result<Self, GroupError> {
-        if policy == Policy::Dedicated && threads == 0 {
+    ) -> Result<Arc<Self>, GroupError> {
+        Self::start_with_bound(name, policy, threads, cpus, Duration::from_micros(200))
+    }
+
+    /// [`Self::start`] with the compacting policy's queueing-delay bound.
+    pub fn start_with_bound(
+        name: &str,
+        policy: Policy,
+        threads: usize,
+        cpus: &[usize],
+        delay_bound: Duration,
+    ) -> Result<Arc<Self>, GroupError> {
+        if policy != Policy::Spreading && threads == 0 {
             return Err(GroupError::NoThreads(name.to_string()));
         }
-        let group = Self {
+        let group = Arc::new(Self {
             name: name.to_string(),
             policy,
             cpus: cpus.to_vec(),
             workers: Mutex::new(Vec::new()),
             next_cpu: AtomicUsize::new(0),
+            stats: Mutex::new(Vec::new()),
+            max_threads: threads,
+            delay_bound,
+            history: Mutex::new(Vec::new()),
+            started: std::time::Instant::now(),
+            controller: Mutex::new(None),
+        });
+        let initial = match policy {
+            Policy::Dedicated => threads,
+            Policy::Compacting => 1,
+            Policy::Spreading => 0,
         };
-        if policy == Policy::Dedicated {
-            for _ in 0..threads {
-                let w = group.spawn_worker()?;
-                lock(&group.workers).push(w);
-            }
+        for _ in 0..initial {
+            let w = group.spawn_worker()?;
+            lock(&group.workers).push(w);
+        }
+        if policy == Policy::Compacting {
+            group.note_threads();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (g, s) = (Arc::downgrade(&group), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("{name}-compact"))
+                .spawn(move || super::compact::control(g, s))
+                .map_err(|source| GroupError::Spawn {
+                    group: name.to_string(),
+                    source,
+                })?;
+            *lock(&group.controller) = Some((stop, t));
         }
         Ok(group)
+    }
+
+    fn note_threads(&self) {
+        let n = lock(&self.workers).len();
+        let mut h = lock(&self.history);
+        if h.last().map(|(_, k)| *k) != Some(n) {
+            h.push((self.started.elapsed().as_secs_f64(), n));
+            if h.len() > 1000 {
+                h.remove(0);
+            }
+        }
     }
 
     fn spawn_worker(&self) -> Result<Running, GroupError> {
@@ -121,7 +186,7 @@ impl EngineGroup {
         });
         let i = self.next_cpu.fetch_add(1, Ordering::Relaxed);
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[i % self.cpus.len()]);
-        let may_sleep = self.policy == Policy::Spreading;
+        let may_sleep = self.policy != Policy::Dedicated;
         let w = worker.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{}-{i}", self.name))
@@ -144,38 +209,35 @@ impl EngineGroup {
         self.policy
     }
 
-    /// Places an engine: on the least loaded thread (dedicated) or on a
-    /// thread of its own (spreading).
+    /// Places an engine: on the least loaded thread (dedicated, compacting)
+    /// or on a thread of its own (spreading).
     pub fn add(&self, engine: Box<dyn Engine>) -> Result<EngineId, GroupError> {
         let id = EngineId::fresh();
-        let mut workers = lock(&self.workers);
+        let stats = Arc::new(EngineStats::default());
+        lock(&self.stats).push((id, engine.name().to_string(), stats.clone()));
         let worker = match self.policy {
-            Policy::Dedicated => workers
-                .iter()
-                .min_by_key(|w| lock(&w.worker.load).len())
-                .map(|w| w.worker.clone())
-                .ok_or_else(|| GroupError::NoThreads(self.name.clone()))?,
+            Policy::Dedicated | Policy::Compacting => self.least_loaded()?,
             Policy::Spreading => {
                 let w = self.spawn_worker()?;
                 let worker = w.worker.clone();
-                workers.push(w);
+                lock(&self.workers).push(w);
                 worker
             }
         };
-        lock(&worker.load).push(id);
-        lock(&worker.adds).push((id, engine));
-        worker.notify();
+        place(&worker, Placed { id, engine, stats });
         Ok(id)
     }
 
-    /// Takes an engine out of the group, between two of its polls, and
-    /// hands it back.
-    pub fn remove(&self, id: EngineId) -> Result<Box<dyn Engine>, GroupError> {
-        let worker = lock(&self.workers)
+    fn least_loaded(&self) -> Result<Arc<Worker>, GroupError> {
+        lock(&self.workers)
             .iter()
-            .find(|w| lock(&w.worker.load).contains(&id))
+            .min_by_key(|w| lock(&w.worker.load).len())
             .map(|w| w.worker.clone())
-            .ok_or_else(|| GroupError::UnknownEngine(id, self.name.clone()))?;
+            .ok_or_else(|| GroupError::NoThreads(self.name.clone()))
+    }
+
+    /// Takes engine `id` off worker `from` between two of its polls.
+    fn take(&self, worker: &Arc<Worker>, id: EngineId) -> Result<Box<dyn Engine>, GroupError> {
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&worker.removals).push((id, tx));
         worker.notify();
@@ -183,16 +245,126 @@ impl EngineGroup {
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| GroupError::Stopped(self.name.clone()))?;
         lock(&worker.load).retain(|e| *e != id);
+        Ok(engine)
+    }
+
+    fn worker_of(&self, id: EngineId) -> Option<Arc<Worker>> {
+        lock(&self.workers)
+            .iter()
+            .find(|w| lock(&w.worker.load).contains(&id))
+            .map(|w| w.worker.clone())
+    }
+
+    /// Moves engine `id` to worker `to` (compacting). Its state, queued
+    /// frames and pending mailbox request go with it.
+    fn migrate(&self, id: EngineId, to: &Arc<Worker>) -> Result<(), GroupError> {
+        let from = self
+            .worker_of(id)
+            .ok_or_else(|| GroupError::UnknownEngine(id, self.name.clone()))?;
+        if Arc::ptr_eq(&from, to) {
+            return Ok(());
+        }
+        let engine = self.take(&from, id)?;
+        let stats = lock(&self.stats)
+            .iter()
+            .find(|(e, ..)| *e == id)
+            .map(|(_, _, s)| s.clone())
+            .unwrap_or_default();
+        place(to, Placed { id, engine, stats });
+        Ok(())
+    }
+
+    /// Takes an engine out of the group, between two of its polls, and
+    /// hands it back.
+    pub fn remove(&self, id: EngineId) -> Result<Box<dyn Engine>, GroupError> {
+        let worker = self
+            .worker_of(id)
+            .ok_or_else(|| GroupError::UnknownEngine(id, self.name.clone()))?;
+        let engine = self.take(&worker, id)?;
+        lock(&self.stats).retain(|(e, ..)| *e != id);
         if self.policy == Policy::Spreading {
             // The engine's own thread has nothing left to do.
-            let mut workers = lock(&self.workers);
-            if let Some(pos) = workers.iter().position(|w| Arc::ptr_eq(&w.worker, &worker)) {
-                let mut w = workers.swap_remove(pos);
-                drop(workers);
-                stop_worker(&mut w);
-            }
+            self.retire(&worker);
         }
         Ok(engine)
+    }
+
+    /// Stops an (empty) worker thread.
+    fn retire(&self, worker: &Arc<Worker>) {
+        let mut workers = lock(&self.workers);
+        if let Some(pos) = workers.iter().position(|w| Arc::ptr_eq(&w.worker, worker)) {
+            let mut w = workers.swap_remove(pos);
+            drop(workers);
+            stop_worker(&mut w);
+        }
+    }
+
+    /// One compacting decision (called by the controller every window).
+    pub(super) fn rebalance(&self, st: &mut super::compact::ControlState) {
+        let workers: Vec<(Arc<Worker>, Vec<EngineId>)> = lock(&self.workers)
+            .iter()
+            .map(|w| (w.worker.clone(), lock(&w.worker.load).clone()))
+            .collect();
+        let stats: Vec<(EngineId, Arc<EngineStats>)> = lock(&self.stats)
+            .iter()
+            .map(|(id, _, s)| (*id, s.clone()))
+            .collect();
+        let loads = st.measure(&stats, self.delay_bound);
+        let plan = super::compact::decide(st, &workers, &loads, self.max_threads);
+        match plan {
+            super::compact::Plan::Stay => {}
+            super::compact::Plan::Spread(engines) => match self.spawn_worker() {
+                Ok(w) => {
+                    let to = w.worker.clone();
+                    lock(&self.workers).push(w);
+                    for id in engines {
+                        if let Err(e) = self.migrate(id, &to) {
+                            log::warn!("{}: cannot move engine: {e}", self.name);
+                        }
+                    }
+                    log::info!(
+                        "{}: compacting grew to {} threads",
+                        self.name,
+                        self.thread_count()
+                    );
+                }
+                Err(e) => log::warn!("{}: cannot add a thread: {e}", self.name),
+            },
+            super::compact::Plan::Fold { from, onto } => {
+                for (id, to) in onto {
+                    if let Err(e) = self.migrate(id, &to) {
+                        log::warn!("{}: cannot move engine: {e}", self.name);
+                    }
+                }
+                if lock(&from.load).is_empty() {
+                    self.retire(&from);
+                    log::info!(
+                        "{}: compacting shrank to {} threads",
+                        self.name,
+                        self.thread_count()
+                    );
+                }
+            }
+        }
+        self.note_threads();
+    }
+
+    /// Accounting of each engine: (name, counters).
+    pub fn engine_stats(&self) -> Vec<(String, EngineStatsSnapshot)> {
+        lock(&self.stats)
+            .iter()
+            .map(|(_, n, s)| (n.clone(), s.snapshot()))
+            .collect()
+    }
+
+    /// Compacting: (seconds since start, threads) at each change.
+    pub fn thread_history(&self) -> Vec<(f64, usize)> {
+        lock(&self.history).clone()
+    }
+
+    /// Threads running now.
+    pub fn thread_count(&self) -> usize {
+        lock(&self.workers).len()
     }
 
     /// Engines placed in the group.
@@ -215,16 +387,26 @@ impl EngineGroup {
     }
 
     /// Stops the threads; engines still placed are dropped on their thread.
-    pub fn stop(self) {
+    pub fn stop(&self) {
         self.shutdown();
     }
 
     fn shutdown(&self) {
+        if let Some((stop, t)) = lock(&self.controller).take() {
+            stop.store(true, Ordering::Release);
+            let _ = t.join();
+        }
         let mut workers = std::mem::take(&mut *lock(&self.workers));
         for w in workers.iter_mut() {
             stop_worker(w);
         }
     }
+}
+
+fn place(worker: &Arc<Worker>, p: Placed) {
+    lock(&worker.load).push(p.id);
+    lock(&worker.adds).push(p);
+    worker.notify();
 }
 
 fn stop_worker(w: &mut Running) {
@@ -252,7 +434,8 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
     if let Some(cpu) = cpu {
         pin_to_cpu(cpu);
     }
-    let mut engines: Vec<(EngineId, Box<dyn Engine>)> = Vec::new();
+    let mut engines: Vec<Placed> = Vec::new();
+    let mut last_end: Vec<Instant> = Vec::new();
     let mut poller = if may_sleep { Poller::new() } else { None };
     let mut idle_rounds: u32 = 0;
     while !worker.stop.load(Ordering::Acquire) {
@@ -260,15 +443,22 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
             worker.changed.store(false, Ordering::Relaxed);
             engines.append(&mut lock(&worker.adds));
             for (id, reply) in lock(&worker.removals).drain(..) {
-                if let Some(pos) = engines.iter().position(|(e, _)| *e == id) {
-                    let (_, engine) = engines.swap_remove(pos);
-                    let _ = reply.send(engine);
+                if let Some(pos) = engines.iter().position(|p| p.id == id) {
+                    let p = engines.swap_remove(pos);
+                    let _ = reply.send(p.engine);
                 }
             }
+            last_end = vec![Instant::now(); engines.len()];
         }
         let mut work = 0;
-        for (_, engine) in engines.iter_mut() {
-            work += engine.poll(POLL_BUDGET);
+        let mut t0 = Instant::now();
+        for (p, last) in engines.iter_mut().zip(last_end.iter_mut()) {
+            let n = p.engine.poll(POLL_BUDGET);
+            let t1 = Instant::now();
+            p.stats.record(n, nanos(t1 - t0), nanos(t0 - *last));
+            *last = t1;
+            t0 = t1;
+            work += n;
         }
         if work > 0 {
             idle_rounds = 0;
@@ -279,6 +469,8 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
             Some(p) if idle_rounds >= SPIN_ROUNDS => {
                 sleep(&worker, &mut engines, p);
                 idle_rounds = 0;
+                // Delay is counted from the wake-up, not over the sleep.
+                last_end.fill(Instant::now());
             }
             _ => {
                 std::hint::spin_loop();
@@ -291,26 +483,30 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Arms every engine and the worker's own doorbell, re-checks, and blocks
 /// until one of them fires. The order (announce sleep, then look for work)
 /// is what makes a wake-up impossible to lose: a producer that published
 /// before our re-check is seen by it; one that publishes after sees us
 /// sleeping and writes the eventfd.
-fn sleep(worker: &Worker, engines: &mut [(EngineId, Box<dyn Engine>)], poller: &mut Poller) {
+fn sleep(worker: &Worker, engines: &mut [Placed], poller: &mut Poller) {
     worker.wake.arm();
     let mut work = worker.changed.load(Ordering::Acquire) || worker.stop.load(Ordering::Acquire);
-    for (_, e) in engines.iter_mut() {
-        work |= e.arm();
+    for p in engines.iter_mut() {
+        work |= p.engine.arm();
     }
     if !work {
         let mut fds = vec![worker.wake.as_raw_fd()];
-        for (_, e) in engines.iter() {
-            fds.extend(e.wake_fds());
+        for p in engines.iter() {
+            fds.extend(p.engine.wake_fds());
         }
         poller.wait(&fds, SLEEP_TIMEOUT_MS);
     }
-    for (_, e) in engines.iter_mut() {
-        e.disarm();
+    for p in engines.iter_mut() {
+        p.engine.disarm();
     }
     worker.wake.disarm();
 }
@@ -515,6 +711,156 @@ mod tests {
         assert_eq!(group.engine_count(), 1);
         group.remove(ib).unwrap();
         assert_eq!(group.thread_cpu().len(), 0);
+        group.stop();
+    }
+
+    /// Burns `cost` of CPU per poll while `hot`, like an engine under load.
+    struct Burner {
+        hot: Arc<AtomicBool>,
+        cost: Duration,
+    }
+    impl Engine for Burner {
+        fn name(&self) -> &str {
+            "burner"
+        }
+        fn poll(&mut self, _budget: usize) -> usize {
+            if !self.hot.load(Ordering::Relaxed) {
+                return 0;
+            }
+            let t = Instant::now();
+            while t.elapsed() < self.cost {
+                std::hint::spin_loop();
+            }
+            1
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+        fn arm(&mut self) -> bool {
+            self.hot.load(Ordering::Relaxed)
+        }
+        fn disarm(&mut self) {}
+    }
+
+    fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f()
+    }
+
+    #[test]
+    fn compacting_grows_under_load_and_folds_back_when_it_falls() {
+        let group = EngineGroup::start("compact", Policy::Compacting, 2, &[]).unwrap();
+        let hot = Arc::new(AtomicBool::new(false));
+        for _ in 0..2 {
+            group
+                .add(Box::new(Burner {
+                    hot: hot.clone(),
+                    cost: Duration::from_micros(50),
+                }))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(group.thread_count(), 1, "idle: one thread");
+        hot.store(true, Ordering::Relaxed);
+        assert!(
+            wait_until(Duration::from_secs(2), || group.thread_count() == 2),
+            "did not grow under load"
+        );
+        hot.store(false, Ordering::Relaxed);
+        assert!(
+            wait_until(Duration::from_secs(3), || group.thread_count() == 1),
+            "did not fold back"
+        );
+        let counts: Vec<usize> = group.thread_history().iter().map(|(_, n)| *n).collect();
+        assert!(
+            counts.windows(2).any(|w| w == [1, 2]) && counts.ends_with(&[1]),
+            "{counts:?}"
+        );
+        assert_eq!(group.engine_count(), 2);
+        group.stop();
+    }
+
+    /// Checks that items arrive in order, exactly once.
+    struct Seq {
+        rx: rtrb::Consumer<u64>,
+        next: u64,
+        errors: Arc<AtomicUsize>,
+        seen: Arc<AtomicUsize>,
+    }
+    impl Engine for Seq {
+        fn name(&self) -> &str {
+            "seq"
+        }
+        fn poll(&mut self, budget: usize) -> usize {
+            let mut n = 0;
+            while n < budget {
+                let Ok(v) = self.rx.pop() else { break };
+                if v != self.next {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                self.next = v + 1;
+                n += 1;
+            }
+            self.seen.fetch_add(n, Ordering::Relaxed);
+            n
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+        fn arm(&mut self) -> bool {
+            !self.rx.is_empty()
+        }
+        fn disarm(&mut self) {}
+    }
+
+    #[test]
+    fn migrating_engines_lose_duplicate_and_reorder_nothing() {
+        let group = EngineGroup::start("migrate", Policy::Dedicated, 2, &[]).unwrap();
+        let (mut tx, rx) = rtrb::RingBuffer::new(4096);
+        let errors = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let id = group
+            .add(Box::new(Seq {
+                rx,
+                next: 0,
+                errors: errors.clone(),
+                seen: seen.clone(),
+            }))
+            .unwrap();
+        const N: u64 = 200_000;
+        let producer = std::thread::spawn(move || {
+            let mut v = 0;
+            while v < N {
+                if tx.push(v).is_ok() {
+                    v += 1;
+                }
+            }
+        });
+        let workers: Vec<Arc<Worker>> = lock(&group.workers)
+            .iter()
+            .map(|w| w.worker.clone())
+            .collect();
+        let mut moves = 0;
+        while seen.load(Ordering::Relaxed) < N as usize && moves < 2000 {
+            group.migrate(id, &workers[moves % 2]).unwrap();
+            moves += 1;
+        }
+        producer.join().unwrap();
+        assert!(wait_until(Duration::from_secs(5), || seen
+            .load(Ordering::Relaxed)
+            == N as usize));
+        assert_eq!(
+            errors.load(Ordering::Relaxed),
+            0,
+            "reordered or duplicated across {moves} migrations"
+        );
+        assert!(moves > 10, "only {moves} migrations happened");
         group.stop();
     }
 

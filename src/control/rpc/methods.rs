@@ -204,11 +204,23 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
         "group.stats" => {
             let NameParams { name } = params(p)?;
             let threads = d.group_thread_cpu(&name)?;
+            let (engines, history) = d.group_engine_stats(&name)?;
             Ok(json!({
                 "name": name,
                 "engines": d.group_engines(&name)?,
                 "threads": threads.iter().map(|(tid, secs)| json!({ "tid": tid, "cpu_seconds": secs })).collect::<Vec<_>>(),
                 "cpu_seconds": threads.iter().map(|(_, s)| s).sum::<f64>(),
+                "engine_stats": engines.iter().map(|(n, e)| json!({
+                    "engine": n,
+                    "busy_seconds": e.busy_ns as f64 / 1e9,
+                    "polls": e.polls,
+                    "busy_polls": e.busy_polls,
+                    "work": e.work,
+                    "delay_p50_us": e.delay_p50_ns as f64 / 1e3,
+                    "delay_p99_us": e.delay_p99_ns as f64 / 1e3,
+                    "delay_max_us": e.delay_max_ns as f64 / 1e3,
+                })).collect::<Vec<_>>(),
+                "thread_history": history.iter().map(|(t, n)| json!({ "seconds": t, "threads": n })).collect::<Vec<_>>(),
             }))
         }
         "switch.fdb.list" => {
@@ -301,6 +313,7 @@ fn group_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "policy": g.policy,
         "threads": g.threads,
         "cpus": g.cpus,
+        "latency_bound_us": g.latency_bound_us,
         "engines": d.group_engines(name)?,
     }))
 }
