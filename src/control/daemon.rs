@@ -149,6 +149,13 @@ impl Daemon {
             .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
     }
 
+    fn vnic_index(&self, name: &str) -> Result<usize, DaemonError> {
+        self.vnics
+            .iter()
+            .position(|v| v.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))
+    }
+
     /// The configuration as it stands now.
     pub fn config(&self) -> &Config {
         &self.config
@@ -303,11 +310,7 @@ impl Daemon {
 
     /// Disconnects the guest, stops the vNIC's engines and frees its frames.
     pub fn remove_vnic(&mut self, name: &str) -> Result<(), DaemonError> {
-        let i = self
-            .vnics
-            .iter()
-            .position(|v| v.config.name == name)
-            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let i = self.vnic_index(name)?;
         let mut v = self.vnics.remove(i);
         self.config.vnics.retain(|c| c.name != name);
         self.teardown(&mut v);
@@ -335,11 +338,7 @@ impl Daemon {
 
     /// Changes a vNIC's MTU (enforced on guest TX; reported in config space).
     pub fn set_vnic_mtu(&mut self, name: &str, mtu: u16) -> Result<(), DaemonError> {
-        let i = self
-            .vnics
-            .iter()
-            .position(|v| v.config.name == name)
-            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let i = self.vnic_index(name)?;
         let mut next = self.config.clone();
         if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
             c.mtu = mtu;
@@ -355,11 +354,7 @@ impl Daemon {
     /// frames included (an engine is taken off one thread between two polls
     /// and placed on another).
     pub fn move_vnic(&mut self, name: &str, group: &str) -> Result<(), DaemonError> {
-        let i = self
-            .vnics
-            .iter()
-            .position(|v| v.config.name == name)
-            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        let i = self.vnic_index(name)?;
         let mut next = self.config.clone();
         if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
             c.group = Some(group.to_string());
