@@ -33,6 +33,33 @@ enum Cmd {
     Tx(TxArgs),
     /// Receive only.
     Rx(RxArgs),
+    /// Paced, timestamped frames tx -> rx, reflected rx -> tx: achieved rate
+    /// and round-trip time at a given offered load.
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Socket of the device that sends and measures.
+    #[arg(long)]
+    tx: PathBuf,
+    /// Socket of the device that reflects every frame back.
+    #[arg(long)]
+    rx: PathBuf,
+    /// Offered load in frames per second (0: none; omit: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measurement time in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Destination MAC of the forward frames (default: the rx device's MAC).
+    #[arg(long)]
+    dst_mac: Option<String>,
+    #[command(flatten)]
+    dev: DevOpts,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -690,12 +717,99 @@ fn run_rx(a: RxArgs) -> Result<(), String> {
     dev.shutdown().map_err(|e| format!("shutdown: {e}"))
 }
 
+/// Where the send timestamp sits in a load frame (after the EtherType).
+const TS_AT: usize = 14;
+
+fn run_load(a: LoadArgs) -> Result<(), String> {
+    if a.size < TS_AT + 8 {
+        return Err(format!("--size must be at least {}", TS_AT + 8));
+    }
+    let mut tx = a.dev.open(&a.tx, false, a.size)?;
+    let mut rx = a.dev.open(&a.rx, false, a.size)?;
+    let dst = match &a.dst_mac {
+        Some(m) => parse_mac(m)?,
+        None => rx.mac(),
+    };
+    let template = build_frame(a.size, dst, tx.mac());
+    let hdr = VirtioNetHdr::default();
+    const BURST: usize = 32;
+    let mut out = vec![template.clone(); BURST];
+    let mut echo: Vec<Vec<u8>> = vec![vec![0u8; a.size]; BURST];
+    let mut rtts: Vec<u64> = Vec::with_capacity(1 << 22);
+    let start = Instant::now();
+    let dur = Duration::from_secs_f64(a.seconds);
+    let (mut sent, mut back) = (0u64, 0u64);
+    // Warm-up: let both devices attach before the clock starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        let due = match a.rate {
+            Some(r) => ((t0.elapsed().as_secs_f64() * r) as u64).saturating_sub(sent) as usize,
+            None => BURST,
+        };
+        let n = due.min(BURST);
+        if n > 0 {
+            let now = start.elapsed().as_nanos() as u64;
+            for f in out.iter_mut().take(n) {
+                f[TS_AT..TS_AT + 8].copy_from_slice(&now.to_le_bytes());
+            }
+            let refs: Vec<&[u8]> = out.iter().take(n).map(Vec::as_slice).collect();
+            sent += tx.send(0, &refs, &hdr) as u64;
+        }
+        // Reflect: swap the MACs and send back.
+        let mut k = 0;
+        rx.recv(0, |_, p| {
+            if k < BURST && p.len() == a.size {
+                let e = &mut echo[k];
+                e.copy_from_slice(p);
+                e[0..6].copy_from_slice(&p[6..12]);
+                e[6..12].copy_from_slice(&p[0..6]);
+                k += 1;
+            }
+        });
+        if k > 0 {
+            let refs: Vec<&[u8]> = echo.iter().take(k).map(Vec::as_slice).collect();
+            let mut done = 0;
+            while done < k {
+                done += rx.send(0, &refs[done..], &hdr);
+            }
+        }
+        tx.recv(0, |_, p| {
+            if p.len() >= TS_AT + 8 {
+                let ts = u64::from_le_bytes(p[TS_AT..TS_AT + 8].try_into().expect("8 bytes"));
+                let now = start.elapsed().as_nanos() as u64;
+                if rtts.len() < rtts.capacity() {
+                    rtts.push(now.saturating_sub(ts));
+                }
+                back += 1;
+            }
+        });
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    rtts.sort_unstable();
+    let q = |f: f64| -> f64 {
+        if rtts.is_empty() {
+            return 0.0;
+        }
+        rtts[((rtts.len() - 1) as f64 * f) as usize] as f64 / 1e3
+    };
+    println!(
+        "result mode=load offered_pps={} sent={sent} returned={back} rate_pps={:.0} rtt_p50_us={:.1} rtt_p99_us={:.1} seconds={secs:.3}",
+        a.rate.map_or("max".to_string(), |r| format!("{r:.0}")),
+        back as f64 / secs,
+        q(0.5),
+        q(0.99)
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Pair(a) => run_pair(a),
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
+        Cmd::Load(a) => run_load(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

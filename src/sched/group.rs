@@ -25,9 +25,10 @@ use crate::engine::{Doorbell, Engine};
 /// Packets an engine may handle per poll before the thread moves on.
 pub const POLL_BUDGET: usize = 64;
 
-/// Empty rounds a sleeping policy spins before it arms and sleeps: long
-/// enough to ride out the gap inside a burst, short enough to cost little.
-const SPIN_ROUNDS: u32 = 256;
+/// How long a sleeping policy keeps polling after its engines went idle
+/// before it arms and sleeps: long enough to ride out the gap inside a
+/// burst, short enough that a light load does not keep the thread awake.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 
 /// A sleeping thread re-checks at least this often even without a wake-up.
 const SLEEP_TIMEOUT_MS: i32 = 1000;
@@ -186,11 +187,15 @@ impl EngineGroup {
         });
         let i = self.next_cpu.fetch_add(1, Ordering::Relaxed);
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[i % self.cpus.len()]);
-        let may_sleep = self.policy != Policy::Dedicated;
+        let idle = match self.policy {
+            Policy::Dedicated => Idle::Spin,
+            Policy::Spreading => Idle::Sleep,
+            Policy::Compacting => Idle::Nap(self.delay_bound / 2),
+        };
         let w = worker.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{}-{i}", self.name))
-            .spawn(move || run(w, cpu, may_sleep))
+            .spawn(move || run(w, cpu, idle))
             .map_err(|source| GroupError::Spawn {
                 group: self.name.clone(),
                 source,
@@ -427,7 +432,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
+/// What a worker does when its engines have no work.
+#[derive(Clone, Copy)]
+enum Idle {
+    /// Keep polling (dedicated).
+    Spin,
+    /// Arm wake-ups and block until one fires (spreading).
+    Sleep,
+    /// Nap for this long without asking guests to kick, then poll again;
+    /// only after many empty naps arm and block (compacting). Work then
+    /// waits at most the nap, within the group's delay bound, and a light
+    /// load costs one wake-up per nap instead of one per packet.
+    Nap(Duration),
+}
+
+/// Empty naps in a row after which a napping worker blocks instead.
+const NAPS_BEFORE_SLEEP: u32 = 100;
+
+fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
+    let may_sleep = !matches!(idle, Idle::Spin);
+    if let Idle::Nap(_) = idle {
+        // Naps are tens of microseconds: without this the kernel may add
+        // its default 50 µs of timer slack to each.
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no pointers.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
+    }
+    let mut empty_naps: u32 = 0;
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     worker.tid.store(tid, Ordering::Relaxed);
@@ -438,6 +468,7 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
     let mut last_end: Vec<Instant> = Vec::new();
     let mut poller = if may_sleep { Poller::new() } else { None };
     let mut idle_rounds: u32 = 0;
+    let mut idle_since = Instant::now();
     while !worker.stop.load(Ordering::Acquire) {
         if worker.changed.load(Ordering::Acquire) {
             worker.changed.store(false, Ordering::Relaxed);
@@ -460,13 +491,28 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, may_sleep: bool) {
             t0 = t1;
             work += n;
         }
+        if let Idle::Nap(nap) = idle {
+            // Nothing left to do (every hop between this worker's engines
+            // is done): nap and let work gather, rather than poll for each
+            // packet or be woken by each.
+            if work == 0 && !engines.is_empty() && empty_naps < NAPS_BEFORE_SLEEP {
+                std::thread::sleep(nap);
+                empty_naps += 1;
+                continue;
+            }
+        }
         if work > 0 {
             idle_rounds = 0;
+            empty_naps = 0;
             continue;
+        }
+        if idle_rounds == 0 {
+            idle_since = t0;
         }
         idle_rounds = idle_rounds.wrapping_add(1);
         match poller.as_mut() {
-            Some(p) if idle_rounds >= SPIN_ROUNDS => {
+            Some(p) if t0.duration_since(idle_since) >= SPIN_BEFORE_SLEEP => {
+                empty_naps = 0;
                 sleep(&worker, &mut engines, p);
                 idle_rounds = 0;
                 // Delay is counted from the wake-up, not over the sleep.

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# CPU used against offered load, per engine-group policy, with DPDK testpmd as
+# the reference: snapnet-bench `load` sends paced, timestamped 64 B frames
+# vnic0 -> vnic1 and reflects them back (RTT), at 0, 1, 10, 50 and 100 % of
+# the highest rate the tool reaches; the backend's CPU (all its threads, from
+# /proc/PID/stat) is measured over the same window. Prints a table and writes
+# it as CSV to the path given (default docs/cpu-vs-load.csv).
+#
+# Usage: scripts/bench-cpu-vs-load.sh [csv] (as root; SECS=3 per point)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CSV=${1:-docs/cpu-vs-load.csv}
+SECS=${SECS:-3}
+bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config
+cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
+SN=$PWD/target/release/snapnet
+BENCH=$PWD/target/release/snapnet-bench
+WORK=$(mktemp -d /tmp/snapnet-cpuload.XXXXXX)
+PID=""
+cleanup() {
+    [ -n "$PID" ] && kill -INT "$PID" 2>/dev/null && sleep 0.5
+    [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+HZ=$(getconf CLK_TCK)
+
+config() { # policy extra-group-json
+    cat > "$WORK/sn.json" <<JSON
+{"runtime_dir":"$WORK","vnics":[{"name":"vnic0","mac":"52:54:00:5a:00:01"},{"name":"vnic1","mac":"52:54:00:5a:00:02"}],
+ "groups":[{"name":"g","policy":"$1" $2}]}
+JSON
+}
+
+start_backend() { # name
+    rm -f "$WORK"/*.sock
+    case $1 in
+        dedicated) config dedicated ', "threads": 1, "cpus": [1]' ;;
+        spreading) config spreading ', "cpus": [1]' ;;
+        compacting) config compacting ', "threads": 1, "cpus": [1]' ;;
+    esac
+    if [ "$1" = testpmd ]; then
+        dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "cpl$$" --lcores '0@1,1@1' \
+            --vdev "net_vhost0,iface=$WORK/vnic0.sock" --vdev "net_vhost1,iface=$WORK/vnic1.sock" -- \
+            --forward-mode=io --auto-start --total-num-mbufs=16384 --stats-period 3600 </dev/null >"$WORK/tp.log" 2>&1 &
+        PID=$!
+        for _ in $(seq 100); do grep -q "Checking link statuses" "$WORK/tp.log" 2>/dev/null && break; sleep 0.1; done
+    else
+        "$SN" serve --config "$WORK/sn.json" </dev/null >"$WORK/sn.log" 2>&1 &
+        PID=$!
+        for _ in $(seq 100); do [ -S "$WORK/vnic1.sock" ] && break; sleep 0.1; done
+    fi
+}
+
+stop_backend() { kill -INT "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+
+# One measured point: prints "cores rate p50 p99".
+point() { # rate (empty = max)
+    local args=() out c0 c1 t0 t1
+    [ -n "$1" ] && args=(--rate "$1")
+    c0=$(cpu_ticks); t0=$(date +%s.%N)
+    out=""
+    for _ in $(seq 10); do
+        out=$(taskset -c 0 "$BENCH" load --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --seconds "$SECS" \
+            --dst-mac 52:54:00:5a:00:02 "${args[@]}" 2>/dev/null | grep '^result' || true)
+        [ -n "$out" ] && break
+        sleep 0.5
+    done
+    c1=$(cpu_ticks); t1=$(date +%s.%N)
+    local f
+    f() { echo "$out" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+    awk -v c="$((c1 - c0))" -v hz="$HZ" -v s="$t0" -v e="$t1" -v r="$(f rate_pps)" -v p50="$(f rtt_p50_us)" -v p99="$(f rtt_p99_us)" \
+        'BEGIN { printf "%.3f %.0f %s %s\n", c / hz / (e - s), r, p50, p99 }'
+}
+
+start_backend dedicated
+read -r _ max _ _ < <(point "")
+stop_backend
+echo "highest rate the tool reaches (dedicated): $max frames/s"
+mkdir -p "$(dirname "$CSV")"
+echo "backend,load_pct,offered_pps,achieved_pps,cores,rtt_p50_us,rtt_p99_us" > "$CSV"
+printf "%-10s %5s %10s %10s %6s %9s %9s\n" backend load% offered achieved cores p50_us p99_us
+for b in ${BACKENDS:-dedicated spreading compacting testpmd}; do
+    start_backend "$b"
+    for pct in 0 1 10 50 100; do
+        rate=$(awk -v m="$max" -v p="$pct" 'BEGIN { printf "%.0f", m * p / 100 }')
+        read -r cores got p50 p99 < <(point "$rate")
+        printf "%-10s %5s %10s %10s %6s %9s %9s\n" "$b" "$pct" "$rate" "$got" "$cores" "$p50" "$p99"
+        echo "$b,$pct,$rate,$got,$cores,$p50,$p99" >> "$CSV"
+    done
+    stop_backend
+done
