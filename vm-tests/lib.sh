@@ -155,7 +155,11 @@ vm_expect() {
 }
 
 # vm_count NAME PATTERN: lines of guest NAME's console matching PATTERN.
-vm_count() { grep -ac "$2" "$VM_DIR/$1.log" 2>/dev/null || true; }
+vm_count() {
+    local n
+    n=$(grep -ac "$2" "$VM_DIR/$1.log" 2>/dev/null) || true
+    echo "${n:-0}"
+}
 
 # vm_field LINE KEY: the value of key=value in a result line.
 vm_field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
