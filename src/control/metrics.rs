@@ -5,9 +5,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -16,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::background::Background;
 use super::daemon::Daemon;
 use super::rpc::Context;
 use crate::switch::PortDrop;
@@ -180,8 +180,7 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
 
 /// The HTTP endpoint serving `/metrics`.
 pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
     pub addr: SocketAddr,
 }
 
@@ -190,45 +189,22 @@ impl MetricsServer {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                while !s.load(Ordering::Acquire) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let _ = answer(stream, &ctx);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50))
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        let thread = Background::spawn("metrics", move |stop| {
+            while !stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = answer(stream, &ctx);
                     }
+                    // Nothing to accept (or a passing error): look again soon.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-            addr,
-        })
+            }
+        })?;
+        Ok(Self { thread, addr })
     }
 
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.thread.stop();
     }
 }
 

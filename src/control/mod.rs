@@ -1,5 +1,6 @@
 //! The control side: configuration and building the daemon from it.
 
+pub mod background;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

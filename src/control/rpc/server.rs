@@ -8,20 +8,19 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::methods::{call, Context};
 use super::protocol::*;
+use crate::control::background::Background;
 
 /// Clients served at once; more are told to come back later.
 const MAX_CLIENTS: usize = 64;
 
 pub struct RpcServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
     path: PathBuf,
 }
 
@@ -49,14 +48,9 @@ impl RpcServer {
         }
         std::fs::rename(&tmp, path)?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept_loop(listener, ctx, s))?;
+        let thread = Background::spawn("control", move |stop| accept_loop(listener, ctx, stop))?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            thread,
             path: path.to_path_buf(),
         })
     }
@@ -66,10 +60,7 @@ impl RpcServer {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.stop();
         let _ = std::fs::remove_file(&self.path);
     }
 }
