@@ -151,6 +151,8 @@ pub(super) struct DataPath {
     pub rx_chains: Vec<RxChain>,
     pub features: Negotiated,
     pub mtu: u16,
+    /// A drop was counted in a poll that may have done no work.
+    pub dirty: bool,
     log: LogLimiter,
     name: String,
 }
@@ -174,6 +176,7 @@ impl DataPath {
             rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
             features: Negotiated::default(),
             mtu,
+            dirty: false,
             log: LogLimiter::new(Duration::from_secs(1)),
             name: name.to_string(),
         }
@@ -183,6 +186,7 @@ impl DataPath {
     #[cold]
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
         self.counters.drop(reason);
+        self.dirty = true;
         if let Some(suppressed) = self.log.allow() {
             let what = match reason {
                 DropReason::TooBig | DropReason::BadGso => "guest frame dropped",
@@ -328,7 +332,8 @@ impl Engine for VnicEngine {
             job(self);
         }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
-        if work > 0 {
+        if work > 0 || self.dp.dirty {
+            self.dp.dirty = false;
             self.publish_counters();
         }
         work
