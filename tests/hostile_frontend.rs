@@ -125,12 +125,20 @@ fn broken_ring_setups_harm_nobody() {
         let _ = vu.set_features(features);
         set_mem(vu, base, file);
         let _kept = ring(vu, 1, 256, base, base, base);
-        let _kept0 = ring(vu, 0, 3, base + 8, base + 8, base + 8);
         // The "guest" then scribbles over its rings while they run.
         // SAFETY: base maps 1 MiB of our own memfd; the first 64 KiB hold the rings.
         unsafe { std::ptr::write_bytes((base as *mut u8).add(2), 0xab, 60_000) };
+        // Let the engine meet the scribbled ring, then ask for a bad size.
+        std::thread::sleep(Duration::from_millis(200));
         let _ = vu.set_vring_num(1, 100);
         std::thread::sleep(Duration::from_millis(100));
+    });
+    // A queue size that is not a power of two.
+    hostile(&sock0, |vu, base, file| {
+        let _ = vu.set_features(features);
+        set_mem(vu, base, file);
+        let _kept = ring(vu, 0, 3, base + 8, base + 8, base + 8);
+        std::thread::sleep(Duration::from_millis(50));
     });
     // Kicks and rings without any memory table; a ring index past the queues.
     hostile(&sock0, |vu, base, _| {
