@@ -39,7 +39,7 @@ fn attach_pass_traffic_detach_while_flowing_and_attach_again() {
         );
         let mut a = connect(&dir.path("vnic0.sock"), &fcfg);
         assert!(
-            wait_for(Duration::from_secs(5), || attached(&mut c)),
+            wait_for(Duration::from_secs(20), || attached(&mut c)),
             "round {round}"
         );
         assert_crosses(&mut a, &mut b, 50, 400, "runtime-attached vNIC");
@@ -62,7 +62,7 @@ fn attach_pass_traffic_detach_while_flowing_and_attach_again() {
         assert!(drained);
     }
     assert!(
-        wait_for(Duration::from_secs(5), || (fd_count(), thread_count())
+        wait_for(Duration::from_secs(20), || (fd_count(), thread_count())
             == baseline),
         "fds/threads {:?} -> {:?}",
         baseline,

@@ -28,7 +28,7 @@ fn hundred_connect_disconnect_cycles_leak_no_fd_thread_memory_or_frame() {
     let cycle = |i: u32, peer: &mut Frontend| {
         let mut a = connect(&dir.path("vnic0.sock"), &fcfg);
         assert!(
-            wait_for(Duration::from_secs(5), || rings(&daemon, 0) == 2),
+            wait_for(Duration::from_secs(20), || rings(&daemon, 0) == 2),
             "cycle {i}: not attached"
         );
         let frames: Vec<Vec<u8>> = (0..8).map(|s| frame(MAC1, MAC0, 100, s)).collect();
@@ -47,7 +47,7 @@ fn hundred_connect_disconnect_cycles_leak_no_fd_thread_memory_or_frame() {
             drop(a); // abrupt: the socket just closes
         }
         assert!(
-            wait_for(Duration::from_secs(5), || rings(&daemon, 0) == 0),
+            wait_for(Duration::from_secs(20), || rings(&daemon, 0) == 0),
             "cycle {i}: not detached"
         );
     };
@@ -59,7 +59,7 @@ fn hundred_connect_disconnect_cycles_leak_no_fd_thread_memory_or_frame() {
         cycle(i, &mut peer);
     }
     // Dropping a vhost-user connection joins its threads asynchronously.
-    let settled = wait_for(Duration::from_secs(5), || {
+    let settled = wait_for(Duration::from_secs(20), || {
         fd_count() <= fds && thread_count() <= threads
     });
     if !settled {

@@ -46,7 +46,7 @@ pub struct EngineSink {
     engines: Vec<MailboxSender<VnicEngine>>,
 }
 
-const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl EngineSink {
     pub fn new(engines: Vec<MailboxSender<VnicEngine>>) -> Self {

@@ -67,7 +67,7 @@ pub fn connect(path: &Path, cfg: &FrontendConfig) -> Frontend {
 
 /// Waits until every ring of every vNIC is served (the guests are "up").
 pub fn wait_ready(daemon: &Daemon) {
-    let ok = wait_for(Duration::from_secs(5), || {
+    let ok = wait_for(Duration::from_secs(20), || {
         daemon
             .report()
             .iter()
