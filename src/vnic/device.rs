@@ -231,8 +231,12 @@ impl<S: QueueSink> VnicDevice<S> {
             .attached
             .get(index)
             .ok_or(DeviceError::NoSuchVring(index))?;
-        if flag.swap(false, Ordering::AcqRel) {
+        if flag.load(Ordering::Acquire) {
+            // Only a detach the engine carried out clears the flag: after a
+            // failed one the engine still holds the vring and a later reset
+            // must try again.
             self.sink.detach(index)?;
+            flag.store(false, Ordering::Release);
             log::debug!("{}: vring {index} detached", self.name);
         }
         Ok(())
