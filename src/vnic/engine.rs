@@ -57,6 +57,10 @@ pub struct AttachedQueue {
     /// sleeping. Re-applied whenever the ring view is rebuilt.
     kicks: bool,
     event_idx: bool,
+    /// The driver moved its avail index by more than the ring holds: the
+    /// ring is corrupt. It is left alone (counted once) until the driver
+    /// sets it up again, which attaches a fresh queue.
+    broken: bool,
 }
 
 impl AttachedQueue {
@@ -68,6 +72,7 @@ impl AttachedQueue {
             view: None,
             kicks: true,
             event_idx: false,
+            broken: false,
         }
     }
 
@@ -86,7 +91,11 @@ impl AttachedQueue {
             view,
             kicks,
             event_idx,
+            broken,
         } = self;
+        if *broken {
+            return Ok(0);
+        }
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return Ok(0);
@@ -113,6 +122,10 @@ impl AttachedQueue {
         let Some((_, ring)) = view.as_ref() else {
             return Err(DropReason::AddressOutOfRange);
         };
+        if ring.avail_idx().wrapping_sub(q.next_avail()) > ring.size() {
+            *broken = true;
+            return Err(DropReason::BadAvailIndex);
+        }
         let (n, interrupt) = f(q, ring, map);
         if interrupt {
             let _ = state.signal_used_queue();
@@ -132,6 +145,9 @@ impl AttachedQueue {
     }
 
     fn has_avail(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
         let AttachedQueue { vring, view, .. } = self;
         let state = vring.get_mut();
         view.as_ref()
