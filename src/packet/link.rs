@@ -54,11 +54,6 @@ impl LinkTx {
     pub fn flush(&self) {
         self.doorbell.ring();
     }
-
-    /// True when the consumer end has been dropped.
-    pub fn is_abandoned(&self) -> bool {
-        self.ring.is_abandoned()
-    }
 }
 
 impl LinkRx {

@@ -149,16 +149,6 @@ impl FramePool {
         }
     }
 
-    /// Start of the region (for UMEM registration) and its length.
-    pub fn region(&self) -> (*mut u8, usize) {
-        (self.base, self.bytes)
-    }
-
-    /// Size of one small frame (the UMEM chunk size).
-    pub fn frame_size(&self) -> usize {
-        self.frame_size
-    }
-
     /// Frames in the shared free lists (small, large). Frames held in caches
     /// are not counted: drop the caches first when checking for leaks.
     pub fn free_frames(&self) -> (usize, usize) {

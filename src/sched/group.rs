@@ -210,10 +210,6 @@ impl EngineGroup {
         &self.name
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
-    }
-
     /// Places an engine: on the least loaded thread (dedicated, compacting)
     /// or on a thread of its own (spreading).
     pub fn add(&self, engine: Box<dyn Engine>) -> Result<EngineId, GroupError> {

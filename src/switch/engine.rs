@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fdb::{Fdb, DEFAULT_CAPACITY};
-use super::port::{PortCounters, PortDrop, PortId, SharedPortCounters, SwitchPort};
+use super::port::{PortDrop, PortId, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
 use crate::packet::wire::flow::flow_hash;
 use crate::packet::wire::{EthernetFrame, MacAddr};
@@ -328,11 +328,6 @@ impl SwitchHandle {
         self.mailbox
             .call(CONTROL_TIMEOUT, |s: &mut SwitchEngine| s.fdb().entries())
     }
-}
-
-/// Counters of a port, read from its shared copy.
-pub fn port_counters(shared: &SharedPortCounters) -> PortCounters {
-    shared.snapshot()
 }
 
 #[cfg(test)]
