@@ -49,17 +49,7 @@ fi
 # go into the guest (the binaries and their libraries are copied from the
 # installed packages).
 tools=(cpio xz-utils kmod gzip busybox-static iperf3 iputils-ping ethtool)
-mapfile -t installed < <(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${tools[@]}" 2>/dev/null | awk '$1 == "ii" {print $2}')
-missing=()
-for p in "${tools[@]}"; do
-    [[ " ${installed[*]} " == *" $p "* ]] || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+bash "$(dirname "$0")/../scripts/install-prereqs.sh" "${tools[@]}" >&2
 
 # The kernel package linux-image-amd64 points to, and its version. apt-cache
 # takes ~1 s, so the answer is remembered until the apt lists change.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what building and testing snapnet needs on Debian 12 (as root).
+# Installs the Debian packages named as arguments that are missing (as root).
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
 
@@ -12,12 +12,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    else
-        echo "cargo not found: install Rust (https://rustup.rs) first" >&2
-        exit 1
-    fi
 fi
