@@ -122,10 +122,6 @@ impl AttachedQueue {
         let Some((_, ring)) = view.as_ref() else {
             return Err(DropReason::AddressOutOfRange);
         };
-        if ring.avail_idx().wrapping_sub(q.next_avail()) > ring.size() {
-            *broken = true;
-            return Err(DropReason::BadAvailIndex);
-        }
         let (n, interrupt) = f(q, ring, map);
         if interrupt {
             let _ = state.signal_used_queue();
@@ -142,6 +138,11 @@ impl AttachedQueue {
         if let Some((_, ring)) = view.as_ref() {
             ring.set_kicks(event_idx, enable, state.get_queue().next_avail());
         }
+    }
+
+    /// Stops serving this ring until the driver sets it up again.
+    fn mark_broken(&mut self) {
+        self.broken = true;
     }
 
     fn has_avail(&mut self) -> bool {
@@ -169,6 +170,9 @@ pub(super) struct DataPath {
     pub mtu: u16,
     /// A drop was counted in a poll that may have done no work.
     pub dirty: bool,
+    /// The ring just processed had a corrupt avail index (set by the
+    /// per-packet code, acted on by the engine after the batch).
+    pub ring_corrupt: bool,
     log: LogLimiter,
     name: String,
 }
@@ -193,6 +197,7 @@ impl DataPath {
             features: Negotiated::default(),
             mtu,
             dirty: false,
+            ring_corrupt: false,
             log: LogLimiter::new(Duration::from_secs(1)),
             name: name.to_string(),
         }
@@ -285,13 +290,17 @@ impl VnicEngine {
             return 0;
         };
         let dp = &mut self.dp;
-        match q.batch(|q, ring, map| guest_tx::drain(q, ring, map, budget, dp)) {
+        let n = match q.batch(|q, ring, map| guest_tx::drain(q, ring, map, budget, dp)) {
             Ok(n) => n,
             Err(reason) => {
                 self.dp.malformed(reason, 0);
                 0
             }
+        };
+        if std::mem::take(&mut self.dp.ring_corrupt) {
+            q.mark_broken();
         }
+        n
     }
 
     fn poll_rx(&mut self, budget: usize) -> usize {
@@ -311,13 +320,17 @@ impl VnicEngine {
             return n;
         };
         let dp = &mut self.dp;
-        match q.batch(|q, ring, map| guest_rx::fill(q, ring, map, budget, dp)) {
+        let n = match q.batch(|q, ring, map| guest_rx::fill(q, ring, map, budget, dp)) {
             Ok(n) => n,
             Err(reason) => {
                 self.dp.malformed(reason, 0);
                 0
             }
+        };
+        if std::mem::take(&mut self.dp.ring_corrupt) {
+            q.mark_broken();
         }
+        n
     }
 
     fn publish_counters(&mut self) {

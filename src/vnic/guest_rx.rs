@@ -43,6 +43,7 @@ pub(super) fn fill(
     let avail_idx = ring.avail_idx();
     if avail_idx.wrapping_sub(next_avail) > ring.size() {
         dp.malformed(DropReason::BadAvailIndex, 0);
+        dp.ring_corrupt = true;
         return (0, false);
     }
     let mrg = dp.features.mrg_rxbuf;

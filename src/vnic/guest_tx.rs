@@ -37,6 +37,7 @@ pub(super) fn drain(
     let pending = ring.avail_idx().wrapping_sub(next_avail);
     if pending > ring.size() {
         dp.malformed(DropReason::BadAvailIndex, 0);
+        dp.ring_corrupt = true;
         return (0, false);
     }
     // Backpressure: take no more than the link can hold.
