@@ -12,4 +12,5 @@ pub mod frontend;
 pub mod packet;
 pub mod sched;
 pub mod switch;
+pub mod uplink;
 pub mod vnic;

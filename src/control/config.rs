@@ -59,6 +59,9 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     #[serde(default)]
     pub vnics: Vec<VnicConfig>,
+    /// Host NICs the switch reaches through AF_XDP.
+    #[serde(default)]
+    pub uplinks: Vec<UplinkConfig>,
     #[serde(default = "default_groups")]
     pub groups: Vec<GroupConfig>,
     /// Group that runs the switch engine (default: the first group).
@@ -94,6 +97,42 @@ pub struct VnicConfig {
 }
 
 pub use crate::sched::Policy;
+pub use crate::uplink::{BindMode, XdpMode};
+
+/// Largest uplink MTU: a wire frame must fit one 4 KiB UMEM chunk after the
+/// 256 B headroom (jumbo frames would need AF_XDP multi-buffer).
+pub const MAX_UPLINK_MTU: u16 = 3800;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub name: String,
+    /// The host interface (in snapnet's network namespace).
+    pub interface: String,
+    /// NIC queues to bind, one AF_XDP socket and engine each.
+    #[serde(default = "default_uplink_queues")]
+    pub queues: Vec<u32>,
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: XdpMode,
+    #[serde(default = "default_bind_mode")]
+    pub bind_mode: BindMode,
+    /// The wire MTU: larger guest frames are segmented (GSO) or dropped.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Group that runs the queue engines (default: the first group).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn default_uplink_queues() -> Vec<u32> {
+    vec![0]
+}
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Auto
+}
+fn default_bind_mode() -> BindMode {
+    BindMode::Auto
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +245,11 @@ impl Config {
         v.group.as_deref().unwrap_or(&self.groups[0].name)
     }
 
+    /// The engine group that runs uplink `u`.
+    pub fn uplink_group_of<'a>(&'a self, u: &'a UplinkConfig) -> &'a str {
+        u.group.as_deref().unwrap_or(&self.groups[0].name)
+    }
+
     /// Checks what the types cannot: ranges, uniqueness, references.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.groups.is_empty() {
@@ -283,6 +327,46 @@ impl Config {
                 ));
             }
             known_group(&v.group, at("group"))?;
+        }
+        let mut interfaces = HashSet::new();
+        for (i, u) in self.uplinks.iter().enumerate() {
+            let at = |k: &str| format!("uplinks[{i}].{k}");
+            check_name(&u.name, &at("name"))?;
+            if !names.insert(u.name.as_str()) {
+                return Err(duplicate(
+                    at("name"),
+                    format!("port name '{}' is used twice", u.name),
+                ));
+            }
+            if u.interface.is_empty() || u.interface.len() >= libc::IFNAMSIZ {
+                return Err(invalid(
+                    at("interface"),
+                    format!("'{}' is not an interface name", u.interface),
+                ));
+            }
+            if !interfaces.insert(u.interface.as_str()) {
+                return Err(duplicate(
+                    at("interface"),
+                    format!("interface {} has two uplinks", u.interface),
+                ));
+            }
+            let mut queues = HashSet::new();
+            if u.queues.is_empty() || u.queues.len() > 64 {
+                return Err(invalid(at("queues"), "give 1 to 64 queue numbers"));
+            }
+            if let Some(q) = u.queues.iter().find(|q| **q > 255 || !queues.insert(**q)) {
+                return Err(invalid(
+                    at("queues"),
+                    format!("queue {q} is above 255 or given twice"),
+                ));
+            }
+            if !(MIN_MTU..=MAX_UPLINK_MTU).contains(&u.mtu) {
+                return Err(invalid(
+                    at("mtu"),
+                    format!("{} is not in {MIN_MTU}..={MAX_UPLINK_MTU}", u.mtu),
+                ));
+            }
+            known_group(&u.group, at("group"))?;
         }
         Ok(())
     }

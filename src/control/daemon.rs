@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::config::{Config, ConfigError, GroupConfig, VnicConfig};
+use super::config::{Config, ConfigError, GroupConfig, UplinkConfig, VnicConfig};
 use crate::engine::MailboxError;
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
@@ -14,6 +14,11 @@ use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, SwitchEngine, SwitchHandle, SwitchPort};
+use crate::uplink::group_tap::GroupTap;
+use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
+use crate::uplink::{
+    SharedUplinkCounters, UplinkCounters, UplinkProgram, UplinkQueueEngine, XdpMode,
+};
 use crate::vnic::connection::ConnectionError;
 use crate::vnic::device::DeviceError;
 use crate::vnic::SocketRole;
@@ -51,6 +56,15 @@ pub enum DaemonError {
     InUse(String),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error("uplink {name}: {message}")]
+    Uplink { name: String, message: String },
+}
+
+fn uplink_err(name: &str) -> impl Fn(String) -> DaemonError + '_ {
+    move |message| DaemonError::Uplink {
+        name: name.to_string(),
+        message,
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -67,6 +81,36 @@ struct RunningVnic {
     port_counters: Arc<SharedPortCounters>,
     queues: Vec<Arc<SharedQueueCounters>>,
     engines: Vec<EngineId>,
+}
+
+struct RunningUplinkQueue {
+    queue: u32,
+    counters: Arc<SharedUplinkCounters>,
+}
+
+struct RunningUplink {
+    config: UplinkConfig,
+    program: UplinkProgram,
+    zerocopy: bool,
+    port: PortId,
+    port_counters: Arc<SharedPortCounters>,
+    queues: Vec<RunningUplinkQueue>,
+    engines: Vec<EngineId>,
+}
+
+/// Counters of one uplink, for display.
+#[derive(Clone, Debug)]
+pub struct UplinkReport {
+    pub name: String,
+    pub interface: String,
+    /// The XDP attach mode in use (native or generic).
+    pub xdp_mode: XdpMode,
+    /// True when the sockets are bound zero-copy.
+    pub zerocopy: bool,
+    /// Per queue: its number, the engine's counters, the kernel's counters.
+    pub queues: Vec<(u32, UplinkCounters, XskKernelStats)>,
+    /// The uplink's port on the switch.
+    pub port: PortCounters,
 }
 
 struct RunningGroup {
@@ -103,6 +147,7 @@ pub struct Daemon {
     switch_group: String,
     switch_engine: EngineId,
     vnics: Vec<RunningVnic>,
+    uplinks: Vec<RunningUplink>,
 }
 
 impl Daemon {
@@ -121,8 +166,10 @@ impl Daemon {
             switch_group: String::new(),
             switch_engine: EngineId(0),
             vnics: Vec::new(),
+            uplinks: Vec::new(),
         };
         daemon.config.groups.clear();
+        daemon.config.uplinks.clear();
         for g in &cfg.groups {
             daemon.add_group(g.clone())?;
         }
@@ -134,6 +181,12 @@ impl Daemon {
         daemon.switch_group = switch_group;
         for v in &cfg.vnics {
             if let Err(e) = daemon.add_vnic(v.clone()) {
+                daemon.stop();
+                return Err(e);
+            }
+        }
+        for u in &cfg.uplinks {
+            if let Err(e) = daemon.add_uplink(u.clone()) {
                 daemon.stop();
                 return Err(e);
             }
@@ -191,6 +244,13 @@ impl Daemon {
             .iter()
             .filter(|v| self.config.group_of(v) == name)
             .map(|v| v.name.clone())
+            .chain(
+                self.config
+                    .uplinks
+                    .iter()
+                    .filter(|u| self.config.uplink_group_of(u) == name)
+                    .map(|u| format!("uplink {}", u.name)),
+            )
             .collect();
         if !users.is_empty() || self.switch_group == name {
             let mut users = users;
@@ -256,19 +316,13 @@ impl Daemon {
             .switch
             .add_port(SwitchPort::new(&v.name, inputs, outputs), vec![v.mac])?;
         let group = self.group(&group_name)?;
-        let mut engine_ids: Vec<EngineId> = Vec::new();
-        for e in engines {
-            match group.add(e) {
-                Ok(id) => engine_ids.push(id),
-                Err(err) => {
-                    let _ = self.switch.remove_port(port);
-                    for id in engine_ids {
-                        let _ = group.remove(id);
-                    }
-                    return Err(err.into());
-                }
+        let engine_ids = match place_engines(group, engines) {
+            Ok(ids) => ids,
+            Err(err) => {
+                let _ = self.switch.remove_port(port);
+                return Err(err);
             }
-        }
+        };
         let connection = match Connection::spawn(device.clone(), &socket, v.role) {
             Ok(c) => c,
             Err(source) => {
@@ -294,6 +348,16 @@ impl Daemon {
             v.mtu,
             v.queue_pairs
         );
+        for u in self.uplinks.iter_mut() {
+            if let Err(e) = u.program.add_guest(v.mac) {
+                log::warn!(
+                    "{}: uplink {} will not redirect {}: {e}",
+                    v.name,
+                    u.config.name,
+                    v.mac
+                );
+            }
+        }
         self.vnics.push(RunningVnic {
             config: v,
             device,
@@ -313,6 +377,15 @@ impl Daemon {
         let i = self.vnic_index(name)?;
         let mut v = self.vnics.remove(i);
         self.config.vnics.retain(|c| c.name != name);
+        for u in self.uplinks.iter_mut() {
+            if let Err(e) = u.program.remove_guest(v.config.mac) {
+                log::warn!(
+                    "{name}: uplink {} still redirects {}: {e}",
+                    u.config.name,
+                    v.config.mac
+                );
+            }
+        }
         self.teardown(&mut v);
         log::info!("{name}: removed");
         Ok(())
@@ -334,6 +407,156 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Attaches the XDP program to the uplink's interface, opens one AF_XDP
+    /// socket per queue over the frame pool, and plugs the queue engines into
+    /// the switch.
+    pub fn add_uplink(&mut self, u: UplinkConfig) -> Result<(), DaemonError> {
+        let mut next = self.config.clone();
+        next.uplinks.push(u.clone());
+        next.validate()?;
+        let uplink_name = u.name.clone();
+        let fail = uplink_err(&uplink_name);
+        let ifname = std::ffi::CString::new(u.interface.as_str())
+            .map_err(|_| fail(format!("'{}' is not an interface name", u.interface)))?;
+        // SAFETY: `ifname` is a NUL-terminated string that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(DaemonError::NotFound(format!(
+                "interface '{}' (in snapnet's network namespace)",
+                u.interface
+            )));
+        }
+        let mut program = UplinkProgram::attach(&u.interface, ifindex, u.xdp_mode)
+            .map_err(|e| fail(e.to_string()))?;
+        for v in &self.vnics {
+            program
+                .add_guest(v.config.mac)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let (base, len, chunk_size) = self.pool.umem_region();
+        let umem = UmemArea {
+            base,
+            len,
+            chunk_size,
+        };
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut queues = Vec::new();
+        let mut engines = Vec::new();
+        let mut zerocopy = true;
+        for (i, &q) in u.queues.iter().enumerate() {
+            let xsk = XskSocket::open(ifindex, q, umem, RingSizes::default(), u.bind_mode)
+                .map_err(|e| fail(format!("queue {q}: {e}")))?;
+            zerocopy &= xsk.is_zerocopy();
+            program
+                .set_socket(q, &xsk)
+                .map_err(|e| fail(e.to_string()))?;
+            // One packet socket per uplink is enough for group-addressed frames.
+            let tap = if i == 0 {
+                Some(GroupTap::open(ifindex).map_err(|e| fail(format!("packet socket: {e}")))?)
+            } else {
+                None
+            };
+            let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let (engine, counters) = UplinkQueueEngine::new(
+                format!("{}/q{q}", u.name),
+                xsk,
+                &self.pool,
+                to_switch,
+                from_switch,
+                tap,
+                usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
+            );
+            inputs.push(switch_in);
+            outputs.push(switch_out);
+            queues.push(RunningUplinkQueue { queue: q, counters });
+            engines.push(Box::new(engine));
+        }
+        let (port, port_counters) = self
+            .switch
+            .add_port(SwitchPort::new(&u.name, inputs, outputs), Vec::new())?;
+        let group_name = next.uplink_group_of(&u).to_string();
+        let group = self.group(&group_name)?;
+        let engine_ids = match place_engines(group, engines) {
+            Ok(ids) => ids,
+            Err(err) => {
+                let _ = self.switch.remove_port(port);
+                return Err(err);
+            }
+        };
+        log::info!(
+            "{}: uplink on {} queue(s) {:?}, XDP {:?}, {} (mtu {}, group {group_name})",
+            u.name,
+            u.interface,
+            u.queues,
+            program.mode(),
+            if zerocopy { "zero-copy" } else { "copy mode" },
+            u.mtu
+        );
+        self.uplinks.push(RunningUplink {
+            config: u,
+            program,
+            zerocopy,
+            port,
+            port_counters,
+            queues,
+            engines: engine_ids,
+        });
+        self.config = next;
+        Ok(())
+    }
+
+    /// Stops the uplink's engines, closes its sockets and detaches its XDP
+    /// program: the interface is the kernel's alone again.
+    pub fn remove_uplink(&mut self, name: &str) -> Result<(), DaemonError> {
+        let i = self
+            .uplinks
+            .iter()
+            .position(|u| u.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))?;
+        let u = self.uplinks.remove(i);
+        self.teardown_uplink(u);
+        self.config.uplinks.retain(|c| c.name != name);
+        log::info!("{name}: uplink removed");
+        Ok(())
+    }
+
+    fn teardown_uplink(&self, mut u: RunningUplink) {
+        if let Err(e) = self.switch.remove_port(u.port) {
+            log::warn!("{}: switch did not remove the port: {e}", u.config.name);
+        }
+        let group_name = self.config.uplink_group_of(&u.config).to_string();
+        if let Ok(group) = self.group(&group_name) {
+            for id in u.engines.drain(..) {
+                // Dropping the engine closes its socket, then reclaims its frames.
+                if let Err(e) = group.remove(id) {
+                    log::warn!("{}: engine not removed: {e}", u.config.name);
+                }
+            }
+        }
+        // `u.program` drops here: the bpf_link goes and the program detaches.
+    }
+
+    /// Counters of every uplink.
+    pub fn uplink_report(&self) -> Vec<UplinkReport> {
+        self.uplinks
+            .iter()
+            .map(|u| UplinkReport {
+                name: u.config.name.clone(),
+                interface: u.config.interface.clone(),
+                xdp_mode: u.program.mode(),
+                zerocopy: u.zerocopy,
+                queues: u
+                    .queues
+                    .iter()
+                    .map(|q| (q.queue, q.counters.snapshot(), q.counters.kernel_snapshot()))
+                    .collect(),
+                port: u.port_counters.snapshot(),
+            })
+            .collect()
     }
 
     /// Changes a vNIC's MTU (enforced on guest TX; reported in config space).
@@ -418,7 +641,14 @@ impl Daemon {
                     .vnics
                     .iter()
                     .find(|v| v.port == e.port)
-                    .map_or_else(|| format!("port{}", e.port.0), |v| v.config.name.clone());
+                    .map(|v| v.config.name.clone())
+                    .or_else(|| {
+                        self.uplinks
+                            .iter()
+                            .find(|u| u.port == e.port)
+                            .map(|u| u.config.name.clone())
+                    })
+                    .unwrap_or_else(|| format!("port{}", e.port.0));
                 (mac, port, e.is_static)
             })
             .collect())
@@ -464,6 +694,9 @@ impl Daemon {
         for mut v in vnics {
             self.teardown(&mut v);
         }
+        for u in std::mem::take(&mut self.uplinks) {
+            self.teardown_uplink(u);
+        }
         if let Ok(group) = self.group(&self.switch_group) {
             let _ = group.remove(self.switch_engine);
         }
@@ -471,6 +704,27 @@ impl Daemon {
             g.group.stop();
         }
     }
+}
+
+/// Adds every engine to `group`, or none: on failure the ones already
+/// placed are taken out again (and dropped, which frees what they hold).
+fn place_engines<E: crate::engine::Engine + 'static>(
+    group: &EngineGroup,
+    engines: Vec<Box<E>>,
+) -> Result<Vec<EngineId>, DaemonError> {
+    let mut ids = Vec::with_capacity(engines.len());
+    for e in engines {
+        match group.add(e) {
+            Ok(id) => ids.push(id),
+            Err(err) => {
+                for id in ids {
+                    let _ = group.remove(id);
+                }
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// A human-readable table of the report.

@@ -7,8 +7,11 @@ pub mod frame;
 pub mod link;
 pub mod pool;
 pub mod prefetch;
+pub mod segment;
+pub mod umem_loans;
 pub mod wire;
 
 pub use frame::{FrameHandle, Offload};
 pub use link::{link, LinkRx, LinkTx};
 pub use pool::{FrameCache, FramePool, PoolConfig, PoolError};
+pub use umem_loans::UmemLoans;

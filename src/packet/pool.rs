@@ -201,6 +201,15 @@ impl FramePool {
     }
 }
 
+impl FramePool {
+    /// The region an AF_XDP UMEM registers: its start, its length, and the
+    /// chunk size (the small frame size). The large frames lie in the same
+    /// region but are never put in a UMEM ring.
+    pub fn umem_region(&self) -> (*mut u8, usize, u32) {
+        (self.base, self.bytes, self.frame_size as u32)
+    }
+}
+
 impl Drop for FramePool {
     fn drop(&mut self) {
         // SAFETY: `base`/`bytes` are exactly the mapping made in `new`, and no

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+pub mod packets;
 pub mod rpc;
 
 use std::path::{Path, PathBuf};

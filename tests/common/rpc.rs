@@ -165,6 +165,7 @@ impl Checked {
         json!({
             "vnics": self.ok("vnic.list", json!({})),
             "groups": self.ok("group.list", json!({})),
+            "uplinks": self.ok("uplink.list", json!({})),
             "fdb": self.ok("switch.fdb.list", json!({})),
         })
     }

@@ -10,10 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::protocol::*;
-use crate::control::config::{ConfigError, GroupConfig, VnicConfig};
-use crate::control::daemon::{Daemon, DaemonError, VnicReport};
+use crate::control::config::{ConfigError, GroupConfig, UplinkConfig, VnicConfig};
+use crate::control::daemon::{Daemon, DaemonError, UplinkReport, VnicReport};
 use crate::packet::wire::MacAddr;
-use crate::switch::PortDrop;
+use crate::switch::{PortCounters, PortDrop};
+use crate::uplink::xsk::XskKernelStats;
+use crate::uplink::{UplinkCounter, UplinkCounters};
 use crate::vnic::{DropReason, QueueCounters};
 
 /// Every method the server answers (the OpenRPC document lists the same).
@@ -28,6 +30,10 @@ pub const METHODS: &[&str] = &[
     "group.remove",
     "group.list",
     "group.stats",
+    "uplink.add",
+    "uplink.remove",
+    "uplink.list",
+    "uplink.stats",
     "switch.fdb.list",
     "switch.fdb.add",
     "switch.fdb.remove",
@@ -223,6 +229,37 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 "thread_history": history.iter().map(|(t, n)| json!({ "seconds": t, "threads": n })).collect::<Vec<_>>(),
             }))
         }
+        "uplink.add" => {
+            let u: UplinkConfig = params(p)?;
+            let name = u.name.clone();
+            let at = format!("uplinks[{}].", d.config().uplinks.len());
+            d.add_uplink(u).map_err(|e| as_params(e, &at))?;
+            uplink_info(d, &name)
+        }
+        "uplink.remove" => {
+            let NameParams { name } = params(p)?;
+            d.remove_uplink(&name)?;
+            Ok(json!({ "removed": name }))
+        }
+        "uplink.list" => {
+            let NoParams {} = params(p)?;
+            let names: Vec<String> = d.config().uplinks.iter().map(|u| u.name.clone()).collect();
+            Ok(Value::Array(
+                names
+                    .iter()
+                    .map(|n| uplink_info(d, n))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        "uplink.stats" => {
+            let NameParams { name } = params(p)?;
+            let r = d
+                .uplink_report()
+                .into_iter()
+                .find(|r| r.name == name)
+                .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no uplink '{name}'")))?;
+            Ok(uplink_stats(&r))
+        }
         "switch.fdb.list" => {
             let NoParams {} = params(p)?;
             let entries = d.fdb_entries()?;
@@ -259,6 +296,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
                 "vnics": d.config().vnics.len(),
+                "uplinks": d.config().uplinks.len(),
                 "groups": d.config().groups.len(),
                 "pool": { "frames": total, "free_in_shared_list": free },
             }))
@@ -301,6 +339,85 @@ fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
     }))
 }
 
+fn uplink_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
+    let cfg = d.config();
+    let u = cfg
+        .uplinks
+        .iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no uplink '{name}'")))?;
+    let running = d.uplink_report().into_iter().find(|r| r.name == name);
+    Ok(json!({
+        "name": u.name,
+        "interface": u.interface,
+        "queues": u.queues,
+        "xdp_mode": u.xdp_mode,
+        "bind_mode": u.bind_mode,
+        "mtu": u.mtu,
+        "group": cfg.uplink_group_of(u),
+        "xdp_mode_in_use": running.as_ref().map(|r| r.xdp_mode),
+        "zerocopy": running.as_ref().is_some_and(|r| r.zerocopy),
+    }))
+}
+
+fn uplink_counters(c: &UplinkCounters, k: &XskKernelStats) -> Value {
+    let mut v = Map::new();
+    for counter in UplinkCounter::ALL {
+        v.insert(counter.as_str().into(), c.get(counter).into());
+    }
+    v.insert(
+        "kernel".into(),
+        json!({
+            "rx_dropped": k.rx_dropped,
+            "rx_invalid_descs": k.rx_invalid_descs,
+            "tx_invalid_descs": k.tx_invalid_descs,
+            "rx_ring_full": k.rx_ring_full,
+            "rx_fill_ring_empty": k.rx_fill_ring_empty,
+            "tx_ring_empty": k.tx_ring_empty,
+        }),
+    );
+    Value::Object(v)
+}
+
+/// The `uplink.stats` result: totals, per queue (with the kernel's own
+/// counters of each AF_XDP socket), and the switch port.
+pub fn uplink_stats(r: &UplinkReport) -> Value {
+    let mut total = UplinkCounters::default();
+    let mut kernel = XskKernelStats::default();
+    for (_, c, k) in &r.queues {
+        total.accumulate(c);
+        kernel.accumulate(k);
+    }
+    let mut v = uplink_counters(&total, &kernel);
+    v["name"] = r.name.clone().into();
+    v["interface"] = r.interface.clone().into();
+    v["queues"] = r
+        .queues
+        .iter()
+        .map(|(q, c, k)| {
+            let mut v = uplink_counters(c, k);
+            v["queue"] = (*q).into();
+            v
+        })
+        .collect();
+    v["switch_port"] = port_stats(&r.port);
+    v
+}
+
+fn port_stats(p: &PortCounters) -> Value {
+    let mut drops = Map::new();
+    for d in PortDrop::ALL {
+        drops.insert(d.as_str().into(), p.dropped(d).into());
+    }
+    json!({
+        "rx_packets": p.rx_packets,
+        "rx_bytes": p.rx_bytes,
+        "tx_packets": p.tx_packets,
+        "tx_bytes": p.tx_bytes,
+        "drops": drops,
+    })
+}
+
 fn group_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
     let g = d
         .config()
@@ -339,19 +456,9 @@ pub fn vnic_stats(r: &VnicReport) -> Value {
     for q in &r.queues {
         total.add(q);
     }
-    let mut port_drops = Map::new();
-    for d in PortDrop::ALL {
-        port_drops.insert(d.as_str().into(), r.port.dropped(d).into());
-    }
     let mut v = counters(&total);
     v["name"] = r.name.clone().into();
     v["queues"] = r.queues.iter().map(counters).collect();
-    v["switch_port"] = json!({
-        "rx_packets": r.port.rx_packets,
-        "rx_bytes": r.port.rx_bytes,
-        "tx_packets": r.port.tx_packets,
-        "tx_bytes": r.port.tx_bytes,
-        "drops": port_drops,
-    });
+    v["switch_port"] = port_stats(&r.port);
     v
 }

@@ -1,0 +1,147 @@
+//! Counters of one uplink queue, kept by its engine and published once per
+//! batch for the control plane to read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::xsk::XskKernelStats;
+
+/// What an uplink queue counts. Drops say why a frame was lost; events say
+/// that the queue hit a limit without losing anything (backpressure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum UplinkCounter {
+    /// Frames received from the wire through the AF_XDP socket.
+    RxPackets,
+    RxBytes,
+    /// Group-addressed frames received through the packet socket.
+    GroupRxPackets,
+    /// Frames sent to the wire (after segmentation).
+    TxPackets,
+    TxBytes,
+    /// Wire frames cut from guest GSO super-frames.
+    TxSegments,
+    /// Drop: a frame longer than the uplink takes and not segmentable.
+    DropTooBig,
+    /// Drop: a guest GSO/checksum request that does not parse.
+    DropBadOffload,
+    /// Drop: no frame to segment into or to receive a group frame in.
+    DropPoolEmpty,
+    /// Event: the fill ring could not be topped up (pool empty); the kernel
+    /// drops what it cannot place (see `rx_fill_ring_empty`).
+    FillPoolEmpty,
+    /// Event: the TX ring was full; frames waited in the switch link.
+    TxRingFull,
+    /// Event: the switch link was full; frames waited in the RX ring.
+    RxLinkFull,
+}
+
+impl UplinkCounter {
+    pub const ALL: [UplinkCounter; 12] = [
+        UplinkCounter::RxPackets,
+        UplinkCounter::RxBytes,
+        UplinkCounter::GroupRxPackets,
+        UplinkCounter::TxPackets,
+        UplinkCounter::TxBytes,
+        UplinkCounter::TxSegments,
+        UplinkCounter::DropTooBig,
+        UplinkCounter::DropBadOffload,
+        UplinkCounter::DropPoolEmpty,
+        UplinkCounter::FillPoolEmpty,
+        UplinkCounter::TxRingFull,
+        UplinkCounter::RxLinkFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UplinkCounter::RxPackets => "rx_packets",
+            UplinkCounter::RxBytes => "rx_bytes",
+            UplinkCounter::GroupRxPackets => "group_rx_packets",
+            UplinkCounter::TxPackets => "tx_packets",
+            UplinkCounter::TxBytes => "tx_bytes",
+            UplinkCounter::TxSegments => "tx_segments",
+            UplinkCounter::DropTooBig => "drop_too_big",
+            UplinkCounter::DropBadOffload => "drop_bad_offload",
+            UplinkCounter::DropPoolEmpty => "drop_pool_empty",
+            UplinkCounter::FillPoolEmpty => "fill_pool_empty",
+            UplinkCounter::TxRingFull => "tx_ring_full",
+            UplinkCounter::RxLinkFull => "rx_link_full",
+        }
+    }
+}
+
+const N: usize = UplinkCounter::ALL.len();
+
+/// The engine's own copy: plain integers, no atomics on the packet path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkCounters {
+    values: [u64; N],
+}
+
+impl UplinkCounters {
+    #[inline]
+    pub fn add(&mut self, c: UplinkCounter, n: u64) {
+        self.values[c as usize] += n;
+    }
+
+    pub fn get(&self, c: UplinkCounter) -> u64 {
+        self.values[c as usize]
+    }
+
+    /// Adds another queue's counters (for per-uplink totals).
+    pub fn accumulate(&mut self, other: &UplinkCounters) {
+        for (a, b) in self.values.iter_mut().zip(other.values.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// The published copy, with the kernel's counters of the queue's socket
+/// (read by the engine itself: only the owner of a socket may hold its fd,
+/// or closing it would not release the frames lent to the kernel).
+#[derive(Default)]
+pub struct SharedUplinkCounters {
+    values: [AtomicU64; N],
+    kernel: [AtomicU64; 6],
+}
+
+impl SharedUplinkCounters {
+    pub fn publish(&self, c: &UplinkCounters) {
+        for (a, v) in self.values.iter().zip(c.values.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn publish_kernel(&self, k: &XskKernelStats) {
+        let v = [
+            k.rx_dropped,
+            k.rx_invalid_descs,
+            k.tx_invalid_descs,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty,
+            k.tx_ring_empty,
+        ];
+        for (a, x) in self.kernel.iter().zip(v) {
+            a.store(x, Ordering::Relaxed);
+        }
+    }
+
+    pub fn kernel_snapshot(&self) -> XskKernelStats {
+        let l = |i: usize| self.kernel[i].load(Ordering::Relaxed);
+        XskKernelStats {
+            rx_dropped: l(0),
+            rx_invalid_descs: l(1),
+            tx_invalid_descs: l(2),
+            rx_ring_full: l(3),
+            rx_fill_ring_empty: l(4),
+            tx_ring_empty: l(5),
+        }
+    }
+
+    pub fn snapshot(&self) -> UplinkCounters {
+        let mut c = UplinkCounters::default();
+        for (v, a) in c.values.iter_mut().zip(self.values.iter()) {
+            *v = a.load(Ordering::Relaxed);
+        }
+        c
+    }
+}

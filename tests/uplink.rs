@@ -1,0 +1,332 @@
+//! The AF_XDP uplink against a real kernel: a veth pair stands for the NIC,
+//! a network namespace for another host on the wire, and a Rust frontend for
+//! the guest. snapnet runs as its own process in the host namespace, so that
+//! `kill -9` can be tested. Needs root (CI has it); skipped otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::netns::{can_run, Lab};
+use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
+use common::rpc::Checked;
+use common::{wait_for, TempDir};
+use serde_json::json;
+use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x10];
+
+/// A guest on a vNIC: answers ARP for its address and ICMP echo requests,
+/// and keeps whatever else arrives.
+struct Guest {
+    nic: Frontend,
+    ip: [u8; 4],
+    answered_arp: usize,
+    answered_echo: usize,
+}
+
+impl Guest {
+    fn send(&mut self, f: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.nic.send(0, &[f], &VirtioNetHdr::default()) == 0 {
+            assert!(Instant::now() < deadline, "guest TX ring stays full");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Receives for up to `timeout`, answering as a host would, until `want`
+    /// accepts a frame; returns that frame.
+    fn serve_until(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut got = Vec::new();
+            self.nic.recv(0, |_, p| got.push(p.to_vec()));
+            for f in got {
+                if let Some(reply) = self.answer(&f) {
+                    self.send(&reply);
+                }
+                if want(&f) {
+                    return Some(f);
+                }
+            }
+            self.nic.wait_rx(0, Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn answer(&mut self, f: &[u8]) -> Option<Vec<u8>> {
+        if let Some(a) = parse_arp(f) {
+            if a.op == 1 && a.target == self.ip {
+                self.answered_arp += 1;
+                return Some(arp(2, a.mac, GUEST_MAC, self.ip, a.mac, a.ip));
+            }
+        }
+        if let Some(e) = parse_icmp_echo(f) {
+            if e.kind == 8 && e.dst == self.ip {
+                self.answered_echo += 1;
+                let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
+                return Some(icmp_echo(
+                    0, src_mac, GUEST_MAC, self.ip, e.src, e.id, e.seq, &e.payload,
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn write_config(dir: &TempDir, lab: &Lab) -> PathBuf {
+    let path = dir.path("snapnet.json");
+    let text = format!(
+        r#"{{
+        "runtime_dir": "{}",
+        "vnics": [ {{ "name": "guest", "mac": "52:54:00:77:00:10" }} ],
+        "uplinks": [ {{ "name": "up0", "interface": "{}" }} ],
+        "groups": [ {{ "name": "default", "policy": "dedicated", "threads": 1 }} ]
+    }}"#,
+        dir.0.display(),
+        lab.uplink
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_snapnet(lab: &mut Lab, config: &Path) -> u32 {
+    let ns = lab.host_ns.clone();
+    lab.spawn(
+        &ns,
+        &[
+            env!("CARGO_BIN_EXE_snapnet"),
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+}
+
+fn connect_guest(socket: &Path, ip: [u8; 4]) -> Guest {
+    assert!(
+        wait_for(Duration::from_secs(10), || socket.exists()),
+        "vNIC socket never appeared"
+    );
+    let cfg = FrontendConfig {
+        queue_pairs: 1,
+        ..FrontendConfig::default()
+    };
+    let nic = Frontend::connect(socket, &cfg, Duration::from_secs(10)).expect("frontend connects");
+    Guest {
+        nic,
+        ip,
+        answered_arp: 0,
+        answered_echo: 0,
+    }
+}
+
+/// The guest resolves the peer and pings it; returns the peer's MAC.
+fn guest_pings_peer(g: &mut Guest, lab: &Lab, timeout: Duration) -> [u8; 6] {
+    let peer = lab.peer_ip_bytes();
+    let deadline = Instant::now() + timeout;
+    let mut peer_mac = None;
+    // Retried: the uplink may still be coming up.
+    while peer_mac.is_none() && Instant::now() < deadline {
+        g.send(&arp(1, BROADCAST, GUEST_MAC, g.ip, [0; 6], peer));
+        peer_mac = g
+            .serve_until(Duration::from_millis(300), |f| {
+                parse_arp(f).is_some_and(|a| a.op == 2 && a.ip == peer)
+            })
+            .map(|f| f[6..12].try_into().unwrap());
+    }
+    let peer_mac: [u8; 6] = peer_mac.expect("no ARP reply from the peer through the uplink");
+    for seq in 1..=3u16 {
+        let payload = [seq as u8; 56];
+        g.send(&icmp_echo(
+            8, peer_mac, GUEST_MAC, g.ip, peer, 0x5a, seq, &payload,
+        ));
+        let reply = g.serve_until(Duration::from_secs(2), |f| {
+            parse_icmp_echo(f)
+                .is_some_and(|e| e.kind == 0 && e.src == peer && e.id == 0x5a && e.seq == seq)
+        });
+        let reply = reply.unwrap_or_else(|| panic!("no echo reply {seq} from the peer"));
+        assert_eq!(
+            parse_icmp_echo(&reply).unwrap().payload,
+            payload,
+            "echo payload intact"
+        );
+    }
+    peer_mac
+}
+
+#[test]
+fn guest_talks_to_the_wire_host_keeps_its_address_and_kill9_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("a");
+    let dir = TempDir::new("uplink");
+    let config = write_config(&dir, &lab);
+    let pid = start_snapnet(&mut lab, &config);
+    let socket = dir.path("guest.sock");
+    let mut g = connect_guest(&socket, lab.guest_ip(0));
+
+    // Guest -> peer: ARP (broadcast out, unicast back through XDP) and ICMP.
+    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+
+    // Peer -> guest: the peer's ARP broadcast must reach the guest (through
+    // the packet socket) and its pings get answered.
+    let guest_ip = lab.guest_ip(0);
+    let guest_ip_s = format!(
+        "{}.{}.{}.{}",
+        guest_ip[0], guest_ip[1], guest_ip[2], guest_ip[3]
+    );
+    let peer_ns = lab.peer_ns.clone();
+    // The peer learned the guest from its ARP request: forget it, so that it
+    // has to broadcast.
+    lab.exec(&peer_ns, &["ip", "neigh", "flush", "all"]);
+    let pinger = thread::spawn(move || {
+        common::netns::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &peer_ns,
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "3",
+            &guest_ip_s,
+        ])
+    });
+    while !pinger.is_finished() {
+        g.serve_until(Duration::from_millis(50), |_| false);
+    }
+    let out = pinger.join().unwrap();
+    assert!(
+        out.status.success(),
+        "peer could not ping the guest: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        g.answered_arp >= 1 && g.answered_echo >= 3,
+        "arp {} echo {}",
+        g.answered_arp,
+        g.answered_echo
+    );
+
+    // The host's own address on the uplink still answers the peer.
+    let out = lab.exec(
+        &lab.peer_ns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", &lab.host_ip()],
+    );
+    assert!(
+        out.status.success(),
+        "host address unreachable while snapnet runs"
+    );
+
+    // kill -9: the bpf_link goes with the process, so no XDP program is left.
+    assert!(lab.uplink_has_xdp(), "XDP program attached while running");
+    lab.kill9(pid);
+    assert!(
+        wait_for(Duration::from_secs(5), || !lab.uplink_has_xdp()),
+        "XDP program left on {} after kill -9",
+        lab.uplink
+    );
+    drop(g);
+
+    // Restarted at once on the same interface and queue: works (no EBUSY).
+    let _ = std::fs::remove_file(&socket);
+    let started = Instant::now();
+    start_snapnet(&mut lab, &config);
+    let mut g = connect_guest(&socket, lab.guest_ip(0));
+    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+    eprintln!("restart to first echo reply: {:?}", started.elapsed());
+}
+
+#[test]
+fn uplinks_come_and_go_through_the_control_socket() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("b");
+    let dir = TempDir::new("uplink-rpc");
+    let config = write_config(&dir, &lab);
+    start_snapnet(&mut lab, &config);
+    let socket = dir.path("guest.sock");
+    let mut g = connect_guest(&socket, lab.guest_ip(0));
+    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+
+    let mut c = Checked::connect(&dir.path("control.sock"));
+    let list = c.ok("uplink.list", json!({}));
+    assert_eq!(list[0]["name"], "up0");
+    assert_eq!(list[0]["zerocopy"], false, "veth has no zero-copy AF_XDP");
+    assert_eq!(list[0]["xdp_mode_in_use"], "native");
+    let stats = c.ok("uplink.stats", json!({"name": "up0"}));
+    assert!(stats["rx_packets"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(stats["tx_packets"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(
+        stats["switch_port"]["rx_packets"].as_u64().unwrap() >= 4,
+        "{stats}"
+    );
+
+    // Bad requests change nothing.
+    let before = c.state();
+    c.err(
+        "uplink.add",
+        json!({"name": "up1", "interface": "nosuchif0"}),
+        1001,
+    );
+    c.err(
+        "uplink.add",
+        json!({"name": "up1", "interface": lab.uplink}),
+        1002,
+    );
+    c.err(
+        "uplink.add",
+        json!({"name": "up1", "interface": "x", "bogus": 1}),
+        -32602,
+    );
+    c.err(
+        "uplink.add",
+        json!({"name": "up1", "interface": "x", "mtu": 9000}),
+        1004,
+    );
+    c.err(
+        "uplink.add",
+        json!({"name": "up1", "interface": "x", "xdp_mode": "hw"}),
+        -32602,
+    );
+    c.err("uplink.stats", json!({"name": "nope"}), 1001);
+    c.err("uplink.remove", json!({"name": "nope"}), 1001);
+    assert_eq!(c.state(), before);
+
+    // Removed: the interface is the kernel's alone again.
+    c.ok("uplink.remove", json!({"name": "up0"}));
+    assert!(
+        !lab.uplink_has_xdp(),
+        "XDP program left after uplink.remove"
+    );
+    let out = lab.exec(
+        &lab.peer_ns,
+        &["ping", "-c", "1", "-W", "2", &lab.host_ip()],
+    );
+    assert!(
+        out.status.success(),
+        "host address unreachable after uplink.remove"
+    );
+
+    // Added back in generic mode and copy mode: the guest reaches the peer again.
+    let info = c.ok(
+        "uplink.add",
+        json!({"name": "up0", "interface": lab.uplink, "xdp_mode": "generic", "bind_mode": "copy"}),
+    );
+    assert_eq!(info["xdp_mode_in_use"], "generic");
+    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+    let status = c.ok("daemon.status", json!({}));
+    assert_eq!(status["uplinks"], 1);
+}

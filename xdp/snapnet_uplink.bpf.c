@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+//
+// snapnet's XDP program for an uplink interface.
+//
+// Only frames addressed to one of snapnet's guests are redirected to the
+// AF_XDP socket of the queue they arrived on; everything else, including the
+// host's own traffic, goes on to the kernel (XDP_PASS).
+//
+// Broadcast and multicast are passed to the kernel as well. XDP cannot clone
+// a frame, so a frame can either go to the socket or to the kernel, never to
+// both; the kernel needs ARP broadcasts and IPv6 neighbour multicast for its
+// own address, and so do the guests. snapnet therefore reads its copy of
+// group-addressed frames from a packet socket on the interface (the kernel
+// delivers every frame it receives to packet sockets before its own stack),
+// filtered in the kernel to group-addressed destinations. Group-addressed
+// traffic is a small share of the total, so that copy is cheap.
+//
+// Rebuild with xdp/build.sh; the object is committed next to this file and a
+// test checks that it matches this source.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+// AF_XDP sockets by receive queue index.
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} snapnet_xsks SEC(".maps");
+
+// Guest MAC addresses (6 bytes, zero-padded to 8), kept current by snapnet
+// as vNICs come and go.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} snapnet_guest_macs SEC(".maps");
+
+SEC("xdp")
+int snapnet_uplink(struct xdp_md *ctx)
+{
+	const unsigned char *data = (const void *)(long)ctx->data;
+	const unsigned char *data_end = (const void *)(long)ctx->data_end;
+	__u64 key = 0;
+
+	if (data + 14 > data_end)
+		return XDP_PASS;
+	// Group bit of the destination: broadcast or multicast.
+	if (data[0] & 1)
+		return XDP_PASS;
+	__builtin_memcpy(&key, data, 6);
+	if (!bpf_map_lookup_elem(&snapnet_guest_macs, &key))
+		return XDP_PASS;
+	return bpf_redirect_map(&snapnet_xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+char _license[] SEC("license") = "Dual MIT/GPL";
