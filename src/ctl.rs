@@ -32,6 +32,9 @@ enum CtlCommand {
     /// Engine groups: add, remove, list, stats.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Uplinks (host NICs through AF_XDP): add, remove, list, stats.
+    #[command(subcommand)]
+    Uplink(UplinkCmd),
     /// The switch's forwarding database.
     #[command(subcommand)]
     Fdb(FdbCmd),
@@ -101,6 +104,37 @@ enum GroupCmd {
         /// Compacting: queueing-delay bound in microseconds.
         #[arg(long)]
         latency_bound_us: Option<u32>,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+    Stats {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UplinkCmd {
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The host interface (in snapnet's network namespace).
+        #[arg(long)]
+        interface: String,
+        /// NIC queues, e.g. 0,1 (default: 0).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<u32>,
+        /// auto, native or generic.
+        #[arg(long)]
+        xdp_mode: Option<String>,
+        /// auto, zerocopy or copy.
+        #[arg(long)]
+        bind_mode: Option<String>,
+        #[arg(long)]
+        mtu: Option<u16>,
+        #[arg(long)]
+        group: Option<String>,
     },
     Remove {
         name: String,
@@ -193,6 +227,31 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             GroupCmd::Remove { name } => ("group.remove".into(), json!({ "name": name })),
             GroupCmd::List => ("group.list".into(), json!({})),
             GroupCmd::Stats { name } => ("group.stats".into(), json!({ "name": name })),
+        },
+        CtlCommand::Uplink(c) => match c {
+            UplinkCmd::Add {
+                name,
+                interface,
+                queues,
+                xdp_mode,
+                bind_mode,
+                mtu,
+                group,
+            } => (
+                "uplink.add".into(),
+                obj(vec![
+                    ("name", Some(name.into())),
+                    ("interface", Some(interface.into())),
+                    ("queues", (!queues.is_empty()).then(|| queues.into())),
+                    ("xdp_mode", xdp_mode.map(Into::into)),
+                    ("bind_mode", bind_mode.map(Into::into)),
+                    ("mtu", mtu.map(Into::into)),
+                    ("group", group.map(Into::into)),
+                ]),
+            ),
+            UplinkCmd::Remove { name } => ("uplink.remove".into(), json!({ "name": name })),
+            UplinkCmd::List => ("uplink.list".into(), json!({})),
+            UplinkCmd::Stats { name } => ("uplink.stats".into(), json!({ "name": name })),
         },
         CtlCommand::Fdb(c) => match c {
             FdbCmd::List => ("switch.fdb.list".into(), json!({})),
@@ -328,6 +387,60 @@ fn human(method: &str, v: &Value) -> String {
                 "engines",
             ],
         ),
+        "uplink.list" => table(
+            v.as_array().map_or(&[][..], Vec::as_slice),
+            &[
+                "name",
+                "interface",
+                "queues",
+                "xdp_mode_in_use",
+                "zerocopy",
+                "mtu",
+                "group",
+            ],
+        ),
+        "uplink.stats" => {
+            let cols = [
+                "queue",
+                "rx_packets",
+                "group_rx_packets",
+                "tx_packets",
+                "tx_segments",
+                "drops",
+                "kernel",
+            ];
+            let row = |q: &Value, name: Value| {
+                let drops: Map<String, Value> = q
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| {
+                        k.starts_with("drop_") || k.ends_with("_full") || k.ends_with("_empty")
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                json!({
+                    "queue": name,
+                    "rx_packets": q["rx_packets"], "group_rx_packets": q["group_rx_packets"],
+                    "tx_packets": q["tx_packets"], "tx_segments": q["tx_segments"],
+                    "drops": nonzero_drops(&Value::Object(drops)),
+                    "kernel": nonzero_drops(&q["kernel"]),
+                })
+            };
+            let mut rows = vec![row(v, "all".into())];
+            for q in v["queues"].as_array().into_iter().flatten() {
+                rows.push(row(q, format!("q{}", q["queue"]).into()));
+            }
+            let mut out = format!("uplink {} on {}\n", cell(&v["name"]), cell(&v["interface"]));
+            out += &table(&rows, &cols);
+            out += &format!(
+                "switch port: in {} pkts, out {} pkts, drops {}\n",
+                v["switch_port"]["rx_packets"],
+                v["switch_port"]["tx_packets"],
+                nonzero_drops(&v["switch_port"]["drops"])
+            );
+            out
+        }
         "switch.fdb.list" => table(
             v.as_array().map_or(&[][..], Vec::as_slice),
             &["mac", "port", "static"],

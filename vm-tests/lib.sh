@@ -41,6 +41,7 @@ vm_cleanup() {
         kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true
     fi
     wait 2>/dev/null || true
+    if declare -F vm_cleanup_hook >/dev/null; then vm_cleanup_hook || true; fi
     # QEMU runs under `timeout` inside launch-guest.sh: kill by our private dir.
     if [ -n "${VM_DIR:-}" ]; then
         pkill -9 -f "$VM_DIR" 2>/dev/null || true
@@ -80,9 +81,10 @@ vm_two_vnics() {
       { \"name\": \"vnic1\", \"mac\": \"52:54:00:5a:00:02\" $extra } ]"
 }
 
-# vm_snapnet CONFIG: starts snapnet, waits for its sockets.
+# vm_snapnet CONFIG: starts snapnet, waits for its sockets. With VM_NETNS set
+# it runs in that network namespace (`ip netns exec` execs it: same PID).
 vm_snapnet() {
-    "$VM_ROOT/target/release/snapnet" serve --config "$1" >>"$VM_DIR/snapnet.log" 2>&1 &
+    ${VM_NETNS:+ip netns exec "$VM_NETNS"} "$VM_ROOT/target/release/snapnet" serve --config "$1" >>"$VM_DIR/snapnet.log" 2>&1 &
     VM_SNAPNET_PID=$!
     local i
     for i in $(seq 100); do
