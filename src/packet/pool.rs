@@ -76,6 +76,8 @@ impl PoolConfig {
 pub struct FramePool {
     base: *mut u8,
     bytes: usize,
+    /// The whole mapping (start, length): `base` is rounded up from it.
+    mapped: (*mut u8, usize),
     frames: u32,
     frame_size: usize,
     large_frame_size: usize,
@@ -108,30 +110,14 @@ impl FramePool {
         }
         let small_bytes = cfg.frames as usize * cfg.frame_size as usize;
         let bytes = small_bytes + cfg.large_frames as usize * cfg.large_frame_size as usize;
-        // SAFETY: anonymous private mapping with no address hint; the result is
-        // checked against MAP_FAILED before use and unmapped in Drop.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(PoolError::Mmap {
-                bytes,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let (base, mapped) = map_region(bytes)?;
         // Hand out low indices last so a lightly loaded daemon touches few pages.
         let free_small = (0..cfg.frames).rev().collect();
         let free_large = (cfg.frames..cfg.frames + cfg.large_frames).rev().collect();
         Ok(Arc::new(Self {
-            base: base.cast(),
+            base,
             bytes,
+            mapped,
             frames: cfg.frames,
             frame_size: cfg.frame_size as usize,
             large_frame_size: cfg.large_frame_size as usize,
@@ -212,12 +198,57 @@ impl FramePool {
 
 impl Drop for FramePool {
     fn drop(&mut self) {
-        // SAFETY: `base`/`bytes` are exactly the mapping made in `new`, and no
+        // SAFETY: `mapped` is exactly the mapping made in `new`, and no
         // handle can outlive the pool (caches hold an Arc to it).
         unsafe {
-            libc::munmap(self.base.cast(), self.bytes);
+            libc::munmap(self.mapped.0.cast(), self.mapped.1);
         }
     }
+}
+
+/// Huge pages for the pool: every frame sits in a page of its own when the
+/// pages are 4 KiB, and the kernel's AF_XDP copy and the vNIC copies then pay
+/// a TLB miss per frame. The region is aligned to 2 MiB and marked for
+/// transparent huge pages (where THP is `always` or `madvise`), then
+/// populated up front so the packet path never faults.
+const HUGE_PAGE: usize = 2 << 20;
+
+fn map_region(bytes: usize) -> Result<(*mut u8, (*mut u8, usize)), PoolError> {
+    let len = bytes + HUGE_PAGE;
+    // SAFETY: anonymous private mapping with no address hint; the result is
+    // checked against MAP_FAILED before use and unmapped in Drop.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(PoolError::Mmap {
+            bytes: len,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let raw: *mut u8 = raw.cast();
+    let pad = (HUGE_PAGE - raw as usize % HUGE_PAGE) % HUGE_PAGE;
+    // SAFETY: `pad` < HUGE_PAGE, so `base..base + bytes` lies within the
+    // `len = bytes + HUGE_PAGE` bytes just mapped.
+    let base = unsafe { raw.add(pad) };
+    // SAFETY: advice and population on our own fresh mapping; failures only
+    // mean 4 KiB pages or faults on first touch, both harmless.
+    unsafe {
+        libc::madvise(base.cast(), bytes, libc::MADV_HUGEPAGE);
+        if libc::madvise(base.cast(), bytes, libc::MADV_POPULATE_WRITE) != 0 {
+            for off in (0..bytes).step_by(4096) {
+                base.add(off).write_volatile(0);
+            }
+        }
+    }
+    Ok((base, (raw, len)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

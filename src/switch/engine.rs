@@ -99,7 +99,7 @@ impl SwitchEngine {
             self.cache.free(frame);
             return;
         };
-        let (dst, src, hash) = (eth.dst(), eth.src(), flow_hash(&eth));
+        let (dst, src) = (eth.dst(), eth.src());
         {
             let p = port_mut(&mut self.ports, input);
             p.counters.rx_packets += 1;
@@ -112,17 +112,9 @@ impl SwitchEngine {
             self.last_learn = Some((src, input, self.fdb.generation()));
         }
         if dst.is_group() {
-            return self.flood(input, frame, hash);
+            return self.flood(input, frame);
         }
-        let generation = self.fdb.generation();
-        let out = match self.last_lookup {
-            Some((mac, out, g)) if mac == dst && g == generation => out,
-            _ => {
-                let out = self.fdb.lookup(dst);
-                self.last_lookup = Some((dst, out, generation));
-                out
-            }
-        };
+        let out = cached_lookup(&self.fdb, &mut self.last_lookup, dst);
         match out {
             Some(out) if usize::from(out.0) == input => {
                 port_mut(&mut self.ports, input).drop_frame(PortDrop::SamePort);
@@ -137,16 +129,56 @@ impl SwitchEngine {
                 output(
                     &mut self.ports,
                     &mut self.cache,
+                    &self.pool,
                     usize::from(out.0),
                     frame,
-                    hash,
+                    &mut FlowHash::default(),
                 );
             }
-            _ => self.flood(input, frame, hash),
+            _ => self.flood(input, frame),
         }
     }
 
-    fn flood(&mut self, input: usize, frame: FrameHandle, hash: u32) {
+    /// True when the frame at the head of input `q` of port `p` is unicast to
+    /// a known port whose link is full: it then stays where it is, so the
+    /// sender is slowed down instead of losing it (a vNIC leaves the guest's
+    /// frames in its TX ring). Flooded frames never wait; and a guest that
+    /// stops taking frames cannot block others for long, because its vNIC
+    /// engine keeps draining its link (and drops what the guest has no
+    /// buffers for).
+    #[inline]
+    fn head_is_blocked(&mut self, p: usize, q: usize) -> bool {
+        let Some(head) = self.ports[p]
+            .as_ref()
+            .and_then(|port| port.inputs[q].peek())
+        else {
+            return false;
+        };
+        let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(head)) else {
+            return false;
+        };
+        let dst = eth.dst();
+        if dst.is_group() {
+            return false;
+        }
+        let out = cached_lookup(&self.fdb, &mut self.last_lookup, dst);
+        let Some(out) = out.filter(|o| usize::from(o.0) != p) else {
+            return false;
+        };
+        let Some(Some(port)) = self.ports.get(usize::from(out.0)) else {
+            return false;
+        };
+        let queues = port.outputs.len();
+        let queue = if queues > 1 {
+            flow_hash(&eth) as usize % queues
+        } else {
+            0
+        };
+        queues > 0 && port.outputs[queue].free() == 0
+    }
+
+    fn flood(&mut self, input: usize, frame: FrameHandle) {
+        let mut hash = FlowHash::default();
         let last = self
             .ports
             .iter()
@@ -172,9 +204,61 @@ impl SwitchEngine {
             let off = usize::from(copy.offset);
             let src = self.pool.bytes(&frame);
             self.pool.frame_mut(&mut copy)[off..off + src.len()].copy_from_slice(src);
-            output(&mut self.ports, &mut self.cache, target, copy, hash);
+            output(
+                &mut self.ports,
+                &mut self.cache,
+                &self.pool,
+                target,
+                copy,
+                &mut hash,
+            );
         }
-        output(&mut self.ports, &mut self.cache, last, frame, hash);
+        output(
+            &mut self.ports,
+            &mut self.cache,
+            &self.pool,
+            last,
+            frame,
+            &mut hash,
+        );
+    }
+}
+
+/// The flow hash that spreads a port's frames over its queues, computed only
+/// for ports that have more than one, and once per frame (hashing the
+/// 5-tuple is a noticeable share of the switch's per-frame cost, and most
+/// ports have one queue).
+#[derive(Clone, Copy, Default)]
+struct FlowHash(Option<u32>);
+
+impl FlowHash {
+    #[inline]
+    fn queue(&mut self, queues: usize, pool: &FramePool, frame: &FrameHandle) -> usize {
+        if queues <= 1 {
+            return 0;
+        }
+        let h = *self.0.get_or_insert_with(|| {
+            EthernetFrame::new_checked(pool.bytes(frame)).map_or(0, |e| flow_hash(&e))
+        });
+        h as usize % queues
+    }
+}
+
+/// An FDB lookup through the one-entry cache (valid for one FDB generation).
+#[inline]
+fn cached_lookup(
+    fdb: &Fdb,
+    last: &mut Option<(MacAddr, Option<PortId>, u64)>,
+    dst: MacAddr,
+) -> Option<PortId> {
+    let generation = fdb.generation();
+    match *last {
+        Some((mac, out, g)) if mac == dst && g == generation => out,
+        _ => {
+            let out = fdb.lookup(dst);
+            *last = Some((dst, out, generation));
+            out
+        }
     }
 }
 
@@ -187,9 +271,10 @@ fn port_mut(ports: &mut [Option<SwitchPort>], i: usize) -> &mut SwitchPort {
 fn output(
     ports: &mut [Option<SwitchPort>],
     cache: &mut FrameCache,
+    pool: &FramePool,
     out: usize,
     frame: FrameHandle,
-    hash: u32,
+    hash: &mut FlowHash,
 ) {
     let port = port_mut(ports, out);
     let queues = port.outputs.len();
@@ -199,7 +284,7 @@ fn output(
         return;
     }
     let len = u64::from(frame.len);
-    match port.outputs[hash as usize % queues].push(frame) {
+    match port.outputs[hash.queue(queues, pool, &frame)].push(frame) {
         Ok(()) => {
             port.counters.tx_packets += 1;
             port.counters.tx_bytes += len;
@@ -228,6 +313,12 @@ impl Engine for SwitchEngine {
             for q in 0..queues {
                 let mut n = 0;
                 while n < budget {
+                    if self.head_is_blocked(p, q) {
+                        let port = port_mut(&mut self.ports, p);
+                        port.counters.backpressure += 1;
+                        port.dirty = true;
+                        break;
+                    }
                     let Some(frame) = self.ports[p].as_mut().and_then(|port| port.inputs[q].pop())
                     else {
                         break;
@@ -435,12 +526,22 @@ mod tests {
             .clone();
         assert_eq!(ca.dropped(PortDrop::SamePort), 1);
         assert_eq!(ca.dropped(PortDrop::Runt), 1);
-        assert_eq!(
-            cb.dropped(PortDrop::LinkFull),
-            2,
-            "link of 4 held 2 already"
-        );
-        assert_eq!(cb.tx_packets, 4);
+        assert_eq!(cb.dropped(PortDrop::LinkFull), 0, "unicast waits");
+        assert_eq!(cb.tx_packets, 4, "link of 4 held 2 already");
+        assert_eq!(ca.rx_packets, 5);
+        assert!(ca.backpressure >= 1);
+        assert_eq!(pa.to_switch.free(), 64 - 2, "two frames wait in a's input");
+        // Once b takes its frames, the waiting two follow, in order.
+        for _ in 0..4 {
+            cache.free(pb.from_switch.pop().unwrap());
+        }
+        sw.poll(64);
+        assert_eq!(pb.from_switch.len(), 2);
+        let ca = sw.ports[usize::from(a.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
         assert_eq!(ca.rx_packets, 7);
         // Removing a port forgets what was learned behind it.
         assert!(sw.remove_port(c));

@@ -19,7 +19,8 @@ pub enum PortDrop {
     NoRoute,
     /// Destination is the port it came from.
     SamePort,
-    /// The output link was full (the receiver is not keeping up).
+    /// The output link was full (the receiver is not keeping up). Only
+    /// copies of flooded frames are dropped so: a unicast frame waits.
     LinkFull,
     /// No frame available to copy a flooded frame into.
     PoolEmpty,
@@ -55,6 +56,9 @@ pub struct PortCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Times a frame waited in this port's input because the port it goes
+    /// to had a full link (nothing is lost: the sender is slowed down).
+    pub backpressure: u64,
     pub drops: [u64; REASONS],
 }
 
@@ -67,12 +71,18 @@ impl PortCounters {
 /// Published copy, readable from any thread.
 #[derive(Default)]
 pub struct SharedPortCounters {
-    values: [AtomicU64; 4 + REASONS],
+    values: [AtomicU64; 5 + REASONS],
 }
 
 impl SharedPortCounters {
     pub fn publish(&self, c: &PortCounters) {
-        let v = [c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes];
+        let v = [
+            c.rx_packets,
+            c.rx_bytes,
+            c.tx_packets,
+            c.tx_bytes,
+            c.backpressure,
+        ];
         for (a, x) in self.values.iter().zip(v.iter().chain(c.drops.iter())) {
             a.store(*x, Ordering::Relaxed);
         }
@@ -85,10 +95,11 @@ impl SharedPortCounters {
             rx_bytes: l(1),
             tx_packets: l(2),
             tx_bytes: l(3),
+            backpressure: l(4),
             drops: [0; REASONS],
         };
         for (i, d) in c.drops.iter_mut().enumerate() {
-            *d = l(4 + i);
+            *d = l(5 + i);
         }
         c
     }

@@ -26,6 +26,9 @@ const FILL_BATCH: u32 = 64;
 /// the most header a segment can repeat.
 const MAX_HEADERS: usize = 18 + 60 + 60;
 
+/// A TX ring that stays full this long with nothing completed is stalled.
+const TX_STALL: Duration = Duration::from_millis(100);
+
 /// How often a busy engine reads the kernel's socket counters (a syscall).
 const KERNEL_STATS_EVERY: Duration = Duration::from_millis(100);
 
@@ -50,6 +53,9 @@ pub struct UplinkQueueEngine {
     /// room estimate holds; kept so that nothing leaks if it ever does).
     unsent: Vec<FrameHandle>,
     kernel_stats_at: Instant,
+    /// Since when the TX ring has been full without the kernel taking
+    /// anything from it.
+    tx_full_since: Option<Instant>,
 }
 
 impl UplinkQueueEngine {
@@ -78,6 +84,7 @@ impl UplinkQueueEngine {
             dirty: false,
             unsent: Vec::with_capacity(64),
             kernel_stats_at: Instant::now(),
+            tx_full_since: None,
         };
         engine.refill();
         (engine, shared)
@@ -104,6 +111,7 @@ impl UplinkQueueEngine {
         }
         if n > 0 {
             xsk.completion.release();
+            self.tx_full_since = None;
         }
         n
     }
@@ -142,6 +150,16 @@ impl UplinkQueueEngine {
                 }
                 self.counters.add(UplinkCounter::TxRingFull, 1);
                 self.dirty = true;
+                let since = *self.tx_full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= TX_STALL {
+                    // The switch would otherwise hold every sender back.
+                    let mut n = 0;
+                    while let Some(f) = self.from_switch.pop() {
+                        self.cache.free(f);
+                        n += 1;
+                    }
+                    self.counters.add(UplinkCounter::DropTxStalled, n);
+                }
                 break;
             }
             let Some(mut frame) = self.from_switch.pop() else {
@@ -309,11 +327,11 @@ impl UplinkQueueEngine {
 
     /// Group-addressed frames from the packet socket -> switch.
     fn receive_group(&mut self, budget: usize) -> usize {
-        let Some(tap) = self.tap.as_ref() else {
+        let Some(tap) = self.tap.as_mut() else {
             return 0;
         };
         let mut n = 0;
-        while n < budget && self.to_switch.free() > 0 {
+        while n < budget && tap.has_frame() && self.to_switch.free() > 0 {
             let Some(mut frame) = self.cache.alloc(self.max_frame) else {
                 self.counters.add(UplinkCounter::DropPoolEmpty, 1);
                 self.dirty = true;
@@ -321,8 +339,8 @@ impl UplinkQueueEngine {
             };
             let off = usize::from(frame.offset);
             let cap = self.pool.capacity(&frame) - off;
-            let got = tap.recv(&mut self.pool.frame_mut(&mut frame)[off..off + cap]);
-            let Some(len) = got else {
+            let Some(len) = tap.recv_into(&mut self.pool.frame_mut(&mut frame)[off..off + cap])
+            else {
                 self.cache.free(frame);
                 break;
             };
@@ -342,9 +360,7 @@ impl UplinkQueueEngine {
         }
         n
     }
-}
 
-impl UplinkQueueEngine {
     fn publish_kernel_stats(&mut self) {
         self.kernel_stats_at = Instant::now();
         if let Some(Ok(k)) = self.xsk.as_ref().map(XskSocket::kernel_stats) {
@@ -412,7 +428,8 @@ impl Engine for UplinkQueueEngine {
             return !self.from_switch.is_empty();
         };
         // Sent-but-not-taken TX entries need another kick, so they count as work.
-        !self.from_switch.is_empty()
+        self.tap.as_ref().is_some_and(GroupTap::has_frame)
+            || !self.from_switch.is_empty()
             || xsk.rx.available() > 0
             || xsk.completion.available() > 0
             || xsk.tx.outstanding() > 0

@@ -5,11 +5,21 @@
 //! them too and XDP cannot clone. The kernel hands every received frame to
 //! packet sockets before its own protocol stack, so a packet socket with a
 //! classic BPF filter that accepts only group-addressed destinations gets
-//! exactly the frames the guests may need, copied once by the kernel straight
-//! into a pool frame.
+//! exactly the frames the guests may need.
+//!
+//! The socket delivers into a `PACKET_RX_RING` mapped into our memory, so
+//! looking for a frame is a memory read, not a syscall: the engine looks on
+//! every poll, and an idle tap costs nothing.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Ring slots: room for a burst of ARP/ND while the engine is busy.
+const SLOTS: u32 = 256;
+/// One slot: the tpacket2 header, the link address, and a frame of up to the
+/// largest uplink MTU.
+const SLOT_SIZE: u32 = 4096;
 
 /// `ETH_P_ALL` in network byte order, as packet sockets want it.
 const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
@@ -17,8 +27,15 @@ const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 /// A non-blocking packet socket bound to one interface, seeing only received
 /// group-addressed frames.
 pub struct GroupTap {
+    ring: *mut u8,
+    ring_len: usize,
+    next: u32,
     fd: OwnedFd,
 }
+
+// SAFETY: the ring mapping is owned by the tap and moves with it; only the
+// engine that owns the tap reads it.
+unsafe impl Send for GroupTap {}
 
 impl GroupTap {
     pub fn open(ifindex: u32) -> io::Result<Self> {
@@ -75,6 +92,41 @@ impl GroupTap {
             libc::PACKET_IGNORE_OUTGOING,
             &1i32,
         )?;
+        setsockopt(
+            fd.as_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V2 as i32),
+        )?;
+        let req = libc::tpacket_req {
+            tp_block_size: SLOT_SIZE,
+            tp_block_nr: SLOTS,
+            tp_frame_size: SLOT_SIZE,
+            tp_frame_nr: SLOTS,
+        };
+        setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        let ring_len = (SLOTS * SLOT_SIZE) as usize;
+        // SAFETY: maps the ring the kernel just set up for this socket, of
+        // exactly the size requested; checked against MAP_FAILED.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let tap = Self {
+            ring: ring.cast(),
+            ring_len,
+            next: 0,
+            fd,
+        };
         // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -83,7 +135,7 @@ impl GroupTap {
         // SAFETY: `addr` is a valid sockaddr_ll for the duration of the call.
         let rc = unsafe {
             libc::bind(
-                fd.as_raw_fd(),
+                tap.fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
@@ -91,23 +143,76 @@ impl GroupTap {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd })
+        Ok(tap)
     }
 
-    /// Receives one frame into `buf`; `None` when none is waiting. A frame
-    /// longer than `buf` is reported with its full length (the caller drops it).
+    fn slot(&self) -> *mut libc::tpacket2_hdr {
+        // SAFETY: `next` < SLOTS, so the slot lies within the mapping.
+        unsafe { self.ring.add((self.next * SLOT_SIZE) as usize).cast() }
+    }
+
+    fn status(&self) -> &AtomicU32 {
+        // SAFETY: `tp_status` is the first, 4-byte aligned field of the slot
+        // header, shared with the kernel, which writes it last (release) when
+        // it hands the slot to us.
+        unsafe { &*(self.slot() as *const AtomicU32) }
+    }
+
+    /// True when a frame waits (one memory read).
     #[inline]
-    pub fn recv(&self, buf: &mut [u8]) -> Option<usize> {
-        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        (n >= 0).then_some(n as usize)
+    pub fn has_frame(&self) -> bool {
+        self.status().load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    /// Copies the next frame into `buf` and gives its slot back to the kernel;
+    /// returns its length, or `None` when no frame waits. A frame longer than
+    /// `buf` is reported with its length and not copied (the caller drops it).
+    /// A VLAN tag the kernel took out of the frame is put back in.
+    #[inline]
+    pub fn recv_into(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let status = self.status().load(Ordering::Acquire);
+        if status & libc::TP_STATUS_USER == 0 {
+            return None;
+        }
+        // SAFETY: the kernel handed this slot to us (status USER, acquire),
+        // so it does not write it until we give it back below.
+        let hdr = unsafe { self.slot().read() };
+        let max = SLOT_SIZE as usize;
+        let (at, len) = (usize::from(hdr.tp_mac), hdr.tp_snaplen as usize);
+        let vlan = status & libc::TP_STATUS_VLAN_VALID != 0 && len >= 12;
+        let total = len + if vlan { 4 } else { 0 };
+        if at + len <= max && total <= buf.len() {
+            // SAFETY: `at + len` is within the slot (checked), the slot within
+            // the mapping.
+            let frame =
+                unsafe { std::slice::from_raw_parts(self.slot().cast::<u8>().add(at), len) };
+            if vlan {
+                let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                    hdr.tp_vlan_tpid
+                } else {
+                    0x8100
+                };
+                buf[..12].copy_from_slice(&frame[..12]);
+                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                buf[14..16].copy_from_slice(&hdr.tp_vlan_tci.to_be_bytes());
+                buf[16..total].copy_from_slice(&frame[12..]);
+            } else {
+                buf[..len].copy_from_slice(frame);
+            }
+        }
+        self.status()
+            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.next = (self.next + 1) % SLOTS;
+        Some(total)
+    }
+}
+
+impl Drop for GroupTap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `open`; the fd closes after.
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_len);
+        }
     }
 }
 

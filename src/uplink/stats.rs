@@ -26,6 +26,9 @@ pub enum UplinkCounter {
     DropBadOffload,
     /// Drop: no frame to segment into or to receive a group frame in.
     DropPoolEmpty,
+    /// Drop: the NIC took nothing from a full TX ring for a while (link
+    /// down?); frames for it are dropped so that senders are not held up.
+    DropTxStalled,
     /// Event: the fill ring could not be topped up (pool empty); the kernel
     /// drops what it cannot place (see `rx_fill_ring_empty`).
     FillPoolEmpty,
@@ -36,7 +39,7 @@ pub enum UplinkCounter {
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 12] = [
+    pub const ALL: [UplinkCounter; 13] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -46,6 +49,7 @@ impl UplinkCounter {
         UplinkCounter::DropTooBig,
         UplinkCounter::DropBadOffload,
         UplinkCounter::DropPoolEmpty,
+        UplinkCounter::DropTxStalled,
         UplinkCounter::FillPoolEmpty,
         UplinkCounter::TxRingFull,
         UplinkCounter::RxLinkFull,
@@ -62,6 +66,7 @@ impl UplinkCounter {
             UplinkCounter::DropTooBig => "drop_too_big",
             UplinkCounter::DropBadOffload => "drop_bad_offload",
             UplinkCounter::DropPoolEmpty => "drop_pool_empty",
+            UplinkCounter::DropTxStalled => "drop_tx_stalled",
             UplinkCounter::FillPoolEmpty => "fill_pool_empty",
             UplinkCounter::TxRingFull => "tx_ring_full",
             UplinkCounter::RxLinkFull => "rx_link_full",

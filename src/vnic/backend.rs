@@ -14,8 +14,9 @@ use super::device::{QueueSink, VnicDevice};
 use super::engine::GuestMemory;
 use super::features;
 
-/// Largest virtqueue snapnet accepts (QEMU's maximum for virtio-net).
-const MAX_QUEUE_SIZE: usize = 1024;
+/// Largest virtqueue snapnet accepts: the split-ring maximum. QEMU offers at
+/// most 1024 entries; DPDK and other frontends may use more.
+const MAX_QUEUE_SIZE: usize = 32768;
 
 impl<S: QueueSink> VhostUserBackend for VnicDevice<S> {
     type Bitmap = ();

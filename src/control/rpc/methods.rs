@@ -414,6 +414,7 @@ fn port_stats(p: &PortCounters) -> Value {
         "rx_bytes": p.rx_bytes,
         "tx_packets": p.tx_packets,
         "tx_bytes": p.tx_bytes,
+        "backpressure": p.backpressure,
         "drops": drops,
     })
 }

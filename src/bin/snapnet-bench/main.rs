@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod xsk_loop;
 use snapnet::frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
 
 /// EtherType of generated frames (IEEE 802.1 local experimental).
@@ -36,6 +37,10 @@ enum Cmd {
     /// Paced, timestamped frames tx -> rx, reflected rx -> tx: achieved rate
     /// and round-trip time at a given offered load.
     Load(LoadArgs),
+    /// Bare AF_XDP send loop on an interface (the uplink benchmark's reference).
+    XskTx(xsk_loop::XskTxArgs),
+    /// Bare AF_XDP receive loop behind snapnet's XDP program.
+    XskRx(xsk_loop::XskRxArgs),
 }
 
 #[derive(Args, Debug)]
@@ -810,6 +815,8 @@ fn main() -> ExitCode {
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
         Cmd::Load(a) => run_load(a),
+        Cmd::XskTx(a) => xsk_loop::run_xsk_tx(a),
+        Cmd::XskRx(a) => xsk_loop::run_xsk_rx(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
