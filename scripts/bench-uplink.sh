@@ -13,7 +13,11 @@
 #                  snapnet's XDP program, (b) snapnet -> snapnet-bench rx,
 #                  (c) testpmd net_af_xdp -> net_vhost -> snapnet-bench rx.
 # The backend (snapnet's engine group, testpmd's forwarding lcore, the bare
-# loop) runs on CPU 1; generators and the vhost-user frontend on CPU 0.
+# loop) runs on CPU 1; generators and the vhost-user frontend on CPU 0. This
+# machine has two CPUs, so in the wire -> vNIC runs of (b) and (c) the
+# generator and the receiving frontend share CPU 0 (the frontend's ring is
+# 4096 entries deep to ride out the scheduler's time slices): those two are
+# then bounded by the generator, which runs at full speed only against (a).
 #
 # Usage: scripts/bench-uplink.sh [rounds] [seconds]   (as root)
 set -euo pipefail

@@ -97,16 +97,19 @@ fn write_config(dir: &TempDir, lab: &Lab) -> PathBuf {
 }
 
 fn start_snapnet(lab: &mut Lab, config: &Path) -> u32 {
+    start_snapnet_with(lab, config, &[])
+}
+
+fn start_snapnet_with(lab: &mut Lab, config: &Path, extra: &[&str]) -> u32 {
     let ns = lab.host_ns.clone();
-    lab.spawn(
-        &ns,
-        &[
-            env!("CARGO_BIN_EXE_snapnet"),
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    )
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_snapnet"),
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(&ns, &args)
 }
 
 fn connect_guest(socket: &Path, ip: [u8; 4]) -> Guest {
@@ -256,10 +259,26 @@ fn uplinks_come_and_go_through_the_control_socket() {
     let mut lab = Lab::new("b");
     let dir = TempDir::new("uplink-rpc");
     let config = write_config(&dir, &lab);
-    start_snapnet(&mut lab, &config);
+    start_snapnet_with(&mut lab, &config, &["--metrics-listen", "127.0.0.1:9733"]);
     let socket = dir.path("guest.sock");
     let mut g = connect_guest(&socket, lab.guest_ip(0));
     guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+
+    // The uplink's counters are exported (the endpoint lives in snapnet's
+    // network namespace).
+    let out = lab.exec(
+        &lab.host_ns,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9733; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(r#"snapnet_uplink_total{uplink="up0",queue="0",counter="tx_packets"}"#),
+        "no uplink metrics: {text}"
+    );
 
     let mut c = Checked::connect(&dir.path("control.sock"));
     let list = c.ok("uplink.list", json!({}));

@@ -18,7 +18,8 @@ use prometheus_client::registry::Registry;
 use super::background::Background;
 use super::daemon::Daemon;
 use super::rpc::Context;
-use crate::switch::PortDrop;
+use crate::switch::{PortCounters, PortDrop};
+use crate::uplink::UplinkCounter;
 use crate::vnic::{DropReason, QueueCounters};
 
 type Labels = Vec<(&'static str, String)>;
@@ -67,6 +68,11 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
         "switch_port_drops",
         "Frames the switch dropped, by port and reason",
     );
+    let port_backpressure = counter_family(
+        &mut r,
+        "switch_port_backpressure",
+        "Times a unicast frame from a port waited for its destination's full link",
+    );
     let rings = Family::<Labels, Gauge>::default();
     r.register(
         "vnic_rings_attached",
@@ -93,6 +99,30 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
     );
     up.set(uptime);
 
+    let port_metrics = |name: &str, c: &PortCounters| {
+        let with =
+            |k: &'static str, val: &str| vec![("port", name.to_string()), (k, val.to_string())];
+        port_packets
+            .get_or_create(&with("direction", "rx"))
+            .inc_by(c.rx_packets);
+        port_packets
+            .get_or_create(&with("direction", "tx"))
+            .inc_by(c.tx_packets);
+        port_bytes
+            .get_or_create(&with("direction", "rx"))
+            .inc_by(c.rx_bytes);
+        port_bytes
+            .get_or_create(&with("direction", "tx"))
+            .inc_by(c.tx_bytes);
+        port_backpressure
+            .get_or_create(&vec![("port", name.to_string())])
+            .inc_by(c.backpressure);
+        for reason in PortDrop::ALL {
+            port_drops
+                .get_or_create(&with("reason", reason.as_str()))
+                .inc_by(c.dropped(reason));
+        }
+    };
     for v in d.report() {
         rings
             .get_or_create(&vec![("vnic", v.name.clone())])
@@ -132,29 +162,44 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
                     .inc_by(c.dropped(reason));
             }
         }
-        let p = vec![("port", v.name.clone())];
-        let with = |k: &'static str, val: &str| {
-            let mut l = p.clone();
-            l.push((k, val.to_string()));
-            l
-        };
-        port_packets
-            .get_or_create(&with("direction", "rx"))
-            .inc_by(v.port.rx_packets);
-        port_packets
-            .get_or_create(&with("direction", "tx"))
-            .inc_by(v.port.tx_packets);
-        port_bytes
-            .get_or_create(&with("direction", "rx"))
-            .inc_by(v.port.rx_bytes);
-        port_bytes
-            .get_or_create(&with("direction", "tx"))
-            .inc_by(v.port.tx_bytes);
-        for reason in PortDrop::ALL {
-            port_drops
-                .get_or_create(&with("reason", reason.as_str()))
-                .inc_by(v.port.dropped(reason));
+        port_metrics(&v.name, &v.port);
+    }
+    let uplink_counters = counter_family(
+        &mut r,
+        "uplink",
+        "Uplink queue counters by name (rx/tx packets and bytes, segments, drops by reason, ring events)",
+    );
+    let uplink_kernel = counter_family(
+        &mut r,
+        "uplink_kernel",
+        "The kernel's counters of each uplink AF_XDP socket (XDP_STATISTICS)",
+    );
+    for u in d.uplink_report() {
+        for (q, c, k) in &u.queues {
+            let l = |name: &str| {
+                vec![
+                    ("uplink", u.name.clone()),
+                    ("queue", q.to_string()),
+                    ("counter", name.to_string()),
+                ]
+            };
+            for counter in UplinkCounter::ALL {
+                uplink_counters
+                    .get_or_create(&l(counter.as_str()))
+                    .inc_by(c.get(counter));
+            }
+            for (name, v) in [
+                ("rx_dropped", k.rx_dropped),
+                ("rx_invalid_descs", k.rx_invalid_descs),
+                ("tx_invalid_descs", k.tx_invalid_descs),
+                ("rx_ring_full", k.rx_ring_full),
+                ("rx_fill_ring_empty", k.rx_fill_ring_empty),
+                ("tx_ring_empty", k.tx_ring_empty),
+            ] {
+                uplink_kernel.get_or_create(&l(name)).inc_by(v);
+            }
         }
+        port_metrics(&u.name, &u.port);
     }
     for g in &d.config().groups {
         let n = d.group_engines(&g.name).unwrap_or(0);
