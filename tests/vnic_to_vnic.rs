@@ -115,12 +115,20 @@ fn several_queue_pairs_all_carry_traffic() {
     let mut a = connect(&dir.path("vnic0.sock"), &fcfg);
     let mut b = connect(&dir.path("vnic1.sock"), &fcfg);
     wait_ready(&daemon);
-    // Several source MACs (flows) so the switch spreads them over b's queues.
+    // Several UDP flows (source ports) so the switch spreads them over b's
+    // queues; the source MAC must stay the vNIC's own (anti-spoofing).
     let mut frames = Vec::new();
     for i in 0..64u32 {
-        let mut src = MAC0;
-        src[5] = 0x10 + (i % 8) as u8;
-        frames.push(frame(MAC1, src, 100, i));
+        let mut f = frame(MAC1, MAC0, 100, i);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14..34].copy_from_slice(&[
+            0x45, 0, 0, 86, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        f[34..36].copy_from_slice(&(1000 + (i % 8) as u16).to_be_bytes());
+        f[36..38].copy_from_slice(&[0x13, 0x88]);
+        f[38..40].copy_from_slice(&66u16.to_be_bytes());
+        f[40..42].copy_from_slice(&[0, 0]);
+        frames.push(f);
     }
     let half = frames.len() / 2;
     let got0 = exchange(

@@ -94,7 +94,18 @@ pub struct VnicConfig {
     /// Group that runs this vNIC's engines (default: the first group).
     #[serde(default)]
     pub group: Option<String>,
+    /// The virtual network (VXLAN VNI on an overlay uplink): vNICs of
+    /// different networks never see each other's frames.
+    #[serde(default)]
+    pub network: u32,
+    /// Addresses the guest may send from (IP source, ARP/ND sender); absent:
+    /// only the source MAC is checked.
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<std::net::IpAddr>>,
 }
+
+/// Largest virtual network id (a 24-bit VXLAN VNI).
+pub const MAX_NETWORK: u32 = (1 << 24) - 1;
 
 pub use crate::sched::Policy;
 pub use crate::uplink::{BindMode, XdpMode};
@@ -122,6 +133,9 @@ pub struct UplinkConfig {
     /// Group that runs the queue engines (default: the first group).
     #[serde(default)]
     pub group: Option<String>,
+    /// The virtual network whose frames a flat (untagged) uplink carries.
+    #[serde(default)]
+    pub network: u32,
 }
 
 fn default_uplink_queues() -> Vec<u32> {
@@ -327,6 +341,15 @@ impl Config {
                 ));
             }
             known_group(&v.group, at("group"))?;
+            if v.network > MAX_NETWORK {
+                return Err(invalid(
+                    at("network"),
+                    format!("{} is not in 0..={MAX_NETWORK}", v.network),
+                ));
+            }
+            if v.allowed_ips.as_ref().is_some_and(|l| l.len() > 64) {
+                return Err(invalid(at("allowed_ips"), "at most 64 addresses"));
+            }
         }
         let mut interfaces = HashSet::new();
         for (i, u) in self.uplinks.iter().enumerate() {
@@ -367,6 +390,12 @@ impl Config {
                 ));
             }
             known_group(&u.group, at("group"))?;
+            if u.network > MAX_NETWORK {
+                return Err(invalid(
+                    at("network"),
+                    format!("{} is not in 0..={MAX_NETWORK}", u.network),
+                ));
+            }
         }
         Ok(())
     }

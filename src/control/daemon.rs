@@ -13,12 +13,13 @@ use crate::packet::{link, FramePool, PoolConfig, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
-use crate::switch::{PortCounters, PortId, SwitchEngine, SwitchHandle, SwitchPort};
+use crate::switch::{PortCounters, PortId, PortNetwork, SwitchEngine, SwitchHandle, SwitchPort};
 use crate::uplink::group_tap::GroupTap;
 use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
 use crate::uplink::{
     SharedUplinkCounters, UplinkCounters, UplinkProgram, UplinkQueueEngine, XdpMode,
 };
+use crate::vnic::antispoof::SpoofGuard;
 use crate::vnic::connection::ConnectionError;
 use crate::vnic::device::DeviceError;
 use crate::vnic::SocketRole;
@@ -292,6 +293,7 @@ impl Daemon {
                 VnicEngineConfig {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
+                    guard: SpoofGuard::new(v.mac, v.allowed_ips.as_deref()),
                 },
                 &self.pool,
                 to_switch,
@@ -312,9 +314,10 @@ impl Daemon {
             EngineSink::new(senders),
         ));
         // The socket last: a frontend may connect as soon as it exists.
-        let (port, port_counters) = self
-            .switch
-            .add_port(SwitchPort::new(&v.name, inputs, outputs), vec![v.mac])?;
+        let (port, port_counters) = self.switch.add_port(
+            SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs),
+            vec![v.mac],
+        )?;
         let group = self.group(&group_name)?;
         let engine_ids = match place_engines(group, engines) {
             Ok(ids) => ids,
@@ -475,9 +478,10 @@ impl Daemon {
             queues.push(RunningUplinkQueue { queue: q, counters });
             engines.push(Box::new(engine));
         }
-        let (port, port_counters) = self
-            .switch
-            .add_port(SwitchPort::new(&u.name, inputs, outputs), Vec::new())?;
+        let (port, port_counters) = self.switch.add_port(
+            SwitchPort::new(&u.name, PortNetwork::Only(u.network), inputs, outputs),
+            Vec::new(),
+        )?;
         let group_name = next.uplink_group_of(&u).to_string();
         let group = self.group(&group_name)?;
         let engine_ids = match place_engines(group, engines) {
@@ -631,12 +635,12 @@ impl Daemon {
         Ok(self.group(name)?.thread_cpu())
     }
 
-    /// The switch's forwarding entries: (MAC, vNIC name, static).
-    pub fn fdb_entries(&self) -> Result<Vec<(MacAddr, String, bool)>, DaemonError> {
+    /// The switch's forwarding entries: (network, MAC, port name, static).
+    pub fn fdb_entries(&self) -> Result<Vec<(u32, MacAddr, String, bool)>, DaemonError> {
         let entries = self.switch.fdb_entries()?;
         Ok(entries
             .into_iter()
-            .map(|(mac, e)| {
+            .map(|(network, mac, e)| {
                 let port = self
                     .vnics
                     .iter()
@@ -649,32 +653,57 @@ impl Daemon {
                             .map(|u| u.config.name.clone())
                     })
                     .unwrap_or_else(|| format!("port{}", e.port.0));
-                (mac, port, e.is_static)
+                (network, mac, port, e.is_static)
             })
             .collect())
     }
 
-    /// Pins `mac` to vNIC `vnic`'s switch port.
-    pub fn fdb_add(&self, mac: MacAddr, vnic: &str) -> Result<(), DaemonError> {
-        let port = self
+    /// Pins `mac` to vNIC `vnic`'s switch port, in the vNIC's network (which
+    /// it returns).
+    pub fn fdb_add(&self, mac: MacAddr, vnic: &str) -> Result<u32, DaemonError> {
+        let v = self
             .vnics
             .iter()
             .find(|v| v.config.name == vnic)
-            .map(|v| v.port)
             .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{vnic}'")))?;
-        if !self.switch.fdb_add_static(mac, port)? {
+        if !self.switch.fdb_add_static(v.config.network, mac, v.port)? {
             return Err(DaemonError::NotFound(format!(
                 "switch port of vNIC '{vnic}'"
+            )));
+        }
+        Ok(v.config.network)
+    }
+
+    /// Forgets `mac` in `network` in the switch.
+    pub fn fdb_remove(&self, network: u32, mac: MacAddr) -> Result<(), DaemonError> {
+        if !self.switch.fdb_remove(network, mac)? {
+            return Err(DaemonError::NotFound(format!(
+                "forwarding entry for {mac} in network {network}"
             )));
         }
         Ok(())
     }
 
-    /// Forgets `mac` in the switch.
-    pub fn fdb_remove(&self, mac: MacAddr) -> Result<(), DaemonError> {
-        if !self.switch.fdb_remove(mac)? {
-            return Err(DaemonError::NotFound(format!("forwarding entry for {mac}")));
+    /// Changes the addresses vNIC `name`'s guest may send from (`None`: only
+    /// its MAC is checked).
+    pub fn set_vnic_allowed_ips(
+        &mut self,
+        name: &str,
+        allowed: Option<Vec<std::net::IpAddr>>,
+    ) -> Result<(), DaemonError> {
+        let i = self.vnic_index(name)?;
+        let mut next = self.config.clone();
+        if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
+            c.allowed_ips = allowed.clone();
         }
+        next.validate()?;
+        let guard = SpoofGuard::new(self.vnics[i].config.mac, allowed.as_deref());
+        self.vnics[i]
+            .device
+            .sink()
+            .configure(move |e| e.set_guard(guard.clone()))?;
+        self.vnics[i].config.allowed_ips = allowed;
+        self.config = next;
         Ok(())
     }
 

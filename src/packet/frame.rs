@@ -37,6 +37,9 @@ pub struct FrameHandle {
     /// Packet length in bytes, from the Ethernet header on.
     pub len: u32,
     pub offload: Offload,
+    /// The virtual network the frame travels in (set by the switch from the
+    /// input port, or by an overlay uplink from the VXLAN VNI).
+    pub network: u32,
 }
 
 impl FrameHandle {

@@ -284,6 +284,7 @@ impl FrameCache {
             offset: HEADROOM,
             len: 0,
             offload: Default::default(),
+            network: 0,
         })
     }
 

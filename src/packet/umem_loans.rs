@@ -73,6 +73,7 @@ impl UmemLoans {
             offset: offset as u16,
             len,
             offload: Offload::default(),
+            network: 0,
         })
     }
 
@@ -90,6 +91,7 @@ impl UmemLoans {
                     offset: super::pool::HEADROOM,
                     len: 0,
                     offload: Offload::default(),
+                    network: 0,
                 });
             }
         }

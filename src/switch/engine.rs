@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fdb::{Fdb, DEFAULT_CAPACITY};
-use super::port::{PortDrop, PortId, SharedPortCounters, SwitchPort};
+use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
 use crate::packet::wire::flow::flow_hash;
 use crate::packet::wire::{EthernetFrame, MacAddr};
@@ -21,8 +21,8 @@ pub struct SwitchEngine {
     /// The last learn and the last lookup: a burst of one flow repeats the
     /// same addresses, and two hash probes per frame are the switch's main
     /// cost. Valid while the FDB generation is unchanged.
-    last_learn: Option<(MacAddr, usize, u64)>,
-    last_lookup: Option<(MacAddr, Option<PortId>, u64)>,
+    last_learn: Option<(u32, MacAddr, usize, u64)>,
+    last_lookup: Option<LookupCache>,
     pool: Arc<FramePool>,
     cache: FrameCache,
 }
@@ -50,7 +50,8 @@ impl SwitchEngine {
         ))
     }
 
-    /// Adds a port; `static_macs` are pinned to it in the FDB.
+    /// Adds a port; `static_macs` are pinned to it in the FDB (in the port's
+    /// network; a port of any network takes none).
     pub fn add_port(
         &mut self,
         port: SwitchPort,
@@ -68,8 +69,10 @@ impl SwitchEngine {
             }
         };
         let id = PortId(slot as u16);
-        for mac in static_macs {
-            self.fdb.add_static(*mac, id);
+        if let Some(PortNetwork::Only(network)) = self.ports[slot].as_ref().map(|p| p.network) {
+            for mac in static_macs {
+                self.fdb.add_static(network, *mac, id);
+            }
         }
         (id, shared)
     }
@@ -93,28 +96,33 @@ impl SwitchEngine {
     }
 
     #[inline]
-    fn forward(&mut self, input: usize, frame: FrameHandle) {
+    fn forward(&mut self, input: usize, mut frame: FrameHandle) {
         let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(&frame)) else {
             port_mut(&mut self.ports, input).drop_frame(PortDrop::Runt);
             self.cache.free(frame);
             return;
         };
         let (dst, src) = (eth.dst(), eth.src());
-        {
+        let network = {
             let p = port_mut(&mut self.ports, input);
             p.counters.rx_packets += 1;
             p.counters.rx_bytes += u64::from(frame.len);
             p.dirty = true;
-        }
+            match p.network {
+                PortNetwork::Only(n) => n,
+                PortNetwork::Any => frame.network,
+            }
+        };
+        frame.network = network;
         let generation = self.fdb.generation();
-        if !src.is_group() && self.last_learn != Some((src, input, generation)) {
-            self.fdb.learn(src, PortId(input as u16));
-            self.last_learn = Some((src, input, self.fdb.generation()));
+        if !src.is_group() && self.last_learn != Some((network, src, input, generation)) {
+            self.fdb.learn(network, src, PortId(input as u16));
+            self.last_learn = Some((network, src, input, self.fdb.generation()));
         }
         if dst.is_group() {
             return self.flood(input, frame);
         }
-        let out = cached_lookup(&self.fdb, &mut self.last_lookup, dst);
+        let out = cached_lookup(&self.fdb, &mut self.last_lookup, network, dst);
         match out {
             Some(out) if usize::from(out.0) == input => {
                 port_mut(&mut self.ports, input).drop_frame(PortDrop::SamePort);
@@ -161,7 +169,11 @@ impl SwitchEngine {
         if dst.is_group() {
             return false;
         }
-        let out = cached_lookup(&self.fdb, &mut self.last_lookup, dst);
+        let network = match self.ports[p].as_ref().map(|port| port.network) {
+            Some(PortNetwork::Only(n)) => n,
+            _ => head.network,
+        };
+        let out = cached_lookup(&self.fdb, &mut self.last_lookup, network, dst);
         let Some(out) = out.filter(|o| usize::from(o.0) != p) else {
             return false;
         };
@@ -179,12 +191,16 @@ impl SwitchEngine {
 
     fn flood(&mut self, input: usize, frame: FrameHandle) {
         let mut hash = FlowHash::default();
+        let network = frame.network;
+        let member = |i: usize, p: &Option<SwitchPort>| {
+            i != input && p.as_ref().is_some_and(|p| p.network.carries(network))
+        };
         let last = self
             .ports
             .iter()
             .enumerate()
             .rev()
-            .find(|(i, p)| *i != input && p.is_some())
+            .find(|(i, p)| member(*i, p))
             .map(|(i, _)| i);
         let Some(last) = last else {
             port_mut(&mut self.ports, input).drop_frame(PortDrop::NoRoute);
@@ -192,7 +208,7 @@ impl SwitchEngine {
             return;
         };
         for target in 0..last {
-            if target == input || self.ports[target].is_none() {
+            if !member(target, &self.ports[target]) {
                 continue;
             }
             let Some(mut copy) = self.cache.alloc(frame.len as usize) else {
@@ -201,6 +217,7 @@ impl SwitchEngine {
             };
             copy.len = frame.len;
             copy.offload = frame.offload;
+            copy.network = frame.network;
             let off = usize::from(copy.offset);
             let src = self.pool.bytes(&frame);
             self.pool.frame_mut(&mut copy)[off..off + src.len()].copy_from_slice(src);
@@ -244,19 +261,23 @@ impl FlowHash {
     }
 }
 
-/// An FDB lookup through the one-entry cache (valid for one FDB generation).
+/// The last lookup: (network, MAC) -> port, valid for one FDB generation.
+type LookupCache = (u32, MacAddr, Option<PortId>, u64);
+
+/// An FDB lookup through the one-entry cache.
 #[inline]
 fn cached_lookup(
     fdb: &Fdb,
-    last: &mut Option<(MacAddr, Option<PortId>, u64)>,
+    last: &mut Option<LookupCache>,
+    network: u32,
     dst: MacAddr,
 ) -> Option<PortId> {
     let generation = fdb.generation();
     match *last {
-        Some((mac, out, g)) if mac == dst && g == generation => out,
+        Some((n, mac, out, g)) if n == network && mac == dst && g == generation => out,
         _ => {
-            let out = fdb.lookup(dst);
-            *last = Some((dst, out, generation));
+            let out = fdb.lookup(network, dst);
+            *last = Some((network, dst, out, generation));
             out
         }
     }
@@ -392,8 +413,13 @@ impl SwitchHandle {
             })
     }
 
-    /// Pins `mac` to port `port`; false when the port does not exist.
-    pub fn fdb_add_static(&self, mac: MacAddr, port: PortId) -> Result<bool, MailboxError> {
+    /// Pins `mac` in `network` to port `port`; false when the port does not exist.
+    pub fn fdb_add_static(
+        &self,
+        network: u32,
+        mac: MacAddr,
+        port: PortId,
+    ) -> Result<bool, MailboxError> {
         self.mailbox
             .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
                 let exists = s
@@ -401,21 +427,22 @@ impl SwitchHandle {
                     .get(usize::from(port.0))
                     .is_some_and(Option::is_some);
                 if exists {
-                    s.fdb.add_static(mac, port);
+                    s.fdb.add_static(network, mac, port);
                 }
                 exists
             })
     }
 
-    /// Forgets `mac`; false when it was not known.
-    pub fn fdb_remove(&self, mac: MacAddr) -> Result<bool, MailboxError> {
+    /// Forgets `mac` in `network`; false when it was not known.
+    pub fn fdb_remove(&self, network: u32, mac: MacAddr) -> Result<bool, MailboxError> {
         self.mailbox
             .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                s.fdb.remove(mac)
+                s.fdb.remove(network, mac)
             })
     }
 
-    pub fn fdb_entries(&self) -> Result<Vec<(MacAddr, super::fdb::FdbEntry)>, MailboxError> {
+    /// Every entry: (network, MAC, entry).
+    pub fn fdb_entries(&self) -> Result<Vec<(u32, MacAddr, super::fdb::FdbEntry)>, MailboxError> {
         self.mailbox
             .call(CONTROL_TIMEOUT, |s: &mut SwitchEngine| s.fdb().entries())
     }
@@ -435,7 +462,7 @@ mod tests {
         let (to_switch, input) = link(64).unwrap();
         let (output, from_switch) = link(4).unwrap();
         let (id, _) = sw.add_port(
-            SwitchPort::new(name, vec![input], vec![output]),
+            SwitchPort::new(name, PortNetwork::Only(0), vec![input], vec![output]),
             &mac.into_iter().collect::<Vec<_>>(),
         );
         (
@@ -546,7 +573,7 @@ mod tests {
         // Removing a port forgets what was learned behind it.
         assert!(sw.remove_port(c));
         assert!(!sw.remove_port(c));
-        assert!(sw.fdb().lookup(C).is_none());
+        assert!(sw.fdb().lookup(0, C).is_none());
         for p in [&mut pa, &mut pb, &mut pc] {
             while let Some(f) = p.from_switch.pop() {
                 cache.free(f);

@@ -1,5 +1,7 @@
-//! The forwarding database: MAC -> port, with static entries (a vNIC's
-//! configured MAC) that learning cannot move.
+//! The forwarding database: (virtual network, MAC) -> port, with static
+//! entries (a vNIC's configured MAC) that learning cannot move. Every lookup
+//! and every learned address is scoped to one virtual network, so the same
+//! MAC in two networks is two unrelated entries.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -27,6 +29,16 @@ impl Hasher for MacHasher {
     fn write_u64(&mut self, v: u64) {
         self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     }
+    fn write_u128(&mut self, v: u128) {
+        let folded = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        self.write_u64(folded);
+    }
+}
+
+/// The table key: the network in the high bits, the MAC's 48 in the low.
+#[inline]
+fn key(network: u32, mac: MacAddr) -> u128 {
+    u128::from(network) << 48 | u128::from(mac.to_u64())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +48,7 @@ pub struct FdbEntry {
 }
 
 pub struct Fdb {
-    map: HashMap<u64, FdbEntry, BuildHasherDefault<MacHasher>>,
+    map: HashMap<u128, FdbEntry, BuildHasherDefault<MacHasher>>,
     capacity: usize,
     /// Changes whenever an entry is added, moved or removed, so callers can
     /// cache a lookup and know when it went stale.
@@ -53,15 +65,15 @@ impl Fdb {
     }
 
     #[inline]
-    pub fn lookup(&self, mac: MacAddr) -> Option<PortId> {
-        self.map.get(&mac.to_u64()).map(|e| e.port)
+    pub fn lookup(&self, network: u32, mac: MacAddr) -> Option<PortId> {
+        self.map.get(&key(network, mac)).map(|e| e.port)
     }
 
     /// Learns `mac` behind `port`; static entries stay put. Never allocates:
     /// the table was sized at creation and is full at `capacity`.
     #[inline]
-    pub fn learn(&mut self, mac: MacAddr, port: PortId) {
-        let key = mac.to_u64();
+    pub fn learn(&mut self, network: u32, mac: MacAddr, port: PortId) {
+        let key = key(network, mac);
         if let Some(e) = self.map.get_mut(&key) {
             if !e.is_static && e.port != port {
                 e.port = port;
@@ -86,18 +98,18 @@ impl Fdb {
     }
 
     /// Installs a static entry (replacing whatever was there).
-    pub fn add_static(&mut self, mac: MacAddr, port: PortId) {
+    pub fn add_static(&mut self, network: u32, mac: MacAddr, port: PortId) {
         let entry = FdbEntry {
             port,
             is_static: true,
         };
-        self.map.insert(mac.to_u64(), entry);
+        self.map.insert(key(network, mac), entry);
         self.generation += 1;
     }
 
-    /// Removes the entry of `mac`; false if there was none.
-    pub fn remove(&mut self, mac: MacAddr) -> bool {
-        let found = self.map.remove(&mac.to_u64()).is_some();
+    /// Removes the entry of `mac` in `network`; false if there was none.
+    pub fn remove(&mut self, network: u32, mac: MacAddr) -> bool {
+        let found = self.map.remove(&key(network, mac)).is_some();
         if found {
             self.generation += 1;
         }
@@ -111,16 +123,20 @@ impl Fdb {
     }
 
     /// All entries, for listing.
-    pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
+    pub fn entries(&self) -> Vec<(u32, MacAddr, FdbEntry)> {
         let mut v: Vec<_> = self
             .map
             .iter()
             .map(|(k, e)| {
-                let b = k.to_be_bytes();
-                (MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]), *e)
+                let b = (*k as u64).to_be_bytes();
+                (
+                    (k >> 48) as u32,
+                    MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]),
+                    *e,
+                )
             })
             .collect();
-        v.sort_by_key(|(m, _)| *m);
+        v.sort_by_key(|(n, m, _)| (*n, *m));
         v
     }
 }
@@ -135,16 +151,31 @@ mod tests {
         let a = MacAddr([2, 0, 0, 0, 0, 1]);
         let b = MacAddr([2, 0, 0, 0, 0, 2]);
         let c = MacAddr([2, 0, 0, 0, 0, 3]);
-        fdb.add_static(a, PortId(0));
-        fdb.learn(a, PortId(1));
-        assert_eq!(fdb.lookup(a), Some(PortId(0)));
-        fdb.learn(b, PortId(1));
-        fdb.learn(b, PortId(2));
-        assert_eq!(fdb.lookup(b), Some(PortId(2)));
-        fdb.learn(c, PortId(1));
-        assert_eq!(fdb.lookup(c), None, "full table must not grow");
+        fdb.add_static(7, a, PortId(0));
+        fdb.learn(7, a, PortId(1));
+        assert_eq!(fdb.lookup(7, a), Some(PortId(0)));
+        assert_eq!(fdb.lookup(8, a), None, "networks do not share entries");
+        fdb.learn(7, b, PortId(1));
+        fdb.learn(7, b, PortId(2));
+        assert_eq!(fdb.lookup(7, b), Some(PortId(2)));
+        fdb.learn(7, c, PortId(1));
+        assert_eq!(fdb.lookup(7, c), None, "full table must not grow");
         fdb.forget_port(PortId(2));
-        assert_eq!(fdb.lookup(b), None);
-        assert_eq!(fdb.entries().len(), 1);
+        assert_eq!(fdb.lookup(7, b), None);
+        assert_eq!(
+            fdb.entries(),
+            vec![(
+                7,
+                a,
+                FdbEntry {
+                    port: PortId(0),
+                    is_static: true
+                }
+            )]
+        );
+        let top = (1 << 24) - 1;
+        fdb.add_static(top, b, PortId(3));
+        assert_eq!(fdb.lookup(top, b), Some(PortId(3)));
+        assert_eq!(fdb.entries()[1].0, top);
     }
 }

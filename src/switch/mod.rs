@@ -8,4 +8,4 @@ pub mod port;
 
 pub use engine::{SwitchEngine, SwitchHandle};
 pub use fdb::Fdb;
-pub use port::{PortCounters, PortDrop, PortId, SwitchPort};
+pub use port::{PortCounters, PortDrop, PortId, PortNetwork, SwitchPort};

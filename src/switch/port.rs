@@ -105,9 +105,29 @@ impl SharedPortCounters {
     }
 }
 
+/// Which virtual networks a port belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortNetwork {
+    /// Exactly one: a vNIC, or a flat (untagged) uplink.
+    Only(u32),
+    /// Any: an overlay uplink, whose frames carry their network (VNI).
+    Any,
+}
+
+impl PortNetwork {
+    #[inline]
+    pub fn carries(self, network: u32) -> bool {
+        match self {
+            PortNetwork::Only(n) => n == network,
+            PortNetwork::Any => true,
+        }
+    }
+}
+
 /// A port as the switch engine owns it.
 pub struct SwitchPort {
     pub name: String,
+    pub network: PortNetwork,
     /// Frames from the port into the switch, one link per queue.
     pub inputs: Vec<LinkRx>,
     /// Frames from the switch out of the port, one link per queue.
@@ -119,9 +139,15 @@ pub struct SwitchPort {
 }
 
 impl SwitchPort {
-    pub fn new(name: &str, inputs: Vec<LinkRx>, outputs: Vec<LinkTx>) -> Self {
+    pub fn new(
+        name: &str,
+        network: PortNetwork,
+        inputs: Vec<LinkRx>,
+        outputs: Vec<LinkTx>,
+    ) -> Self {
         Self {
             name: name.to_string(),
+            network,
             inputs,
             outputs,
             counters: PortCounters::default(),

@@ -60,6 +60,25 @@ impl EngineSink {
     }
 }
 
+impl EngineSink {
+    /// Runs `f` on every queue pair's engine, through its mailbox.
+    pub fn configure(
+        &self,
+        f: impl Fn(&mut VnicEngine) + Clone + Send + 'static,
+    ) -> Result<(), DeviceError> {
+        for (qp, engine) in self.engines.iter().enumerate() {
+            let f = f.clone();
+            engine
+                .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| f(e))
+                .map_err(|source| DeviceError::Engine {
+                    index: qp * 2,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
 impl QueueSink for EngineSink {
     fn attach(
         &self,
@@ -91,15 +110,7 @@ impl QueueSink for EngineSink {
     }
 
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        for (qp, engine) in self.engines.iter().enumerate() {
-            engine
-                .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| e.set_mtu(mtu))
-                .map_err(|source| DeviceError::Engine {
-                    index: qp * 2,
-                    source,
-                })?;
-        }
-        Ok(())
+        self.configure(move |e: &mut VnicEngine| e.set_mtu(mtu))
     }
 }
 
@@ -176,6 +187,11 @@ impl<S: QueueSink> VnicDevice<S> {
     /// configured MTU stays the limit: a larger value is accepted (refusing
     /// it would make QEMU drop and retry the connection forever) but guest
     /// frames above the configured MTU are still dropped and counted.
+    /// The sink the device hands its rings to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
         if mtu < 68 {
             return Err(DeviceError::MtuTooSmall(mtu));

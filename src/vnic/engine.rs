@@ -21,6 +21,7 @@ use super::guest_tx::{self, TxChain};
 
 /// Most TX chains walked ahead in one batch.
 const TX_BATCH: usize = 64;
+use super::antispoof::SpoofGuard;
 use super::stats::{DropReason, LogLimiter, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
@@ -168,6 +169,7 @@ pub(super) struct DataPath {
     pub rx_chains: Vec<RxChain>,
     pub features: Negotiated,
     pub mtu: u16,
+    pub guard: SpoofGuard,
     /// A drop was counted in a poll that may have done no work.
     pub dirty: bool,
     /// The ring just processed had a corrupt avail index (set by the
@@ -182,10 +184,12 @@ impl DataPath {
         name: &str,
         pool: &Arc<FramePool>,
         mtu: u16,
+        guard: SpoofGuard,
         to_switch: LinkTx,
         from_switch: LinkRx,
     ) -> Self {
         Self {
+            guard,
             pool: pool.clone(),
             cache: pool.cache(),
             to_switch,
@@ -210,7 +214,12 @@ impl DataPath {
         self.dirty = true;
         if let Some(suppressed) = self.log.allow() {
             let what = match reason {
-                DropReason::TooBig | DropReason::BadGso => "guest frame dropped",
+                DropReason::TooBig
+                | DropReason::BadGso
+                | DropReason::SpoofedMac
+                | DropReason::SpoofedIp
+                | DropReason::SpoofedArp
+                | DropReason::SpoofedNd => "guest frame dropped",
                 _ => "malformed descriptor chain returned",
             };
             log::warn!(
@@ -226,6 +235,8 @@ impl DataPath {
 pub struct VnicEngineConfig {
     pub name: String,
     pub mtu: u16,
+    /// What the guest may send as (MAC, and optionally IP addresses).
+    pub guard: SpoofGuard,
 }
 
 /// The engine of one vNIC queue pair.
@@ -253,7 +264,7 @@ impl VnicEngine {
             mailbox,
             rx: None,
             tx: None,
-            dp: DataPath::new(&cfg.name, pool, cfg.mtu, to_switch, from_switch),
+            dp: DataPath::new(&cfg.name, pool, cfg.mtu, cfg.guard, to_switch, from_switch),
             shared: shared.clone(),
             published: QueueCounters::default(),
         };
@@ -283,6 +294,11 @@ impl VnicEngine {
     /// Changes the MTU enforced on guest TX.
     pub fn set_mtu(&mut self, mtu: u16) {
         self.dp.mtu = mtu;
+    }
+
+    /// Changes what the guest may send as.
+    pub fn set_guard(&mut self, guard: SpoofGuard) {
+        self.dp.guard = guard;
     }
 
     fn poll_tx(&mut self, budget: usize) -> usize {

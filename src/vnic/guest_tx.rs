@@ -173,6 +173,7 @@ fn one_chain(
     } else {
         Ok(())
     };
+    let check = check.and_then(|()| dp.guard.check(&buf[VNET_HDR_LEN..]));
     if let Err(reason) = check {
         dp.cache.free(frame);
         return Err(reason);

@@ -7,6 +7,7 @@
 //! `guest_tx` (guest -> switch) and `guest_rx` (switch -> guest) over
 //! `guest_ring`, `chain` and `guest_memory`.
 
+pub mod antispoof;
 mod backend;
 pub mod chain;
 pub mod connection;

@@ -38,10 +38,21 @@ pub enum DropReason {
     GsoNotAccepted,
     /// RX: frame arrived while no guest driver is attached.
     GuestNotReady,
+    /// TX: source MAC is not the vNIC's.
+    SpoofedMac,
+    /// TX: IPv4/IPv6 source address not allowed for the vNIC.
+    SpoofedIp,
+    /// TX: ARP sender MAC or IP not the vNIC's.
+    SpoofedArp,
+    /// TX: neighbour advertisement for an address not allowed, or a
+    /// link-layer address option that is not the vNIC's MAC.
+    SpoofedNd,
+    /// RX: over the vNIC's ingress rate limit.
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -56,6 +67,11 @@ impl DropReason {
         DropReason::RxBufferTooSmall,
         DropReason::GsoNotAccepted,
         DropReason::GuestNotReady,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::SpoofedNd,
+        DropReason::RateLimited,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -75,6 +91,11 @@ impl DropReason {
             DropReason::RxBufferTooSmall => "rx_buffer_too_small",
             DropReason::GsoNotAccepted => "gso_not_accepted",
             DropReason::GuestNotReady => "guest_not_ready",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -163,7 +163,7 @@ fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let (to_switch, from_guest) = link(64).unwrap();
     let (to_guest, from_switch) = link(64).unwrap();
-    let mut dp = DataPath::new("test", &pool, 1500, to_switch, from_switch);
+    let mut dp = DataPath::new("test", &pool, 1500, guard(), to_switch, from_switch);
     dp.features = Negotiated::from_bits(features);
     (
         pool,
@@ -351,7 +351,7 @@ fn tx_backpressure_leaves_chains_in_the_ring() {
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let (to_switch, mut from_guest) = link(2).unwrap();
     let (_to_guest, from_switch) = link(4).unwrap();
-    let mut dp = DataPath::new("t", &pool, 1500, to_switch, from_switch);
+    let mut dp = DataPath::new("t", &pool, 1500, guard(), to_switch, from_switch);
     dp.features = Negotiated::from_bits(all_features());
     let a = g.buffer(&[hdr(&Offload::default(), 0), packet(60, 1)].concat(), 0);
     for _ in 0..5 {
@@ -580,4 +580,9 @@ fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
     }
     assert_eq!(g.tx(&mut dp).0, 2);
     assert_eq!(g.used_idx(), 10);
+}
+
+/// The guard of the test vNIC: `packet()` sends from 02:00:00:00:00:01.
+fn guard() -> super::antispoof::SpoofGuard {
+    super::antispoof::SpoofGuard::new(crate::packet::wire::MacAddr([2, 0, 0, 0, 0, 1]), None)
 }

@@ -64,6 +64,19 @@ struct VnicUpdateParams {
     mtu: Option<u16>,
     #[serde(default)]
     group: Option<String>,
+    /// Present (a list, possibly empty): enforce those addresses; `null`:
+    /// stop checking addresses. Absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    allowed_ips: Option<Option<Vec<std::net::IpAddr>>>,
+}
+
+/// Tells an absent member (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -77,6 +90,8 @@ struct FdbAddParams {
 #[serde(deny_unknown_fields)]
 struct FdbRemoveParams {
     mac: String,
+    #[serde(default)]
+    network: u32,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +198,9 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             if let Some(group) = &u.group {
                 d.move_vnic(&u.name, group)?;
             }
+            if let Some(allowed) = u.allowed_ips {
+                d.set_vnic_allowed_ips(&u.name, allowed)?;
+            }
             vnic_info(d, &u.name)
         }
         "group.add" => {
@@ -266,7 +284,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             Ok(Value::Array(
                 entries
                     .into_iter()
-                    .map(|(mac, port, is_static)| json!({ "mac": mac.to_string(), "port": port, "static": is_static }))
+                    .map(|(network, mac, port, is_static)| json!({ "network": network, "mac": mac.to_string(), "port": port, "static": is_static }))
                     .collect(),
             ))
         }
@@ -279,13 +297,13 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                     format!("params.mac: {m} is not a unicast address"),
                 ));
             }
-            d.fdb_add(m, &a.vnic)?;
-            Ok(json!({ "mac": m.to_string(), "port": a.vnic, "static": true }))
+            let network = d.fdb_add(m, &a.vnic)?;
+            Ok(json!({ "network": network, "mac": m.to_string(), "port": a.vnic, "static": true }))
         }
         "switch.fdb.remove" => {
             let r: FdbRemoveParams = params(p)?;
             let m = mac(&r.mac, "mac")?;
-            d.fdb_remove(m)?;
+            d.fdb_remove(r.network, m)?;
             Ok(json!({ "removed": m.to_string() }))
         }
         "daemon.status" => {
@@ -334,6 +352,8 @@ fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "role": v.role,
         "socket": cfg.socket_path(v),
         "group": cfg.group_of(v),
+        "network": v.network,
+        "allowed_ips": v.allowed_ips,
         "connected": rings > 0,
         "rings_attached": rings,
     }))
@@ -354,6 +374,7 @@ fn uplink_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "xdp_mode": u.xdp_mode,
         "bind_mode": u.bind_mode,
         "mtu": u.mtu,
+        "network": u.network,
         "group": cfg.uplink_group_of(u),
         "xdp_mode_in_use": running.as_ref().map(|r| r.xdp_mode),
         "zerocopy": running.as_ref().is_some_and(|r| r.zerocopy),
