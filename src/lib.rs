@@ -11,6 +11,7 @@ pub mod engine;
 pub mod frontend;
 pub mod packet;
 pub mod sched;
+pub mod shaping;
 pub mod switch;
 pub mod uplink;
 pub mod vnic;

@@ -102,7 +102,23 @@ pub struct VnicConfig {
     /// only the source MAC is checked.
     #[serde(default)]
     pub allowed_ips: Option<Vec<std::net::IpAddr>>,
+    /// Guest egress limit: the guest's TX waits while out of tokens.
+    #[serde(default)]
+    pub tx_limit: Option<RateLimit>,
+    /// Guest ingress limit: frames over it are dropped and counted.
+    #[serde(default)]
+    pub rx_limit: Option<RateLimit>,
+    /// Share of a congested output (an uplink) against other vNICs (deficit
+    /// round robin), 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
+
+fn default_weight() -> u32 {
+    1
+}
+
+pub use crate::shaping::RateLimit;
 
 /// Largest virtual network id (a 24-bit VXLAN VNI).
 pub const MAX_NETWORK: u32 = (1 << 24) - 1;
@@ -136,6 +152,10 @@ pub struct UplinkConfig {
     /// The virtual network whose frames a flat (untagged) uplink carries.
     #[serde(default)]
     pub network: u32,
+    /// What the uplink may send to the wire; when it is the bottleneck the
+    /// vNICs share it by weight.
+    #[serde(default)]
+    pub tx_limit: Option<RateLimit>,
 }
 
 fn default_uplink_queues() -> Vec<u32> {
@@ -350,6 +370,14 @@ impl Config {
             if v.allowed_ips.as_ref().is_some_and(|l| l.len() > 64) {
                 return Err(invalid(at("allowed_ips"), "at most 64 addresses"));
             }
+            if !(1..=1000).contains(&v.weight) {
+                return Err(invalid(
+                    at("weight"),
+                    format!("{} is not in 1..=1000", v.weight),
+                ));
+            }
+            check_limit(&v.tx_limit, &at("tx_limit"))?;
+            check_limit(&v.rx_limit, &at("rx_limit"))?;
         }
         let mut interfaces = HashSet::new();
         for (i, u) in self.uplinks.iter().enumerate() {
@@ -390,6 +418,7 @@ impl Config {
                 ));
             }
             known_group(&u.group, at("group"))?;
+            check_limit(&u.tx_limit, &at("tx_limit"))?;
             if u.network > MAX_NETWORK {
                 return Err(invalid(
                     at("network"),
@@ -399,6 +428,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_limit(l: &Option<RateLimit>, at: &str) -> Result<(), ConfigError> {
+    let Some(l) = l else {
+        return Ok(());
+    };
+    for (k, v) in [
+        ("bytes_per_sec", l.bytes_per_sec),
+        ("packets_per_sec", l.packets_per_sec),
+        ("burst_bytes", l.burst_bytes),
+        ("burst_packets", l.burst_packets),
+    ] {
+        if v.is_some_and(|v| v == 0 || v > 1 << 40) {
+            return Err(invalid(format!("{at}.{k}"), "must be in 1..=2^40"));
+        }
+    }
+    Ok(())
 }
 
 fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::config::{Config, ConfigError, GroupConfig, UplinkConfig, VnicConfig};
+use super::config::{Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
 use crate::engine::MailboxError;
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
@@ -294,6 +294,8 @@ impl Daemon {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
                     guard: SpoofGuard::new(v.mac, v.allowed_ips.as_deref()),
+                    tx_limit: v.tx_limit.unwrap_or_default(),
+                    rx_limit: v.rx_limit.unwrap_or_default(),
                 },
                 &self.pool,
                 to_switch,
@@ -472,7 +474,9 @@ impl Daemon {
                 from_switch,
                 tap,
                 usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
-            );
+                &u.tx_limit.unwrap_or_default(),
+            )
+            .map_err(io("uplink timer"))?;
             inputs.push(switch_in);
             outputs.push(switch_out);
             queues.push(RunningUplinkQueue { queue: q, counters });
@@ -681,6 +685,48 @@ impl Daemon {
                 "forwarding entry for {mac} in network {network}"
             )));
         }
+        Ok(())
+    }
+
+    /// Changes vNIC `name`'s rate limits (`Some(None)` removes one) and its
+    /// weight, without stopping its traffic.
+    pub fn set_vnic_shaping(
+        &mut self,
+        name: &str,
+        tx_limit: Option<Option<RateLimit>>,
+        rx_limit: Option<Option<RateLimit>>,
+        weight: Option<u32>,
+    ) -> Result<(), DaemonError> {
+        let i = self.vnic_index(name)?;
+        let mut next = self.config.clone();
+        let c = next
+            .vnics
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        if let Some(t) = tx_limit {
+            c.tx_limit = t;
+        }
+        if let Some(r) = rx_limit {
+            c.rx_limit = r;
+        }
+        if let Some(w) = weight {
+            c.weight = w;
+        }
+        let updated = c.clone();
+        next.validate()?;
+        let (tx, rx) = (
+            updated.tx_limit.unwrap_or_default(),
+            updated.rx_limit.unwrap_or_default(),
+        );
+        self.vnics[i]
+            .device
+            .sink()
+            .configure(move |e| e.set_limits(&tx, &rx))?;
+        self.switch
+            .set_port_weight(self.vnics[i].port, updated.weight)?;
+        self.vnics[i].config = updated;
+        self.config = next;
         Ok(())
     }
 

@@ -10,9 +10,12 @@ use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort}
 use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
 use crate::packet::wire::flow::flow_hash;
 use crate::packet::wire::{EthernetFrame, MacAddr};
-use crate::packet::{FrameCache, FrameHandle, FramePool};
+use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx};
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes a port of weight 1 may forward per deficit-round-robin round.
+const QUANTUM: i64 = 16 * 1024;
 
 pub struct SwitchEngine {
     mailbox: Mailbox<SwitchEngine>,
@@ -189,6 +192,56 @@ impl SwitchEngine {
         queues > 0 && port.outputs[queue].free() == 0
     }
 
+    /// One deficit-round-robin pass over the input ports: a port forwards
+    /// while it has credit (`weight * QUANTUM` bytes per round). Returns the
+    /// frames forwarded, and whether frames wait while no waiting port has
+    /// credit left (the round is over).
+    fn serve_inputs(&mut self, budget: usize) -> (usize, bool) {
+        let mut work = 0;
+        let mut backlogged = false;
+        let mut credited = false;
+        for p in 0..self.ports.len() {
+            let queues = self.ports[p].as_ref().map_or(0, |port| port.inputs.len());
+            let mut waiting = false;
+            for q in 0..queues {
+                let mut n = 0;
+                while n < budget {
+                    let port = port_mut(&mut self.ports, p);
+                    let Some(len) = port.inputs[q].peek().map(|f| i64::from(f.len)) else {
+                        break;
+                    };
+                    waiting = true;
+                    if port.deficit < len {
+                        break;
+                    }
+                    credited = true;
+                    if self.head_is_blocked(p, q) {
+                        let port = port_mut(&mut self.ports, p);
+                        port.counters.backpressure += 1;
+                        port.dirty = true;
+                        break;
+                    }
+                    let port = port_mut(&mut self.ports, p);
+                    let Some(frame) = port.inputs[q].pop() else {
+                        break;
+                    };
+                    port.deficit -= len;
+                    self.forward(p, frame);
+                    n += 1;
+                }
+                work += n;
+            }
+            if let Some(port) = self.ports[p].as_mut() {
+                backlogged |= waiting;
+                if !waiting && port.inputs.iter().all(LinkRx::is_empty) {
+                    // No banking of credit while idle.
+                    port.deficit = 0;
+                }
+            }
+        }
+        (work, backlogged && !credited)
+    }
+
     fn flood(&mut self, input: usize, frame: FrameHandle) {
         let mut hash = FlowHash::default();
         let network = frame.network;
@@ -328,27 +381,18 @@ impl Engine for SwitchEngine {
         if let Some(job) = self.mailbox.take() {
             job(self);
         }
-        let mut work = 0;
-        for p in 0..self.ports.len() {
-            let queues = self.ports[p].as_ref().map_or(0, |port| port.inputs.len());
-            for q in 0..queues {
-                let mut n = 0;
-                while n < budget {
-                    if self.head_is_blocked(p, q) {
-                        let port = port_mut(&mut self.ports, p);
-                        port.counters.backpressure += 1;
-                        port.dirty = true;
-                        break;
-                    }
-                    let Some(frame) = self.ports[p].as_mut().and_then(|port| port.inputs[q].pop())
-                    else {
-                        break;
-                    };
-                    self.forward(p, frame);
-                    n += 1;
+        // Deficit round robin: a new round starts only when no port with
+        // frames waiting has credit left. When an output is full, ports keep
+        // their credit and wait, so a congested output (an uplink) is shared
+        // by weight.
+        let (mut work, round_over) = self.serve_inputs(budget);
+        if round_over {
+            for port in self.ports.iter_mut().flatten() {
+                if port.inputs.iter().any(|l| !l.is_empty()) {
+                    port.deficit += i64::from(port.weight) * QUANTUM;
                 }
-                work += n;
             }
+            work += self.serve_inputs(budget).0;
         }
         if work > 0 {
             for port in self.ports.iter_mut().flatten() {
@@ -430,6 +474,24 @@ impl SwitchHandle {
                     s.fdb.add_static(network, mac, port);
                 }
                 exists
+            })
+    }
+
+    /// Changes a port's deficit-round-robin weight; false when no such port.
+    pub fn set_port_weight(&self, port: PortId, weight: u32) -> Result<bool, MailboxError> {
+        self.mailbox
+            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
+                match s
+                    .ports
+                    .get_mut(usize::from(port.0))
+                    .and_then(Option::as_mut)
+                {
+                    Some(p) => {
+                        p.weight = weight.max(1);
+                        true
+                    }
+                    None => false,
+                }
             })
     }
 
@@ -586,5 +648,46 @@ mod tests {
             pool.total_frames().0,
             "no frame leaked"
         );
+    }
+
+    #[test]
+    fn a_congested_output_is_shared_by_weight() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut sw, h) = SwitchEngine::new(&pool).unwrap();
+        let (mut pa, a) = add(&mut sw, "a", Some(A));
+        let (mut pb, b) = add(&mut sw, "b", Some(B));
+        let (mut pc, _) = add(&mut sw, "c", Some(C));
+        sw.ports[usize::from(b.0)].as_mut().unwrap().weight = 3;
+        let _ = (a, h);
+        let mut from = [0u64; 2];
+        for _ in 0..2000 {
+            // Both senders always have frames waiting; the output takes 4
+            // frames per round (its link), so it is the bottleneck.
+            for (p, src) in [(&mut pa, A), (&mut pb, B)] {
+                while p.to_switch.free() > 0 {
+                    p.to_switch
+                        .push(frame(&mut cache, &pool, C, src, 1000))
+                        .unwrap();
+                }
+            }
+            sw.poll(64);
+            while let Some(f) = pc.from_switch.pop() {
+                let src = &pool.bytes(&f)[6..12];
+                from[usize::from(src == B.0)] += 1;
+                cache.free(f);
+            }
+        }
+        let ratio = from[1] as f64 / from[0] as f64;
+        assert!((2.8..=3.2).contains(&ratio), "b:a = {ratio} ({from:?})");
+        for p in [&mut pa, &mut pb] {
+            while let Some(f) = p.from_switch.pop() {
+                cache.free(f);
+            }
+        }
+        drop(sw);
+        for p in [&mut pa, &mut pb] {
+            drop(std::mem::replace(&mut p.to_switch, link(1).unwrap().0));
+        }
     }
 }

@@ -128,6 +128,10 @@ impl PortNetwork {
 pub struct SwitchPort {
     pub name: String,
     pub network: PortNetwork,
+    /// Deficit round robin: bytes this port may forward per round is
+    /// `weight * QUANTUM`; `deficit` is what it has left.
+    pub weight: u32,
+    pub deficit: i64,
     /// Frames from the port into the switch, one link per queue.
     pub inputs: Vec<LinkRx>,
     /// Frames from the switch out of the port, one link per queue.
@@ -148,12 +152,20 @@ impl SwitchPort {
         Self {
             name: name.to_string(),
             network,
+            weight: 1,
+            deficit: 0,
             inputs,
             outputs,
             counters: PortCounters::default(),
             shared: Arc::new(SharedPortCounters::default()),
             dirty: false,
         }
+    }
+
+    /// Its share against other ports when an output is congested.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight.max(1);
+        self
     }
 
     #[inline]

@@ -14,6 +14,7 @@ use super::xsk::XskSocket;
 use crate::engine::Engine;
 use crate::packet::segment::{self, SegmentError};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
+use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
 const NEEDS_CSUM: u8 = 1;
@@ -56,6 +57,11 @@ pub struct UplinkQueueEngine {
     /// Since when the TX ring has been full without the kernel taking
     /// anything from it.
     tx_full_since: Option<Instant>,
+    /// What the uplink may send; frames wait in the link while it is out of
+    /// tokens, so the switch shares the uplink among vNICs by weight.
+    egress: Option<TokenBucket>,
+    egress_blocked_until: Option<Instant>,
+    timer: WakeTimer,
 }
 
 impl UplinkQueueEngine {
@@ -67,7 +73,8 @@ impl UplinkQueueEngine {
         from_switch: LinkRx,
         tap: Option<GroupTap>,
         max_frame: usize,
-    ) -> (Self, Arc<SharedUplinkCounters>) {
+        tx_limit: &RateLimit,
+    ) -> std::io::Result<(Self, Arc<SharedUplinkCounters>)> {
         let shared = Arc::new(SharedUplinkCounters::default());
         let mut engine = Self {
             name,
@@ -85,9 +92,12 @@ impl UplinkQueueEngine {
             unsent: Vec::with_capacity(64),
             kernel_stats_at: Instant::now(),
             tx_full_since: None,
+            egress: TokenBucket::new(tx_limit),
+            egress_blocked_until: None,
+            timer: WakeTimer::new()?,
         };
         engine.refill();
-        (engine, shared)
+        Ok((engine, shared))
     }
 
     #[inline]
@@ -124,6 +134,10 @@ impl UplinkQueueEngine {
         let mut done = 0;
         let mut sent = 0u64;
         let mut bytes = 0u64;
+        if let Some(b) = self.egress.as_mut() {
+            b.refill(Instant::now());
+            self.egress_blocked_until = None;
+        }
         while done < budget {
             let Some(next) = self.from_switch.peek() else {
                 break;
@@ -161,6 +175,13 @@ impl UplinkQueueEngine {
                     self.counters.add(UplinkCounter::DropTxStalled, n);
                 }
                 break;
+            }
+            if let Some(b) = self.egress.as_mut() {
+                let len = self.from_switch.peek().map_or(0, |f| f.len);
+                if !b.try_take(len) {
+                    self.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
+                    break;
+                }
             }
             let Some(mut frame) = self.from_switch.pop() else {
                 break;
@@ -400,6 +421,13 @@ impl Engine for UplinkQueueEngine {
     fn poll(&mut self, budget: usize) -> usize {
         let mut work = self.reclaim_completions();
         work += self.transmit(budget);
+        if let Some(until) = self.egress_blocked_until {
+            let now = Instant::now();
+            self.timer.clear(now);
+            if now < until && !self.timer.pending(now) {
+                self.timer.arm(until - now);
+            }
+        }
         work += self.receive(budget);
         self.refill();
         work += self.receive_group(budget);
@@ -414,7 +442,10 @@ impl Engine for UplinkQueueEngine {
     }
 
     fn wake_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.from_switch.doorbell().as_raw_fd()];
+        let mut fds = vec![
+            self.from_switch.doorbell().as_raw_fd(),
+            self.timer.as_raw_fd(),
+        ];
         fds.extend(self.xsk.as_ref().map(|x| x.as_raw_fd()));
         fds.extend(self.tap.as_ref().map(|t| t.as_raw_fd()));
         fds
@@ -427,9 +458,13 @@ impl Engine for UplinkQueueEngine {
         let Some(xsk) = self.xsk.as_mut() else {
             return !self.from_switch.is_empty();
         };
-        // Sent-but-not-taken TX entries need another kick, so they count as work.
+        // Sent-but-not-taken TX entries need another kick, so they count as
+        // work; frames held back by the egress limit do not (the timer wakes us).
+        let throttled = self
+            .egress_blocked_until
+            .is_some_and(|t| Instant::now() < t);
         self.tap.as_ref().is_some_and(GroupTap::has_frame)
-            || !self.from_switch.is_empty()
+            || (!throttled && !self.from_switch.is_empty())
             || xsk.rx.available() > 0
             || xsk.completion.available() > 0
             || xsk.tx.outstanding() > 0

@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
@@ -25,6 +25,7 @@ use super::antispoof::SpoofGuard;
 use super::stats::{DropReason, LogLimiter, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
+use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
 /// Guest memory as vhost-user-backend hands it over.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -170,6 +171,12 @@ pub(super) struct DataPath {
     pub features: Negotiated,
     pub mtu: u16,
     pub guard: SpoofGuard,
+    /// Guest egress: chains wait in the TX ring while it is out of tokens.
+    pub egress: Option<TokenBucket>,
+    /// Guest ingress: frames over the limit are dropped.
+    pub ingress: Option<TokenBucket>,
+    /// Set by a TX batch stopped by `egress`: when tokens will be there.
+    pub egress_blocked_until: Option<Instant>,
     /// A drop was counted in a poll that may have done no work.
     pub dirty: bool,
     /// The ring just processed had a corrupt avail index (set by the
@@ -190,6 +197,9 @@ impl DataPath {
     ) -> Self {
         Self {
             guard,
+            egress: None,
+            ingress: None,
+            egress_blocked_until: None,
             pool: pool.clone(),
             cache: pool.cache(),
             to_switch,
@@ -237,6 +247,9 @@ pub struct VnicEngineConfig {
     pub mtu: u16,
     /// What the guest may send as (MAC, and optionally IP addresses).
     pub guard: SpoofGuard,
+    /// Guest egress (its TX) and ingress (its RX) limits.
+    pub tx_limit: RateLimit,
+    pub rx_limit: RateLimit,
 }
 
 /// The engine of one vNIC queue pair.
@@ -248,6 +261,8 @@ pub struct VnicEngine {
     dp: DataPath,
     shared: Arc<SharedQueueCounters>,
     published: QueueCounters,
+    /// Wakes a sleeping engine when its egress bucket has refilled.
+    timer: WakeTimer,
 }
 
 impl VnicEngine {
@@ -267,7 +282,10 @@ impl VnicEngine {
             dp: DataPath::new(&cfg.name, pool, cfg.mtu, cfg.guard, to_switch, from_switch),
             shared: shared.clone(),
             published: QueueCounters::default(),
+            timer: WakeTimer::new()?,
         };
+        let mut engine = engine;
+        engine.set_limits(&cfg.tx_limit, &cfg.rx_limit);
         Ok((engine, sender, shared))
     }
 
@@ -299,6 +317,13 @@ impl VnicEngine {
     /// Changes what the guest may send as.
     pub fn set_guard(&mut self, guard: SpoofGuard) {
         self.dp.guard = guard;
+    }
+
+    /// Changes the guest's egress and ingress limits (fresh, full buckets).
+    pub fn set_limits(&mut self, tx: &RateLimit, rx: &RateLimit) {
+        self.dp.egress = TokenBucket::new(tx);
+        self.dp.ingress = TokenBucket::new(rx);
+        self.dp.egress_blocked_until = None;
     }
 
     fn poll_tx(&mut self, budget: usize) -> usize {
@@ -377,6 +402,13 @@ impl Engine for VnicEngine {
             job(self);
         }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
+        if let Some(until) = self.dp.egress_blocked_until {
+            let now = Instant::now();
+            self.timer.clear(now);
+            if now < until && !self.timer.pending(now) {
+                self.timer.arm(until - now);
+            }
+        }
         if work > 0 || self.dp.dirty {
             self.dp.dirty = false;
             self.publish_counters();
@@ -390,6 +422,7 @@ impl Engine for VnicEngine {
         vec![
             self.mailbox.doorbell().as_raw_fd(),
             self.dp.from_switch.doorbell().as_raw_fd(),
+            self.timer.as_raw_fd(),
         ]
     }
 
@@ -405,7 +438,13 @@ impl Engine for VnicEngine {
         // which case they are dropped); otherwise its RX kick wakes us.
         let frames_waiting = !self.dp.from_switch.is_empty();
         let deliverable = frames_waiting && self.rx.as_mut().is_none_or(|q| q.has_avail());
-        let tx_waiting = self.tx.as_mut().is_some_and(|q| q.has_avail());
+        // Chains held back by the egress limit are not work until the
+        // bucket refills; the timer wakes us then.
+        let throttled = self
+            .dp
+            .egress_blocked_until
+            .is_some_and(|t| Instant::now() < t);
+        let tx_waiting = !throttled && self.tx.as_mut().is_some_and(|q| q.has_avail());
         self.mailbox.pending() || deliverable || tx_waiting
     }
 

@@ -2,6 +2,8 @@
 //! into the guest's RX buffers (one copy; MRG_RXBUF spreads a frame over
 //! several buffers). Without buffers the frames wait in the link.
 
+use std::time::Instant;
+
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction};
@@ -48,6 +50,7 @@ pub(super) fn fill(
     }
     let mrg = dp.features.mrg_rxbuf;
     let mut handled = 0;
+    let mut refilled = false;
     while handled < budget {
         let Some(frame) = dp.from_switch.peek() else {
             break;
@@ -58,6 +61,20 @@ pub(super) fn fill(
             dp.cache.free(frame);
             handled += 1;
             continue;
+        }
+        if let Some(b) = dp.ingress.as_mut() {
+            if !refilled {
+                b.refill(Instant::now());
+                refilled = true;
+            }
+            if !b.has(frame.len) {
+                let frame = dp.from_switch.pop().expect("peeked");
+                dp.counters.drop(DropReason::RateLimited);
+                dp.dirty = true;
+                dp.cache.free(frame);
+                handled += 1;
+                continue;
+            }
         }
         let need = VNET_HDR_LEN + frame.len as usize;
         dp.segs.clear();
@@ -118,6 +135,9 @@ pub(super) fn fill(
             }
             dp.cache.free(frame);
             continue;
+        }
+        if let Some(b) = dp.ingress.as_mut() {
+            b.take(frame.len);
         }
         let num_buffers = dp.rx_chains.len() as u16;
         let frame_len = frame.len;

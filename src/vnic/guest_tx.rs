@@ -1,6 +1,8 @@
 //! Guest TX: descriptor chains from the guest's TX ring become frames on the
 //! link to the switch, with exactly one copy.
 
+use std::time::Instant;
+
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction, MAX_SEGMENTS};
@@ -83,8 +85,21 @@ pub(super) fn drain(
     // Pass 2: copy each chain into a frame and hand it to the switch.
     let walked = dp.tx_chains.len();
     let mut n = 0;
+    if let Some(b) = dp.egress.as_mut() {
+        b.refill(Instant::now());
+        dp.egress_blocked_until = None;
+    }
     while n < walked {
         let c = dp.tx_chains[n];
+        if let (Some(b), Ok(total)) = (dp.egress.as_mut(), c.walked) {
+            let len = total.saturating_sub(VNET_HDR_LEN) as u32;
+            if !b.try_take(len) {
+                // Out of tokens: the chain stays in the ring (the guest's TCP
+                // sees a slow link, not loss) until the bucket refills.
+                dp.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
+                break;
+            }
+        }
         let result = c
             .walked
             .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::protocol::*;
-use crate::control::config::{ConfigError, GroupConfig, UplinkConfig, VnicConfig};
+use crate::control::config::{ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
 use crate::control::daemon::{Daemon, DaemonError, UplinkReport, VnicReport};
 use crate::packet::wire::MacAddr;
 use crate::switch::{PortCounters, PortDrop};
@@ -68,6 +68,13 @@ struct VnicUpdateParams {
     /// stop checking addresses. Absent: unchanged.
     #[serde(default, deserialize_with = "present")]
     allowed_ips: Option<Option<Vec<std::net::IpAddr>>>,
+    /// Same rule: a limit, `null` (no limit), or absent (unchanged).
+    #[serde(default, deserialize_with = "present")]
+    tx_limit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "present")]
+    rx_limit: Option<Option<RateLimit>>,
+    #[serde(default)]
+    weight: Option<u32>,
 }
 
 /// Tells an absent member (`None`) from an explicit `null` (`Some(None)`).
@@ -200,6 +207,9 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             }
             if let Some(allowed) = u.allowed_ips {
                 d.set_vnic_allowed_ips(&u.name, allowed)?;
+            }
+            if u.tx_limit.is_some() || u.rx_limit.is_some() || u.weight.is_some() {
+                d.set_vnic_shaping(&u.name, u.tx_limit, u.rx_limit, u.weight)?;
             }
             vnic_info(d, &u.name)
         }
@@ -354,6 +364,9 @@ fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "group": cfg.group_of(v),
         "network": v.network,
         "allowed_ips": v.allowed_ips,
+        "tx_limit": v.tx_limit,
+        "rx_limit": v.rx_limit,
+        "weight": v.weight,
         "connected": rings > 0,
         "rings_attached": rings,
     }))
@@ -375,6 +388,7 @@ fn uplink_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "bind_mode": u.bind_mode,
         "mtu": u.mtu,
         "network": u.network,
+        "tx_limit": u.tx_limit,
         "group": cfg.uplink_group_of(u),
         "xdp_mode_in_use": running.as_ref().map(|r| r.xdp_mode),
         "zerocopy": running.as_ref().is_some_and(|r| r.zerocopy),

@@ -1,0 +1,124 @@
+//! Rate limits through the real daemon: guest egress waits (backpressure,
+//! no drops) and never exceeds its limit; guest ingress drops and counts
+//! what is over; limits change at runtime without disturbing the guests.
+//! Bounds only (a limit is a ceiling); achieved rates are measured by
+//! scripts/bench-shaping.sh.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{connect, frame, start, wait_ready, TempDir, MAC0, MAC1};
+use snapnet::control::config::RateLimit;
+use snapnet::control::Config;
+use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet::vnic::DropReason;
+
+fn config(dir: &TempDir) -> Config {
+    Config::from_json(&format!(
+        r#"{{
+        "runtime_dir": "{}",
+        "vnics": [
+            {{ "name": "vnic0", "mac": "52:54:00:5a:00:01",
+               "tx_limit": {{ "bytes_per_sec": 1000000 }} }},
+            {{ "name": "vnic1", "mac": "52:54:00:5a:00:02",
+               "rx_limit": {{ "packets_per_sec": 2000, "burst_packets": 100 }} }}
+        ],
+        "groups": [ {{ "name": "default", "policy": "dedicated", "threads": 1 }} ]
+    }}"#,
+        dir.0.display()
+    ))
+    .unwrap()
+}
+
+/// Keeps `tx`'s ring full of 1000-byte frames for `secs`; returns the bytes
+/// `rx` received and the time taken.
+fn blast(tx: &mut Frontend, rx: &mut Frontend, secs: f64) -> (u64, f64) {
+    let f = frame(MAC1, MAC0, 1000, 0);
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        tx.send(0, &[&f, &f, &f, &f], &VirtioNetHdr::default());
+        rx.recv(0, |_, p| bytes += p.len() as u64);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    rx.recv(0, |_, p| bytes += p.len() as u64);
+    (bytes, start.elapsed().as_secs_f64())
+}
+
+fn drops(d: &snapnet::control::Daemon, vnic: &str, r: DropReason) -> u64 {
+    d.report()
+        .iter()
+        .find(|v| v.name == vnic)
+        .unwrap()
+        .queues
+        .iter()
+        .map(|q| q.dropped(r))
+        .sum()
+}
+
+#[test]
+fn egress_waits_ingress_drops_and_limits_change_live() {
+    let dir = TempDir::new("shaping");
+    let mut daemon = start(&config(&dir));
+    let fc = FrontendConfig::default();
+    let mut a = connect(&dir.path("vnic0.sock"), &fc);
+    let mut b = connect(&dir.path("vnic1.sock"), &fc);
+    wait_ready(&daemon);
+    // Lift vnic1's ingress limit for the egress part.
+    daemon
+        .set_vnic_shaping("vnic1", None, Some(None), None)
+        .unwrap();
+
+    // Egress: 1 MB/s plus the 64 KiB burst is a ceiling, and the guest
+    // loses nothing (its frames wait in its ring).
+    let (bytes, secs) = blast(&mut a, &mut b, 1.0);
+    let ceiling = 1_000_000.0 * secs + 65_792.0 + 1000.0;
+    assert!(
+        (bytes as f64) <= ceiling,
+        "{bytes} B in {secs:.2} s over the limit"
+    );
+    assert!(
+        bytes > 300_000,
+        "egress limit lets traffic through: {bytes} B"
+    );
+    let total_drops: u64 = DropReason::ALL
+        .iter()
+        .map(|r| drops(&daemon, "vnic0", *r))
+        .sum();
+    assert_eq!(total_drops, 0, "egress shaping must not drop");
+
+    // Removed at runtime: the same guest, the same connection, much faster.
+    daemon
+        .set_vnic_shaping("vnic0", Some(None), None, None)
+        .unwrap();
+    let (fast, fast_secs) = blast(&mut a, &mut b, 0.5);
+    assert!(
+        fast as f64 / fast_secs > 3.0 * bytes as f64 / secs,
+        "unlimited {fast} B in {fast_secs:.2} s vs limited {bytes} B in {secs:.2} s"
+    );
+
+    // Ingress: 2000 packets/s with a 100-packet burst on vnic1; what is over
+    // is dropped and counted.
+    daemon
+        .set_vnic_shaping(
+            "vnic1",
+            None,
+            Some(Some(RateLimit {
+                packets_per_sec: Some(2000),
+                burst_packets: Some(100),
+                ..Default::default()
+            })),
+            None,
+        )
+        .unwrap();
+    let (bytes, secs) = blast(&mut a, &mut b, 0.5);
+    let delivered = bytes / 1000;
+    assert!(
+        delivered as f64 <= 2000.0 * secs + 100.0 + 10.0,
+        "{delivered} frames in {secs:.2} s over 2000/s"
+    );
+    assert!(drops(&daemon, "vnic1", DropReason::RateLimited) > 0);
+    daemon.stop();
+}
