@@ -14,6 +14,7 @@ use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, PortNetwork, SwitchEngine, SwitchHandle, SwitchPort};
+use crate::uplink::engine::UplinkQueueConfig;
 use crate::uplink::group_tap::GroupTap;
 use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
 use crate::uplink::{
@@ -317,7 +318,8 @@ impl Daemon {
         ));
         // The socket last: a frontend may connect as soon as it exists.
         let (port, port_counters) = self.switch.add_port(
-            SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs),
+            SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs)
+                .with_weight(v.weight),
             vec![v.mac],
         )?;
         let group = self.group(&group_name)?;
@@ -467,14 +469,16 @@ impl Daemon {
             let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (engine, counters) = UplinkQueueEngine::new(
-                format!("{}/q{q}", u.name),
+                UplinkQueueConfig {
+                    name: format!("{}/q{q}", u.name),
+                    max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
+                    tx_limit: u.tx_limit.unwrap_or_default(),
+                    tap,
+                },
                 xsk,
                 &self.pool,
                 to_switch,
                 from_switch,
-                tap,
-                usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
-                &u.tx_limit.unwrap_or_default(),
             )
             .map_err(io("uplink timer"))?;
             inputs.push(switch_in);

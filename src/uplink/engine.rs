@@ -33,6 +33,16 @@ const TX_STALL: Duration = Duration::from_millis(100);
 /// How often a busy engine reads the kernel's socket counters (a syscall).
 const KERNEL_STATS_EVERY: Duration = Duration::from_millis(100);
 
+/// What a queue engine is made with, besides its socket and links.
+pub struct UplinkQueueConfig {
+    pub name: String,
+    /// Largest frame the wire takes (MTU plus Ethernet header).
+    pub max_frame: usize,
+    pub tx_limit: RateLimit,
+    /// Group-addressed frames (queue 0 only).
+    pub tap: Option<GroupTap>,
+}
+
 pub struct UplinkQueueEngine {
     name: String,
     /// `None` only while dropping (the socket must close before its lent
@@ -66,15 +76,18 @@ pub struct UplinkQueueEngine {
 
 impl UplinkQueueEngine {
     pub fn new(
-        name: String,
+        cfg: UplinkQueueConfig,
         xsk: XskSocket,
         pool: &Arc<FramePool>,
         to_switch: LinkTx,
         from_switch: LinkRx,
-        tap: Option<GroupTap>,
-        max_frame: usize,
-        tx_limit: &RateLimit,
     ) -> std::io::Result<(Self, Arc<SharedUplinkCounters>)> {
+        let UplinkQueueConfig {
+            name,
+            max_frame,
+            tx_limit,
+            tap,
+        } = cfg;
         let shared = Arc::new(SharedUplinkCounters::default());
         let mut engine = Self {
             name,
@@ -92,7 +105,7 @@ impl UplinkQueueEngine {
             unsent: Vec::with_capacity(64),
             kernel_stats_at: Instant::now(),
             tx_full_since: None,
-            egress: TokenBucket::new(tx_limit),
+            egress: TokenBucket::new(&tx_limit),
             egress_blocked_until: None,
             timer: WakeTimer::new()?,
         };
