@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::guest::Guest;
 use common::netns::{can_run, Lab};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::rpc::Checked;
@@ -17,68 +18,6 @@ use serde_json::json;
 use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x10];
-
-/// A guest on a vNIC: answers ARP for its address and ICMP echo requests,
-/// and keeps whatever else arrives.
-struct Guest {
-    nic: Frontend,
-    ip: [u8; 4],
-    answered_arp: usize,
-    answered_echo: usize,
-}
-
-impl Guest {
-    fn send(&mut self, f: &[u8]) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.nic.send(0, &[f], &VirtioNetHdr::default()) == 0 {
-            assert!(Instant::now() < deadline, "guest TX ring stays full");
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Receives for up to `timeout`, answering as a host would, until `want`
-    /// accepts a frame; returns that frame.
-    fn serve_until(
-        &mut self,
-        timeout: Duration,
-        mut want: impl FnMut(&[u8]) -> bool,
-    ) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let mut got = Vec::new();
-            self.nic.recv(0, |_, p| got.push(p.to_vec()));
-            for f in got {
-                if let Some(reply) = self.answer(&f) {
-                    self.send(&reply);
-                }
-                if want(&f) {
-                    return Some(f);
-                }
-            }
-            self.nic.wait_rx(0, Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn answer(&mut self, f: &[u8]) -> Option<Vec<u8>> {
-        if let Some(a) = parse_arp(f) {
-            if a.op == 1 && a.target == self.ip {
-                self.answered_arp += 1;
-                return Some(arp(2, a.mac, GUEST_MAC, self.ip, a.mac, a.ip));
-            }
-        }
-        if let Some(e) = parse_icmp_echo(f) {
-            if e.kind == 8 && e.dst == self.ip {
-                self.answered_echo += 1;
-                let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
-                return Some(icmp_echo(
-                    0, src_mac, GUEST_MAC, self.ip, e.src, e.id, e.seq, &e.payload,
-                ));
-            }
-        }
-        None
-    }
-}
 
 fn write_config(dir: &TempDir, lab: &Lab) -> PathBuf {
     let path = dir.path("snapnet.json");
@@ -122,12 +61,7 @@ fn connect_guest(socket: &Path, ip: [u8; 4]) -> Guest {
         ..FrontendConfig::default()
     };
     let nic = Frontend::connect(socket, &cfg, Duration::from_secs(10)).expect("frontend connects");
-    Guest {
-        nic,
-        ip,
-        answered_arp: 0,
-        answered_echo: 0,
-    }
+    Guest::new(nic, GUEST_MAC, ip)
 }
 
 /// The guest resolves the peer and pings it; returns the peer's MAC.
@@ -137,7 +71,7 @@ fn guest_pings_peer(g: &mut Guest, lab: &Lab, timeout: Duration) -> [u8; 6] {
     let mut peer_mac = None;
     // Retried: the uplink may still be coming up.
     while peer_mac.is_none() && Instant::now() < deadline {
-        g.send(&arp(1, BROADCAST, GUEST_MAC, g.ip, [0; 6], peer));
+        g.send(&arp(1, BROADCAST, g.mac, g.ip, [0; 6], peer));
         peer_mac = g
             .serve_until(Duration::from_millis(300), |f| {
                 parse_arp(f).is_some_and(|a| a.op == 2 && a.ip == peer)

@@ -38,6 +38,42 @@ struct {
 	__type(value, __u8);
 } snapnet_guest_macs SEC(".maps");
 
+// On an overlay uplink: this host's underlay IPv4 addresses (network byte
+// order). VXLAN (UDP 4789) to one of them is redirected to snapnet, which
+// checks and decapsulates it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, __u8);
+} snapnet_vteps SEC(".maps");
+
+#define ETH_HLEN 14
+#define ETH_P_IPV4_BE 0x0008 /* 0x0800 as it lies in memory */
+#define VXLAN_PORT_BE 0xb512 /* 4789 as it lies in memory */
+
+static __always_inline int is_vxlan_to_us(const unsigned char *data,
+					  const unsigned char *data_end)
+{
+	const unsigned char *ip = data + ETH_HLEN;
+	__u32 dst;
+	__u16 dport;
+	int ihl;
+
+	if (*(const __u16 *)(data + 12) != ETH_P_IPV4_BE)
+		return 0;
+	if (ip + 20 > data_end || ip[9] != 17 /* UDP */)
+		return 0;
+	ihl = (ip[0] & 0x0f) * 4;
+	if (ihl < 20 || ip + ihl + 8 > data_end)
+		return 0;
+	__builtin_memcpy(&dport, ip + ihl + 2, 2);
+	if (dport != VXLAN_PORT_BE)
+		return 0;
+	__builtin_memcpy(&dst, ip + 16, 4);
+	return bpf_map_lookup_elem(&snapnet_vteps, &dst) != 0;
+}
+
 SEC("xdp")
 int snapnet_uplink(struct xdp_md *ctx)
 {
@@ -45,8 +81,10 @@ int snapnet_uplink(struct xdp_md *ctx)
 	const unsigned char *data_end = (const void *)(long)ctx->data_end;
 	__u64 key = 0;
 
-	if (data + 14 > data_end)
+	if (data + ETH_HLEN > data_end)
 		return XDP_PASS;
+	if (is_vxlan_to_us(data, data_end))
+		return bpf_redirect_map(&snapnet_xsks, ctx->rx_queue_index, XDP_PASS);
 	// Group bit of the destination: broadcast or multicast.
 	if (data[0] & 1)
 		return XDP_PASS;

@@ -156,6 +156,11 @@ pub struct UplinkConfig {
     /// vNICs share it by weight.
     #[serde(default)]
     pub tx_limit: Option<RateLimit>,
+    /// VXLAN overlay: frames of every network travel encapsulated to the
+    /// remote host that owns the destination (absent: a flat uplink carrying
+    /// `network` untagged).
+    #[serde(default)]
+    pub overlay: Option<crate::uplink::overlay::OverlayConfig>,
 }
 
 fn default_uplink_queues() -> Vec<u32> {
@@ -210,7 +215,7 @@ fn default_groups() -> Vec<GroupConfig> {
     }]
 }
 
-mod mac_string {
+pub(crate) mod mac_string {
     use super::MacAddr;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -419,6 +424,13 @@ impl Config {
             }
             known_group(&u.group, at("group"))?;
             check_limit(&u.tx_limit, &at("tx_limit"))?;
+            if let Some(o) = &u.overlay {
+                crate::uplink::overlay::OverlayTable::new(o, MacAddr([2, 0, 0, 0, 0, 1]))
+                    .map_err(|m| invalid(at("overlay"), m))?;
+                if u.mtu < MIN_MTU + crate::uplink::overlay::OVERHEAD as u16 {
+                    return Err(invalid(at("mtu"), "too small for VXLAN"));
+                }
+            }
             if u.network > MAX_NETWORK {
                 return Err(invalid(
                     at("network"),

@@ -16,6 +16,7 @@ use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, PortNetwork, SwitchEngine, SwitchHandle, SwitchPort};
 use crate::uplink::engine::UplinkQueueConfig;
 use crate::uplink::group_tap::GroupTap;
+use crate::uplink::overlay::OverlayTable;
 use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
 use crate::uplink::{
     SharedUplinkCounters, UplinkCounters, UplinkProgram, UplinkQueueEngine, XdpMode,
@@ -355,7 +356,11 @@ impl Daemon {
             v.mtu,
             v.queue_pairs
         );
-        for u in self.uplinks.iter_mut() {
+        for u in self
+            .uplinks
+            .iter_mut()
+            .filter(|u| u.config.overlay.is_none())
+        {
             if let Err(e) = u.program.add_guest(v.mac) {
                 log::warn!(
                     "{}: uplink {} will not redirect {}: {e}",
@@ -437,11 +442,24 @@ impl Daemon {
         }
         let mut program = UplinkProgram::attach(&u.interface, ifindex, u.xdp_mode)
             .map_err(|e| fail(e.to_string()))?;
-        for v in &self.vnics {
-            program
-                .add_guest(v.config.mac)
-                .map_err(|e| fail(e.to_string()))?;
-        }
+        let overlay = match &u.overlay {
+            Some(o) => {
+                let mac = interface_mac(&u.interface).map_err(|e| fail(e.to_string()))?;
+                program
+                    .add_vtep(o.local_ip)
+                    .map_err(|e| fail(e.to_string()))?;
+                Some(OverlayTable::new(o, mac).map_err(&fail)?)
+            }
+            None => {
+                // A flat uplink: guests' frames are redirected by MAC.
+                for v in &self.vnics {
+                    program
+                        .add_guest(v.config.mac)
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                None
+            }
+        };
         let (base, len, chunk_size) = self.pool.umem_region();
         let umem = UmemArea {
             base,
@@ -460,8 +478,9 @@ impl Daemon {
             program
                 .set_socket(q, &xsk)
                 .map_err(|e| fail(e.to_string()))?;
-            // One packet socket per uplink is enough for group-addressed frames.
-            let tap = if i == 0 {
+            // One packet socket per flat uplink is enough for group-addressed
+            // frames (an overlay's broadcasts come as VXLAN).
+            let tap = if i == 0 && overlay.is_none() {
                 Some(GroupTap::open(ifindex).map_err(|e| fail(format!("packet socket: {e}")))?)
             } else {
                 None
@@ -474,6 +493,7 @@ impl Daemon {
                     max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
                     tx_limit: u.tx_limit.unwrap_or_default(),
                     tap,
+                    overlay: overlay.clone(),
                 },
                 xsk,
                 &self.pool,
@@ -487,7 +507,16 @@ impl Daemon {
             engines.push(Box::new(engine));
         }
         let (port, port_counters) = self.switch.add_port(
-            SwitchPort::new(&u.name, PortNetwork::Only(u.network), inputs, outputs),
+            SwitchPort::new(
+                &u.name,
+                if u.overlay.is_some() {
+                    PortNetwork::Any
+                } else {
+                    PortNetwork::Only(u.network)
+                },
+                inputs,
+                outputs,
+            ),
             Vec::new(),
         )?;
         let group_name = next.uplink_group_of(&u).to_string();
@@ -783,6 +812,14 @@ impl Daemon {
             g.group.stop();
         }
     }
+}
+
+/// The MAC address of a host interface.
+fn interface_mac(name: &str) -> std::io::Result<MacAddr> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
 }
 
 /// Adds every engine to `group`, or none: on failure the ones already

@@ -9,10 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::group_tap::GroupTap;
+use super::overlay::{DecapError, OverlayTable, OVERHEAD};
 use super::stats::{SharedUplinkCounters, UplinkCounter, UplinkCounters};
+use super::xsk::ring::ProducerRing;
 use super::xsk::XskSocket;
 use crate::engine::Engine;
 use crate::packet::segment::{self, SegmentError};
+use crate::packet::wire::flow::flow_hash;
+use crate::packet::wire::{EthernetFrame, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
 use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
@@ -39,8 +43,10 @@ pub struct UplinkQueueConfig {
     /// Largest frame the wire takes (MTU plus Ethernet header).
     pub max_frame: usize,
     pub tx_limit: RateLimit,
-    /// Group-addressed frames (queue 0 only).
+    /// Group-addressed frames (queue 0 only; none on an overlay).
     pub tap: Option<GroupTap>,
+    /// VXLAN overlay (absent: a flat uplink).
+    pub overlay: Option<OverlayTable>,
 }
 
 pub struct UplinkQueueEngine {
@@ -60,9 +66,11 @@ pub struct UplinkQueueEngine {
     counters: UplinkCounters,
     shared: Arc<SharedUplinkCounters>,
     dirty: bool,
-    /// Segments that found no TX slot after all (cannot happen while the
-    /// room estimate holds; kept so that nothing leaks if it ever does).
-    unsent: Vec<FrameHandle>,
+    /// The wire frames of the guest frame being sent (its segments).
+    wire: Vec<FrameHandle>,
+    /// Scratch: the remote hosts of the frame being sent.
+    targets: Vec<usize>,
+    overlay: Option<OverlayTable>,
     kernel_stats_at: Instant,
     /// Since when the TX ring has been full without the kernel taking
     /// anything from it.
@@ -87,6 +95,7 @@ impl UplinkQueueEngine {
             max_frame,
             tx_limit,
             tap,
+            overlay,
         } = cfg;
         let shared = Arc::new(SharedUplinkCounters::default());
         let mut engine = Self {
@@ -102,7 +111,9 @@ impl UplinkQueueEngine {
             counters: UplinkCounters::default(),
             shared: shared.clone(),
             dirty: false,
-            unsent: Vec::with_capacity(64),
+            wire: Vec::with_capacity(64),
+            targets: Vec::with_capacity(16),
+            overlay,
             kernel_stats_at: Instant::now(),
             tx_full_since: None,
             egress: TokenBucket::new(&tx_limit),
@@ -151,20 +162,27 @@ impl UplinkQueueEngine {
             b.refill(Instant::now());
             self.egress_blocked_until = None;
         }
+        let (fanout, overhead) = match &self.overlay {
+            Some(o) => (o.max_fanout() as u32, OVERHEAD),
+            None => (1, 0),
+        };
+        // The largest frame a guest may put on this wire.
+        let inner_max = self.max_frame - overhead;
         while done < budget {
             let Some(next) = self.from_switch.peek() else {
                 break;
             };
-            let needed = if next.offload.is_gso() {
+            let segments = if next.offload.is_gso() {
                 // An upper bound: segments carry gso_size bytes, or less when
                 // the wire MTU minus the largest possible headers is smaller.
                 let per_segment = u32::from(next.offload.gso_size)
-                    .min(self.max_frame.saturating_sub(MAX_HEADERS) as u32)
+                    .min(inner_max.saturating_sub(MAX_HEADERS) as u32)
                     .max(1);
                 next.len / per_segment + 1
             } else {
                 1
             };
+            let needed = segments * fanout;
             if xsk.tx.free(needed) < needed {
                 if needed > 1024 {
                     // More segments than the ring holds: never sendable.
@@ -200,40 +218,23 @@ impl UplinkQueueEngine {
                 break;
             };
             done += 1;
+            self.dirty = true;
+            // 1. The guest's frame as wire frames: cut if GSO, checksums done.
+            self.wire.clear();
             if frame.offload.is_gso() {
-                let tx = &mut xsk.tx;
-                let loans = &mut self.loans;
-                let unsent = &mut self.unsent;
+                let wire = &mut self.wire;
+                let network = frame.network;
                 let result = segment::segment(
                     &self.pool,
                     &mut self.cache,
                     &frame,
-                    self.max_frame,
-                    |seg: FrameHandle| {
-                        let len = seg.len;
-                        if tx.free(1) == 0 {
-                            unsent.push(seg);
-                            return;
-                        }
-                        match loans.lend(seg) {
-                            Ok(addr) => {
-                                // Room was checked just above.
-                                let _ = tx.push(desc(addr, len));
-                                sent += 1;
-                                bytes += u64::from(len);
-                            }
-                            Err(seg) => unsent.push(seg),
-                        }
+                    inner_max,
+                    |mut seg: FrameHandle| {
+                        seg.network = network;
+                        wire.push(seg);
                     },
                 );
                 self.cache.free(frame);
-                if !self.unsent.is_empty() {
-                    self.counters
-                        .add(UplinkCounter::DropTooBig, self.unsent.len() as u64);
-                    for seg in self.unsent.drain(..) {
-                        self.cache.free(seg);
-                    }
-                }
                 match result {
                     Ok(n) => self.counters.add(UplinkCounter::TxSegments, n as u64),
                     Err(SegmentError::Malformed(_)) => {
@@ -243,38 +244,33 @@ impl UplinkQueueEngine {
                         self.counters.add(UplinkCounter::DropPoolEmpty, 1)
                     }
                 }
-                self.dirty = true;
-                continue;
-            }
-            if frame.len as usize > self.max_frame {
+            } else if frame.len as usize > inner_max {
                 self.cache.free(frame);
                 self.counters.add(UplinkCounter::DropTooBig, 1);
-                self.dirty = true;
                 continue;
-            }
-            if frame.offload.flags & NEEDS_CSUM != 0
+            } else if frame.offload.flags & NEEDS_CSUM != 0
                 && segment::finish_checksum(&self.pool, &mut frame).is_err()
             {
                 self.cache.free(frame);
                 self.counters.add(UplinkCounter::DropBadOffload, 1);
-                self.dirty = true;
                 continue;
+            } else {
+                self.wire.push(frame);
             }
-            let len = frame.len;
-            match self.loans.lend(frame) {
-                Ok(addr) => {
-                    // Cannot fail: the free check above saw room.
-                    let _ = xsk.tx.push(desc(addr, len));
-                    sent += 1;
-                    bytes += u64::from(len);
-                }
-                Err(frame) => {
-                    // A large frame short enough for the wire: its bytes
-                    // cross UMEM chunks, so it cannot be lent. Rare (only a
-                    // guest frame bigger than a small frame can be large).
-                    self.cache.free(frame);
-                    self.counters.add(UplinkCounter::DropTooBig, 1);
-                    self.dirty = true;
+            // 2. Each wire frame to the TX ring: as it is on a flat uplink,
+            // encapsulated for each remote host on an overlay.
+            let mut out = TxOut {
+                tx: &mut xsk.tx,
+                loans: &mut self.loans,
+                cache: &mut self.cache,
+                counters: &mut self.counters,
+                sent: &mut sent,
+                bytes: &mut bytes,
+            };
+            for f in self.wire.drain(..) {
+                match &self.overlay {
+                    None => out.push(f),
+                    Some(o) => replicate(o, &self.pool, &mut self.targets, f, &mut out),
                 }
             }
         }
@@ -306,11 +302,26 @@ impl UplinkQueueEngine {
                 break;
             };
             n += 1;
-            if let Some(frame) = self.loans.reclaim(d.addr, d.len) {
-                bytes += u64::from(d.len);
-                // Room was checked.
-                let _ = self.to_switch.push(frame);
+            let Some(mut frame) = self.loans.reclaim(d.addr, d.len) else {
+                continue;
+            };
+            bytes += u64::from(d.len);
+            if let Some(o) = &self.overlay {
+                if let Err(e) = o.decap(&self.pool, &mut frame) {
+                    self.cache.free(frame);
+                    self.counters.add(
+                        match e {
+                            DecapError::Malformed => UplinkCounter::DropNotVxlan,
+                            DecapError::UnknownNetwork => UplinkCounter::DropUnknownNetwork,
+                            DecapError::UnknownRemote => UplinkCounter::DropUnknownRemote,
+                        },
+                        1,
+                    );
+                    continue;
+                }
             }
+            // Room was checked.
+            let _ = self.to_switch.push(frame);
         }
         if n > 0 {
             xsk.rx.release();
@@ -400,6 +411,84 @@ impl UplinkQueueEngine {
         if let Some(Ok(k)) = self.xsk.as_ref().map(XskSocket::kernel_stats) {
             self.shared.publish_kernel(&k);
         }
+    }
+}
+
+/// Where wire frames go: the TX ring, with the counters.
+struct TxOut<'a> {
+    tx: &'a mut ProducerRing<libc::xdp_desc>,
+    loans: &'a mut UmemLoans,
+    cache: &'a mut FrameCache,
+    counters: &'a mut UplinkCounters,
+    sent: &'a mut u64,
+    bytes: &'a mut u64,
+}
+
+impl TxOut<'_> {
+    /// The room was reserved before the frame was taken; a frame that finds
+    /// none anyway (or a large frame, which cannot be lent) is dropped.
+    #[inline]
+    fn push(&mut self, frame: FrameHandle) {
+        let len = frame.len;
+        if self.tx.free(1) == 0 {
+            self.cache.free(frame);
+            self.counters.add(UplinkCounter::DropTooBig, 1);
+            return;
+        }
+        match self.loans.lend(frame) {
+            Ok(addr) => {
+                let _ = self.tx.push(desc(addr, len));
+                *self.sent += 1;
+                *self.bytes += u64::from(len);
+            }
+            Err(frame) => {
+                self.cache.free(frame);
+                self.counters.add(UplinkCounter::DropTooBig, 1);
+            }
+        }
+    }
+}
+
+/// Head-end replication: one encapsulated copy of `frame` per remote host
+/// its destination needs (the last one is the frame itself).
+fn replicate(
+    overlay: &OverlayTable,
+    pool: &FramePool,
+    targets: &mut Vec<usize>,
+    frame: FrameHandle,
+    out: &mut TxOut<'_>,
+) {
+    let b = pool.bytes(&frame);
+    let dst = MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]);
+    let entropy = EthernetFrame::new_checked(b).map_or(0, |e| flow_hash(&e) as u16);
+    overlay.targets(frame.network, dst, targets);
+    let Some((&last, rest)) = targets.split_last() else {
+        out.cache.free(frame);
+        out.counters.add(UplinkCounter::DropNoRemote, 1);
+        return;
+    };
+    for &host in rest {
+        let Some(mut copy) = out.cache.alloc(frame.len as usize + OVERHEAD) else {
+            out.counters.add(UplinkCounter::DropPoolEmpty, 1);
+            continue;
+        };
+        copy.len = frame.len;
+        copy.network = frame.network;
+        let off = usize::from(copy.offset);
+        pool.frame_mut(&mut copy)[off..off + frame.len as usize]
+            .copy_from_slice(pool.bytes(&frame));
+        if overlay.encap(pool, &mut copy, host, entropy) {
+            out.push(copy);
+        } else {
+            out.cache.free(copy);
+        }
+    }
+    let mut frame = frame;
+    if overlay.encap(pool, &mut frame, last, entropy) {
+        out.push(frame);
+    } else {
+        out.cache.free(frame);
+        out.counters.add(UplinkCounter::DropTooBig, 1);
     }
 }
 

@@ -29,6 +29,14 @@ pub enum UplinkCounter {
     /// Drop: the NIC took nothing from a full TX ring for a while (link
     /// down?); frames for it are dropped so that senders are not held up.
     DropTxStalled,
+    /// Drop (overlay): no remote host has the frame's network.
+    DropNoRemote,
+    /// Drop (overlay): received frame that is not VXLAN to this host.
+    DropNotVxlan,
+    /// Drop (overlay): VXLAN for a network no remote host is configured for.
+    DropUnknownNetwork,
+    /// Drop (overlay): VXLAN from a host that is not a remote of its network.
+    DropUnknownRemote,
     /// Event: the fill ring could not be topped up (pool empty); the kernel
     /// drops what it cannot place (see `rx_fill_ring_empty`).
     FillPoolEmpty,
@@ -39,7 +47,7 @@ pub enum UplinkCounter {
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 13] = [
+    pub const ALL: [UplinkCounter; 17] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -50,6 +58,10 @@ impl UplinkCounter {
         UplinkCounter::DropBadOffload,
         UplinkCounter::DropPoolEmpty,
         UplinkCounter::DropTxStalled,
+        UplinkCounter::DropNoRemote,
+        UplinkCounter::DropNotVxlan,
+        UplinkCounter::DropUnknownNetwork,
+        UplinkCounter::DropUnknownRemote,
         UplinkCounter::FillPoolEmpty,
         UplinkCounter::TxRingFull,
         UplinkCounter::RxLinkFull,
@@ -67,6 +79,10 @@ impl UplinkCounter {
             UplinkCounter::DropBadOffload => "drop_bad_offload",
             UplinkCounter::DropPoolEmpty => "drop_pool_empty",
             UplinkCounter::DropTxStalled => "drop_tx_stalled",
+            UplinkCounter::DropNoRemote => "drop_no_remote",
+            UplinkCounter::DropNotVxlan => "drop_not_vxlan",
+            UplinkCounter::DropUnknownNetwork => "drop_unknown_network",
+            UplinkCounter::DropUnknownRemote => "drop_unknown_remote",
             UplinkCounter::FillPoolEmpty => "fill_pool_empty",
             UplinkCounter::TxRingFull => "tx_ring_full",
             UplinkCounter::RxLinkFull => "rx_link_full",

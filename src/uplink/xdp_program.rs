@@ -19,6 +19,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../xdp/snapnet_uplink.bpf
 const PROGRAM: &str = "snapnet_uplink";
 const XSK_MAP: &str = "snapnet_xsks";
 const MAC_MAP: &str = "snapnet_guest_macs";
+const VTEP_MAP: &str = "snapnet_vteps";
 
 /// How the program hooks into the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,6 +56,7 @@ pub struct UplinkProgram {
     mode: XdpMode,
     xsks: XskMap<MapData>,
     macs: BpfHashMap<MapData, u64, u8>,
+    vteps: BpfHashMap<MapData, u32, u8>,
     // Last: dropping it detaches the program (maps must be dropped first only
     // for tidiness; the kernel refcounts them).
     _ebpf: Ebpf,
@@ -68,6 +70,10 @@ impl UplinkProgram {
         let xsks = XskMap::try_from(
             ebpf.take_map(XSK_MAP)
                 .ok_or(XdpProgramError::Missing(XSK_MAP))?,
+        )?;
+        let vteps = BpfHashMap::try_from(
+            ebpf.take_map(VTEP_MAP)
+                .ok_or(XdpProgramError::Missing(VTEP_MAP))?,
         )?;
         let macs = BpfHashMap::try_from(
             ebpf.take_map(MAC_MAP)
@@ -109,6 +115,7 @@ impl UplinkProgram {
             mode: used,
             xsks,
             macs,
+            vteps,
             _ebpf: ebpf,
         })
     }
@@ -126,6 +133,11 @@ impl UplinkProgram {
     /// Frames to `mac` are redirected to snapnet from now on.
     pub fn add_guest(&mut self, mac: MacAddr) -> Result<(), XdpProgramError> {
         Ok(self.macs.insert(mac_key(mac), 1, 0)?)
+    }
+
+    /// VXLAN to `ip` (this host's underlay address) is redirected to snapnet.
+    pub fn add_vtep(&mut self, ip: std::net::Ipv4Addr) -> Result<(), XdpProgramError> {
+        Ok(self.vteps.insert(u32::from_ne_bytes(ip.octets()), 1, 0)?)
     }
 
     /// Frames to `mac` go to the kernel again.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod netns;
 pub mod packets;
 pub mod rpc;

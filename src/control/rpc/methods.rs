@@ -389,6 +389,7 @@ fn uplink_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "mtu": u.mtu,
         "network": u.network,
         "tx_limit": u.tx_limit,
+        "overlay": u.overlay,
         "group": cfg.uplink_group_of(u),
         "xdp_mode_in_use": running.as_ref().map(|r| r.xdp_mode),
         "zerocopy": running.as_ref().is_some_and(|r| r.zerocopy),

@@ -1,0 +1,337 @@
+//! The VXLAN overlay of an uplink: each virtual network's frames travel
+//! encapsulated (UDP 4789, VNI = network) to the remote host that owns the
+//! destination MAC, from a table the control plane programs; broadcast and
+//! unknown unicast go to every remote host of the network (head-end
+//! replication). Received VXLAN is accepted only for a known network from a
+//! remote host of that network.
+//!
+//! Encapsulation is in place: the 50 outer bytes go into the frame's
+//! headroom, so a frame from a guest reaches the wire without a copy
+//! (replicas are copies).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::packet::checksum::ones_sum;
+use crate::packet::wire::MacAddr;
+use crate::packet::{FrameHandle, FramePool};
+
+/// Outer Ethernet + IPv4 + UDP + VXLAN.
+pub const OVERHEAD: usize = 14 + 20 + 8 + 8;
+pub const VXLAN_PORT: u16 = 4789;
+
+mod off {
+    pub const ETHERTYPE: usize = 12;
+    pub const IP: usize = 14;
+    pub const IP_TOTAL_LEN: usize = IP + 2;
+    pub const IP_PROTO: usize = IP + 9;
+    pub const IP_SRC: usize = IP + 12;
+    pub const IP_DST: usize = IP + 16;
+    pub const UDP: usize = IP + 20;
+    pub const UDP_DPORT: usize = UDP + 2;
+    pub const UDP_LEN: usize = UDP + 4;
+    pub const VXLAN: usize = UDP + 8;
+    pub const VNI: usize = VXLAN + 4;
+}
+
+/// VXLAN flags: the VNI is valid.
+const FLAG_VNI: u8 = 0x08;
+
+/// An overlay as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// This host's underlay address on the uplink (the outer source).
+    pub local_ip: Ipv4Addr,
+    /// The other hosts and the networks each of them has guests in.
+    #[serde(default)]
+    pub remotes: Vec<RemoteHost>,
+    /// Where guests' MACs live: (network, MAC) -> remote host.
+    #[serde(default)]
+    pub macs: Vec<RemoteMac>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteHost {
+    pub ip: Ipv4Addr,
+    /// The underlay next hop's MAC for this host (the host itself on one
+    /// L2 segment, the router otherwise).
+    #[serde(with = "crate::control::config::mac_string")]
+    pub mac: MacAddr,
+    pub networks: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteMac {
+    pub network: u32,
+    #[serde(with = "crate::control::config::mac_string")]
+    pub mac: MacAddr,
+    /// The remote host (one of `remotes`).
+    pub remote: Ipv4Addr,
+}
+
+/// Why a received VXLAN frame was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapError {
+    /// Not VXLAN to us, or headers that do not parse.
+    Malformed,
+    /// A VNI no remote host is configured for.
+    UnknownNetwork,
+    /// The outer source is not a remote host of that network.
+    UnknownRemote,
+}
+
+/// The table an uplink engine encapsulates and checks with.
+#[derive(Clone, Debug)]
+pub struct OverlayTable {
+    local_ip: [u8; 4],
+    local_mac: MacAddr,
+    hosts: Vec<([u8; 4], MacAddr)>,
+    by_network: HashMap<u32, Vec<usize>>,
+    by_mac: HashMap<(u32, MacAddr), usize>,
+    max_fanout: usize,
+}
+
+impl OverlayTable {
+    /// Builds the table; `Err` names what is inconsistent.
+    pub fn new(cfg: &OverlayConfig, local_mac: MacAddr) -> Result<Self, String> {
+        let mut hosts = Vec::new();
+        let mut by_network: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, r) in cfg.remotes.iter().enumerate() {
+            if hosts.iter().any(|(ip, _)| *ip == r.ip.octets()) {
+                return Err(format!("remotes[{i}]: {} is listed twice", r.ip));
+            }
+            hosts.push((r.ip.octets(), r.mac));
+            for n in &r.networks {
+                by_network.entry(*n).or_default().push(i);
+            }
+        }
+        let mut by_mac = HashMap::new();
+        for (i, m) in cfg.macs.iter().enumerate() {
+            let Some(h) = hosts.iter().position(|(ip, _)| *ip == m.remote.octets()) else {
+                return Err(format!("macs[{i}]: {} is not among the remotes", m.remote));
+            };
+            by_mac.insert((m.network, m.mac), h);
+        }
+        let max_fanout = by_network.values().map(Vec::len).max().unwrap_or(0);
+        Ok(Self {
+            local_ip: cfg.local_ip.octets(),
+            local_mac,
+            hosts,
+            by_network,
+            by_mac,
+            max_fanout: max_fanout.max(1),
+        })
+    }
+
+    /// Most copies one frame can become (head-end replication).
+    pub fn max_fanout(&self) -> usize {
+        self.max_fanout
+    }
+
+    /// The remote hosts a frame of `network` to `dst` goes to: the owner of
+    /// a known unicast MAC, else every remote host of the network.
+    pub fn targets(&self, network: u32, dst: MacAddr, out: &mut Vec<usize>) {
+        out.clear();
+        if !dst.is_group() {
+            if let Some(h) = self.by_mac.get(&(network, dst)) {
+                out.push(*h);
+                return;
+            }
+        }
+        if let Some(list) = self.by_network.get(&network) {
+            out.extend_from_slice(list);
+        }
+    }
+
+    /// Puts the outer headers for remote host `host` in front of `frame`
+    /// (whose network is the VNI). False when the headroom is too small.
+    pub fn encap(
+        &self,
+        pool: &FramePool,
+        frame: &mut FrameHandle,
+        host: usize,
+        entropy: u16,
+    ) -> bool {
+        let Some(&(remote_ip, remote_mac)) = self.hosts.get(host) else {
+            return false;
+        };
+        let inner = frame.len as usize;
+        let vni = frame.network.to_be_bytes();
+        let Some(start) = usize::from(frame.offset).checked_sub(OVERHEAD) else {
+            return false;
+        };
+        let buf = &mut pool.frame_mut(frame)[start..start + OVERHEAD];
+        buf[..6].copy_from_slice(&remote_mac.0);
+        buf[6..12].copy_from_slice(&self.local_mac.0);
+        buf[off::ETHERTYPE..off::ETHERTYPE + 2].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (20 + 8 + 8 + inner) as u16;
+        let ip = &mut buf[off::IP..off::UDP];
+        ip.copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[12..16].copy_from_slice(&self.local_ip);
+        ip[16..20].copy_from_slice(&remote_ip);
+        let csum = !ones_sum(ip);
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        // The source port carries the inner flow's entropy (RFC 7348), so the
+        // fabric spreads flows; the UDP checksum is zero (allowed over IPv4).
+        let sport = 49152 | (entropy & 0x3fff);
+        let udp = &mut buf[off::UDP..off::VXLAN];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+        udp[4..6].copy_from_slice(&(8 + 8 + inner as u16).to_be_bytes());
+        udp[6..8].copy_from_slice(&[0, 0]);
+        buf[off::VXLAN..off::VXLAN + 8]
+            .copy_from_slice(&[FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
+        frame.offset = start as u16;
+        frame.len += OVERHEAD as u32;
+        true
+    }
+
+    /// Checks a received frame and strips its outer headers; the frame's
+    /// network becomes its VNI.
+    pub fn decap(&self, pool: &FramePool, frame: &mut FrameHandle) -> Result<(), DecapError> {
+        let b = pool.bytes(frame);
+        if b.len() < OVERHEAD + 14
+            || b[off::ETHERTYPE..off::ETHERTYPE + 2] != [0x08, 0x00]
+            || b[off::IP] != 0x45
+            || b[off::IP_PROTO] != 17
+            || b[off::UDP_DPORT..off::UDP_DPORT + 2] != VXLAN_PORT.to_be_bytes()
+            || b[off::IP_DST..off::IP_DST + 4] != self.local_ip
+            || b[off::VXLAN] & FLAG_VNI == 0
+        {
+            return Err(DecapError::Malformed);
+        }
+        let ip_total = usize::from(u16::from_be_bytes([
+            b[off::IP_TOTAL_LEN],
+            b[off::IP_TOTAL_LEN + 1],
+        ]));
+        let udp_len = usize::from(u16::from_be_bytes([b[off::UDP_LEN], b[off::UDP_LEN + 1]]));
+        if ip_total + 14 > b.len() || udp_len + 20 != ip_total || udp_len < 16 + 14 {
+            return Err(DecapError::Malformed);
+        }
+        let network = u32::from_be_bytes([0, b[off::VNI], b[off::VNI + 1], b[off::VNI + 2]]);
+        let src: [u8; 4] = [
+            b[off::IP_SRC],
+            b[off::IP_SRC + 1],
+            b[off::IP_SRC + 2],
+            b[off::IP_SRC + 3],
+        ];
+        let Some(list) = self.by_network.get(&network) else {
+            return Err(DecapError::UnknownNetwork);
+        };
+        if !list.iter().any(|h| self.hosts[*h].0 == src) {
+            return Err(DecapError::UnknownRemote);
+        }
+        let inner = udp_len - 16;
+        frame.offset += OVERHEAD as u16;
+        frame.len = inner as u32;
+        frame.network = network;
+        Ok(())
+    }
+
+    /// This host's underlay address.
+    pub fn local_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.local_ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::PoolConfig;
+
+    const LOCAL: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const REMOTE: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+    const GUEST: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 9]);
+
+    fn table(
+        local: [u8; 4],
+        remote: [u8; 4],
+        remote_mac: MacAddr,
+        local_mac: MacAddr,
+    ) -> OverlayTable {
+        OverlayTable::new(
+            &OverlayConfig {
+                local_ip: Ipv4Addr::from(local),
+                remotes: vec![RemoteHost {
+                    ip: Ipv4Addr::from(remote),
+                    mac: remote_mac,
+                    networks: vec![100],
+                }],
+                macs: vec![RemoteMac {
+                    network: 100,
+                    mac: GUEST,
+                    remote: Ipv4Addr::from(remote),
+                }],
+            },
+            local_mac,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn encap_then_decap_on_the_other_side_gives_the_frame_back() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let a = table([10, 0, 0, 1], [10, 0, 0, 2], REMOTE, LOCAL);
+        let b = table([10, 0, 0, 2], [10, 0, 0, 1], LOCAL, REMOTE);
+        let mut f = cache.alloc(100).unwrap();
+        f.len = 100;
+        f.network = 100;
+        let off = usize::from(f.offset);
+        let inner: Vec<u8> = (0..100u8).collect();
+        pool.frame_mut(&mut f)[off..off + 100].copy_from_slice(&inner);
+        let mut t = Vec::new();
+        a.targets(100, GUEST, &mut t);
+        assert_eq!(t, vec![0]);
+        a.targets(100, MacAddr::BROADCAST, &mut t);
+        assert_eq!(t, vec![0]);
+        a.targets(200, MacAddr::BROADCAST, &mut t);
+        assert!(t.is_empty(), "no remote in network 200");
+        assert!(a.encap(&pool, &mut f, 0, 0x1234));
+        let outer = pool.bytes(&f).to_vec();
+        assert_eq!(outer.len(), 150);
+        assert_eq!(&outer[..6], &REMOTE.0);
+        assert_eq!(!ones_sum(&outer[14..34]), 0, "outer IPv4 checksum");
+        assert_eq!(&outer[46..49], &[0, 0, 100], "VNI");
+        f.network = 0;
+        b.decap(&pool, &mut f).unwrap();
+        assert_eq!(f.network, 100);
+        assert_eq!(pool.bytes(&f), &inner[..]);
+        // The receiving side refuses what it does not know.
+        let mut g = cache.alloc(200).unwrap();
+        g.len = 100;
+        g.network = 7;
+        assert!(a.encap(&pool, &mut g, 0, 1));
+        assert_eq!(b.decap(&pool, &mut g), Err(DecapError::UnknownNetwork));
+        let stranger = table([10, 0, 0, 2], [10, 0, 0, 3], LOCAL, REMOTE);
+        let mut h = cache.alloc(200).unwrap();
+        h.len = 100;
+        h.network = 100;
+        assert!(a.encap(&pool, &mut h, 0, 1));
+        assert_eq!(
+            stranger.decap(&pool, &mut h),
+            Err(DecapError::UnknownRemote)
+        );
+        // Truncated or foreign frames never panic.
+        for cut in 0..150u32 {
+            let mut x = cache.alloc(200).unwrap();
+            x.len = 100;
+            x.network = 100;
+            assert!(a.encap(&pool, &mut x, 0, 1));
+            x.len = cut;
+            assert!(b.decap(&pool, &mut x).is_err());
+            cache.free(x);
+        }
+        for x in [f, g, h] {
+            cache.free(x);
+        }
+    }
+}
