@@ -40,8 +40,9 @@ vm_cleanup() {
         for i in $(seq 30); do kill -0 "$VM_SNAPNET_PID" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$VM_SNAPNET_PID" 2>/dev/null || true
     fi
-    wait 2>/dev/null || true
+    # A scenario's own processes and namespaces go before the wait below.
     if declare -F vm_cleanup_hook >/dev/null; then vm_cleanup_hook || true; fi
+    wait 2>/dev/null || true
     # QEMU runs under `timeout` inside launch-guest.sh: kill by our private dir.
     if [ -n "${VM_DIR:-}" ]; then
         pkill -9 -f "$VM_DIR" 2>/dev/null || true
