@@ -253,6 +253,26 @@ fn guests_of_a_network_reach_each_other_across_hosts_and_no_one_else() {
     fab.start(0, &cfg_a);
     fab.start(1, &cfg_b);
     let mut a100 = guest(&dir, "a100", A100, IP1);
+    // The control plane tells host B, live, where a200 lives; a100 stays
+    // unknown there (its unicast is replicated to every remote of network 100).
+    let b_ctl = dir.path("b-control.sock");
+    assert!(wait_for(Duration::from_secs(10), || b_ctl.exists()));
+    let mut ctl_b = common::rpc::Checked::connect(&b_ctl);
+    let info = ctl_b.ok(
+        "uplink.update",
+        serde_json::json!({ "name": "fabric", "overlay": {
+            "local_ip": "192.168.50.2",
+            "remotes": [ { "ip": "192.168.50.1", "mac": mac_a, "networks": [100, 200] } ],
+            "macs": [ { "network": 200, "mac": mac_str(A200), "remote": "192.168.50.1" } ] } }),
+    );
+    assert_eq!(info["overlay"]["macs"][0]["network"], 200);
+    ctl_b.err(
+        "uplink.update",
+        serde_json::json!({ "name": "fabric", "overlay": {
+            "local_ip": "192.168.50.2", "remotes": [],
+            "macs": [ { "network": 200, "mac": mac_str(A200), "remote": "192.168.50.9" } ] } }),
+        1004,
+    );
     let mut a200 = guest(&dir, "a200", A200, IP1);
     let b_guests = vec![
         guest(&dir, "b100", B100, IP2),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::config::{Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
-use crate::engine::MailboxError;
+use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
@@ -29,6 +29,9 @@ use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, VnicDevice, VnicEngine,
     VnicEngineConfig,
 };
+
+/// How long a control request to a running engine may take.
+const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Frame handles a link holds.
 pub const LINK_CAPACITY: usize = 1024;
@@ -89,6 +92,7 @@ struct RunningVnic {
 struct RunningUplinkQueue {
     queue: u32,
     counters: Arc<SharedUplinkCounters>,
+    mailbox: MailboxSender<UplinkQueueEngine>,
 }
 
 struct RunningUplink {
@@ -487,7 +491,7 @@ impl Daemon {
             };
             let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
-            let (engine, counters) = UplinkQueueEngine::new(
+            let (engine, mailbox, counters) = UplinkQueueEngine::new(
                 UplinkQueueConfig {
                     name: format!("{}/q{q}", u.name),
                     max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
@@ -503,7 +507,11 @@ impl Daemon {
             .map_err(io("uplink timer"))?;
             inputs.push(switch_in);
             outputs.push(switch_out);
-            queues.push(RunningUplinkQueue { queue: q, counters });
+            queues.push(RunningUplinkQueue {
+                queue: q,
+                counters,
+                mailbox,
+            });
             engines.push(Box::new(engine));
         }
         let (port, port_counters) = self.switch.add_port(
@@ -579,6 +587,66 @@ impl Daemon {
             }
         }
         // `u.program` drops here: the bpf_link goes and the program detaches.
+    }
+
+    /// Changes a running uplink's overlay table and/or egress limit, through
+    /// its engines' mailboxes: traffic goes on, the next frame uses the new
+    /// table. (A flat uplink cannot become an overlay here: remove and add it.)
+    pub fn update_uplink(
+        &mut self,
+        name: &str,
+        overlay: Option<crate::uplink::overlay::OverlayConfig>,
+        tx_limit: Option<Option<RateLimit>>,
+    ) -> Result<(), DaemonError> {
+        let i = self
+            .uplinks
+            .iter()
+            .position(|u| u.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))?;
+        let mut next = self.config.clone();
+        let c = next
+            .uplinks
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))?;
+        if overlay.is_some() && c.overlay.is_none() {
+            return Err(DaemonError::Uplink {
+                name: name.to_string(),
+                message: "a flat uplink cannot take an overlay table; remove and add it".into(),
+            });
+        }
+        if let Some(o) = &overlay {
+            c.overlay = Some(o.clone());
+        }
+        if let Some(t) = tx_limit {
+            c.tx_limit = t;
+        }
+        let updated = c.clone();
+        next.validate()?;
+        let table = match &overlay {
+            Some(o) => {
+                let mac = interface_mac(&updated.interface).map_err(io("interface address"))?;
+                Some(OverlayTable::new(o, mac).map_err(uplink_err(name))?)
+            }
+            None => None,
+        };
+        let limit = updated.tx_limit.unwrap_or_default();
+        for q in &self.uplinks[i].queues {
+            let table = table.clone();
+            let change_limit = tx_limit.is_some();
+            q.mailbox
+                .call(ENGINE_CALL_TIMEOUT, move |e: &mut UplinkQueueEngine| {
+                    if table.is_some() {
+                        e.set_overlay(table);
+                    }
+                    if change_limit {
+                        e.set_tx_limit(&limit);
+                    }
+                })?;
+        }
+        self.uplinks[i].config = updated;
+        self.config = next;
+        Ok(())
     }
 
     /// Counters of every uplink.

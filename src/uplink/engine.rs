@@ -13,7 +13,7 @@ use super::overlay::{DecapError, OverlayTable, OVERHEAD};
 use super::stats::{SharedUplinkCounters, UplinkCounter, UplinkCounters};
 use super::xsk::ring::ProducerRing;
 use super::xsk::XskSocket;
-use crate::engine::Engine;
+use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
 use crate::packet::wire::flow::flow_hash;
 use crate::packet::wire::{EthernetFrame, MacAddr};
@@ -51,6 +51,8 @@ pub struct UplinkQueueConfig {
 
 pub struct UplinkQueueEngine {
     name: String,
+    /// Control requests (overlay table, limits) from the control plane.
+    mailbox: Mailbox<UplinkQueueEngine>,
     /// `None` only while dropping (the socket must close before its lent
     /// frames are reclaimed).
     xsk: Option<XskSocket>,
@@ -89,7 +91,12 @@ impl UplinkQueueEngine {
         pool: &Arc<FramePool>,
         to_switch: LinkTx,
         from_switch: LinkRx,
-    ) -> std::io::Result<(Self, Arc<SharedUplinkCounters>)> {
+    ) -> std::io::Result<(
+        Self,
+        MailboxSender<UplinkQueueEngine>,
+        Arc<SharedUplinkCounters>,
+    )> {
+        let (mailbox, sender) = Mailbox::new()?;
         let UplinkQueueConfig {
             name,
             max_frame,
@@ -100,6 +107,7 @@ impl UplinkQueueEngine {
         let shared = Arc::new(SharedUplinkCounters::default());
         let mut engine = Self {
             name,
+            mailbox,
             xsk: Some(xsk),
             loans: UmemLoans::new(pool),
             pool: pool.clone(),
@@ -121,7 +129,7 @@ impl UplinkQueueEngine {
             timer: WakeTimer::new()?,
         };
         engine.refill();
-        Ok((engine, shared))
+        Ok((engine, sender, shared))
     }
 
     #[inline]
@@ -406,6 +414,17 @@ impl UplinkQueueEngine {
         n
     }
 
+    /// Replaces the overlay table (mailbox request from the control plane).
+    pub fn set_overlay(&mut self, overlay: Option<OverlayTable>) {
+        self.overlay = overlay;
+    }
+
+    /// Replaces the egress limit (a fresh bucket).
+    pub fn set_tx_limit(&mut self, limit: &RateLimit) {
+        self.egress = TokenBucket::new(limit);
+        self.egress_blocked_until = None;
+    }
+
     fn publish_kernel_stats(&mut self) {
         self.kernel_stats_at = Instant::now();
         if let Some(Ok(k)) = self.xsk.as_ref().map(XskSocket::kernel_stats) {
@@ -521,6 +540,9 @@ impl Engine for UplinkQueueEngine {
 
     #[inline]
     fn poll(&mut self, budget: usize) -> usize {
+        if let Some(job) = self.mailbox.take() {
+            job(self);
+        }
         let mut work = self.reclaim_completions();
         work += self.transmit(budget);
         if let Some(until) = self.egress_blocked_until {
@@ -545,6 +567,7 @@ impl Engine for UplinkQueueEngine {
 
     fn wake_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![
+            self.mailbox.doorbell().as_raw_fd(),
             self.from_switch.doorbell().as_raw_fd(),
             self.timer.as_raw_fd(),
         ];
@@ -556,6 +579,10 @@ impl Engine for UplinkQueueEngine {
     fn arm(&mut self) -> bool {
         // Going to sleep: leave the kernel's counters current.
         self.publish_kernel_stats();
+        self.mailbox.doorbell().arm();
+        if self.mailbox.pending() {
+            return true;
+        }
         self.from_switch.doorbell().arm();
         let Some(xsk) = self.xsk.as_mut() else {
             return !self.from_switch.is_empty();
@@ -573,6 +600,7 @@ impl Engine for UplinkQueueEngine {
     }
 
     fn disarm(&mut self) {
+        self.mailbox.doorbell().disarm();
         self.from_switch.doorbell().disarm();
     }
 }

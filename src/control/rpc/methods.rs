@@ -34,6 +34,7 @@ pub const METHODS: &[&str] = &[
     "uplink.remove",
     "uplink.list",
     "uplink.stats",
+    "uplink.update",
     "switch.fdb.list",
     "switch.fdb.add",
     "switch.fdb.remove",
@@ -84,6 +85,16 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkUpdateParams {
+    name: String,
+    #[serde(default)]
+    overlay: Option<crate::uplink::overlay::OverlayConfig>,
+    #[serde(default, deserialize_with = "present")]
+    tx_limit: Option<Option<RateLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +298,11 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 .find(|r| r.name == name)
                 .ok_or_else(|| RpcError::new(NOT_FOUND, format!("no uplink '{name}'")))?;
             Ok(uplink_stats(&r))
+        }
+        "uplink.update" => {
+            let u: UplinkUpdateParams = params(p)?;
+            d.update_uplink(&u.name, u.overlay, u.tx_limit)?;
+            uplink_info(d, &u.name)
         }
         "switch.fdb.list" => {
             let NoParams {} = params(p)?;
