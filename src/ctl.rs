@@ -86,7 +86,31 @@ enum VnicCmd {
         /// Move the vNIC's engines to this engine group.
         #[arg(long)]
         group: Option<String>,
+        /// Addresses the guest may send from, e.g. 10.0.0.5,2001:db8::5;
+        /// `none` checks only the MAC.
+        #[arg(long, value_delimiter = ',')]
+        allowed_ips: Vec<String>,
+        /// Guest egress limit in bytes per second (0: none).
+        #[arg(long)]
+        tx_bytes_per_sec: Option<u64>,
+        /// Guest ingress limit in bytes per second (0: none).
+        #[arg(long)]
+        rx_bytes_per_sec: Option<u64>,
+        /// Share of a congested uplink against other vNICs.
+        #[arg(long)]
+        weight: Option<u32>,
     },
+}
+
+/// A byte-rate limit param: 0 means none (JSON null).
+fn byte_limit(v: Option<u64>) -> Option<Value> {
+    v.map(|b| {
+        if b == 0 {
+            Value::Null
+        } else {
+            json!({ "bytes_per_sec": b })
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -143,6 +167,15 @@ enum UplinkCmd {
     Stats {
         name: String,
     },
+    Update {
+        name: String,
+        /// A JSON file with the new overlay table (`local_ip`, `remotes`, `macs`).
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Egress limit in bytes per second (0: none).
+        #[arg(long)]
+        tx_bytes_per_sec: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,12 +231,31 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             VnicCmd::List => ("vnic.list".into(), json!({})),
             VnicCmd::Get { name } => ("vnic.get".into(), json!({ "name": name })),
             VnicCmd::Stats { name } => ("vnic.stats".into(), json!({ "name": name })),
-            VnicCmd::Update { name, mtu, group } => (
+            VnicCmd::Update {
+                name,
+                mtu,
+                group,
+                allowed_ips,
+                tx_bytes_per_sec,
+                rx_bytes_per_sec,
+                weight,
+            } => (
                 "vnic.update".into(),
                 obj(vec![
                     ("name", Some(name.into())),
                     ("mtu", mtu.map(Into::into)),
                     ("group", group.map(Into::into)),
+                    (
+                        "allowed_ips",
+                        match allowed_ips.as_slice() {
+                            [] => None,
+                            [none] if none == "none" => Some(Value::Null),
+                            list => Some(list.into()),
+                        },
+                    ),
+                    ("tx_limit", byte_limit(tx_bytes_per_sec)),
+                    ("rx_limit", byte_limit(rx_bytes_per_sec)),
+                    ("weight", weight.map(Into::into)),
                 ]),
             ),
         },
@@ -252,6 +304,31 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             UplinkCmd::Remove { name } => ("uplink.remove".into(), json!({ "name": name })),
             UplinkCmd::List => ("uplink.list".into(), json!({})),
             UplinkCmd::Stats { name } => ("uplink.stats".into(), json!({ "name": name })),
+            UplinkCmd::Update {
+                name,
+                overlay,
+                tx_bytes_per_sec,
+            } => {
+                let overlay = match overlay {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        Some(
+                            serde_json::from_str::<Value>(&text)
+                                .map_err(|e| format!("{}: {e}", path.display()))?,
+                        )
+                    }
+                    None => None,
+                };
+                (
+                    "uplink.update".into(),
+                    obj(vec![
+                        ("name", Some(name.into())),
+                        ("overlay", overlay),
+                        ("tx_limit", byte_limit(tx_bytes_per_sec)),
+                    ]),
+                )
+            }
         },
         CtlCommand::Fdb(c) => match c {
             FdbCmd::List => ("switch.fdb.list".into(), json!({})),
