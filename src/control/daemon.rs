@@ -216,6 +216,13 @@ impl Daemon {
             .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))
     }
 
+    fn uplink_index(&self, name: &str) -> Result<usize, DaemonError> {
+        self.uplinks
+            .iter()
+            .position(|u| u.config.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))
+    }
+
     /// The configuration as it stands now.
     pub fn config(&self) -> &Config {
         &self.config
@@ -561,11 +568,7 @@ impl Daemon {
     /// Stops the uplink's engines, closes its sockets and detaches its XDP
     /// program: the interface is the kernel's alone again.
     pub fn remove_uplink(&mut self, name: &str) -> Result<(), DaemonError> {
-        let i = self
-            .uplinks
-            .iter()
-            .position(|u| u.config.name == name)
-            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))?;
+        let i = self.uplink_index(name)?;
         let u = self.uplinks.remove(i);
         self.teardown_uplink(u);
         self.config.uplinks.retain(|c| c.name != name);
@@ -598,11 +601,7 @@ impl Daemon {
         overlay: Option<crate::uplink::overlay::OverlayConfig>,
         tx_limit: Option<Option<RateLimit>>,
     ) -> Result<(), DaemonError> {
-        let i = self
-            .uplinks
-            .iter()
-            .position(|u| u.config.name == name)
-            .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))?;
+        let i = self.uplink_index(name)?;
         let mut next = self.config.clone();
         let c = next
             .uplinks
