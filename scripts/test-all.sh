@@ -5,7 +5,7 @@
 # Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping clang libbpf-dev
+bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev
 export RUST_BACKTRACE=1
 echo "== unit and integration tests"
 cargo test --release --all-targets -- --test-threads=2

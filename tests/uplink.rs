@@ -273,13 +273,22 @@ fn uplinks_come_and_go_through_the_control_socket() {
         "host address unreachable after uplink.remove"
     );
 
-    // Added back in generic mode and copy mode: the guest reaches the peer again.
+    // Added back on two queues (one AF_XDP socket and engine each), in
+    // generic mode and copy mode: the guest reaches the peer again.
+    for (ns, dev) in [(&lab.host_ns, &lab.uplink), (&lab.peer_ns, &lab.wire)] {
+        let out = lab.exec(ns, &["ethtool", "-L", dev, "rx", "2", "tx", "2"]);
+        assert!(out.status.success(), "ethtool -L {dev}");
+    }
     let info = c.ok(
         "uplink.add",
-        json!({"name": "up0", "interface": lab.uplink, "xdp_mode": "generic", "bind_mode": "copy"}),
+        json!({"name": "up0", "interface": lab.uplink, "queues": [0, 1],
+               "xdp_mode": "generic", "bind_mode": "copy"}),
     );
     assert_eq!(info["xdp_mode_in_use"], "generic");
     guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+    let stats = c.ok("uplink.stats", json!({"name": "up0"}));
+    assert_eq!(stats["queues"].as_array().map(Vec::len), Some(2), "{stats}");
+    assert!(stats["rx_packets"].as_u64().unwrap() >= 4, "{stats}");
     let status = c.ok("daemon.status", json!({}));
     assert_eq!(status["uplinks"], 1);
 }
