@@ -421,12 +421,18 @@ impl Daemon {
         if let Err(e) = self.switch.remove_port(v.port) {
             log::warn!("{}: switch did not remove the port: {e}", v.config.name);
         }
-        let group_name = self.config.group_of(&v.config).to_string();
-        if let Ok(group) = self.group(&group_name) {
-            for id in v.engines.drain(..) {
-                // Dropping the engine returns its queued frames to the pool.
+        // Dropping an engine returns its queued frames to the pool.
+        let group = self.config.group_of(&v.config).to_string();
+        self.remove_engines(&group, &mut v.engines, &v.config.name);
+    }
+
+    /// Takes `ids` out of group `group` (the engines drop, freeing what
+    /// they hold); failures are logged, for a teardown goes on regardless.
+    fn remove_engines(&self, group: &str, ids: &mut Vec<EngineId>, owner: &str) {
+        if let Ok(group) = self.group(group) {
+            for id in ids.drain(..) {
                 if let Err(e) = group.remove(id) {
-                    log::warn!("{}: engine not removed: {e}", v.config.name);
+                    log::warn!("{owner}: engine not removed: {e}");
                 }
             }
         }
@@ -580,15 +586,9 @@ impl Daemon {
         if let Err(e) = self.switch.remove_port(u.port) {
             log::warn!("{}: switch did not remove the port: {e}", u.config.name);
         }
-        let group_name = self.config.uplink_group_of(&u.config).to_string();
-        if let Ok(group) = self.group(&group_name) {
-            for id in u.engines.drain(..) {
-                // Dropping the engine closes its socket, then reclaims its frames.
-                if let Err(e) = group.remove(id) {
-                    log::warn!("{}: engine not removed: {e}", u.config.name);
-                }
-            }
-        }
+        // Dropping an engine closes its socket, then reclaims its frames.
+        let group = self.config.uplink_group_of(&u.config).to_string();
+        self.remove_engines(&group, &mut u.engines, &u.config.name);
         // `u.program` drops here: the bpf_link goes and the program detaches.
     }
 

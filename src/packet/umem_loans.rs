@@ -12,7 +12,6 @@ use super::{FrameHandle, FramePool, Offload};
 
 /// The lending ledger of one AF_XDP socket.
 pub struct UmemLoans {
-    pool: Arc<FramePool>,
     /// One bit per small frame: set while the frame is lent.
     lent: Vec<u64>,
     count: usize,
@@ -25,7 +24,6 @@ impl UmemLoans {
         let (small, _) = pool.total_frames();
         let (_, _, chunk) = pool.umem_region();
         Self {
-            pool: pool.clone(),
             lent: vec![0; small.div_ceil(64)],
             count: 0,
             chunk: u64::from(chunk),
@@ -97,11 +95,6 @@ impl UmemLoans {
         }
         self.count = 0;
         frames
-    }
-
-    /// The pool the frames come from.
-    pub fn pool(&self) -> &Arc<FramePool> {
-        &self.pool
     }
 }
 

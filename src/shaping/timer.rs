@@ -48,6 +48,21 @@ impl WakeTimer {
         self.deadline = Some(Instant::now() + after);
     }
 
+    /// Keeps the timer in step with a throttle: while `until` lies ahead the
+    /// timer is armed for it, and a due expiry is consumed. Reads the clock
+    /// only while throttled.
+    #[inline]
+    pub fn follow(&mut self, until: Option<Instant>) {
+        let Some(until) = until else {
+            return;
+        };
+        let now = Instant::now();
+        self.clear(now);
+        if now < until && !self.pending(now) {
+            self.arm(until - now);
+        }
+    }
+
     /// True while armed and not yet expired.
     pub fn pending(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now < d)

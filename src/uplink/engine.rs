@@ -545,13 +545,7 @@ impl Engine for UplinkQueueEngine {
         }
         let mut work = self.reclaim_completions();
         work += self.transmit(budget);
-        if let Some(until) = self.egress_blocked_until {
-            let now = Instant::now();
-            self.timer.clear(now);
-            if now < until && !self.timer.pending(now) {
-                self.timer.arm(until - now);
-            }
-        }
+        self.timer.follow(self.egress_blocked_until);
         work += self.receive(budget);
         self.refill();
         work += self.receive_group(budget);

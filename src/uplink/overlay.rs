@@ -235,11 +235,6 @@ impl OverlayTable {
         frame.network = network;
         Ok(())
     }
-
-    /// This host's underlay address.
-    pub fn local_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.local_ip)
-    }
 }
 
 #[cfg(test)]

@@ -402,13 +402,7 @@ impl Engine for VnicEngine {
             job(self);
         }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
-        if let Some(until) = self.dp.egress_blocked_until {
-            let now = Instant::now();
-            self.timer.clear(now);
-            if now < until && !self.timer.pending(now) {
-                self.timer.arm(until - now);
-            }
-        }
+        self.timer.follow(self.dp.egress_blocked_until);
         if work > 0 || self.dp.dirty {
             self.dp.dirty = false;
             self.publish_counters();

@@ -104,7 +104,6 @@ pub struct XskSocket {
     pub rx: ConsumerRing<libc::xdp_desc>,
     pub tx: ProducerRing<libc::xdp_desc>,
     zerocopy: bool,
-    queue: u32,
     fd: OwnedFd,
 }
 
@@ -212,7 +211,6 @@ impl XskSocket {
             rx,
             tx,
             zerocopy: opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0,
-            queue,
             fd,
         })
     }
@@ -220,10 +218,6 @@ impl XskSocket {
     /// True when the kernel bound in zero-copy mode.
     pub fn is_zerocopy(&self) -> bool {
         self.zerocopy
-    }
-
-    pub fn queue(&self) -> u32 {
-        self.queue
     }
 
     /// Asks the kernel to process the TX ring (copy mode always needs this;
