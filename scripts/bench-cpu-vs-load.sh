@@ -4,14 +4,15 @@
 # vnic0 -> vnic1 and reflects them back (RTT), at 0, 1, 10, 50 and 100 % of
 # the highest rate the tool reaches; the backend's CPU (all its threads, from
 # /proc/PID/stat) is measured over the same window. Prints a table and writes
-# it as CSV to the path given (default docs/cpu-vs-load.csv).
+# it as CSV to the path given (default docs/cpu-vs-load.csv), plotted next to
+# it as PNG (snapnet-bench plot).
 #
 # Usage: scripts/bench-cpu-vs-load.sh [csv] (as root; SECS=3 per point)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CSV=${1:-docs/cpu-vs-load.csv}
 SECS=${SECS:-3}
-bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config
+bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config fonts-dejavu-core
 cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench
@@ -92,3 +93,6 @@ for b in ${BACKENDS:-dedicated spreading compacting testpmd}; do
     done
     stop_backend
 done
+PNG="${CSV%.csv}.png"
+"$BENCH" plot --csv "$CSV" --out "$PNG" >/dev/null
+echo "wrote $CSV and $PNG"

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod plot;
 mod xsk_loop;
 use snapnet::frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
 
@@ -41,6 +42,9 @@ enum Cmd {
     XskTx(xsk_loop::XskTxArgs),
     /// Bare AF_XDP receive loop behind snapnet's XDP program.
     XskRx(xsk_loop::XskRxArgs),
+    /// PNG of the CSV written by scripts/bench-cpu-vs-load.sh: cores used and
+    /// RTT median against offered load, one series per backend.
+    Plot(plot::PlotArgs),
 }
 
 #[derive(Args, Debug)]
@@ -817,6 +821,7 @@ fn main() -> ExitCode {
         Cmd::Load(a) => run_load(a),
         Cmd::XskTx(a) => xsk_loop::run_xsk_tx(a),
         Cmd::XskRx(a) => xsk_loop::run_xsk_rx(a),
+        Cmd::Plot(a) => plot::run_plot(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
