@@ -70,9 +70,11 @@ impl ControlState {
                 .map(|(a, b)| a - b)
                 .collect();
             let total: u64 = delta.iter().sum();
-            // Samples in buckets at or above the bound's bucket are late.
-            let bound_bucket =
-                (64 - (bound.as_nanos() as u64).max(1).leading_zeros() as usize).min(BUCKETS);
+            // Late: samples in buckets wholly at or above the bound (bucket
+            // i holds [2^i, 2^(i+1)) ns). Napping workers keep delays just
+            // under the bound, which must not read as overload.
+            let bound_ns = (bound.as_nanos() as u64).max(2);
+            let bound_bucket = (64 - (bound_ns - 1).leading_zeros() as usize).min(BUCKETS);
             let late_samples: u64 = delta[bound_bucket..].iter().sum();
             out.insert(
                 *id,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::{self, Stamp};
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use super::{EngineId, GroupError};
 use crate::engine::{Doorbell, Engine};
@@ -190,7 +191,7 @@ impl EngineGroup {
         let idle = match self.policy {
             Policy::Dedicated => Idle::Spin,
             Policy::Spreading => Idle::Sleep,
-            Policy::Compacting => Idle::Nap(self.delay_bound / 2),
+            Policy::Compacting => Idle::Nap(self.delay_bound),
         };
         let w = worker.clone();
         let thread = std::thread::Builder::new()
@@ -435,11 +436,65 @@ enum Idle {
     Spin,
     /// Arm wake-ups and block until one fires (spreading).
     Sleep,
-    /// Nap for this long without asking guests to kick, then poll again;
-    /// only after many empty naps arm and block (compacting). Work then
-    /// waits at most the nap, within the group's delay bound, and a light
-    /// load costs one wake-up per nap instead of one per packet.
+    /// Nap without asking guests to kick, then poll again; only after many
+    /// empty naps arm and block (compacting). Work then waits at most the
+    /// nap, within the group's delay bound (the value), and a light load
+    /// costs one wake-up per nap instead of one per packet.
     Nap(Duration),
+}
+
+/// A compacting worker's nap length, adapted to the arrival rate: as long
+/// as the delay bound allows when work trickles in (few wake-ups, large
+/// batches; a wake-up costs about 20 µs of CPU on a VM), shorter when a nap
+/// let an engine's backlog reach its poll budget (at that rate a full nap
+/// would overflow the rings and cost rate).
+struct NapLength {
+    /// How long work may wait: the period from falling asleep to polling.
+    current: Duration,
+    longest: Duration,
+    /// How much later than asked the kernel wakes us (smoothed).
+    overshoot: Duration,
+}
+
+impl NapLength {
+    /// Below this a nap costs about as much as the work it batches.
+    const SHORTEST: Duration = Duration::from_micros(5);
+
+    /// `bound` is the group's queueing-delay bound: a nap takes at most
+    /// three quarters of it, leaving the rest for the round that follows.
+    fn new(bound: Duration) -> Self {
+        let longest = (bound * 3 / 4).max(Self::SHORTEST);
+        Self {
+            current: longest,
+            longest,
+            overshoot: Duration::ZERO,
+        }
+    }
+
+    /// Sleeps for the current period, asking the kernel for less by its
+    /// usual lateness.
+    fn nap(&mut self) {
+        let ask = self
+            .current
+            .saturating_sub(self.overshoot)
+            .max(Self::SHORTEST / 2);
+        let t = Instant::now();
+        std::thread::sleep(ask);
+        let late = t.elapsed().saturating_sub(ask);
+        self.overshoot = (self.overshoot * 7 + late) / 8;
+    }
+
+    /// Adapts to the most work one engine did between the last nap and
+    /// this one: more than half of two typical rings (256 entries; a vNIC
+    /// engine serves an RX and a TX ring) means a ring came close to
+    /// overflowing during the nap.
+    fn adapt(&mut self, backlog: usize) {
+        if backlog > 4 * POLL_BUDGET {
+            self.current = (self.current / 2).max(Self::SHORTEST);
+        } else if backlog < 2 * POLL_BUDGET {
+            self.current = (self.current + self.current / 4).min(self.longest);
+        }
+    }
 }
 
 /// Empty naps in a row after which a napping worker blocks instead.
@@ -454,6 +509,12 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
     }
     let mut empty_naps: u32 = 0;
+    let mut nap = match idle {
+        Idle::Nap(bound) => Some(NapLength::new(bound)),
+        _ => None,
+    };
+    // Work each engine did since the last nap.
+    let mut since_nap: Vec<usize> = Vec::new();
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     worker.tid.store(tid, Ordering::Relaxed);
@@ -461,10 +522,10 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         pin_to_cpu(cpu);
     }
     let mut engines: Vec<Placed> = Vec::new();
-    let mut last_end: Vec<Instant> = Vec::new();
+    let mut last_end: Vec<Stamp> = Vec::new();
     let mut poller = if may_sleep { Poller::new() } else { None };
     let mut idle_rounds: u32 = 0;
-    let mut idle_since = Instant::now();
+    let mut idle_since = clock::now();
     while !worker.stop.load(Ordering::Acquire) {
         if worker.changed.load(Ordering::Acquire) {
             worker.changed.store(false, Ordering::Relaxed);
@@ -475,24 +536,41 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
                     let _ = reply.send(p.engine);
                 }
             }
-            last_end = vec![Instant::now(); engines.len()];
+            last_end = vec![clock::now(); engines.len()];
+            since_nap = vec![0; engines.len()];
         }
         let mut work = 0;
-        let mut t0 = Instant::now();
-        for (p, last) in engines.iter_mut().zip(last_end.iter_mut()) {
+        // One clock read per round, and one after each poll that did work
+        // (see `clock` for why they are counted). An empty
+        // poll is taken to end at the latest reading, which is off by at
+        // most the empty polls before it in this round.
+        let mut t0 = clock::now();
+        for ((p, last), done) in engines
+            .iter_mut()
+            .zip(last_end.iter_mut())
+            .zip(since_nap.iter_mut())
+        {
             let n = p.engine.poll(POLL_BUDGET);
-            let t1 = Instant::now();
-            p.stats.record(n, nanos(t1 - t0), nanos(t0 - *last));
+            if n == 0 {
+                p.stats.record(0, 0, 0);
+                *last = t0;
+                continue;
+            }
+            let t1 = clock::now();
+            p.stats.record(n, t1.nanos_since(t0), t0.nanos_since(*last));
             *last = t1;
             t0 = t1;
             work += n;
+            *done += n;
         }
-        if let Idle::Nap(nap) = idle {
+        if let Some(nap) = nap.as_mut() {
             // Nothing left to do (every hop between this worker's engines
             // is done): nap and let work gather, rather than poll for each
             // packet or be woken by each.
             if work == 0 && !engines.is_empty() && empty_naps < NAPS_BEFORE_SLEEP {
-                std::thread::sleep(nap);
+                nap.adapt(since_nap.iter().copied().max().unwrap_or(0));
+                since_nap.fill(0);
+                nap.nap();
                 empty_naps += 1;
                 continue;
             }
@@ -507,14 +585,19 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         }
         idle_rounds = idle_rounds.wrapping_add(1);
         match poller.as_mut() {
-            Some(p) if t0.duration_since(idle_since) >= SPIN_BEFORE_SLEEP => {
+            Some(p) if t0.since(idle_since) >= SPIN_BEFORE_SLEEP => {
                 empty_naps = 0;
                 sleep(&worker, &mut engines, p);
                 idle_rounds = 0;
                 // Delay is counted from the wake-up, not over the sleep.
-                last_end.fill(Instant::now());
+                last_end.fill(clock::now());
             }
-            _ => {
+            Some(_) => {
+                // Spreading threads may share a CPU: let the others run
+                // rather than spin through their time slice.
+                std::thread::yield_now();
+            }
+            None => {
                 std::hint::spin_loop();
                 if engines.is_empty() && idle_rounds % 1024 == 0 {
                     // No engines at all: nothing can arrive but a placement.
@@ -523,10 +606,6 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
         }
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Arms every engine and the worker's own doorbell, re-checks, and blocks

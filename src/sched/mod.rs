@@ -1,5 +1,6 @@
 //! Engine groups: where engines run, and whether their threads may sleep.
 
+mod clock;
 mod compact;
 pub mod group;
 mod placement;

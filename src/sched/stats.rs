@@ -50,17 +50,18 @@ impl EngineStats {
     /// previous poll ended.
     #[inline]
     pub fn record(&self, work: usize, poll_ns: u64, since_last_ns: u64) {
-        self.polls.fetch_add(1, Ordering::Relaxed);
+        add(&self.polls, 1);
         if work == 0 {
             return;
         }
-        self.busy_polls.fetch_add(1, Ordering::Relaxed);
-        self.work.fetch_add(work as u64, Ordering::Relaxed);
-        self.busy_ns.fetch_add(poll_ns, Ordering::Relaxed);
+        add(&self.busy_polls, 1);
+        add(&self.work, work as u64);
+        add(&self.busy_ns, poll_ns);
         let bucket = (64 - since_last_ns.max(1).leading_zeros() as usize - 1).min(BUCKETS - 1);
-        self.delay[bucket].fetch_add(1, Ordering::Relaxed);
-        self.delay_max_ns
-            .fetch_max(since_last_ns, Ordering::Relaxed);
+        add(&self.delay[bucket], 1);
+        if since_last_ns > self.delay_max_ns.load(Ordering::Relaxed) {
+            self.delay_max_ns.store(since_last_ns, Ordering::Relaxed);
+        }
     }
 
     /// The delay histogram's counts.
@@ -100,6 +101,17 @@ impl EngineStats {
             delay_max_ns: self.delay_max_ns.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Adds to a counter that only the thread running the engine writes (one
+/// thread at a time; a migration hands the engine over through a channel,
+/// which orders the writes): no locked read-modify-write needed.
+#[inline]
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 #[cfg(test)]

@@ -743,7 +743,10 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
     let hdr = VirtioNetHdr::default();
     const BURST: usize = 32;
     let mut out = vec![template.clone(); BURST];
-    let mut echo: Vec<Vec<u8>> = vec![vec![0u8; a.size]; BURST];
+    // A reflector takes everything one receive returns: a backend that
+    // batches (compacting) hands over up to a ring's worth at once.
+    let echo_cap = usize::from(a.dev.queue_size);
+    let mut echo: Vec<Vec<u8>> = vec![vec![0u8; a.size]; echo_cap];
     let mut rtts: Vec<u64> = Vec::with_capacity(1 << 22);
     let start = Instant::now();
     let dur = Duration::from_secs_f64(a.seconds);
@@ -768,7 +771,7 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
         // Reflect: swap the MACs and send back.
         let mut k = 0;
         rx.recv(0, |_, p| {
-            if k < BURST && p.len() == a.size {
+            if k < echo_cap && p.len() == a.size {
                 let e = &mut echo[k];
                 e.copy_from_slice(p);
                 e[0..6].copy_from_slice(&p[6..12]);
