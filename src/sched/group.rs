@@ -894,8 +894,10 @@ mod tests {
             "did not grow under load"
         );
         hot.store(false, Ordering::Relaxed);
+        // The history is written just after the thread count changes.
         assert!(
-            wait_until(Duration::from_secs(3), || group.thread_count() == 1),
+            wait_until(Duration::from_secs(3), || group.thread_count() == 1
+                && group.thread_history().last().map(|(_, n)| *n) == Some(1)),
             "did not fold back"
         );
         let counts: Vec<usize> = group.thread_history().iter().map(|(_, n)| *n).collect();
@@ -982,6 +984,131 @@ mod tests {
             "reordered or duplicated across {moves} migrations"
         );
         assert!(moves > 10, "only {moves} migrations happened");
+        group.stop();
+    }
+
+    /// An engine whose only work is control requests, like a vNIC engine's
+    /// mailbox: it sleeps on the mailbox doorbell.
+    struct Controlled {
+        mailbox: crate::engine::Mailbox<Controlled>,
+        applied: u64,
+    }
+    impl Engine for Controlled {
+        fn name(&self) -> &str {
+            "controlled"
+        }
+        fn poll(&mut self, _budget: usize) -> usize {
+            match self.mailbox.take() {
+                Some(job) => {
+                    job(self);
+                    1
+                }
+                None => 0,
+            }
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            vec![self.mailbox.doorbell().as_raw_fd()]
+        }
+        fn arm(&mut self) -> bool {
+            self.mailbox.doorbell().arm();
+            self.mailbox.pending()
+        }
+        fn disarm(&mut self) {
+            self.mailbox.doorbell().disarm();
+        }
+    }
+
+    fn controlled() -> (Controlled, crate::engine::MailboxSender<Controlled>) {
+        let (mailbox, tx) = crate::engine::Mailbox::new().unwrap();
+        (
+            Controlled {
+                mailbox,
+                applied: 0,
+            },
+            tx,
+        )
+    }
+
+    #[test]
+    fn a_request_to_a_sleeping_engine_wakes_it_under_every_policy() {
+        for policy in [Policy::Dedicated, Policy::Spreading, Policy::Compacting] {
+            let group = EngineGroup::start("mbox", policy, 1, &[]).unwrap();
+            let (engine, tx) = controlled();
+            group.add(Box::new(engine)).unwrap();
+            for round in 1..=5u64 {
+                // Long enough for a sleeping policy to have gone to sleep
+                // (compacting: 100 empty naps of at most 150 µs).
+                std::thread::sleep(Duration::from_millis(40));
+                let t = Instant::now();
+                let applied = tx
+                    .call(Duration::from_secs(2), |e: &mut Controlled| {
+                        e.applied += 1;
+                        e.applied
+                    })
+                    .unwrap_or_else(|e| panic!("{policy:?}: request {round} not served: {e}"));
+                assert_eq!(applied, round, "{policy:?}: each request runs once");
+                assert!(
+                    t.elapsed() < Duration::from_millis(500),
+                    "{policy:?}: a sleeping engine took {:?} to answer",
+                    t.elapsed()
+                );
+            }
+            group.stop();
+        }
+    }
+
+    #[test]
+    fn requests_to_a_migrating_engine_land_exactly_once() {
+        let group = EngineGroup::start("mbox-move", Policy::Compacting, 2, &[]).unwrap();
+        let (engine, tx) = controlled();
+        let id = group.add(Box::new(engine)).unwrap();
+        // A second thread to move the engine to and fro.
+        let second = group.spawn_worker().unwrap();
+        let workers = [group.least_loaded().unwrap(), second.worker.clone()];
+        lock(&group.workers).push(second);
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let caller = {
+            let (stop, answered) = (stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut withdrawn = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match tx.call(Duration::from_millis(50), |e: &mut Controlled| {
+                        e.applied += 1;
+                    }) {
+                        Ok(()) => answered.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => {
+                            withdrawn += 1;
+                            0
+                        }
+                    };
+                }
+                let applied = tx
+                    .call(Duration::from_secs(2), |e: &mut Controlled| e.applied)
+                    .unwrap();
+                (withdrawn, applied)
+            })
+        };
+        // Requests and migrations interleave for a while.
+        let t = Instant::now();
+        let mut moves = 0;
+        while (moves < 1000 || answered.load(Ordering::Relaxed) < 200)
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            group.migrate(id, &workers[moves % 2]).unwrap();
+            moves += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (withdrawn, applied) = caller.join().unwrap();
+        let ok = answered.load(Ordering::Relaxed) as u64;
+        assert_eq!(
+            applied, ok,
+            "{ok} requests answered, {withdrawn} withdrawn, but {applied} ran"
+        );
+        assert!(
+            ok >= 200,
+            "only {ok} requests got through {moves} migrations"
+        );
         group.stop();
     }
 
