@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -445,9 +445,9 @@ enum Idle {
 
 /// A compacting worker's nap length, adapted to the arrival rate: as long
 /// as the delay bound allows when work trickles in (few wake-ups, large
-/// batches; a wake-up costs about 20 µs of CPU on a VM), shorter when a nap
-/// let an engine's backlog reach its poll budget (at that rate a full nap
-/// would overflow the rings and cost rate).
+/// batches; a wake-up costs about 20 µs of CPU on a VM), shorter when the
+/// work that gathered during naps nears what the rings hold (at that rate a
+/// full nap would overflow them and cost rate).
 struct NapLength {
     /// How long work may wait: the period from falling asleep to polling.
     current: Duration,
@@ -478,9 +478,9 @@ impl NapLength {
             .current
             .saturating_sub(self.overshoot)
             .max(Self::SHORTEST / 2);
-        let t = Instant::now();
+        let t = clock::now();
         std::thread::sleep(ask);
-        let late = t.elapsed().saturating_sub(ask);
+        let late = clock::now().since(t).saturating_sub(ask);
         self.overshoot = (self.overshoot * 7 + late) / 8;
     }
 
@@ -541,9 +541,9 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         }
         let mut work = 0;
         // One clock read per round, and one after each poll that did work
-        // (see `clock` for why they are counted). An empty
-        // poll is taken to end at the latest reading, which is off by at
-        // most the empty polls before it in this round.
+        // (see `clock` for why they are counted). An empty poll is taken to
+        // end at the latest reading, which is off by at most the empty
+        // polls before it in this round.
         let mut t0 = clock::now();
         for ((p, last), done) in engines
             .iter_mut()
@@ -716,6 +716,7 @@ mod tests {
     use super::*;
     use std::os::fd::RawFd;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
 
     struct Ticker {
         polls: Arc<AtomicUsize>,
