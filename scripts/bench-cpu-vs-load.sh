@@ -67,7 +67,7 @@ point() { # rate (empty = max)
     out=""
     for _ in $(seq 10); do
         out=$(taskset -c 0 "$BENCH" load --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --seconds "$SECS" \
-            --dst-mac 52:54:00:5a:00:02 "${args[@]}" 2>/dev/null | grep '^result' || true)
+            --dst-mac 52:54:00:5a:00:02 --queue-size "${QUEUE_SIZE:-256}" "${args[@]}" 2>/dev/null | grep '^result' || true)
         [ -n "$out" ] && break
         sleep 0.5
     done

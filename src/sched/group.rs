@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{self, Stamp};
+use super::cpu_share::CpuShare;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use super::{EngineId, GroupError};
 use crate::engine::{Doorbell, Engine};
@@ -526,9 +527,13 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
     let mut poller = if may_sleep { Poller::new() } else { None };
     let mut idle_rounds: u32 = 0;
     let mut idle_since = clock::now();
+    let mut cpu = CpuShare::new();
     while !worker.stop.load(Ordering::Acquire) {
         if worker.changed.load(Ordering::Acquire) {
             worker.changed.store(false, Ordering::Relaxed);
+            // CPU used so far belongs to the engines that were here.
+            cpu.share(engines.iter().map(|p| &p.stats));
+            cpu.reset_engines();
             engines.append(&mut lock(&worker.adds));
             for (id, reply) in lock(&worker.removals).drain(..) {
                 if let Some(pos) = engines.iter().position(|p| p.id == id) {
@@ -562,6 +567,9 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             t0 = t1;
             work += n;
             *done += n;
+        }
+        if cpu.due(t0) {
+            cpu.share(engines.iter().map(|p| &p.stats));
         }
         if let Some(nap) = nap.as_mut() {
             // Nothing left to do (every hop between this worker's engines
@@ -1060,13 +1068,15 @@ mod tests {
 
     #[test]
     fn requests_to_a_migrating_engine_land_exactly_once() {
-        let group = EngineGroup::start("mbox-move", Policy::Compacting, 2, &[]).unwrap();
+        // Two threads that stay put (a compacting controller could fold
+        // one away under the test's feet).
+        let group = EngineGroup::start("mbox-move", Policy::Dedicated, 2, &[]).unwrap();
         let (engine, tx) = controlled();
         let id = group.add(Box::new(engine)).unwrap();
-        // A second thread to move the engine to and fro.
-        let second = group.spawn_worker().unwrap();
-        let workers = [group.least_loaded().unwrap(), second.worker.clone()];
-        lock(&group.workers).push(second);
+        let workers: Vec<Arc<Worker>> = lock(&group.workers)
+            .iter()
+            .map(|w| w.worker.clone())
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicUsize::new(0));
         let caller = {
@@ -1109,6 +1119,49 @@ mod tests {
         assert!(
             ok >= 200,
             "only {ok} requests got through {moves} migrations"
+        );
+        group.stop();
+    }
+
+    #[test]
+    fn thread_cpu_time_goes_to_the_engine_that_used_it() {
+        let group = EngineGroup::start("cpu", Policy::Dedicated, 1, &[]).unwrap();
+        let hot = Arc::new(AtomicBool::new(true));
+        group
+            .add(Box::new(Burner {
+                hot: hot.clone(),
+                cost: Duration::from_micros(50),
+            }))
+            .unwrap();
+        group
+            .add(Box::new(Ticker {
+                polls: Arc::new(AtomicUsize::new(0)),
+            }))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        hot.store(false, Ordering::Relaxed);
+        // Idle polling for a while: shared evenly from here on.
+        std::thread::sleep(Duration::from_millis(100));
+        let thread: f64 = group.thread_cpu().iter().map(|(_, s)| s).sum();
+        let cpu = |name: &str| {
+            group
+                .engine_stats()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.cpu_ns as f64 / 1e9)
+                .unwrap()
+        };
+        let (burner, ticker) = (cpu("burner"), cpu("ticker"));
+        assert!(
+            burner > 0.2 && burner > 3.0 * ticker,
+            "burner {burner:.3} s, ticker {ticker:.3} s of {thread:.3} s"
+        );
+        assert!(ticker > 0.02, "idle polling is shared too: {ticker:.3} s");
+        // Up to a millisecond of sharing lag, and schedstat's own timing.
+        assert!(
+            (burner + ticker - thread).abs() < 0.1 * thread,
+            "shares {:.3} s against the thread's {thread:.3} s",
+            burner + ticker
         );
         group.stop();
     }

@@ -2,6 +2,7 @@
 
 mod clock;
 mod compact;
+mod cpu_share;
 pub mod group;
 mod placement;
 pub mod stats;

@@ -14,6 +14,8 @@ pub struct EngineStats {
     pub busy_polls: AtomicU64,
     /// Units of work done (packets).
     pub work: AtomicU64,
+    /// The engine's share of its threads' CPU time (`cpu_share`).
+    cpu_ns: AtomicU64,
     /// How long work waited before a poll picked it up, at most: the time
     /// since the engine's previous poll, sampled when a poll found work.
     delay: [AtomicU64; BUCKETS],
@@ -27,6 +29,7 @@ impl Default for EngineStats {
             polls: AtomicU64::new(0),
             busy_polls: AtomicU64::new(0),
             work: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
             delay: std::array::from_fn(|_| AtomicU64::new(0)),
             delay_max_ns: AtomicU64::new(0),
         }
@@ -40,6 +43,7 @@ pub struct EngineStatsSnapshot {
     pub polls: u64,
     pub busy_polls: u64,
     pub work: u64,
+    pub cpu_ns: u64,
     pub delay_p50_ns: u64,
     pub delay_p99_ns: u64,
     pub delay_max_ns: u64,
@@ -62,6 +66,11 @@ impl EngineStats {
         if since_last_ns > self.delay_max_ns.load(Ordering::Relaxed) {
             self.delay_max_ns.store(since_last_ns, Ordering::Relaxed);
         }
+    }
+
+    /// Credits CPU time (by the thread running the engine).
+    pub fn add_cpu_ns(&self, ns: u64) {
+        add(&self.cpu_ns, ns);
     }
 
     /// The delay histogram's counts.
@@ -96,6 +105,7 @@ impl EngineStats {
             polls: self.polls.load(Ordering::Relaxed),
             busy_polls: self.busy_polls.load(Ordering::Relaxed),
             work: self.work.load(Ordering::Relaxed),
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
             delay_p50_ns: quantile(0.5),
             delay_p99_ns: quantile(0.99),
             delay_max_ns: self.delay_max_ns.load(Ordering::Relaxed),

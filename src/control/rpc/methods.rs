@@ -258,6 +258,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 "engine_stats": engines.iter().map(|(n, e)| json!({
                     "engine": n,
                     "busy_seconds": e.busy_ns as f64 / 1e9,
+                    "cpu_seconds": e.cpu_ns as f64 / 1e9,
                     "polls": e.polls,
                     "busy_polls": e.busy_polls,
                     "work": e.work,
