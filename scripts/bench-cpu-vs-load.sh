@@ -7,11 +7,15 @@
 # it as CSV to the path given (default docs/cpu-vs-load.csv), plotted next to
 # it as PNG (snapnet-bench plot).
 #
-# Usage: scripts/bench-cpu-vs-load.sh [csv] (as root; SECS=3 per point)
+# Usage: scripts/bench-cpu-vs-load.sh [csv] (as root; SECS=3 per point,
+# QUEUE_SIZE=1024 ring entries, BACKENDS to pick rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CSV=${1:-docs/cpu-vs-load.csv}
 SECS=${SECS:-3}
+# Virtqueue entries of the tool's devices (QEMU allows up to 1024 with
+# vhost-user). A napping backend can batch no more than its rings hold.
+QUEUE_SIZE=${QUEUE_SIZE:-1024}
 bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config fonts-dejavu-core
 cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
 SN=$PWD/target/release/snapnet
@@ -67,7 +71,7 @@ point() { # rate (empty = max)
     out=""
     for _ in $(seq 10); do
         out=$(taskset -c 0 "$BENCH" load --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --seconds "$SECS" \
-            --dst-mac 52:54:00:5a:00:02 --queue-size "${QUEUE_SIZE:-256}" "${args[@]}" 2>/dev/null | grep '^result' || true)
+            --dst-mac 52:54:00:5a:00:02 --queue-size "$QUEUE_SIZE" "${args[@]}" 2>/dev/null | grep '^result' || true)
         [ -n "$out" ] && break
         sleep 0.5
     done

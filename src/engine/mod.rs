@@ -31,4 +31,12 @@ pub trait Engine: Send {
 
     /// Back to polling mode: wake-ups off.
     fn disarm(&mut self);
+
+    /// How full the engine's input rings are right now, as a fraction of
+    /// the fullest one's size (a guest's TX virtqueue, a NIC queue's RX
+    /// ring): work that gathered while the engine was not polled. A napping
+    /// scheduler keeps its naps short enough that this stays well below 1.
+    fn backlog(&mut self) -> f64 {
+        0.0
+    }
 }

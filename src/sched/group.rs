@@ -447,8 +447,8 @@ enum Idle {
 /// A compacting worker's nap length, adapted to the arrival rate: as long
 /// as the delay bound allows when work trickles in (few wake-ups, large
 /// batches; a wake-up costs about 20 µs of CPU on a VM), shorter when the
-/// work that gathered during naps nears what the rings hold (at that rate a
-/// full nap would overflow them and cost rate).
+/// fullest input ring got more than half full during a nap (at that rate a
+/// longer nap would fill it, stall the sender and cost rate).
 struct NapLength {
     /// How long work may wait: the period from falling asleep to polling.
     current: Duration,
@@ -460,6 +460,8 @@ struct NapLength {
 impl NapLength {
     /// Below this a nap costs about as much as the work it batches.
     const SHORTEST: Duration = Duration::from_micros(5);
+    /// How full a nap may let the fullest ring get.
+    const FILL_TARGET: f64 = 0.5;
 
     /// `bound` is the group's queueing-delay bound: a nap takes at most
     /// three quarters of it, leaving the rest for the round that follows.
@@ -473,28 +475,35 @@ impl NapLength {
     }
 
     /// Sleeps for the current period, asking the kernel for less by its
-    /// usual lateness.
-    fn nap(&mut self) {
+    /// usual lateness; returns how long it slept.
+    fn nap(&mut self) -> Duration {
         let ask = self
             .current
             .saturating_sub(self.overshoot)
             .max(Self::SHORTEST / 2);
         let t = clock::now();
         std::thread::sleep(ask);
-        let late = clock::now().since(t).saturating_sub(ask);
-        self.overshoot = (self.overshoot * 7 + late) / 8;
+        let slept = clock::now().since(t);
+        self.overshoot = (self.overshoot * 7 + slept.saturating_sub(ask)) / 8;
+        slept
     }
 
-    /// Adapts to the most work one engine did between the last nap and
-    /// this one: more than half of two typical rings (256 entries; a vNIC
-    /// engine serves an RX and a TX ring) means a ring came close to
-    /// overflowing during the nap.
-    fn adapt(&mut self, backlog: usize) {
-        if backlog > 4 * POLL_BUDGET {
-            self.current = (self.current / 2).max(Self::SHORTEST);
-        } else if backlog < 2 * POLL_BUDGET {
-            self.current = (self.current + self.current / 4).min(self.longest);
-        }
+    /// Adapts to how full the fullest ring got (`fill`, 0..=1) over a nap
+    /// of `slept`: at once when the nap was too long, halfway when it could
+    /// be longer (a noisy reading should not swing it).
+    fn adapt(&mut self, fill: f64, slept: Duration) {
+        let target = if fill > 0.0 {
+            slept
+                .mul_f64((Self::FILL_TARGET / fill).min(1e3))
+                .clamp(Self::SHORTEST, self.longest)
+        } else {
+            self.longest
+        };
+        self.current = if target < self.current {
+            target
+        } else {
+            (self.current + target) / 2
+        };
     }
 }
 
@@ -514,8 +523,6 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         Idle::Nap(bound) => Some(NapLength::new(bound)),
         _ => None,
     };
-    // Work each engine did since the last nap.
-    let mut since_nap: Vec<usize> = Vec::new();
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     worker.tid.store(tid, Ordering::Relaxed);
@@ -542,7 +549,6 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
                 }
             }
             last_end = vec![clock::now(); engines.len()];
-            since_nap = vec![0; engines.len()];
         }
         let mut work = 0;
         // One clock read per round, and one after each poll that did work
@@ -550,11 +556,7 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         // end at the latest reading, which is off by at most the empty
         // polls before it in this round.
         let mut t0 = clock::now();
-        for ((p, last), done) in engines
-            .iter_mut()
-            .zip(last_end.iter_mut())
-            .zip(since_nap.iter_mut())
-        {
+        for (p, last) in engines.iter_mut().zip(last_end.iter_mut()) {
             let n = p.engine.poll(POLL_BUDGET);
             if n == 0 {
                 p.stats.record(0, 0, 0);
@@ -566,7 +568,6 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             *last = t1;
             t0 = t1;
             work += n;
-            *done += n;
         }
         if cpu.due(t0) {
             cpu.share(engines.iter().map(|p| &p.stats));
@@ -576,9 +577,12 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             // is done): nap and let work gather, rather than poll for each
             // packet or be woken by each.
             if work == 0 && !engines.is_empty() && empty_naps < NAPS_BEFORE_SLEEP {
-                nap.adapt(since_nap.iter().copied().max().unwrap_or(0));
-                since_nap.fill(0);
-                nap.nap();
+                let slept = nap.nap();
+                let fill = engines
+                    .iter_mut()
+                    .map(|p| p.engine.backlog())
+                    .fold(0.0, f64::max);
+                nap.adapt(fill, slept);
                 empty_naps += 1;
                 continue;
             }
@@ -1164,6 +1168,27 @@ mod tests {
             burner + ticker
         );
         group.stop();
+    }
+
+    #[test]
+    fn naps_shorten_at_once_when_rings_fill_and_lengthen_gradually() {
+        let us = Duration::from_micros;
+        let mut nap = NapLength::new(us(200));
+        assert_eq!(nap.current, us(150), "3/4 of the bound");
+        // A full ring after 100 µs: half as long, at once.
+        nap.adapt(1.0, us(100));
+        assert_eq!(nap.current, us(50));
+        // A quarter full after 50 µs: could be 100 µs; goes halfway.
+        nap.adapt(0.25, us(50));
+        assert_eq!(nap.current, us(75));
+        // Nothing arrived: towards the longest, never past it.
+        for _ in 0..20 {
+            nap.adapt(0.0, us(75));
+        }
+        assert!(nap.current <= us(150) && nap.current > us(140));
+        // Never below the shortest.
+        nap.adapt(1.0, Duration::ZERO);
+        assert_eq!(nap.current, NapLength::SHORTEST);
     }
 
     #[test]

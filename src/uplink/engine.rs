@@ -597,4 +597,10 @@ impl Engine for UplinkQueueEngine {
         self.mailbox.doorbell().disarm();
         self.from_switch.doorbell().disarm();
     }
+
+    fn backlog(&mut self) -> f64 {
+        self.xsk.as_mut().map_or(0.0, |x| {
+            f64::from(x.rx.available()) / f64::from(x.rx.capacity())
+        })
+    }
 }

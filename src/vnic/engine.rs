@@ -179,6 +179,16 @@ impl AttachedQueue {
         self.broken = true;
     }
 
+    /// How much of the ring the guest filled since the last batch (0 until
+    /// a batch ran).
+    fn fill(&self) -> f64 {
+        let (Some((addrs, ring)), Some(seen)) = (self.view.as_ref(), self.seen_avail) else {
+            return 0.0;
+        };
+        let pending = ring.avail_idx().wrapping_sub(seen).min(addrs.size);
+        f64::from(pending) / f64::from(addrs.size.max(1))
+    }
+
     fn has_avail(&mut self) -> bool {
         if self.broken {
             return false;
@@ -484,5 +494,12 @@ impl Engine for VnicEngine {
         for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
             q.set_kicks(event_idx, false);
         }
+    }
+
+    fn backlog(&mut self) -> f64 {
+        // Guest TX is what fills while the engine naps; frames for the guest
+        // wait in the switch's link, whose backpressure reaches a sender's
+        // TX ring.
+        self.tx.as_ref().map_or(0.0, AttachedQueue::fill)
     }
 }

@@ -199,6 +199,11 @@ pub struct ConsumerRing<T> {
 unsafe impl<T: Send> Send for ConsumerRing<T> {}
 
 impl<T: Copy> ConsumerRing<T> {
+    /// Entries the ring holds.
+    pub fn capacity(&self) -> u32 {
+        self.raw.mask + 1
+    }
+
     pub(super) fn map(
         fd: BorrowedFd<'_>,
         pgoff: u64,
