@@ -144,13 +144,13 @@ fn series(rows: &[Row]) -> Vec<Series<'_>> {
     out
 }
 
-/// Compacting's ideal cores at each of its loads: what dedicated spends per
-/// packet at 100 % load times the packets compacting got through. None without
-/// a compacting series or a dedicated 100 % row.
+/// Compacting's ideal cores at each of its loads: what it spends per packet
+/// at 100 % load times the packets it got through. None without a
+/// compacting 100 % row.
 fn ideal(rows: &[Row]) -> Option<Vec<(f64, f64)>> {
     let d = rows
         .iter()
-        .find(|r| r.backend == "dedicated" && r.load_pct == 100.0)?;
+        .find(|r| r.backend == "compacting" && r.load_pct == 100.0)?;
     if d.achieved_pps <= 0.0 {
         return None;
     }
