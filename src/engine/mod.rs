@@ -39,4 +39,11 @@ pub trait Engine: Send {
     fn backlog(&mut self) -> f64 {
         0.0
     }
+
+    /// Whether the engine moves work between the other engines (the
+    /// switch): a worker polls it right after any engine that did work, so
+    /// a frame crosses the worker in one round.
+    fn relays(&self) -> bool {
+        false
+    }
 }

@@ -535,6 +535,7 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
     let mut idle_rounds: u32 = 0;
     let mut idle_since = clock::now();
     let mut cpu = CpuShare::new();
+    let mut relay: Option<usize> = None;
     while !worker.stop.load(Ordering::Acquire) {
         if worker.changed.load(Ordering::Acquire) {
             worker.changed.store(false, Ordering::Relaxed);
@@ -549,6 +550,7 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
                 }
             }
             last_end = vec![clock::now(); engines.len()];
+            relay = engines.iter().position(|p| p.engine.relays());
         }
         let mut work = 0;
         // One clock read per round, and one after each poll that did work
@@ -556,17 +558,15 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         // end at the latest reading, which is off by at most the empty
         // polls before it in this round.
         let mut t0 = clock::now();
-        for (p, last) in engines.iter_mut().zip(last_end.iter_mut()) {
-            let n = p.engine.poll(POLL_BUDGET);
-            if n == 0 {
-                p.stats.record(0, 0, 0);
-                *last = t0;
-                continue;
+        for i in 0..engines.len() {
+            let n = poll_one(&mut engines[i], &mut last_end[i], &mut t0);
+            // A frame an engine just handed to the relay (the switch)
+            // crosses it now rather than a round later.
+            if n > 0 {
+                if let Some(r) = relay.filter(|r| *r != i) {
+                    work += poll_one(&mut engines[r], &mut last_end[r], &mut t0);
+                }
             }
-            let t1 = clock::now();
-            p.stats.record(n, t1.nanos_since(t0), t0.nanos_since(*last));
-            *last = t1;
-            t0 = t1;
             work += n;
         }
         if cpu.due(t0) {
@@ -618,6 +618,24 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
         }
     }
+}
+
+/// Polls one engine and records it. One clock read after a poll that did
+/// work; an empty poll is taken to end at the latest reading `t0`.
+#[inline]
+fn poll_one(p: &mut Placed, last: &mut Stamp, t0: &mut Stamp) -> usize {
+    let n = p.engine.poll(POLL_BUDGET);
+    if n == 0 {
+        p.stats.record(0, 0, 0);
+        *last = *t0;
+        return 0;
+    }
+    let t1 = clock::now();
+    p.stats
+        .record(n, t1.nanos_since(*t0), t0.nanos_since(*last));
+    *last = t1;
+    *t0 = t1;
+    n
 }
 
 /// Arms every engine and the worker's own doorbell, re-checks, and blocks
@@ -1189,6 +1207,75 @@ mod tests {
         // Never below the shortest.
         nap.adapt(1.0, Duration::ZERO);
         assert_eq!(nap.current, NapLength::SHORTEST);
+    }
+
+    /// Logs each poll; does one unit of work when `work` is set.
+    struct Logged {
+        name: &'static str,
+        relay: bool,
+        work: Arc<AtomicBool>,
+        log: Arc<Mutex<Vec<(&'static str, bool)>>>,
+    }
+    impl Engine for Logged {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn poll(&mut self, _budget: usize) -> usize {
+            let busy = self.work.swap(false, Ordering::AcqRel);
+            let mut log = lock(&self.log);
+            if log.len() < 100_000 {
+                log.push((self.name, busy));
+            }
+            usize::from(busy)
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            Vec::new()
+        }
+        fn arm(&mut self) -> bool {
+            false
+        }
+        fn disarm(&mut self) {}
+        fn relays(&self) -> bool {
+            self.relay
+        }
+    }
+
+    #[test]
+    fn the_relay_is_polled_right_after_an_engine_that_did_work() {
+        let group = EngineGroup::start("relay", Policy::Dedicated, 1, &[]).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let work = Arc::new(AtomicBool::new(false));
+        for (name, relay) in [("switch", true), ("vnic0", false), ("vnic1", false)] {
+            group
+                .add(Box::new(Logged {
+                    name,
+                    relay,
+                    work: if name == "vnic0" {
+                        work.clone()
+                    } else {
+                        Arc::new(AtomicBool::new(false))
+                    },
+                    log: log.clone(),
+                }))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        lock(&log).clear();
+        work.store(true, Ordering::Release);
+        assert!(wait_until(Duration::from_secs(2), || !work.load(Ordering::Acquire)));
+        std::thread::sleep(Duration::from_millis(5));
+        group.stop();
+        let log = lock(&log);
+        let busy = log
+            .iter()
+            .position(|e| *e == ("vnic0", true))
+            .expect("vnic0 did its work");
+        assert_eq!(
+            log.get(busy + 1).map(|e| e.0),
+            Some("switch"),
+            "polls around the busy one: {:?}",
+            &log[busy.saturating_sub(3)..(busy + 4).min(log.len())]
+        );
     }
 
     #[test]

@@ -376,6 +376,10 @@ impl Engine for SwitchEngine {
         "switch"
     }
 
+    fn relays(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn poll(&mut self, budget: usize) -> usize {
         if let Some(job) = self.mailbox.take() {
