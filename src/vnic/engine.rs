@@ -503,3 +503,79 @@ impl Engine for VnicEngine {
         self.tx.as_ref().map_or(0.0, AttachedQueue::fill)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhost_user_backend::VringT;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const QSIZE: u16 = 16;
+
+    /// A vring over `mock`'s rings, started and enabled as after a
+    /// frontend's SET_VRING_* messages.
+    fn attached(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+    ) -> AttachedQueue {
+        let atomic = GuestMemory::new(mem.clone());
+        let vring = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
+        vring.set_queue_size(QSIZE);
+        vring
+            .set_queue_info(mock.desc_table_addr().0, mock.avail_addr().0, 0x8000)
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        AttachedQueue::new(vring, atomic)
+    }
+
+    fn publish(mock: &MockSplitQueue<'_, GuestMemoryMmap>, count: u16) {
+        let idx = mock.avail().idx().load();
+        mock.avail().idx().store(idx.wrapping_add(count));
+    }
+
+    /// A batch that takes `take` entries.
+    fn take(q: &mut AttachedQueue, take: u16) {
+        q.batch(|q, _, _| {
+            q.set_next_avail(q.next_avail().wrapping_add(take));
+            (usize::from(take), false)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_ring_is_skipped_without_the_lock_but_never_for_long() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut q = attached(&mem, &mock);
+        assert!(!q.quick_idle(), "no batch yet: the slow path looks");
+        take(&mut q, 0);
+        let quick = (0..1000).take_while(|_| q.quick_idle()).count();
+        assert_eq!(
+            quick,
+            AttachedQueue::QUICK_POLLS as usize,
+            "a full batch every so often"
+        );
+        take(&mut q, 0);
+        assert!(q.quick_idle());
+        publish(&mock, 1);
+        assert!(!q.quick_idle(), "a posted chain is never skipped");
+    }
+
+    #[test]
+    fn backlog_is_the_share_of_the_ring_posted_since_the_last_batch() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut q = attached(&mem, &mock);
+        assert_eq!(q.fill(), 0.0, "unknown before the first batch");
+        take(&mut q, 0);
+        publish(&mock, 4);
+        assert_eq!(q.fill(), 0.25);
+        take(&mut q, 3);
+        assert_eq!(q.fill(), 1.0 / 16.0);
+        // A driver moving its index past the ring reads as full, no more.
+        publish(&mock, 100);
+        assert_eq!(q.fill(), 1.0);
+    }
+}
