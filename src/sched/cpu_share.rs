@@ -23,6 +23,8 @@ pub(super) struct CpuShare {
     thread_ns: u64,
     /// Each engine's busy time at the last sharing, in the worker's order.
     busy_marks: Vec<u64>,
+    /// Each engine's busy time since then (scratch, kept to not allocate).
+    busy: Vec<u64>,
 }
 
 impl CpuShare {
@@ -31,6 +33,7 @@ impl CpuShare {
             at: clock::now(),
             thread_ns: thread_cpu_ns(),
             busy_marks: Vec::new(),
+            busy: Vec::new(),
         }
     }
 
@@ -42,41 +45,40 @@ impl CpuShare {
 
     /// Shares the CPU used since the last call among `engines`, which must
     /// be the set the worker ran since then.
-    pub(super) fn share<'a>(
-        &mut self,
-        engines: impl ExactSizeIterator<Item = &'a Arc<EngineStats>>,
-    ) {
+    pub(super) fn share<'a, I>(&mut self, engines: I)
+    where
+        I: Iterator<Item = &'a Arc<EngineStats>> + Clone,
+    {
         let now_ns = thread_cpu_ns();
         let used = now_ns.saturating_sub(self.thread_ns);
         self.thread_ns = now_ns;
         self.at = clock::now();
-        let stats: Vec<&Arc<EngineStats>> = engines.collect();
-        if self.busy_marks.len() != stats.len() {
+        let count = engines.clone().count();
+        if self.busy_marks.len() != count {
             // A fresh set: start from the current busy times.
-            self.busy_marks = stats
-                .iter()
-                .map(|s| s.busy_ns.load(Ordering::Relaxed))
-                .collect();
+            self.busy_marks.clear();
+            self.busy_marks
+                .extend(engines.clone().map(|s| s.busy_ns.load(Ordering::Relaxed)));
+            self.busy.resize(count, 0);
         }
-        if stats.is_empty() {
+        if count == 0 {
             return;
         }
-        let busy: Vec<u64> = stats
-            .iter()
+        for ((s, mark), busy) in engines
+            .clone()
             .zip(self.busy_marks.iter_mut())
-            .map(|(s, mark)| {
-                let now = s.busy_ns.load(Ordering::Relaxed);
-                let d = now.saturating_sub(*mark);
-                *mark = now;
-                d
-            })
-            .collect();
-        let total: u64 = busy.iter().sum();
-        for (s, b) in stats.iter().zip(busy) {
+            .zip(self.busy.iter_mut())
+        {
+            let now = s.busy_ns.load(Ordering::Relaxed);
+            *busy = now.saturating_sub(*mark);
+            *mark = now;
+        }
+        let total: u64 = self.busy.iter().sum();
+        for (s, busy) in engines.zip(self.busy.iter()) {
             let part = if total == 0 {
-                used / stats.len() as u64
+                used / count as u64
             } else {
-                (u128::from(used) * u128::from(b) / u128::from(total)) as u64
+                (u128::from(used) * u128::from(*busy) / u128::from(total)) as u64
             };
             s.add_cpu_ns(part);
         }
