@@ -80,3 +80,15 @@ impl FrameHandle {
         Parsed::of(pool.bytes(self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_fits_half_a_cache_line() {
+        // Links carry handles by value: two per line, and the parse it
+        // carries costs no extra line.
+        assert!(std::mem::size_of::<FrameHandle>() <= 32);
+    }
+}

@@ -293,14 +293,19 @@ mod tests {
         assert_eq!(t, vec![0]);
         a.targets(200, MacAddr::BROADCAST, &mut t);
         assert!(t.is_empty(), "no remote in network 200");
+        // A parse of the inner frame does not survive the outer headers.
+        f.parsed = Parsed::of(&inner).unwrap();
         assert!(a.encap(&pool, &mut f, 0, 0x1234));
+        assert!(!f.parsed.is_parsed());
         let outer = pool.bytes(&f).to_vec();
         assert_eq!(outer.len(), 150);
         assert_eq!(&outer[..6], &REMOTE.0);
         assert_eq!(!ones_sum(&outer[14..34]), 0, "outer IPv4 checksum");
         assert_eq!(&outer[46..49], &[0, 0, 100], "VNI");
         f.network = 0;
+        f.parsed = Parsed::of(pool.bytes(&f)).unwrap();
         b.decap(&pool, &mut f).unwrap();
+        assert!(!f.parsed.is_parsed());
         assert_eq!(f.network, 100);
         assert_eq!(pool.bytes(&f), &inner[..]);
         // The receiving side refuses what it does not know.
