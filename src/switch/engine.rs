@@ -807,7 +807,7 @@ mod tests {
         let mut cache = pool.cache();
         let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
         let (mut pa, a) = add(&mut sw, "a", Some(A));
-        let (mut to_b, mut from_b, b) = add_queues(&mut sw, B, 2);
+        let (mut to_b, mut from_b, _) = add_queues(&mut sw, B, 2);
         let queue_of = |f: &FrameHandle| Parsed::of(pool.bytes(f)).unwrap().hash as usize % 2;
 
         // One flow, five frames: its queue takes four, the fifth waits
@@ -873,7 +873,6 @@ mod tests {
             }
         }
         assert_eq!(copies, 2, "b and c each got the broadcast");
-        let _ = b;
         drain(&mut from_b, &mut cache);
         drain(&mut from_c, &mut cache);
     }
