@@ -3,6 +3,7 @@
 //! views of the wire formats the switch looks at.
 
 pub mod checksum;
+pub mod fast_hash;
 pub mod frame;
 pub mod link;
 pub mod pool;

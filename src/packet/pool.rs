@@ -8,7 +8,10 @@
 //!
 //! Frames are handed out through per-engine [`FrameCache`]s that refill from and
 //! spill to the shared free lists in bulk, so an engine takes the pool lock once
-//! per [`BULK`] frames, never per packet (the DPDK mempool-cache design).
+//! per [`BULK`] frames, never per packet (the DPDK mempool-cache design). The
+//! large class is cached the same way, in smaller batches and under a tighter
+//! bound: it has few frames, and frames idle in one engine's cache are frames
+//! no other tenant can get.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +28,14 @@ pub const BULK: usize = 64;
 
 /// Frames a cache holds at most before it spills a bulk back.
 const CACHE_MAX: usize = 4 * BULK;
+
+/// Large frames moved at once at most; a cache keeps at most twice its batch.
+const LARGE_BULK_MAX: usize = 8;
+
+/// The large batch is at most this fraction of the class, so one engine's
+/// cache never holds more than 2/LARGE_SHARE of it (1/32 of 512 frames by
+/// default) however many large frames it has passed.
+const LARGE_SHARE: usize = 64;
 
 /// Largest packet a frame may need: 64 KiB GSO payload plus Ethernet/VLAN.
 pub const MAX_PACKET: usize = 65_535 + 14 + 4;
@@ -84,6 +95,8 @@ pub struct FramePool {
     free_small: Mutex<Vec<u32>>,
     free_large: Mutex<Vec<u32>>,
     total_large: u32,
+    /// Large frames a cache refills or spills at once.
+    large_bulk: usize,
 }
 
 // SAFETY: the region is owned by the pool for its whole life; which thread may
@@ -124,6 +137,7 @@ impl FramePool {
             free_small: Mutex::new(free_small),
             free_large: Mutex::new(free_large),
             total_large: cfg.large_frames,
+            large_bulk: (cfg.large_frames as usize / LARGE_SHARE).clamp(1, LARGE_BULK_MAX),
         }))
     }
 
@@ -132,6 +146,7 @@ impl FramePool {
         FrameCache {
             pool: self.clone(),
             small: Vec::with_capacity(CACHE_MAX + BULK),
+            large: Vec::with_capacity(self.large_cache_max() + 1),
         }
     }
 
@@ -139,6 +154,11 @@ impl FramePool {
     /// are not counted: drop the caches first when checking for leaks.
     pub fn free_frames(&self) -> (usize, usize) {
         (lock(&self.free_small).len(), lock(&self.free_large).len())
+    }
+
+    /// Most large frames one cache keeps (it spills a batch beyond).
+    pub fn large_cache_max(&self) -> usize {
+        2 * self.large_bulk
     }
 
     /// Total frames (small, large).
@@ -278,6 +298,7 @@ fn colored_offset(index: u32, need: usize, frame_size: usize) -> u16 {
 pub struct FrameCache {
     pool: Arc<FramePool>,
     small: Vec<u32>,
+    large: Vec<u32>,
 }
 
 impl FrameCache {
@@ -288,22 +309,22 @@ impl FrameCache {
         let need = len + HEADROOM as usize;
         let index = if need <= self.pool.frame_size {
             if self.small.is_empty() {
-                self.refill();
+                refill(&mut self.small, &self.pool.free_small, BULK);
             }
             self.small.pop()?
         } else if need <= self.pool.large_frame_size {
-            // Large frames are rare (TSO super-frames): no cache for them.
-            lock(&self.pool.free_large).pop()?
+            if self.large.is_empty() {
+                refill(&mut self.large, &self.pool.free_large, self.pool.large_bulk);
+            }
+            self.large.pop()?
         } else {
             return None;
         };
-        Some(FrameHandle {
+        Some(FrameHandle::new(
             index,
-            offset: colored_offset(index, need, self.pool.frame_size),
-            len: 0,
-            offload: Default::default(),
-            network: 0,
-        })
+            colored_offset(index, need, self.pool.frame_size),
+            0,
+        ))
     }
 
     /// Returns a frame to the pool.
@@ -312,10 +333,13 @@ impl FrameCache {
         if frame.index < self.pool.frames {
             self.small.push(frame.index);
             if self.small.len() > CACHE_MAX {
-                self.spill(BULK);
+                spill(&mut self.small, &self.pool.free_small, BULK);
             }
         } else {
-            lock(&self.pool.free_large).push(frame.index);
+            self.large.push(frame.index);
+            if self.large.len() > self.pool.large_cache_max() {
+                spill(&mut self.large, &self.pool.free_large, self.pool.large_bulk);
+            }
         }
     }
 
@@ -323,25 +347,29 @@ impl FrameCache {
     pub fn pool(&self) -> &Arc<FramePool> {
         &self.pool
     }
+}
 
-    #[cold]
-    fn refill(&mut self) {
-        let mut free = lock(&self.pool.free_small);
-        let take = free.len().min(BULK);
-        let from = free.len() - take;
-        self.small.extend(free.drain(from..));
-    }
+/// Moves up to `n` frames from a shared free list into a cache's stock.
+#[cold]
+fn refill(stock: &mut Vec<u32>, shared: &Mutex<Vec<u32>>, n: usize) {
+    let mut free = lock(shared);
+    let from = free.len() - free.len().min(n);
+    stock.extend(free.drain(from..));
+}
 
-    fn spill(&mut self, n: usize) {
-        let from = self.small.len().saturating_sub(n);
-        lock(&self.pool.free_small).extend(self.small.drain(from..));
-    }
+/// Moves the `n` oldest frames of a cache's stock back to a shared free list.
+/// The stock is used last-in first-out, so its newest frames are the ones
+/// still in this core's caches: those stay.
+#[cold]
+fn spill(stock: &mut Vec<u32>, shared: &Mutex<Vec<u32>>, n: usize) {
+    let to = stock.len().min(n);
+    lock(shared).extend(stock.drain(..to));
 }
 
 impl Drop for FrameCache {
     fn drop(&mut self) {
-        let n = self.small.len();
-        self.spill(n);
+        spill(&mut self.small, &self.pool.free_small, usize::MAX);
+        spill(&mut self.large, &self.pool.free_large, usize::MAX);
     }
 }
 
@@ -384,5 +412,80 @@ mod tests {
         }
         drop(cache);
         assert_eq!(pool.free_frames().0, 512);
+    }
+
+    fn pool_with_large(large_frames: u32) -> Arc<FramePool> {
+        FramePool::new(&PoolConfig {
+            large_frames,
+            ..PoolConfig::small_for_tests()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn large_frames_cycle_through_the_cache_not_the_shared_list() {
+        let pool = pool_with_large(128);
+        assert_eq!(pool.large_cache_max(), 4, "batches of 128 / 64");
+        let mut cache = pool.cache();
+        let mut held = vec![cache.alloc(60_000).unwrap(), cache.alloc(60_000).unwrap()];
+        assert_eq!(pool.free_frames().1, 128 - 2, "one refill of a batch");
+        let mut steady = None;
+        for _ in 0..1000 {
+            // A TSO frame in, a TSO frame out: once the cache has stock for
+            // the three in flight, only the cache moves.
+            held.push(cache.alloc(60_000).unwrap());
+            cache.free(held.remove(0));
+            let shared = pool.free_frames().1;
+            assert_eq!(*steady.get_or_insert(shared), shared);
+        }
+        assert_eq!(steady, Some(128 - 4));
+        for f in held {
+            cache.free(f);
+        }
+        drop(cache);
+        assert_eq!(pool.free_frames(), pool.total_frames());
+    }
+
+    #[test]
+    fn one_cache_cannot_hoard_the_large_class() {
+        let pool = pool_with_large(128);
+        let max = pool.large_cache_max();
+        let mut a = pool.cache();
+        let mut held = Vec::new();
+        while let Some(f) = a.alloc(30_000) {
+            held.push(f);
+        }
+        assert_eq!(held.len(), 128, "a cache can use the whole class");
+        for f in held.drain(..) {
+            a.free(f);
+        }
+        assert!(
+            pool.free_frames().1 >= 128 - max,
+            "{} back in the shared list",
+            pool.free_frames().1
+        );
+        // Another engine gets every frame the first one does not keep.
+        let mut b = pool.cache();
+        while let Some(f) = b.alloc(30_000) {
+            held.push(f);
+        }
+        assert!(held.len() >= 128 - max, "b got {}", held.len());
+        for f in held {
+            b.free(f);
+        }
+        drop((a, b));
+        assert_eq!(pool.free_frames(), pool.total_frames());
+    }
+
+    #[test]
+    fn a_tiny_large_class_still_gets_a_cache() {
+        let pool = pool_with_large(1);
+        assert_eq!(pool.large_cache_max(), 2);
+        let mut cache = pool.cache();
+        let f = cache.alloc(60_000).unwrap();
+        assert!(cache.alloc(60_000).is_none(), "exhaustion is a None");
+        cache.free(f);
+        let again = cache.alloc(60_000).expect("the freed frame comes back");
+        cache.free(again);
     }
 }

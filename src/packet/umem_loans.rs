@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{FrameHandle, FramePool, Offload};
+use super::{FrameHandle, FramePool};
 
 /// The lending ledger of one AF_XDP socket.
 pub struct UmemLoans {
@@ -66,13 +66,7 @@ impl UmemLoans {
         }
         self.lent[word] &= !(1 << bit);
         self.count -= 1;
-        Some(FrameHandle {
-            index,
-            offset: offset as u16,
-            len,
-            offload: Offload::default(),
-            network: 0,
-        })
+        Some(FrameHandle::new(index, offset as u16, len))
     }
 
     /// Every frame still lent. Only for after the socket is closed: the
@@ -84,13 +78,11 @@ impl UmemLoans {
             while b != 0 {
                 let bit = b.trailing_zeros();
                 b &= b - 1;
-                frames.push(FrameHandle {
-                    index: word as u32 * 64 + bit,
-                    offset: super::pool::HEADROOM,
-                    len: 0,
-                    offload: Offload::default(),
-                    network: 0,
-                });
+                frames.push(FrameHandle::new(
+                    word as u32 * 64 + bit,
+                    super::pool::HEADROOM,
+                    0,
+                ));
             }
         }
         self.count = 0;

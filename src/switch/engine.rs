@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::fdb::{Fdb, DEFAULT_CAPACITY};
 use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
-use crate::packet::wire::flow::flow_hash;
+use crate::packet::wire::flow::Parsed;
 use crate::packet::wire::{EthernetFrame, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx};
 
@@ -98,98 +98,86 @@ impl SwitchEngine {
         &self.fdb
     }
 
+    /// Forwards `frame` along `route`, which [`route`] chose while the
+    /// frame waited at the head of its input (`None`: a runt).
     #[inline]
-    fn forward(&mut self, input: usize, mut frame: FrameHandle) {
-        let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(&frame)) else {
+    fn forward(&mut self, input: usize, mut frame: FrameHandle, route: Option<Route>) {
+        let Some(mut route) = route else {
             port_mut(&mut self.ports, input).drop_frame(PortDrop::Runt);
             self.cache.free(frame);
             return;
         };
-        let (dst, src) = (eth.dst(), eth.src());
-        let network = {
+        {
             let p = port_mut(&mut self.ports, input);
             p.counters.rx_packets += 1;
             p.counters.rx_bytes += u64::from(frame.len);
             p.dirty = true;
-            match p.network {
-                PortNetwork::Only(n) => n,
-                PortNetwork::Any => frame.network,
-            }
-        };
+        }
+        let (network, src, dst) = (route.network, route.src, route.dst);
         frame.network = network;
         let generation = self.fdb.generation();
         if !src.is_group() && self.last_learn != Some((network, src, input, generation)) {
             self.fdb.learn(network, src, PortId(input as u16));
             self.last_learn = Some((network, src, input, self.fdb.generation()));
         }
-        if dst.is_group() {
-            return self.flood(input, frame);
+        if self.fdb.generation() != generation && !dst.is_group() {
+            // Learning changed the sender's own entry, which is the
+            // destination's when a frame is addressed to its sender.
+            let packet = self.pool.bytes(&frame);
+            route.to = unicast(
+                &self.ports,
+                &self.fdb,
+                &mut self.last_lookup,
+                input,
+                network,
+                dst,
+                |queues| queue_for(queues, &mut route.parsed, packet),
+            );
         }
-        let out = cached_lookup(&self.fdb, &mut self.last_lookup, network, dst);
-        match out {
-            Some(out) if usize::from(out.0) == input => {
+        frame.parsed = route.parsed;
+        match route.to {
+            To::SamePort => {
                 port_mut(&mut self.ports, input).drop_frame(PortDrop::SamePort);
                 self.cache.free(frame);
             }
-            Some(out)
-                if self
-                    .ports
-                    .get(usize::from(out.0))
-                    .is_some_and(Option::is_some) =>
-            {
-                output(
-                    &mut self.ports,
-                    &mut self.cache,
-                    &self.pool,
-                    usize::from(out.0),
-                    frame,
-                    &mut FlowHash::default(),
-                );
+            To::Port { port, queue } => {
+                output(&mut self.ports, &mut self.cache, port, queue, frame)
             }
-            _ => self.flood(input, frame),
+            To::Flood => self.flood(input, frame),
         }
     }
 
-    /// True when the frame at the head of input `q` of port `p` is unicast to
-    /// a known port whose link is full: it then stays where it is, so the
-    /// sender is slowed down instead of losing it (a vNIC leaves the guest's
-    /// frames in its TX ring). Flooded frames never wait; and a guest that
-    /// stops taking frames cannot block others for long, because its vNIC
-    /// engine keeps draining its link (and drops what the guest has no
-    /// buffers for).
+    /// The route of the frame at the head of input `q` of port `p`, and
+    /// whether it must wait there: when it is unicast to a known port whose
+    /// link is full, it stays, so the sender is slowed down instead of
+    /// losing it (a vNIC leaves the guest's frames in its TX ring). Flooded
+    /// frames never wait; and a guest that stops taking frames cannot block
+    /// others for long, because its vNIC engine keeps draining its link
+    /// (and drops what the guest has no buffers for).
     #[inline]
-    fn head_is_blocked(&mut self, p: usize, q: usize) -> bool {
-        let Some(head) = self.ports[p]
-            .as_ref()
-            .and_then(|port| port.inputs[q].peek())
-        else {
-            return false;
+    fn head_route(&mut self, p: usize, q: usize) -> (Option<Route>, bool) {
+        let Some(port) = self.ports[p].as_ref() else {
+            return (None, false);
         };
-        let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(head)) else {
-            return false;
+        let Some(head) = port.inputs[q].peek() else {
+            return (None, false);
         };
-        let dst = eth.dst();
-        if dst.is_group() {
-            return false;
-        }
-        let network = match self.ports[p].as_ref().map(|port| port.network) {
-            Some(PortNetwork::Only(n)) => n,
-            _ => head.network,
+        let route = route(
+            &self.ports,
+            &self.fdb,
+            &mut self.last_lookup,
+            &self.pool,
+            p,
+            head,
+        );
+        let blocked = match route.map(|r| r.to) {
+            Some(To::Port { port, queue }) => self.ports[port]
+                .as_ref()
+                .and_then(|o| o.outputs.get(queue))
+                .is_some_and(|l| l.free() == 0),
+            _ => false,
         };
-        let out = cached_lookup(&self.fdb, &mut self.last_lookup, network, dst);
-        let Some(out) = out.filter(|o| usize::from(o.0) != p) else {
-            return false;
-        };
-        let Some(Some(port)) = self.ports.get(usize::from(out.0)) else {
-            return false;
-        };
-        let queues = port.outputs.len();
-        let queue = if queues > 1 {
-            flow_hash(&eth) as usize % queues
-        } else {
-            0
-        };
-        queues > 0 && port.outputs[queue].free() == 0
+        (route, blocked)
     }
 
     /// One deficit-round-robin pass over the input ports: a port forwards
@@ -215,7 +203,8 @@ impl SwitchEngine {
                         break;
                     }
                     credited = true;
-                    if self.head_is_blocked(p, q) {
+                    let (route, blocked) = self.head_route(p, q);
+                    if blocked {
                         let port = port_mut(&mut self.ports, p);
                         port.counters.backpressure += 1;
                         port.dirty = true;
@@ -226,7 +215,7 @@ impl SwitchEngine {
                         break;
                     };
                     port.deficit -= len;
-                    self.forward(p, frame);
+                    self.forward(p, frame, route);
                     n += 1;
                 }
                 work += n;
@@ -242,8 +231,7 @@ impl SwitchEngine {
         (work, backlogged && !credited)
     }
 
-    fn flood(&mut self, input: usize, frame: FrameHandle) {
-        let mut hash = FlowHash::default();
+    fn flood(&mut self, input: usize, mut frame: FrameHandle) {
         let network = frame.network;
         let member = |i: usize, p: &Option<SwitchPort>| {
             i != input && p.as_ref().is_some_and(|p| p.network.carries(network))
@@ -268,50 +256,126 @@ impl SwitchEngine {
                 port_mut(&mut self.ports, target).drop_frame(PortDrop::PoolEmpty);
                 continue;
             };
+            let queue = self.queue_of(target, &mut frame);
             copy.len = frame.len;
             copy.offload = frame.offload;
             copy.network = frame.network;
+            copy.parsed = frame.parsed;
             let off = usize::from(copy.offset);
             let src = self.pool.bytes(&frame);
             self.pool.frame_mut(&mut copy)[off..off + src.len()].copy_from_slice(src);
-            output(
-                &mut self.ports,
-                &mut self.cache,
-                &self.pool,
-                target,
-                copy,
-                &mut hash,
-            );
+            output(&mut self.ports, &mut self.cache, target, queue, copy);
         }
-        output(
-            &mut self.ports,
-            &mut self.cache,
-            &self.pool,
-            last,
-            frame,
-            &mut hash,
-        );
+        let queue = self.queue_of(last, &mut frame);
+        output(&mut self.ports, &mut self.cache, last, queue, frame);
+    }
+
+    /// The queue of port `port` that `frame` goes to, parsing the frame (once)
+    /// if the port has more than one.
+    #[inline]
+    fn queue_of(&self, port: usize, frame: &mut FrameHandle) -> usize {
+        let queues = self.ports[port].as_ref().map_or(0, |p| p.outputs.len());
+        let mut parsed = frame.parsed;
+        let queue = queue_for(queues, &mut parsed, self.pool.bytes(frame));
+        frame.parsed = parsed;
+        queue
     }
 }
 
-/// The flow hash that spreads a port's frames over its queues, computed only
-/// for ports that have more than one, and once per frame (hashing the
-/// 5-tuple is a noticeable share of the switch's per-frame cost, and most
-/// ports have one queue).
-#[derive(Clone, Copy, Default)]
-struct FlowHash(Option<u32>);
+/// Where a frame goes, decided once per frame (the backpressure check
+/// decides it, forwarding carries it out) from one read of its headers.
+#[derive(Clone, Copy)]
+struct Route {
+    network: u32,
+    src: MacAddr,
+    dst: MacAddr,
+    to: To,
+    /// The frame's parse as carried in, or as made to pick an output queue.
+    parsed: Parsed,
+}
 
-impl FlowHash {
-    #[inline]
-    fn queue(&mut self, queues: usize, pool: &FramePool, frame: &FrameHandle) -> usize {
-        if queues <= 1 {
-            return 0;
-        }
-        let h = *self.0.get_or_insert_with(|| {
-            EthernetFrame::new_checked(pool.bytes(frame)).map_or(0, |e| flow_hash(&e))
-        });
-        h as usize % queues
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum To {
+    /// Group-addressed, or to an address no port is known for.
+    Flood,
+    /// Back to the port it came from.
+    SamePort,
+    /// One queue of one port.
+    Port { port: usize, queue: usize },
+}
+
+/// The route of `frame`, which arrived on port `input`; `None` for a runt.
+#[inline]
+fn route(
+    ports: &[Option<SwitchPort>],
+    fdb: &Fdb,
+    last: &mut Option<LookupCache>,
+    pool: &FramePool,
+    input: usize,
+    frame: &FrameHandle,
+) -> Option<Route> {
+    let packet = pool.bytes(frame);
+    let eth = EthernetFrame::new_checked(packet)?;
+    let (src, dst) = (eth.src(), eth.dst());
+    let network = match ports[input].as_ref().map(|p| p.network) {
+        Some(PortNetwork::Only(n)) => n,
+        _ => frame.network,
+    };
+    let mut parsed = frame.parsed;
+    let to = if dst.is_group() {
+        To::Flood
+    } else {
+        unicast(ports, fdb, last, input, network, dst, |queues| {
+            queue_for(queues, &mut parsed, packet)
+        })
+    };
+    Some(Route {
+        network,
+        src,
+        dst,
+        to,
+        parsed,
+    })
+}
+
+/// Where a unicast frame to `dst` goes: the FDB's port, and the queue
+/// `queue` picks among its output queues, else everywhere.
+#[inline]
+fn unicast(
+    ports: &[Option<SwitchPort>],
+    fdb: &Fdb,
+    last: &mut Option<LookupCache>,
+    input: usize,
+    network: u32,
+    dst: MacAddr,
+    queue: impl FnOnce(usize) -> usize,
+) -> To {
+    match cached_lookup(fdb, last, network, dst).map(|o| usize::from(o.0)) {
+        Some(out) if out == input => To::SamePort,
+        Some(out) => match ports.get(out) {
+            Some(Some(port)) => To::Port {
+                port: out,
+                queue: queue(port.outputs.len()),
+            },
+            _ => To::Flood,
+        },
+        None => To::Flood,
     }
+}
+
+/// The queue among `queues` for the flow of `packet`: parsed only for ports
+/// that have more than one (hashing the 5-tuple is a noticeable share of the
+/// switch's per-frame cost, and most ports have one queue), and at most once
+/// per frame, as `parsed` travels with it.
+#[inline]
+fn queue_for(queues: usize, parsed: &mut Parsed, packet: &[u8]) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    if !parsed.is_parsed() {
+        *parsed = Parsed::of(packet).unwrap_or(Parsed::NOT_YET);
+    }
+    parsed.hash as usize % queues
 }
 
 /// The last lookup: (network, MAC) -> port, valid for one FDB generation.
@@ -345,20 +409,19 @@ fn port_mut(ports: &mut [Option<SwitchPort>], i: usize) -> &mut SwitchPort {
 fn output(
     ports: &mut [Option<SwitchPort>],
     cache: &mut FrameCache,
-    pool: &FramePool,
     out: usize,
+    queue: usize,
     frame: FrameHandle,
-    hash: &mut FlowHash,
 ) {
     let port = port_mut(ports, out);
-    let queues = port.outputs.len();
-    if queues == 0 {
+    let Some(link) = port.outputs.get_mut(queue) else {
+        // A port without output queues.
         port.drop_frame(PortDrop::NoRoute);
         cache.free(frame);
         return;
-    }
+    };
     let len = u64::from(frame.len);
-    match port.outputs[hash.queue(queues, pool, &frame)].push(frame) {
+    match link.push(frame) {
         Ok(()) => {
             port.counters.tx_packets += 1;
             port.counters.tx_bytes += len;
@@ -694,5 +757,153 @@ mod tests {
         for p in [&mut pa, &mut pb] {
             drop(std::mem::replace(&mut p.to_switch, link(1).unwrap().0));
         }
+    }
+
+    /// A port whose output has `queues` links of 4 frames each.
+    fn add_queues(
+        sw: &mut SwitchEngine,
+        mac: MacAddr,
+        queues: usize,
+    ) -> (LinkTx, Vec<LinkRx>, PortId) {
+        let (to_switch, input) = link(64).unwrap();
+        let (outputs, from_switch): (Vec<_>, Vec<_>) =
+            (0..queues).map(|_| link(4).unwrap()).unzip();
+        let (id, _) = sw.add_port(
+            SwitchPort::new("mq", PortNetwork::Only(0), vec![input], outputs),
+            &[mac],
+        );
+        (to_switch, from_switch, id)
+    }
+
+    /// A TCP/IPv4 frame from `src` to `dst` with source port `sport`.
+    fn tcp(
+        cache: &mut FrameCache,
+        pool: &FramePool,
+        dst: MacAddr,
+        src: MacAddr,
+        sport: u16,
+    ) -> FrameHandle {
+        let mut f = frame(cache, pool, dst, src, 60);
+        let off = usize::from(f.offset);
+        let b = &mut pool.frame_mut(&mut f)[off..off + 60];
+        b[12..14].copy_from_slice(&[0x08, 0x00]);
+        b[14] = 0x45;
+        b[14 + 9] = 6;
+        b[34..36].copy_from_slice(&sport.to_be_bytes());
+        f
+    }
+
+    fn drain(links: &mut [LinkRx], cache: &mut FrameCache) {
+        for l in links {
+            while let Some(f) = l.pop() {
+                cache.free(f);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_is_parsed_once_and_waits_for_the_queue_it_will_take() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut pa, a) = add(&mut sw, "a", Some(A));
+        let (mut to_b, mut from_b, _) = add_queues(&mut sw, B, 2);
+        let queue_of = |f: &FrameHandle| Parsed::of(pool.bytes(f)).unwrap().hash as usize % 2;
+
+        // One flow, five frames: its queue takes four, the fifth waits
+        // although the other queue is empty.
+        let probe = tcp(&mut cache, &pool, B, A, 1000);
+        let q = queue_of(&probe);
+        cache.free(probe);
+        for _ in 0..5 {
+            pa.to_switch
+                .push(tcp(&mut cache, &pool, B, A, 1000))
+                .unwrap();
+        }
+        sw.poll(64);
+        assert_eq!((from_b[q].len(), from_b[1 - q].len()), (4, 0));
+        let ca = sw.ports[usize::from(a.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
+        assert!(ca.backpressure >= 1);
+        assert_eq!(ca.rx_packets, 4);
+        // What the switch parsed travels on with the frame.
+        let f = from_b[q].pop().unwrap();
+        assert_eq!(Some(f.parsed), Parsed::of(pool.bytes(&f)));
+        assert_eq!((f.parsed.l3, f.parsed.l4), (14, 34));
+        cache.free(f);
+        sw.poll(64);
+        assert_eq!(from_b[q].len(), 4, "the waiting frame followed");
+        drain(&mut from_b, &mut cache);
+
+        // A parse that came with the frame is used, not redone: a carried
+        // hash (here, deliberately not the frame's own) picks the queue.
+        let mut f = tcp(&mut cache, &pool, B, A, 1000);
+        f.parsed = Parsed {
+            hash: (1 - q) as u32,
+            l3: 14,
+            l4: 34,
+        };
+        pa.to_switch.push(f).unwrap();
+        sw.poll(64);
+        assert_eq!((from_b[q].len(), from_b[1 - q].len()), (0, 1));
+        drain(&mut from_b, &mut cache);
+
+        // A port of one queue needs no flow hash: the frame is not parsed.
+        to_b.push(tcp(&mut cache, &pool, A, B, 1000)).unwrap();
+        sw.poll(64);
+        let f = pa.from_switch.pop().unwrap();
+        assert!(!f.parsed.is_parsed());
+        cache.free(f);
+
+        // Flooded copies carry the parse made for a multiqueue member.
+        pa.to_switch
+            .push(tcp(&mut cache, &pool, MacAddr::BROADCAST, A, 7))
+            .unwrap();
+        let (_to_c, mut from_c, _c) = add_queues(&mut sw, C, 2);
+        sw.poll(64);
+        let mut copies = 0;
+        for l in from_b.iter_mut().chain(from_c.iter_mut()) {
+            while let Some(f) = l.pop() {
+                assert_eq!(Some(f.parsed), Parsed::of(pool.bytes(&f)));
+                cache.free(f);
+                copies += 1;
+            }
+        }
+        assert_eq!(copies, 2, "b and c each got the broadcast");
+        drain(&mut from_b, &mut cache);
+        drain(&mut from_c, &mut cache);
+    }
+
+    #[test]
+    fn a_frame_to_its_own_sender_is_routed_after_learning() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut pa, a) = add(&mut sw, "a", None);
+        let (mut pc, c) = add(&mut sw, "c", None);
+        // X is learned behind c, then moves to a with a frame addressed to
+        // itself: the route chosen before learning (to c) is stale.
+        const X: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x77]);
+        pc.to_switch
+            .push(frame(&mut cache, &pool, MacAddr::BROADCAST, X, 60))
+            .unwrap();
+        sw.poll(64);
+        cache.free(pa.from_switch.pop().unwrap());
+        assert_eq!(sw.fdb().lookup(0, X), Some(c));
+        pa.to_switch
+            .push(frame(&mut cache, &pool, X, X, 60))
+            .unwrap();
+        sw.poll(64);
+        assert_eq!(sw.fdb().lookup(0, X), Some(a));
+        assert!(pc.from_switch.is_empty(), "not sent where X used to be");
+        let ca = sw.ports[usize::from(a.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
+        assert_eq!(ca.dropped(PortDrop::SamePort), 1);
     }
 }

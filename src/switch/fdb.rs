@@ -3,43 +3,12 @@
 //! and every learned address is scoped to one virtual network, so the same
 //! MAC in two networks is two unrelated entries.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use super::PortId;
+use crate::packet::fast_hash::{FastMap, NetMac};
 use crate::packet::wire::MacAddr;
 
 /// Entries learning may create; beyond it new addresses are flooded.
 pub const DEFAULT_CAPACITY: usize = 8192;
-
-/// A MAC address is already well mixed in its low bytes; one multiply spreads
-/// it over the table (SipHash would cost more than the lookup).
-#[derive(Default)]
-pub struct MacHasher(u64);
-
-impl Hasher for MacHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    }
-    fn write_u128(&mut self, v: u128) {
-        let folded = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        self.write_u64(folded);
-    }
-}
-
-/// The table key: the network in the high bits, the MAC's 48 in the low.
-#[inline]
-fn key(network: u32, mac: MacAddr) -> u128 {
-    u128::from(network) << 48 | u128::from(mac.to_u64())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -48,7 +17,7 @@ pub struct FdbEntry {
 }
 
 pub struct Fdb {
-    map: HashMap<u128, FdbEntry, BuildHasherDefault<MacHasher>>,
+    map: FastMap<NetMac, FdbEntry>,
     capacity: usize,
     /// Changes whenever an entry is added, moved or removed, so callers can
     /// cache a lookup and know when it went stale.
@@ -58,7 +27,7 @@ pub struct Fdb {
 impl Fdb {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            map: FastMap::with_capacity_and_hasher(capacity, Default::default()),
             capacity,
             generation: 0,
         }
@@ -66,14 +35,14 @@ impl Fdb {
 
     #[inline]
     pub fn lookup(&self, network: u32, mac: MacAddr) -> Option<PortId> {
-        self.map.get(&key(network, mac)).map(|e| e.port)
+        self.map.get(&NetMac::new(network, mac)).map(|e| e.port)
     }
 
     /// Learns `mac` behind `port`; static entries stay put. Never allocates:
     /// the table was sized at creation and is full at `capacity`.
     #[inline]
     pub fn learn(&mut self, network: u32, mac: MacAddr, port: PortId) {
-        let key = key(network, mac);
+        let key = NetMac::new(network, mac);
         if let Some(e) = self.map.get_mut(&key) {
             if !e.is_static && e.port != port {
                 e.port = port;
@@ -103,13 +72,13 @@ impl Fdb {
             port,
             is_static: true,
         };
-        self.map.insert(key(network, mac), entry);
+        self.map.insert(NetMac::new(network, mac), entry);
         self.generation += 1;
     }
 
     /// Removes the entry of `mac` in `network`; false if there was none.
     pub fn remove(&mut self, network: u32, mac: MacAddr) -> bool {
-        let found = self.map.remove(&key(network, mac)).is_some();
+        let found = self.map.remove(&NetMac::new(network, mac)).is_some();
         if found {
             self.generation += 1;
         }
@@ -127,14 +96,7 @@ impl Fdb {
         let mut v: Vec<_> = self
             .map
             .iter()
-            .map(|(k, e)| {
-                let b = (*k as u64).to_be_bytes();
-                (
-                    (k >> 48) as u32,
-                    MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]]),
-                    *e,
-                )
-            })
+            .map(|(k, e)| (k.network(), k.mac(), *e))
             .collect();
         v.sort_by_key(|(n, m, _)| (*n, *m));
         v

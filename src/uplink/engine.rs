@@ -15,8 +15,7 @@ use super::xsk::ring::ProducerRing;
 use super::xsk::XskSocket;
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
-use crate::packet::wire::flow::flow_hash;
-use crate::packet::wire::{EthernetFrame, MacAddr};
+use crate::packet::wire::MacAddr;
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
 use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
@@ -479,7 +478,9 @@ fn replicate(
 ) {
     let b = pool.bytes(&frame);
     let dst = MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]);
-    let entropy = EthernetFrame::new_checked(b).map_or(0, |e| flow_hash(&e) as u16);
+    // The switch usually parsed the frame already (to pick this uplink's
+    // queue): its flow hash is reused, not recomputed.
+    let entropy = frame.headers(pool).map_or(0, |p| p.hash as u16);
     overlay.targets(frame.network, dst, targets);
     let Some((&last, rest)) = targets.split_last() else {
         out.cache.free(frame);

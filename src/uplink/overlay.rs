@@ -9,12 +9,13 @@
 //! headroom, so a frame from a guest reaches the wire without a copy
 //! (replicas are copies).
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::packet::checksum::ones_sum;
+use crate::packet::fast_hash::{FastMap, NetMac};
+use crate::packet::wire::flow::Parsed;
 use crate::packet::wire::MacAddr;
 use crate::packet::{FrameHandle, FramePool};
 
@@ -91,8 +92,8 @@ pub struct OverlayTable {
     local_ip: [u8; 4],
     local_mac: MacAddr,
     hosts: Vec<([u8; 4], MacAddr)>,
-    by_network: HashMap<u32, Vec<usize>>,
-    by_mac: HashMap<(u32, MacAddr), usize>,
+    by_network: FastMap<u32, Vec<usize>>,
+    by_mac: FastMap<NetMac, usize>,
     max_fanout: usize,
 }
 
@@ -100,7 +101,7 @@ impl OverlayTable {
     /// Builds the table; `Err` names what is inconsistent.
     pub fn new(cfg: &OverlayConfig, local_mac: MacAddr) -> Result<Self, String> {
         let mut hosts = Vec::new();
-        let mut by_network: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut by_network: FastMap<u32, Vec<usize>> = FastMap::default();
         for (i, r) in cfg.remotes.iter().enumerate() {
             if hosts.iter().any(|(ip, _)| *ip == r.ip.octets()) {
                 return Err(format!("remotes[{i}]: {} is listed twice", r.ip));
@@ -110,12 +111,12 @@ impl OverlayTable {
                 by_network.entry(*n).or_default().push(i);
             }
         }
-        let mut by_mac = HashMap::new();
+        let mut by_mac = FastMap::default();
         for (i, m) in cfg.macs.iter().enumerate() {
             let Some(h) = hosts.iter().position(|(ip, _)| *ip == m.remote.octets()) else {
                 return Err(format!("macs[{i}]: {} is not among the remotes", m.remote));
             };
-            by_mac.insert((m.network, m.mac), h);
+            by_mac.insert(NetMac::new(m.network, m.mac), h);
         }
         let max_fanout = by_network.values().map(Vec::len).max().unwrap_or(0);
         Ok(Self {
@@ -138,7 +139,7 @@ impl OverlayTable {
     pub fn targets(&self, network: u32, dst: MacAddr, out: &mut Vec<usize>) {
         out.clear();
         if !dst.is_group() {
-            if let Some(h) = self.by_mac.get(&(network, dst)) {
+            if let Some(h) = self.by_mac.get(&NetMac::new(network, dst)) {
                 out.push(*h);
                 return;
             }
@@ -191,6 +192,7 @@ impl OverlayTable {
             .copy_from_slice(&[FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
         frame.offset = start as u16;
         frame.len += OVERHEAD as u32;
+        frame.parsed = Parsed::NOT_YET;
         true
     }
 
@@ -233,6 +235,7 @@ impl OverlayTable {
         frame.offset += OVERHEAD as u16;
         frame.len = inner as u32;
         frame.network = network;
+        frame.parsed = Parsed::NOT_YET;
         Ok(())
     }
 }
@@ -290,14 +293,19 @@ mod tests {
         assert_eq!(t, vec![0]);
         a.targets(200, MacAddr::BROADCAST, &mut t);
         assert!(t.is_empty(), "no remote in network 200");
+        // A parse of the inner frame does not survive the outer headers.
+        f.parsed = Parsed::of(&inner).unwrap();
         assert!(a.encap(&pool, &mut f, 0, 0x1234));
+        assert!(!f.parsed.is_parsed());
         let outer = pool.bytes(&f).to_vec();
         assert_eq!(outer.len(), 150);
         assert_eq!(&outer[..6], &REMOTE.0);
         assert_eq!(!ones_sum(&outer[14..34]), 0, "outer IPv4 checksum");
         assert_eq!(&outer[46..49], &[0, 0, 100], "VNI");
         f.network = 0;
+        f.parsed = Parsed::of(pool.bytes(&f)).unwrap();
         b.decap(&pool, &mut f).unwrap();
+        assert!(!f.parsed.is_parsed());
         assert_eq!(f.network, 100);
         assert_eq!(pool.bytes(&f), &inner[..]);
         // The receiving side refuses what it does not know.
