@@ -14,9 +14,12 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use super::error::FrontendError;
 use super::features::*;
 use super::memory::GuestMemory;
+use super::packed_ring::{alloc_packed, PackedRing};
 use super::queue::{QueueStats, RxQueue, TxQueue};
+use super::ring::DriverRing;
 use super::split_ring::{RingAddrs, SplitRing};
 use super::{FrontendConfig, RawDesc, VirtioNetHdr, SCRATCH_LEN};
+use crate::packet::wire::virtq_packed::WRAP_BIT;
 
 /// VHOST_USER_SET_STATUS, which the `vhost` crate's frontend does not implement.
 const VHOST_USER_SET_STATUS: u32 = 39;
@@ -39,15 +42,117 @@ pub struct RingInfo {
 }
 
 #[derive(Debug)]
-struct QueuePair {
-    rx: RxQueue,
-    tx: TxQueue,
+struct QueuePair<R> {
+    rx: RxQueue<R>,
+    tx: TxQueue<R>,
+}
+
+/// The queue pairs, over one ring layout (monomorphised: no dispatch per packet).
+#[derive(Debug)]
+enum QueuePairs {
+    Split(Vec<QueuePair<SplitRing>>),
+    Packed(Vec<QueuePair<PackedRing>>),
+}
+
+/// Runs `$body` with `$v` bound to the queue pair vector, whichever the ring layout.
+macro_rules! with_qps {
+    ($qps:expr, $v:ident => $body:expr) => {
+        match $qps {
+            QueuePairs::Split($v) => $body,
+            QueuePairs::Packed($v) => $body,
+        }
+    };
+}
+
+/// Queue pair `qp` of `v`; panics with a clear message when out of range.
+fn pick<T>(v: &mut [T], qp: u16) -> &mut T {
+    let n = v.len();
+    v.get_mut(qp as usize)
+        .unwrap_or_else(|| panic!("queue pair {qp} out of range (have {n})"))
+}
+
+/// Builds the queue pairs on rings made by `ring`, and posts the RX buffers.
+fn build_qps<R: DriverRing>(
+    layouts: &[Layout],
+    cfg: &FrontendConfig,
+    rx_buf_len: u32,
+    rx_stride: usize,
+    hdr_len: usize,
+    mrg: bool,
+    ring: impl Fn(RingAddrs) -> Result<R, FrontendError>,
+) -> Result<Vec<QueuePair<R>>, FrontendError> {
+    let bad = || FrontendError::InvalidConfig("buffer layout".into());
+    let mut qps = Vec::with_capacity(layouts.len());
+    for l in layouts {
+        let tx =
+            TxQueue::new(ring(l.tx)?, l.tx_buf, cfg.tx_buf_len, l.ind, hdr_len).ok_or_else(bad)?;
+        let mut rx = RxQueue::new(
+            ring(l.rx)?,
+            l.rx_buf,
+            rx_buf_len,
+            rx_stride,
+            hdr_len,
+            mrg,
+            cfg.raw_reserve,
+        )
+        .ok_or_else(bad)?;
+        rx.fill();
+        qps.push(QueuePair { rx, tx });
+    }
+    Ok(qps)
+}
+
+/// Tells the backend where each ring is (NUM, BASE, ADDR, KICK, CALL, ENABLE per ring).
+fn announce_rings<R: DriverRing>(
+    vu: &mut VuFrontend,
+    mem: &GuestMemory,
+    qps: &[QueuePair<R>],
+    base: u16,
+    enable: bool,
+) -> Result<(), FrontendError> {
+    let e = FrontendError::vhost;
+    for (i, qp) in qps.iter().enumerate() {
+        for (r, ring) in [(2 * i, &qp.rx.ring), (2 * i + 1, &qp.tx.ring)] {
+            let a = ring.addrs();
+            let size = ring.size();
+            vu.set_vring_num(r, size).map_err(e("SET_VRING_NUM"))?;
+            vu.set_vring_base(r, base).map_err(e("SET_VRING_BASE"))?;
+            let vcd = VringConfigData {
+                queue_max_size: size,
+                queue_size: size,
+                flags: 0,
+                desc_table_addr: mem.host_addr(a.desc),
+                used_ring_addr: mem.host_addr(a.used),
+                avail_ring_addr: mem.host_addr(a.avail),
+                log_addr: None,
+            };
+            vu.set_vring_addr(r, &vcd).map_err(e("SET_VRING_ADDR"))?;
+            vu.set_vring_kick(r, ring.kick_fd())
+                .map_err(e("SET_VRING_KICK"))?;
+            vu.set_vring_call(r, ring.call_fd())
+                .map_err(e("SET_VRING_CALL"))?;
+            if enable {
+                vu.set_vring_enable(r, true)
+                    .map_err(e("SET_VRING_ENABLE"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Guest-physical placement of one queue pair's rings and buffers.
+struct Layout {
+    rx: RingAddrs,
+    tx: RingAddrs,
+    rx_buf: u64,
+    tx_buf: u64,
+    ind: Option<u64>,
 }
 
 /// A vhost-user virtio-net device driven from this process (see the module docs).
 pub struct Frontend {
     // Field order is drop order: rings first, then the socket, then memory (Arc).
-    qps: Vec<QueuePair>,
+    qps: QueuePairs,
     vu: VuFrontend,
     mem: Arc<GuestMemory>,
     features: u64,
@@ -68,7 +173,7 @@ impl std::fmt::Debug for Frontend {
             .field("protocol_features", &self.protocol_features)
             .field("mac", &self.mac)
             .field("mtu", &self.mtu)
-            .field("queue_pairs", &self.qps.len())
+            .field("queue_pairs", &self.queue_pairs())
             .field("queue_size", &self.queue_size)
             .finish_non_exhaustive()
     }
@@ -235,6 +340,9 @@ impl Frontend {
         if cfg.indirect {
             want |= VIRTIO_RING_F_INDIRECT_DESC;
         }
+        if cfg.packed {
+            want |= VIRTIO_F_RING_PACKED;
+        }
         if cfg.offloads {
             want |= VIRTIO_NET_F_CSUM
                 | VIRTIO_NET_F_GUEST_CSUM
@@ -249,6 +357,10 @@ impl Frontend {
         let features = offered & want & !VIRTIO_NET_F_CTRL_VQ;
         if cfg.indirect && features & VIRTIO_RING_F_INDIRECT_DESC == 0 {
             return Err(FrontendError::MissingFeature("VIRTIO_RING_F_INDIRECT_DESC"));
+        }
+        let packed = features & VIRTIO_F_RING_PACKED != 0;
+        if cfg.packed && !packed {
+            return Err(FrontendError::MissingFeature("VIRTIO_F_RING_PACKED"));
         }
         if features & VIRTIO_F_VERSION_1 == 0 {
             log::warn!("backend does not offer VIRTIO_F_VERSION_1; using the legacy header");
@@ -303,19 +415,17 @@ impl Frontend {
             need,
             have: cfg.mem_size,
         };
-        struct Layout {
-            rx: RingAddrs,
-            tx: RingAddrs,
-            rx_buf: u64,
-            tx_buf: u64,
-            ind: Option<u64>,
-        }
+        let alloc_ring = if packed {
+            alloc_packed
+        } else {
+            RingAddrs::alloc
+        };
         let mut layouts = Vec::with_capacity(cfg.queue_pairs as usize);
         for _ in 0..cfg.queue_pairs {
             let l = (|| {
                 Some(Layout {
-                    rx: RingAddrs::alloc(&mut mem, size)?,
-                    tx: RingAddrs::alloc(&mut mem, size)?,
+                    rx: alloc_ring(&mut mem, size)?,
+                    tx: alloc_ring(&mut mem, size)?,
                     tx_buf: mem.alloc(n * cfg.tx_buf_len as usize, 64)?,
                     rx_buf: mem.alloc(n * rx_stride, 64)?,
                     ind: if indirect {
@@ -332,27 +442,16 @@ impl Frontend {
             .alloc(SCRATCH_LEN, 4096)
             .ok_or_else(|| too_small(need))?;
         let mem = Arc::new(mem);
-        let mut qps = Vec::with_capacity(layouts.len());
-        for l in &layouts {
-            let ring = |a| {
+        let (l, bl) = (&layouts[..], rx_buf_len);
+        let qps = if packed {
+            QueuePairs::Packed(build_qps(l, cfg, bl, rx_stride, hdr_len, mrg, |a| {
+                PackedRing::new(mem.clone(), a, size, event_idx).map_err(FrontendError::io("ring"))
+            })?)
+        } else {
+            QueuePairs::Split(build_qps(l, cfg, bl, rx_stride, hdr_len, mrg, |a| {
                 SplitRing::new(mem.clone(), a, size, event_idx).map_err(FrontendError::io("ring"))
-            };
-            let bad = || FrontendError::InvalidConfig("buffer layout".into());
-            let tx = TxQueue::new(ring(l.tx)?, l.tx_buf, cfg.tx_buf_len, l.ind, hdr_len)
-                .ok_or_else(bad)?;
-            let mut rx = RxQueue::new(
-                ring(l.rx)?,
-                l.rx_buf,
-                rx_buf_len,
-                rx_stride,
-                hdr_len,
-                mrg,
-                cfg.raw_reserve,
-            )
-            .ok_or_else(bad)?;
-            rx.fill();
-            qps.push(QueuePair { rx, tx });
-        }
+            })?)
+        };
 
         // One region: guest-physical 0..size, our mapping address, memfd offset 0. (The
         // struct update covers the extra fields of `vhost` built with its `xen` feature.)
@@ -367,31 +466,10 @@ impl Frontend {
         };
         vu.set_mem_table(&[region]).map_err(e("SET_MEM_TABLE"))?;
 
-        for (i, qp) in qps.iter().enumerate() {
-            for (r, ring) in [(2 * i, &qp.rx.ring), (2 * i + 1, &qp.tx.ring)] {
-                let a = ring.addrs();
-                vu.set_vring_num(r, size).map_err(e("SET_VRING_NUM"))?;
-                vu.set_vring_base(r, 0).map_err(e("SET_VRING_BASE"))?;
-                let vcd = VringConfigData {
-                    queue_max_size: size,
-                    queue_size: size,
-                    flags: 0,
-                    desc_table_addr: mem.host_addr(a.desc),
-                    used_ring_addr: mem.host_addr(a.used),
-                    avail_ring_addr: mem.host_addr(a.avail),
-                    log_addr: None,
-                };
-                vu.set_vring_addr(r, &vcd).map_err(e("SET_VRING_ADDR"))?;
-                vu.set_vring_kick(r, ring.kick_fd())
-                    .map_err(e("SET_VRING_KICK"))?;
-                vu.set_vring_call(r, ring.call_fd())
-                    .map_err(e("SET_VRING_CALL"))?;
-                if has_pf {
-                    vu.set_vring_enable(r, true)
-                        .map_err(e("SET_VRING_ENABLE"))?;
-                }
-            }
-        }
+        // QEMU and DPDK put the avail wrap counter of a packed ring in bit 15 of the base;
+        // it starts at 1.
+        let base = if packed { WRAP_BIT } else { 0 };
+        with_qps!(&qps, v => announce_rings(&mut vu, &mem, v, base, has_pf))?;
         let mut dev = Frontend {
             qps,
             vu,
@@ -410,14 +488,12 @@ impl Frontend {
             dev.set_status(STATUS_RUNNING)?;
         }
         // Like a guest driver after filling the RX ring: tell the device there are buffers.
-        for qp in &mut dev.qps {
-            qp.rx.ring.kick();
-        }
+        with_qps!(&mut dev.qps, v => v.iter_mut().for_each(|qp| qp.rx.ring.kick()));
         log::debug!(
             "vhost-user device up: features {features:#x}, protocol features {:#x}, \
              {} queue pair(s) of {size}, rx buffers {rx_buf_len} B, mac {mac:02x?}",
             pf.bits(),
-            dev.qps.len()
+            dev.queue_pairs()
         );
         Ok(dev)
     }
@@ -511,7 +587,7 @@ impl Frontend {
 
     /// Queue pairs set up.
     pub fn queue_pairs(&self) -> u16 {
-        self.qps.len() as u16
+        with_qps!(&self.qps, v => v.len() as u16)
     }
 
     /// Entries per ring.
@@ -529,59 +605,54 @@ impl Frontend {
         self.tx_buf_len
     }
 
-    fn qp(&mut self, qp: u16) -> &mut QueuePair {
-        let n = self.qps.len();
-        self.qps
-            .get_mut(qp as usize)
-            .unwrap_or_else(|| panic!("queue pair {qp} out of range (have {n})"))
-    }
-
     /// Copies each packet (with `hdr` prepended) into TX buffers and publishes them; returns
     /// how many were queued (fewer when the ring is full). Reclaims completed buffers first;
     /// kicks at most once, only when the device asks for it.
     pub fn send(&mut self, qp: u16, pkts: &[&[u8]], hdr: &VirtioNetHdr) -> usize {
-        self.qp(qp).tx.send(pkts, hdr)
+        with_qps!(&mut self.qps, v => pick(v, qp).tx.send(pkts, hdr))
     }
 
     /// Pre-fills every TX buffer of `qp` with a zero header and `frame` for [`Self::blast`].
     pub fn prepare_blast(&mut self, qp: u16, frame: &[u8]) {
-        self.qp(qp).tx.prepare_blast(frame)
+        with_qps!(&mut self.qps, v => pick(v, qp).tx.prepare_blast(frame))
     }
 
     /// Like [`Self::prepare_blast`] with the virtio-net header `hdr`.
     pub fn prepare_blast_with_hdr(&mut self, qp: u16, frame: &[u8], hdr: &VirtioNetHdr) {
-        self.qp(qp).tx.prepare_blast_with_hdr(frame, hdr)
+        with_qps!(&mut self.qps, v => pick(v, qp).tx.prepare_blast_with_hdr(frame, hdr))
     }
 
     /// Publishes up to `n` pre-filled frames (no copy); returns how many.
     pub fn blast(&mut self, qp: u16, n: usize) -> usize {
-        self.qp(qp).tx.blast(n)
+        with_qps!(&mut self.qps, v => pick(v, qp).tx.blast(n))
     }
 
     /// Harvests received packets on `qp`, calling `f(hdr, payload)` for each complete one
     /// (MRG_RXBUF buffers assembled), reposts the buffers; returns packets harvested.
     pub fn recv(&mut self, qp: u16, f: impl FnMut(&VirtioNetHdr, &[u8])) -> usize {
-        self.qp(qp).rx.harvest::<true, _>(f).0
+        with_qps!(&mut self.qps, v => pick(v, qp).rx.harvest::<true, _>(f).0)
     }
 
     /// Count-only harvesting: (packets, payload bytes without virtio header).
     pub fn recv_count(&mut self, qp: u16) -> (usize, usize) {
-        self.qp(qp).rx.harvest::<false, _>(|_, _| {})
+        with_qps!(&mut self.qps, v => pick(v, qp).rx.harvest::<false, _>(|_, _| {}))
     }
 
     /// Blocks until RX used entries are pending on `qp` or `timeout` passes, with RX
     /// interrupts enabled only for the wait. Returns whether entries are pending.
     pub fn wait_rx(&mut self, qp: u16, timeout: Duration) -> bool {
-        self.qp(qp).rx.wait(timeout)
+        with_qps!(&mut self.qps, v => pick(v, qp).rx.wait(timeout))
     }
 
     /// Publishes a raw descriptor chain on the TX ring of `qp` (see [`RawDesc`] for how
     /// `next` is translated). Returns the head index. Panics when not enough descriptors are
     /// free.
     pub fn tx_raw_chain(&mut self, qp: u16, descs: &[RawDesc]) -> u16 {
-        let q = &mut self.qp(qp).tx;
-        let free = q.ring.free_count();
-        q.raw_chain(descs).unwrap_or_else(|| {
+        let (head, free) = with_qps!(&mut self.qps, v => {
+            let q = &mut pick(v, qp).tx;
+            (q.raw_chain(descs), q.ring.free_count())
+        });
+        head.unwrap_or_else(|| {
             panic!(
                 "tx_raw_chain: {} descriptors wanted, {free} free (chain must be non-empty)",
                 descs.len()
@@ -592,9 +663,11 @@ impl Frontend {
     /// Same on the RX ring. RX descriptors are all posted as buffers unless
     /// `FrontendConfig::raw_reserve` keeps some free; panics when not enough are free.
     pub fn rx_raw_chain(&mut self, qp: u16, descs: &[RawDesc]) -> u16 {
-        let q = &mut self.qp(qp).rx;
-        let free = q.ring.free_count();
-        q.raw_chain(descs).unwrap_or_else(|| {
+        let (head, free) = with_qps!(&mut self.qps, v => {
+            let q = &mut pick(v, qp).rx;
+            (q.raw_chain(descs), q.ring.free_count())
+        });
+        head.unwrap_or_else(|| {
             panic!(
                 "rx_raw_chain: {} descriptors wanted, {free} free (raise raw_reserve)",
                 descs.len()
@@ -606,52 +679,63 @@ impl Frontend {
     /// first processes pending completions of that ring: on TX it reclaims, on RX it
     /// harvests, discarding (and counting in `rx_discarded`) normal packets in front.
     pub fn take_raw_used(&mut self, qp: u16, rx: bool) -> Vec<(u32, u32)> {
-        let q = self.qp(qp);
-        if rx {
-            q.rx.take_raw_used()
-        } else {
-            q.tx.reclaim();
-            q.tx.ring.take_raw_used()
-        }
+        with_qps!(&mut self.qps, v => {
+            let q = pick(v, qp);
+            if rx {
+                q.rx.take_raw_used()
+            } else {
+                q.tx.reclaim();
+                q.tx.ring.take_raw_used()
+            }
+        })
     }
 
     /// Free descriptors on a ring of `qp` (what raw chains can use).
     pub fn free_descs(&mut self, qp: u16, rx: bool) -> usize {
-        let q = self.qp(qp);
-        if rx {
-            q.rx.ring.free_count()
-        } else {
-            q.tx.reclaim();
-            q.tx.ring.free_count()
-        }
+        with_qps!(&mut self.qps, v => {
+            let q = pick(v, qp);
+            if rx {
+                q.rx.ring.free_count()
+            } else {
+                q.tx.reclaim();
+                q.tx.ring.free_count()
+            }
+        })
     }
 
     /// Guest-physical layout of a ring of `qp`.
     pub fn ring_info(&self, qp: u16, rx: bool) -> RingInfo {
-        let q = &self.qps[qp as usize];
-        let ring = if rx { &q.rx.ring } else { &q.tx.ring };
-        let a = ring.addrs();
+        let (a, size) = with_qps!(&self.qps, v => {
+            let q = &v[qp as usize];
+            if rx {
+                (q.rx.ring.addrs(), q.rx.ring.size())
+            } else {
+                (q.tx.ring.addrs(), q.tx.ring.size())
+            }
+        });
         RingInfo {
             desc: a.desc,
             avail: a.avail,
             used: a.used,
-            size: ring.size(),
+            size,
         }
     }
 
     /// Counters of queue pair `qp`.
     pub fn stats(&self, qp: u16) -> QueueStats {
-        let q = &self.qps[qp as usize];
-        let (rx_packets, rx_bytes, rx_discarded) = q.rx.counters();
-        QueueStats {
-            tx_packets: q.tx.packets(),
-            tx_kicks: q.tx.ring.stats().kicks,
-            rx_packets,
-            rx_bytes,
-            rx_kicks: q.rx.ring.stats().kicks,
-            rx_discarded,
-            bad_used: q.tx.ring.stats().bad_used + q.rx.ring.stats().bad_used,
-        }
+        with_qps!(&self.qps, v => {
+            let q = &v[qp as usize];
+            let (rx_packets, rx_bytes, rx_discarded) = q.rx.counters();
+            QueueStats {
+                tx_packets: q.tx.packets(),
+                tx_kicks: q.tx.ring.stats().kicks,
+                rx_packets,
+                rx_bytes,
+                rx_kicks: q.rx.ring.stats().kicks,
+                rx_discarded,
+                bad_used: q.tx.ring.stats().bad_used + q.rx.ring.stats().bad_used,
+            }
+        })
     }
 
     /// GPA of a scratch area of [`Self::scratch_len`] bytes that no ring or buffer uses.
@@ -694,7 +778,8 @@ impl Frontend {
     }
 
     /// [`Self::shutdown`], returning the ring bases the backend reported (RX0, TX0, RX1, ...):
-    /// for split rings the next avail index the device would have processed.
+    /// for split rings the next avail index the device would have processed, for packed
+    /// rings the next slot with the avail wrap counter in bit 15.
     pub fn shutdown_with_bases(self) -> Result<Vec<u32>, FrontendError> {
         if self
             .protocol_features
@@ -703,7 +788,7 @@ impl Frontend {
             self.set_status(0)?;
         }
         self.vu.set_hdr_flags(VhostUserHeaderFlag::empty());
-        (0..2 * self.qps.len())
+        (0..2 * self.queue_pairs() as usize)
             .map(|r| {
                 self.vu
                     .get_vring_base(r)

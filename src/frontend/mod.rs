@@ -1,13 +1,16 @@
 //! A vhost-user frontend (the guest/driver side), used by tests and `snapnet-bench`.
 //!
 //! [`Frontend`] connects to a vhost-user virtio-net backend, negotiates features like QEMU
-//! does, lays out split virtqueues and packet buffers in a shared memfd, and then drives the
-//! rings from the calling thread in polling mode: no allocation and, as long as the device
-//! suppresses notifications, no system call per packet.
+//! does, lays out split (or, with `packed`, packed) virtqueues and packet buffers in a
+//! shared memfd, and then drives the rings from the calling thread in polling mode: no
+//! allocation and, as long as the device suppresses notifications, no system call per
+//! packet.
 //!
 //! Files, one job each:
 //! * [`memory`]: the memfd-backed guest memory,
 //! * [`split_ring`]: the driver side of one split virtqueue (indices, free list, kicks),
+//! * [`packed_ring`]: the same for a packed virtqueue (wrap counters, event suppression),
+//! * [`ring`]: [`ring::DriverRing`], what the queues need from either ring,
 //! * [`queue`]: virtio-net TX/RX on top of a ring (buffers, copy, merged RX),
 //! * `device`: the connected device, handshake and public API ([`Frontend`]),
 //! * `hdr`: [`VirtioNetHdr`] and [`RawDesc`], `error`: [`FrontendError`].
@@ -18,7 +21,9 @@ mod device;
 mod error;
 mod hdr;
 pub mod memory;
+pub mod packed_ring;
 pub mod queue;
+pub mod ring;
 pub mod split_ring;
 
 #[cfg(test)]
@@ -69,6 +74,8 @@ pub mod features {
     pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
     /// Virtio 1.x.
     pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+    /// Packed virtqueues.
+    pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 }
 
 /// How to set up the device.
@@ -103,6 +110,9 @@ pub struct FrontendConfig {
     pub raw_reserve: u16,
     /// Back guest memory with 2 MiB huge pages (needs reserved hugetlb pages).
     pub hugepages: bool,
+    /// Negotiate VIRTIO_F_RING_PACKED and use packed virtqueues (an error when the backend
+    /// does not offer it).
+    pub packed: bool,
 }
 
 impl Default for FrontendConfig {
@@ -119,6 +129,7 @@ impl Default for FrontendConfig {
             tx_buf_len: 2048,
             raw_reserve: 0,
             hugepages: false,
+            packed: false,
         }
     }
 }

@@ -17,6 +17,7 @@
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use super::ring::DriverRing;
 use super::split_ring::{
     HeadKind, SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
@@ -42,10 +43,10 @@ pub struct QueueStats {
     pub bad_used: u64,
 }
 
-/// Driver TX queue.
+/// Driver TX queue over a split or packed ring.
 #[derive(Debug)]
-pub struct TxQueue {
-    pub(crate) ring: SplitRing,
+pub struct TxQueue<R = SplitRing> {
+    pub(crate) ring: R,
     buf_gpa: u64,
     buf_host: *mut u8,
     buf_len: u32,
@@ -61,18 +62,18 @@ pub struct TxQueue {
 
 // SAFETY: the raw pointers point into the guest memory kept alive by `ring.mem()`; nothing is
 // tied to a thread.
-unsafe impl Send for TxQueue {}
+unsafe impl<R: Send> Send for TxQueue<R> {}
 
-impl TxQueue {
+impl<R: DriverRing> TxQueue<R> {
     /// Creates a TX queue whose buffers (`size * buf_len` bytes at `buf_gpa`) and optional
     /// indirect tables (`size * 32` bytes at `ind_gpa`) lie in the ring's memory.
     pub fn new(
-        ring: SplitRing,
+        ring: R,
         buf_gpa: u64,
         buf_len: u32,
         ind_gpa: Option<u64>,
         hdr_len: usize,
-    ) -> Option<TxQueue> {
+    ) -> Option<TxQueue<R>> {
         let n = ring.size() as usize;
         if (buf_len as usize) < hdr_len || buf_len < 64 {
             return None;
@@ -121,12 +122,9 @@ impl TxQueue {
         };
         let (gpa, _) = self.buf(d);
         let hl = self.hdr_len as u64;
-        let w = [
-            gpa.to_le(),
-            (hl | (VRING_DESC_F_NEXT as u64) << 32 | 1u64 << 48).to_le(),
-            (gpa + hl).to_le(),
-            (data_len as u64).to_le(),
-        ];
+        let [w0, w1] = R::indirect_entry(gpa, hl as u32, VRING_DESC_F_NEXT, 1);
+        let [w2, w3] = R::indirect_entry(gpa + hl, data_len, 0, 0);
+        let w = [w0.to_le(), w1.to_le(), w2.to_le(), w3.to_le()];
         // SAFETY: table `d` (32 bytes, 16-aligned) is inside the indirect area checked in new;
         // the ring descriptor `d` is driver-owned, so the device is not reading its table.
         unsafe {
@@ -308,7 +306,7 @@ impl TxQueue {
         queued
     }
 
-    /// Publishes a raw chain (see [`SplitRing::post_raw_chain`]) and kicks if needed.
+    /// Publishes a raw chain (see [`DriverRing::post_raw_chain`]) and kicks if needed.
     pub fn raw_chain(&mut self, descs: &[RawDesc]) -> Option<u16> {
         self.reclaim();
         let head = self.ring.post_raw_chain(descs)?;
@@ -317,10 +315,10 @@ impl TxQueue {
     }
 }
 
-/// Driver RX queue.
+/// Driver RX queue over a split or packed ring.
 #[derive(Debug)]
-pub struct RxQueue {
-    pub(crate) ring: SplitRing,
+pub struct RxQueue<R = SplitRing> {
+    pub(crate) ring: R,
     buf_gpa: u64,
     buf_host: *mut u8,
     buf_len: u32,
@@ -336,20 +334,20 @@ pub struct RxQueue {
 }
 
 // SAFETY: as for TxQueue: pointers into memory kept alive by the ring's Arc.
-unsafe impl Send for RxQueue {}
+unsafe impl<R: Send> Send for RxQueue<R> {}
 
-impl RxQueue {
+impl<R: DriverRing> RxQueue<R> {
     /// Creates an RX queue with `size` buffers of `buf_len` bytes every `stride` bytes from
     /// `buf_gpa`. Buffers are posted by [`RxQueue::fill`].
     pub fn new(
-        ring: SplitRing,
+        ring: R,
         buf_gpa: u64,
         buf_len: u32,
         stride: usize,
         hdr_len: usize,
         mrg: bool,
         reserve: u16,
-    ) -> Option<RxQueue> {
+    ) -> Option<RxQueue<R>> {
         let n = ring.size() as usize;
         if (buf_len as usize) < hdr_len || stride < buf_len as usize {
             return None;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::GuestMemory;
+use super::ring::DriverRing;
 use super::RawDesc;
 
 /// Descriptor continues via `next`.
@@ -556,6 +557,108 @@ impl SplitRing {
         self.raw[head as usize] = true;
         self.push_avail(head);
         Some(head)
+    }
+}
+
+impl DriverRing for SplitRing {
+    fn size(&self) -> u16 {
+        SplitRing::size(self)
+    }
+    fn addrs(&self) -> RingAddrs {
+        SplitRing::addrs(self)
+    }
+    fn mem(&self) -> &Arc<GuestMemory> {
+        SplitRing::mem(self)
+    }
+    fn kick_fd(&self) -> &EventFd {
+        SplitRing::kick_fd(self)
+    }
+    fn call_fd(&self) -> &EventFd {
+        SplitRing::call_fd(self)
+    }
+    fn stats(&self) -> RingStats {
+        SplitRing::stats(self)
+    }
+    fn free_count(&self) -> usize {
+        SplitRing::free_count(self)
+    }
+    fn free_list(&self) -> &[u16] {
+        SplitRing::free_list(self)
+    }
+    #[inline]
+    fn alloc_chain(&mut self, n: u16) -> Option<u16> {
+        SplitRing::alloc_chain(self, n)
+    }
+    #[inline]
+    fn next_of(&self, d: u16) -> u16 {
+        SplitRing::next_of(self, d)
+    }
+    #[inline]
+    fn write_desc(&mut self, d: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        SplitRing::write_desc(self, d, addr, len, flags, next)
+    }
+    #[inline]
+    fn push_avail(&mut self, head: u16) {
+        SplitRing::push_avail(self, head)
+    }
+    #[inline]
+    fn publish(&mut self) -> bool {
+        SplitRing::publish(self)
+    }
+    #[inline]
+    fn kick(&mut self) {
+        SplitRing::kick(self)
+    }
+    #[inline]
+    fn used_pending(&mut self) -> u16 {
+        SplitRing::used_pending(self)
+    }
+    #[inline]
+    fn used_elem(&self, pos: u16) -> (u32, u32) {
+        SplitRing::used_elem(self, pos)
+    }
+    fn last_used(&self) -> u16 {
+        SplitRing::last_used(self)
+    }
+    #[inline]
+    fn advance_used(&mut self, n: u16) {
+        SplitRing::advance_used(self, n)
+    }
+    #[inline]
+    fn head_kind(&self, id: u32) -> HeadKind {
+        SplitRing::head_kind(self, id)
+    }
+    #[inline]
+    fn release(&mut self, id: u32) -> Option<bool> {
+        SplitRing::release(self, id)
+    }
+    fn count_bad_used(&mut self) {
+        SplitRing::count_bad_used(self)
+    }
+    fn push_raw_used(&mut self, id: u32, len: u32) {
+        SplitRing::push_raw_used(self, id, len)
+    }
+    fn take_raw_used(&mut self) -> Vec<(u32, u32)> {
+        SplitRing::take_raw_used(self)
+    }
+    fn post_raw_chain(&mut self, descs: &[RawDesc]) -> Option<u16> {
+        SplitRing::post_raw_chain(self, descs)
+    }
+    fn enable_interrupts(&mut self) {
+        SplitRing::enable_interrupts(self)
+    }
+    fn disable_interrupts(&mut self) {
+        SplitRing::disable_interrupts(self)
+    }
+    fn drain_call(&self) -> bool {
+        SplitRing::drain_call(self)
+    }
+    #[inline]
+    fn indirect_entry(addr: u64, len: u32, flags: u16, next: u16) -> [u64; 2] {
+        [
+            addr,
+            len as u64 | (flags as u64) << 32 | (next as u64) << 48,
+        ]
     }
 }
 

@@ -91,6 +91,9 @@ struct DevOpts {
     /// Send TX packets through indirect descriptor tables.
     #[arg(long)]
     indirect: bool,
+    /// Use packed virtqueues (VIRTIO_F_RING_PACKED).
+    #[arg(long)]
+    packed: bool,
     /// Do not negotiate checksum/TSO offloads.
     #[arg(long)]
     no_offloads: bool,
@@ -118,6 +121,7 @@ impl DevOpts {
             mrg_rxbuf: !self.no_mrg,
             event_idx: !self.no_event_idx,
             indirect: self.indirect,
+            packed: self.packed,
             offloads: !self.no_offloads,
             hugepages: self.hugepages,
             ..FrontendConfig::default()

@@ -4,5 +4,6 @@
 pub mod ethernet;
 pub mod flow;
 pub mod ip;
+pub mod virtq_packed;
 
 pub use ethernet::{EthernetFrame, MacAddr};
