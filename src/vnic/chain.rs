@@ -115,7 +115,7 @@ fn walk_indirect(
 }
 
 #[inline]
-fn add_segment(
+pub(super) fn add_segment(
     map: &GuestMap,
     desc: &Desc,
     dir: Direction,

@@ -5,7 +5,8 @@
 //! impl; `device` holds features, config space and hands vrings to engines;
 //! `engine` is the per-queue-pair engine, whose per-packet work lives in
 //! `guest_tx` (guest -> switch) and `guest_rx` (switch -> guest) over
-//! `guest_ring`, `chain` and `guest_memory`.
+//! `guest_ring`, `chain` and `guest_memory` (packed rings: `packed_ring`,
+//! `packed_chain`).
 
 pub mod antispoof;
 mod backend;
@@ -18,6 +19,10 @@ pub mod guest_memory;
 pub mod guest_ring;
 mod guest_rx;
 mod guest_tx;
+pub mod packed_chain;
+pub mod packed_ring;
+#[cfg(test)]
+mod packed_tests;
 pub mod stats;
 #[cfg(test)]
 mod tests;

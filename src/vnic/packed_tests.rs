@@ -1,0 +1,502 @@
+//! Tests of the packed-ring view and chain walker against a small driver
+//! that writes guest memory directly, malformed chains included.
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::chain::{Direction, Segment, MAX_SEGMENTS};
+use super::guest_memory::GuestMap;
+use super::guest_ring::RingAddrs;
+use super::packed_chain::{walk_packed, PackedWalk};
+use super::packed_ring::{PackedView, Pos};
+use super::stats::DropReason;
+use crate::packet::wire::virtq_packed::{
+    self as vp, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, EVENT_F_DESC, EVENT_F_DISABLE,
+    EVENT_F_ENABLE,
+};
+
+const QSIZE: u16 = 16;
+const MEM: u64 = 0x40_0000;
+const RING: u64 = 0x1000;
+const DRIVER_EVT: u64 = 0x2000;
+const DEVICE_EVT: u64 = 0x3000;
+const TABLE: u64 = 0x8000;
+const BUF: u64 = 0x10_0000;
+
+struct Driver {
+    mem: Arc<GuestMemoryMmap>,
+    map: GuestMap,
+    view: PackedView,
+    /// Next slot to fill and its lap.
+    next: Pos,
+}
+
+impl Driver {
+    fn new(size: u16) -> Self {
+        let mem =
+            Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
+        let map = GuestMap::new(mem.clone());
+        let view = PackedView::new(&map, addrs(size)).unwrap();
+        Driver {
+            mem,
+            map,
+            view,
+            next: Pos::START,
+        }
+    }
+
+    fn w16(&self, gpa: u64, v: u16) {
+        self.mem.write_obj(v.to_le(), GuestAddress(gpa)).unwrap();
+    }
+
+    fn r16(&self, gpa: u64) -> u16 {
+        u16::from_le(self.mem.read_obj(GuestAddress(gpa)).unwrap())
+    }
+
+    /// Writes a raw descriptor (flags exactly as given) at `gpa`.
+    fn put(&self, gpa: u64, addr: u64, len: u32, id: u16, flags: u16) {
+        self.mem.write_obj(addr.to_le(), GuestAddress(gpa)).unwrap();
+        self.mem
+            .write_obj(len.to_le(), GuestAddress(gpa + 8))
+            .unwrap();
+        self.w16(gpa + 12, id);
+        self.w16(gpa + 14, flags);
+    }
+
+    /// Makes `descs` (addr, len, flags without NEXT/AVAIL/USED) available as
+    /// one chain at the next slots, the head's flags last; every descriptor
+    /// carries `id`, except that the head carries `head_id` when given.
+    fn chain(&mut self, descs: &[(u64, u32, u16)], id: u16, head_id: Option<u16>) -> Pos {
+        let start = self.next;
+        let mut head_flags = 0;
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let next = if i + 1 < descs.len() { DESC_F_NEXT } else { 0 };
+            let f = flags | next | vp::avail_bits(self.next.wrap);
+            let gpa = RING + 16 * u64::from(self.next.slot);
+            let this_id = if i == 0 { head_id.unwrap_or(id) } else { id };
+            self.put(gpa, addr, len, this_id, if i == 0 { 0 } else { f });
+            if i == 0 {
+                head_flags = f;
+            }
+            self.next = self.next.advance(1, self.view.size());
+        }
+        self.w16(RING + 16 * u64::from(start.slot) + 14, head_flags);
+        start
+    }
+
+    fn table(&self, entries: &[(u64, u32, u16)]) -> u32 {
+        for (i, &(addr, len, flags)) in entries.iter().enumerate() {
+            self.put(TABLE + 16 * i as u64, addr, len, 0, flags);
+        }
+        16 * entries.len() as u32
+    }
+
+    fn walk(&self, at: Pos, dir: Direction, indirect: bool, segs: &mut Vec<Segment>) -> PackedWalk {
+        walk_packed(&self.view, &self.map, at, dir, indirect, segs)
+    }
+
+    fn host(&self, gpa: u64) -> *mut u8 {
+        self.map.translate(gpa, 1).unwrap().0
+    }
+
+    /// (len, id, flags) of slot `slot`.
+    fn used(&self, slot: u16) -> (u32, u16, u16) {
+        let gpa = RING + 16 * u64::from(slot);
+        let len: u32 = self.mem.read_obj(GuestAddress(gpa + 8)).unwrap();
+        (u32::from_le(len), self.r16(gpa + 12), self.r16(gpa + 14))
+    }
+
+    fn set_driver_event(&self, flags: u16, off_wrap: u16) {
+        self.w16(DRIVER_EVT, off_wrap);
+        self.w16(DRIVER_EVT + 2, flags);
+    }
+
+    /// The device event area: (flags, off_wrap).
+    fn device_event(&self) -> (u16, u16) {
+        (self.r16(DEVICE_EVT + 2), self.r16(DEVICE_EVT))
+    }
+}
+
+fn addrs(size: u16) -> RingAddrs {
+    RingAddrs {
+        desc: RING,
+        avail: DRIVER_EVT,
+        used: DEVICE_EVT,
+        size,
+    }
+}
+
+fn chain_err(w: PackedWalk) -> (u16, DropReason) {
+    match w {
+        PackedWalk::Chain {
+            slots,
+            total: Err(e),
+            ..
+        } => (slots, e),
+        other => panic!("expected a dropped chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn view_checks_geometry() {
+    let d = Driver::new(QSIZE);
+    let ok = |a: RingAddrs| PackedView::new(&d.map, a).is_some();
+    assert!(ok(addrs(5)), "any size up to 2^15, not only powers of two");
+    assert!(ok(addrs(32768)));
+    assert!(!ok(addrs(0)));
+    assert!(!ok(RingAddrs {
+        desc: RING + 8,
+        ..addrs(8)
+    }));
+    assert!(!ok(RingAddrs {
+        avail: DRIVER_EVT + 2,
+        ..addrs(8)
+    }));
+    assert!(!ok(RingAddrs {
+        used: MEM - 2,
+        ..addrs(8)
+    }));
+    assert!(!ok(RingAddrs {
+        desc: MEM - 16 * 7,
+        ..addrs(8)
+    }));
+}
+
+#[test]
+fn pos_base_and_advance() {
+    assert_eq!(Pos::START.to_base(), 0x8000);
+    assert_eq!(
+        Pos::from_base(0x8005),
+        Pos {
+            slot: 5,
+            wrap: true
+        }
+    );
+    assert_eq!(
+        Pos::from_base(3),
+        Pos {
+            slot: 3,
+            wrap: false
+        }
+    );
+    let p = Pos {
+        slot: 3,
+        wrap: true,
+    };
+    assert_eq!(
+        p.advance(2, 5),
+        Pos {
+            slot: 0,
+            wrap: false
+        }
+    );
+    assert_eq!(
+        p.advance(1, 5),
+        Pos {
+            slot: 4,
+            wrap: true
+        }
+    );
+    assert_eq!(
+        p.advance(5, 5),
+        Pos {
+            slot: 3,
+            wrap: false
+        }
+    );
+}
+
+#[test]
+fn walks_chain_across_the_wrap_with_the_last_id() {
+    let mut d = Driver::new(QSIZE);
+    let mut segs = Vec::new();
+    assert_eq!(
+        d.walk(Pos::START, Direction::DeviceReads, false, &mut segs),
+        PackedWalk::Empty
+    );
+    // Fill 14 one-slot chains, then a 3-slot chain over the end of the ring.
+    for i in 0..14 {
+        d.chain(&[(BUF, 60, 0)], i, None);
+    }
+    let start = d.chain(
+        &[(BUF, 10, 0), (BUF + 0x100, 20, 0), (BUF + 0x200, 30, 0)],
+        9,
+        Some(1),
+    );
+    assert_eq!(
+        start,
+        Pos {
+            slot: 14,
+            wrap: true
+        }
+    );
+    assert_eq!(
+        d.next,
+        Pos {
+            slot: 1,
+            wrap: false
+        }
+    );
+    let w = d.walk(start, Direction::DeviceReads, false, &mut segs);
+    assert_eq!(
+        w,
+        PackedWalk::Chain {
+            id: 9,
+            slots: 3,
+            total: Ok(60)
+        }
+    );
+    let got: Vec<_> = segs.iter().map(|s| (s.ptr, s.len)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (d.host(BUF), 10),
+            (d.host(BUF + 0x100), 20),
+            (d.host(BUF + 0x200), 30)
+        ]
+    );
+    // Slot 1 in lap 0 is not available yet; slot 0 in lap 1 (the old lap) is
+    // not available to a device that is in lap 0.
+    assert_eq!(
+        d.walk(d.next, Direction::DeviceReads, false, &mut segs),
+        PackedWalk::Empty
+    );
+    assert_eq!(
+        d.walk(
+            Pos {
+                slot: 2,
+                wrap: false
+            },
+            Direction::DeviceReads,
+            false,
+            &mut segs
+        ),
+        PackedWalk::Empty
+    );
+}
+
+#[test]
+fn indirect_table_is_walked_in_order() {
+    let mut d = Driver::new(QSIZE);
+    let len = d.table(&[
+        (BUF, 12, DESC_F_WRITE | DESC_F_NEXT),
+        (BUF + 0x40, 100, DESC_F_WRITE),
+        (BUF + 0x100, 8, DESC_F_WRITE),
+    ]);
+    let at = d.chain(&[(TABLE, len, DESC_F_INDIRECT)], 4, None);
+    let mut segs = Vec::new();
+    let w = d.walk(at, Direction::DeviceWrites, true, &mut segs);
+    assert_eq!(
+        w,
+        PackedWalk::Chain {
+            id: 4,
+            slots: 1,
+            total: Ok(120)
+        }
+    );
+    assert_eq!(segs.len(), 3);
+    assert_eq!((segs[2].ptr, segs[2].len), (d.host(BUF + 0x100), 8));
+}
+
+#[test]
+fn malformed_chains_are_dropped_whole() {
+    let mut d = Driver::new(QSIZE);
+    let mut segs = vec![Segment {
+        ptr: std::ptr::null_mut(),
+        len: 7,
+    }];
+    let rd = Direction::DeviceReads;
+    let wr = Direction::DeviceWrites;
+    // Buffer outside guest memory in the middle: the end is still found.
+    let at = d.chain(&[(BUF, 10, 0), (MEM - 4, 10, 0), (BUF, 10, 0)], 1, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, false, &mut segs)),
+        (3, DropReason::AddressOutOfRange)
+    );
+    // Wrong direction either way.
+    let at = d.chain(&[(BUF, 10, 0), (BUF, 10, DESC_F_WRITE)], 2, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, false, &mut segs)),
+        (2, DropReason::WriteOnlyOnTx)
+    );
+    let at = d.chain(&[(BUF, 10, 0)], 3, None);
+    assert_eq!(
+        chain_err(d.walk(at, wr, false, &mut segs)),
+        (1, DropReason::ReadOnlyOnRx)
+    );
+    // Indirect: not negotiated, with NEXT, after a direct descriptor.
+    let len = d.table(&[(BUF, 10, 0)]);
+    let at = d.chain(&[(TABLE, len, DESC_F_INDIRECT)], 4, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, false, &mut segs)),
+        (1, DropReason::BadIndirect)
+    );
+    let at = d.chain(&[(TABLE, len, DESC_F_INDIRECT), (BUF, 10, 0)], 5, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (2, DropReason::BadIndirect)
+    );
+    let at = d.chain(&[(BUF, 10, 0), (TABLE, len, DESC_F_INDIRECT)], 6, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (2, DropReason::BadIndirect)
+    );
+    // Bad table lengths, a table outside memory, an indirect inside indirect,
+    // a wrong direction inside the table.
+    let too_many = 16 * (MAX_SEGMENTS as u32 + 1);
+    for (addr, len) in [(TABLE, 0), (TABLE, 24), (TABLE, too_many)] {
+        let at = d.chain(&[(addr, len, DESC_F_INDIRECT)], 7, None);
+        assert_eq!(
+            chain_err(d.walk(at, rd, true, &mut segs)),
+            (1, DropReason::BadIndirect)
+        );
+    }
+    let at = d.chain(&[(MEM - 16, 32, DESC_F_INDIRECT)], 8, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (1, DropReason::AddressOutOfRange)
+    );
+    let len = d.table(&[(BUF, 10, 0), (TABLE, 16, DESC_F_INDIRECT)]);
+    let at = d.chain(&[(TABLE, len, DESC_F_INDIRECT)], 9, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (1, DropReason::BadIndirect)
+    );
+    let len = d.table(&[(BUF, 10, 0), (BUF, 10, DESC_F_WRITE)]);
+    let at = d.chain(&[(TABLE, len, DESC_F_INDIRECT)], 10, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (1, DropReason::WriteOnlyOnTx)
+    );
+    // Nothing of the dropped chains stayed in the scratch vector.
+    assert_eq!(segs.len(), 1);
+}
+
+#[test]
+fn chain_longer_than_the_ring_breaks_it() {
+    let mut d = Driver::new(4);
+    // Four slots all with NEXT: the last one's NEXT points past the ring.
+    let at = d.next;
+    for i in 0..4u16 {
+        let gpa = RING + 16 * u64::from(i);
+        d.put(gpa, BUF, 10, 0, DESC_F_NEXT | vp::avail_bits(true));
+    }
+    d.next = d.next.advance(4, 4);
+    let mut segs = Vec::new();
+    assert_eq!(
+        d.walk(at, Direction::DeviceReads, false, &mut segs),
+        PackedWalk::Broken(DropReason::ChainTooLong)
+    );
+    assert!(segs.is_empty());
+    // A full ring as one legal chain is fine.
+    let mut d = Driver::new(4);
+    let at = d.chain(&[(BUF, 1, 0); 4], 3, None);
+    assert_eq!(
+        d.walk(at, Direction::DeviceReads, false, &mut segs),
+        PackedWalk::Chain {
+            id: 3,
+            slots: 4,
+            total: Ok(4)
+        }
+    );
+}
+
+#[test]
+fn unavailable_descriptor_mid_chain_breaks_the_ring() {
+    let mut d = Driver::new(QSIZE);
+    let at = d.chain(&[(BUF, 10, 0), (BUF, 10, 0), (BUF, 10, 0)], 1, None);
+    // Take the middle one back: its flags say "previous lap".
+    d.w16(RING + 16 + 14, vp::avail_bits(false));
+    let mut segs = Vec::new();
+    assert_eq!(
+        d.walk(at, Direction::DeviceReads, false, &mut segs),
+        PackedWalk::Broken(DropReason::BadAvailIndex)
+    );
+    assert!(segs.is_empty());
+}
+
+#[test]
+fn used_batch_is_published_by_its_first_descriptor() {
+    let mut d = Driver::new(4);
+    for i in 0..4 {
+        d.chain(&[(BUF, 10, 0)], 10 + i, None);
+    }
+    // Complete slots 2, 3 (lap 1) and 0 (lap 0) as one batch starting at 2.
+    let first = Pos {
+        slot: 2,
+        wrap: true,
+    };
+    d.view.put_used(first, 12, 100, true);
+    d.view.put_used(first.advance(1, 4), 13, 200, false);
+    d.view.put_used(first.advance(2, 4), 10, 300, false);
+    assert!(!vp::is_used(d.used(2).2, true), "held back until publish");
+    assert!(vp::is_used(d.used(3).2, true));
+    assert!(vp::is_used(d.used(0).2, false));
+    d.view.publish_used(first);
+    assert_eq!(d.used(2), (100, 12, vp::used_bits(true)));
+    assert_eq!(d.used(3), (200, 13, vp::used_bits(true)));
+    assert_eq!(d.used(0), (300, 10, vp::used_bits(false)));
+}
+
+#[test]
+fn interrupt_suppression() {
+    let d = Driver::new(8);
+    let old = Pos {
+        slot: 6,
+        wrap: true,
+    };
+    let new = Pos {
+        slot: 1,
+        wrap: false,
+    };
+    for event_idx in [false, true] {
+        d.set_driver_event(EVENT_F_DISABLE, 0);
+        assert!(!d.view.needs_interrupt(event_idx, old, new));
+        d.set_driver_event(EVENT_F_ENABLE, 0);
+        assert!(d.view.needs_interrupt(event_idx, old, new));
+        assert!(
+            !d.view.needs_interrupt(event_idx, new, new),
+            "nothing moved"
+        );
+    }
+    // DESC: slot 7 of lap 1 and slot 0 of lap 0 were crossed, slot 1 was not.
+    for (off_wrap, want) in [
+        (vp::off_wrap(7, true), true),
+        (vp::off_wrap(0, false), true),
+        (vp::off_wrap(1, false), false),
+        (vp::off_wrap(5, true), false),
+    ] {
+        d.set_driver_event(EVENT_F_DESC, off_wrap);
+        assert_eq!(
+            d.view.needs_interrupt(true, old, new),
+            want,
+            "{off_wrap:#x}"
+        );
+    }
+    // DESC without EVENT_IDX is not something to decode: interrupt.
+    d.set_driver_event(EVENT_F_DESC, vp::off_wrap(5, true));
+    assert!(d.view.needs_interrupt(false, old, new));
+}
+
+#[test]
+fn kick_suppression() {
+    let d = Driver::new(8);
+    let at = Pos {
+        slot: 3,
+        wrap: false,
+    };
+    d.view.set_kicks(true, true, at);
+    assert_eq!(d.device_event(), (EVENT_F_DESC, 3));
+    d.view.set_kicks(true, false, at);
+    assert_eq!(d.device_event().0, EVENT_F_DISABLE);
+    d.view.set_kicks(
+        false,
+        true,
+        Pos {
+            slot: 5,
+            wrap: true,
+        },
+    );
+    assert_eq!(d.device_event().0, EVENT_F_ENABLE);
+}
