@@ -12,12 +12,14 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
+use super::any_ring::GuestRing;
 use super::chain::{Segment, MAX_SEGMENTS};
 use super::features::Negotiated;
 use super::guest_memory::GuestMap;
-use super::guest_ring::{RingAddrs, RingView};
+use super::guest_ring::RingAddrs;
 use super::guest_rx::{self, RxChain, MAX_RX_CHAINS};
 use super::guest_tx::{self, TxChain};
+use super::{packed_rx, packed_tx};
 
 /// Most TX chains walked ahead in one batch.
 const TX_BATCH: usize = 64;
@@ -54,7 +56,9 @@ pub struct AttachedQueue {
     vring: VringRwLock,
     mem: GuestMemory,
     map: Option<GuestMap>,
-    view: Option<(RingAddrs, RingView)>,
+    view: Option<(RingAddrs, GuestRing)>,
+    /// Packed ring layout (VIRTIO_F_RING_PACKED), set at attach.
+    packed: bool,
     /// Whether the guest should kick: false while polling, true before
     /// sleeping. Re-applied whenever the ring view is rebuilt.
     kicks: bool,
@@ -76,6 +80,7 @@ impl AttachedQueue {
             mem,
             map: None,
             view: None,
+            packed: false,
             kicks: true,
             event_idx: false,
             broken: false,
@@ -98,7 +103,7 @@ impl AttachedQueue {
         let (Some((_, ring)), Some(seen)) = (self.view.as_ref(), self.seen_avail) else {
             return false;
         };
-        if self.quick_polls >= Self::QUICK_POLLS || ring.avail_idx() != seen {
+        if self.quick_polls >= Self::QUICK_POLLS || ring.has_new(seen) {
             return false;
         }
         self.quick_polls += 1;
@@ -111,13 +116,14 @@ impl AttachedQueue {
     #[inline]
     fn batch(
         &mut self,
-        f: impl FnOnce(&mut Queue, &RingView, &GuestMap) -> (usize, bool),
+        f: impl FnOnce(&mut Queue, &GuestRing, &GuestMap) -> (usize, bool),
     ) -> Result<usize, DropReason> {
         let AttachedQueue {
             vring,
             mem,
             map,
             view,
+            packed,
             kicks,
             event_idx,
             broken,
@@ -147,7 +153,7 @@ impl AttachedQueue {
             size: q.size(),
         };
         if view.as_ref().is_none_or(|(a, _)| *a != addrs) {
-            *view = RingView::new(map, addrs).map(|v| (addrs, v));
+            *view = GuestRing::new(map, addrs, *packed).map(|v| (addrs, v));
             if let Some((_, ring)) = view.as_ref() {
                 ring.set_kicks(*event_idx, *kicks, q.next_avail());
             }
@@ -185,7 +191,7 @@ impl AttachedQueue {
         let (Some((addrs, ring)), Some(seen)) = (self.view.as_ref(), self.seen_avail) else {
             return 0.0;
         };
-        let pending = ring.avail_idx().wrapping_sub(seen).min(addrs.size);
+        let pending = ring.backlog(seen);
         f64::from(pending) / f64::from(addrs.size.max(1))
     }
 
@@ -196,7 +202,7 @@ impl AttachedQueue {
         let AttachedQueue { vring, view, .. } = self;
         let state = vring.get_mut();
         view.as_ref()
-            .is_some_and(|(_, r)| r.avail_idx() != state.get_queue().next_avail())
+            .is_some_and(|(_, r)| r.has_new(state.get_queue().next_avail()))
     }
 }
 
@@ -335,6 +341,7 @@ impl VnicEngine {
     pub fn attach(&mut self, side: Side, queue: AttachedQueue, features: Negotiated) {
         self.dp.features = features;
         let mut queue = queue;
+        queue.packed = features.packed;
         // Polling: ask the guest not to kick.
         queue.set_kicks(features.event_idx, false);
         match side {
@@ -376,7 +383,10 @@ impl VnicEngine {
             return 0;
         }
         let dp = &mut self.dp;
-        let n = match q.batch(|q, ring, map| guest_tx::drain(q, ring, map, budget, dp)) {
+        let n = match q.batch(|q, ring, map| match ring {
+            GuestRing::Split(r) => guest_tx::drain(q, r, map, budget, dp),
+            GuestRing::Packed(r) => packed_tx::drain(q, r, map, budget, dp),
+        }) {
             Ok(n) => n,
             Err(reason) => {
                 self.dp.malformed(reason, 0);
@@ -406,7 +416,10 @@ impl VnicEngine {
             return n;
         };
         let dp = &mut self.dp;
-        let n = match q.batch(|q, ring, map| guest_rx::fill(q, ring, map, budget, dp)) {
+        let n = match q.batch(|q, ring, map| match ring {
+            GuestRing::Split(r) => guest_rx::fill(q, r, map, budget, dp),
+            GuestRing::Packed(r) => packed_rx::fill(q, r, map, budget, dp),
+        }) {
             Ok(n) => n,
             Err(reason) => {
                 self.dp.malformed(reason, 0);

@@ -2,7 +2,7 @@
 //! protocol features, and the virtio-net config space.
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -22,6 +22,7 @@ pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MRG_RXBUF)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
+    | bit(VIRTIO_F_RING_PACKED)
     | bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
@@ -57,6 +58,8 @@ pub struct Negotiated {
     pub mrg_rxbuf: bool,
     pub event_idx: bool,
     pub indirect: bool,
+    /// Packed virtqueues (VIRTIO_F_RING_PACKED) instead of split ones.
+    pub packed: bool,
     /// Guest accepts frames with a partial checksum (NEEDS_CSUM).
     pub guest_csum: bool,
     /// Guest accepts TSO super-frames.
@@ -77,6 +80,7 @@ impl Negotiated {
             mrg_rxbuf: has(VIRTIO_NET_F_MRG_RXBUF),
             event_idx: has(VIRTIO_RING_F_EVENT_IDX),
             indirect: has(VIRTIO_RING_F_INDIRECT_DESC),
+            packed: has(VIRTIO_F_RING_PACKED),
             guest_csum: has(VIRTIO_NET_F_GUEST_CSUM),
             guest_tso4: has(VIRTIO_NET_F_GUEST_TSO4),
             guest_tso6: has(VIRTIO_NET_F_GUEST_TSO6),

@@ -27,8 +27,11 @@ const GSO_TCPV6: u8 = 4;
 /// One guest RX chain collected for the frame being delivered.
 #[derive(Clone, Copy)]
 pub(super) struct RxChain {
-    head: u16,
-    seg_end: usize,
+    /// Split: the head index; packed: the buffer id.
+    pub(super) head: u16,
+    /// Ring slots the chain takes (packed; 1 for split rings).
+    pub(super) slots: u16,
+    pub(super) seg_end: usize,
 }
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
@@ -60,31 +63,14 @@ pub(super) fn fill(
     let mut handled = 0;
     let mut refilled = false;
     while handled < budget {
-        let Some(frame) = dp.from_switch.peek() else {
-            break;
-        };
-        if !accepts(&dp.features, &frame.offload) {
-            let frame = dp.from_switch.pop().expect("peeked");
-            dp.counters.drop(DropReason::GsoNotAccepted);
-            dp.cache.free(frame);
-            handled += 1;
-            continue;
-        }
-        if let Some(b) = dp.ingress.as_mut() {
-            if !refilled {
-                b.refill(Instant::now());
-                refilled = true;
-            }
-            if !b.has(frame.len) {
-                let frame = dp.from_switch.pop().expect("peeked");
-                dp.counters.drop(DropReason::RateLimited);
-                dp.dirty = true;
-                dp.cache.free(frame);
+        let need = match next_frame(dp, &mut refilled) {
+            NextFrame::Empty => break,
+            NextFrame::Dropped => {
                 handled += 1;
                 continue;
             }
-        }
-        let need = VNET_HDR_LEN + frame.len as usize;
+            NextFrame::Needs(need) => need,
+        };
         dp.segs.clear();
         dp.rx_chains.clear();
         let mut cursor = next_avail;
@@ -107,6 +93,7 @@ pub(super) fn fill(
             );
             dp.rx_chains.push(RxChain {
                 head,
+                slots: 1,
                 seg_end: dp.segs.len(),
             });
             match walked {
@@ -120,52 +107,17 @@ pub(super) fn fill(
                 break;
             }
         }
-        if failed.is_none() && cap < need {
-            if mrg || dp.rx_chains.is_empty() {
-                // Not enough buffers yet: the frame waits, nothing consumed.
-                break;
-            }
-            failed = Some(DropReason::RxBufferTooSmall);
-        }
+        let failed = match gathered(failed, cap, need, mrg, dp.rx_chains.len()) {
+            Gathered::Wait => break,
+            Gathered::Ready => None,
+            Gathered::Short(reason) => Some(reason),
+        };
         next_avail = cursor;
-        let mut frame = dp.from_switch.pop().expect("peeked");
         handled += 1;
-        if let Some(reason) = failed {
-            // The chains go back unused; the frame is lost.
-            for c in dp.rx_chains.iter() {
-                ring.put_used(next_used, c.head, 0);
-                next_used = next_used.wrapping_add(1);
-            }
-            if reason == DropReason::RxBufferTooSmall {
-                dp.counters.drop(reason);
-            } else {
-                dp.malformed(reason, dp.rx_chains.last().map_or(0, |c| c.head));
-            }
-            dp.cache.free(frame);
-            continue;
-        }
-        if let Some(b) = dp.ingress.as_mut() {
-            b.take(frame.len);
-        }
-        let num_buffers = dp.rx_chains.len() as u16;
-        let frame_len = frame.len;
-        let (hdr, packet) = prepare(&dp.pool, &dp.features, &mut frame, num_buffers);
-        let mut src = CopySource::new(&hdr, packet);
-        let mut seg_start = 0usize;
-        for c in dp.rx_chains.iter() {
-            let mut written = 0usize;
-            for seg in &dp.segs[seg_start..c.seg_end] {
-                // SAFETY: `seg` is guest memory kept mapped by the GuestMap
-                // snapshot and device-writable, `seg.len` bytes long.
-                written += unsafe { src.copy_to(seg.ptr, seg.len as usize) };
-            }
-            seg_start = c.seg_end;
-            ring.put_used(next_used, c.head, written as u32);
+        deliver(dp, failed, |c, written| {
+            ring.put_used(next_used, c.head, written);
             next_used = next_used.wrapping_add(1);
-        }
-        dp.counters.rx_packets += 1;
-        dp.counters.rx_bytes += u64::from(frame_len);
-        dp.cache.free(frame);
+        });
     }
     q.set_next_avail(next_avail);
     if next_used == old_used {
@@ -177,6 +129,123 @@ pub(super) fn fill(
         handled,
         ring.needs_interrupt(dp.features.event_idx, old_used, next_used),
     )
+}
+
+/// The frame at the head of the link, as RX sees it.
+pub(super) enum NextFrame {
+    /// No frame.
+    Empty,
+    /// The frame was dropped (an offload the guest cannot take, or over the
+    /// ingress limit).
+    Dropped,
+    /// The frame needs this many bytes of guest buffers, header included.
+    Needs(usize),
+}
+
+/// Looks at the next frame and drops it if the guest must not get it.
+/// `refilled` makes the ingress bucket catch up once per batch.
+#[inline]
+pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
+    let Some(frame) = dp.from_switch.peek() else {
+        return NextFrame::Empty;
+    };
+    if !accepts(&dp.features, &frame.offload) {
+        let frame = dp.from_switch.pop().expect("peeked");
+        dp.counters.drop(DropReason::GsoNotAccepted);
+        dp.cache.free(frame);
+        return NextFrame::Dropped;
+    }
+    if let Some(b) = dp.ingress.as_mut() {
+        if !*refilled {
+            b.refill(Instant::now());
+            *refilled = true;
+        }
+        if !b.has(frame.len) {
+            let frame = dp.from_switch.pop().expect("peeked");
+            dp.counters.drop(DropReason::RateLimited);
+            dp.dirty = true;
+            dp.cache.free(frame);
+            return NextFrame::Dropped;
+        }
+    }
+    NextFrame::Needs(VNET_HDR_LEN + frame.len as usize)
+}
+
+/// What the buffers gathered for a frame allow.
+pub(super) enum Gathered {
+    /// Enough room: deliver.
+    Ready,
+    /// Not enough buffers yet: the frame waits, nothing is consumed.
+    Wait,
+    /// The chains go back unused and the frame is lost.
+    Short(DropReason),
+}
+
+/// Judges the chains gathered for a frame needing `need` bytes: `cap` bytes
+/// in `chains` chains, `failed` if one of them was bad.
+#[inline]
+pub(super) fn gathered(
+    failed: Option<DropReason>,
+    cap: usize,
+    need: usize,
+    mrg: bool,
+    chains: usize,
+) -> Gathered {
+    if let Some(reason) = failed {
+        return Gathered::Short(reason);
+    }
+    if cap >= need {
+        Gathered::Ready
+    } else if mrg || chains == 0 {
+        Gathered::Wait
+    } else {
+        Gathered::Short(DropReason::RxBufferTooSmall)
+    }
+}
+
+/// Takes the next frame off the link and copies it into the chains in
+/// `dp.rx_chains`/`dp.segs`, or, with `failed`, returns the chains unused
+/// and counts the loss. `put_used(chain, bytes written)` returns each chain.
+#[inline]
+pub(super) fn deliver(
+    dp: &mut DataPath,
+    failed: Option<DropReason>,
+    mut put_used: impl FnMut(&RxChain, u32),
+) {
+    let mut frame = dp.from_switch.pop().expect("peeked");
+    if let Some(reason) = failed {
+        for c in dp.rx_chains.iter() {
+            put_used(c, 0);
+        }
+        if reason == DropReason::RxBufferTooSmall {
+            dp.counters.drop(reason);
+        } else {
+            dp.malformed(reason, dp.rx_chains.last().map_or(0, |c| c.head));
+        }
+        dp.cache.free(frame);
+        return;
+    }
+    if let Some(b) = dp.ingress.as_mut() {
+        b.take(frame.len);
+    }
+    let num_buffers = dp.rx_chains.len() as u16;
+    let frame_len = frame.len;
+    let (hdr, packet) = prepare(&dp.pool, &dp.features, &mut frame, num_buffers);
+    let mut src = CopySource::new(&hdr, packet);
+    let mut seg_start = 0usize;
+    for c in dp.rx_chains.iter() {
+        let mut written = 0usize;
+        for seg in &dp.segs[seg_start..c.seg_end] {
+            // SAFETY: `seg` is guest memory kept mapped by the GuestMap
+            // snapshot and device-writable, `seg.len` bytes long.
+            written += unsafe { src.copy_to(seg.ptr, seg.len as usize) };
+        }
+        seg_start = c.seg_end;
+        put_used(c, written as u32);
+    }
+    dp.counters.rx_packets += 1;
+    dp.counters.rx_bytes += u64::from(frame_len);
+    dp.cache.free(frame);
 }
 
 /// Most buffers asked for ahead of one batch.

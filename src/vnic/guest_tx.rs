@@ -67,48 +67,16 @@ pub(super) fn drain(
             dp.features.indirect,
             &mut dp.segs,
         );
-        match walked {
-            Ok(_) => {
-                for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
-                    prefetch_span(seg.ptr, seg.len as usize, 2);
-                }
-            }
-            Err(_) => dp.segs.truncate(seg_start),
-        }
-        dp.tx_chains.push(TxChain {
-            head,
-            seg_start,
-            seg_end: dp.segs.len(),
-            walked: walked.map(|t| t as usize),
-        });
+        record_walked(dp, head, 1, seg_start, walked);
     }
     // Pass 2: copy each chain into a frame and hand it to the switch.
     let walked = dp.tx_chains.len();
     let mut n = 0;
-    if let Some(b) = dp.egress.as_mut() {
-        b.refill(Instant::now());
-        dp.egress_blocked_until = None;
-    }
+    start_sending(dp);
     while n < walked {
         let c = dp.tx_chains[n];
-        if let (Some(b), Ok(total)) = (dp.egress.as_mut(), c.walked) {
-            let len = total.saturating_sub(VNET_HDR_LEN) as u32;
-            if !b.try_take(len) {
-                // Out of tokens: the chain stays in the ring (the guest's TCP
-                // sees a slow link, not loss) until the bucket refills.
-                dp.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
-                break;
-            }
-        }
-        let result = c
-            .walked
-            .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
-        match result {
-            Ok(Copied::Yes) => {}
-            // Backpressure: no frame free. Leave this chain and the rest of
-            // the batch in the ring for the next poll rather than drop.
-            Ok(Copied::PoolEmpty) => break,
-            Err(reason) => dp.malformed(reason, c.head),
+        if !send_walked(&c, dp) {
+            break;
         }
         // TX buffers are only read: the used length is 0 either way. In
         // order, the driver learns of the whole batch from its last entry, so
@@ -142,10 +110,77 @@ pub(super) fn drain(
 /// A TX chain walked in pass 1.
 #[derive(Clone, Copy)]
 pub(super) struct TxChain {
-    head: u16,
+    /// Split: the head index; packed: the buffer id.
+    pub head: u16,
+    /// Ring slots the chain takes (packed; 1 for split rings).
+    pub slots: u16,
     seg_start: usize,
     seg_end: usize,
     walked: Result<usize, DropReason>,
+}
+
+/// Records a chain walked in pass 1 (split or packed), prefetching the start
+/// of its buffers so the copies in pass 2 find the guest's lines on the way.
+#[inline]
+pub(super) fn record_walked(
+    dp: &mut DataPath,
+    head: u16,
+    slots: u16,
+    seg_start: usize,
+    walked: Result<u64, DropReason>,
+) {
+    match walked {
+        Ok(_) => {
+            for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
+                prefetch_span(seg.ptr, seg.len as usize, 2);
+            }
+        }
+        Err(_) => dp.segs.truncate(seg_start),
+    }
+    dp.tx_chains.push(TxChain {
+        head,
+        slots,
+        seg_start,
+        seg_end: dp.segs.len(),
+        walked: walked.map(|t| t as usize),
+    });
+}
+
+/// Before pass 2: the egress bucket catches up with the clock.
+#[inline]
+pub(super) fn start_sending(dp: &mut DataPath) {
+    if let Some(b) = dp.egress.as_mut() {
+        b.refill(Instant::now());
+        dp.egress_blocked_until = None;
+    }
+}
+
+/// Pass 2 for one walked chain: copies it into a frame for the switch, or
+/// counts why it is dropped. False when the chain must stay in the ring (out
+/// of egress tokens or frames): the caller stops there and returns nothing
+/// from this chain on.
+#[inline]
+pub(super) fn send_walked(c: &TxChain, dp: &mut DataPath) -> bool {
+    if let (Some(b), Ok(total)) = (dp.egress.as_mut(), c.walked) {
+        let len = total.saturating_sub(VNET_HDR_LEN) as u32;
+        if !b.try_take(len) {
+            // Out of tokens: the chain stays in the ring (the guest's TCP
+            // sees a slow link, not loss) until the bucket refills.
+            dp.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
+            return false;
+        }
+    }
+    let result = c
+        .walked
+        .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
+    match result {
+        Ok(Copied::Yes) => {}
+        // Backpressure: no frame free. Leave this chain and the rest of the
+        // batch in the ring for the next poll rather than drop.
+        Ok(Copied::PoolEmpty) => return false,
+        Err(reason) => dp.malformed(reason, c.head),
+    }
+    true
 }
 
 /// What became of a well-formed chain.

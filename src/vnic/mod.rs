@@ -9,6 +9,7 @@
 //! `packed_chain`).
 
 pub mod antispoof;
+mod any_ring;
 mod backend;
 pub mod chain;
 pub mod connection;
@@ -21,8 +22,10 @@ mod guest_rx;
 mod guest_tx;
 pub mod packed_chain;
 pub mod packed_ring;
+mod packed_rx;
 #[cfg(test)]
 mod packed_tests;
+mod packed_tx;
 pub mod stats;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,111 @@
+//! Guest RX over a packed ring: the ring walking of `guest_rx::fill` in
+//! packed form, with the same per-frame work (`guest_rx::next_frame`,
+//! `gathered`, `deliver`). With MRG_RXBUF a frame spreads over several
+//! chains, each returned by its own used descriptor.
+
+use virtio_queue::Queue;
+
+use super::chain::Direction;
+use super::engine::DataPath;
+use super::guest_memory::GuestMap;
+use super::guest_rx::{deliver, gathered, next_frame, Gathered, NextFrame, RxChain, MAX_RX_CHAINS};
+use super::packed_chain::{walk_packed, PackedWalk};
+use super::packed_ring::PackedView;
+use super::packed_tx::{finish, start_pos};
+use super::stats::DropReason;
+
+/// Delivers up to `budget` frames. Returns frames handled and whether the
+/// guest wants an interrupt.
+pub(super) fn fill(
+    q: &mut Queue,
+    ring: &PackedView,
+    map: &GuestMap,
+    budget: usize,
+    dp: &mut DataPath,
+) -> (usize, bool) {
+    let Some(start) = start_pos(q, ring, dp) else {
+        return (0, false);
+    };
+    let size = ring.size();
+    let mrg = dp.features.mrg_rxbuf;
+    let mut avail = start;
+    let mut used = start;
+    // The batch's first used descriptor is published last (PackedView).
+    let mut first = true;
+    let mut handled = 0;
+    let mut refilled = false;
+    'frames: while handled < budget {
+        let need = match next_frame(dp, &mut refilled) {
+            NextFrame::Empty => break,
+            NextFrame::Dropped => {
+                handled += 1;
+                continue;
+            }
+            NextFrame::Needs(need) => need,
+        };
+        dp.segs.clear();
+        dp.rx_chains.clear();
+        let mut cursor = avail;
+        let mut cap = 0usize;
+        let mut failed = None;
+        while cap < need {
+            if dp.rx_chains.len() == MAX_RX_CHAINS {
+                failed = Some(DropReason::RxBufferTooSmall);
+                break;
+            }
+            let indirect = dp.features.indirect;
+            match walk_packed(
+                ring,
+                map,
+                cursor,
+                Direction::DeviceWrites,
+                indirect,
+                &mut dp.segs,
+            ) {
+                PackedWalk::Empty => break,
+                PackedWalk::Broken(reason) => {
+                    // The frame stays in the link; what was delivered
+                    // before is returned below, then the ring stops.
+                    dp.malformed(reason, 0);
+                    dp.ring_corrupt = true;
+                    break 'frames;
+                }
+                PackedWalk::Chain { id, slots, total } => {
+                    dp.rx_chains.push(RxChain {
+                        head: id,
+                        slots,
+                        seg_end: dp.segs.len(),
+                    });
+                    cursor = cursor.advance(slots, size);
+                    match total {
+                        Ok(len) => cap += len as usize,
+                        Err(reason) => {
+                            failed = Some(reason);
+                            break;
+                        }
+                    }
+                }
+            }
+            if !mrg {
+                break;
+            }
+        }
+        let failed = match gathered(failed, cap, need, mrg, dp.rx_chains.len()) {
+            Gathered::Wait => break,
+            Gathered::Ready => None,
+            Gathered::Short(reason) => Some(reason),
+        };
+        avail = cursor;
+        handled += 1;
+        deliver(dp, failed, |c, written| {
+            ring.put_used(used, c.head, written, first);
+            first = false;
+            used = used.advance(c.slots, size);
+        });
+    }
+    if used == start {
+        return (handled, false);
+    }
+    debug_assert_eq!(used, avail);
+    (handled, finish(q, ring, start, used, dp))
+}

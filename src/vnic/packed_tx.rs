@@ -1,0 +1,121 @@
+//! Guest TX over a packed ring: the ring walking of `guest_tx::drain` in
+//! packed form (chains in consecutive slots, used descriptors written over
+//! them), with the same per-chain work (`guest_tx::record_walked`,
+//! `send_walked`).
+//!
+//! The queue's `next_avail` holds the next slot with the avail wrap counter
+//! in bit 15, the form vhost-user's SET/GET_VRING_BASE carry for packed
+//! rings. Every chain taken gets its used descriptor in the same batch, so
+//! the used position always equals it between batches.
+
+use virtio_queue::{Queue, QueueT};
+
+use super::chain::{Direction, MAX_SEGMENTS};
+use super::engine::DataPath;
+use super::guest_memory::GuestMap;
+use super::guest_tx::{record_walked, send_walked, start_sending};
+use super::packed_chain::{walk_packed, PackedWalk};
+use super::packed_ring::{PackedView, Pos};
+use super::stats::DropReason;
+
+/// Descriptors per cache line, for prefetching the ring ahead.
+const SLOTS_PER_LINE: usize = 4;
+
+/// Where the engine's batch on `ring` starts: the queue's base, unless it
+/// names a slot past the ring (a frontend's bad SET_VRING_BASE).
+#[inline]
+pub(super) fn start_pos(q: &Queue, ring: &PackedView, dp: &mut DataPath) -> Option<Pos> {
+    let at = Pos::from_base(q.next_avail());
+    if at.slot >= ring.size() {
+        dp.malformed(DropReason::BadAvailIndex, 0);
+        dp.ring_corrupt = true;
+        return None;
+    }
+    Some(at)
+}
+
+/// Records the end of a batch that returned the chains up to `end`, and
+/// whether the guest wants an interrupt for them.
+#[inline]
+pub(super) fn finish(
+    q: &mut Queue,
+    ring: &PackedView,
+    start: Pos,
+    end: Pos,
+    dp: &DataPath,
+) -> bool {
+    ring.publish_used(start);
+    q.set_next_avail(end.to_base());
+    q.set_next_used(end.to_base());
+    ring.needs_interrupt(dp.features.event_idx, start, end)
+}
+
+/// Moves up to `budget` chains from the packed TX ring to the switch link.
+/// Returns the chains consumed and whether the guest wants an interrupt.
+pub(super) fn drain(
+    q: &mut Queue,
+    ring: &PackedView,
+    map: &GuestMap,
+    budget: usize,
+    dp: &mut DataPath,
+) -> (usize, bool) {
+    let Some(start) = start_pos(q, ring, dp) else {
+        return (0, false);
+    };
+    // Backpressure: take no more than the link can hold.
+    let max = budget.min(dp.to_switch.free()).min(dp.tx_chains.capacity());
+    for i in (0..max.min(usize::from(ring.size()))).step_by(SLOTS_PER_LINE) {
+        ring.prefetch(start.advance(i as u16, ring.size()).slot);
+    }
+    // Pass 1: walk the available chains.
+    dp.segs.clear();
+    dp.tx_chains.clear();
+    let mut at = start;
+    while dp.tx_chains.len() < max && dp.segs.len() <= MAX_SEGMENTS {
+        let seg_start = dp.segs.len();
+        let indirect = dp.features.indirect;
+        match walk_packed(
+            ring,
+            map,
+            at,
+            Direction::DeviceReads,
+            indirect,
+            &mut dp.segs,
+        ) {
+            PackedWalk::Empty => break,
+            PackedWalk::Broken(reason) => {
+                // What was walked before still goes out; the ring stops.
+                dp.malformed(reason, 0);
+                dp.ring_corrupt = true;
+                break;
+            }
+            PackedWalk::Chain { id, slots, total } => {
+                record_walked(dp, id, slots, seg_start, total);
+                at = at.advance(slots, ring.size());
+            }
+        }
+    }
+    // Pass 2: copy each chain into a frame; its used descriptor goes where
+    // the chain began, the batch's first one last.
+    let walked = dp.tx_chains.len();
+    let mut n = 0;
+    let mut used = start;
+    start_sending(dp);
+    while n < walked {
+        let c = dp.tx_chains[n];
+        if !send_walked(&c, dp) {
+            break;
+        }
+        ring.put_used(used, c.head, 0, n == 0);
+        used = used.advance(c.slots, ring.size());
+        n += 1;
+    }
+    if n < walked {
+        dp.counters.backpressure += 1;
+    }
+    if n == 0 {
+        return (0, false);
+    }
+    dp.to_switch.flush();
+    (n, finish(q, ring, start, used, dp))
+}
