@@ -500,3 +500,237 @@ fn kick_suppression() {
     );
     assert_eq!(d.device_event().0, EVENT_F_ENABLE);
 }
+
+// The data path (packed_tx / packed_rx) over this driver's rings.
+
+mod data_path {
+    use virtio_queue::{Queue, QueueT};
+
+    use super::super::engine::DataPath;
+    use super::super::features::VNET_HDR_LEN;
+    use super::super::packed_rx;
+    use super::super::packed_tx;
+    use super::super::tests::{all_features, frame_bytes, hdr, packet, push_frame, setup};
+    use super::*;
+    use crate::packet::Offload;
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+
+    /// A queue whose base is the start of a fresh packed ring.
+    fn queue() -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_next_avail(Pos::START.to_base());
+        q
+    }
+
+    impl Driver {
+        fn buffer(&self, at: u64, bytes: &[u8]) -> u64 {
+            self.mem.write_slice(bytes, GuestAddress(at)).unwrap();
+            at
+        }
+
+        fn tx(&self, q: &mut Queue, dp: &mut DataPath) -> (usize, bool) {
+            packed_tx::drain(q, &self.view, &self.map, 64, dp)
+        }
+
+        fn rx(&self, q: &mut Queue, dp: &mut DataPath) -> (usize, bool) {
+            packed_rx::fill(q, &self.view, &self.map, 64, dp)
+        }
+    }
+
+    #[test]
+    fn tx_chains_become_frames_and_used_descriptors() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (pool, mut dp, mut sw) = setup(all_features());
+        d.set_driver_event(EVENT_F_ENABLE, 0);
+        // Start near the end of the ring so the batch wraps.
+        for _ in 0..14 {
+            d.chain(&[(BUF, 1, 0)], 0, None);
+        }
+        q.set_next_avail(d.next.to_base());
+        let start = d.next;
+        let p1 = packet(60, 1);
+        let a = d.buffer(BUF, &[hdr(&Offload::default(), 0), p1.clone()].concat());
+        d.chain(&[(a, 72, 0)], 7, None);
+        let p2 = packet(1514, 2);
+        let h = d.buffer(BUF + 0x1000, &hdr(&Offload::default(), 0));
+        let b1 = d.buffer(BUF + 0x2000, &p2[..1000]);
+        let b2 = d.buffer(BUF + 0x3000, &p2[1000..]);
+        d.chain(&[(h, 12, 0), (b1, 1000, 0), (b2, 514, 0)], 3, None);
+        let p3 = packet(200, 3);
+        let ih = d.buffer(BUF + 0x4000, &hdr(&Offload::default(), 0));
+        let id = d.buffer(BUF + 0x5000, &p3);
+        let len = d.table(&[(ih, 12, 0), (id, 200, 0)]);
+        d.chain(&[(TABLE, len, DESC_F_INDIRECT)], 9, None);
+        let (n, irq) = d.tx(&mut q, &mut dp);
+        assert_eq!((n, irq), (3, true));
+        // Used descriptors where each chain began: slots 14, 15 (lap 1), 2 (lap 0).
+        assert_eq!(d.used(14), (0, 7, vp::used_bits(true)));
+        assert_eq!(d.used(15), (0, 3, vp::used_bits(true)));
+        assert_eq!(d.used(2), (0, 9, vp::used_bits(false)));
+        assert_eq!(Pos::from_base(q.next_avail()), start.advance(5, QSIZE));
+        assert_eq!(q.next_used(), q.next_avail());
+        for want in [&p1, &p2, &p3] {
+            let f = sw.from_guest.pop().unwrap();
+            assert_eq!(&frame_bytes(&pool, &f), want);
+            dp.cache.free(f);
+        }
+        assert_eq!(dp.counters.total_drops(), 0);
+        // Nothing more; DISABLE suppresses the interrupt of the next batch.
+        assert_eq!(d.tx(&mut q, &mut dp), (0, false));
+        d.set_driver_event(EVENT_F_DISABLE, 0);
+        d.chain(&[(a, 72, 0)], 1, None);
+        assert_eq!(d.tx(&mut q, &mut dp), (1, false));
+        dp.cache.free(sw.from_guest.pop().unwrap());
+    }
+
+    #[test]
+    fn tx_malformed_chains_are_returned_and_counted_and_a_broken_ring_stops() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (pool, mut dp, mut sw) = setup(all_features() & !(1 << VIRTIO_RING_F_INDIRECT_DESC));
+        let good = packet(60, 9);
+        let ok = d.buffer(BUF, &[hdr(&Offload::default(), 0), good.clone()].concat());
+        let cases: Vec<(DropReason, Vec<(u64, u32, u16)>)> = vec![
+            (DropReason::AddressOutOfRange, vec![(MEM + 0x1000, 72, 0)]),
+            (
+                DropReason::AddressOutOfRange,
+                vec![(ok, 12, 0), (MEM - 10, 60, 0)],
+            ),
+            (DropReason::WriteOnlyOnTx, vec![(ok, 72, DESC_F_WRITE)]),
+            (DropReason::TooShort, vec![(ok, 20, 0)]),
+            (DropReason::BadIndirect, vec![(TABLE, 32, DESC_F_INDIRECT)]),
+        ];
+        let mut slots = 0;
+        for (i, (_, descs)) in cases.iter().enumerate() {
+            d.chain(descs, i as u16, None);
+            d.chain(&[(ok, 72, 0)], 100 + i as u16, None);
+            slots += descs.len() as u16 + 1;
+        }
+        let (n, _) = d.tx(&mut q, &mut dp);
+        assert_eq!(n, 2 * cases.len());
+        for (reason, _) in &cases {
+            assert!(dp.counters.dropped(*reason) >= 1, "{reason:?} not counted");
+        }
+        assert_eq!(dp.counters.total_drops(), cases.len() as u64);
+        assert_eq!(
+            Pos::from_base(q.next_avail()),
+            Pos::START.advance(slots, QSIZE)
+        );
+        let mut frames = 0;
+        while let Some(f) = sw.from_guest.pop() {
+            assert_eq!(frame_bytes(&pool, &f), good);
+            dp.cache.free(f);
+            frames += 1;
+        }
+        assert_eq!(frames, cases.len(), "every good chain still went through");
+        assert!(!dp.ring_corrupt);
+        // A good chain, then one whose middle is not available: the good one
+        // goes out, the ring is declared corrupt.
+        let at = d.next;
+        d.chain(&[(ok, 72, 0)], 1, None);
+        let broken = d.chain(&[(ok, 12, 0), (ok, 60, 0)], 2, None);
+        let mid = broken.advance(1, QSIZE);
+        d.w16(
+            RING + 16 * u64::from(mid.slot) + 14,
+            vp::avail_bits(!mid.wrap),
+        );
+        assert_eq!(d.tx(&mut q, &mut dp).0, 1);
+        assert!(dp.ring_corrupt);
+        assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 1);
+        assert_eq!(Pos::from_base(q.next_avail()), at.advance(1, QSIZE));
+        dp.cache.free(sw.from_guest.pop().unwrap());
+    }
+
+    #[test]
+    fn a_base_past_the_ring_is_refused() {
+        let d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (_pool, mut dp, _sw) = setup(all_features());
+        q.set_next_avail(
+            Pos {
+                slot: QSIZE,
+                wrap: true,
+            }
+            .to_base(),
+        );
+        assert_eq!(d.tx(&mut q, &mut dp), (0, false));
+        assert!(dp.ring_corrupt);
+        dp.ring_corrupt = false;
+        assert_eq!(d.rx(&mut q, &mut dp), (0, false));
+        assert!(dp.ring_corrupt);
+        assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 2);
+    }
+
+    #[test]
+    fn rx_with_and_without_mrg_rxbuf() {
+        for mrg in [true, false] {
+            let mut d = Driver::new(QSIZE);
+            let mut q = queue();
+            let feats = if mrg {
+                all_features()
+            } else {
+                all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF)
+            };
+            let (pool, mut dp, mut sw) = setup(feats);
+            let p = packet(3000, 4);
+            push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+            let (n_bufs, len) = if mrg { (4, 1024) } else { (1, 4096) };
+            let bufs: Vec<u64> = (0..n_bufs).map(|i| BUF + 0x2000 * i).collect();
+            for (i, b) in bufs.iter().enumerate() {
+                d.chain(&[(*b, len, DESC_F_WRITE)], 20 + i as u16, None);
+            }
+            let (n, _) = d.rx(&mut q, &mut dp);
+            assert_eq!(n, 1, "mrg={mrg}");
+            let used = if mrg { 3 } else { 1 };
+            let mut got = Vec::new();
+            for i in 0..used {
+                let (l, id, flags) = d.used(i);
+                assert_eq!((id, flags), (20 + i, vp::used_bits(true)));
+                let mut b = vec![0u8; l as usize];
+                d.mem
+                    .read_slice(&mut b, GuestAddress(bufs[i as usize]))
+                    .unwrap();
+                got.extend(b);
+            }
+            assert!(
+                !vp::is_used(d.used(used).2, true),
+                "only {used} buffers used"
+            );
+            assert_eq!(u16::from_le_bytes([got[10], got[11]]), used, "num_buffers");
+            assert_eq!(&got[VNET_HDR_LEN..], &p[..]);
+            assert_eq!(
+                Pos::from_base(q.next_avail()),
+                Pos::START.advance(used, QSIZE)
+            );
+            assert_eq!(dp.counters.rx_packets, 1);
+        }
+    }
+
+    #[test]
+    fn rx_waits_for_buffers_and_returns_bad_ones() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (pool, mut dp, mut sw) = setup(all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF));
+        let p = packet(1000, 5);
+        push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+        assert_eq!(
+            d.rx(&mut q, &mut dp),
+            (0, false),
+            "no buffer: the frame waits"
+        );
+        assert!(!dp.from_switch.is_empty());
+        // A read-only buffer, then one too small: each is returned with
+        // length 0 and costs its frame.
+        d.chain(&[(BUF, 4096, 0)], 1, None);
+        d.chain(&[(BUF, 100, DESC_F_WRITE)], 2, None);
+        push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+        assert_eq!(d.rx(&mut q, &mut dp).0, 2);
+        assert_eq!(d.used(0), (0, 1, vp::used_bits(true)));
+        assert_eq!(d.used(1), (0, 2, vp::used_bits(true)));
+        assert_eq!(dp.counters.dropped(DropReason::ReadOnlyOnRx), 1);
+        assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
+        assert_eq!(dp.counters.rx_packets, 0);
+    }
+}

@@ -154,12 +154,12 @@ impl<'a> Guest<'a> {
     }
 }
 
-struct Switch {
-    from_guest: LinkRx,
-    to_guest: LinkTx,
+pub(super) struct Switch {
+    pub(super) from_guest: LinkRx,
+    pub(super) to_guest: LinkTx,
 }
 
-fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
+pub(super) fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let (to_switch, from_guest) = link(64).unwrap();
     let (to_guest, from_switch) = link(64).unwrap();
@@ -180,7 +180,7 @@ fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
     (m.clone(), Arc::new(m))
 }
 
-fn packet(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn packet(len: usize, seed: u8) -> Vec<u8> {
     let mut p: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
@@ -189,7 +189,7 @@ fn packet(len: usize, seed: u8) -> Vec<u8> {
     p
 }
 
-fn hdr(o: &Offload, num_buffers: u16) -> Vec<u8> {
+pub(super) fn hdr(o: &Offload, num_buffers: u16) -> Vec<u8> {
     let mut h = vec![0u8; VNET_HDR_LEN];
     guest_tx::write_vnet_hdr(&mut h, o, num_buffers);
     h
@@ -197,7 +197,7 @@ fn hdr(o: &Offload, num_buffers: u16) -> Vec<u8> {
 
 /// Everything offered except IN_ORDER: the test driver hands out
 /// descriptors in any order (in-order tests add it back).
-fn all_features() -> u64 {
+pub(super) fn all_features() -> u64 {
     features::offered(1) & !(1u64 << VIRTIO_F_IN_ORDER)
 }
 
@@ -212,7 +212,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-fn frame_bytes(pool: &FramePool, f: &FrameHandle) -> Vec<u8> {
+pub(super) fn frame_bytes(pool: &FramePool, f: &FrameHandle) -> Vec<u8> {
     pool.bytes(f).to_vec()
 }
 
@@ -408,7 +408,13 @@ fn tx_backpressure_leaves_chains_in_the_ring() {
     assert_eq!(dp.counters.total_drops(), 0);
 }
 
-fn push_frame(pool: &FramePool, dp: &mut DataPath, sw: &mut Switch, bytes: &[u8], off: Offload) {
+pub(super) fn push_frame(
+    pool: &FramePool,
+    dp: &mut DataPath,
+    sw: &mut Switch,
+    bytes: &[u8],
+    off: Offload,
+) {
     let mut f = dp.cache.alloc(bytes.len()).unwrap();
     f.len = bytes.len() as u32;
     f.offload = off;
