@@ -161,6 +161,15 @@ impl<S: QueueSink> VnicDevice<S> {
 
     pub fn set_acked_features(&self, acked: u64) {
         self.acked.store(acked, Ordering::Relaxed);
+        let rings = if Negotiated::from_bits(acked).packed {
+            "packed"
+        } else {
+            "split"
+        };
+        log::info!(
+            "{}: features {acked:#x} acked, {rings} virtqueues",
+            self.name
+        );
     }
 
     pub fn negotiated(&self) -> Negotiated {

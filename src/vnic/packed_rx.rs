@@ -23,13 +23,13 @@ pub(super) fn fill(
     budget: usize,
     dp: &mut DataPath,
 ) -> (usize, bool) {
-    let Some(start) = start_pos(q, ring, dp) else {
+    let Some((start, first_used)) = start_pos(q, ring, dp) else {
         return (0, false);
     };
     let size = ring.size();
     let mrg = dp.features.mrg_rxbuf;
     let mut avail = start;
-    let mut used = start;
+    let mut used = first_used;
     // The batch's first used descriptor is published last (PackedView).
     let mut first = true;
     let mut handled = 0;
@@ -103,9 +103,8 @@ pub(super) fn fill(
             used = used.advance(c.slots, size);
         });
     }
-    if used == start {
+    if first {
         return (handled, false);
     }
-    debug_assert_eq!(used, avail);
-    (handled, finish(q, ring, start, used, dp))
+    (handled, finish(q, ring, avail, (first_used, used), dp))
 }

@@ -516,11 +516,16 @@ mod data_path {
     use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
-    /// A queue whose base is the start of a fresh packed ring.
-    fn queue() -> Queue {
+    /// A queue at `at` of a packed ring, nothing in flight.
+    fn queue_at(at: Pos) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap();
-        q.set_next_avail(Pos::START.to_base());
+        q.set_next_avail(at.to_base());
+        q.set_next_used(at.to_base());
         q
+    }
+
+    fn queue() -> Queue {
+        queue_at(Pos::START)
     }
 
     impl Driver {
@@ -541,14 +546,13 @@ mod data_path {
     #[test]
     fn tx_chains_become_frames_and_used_descriptors() {
         let mut d = Driver::new(QSIZE);
-        let mut q = queue();
         let (pool, mut dp, mut sw) = setup(all_features());
         d.set_driver_event(EVENT_F_ENABLE, 0);
         // Start near the end of the ring so the batch wraps.
         for _ in 0..14 {
             d.chain(&[(BUF, 1, 0)], 0, None);
         }
-        q.set_next_avail(d.next.to_base());
+        let mut q = queue_at(d.next);
         let start = d.next;
         let p1 = packet(60, 1);
         let a = d.buffer(BUF, &[hdr(&Offload::default(), 0), p1.clone()].concat());
@@ -571,6 +575,7 @@ mod data_path {
         assert_eq!(d.used(2), (0, 9, vp::used_bits(false)));
         assert_eq!(Pos::from_base(q.next_avail()), start.advance(5, QSIZE));
         assert_eq!(q.next_used(), q.next_avail());
+        assert!(!vp::is_used(d.used(3).2, false), "slots 3, 4 are not used");
         for want in [&p1, &p2, &p3] {
             let f = sw.from_guest.pop().unwrap();
             assert_eq!(&frame_bytes(&pool, &f), want);
@@ -646,21 +651,27 @@ mod data_path {
     #[test]
     fn a_base_past_the_ring_is_refused() {
         let d = Driver::new(QSIZE);
-        let mut q = queue();
         let (_pool, mut dp, _sw) = setup(all_features());
-        q.set_next_avail(
-            Pos {
-                slot: QSIZE,
-                wrap: true,
+        let past = Pos {
+            slot: QSIZE,
+            wrap: true,
+        }
+        .to_base();
+        for avail_side in [true, false] {
+            let mut q = queue();
+            if avail_side {
+                q.set_next_avail(past);
+            } else {
+                q.set_next_used(past);
             }
-            .to_base(),
-        );
-        assert_eq!(d.tx(&mut q, &mut dp), (0, false));
-        assert!(dp.ring_corrupt);
-        dp.ring_corrupt = false;
-        assert_eq!(d.rx(&mut q, &mut dp), (0, false));
-        assert!(dp.ring_corrupt);
-        assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 2);
+            assert_eq!(d.tx(&mut q, &mut dp), (0, false));
+            assert!(dp.ring_corrupt);
+            dp.ring_corrupt = false;
+            assert_eq!(d.rx(&mut q, &mut dp), (0, false));
+            assert!(dp.ring_corrupt);
+            dp.ring_corrupt = false;
+        }
+        assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 4);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! them), with the same per-chain work (`guest_tx::record_walked`,
 //! `send_walked`).
 //!
-//! The queue's `next_avail` holds the next slot with the avail wrap counter
-//! in bit 15, the form vhost-user's SET/GET_VRING_BASE carry for packed
-//! rings. Every chain taken gets its used descriptor in the same batch, so
-//! the used position always equals it between batches.
+//! The queue's `next_avail` and `next_used` hold the next avail and used
+//! slots with their wrap counters in bit 15, the halves of a packed ring's
+//! vhost-user vring base (vendor/PATCHES.md). Every chain taken gets its used
+//! descriptor in the same batch, so both move by the same number of slots;
+//! they differ only if a frontend started the ring with chains in flight.
 
 use virtio_queue::{Queue, QueueT};
 
@@ -21,33 +22,36 @@ use super::stats::DropReason;
 /// Descriptors per cache line, for prefetching the ring ahead.
 const SLOTS_PER_LINE: usize = 4;
 
-/// Where the engine's batch on `ring` starts: the queue's base, unless it
-/// names a slot past the ring (a frontend's bad SET_VRING_BASE).
+/// Where the engine's batch on `ring` starts: the queue's next avail and
+/// next used positions, unless one names a slot past the ring (a frontend's
+/// bad SET_VRING_BASE).
 #[inline]
-pub(super) fn start_pos(q: &Queue, ring: &PackedView, dp: &mut DataPath) -> Option<Pos> {
-    let at = Pos::from_base(q.next_avail());
-    if at.slot >= ring.size() {
+pub(super) fn start_pos(q: &Queue, ring: &PackedView, dp: &mut DataPath) -> Option<(Pos, Pos)> {
+    let avail = Pos::from_base(q.next_avail());
+    let used = Pos::from_base(q.next_used());
+    if avail.slot >= ring.size() || used.slot >= ring.size() {
         dp.malformed(DropReason::BadAvailIndex, 0);
         dp.ring_corrupt = true;
         return None;
     }
-    Some(at)
+    Some((avail, used))
 }
 
-/// Records the end of a batch that returned the chains up to `end`, and
-/// whether the guest wants an interrupt for them.
+/// Ends a batch that took the chains up to `avail` and wrote used
+/// descriptors from `first` up to `used`; returns whether the guest wants
+/// an interrupt for them.
 #[inline]
 pub(super) fn finish(
     q: &mut Queue,
     ring: &PackedView,
-    start: Pos,
-    end: Pos,
+    avail: Pos,
+    (first, used): (Pos, Pos),
     dp: &DataPath,
 ) -> bool {
-    ring.publish_used(start);
-    q.set_next_avail(end.to_base());
-    q.set_next_used(end.to_base());
-    ring.needs_interrupt(dp.features.event_idx, start, end)
+    ring.publish_used(first);
+    q.set_next_avail(avail.to_base());
+    q.set_next_used(used.to_base());
+    ring.needs_interrupt(dp.features.event_idx, first, used)
 }
 
 /// Moves up to `budget` chains from the packed TX ring to the switch link.
@@ -59,7 +63,7 @@ pub(super) fn drain(
     budget: usize,
     dp: &mut DataPath,
 ) -> (usize, bool) {
-    let Some(start) = start_pos(q, ring, dp) else {
+    let Some((start, first_used)) = start_pos(q, ring, dp) else {
         return (0, false);
     };
     // Backpressure: take no more than the link can hold.
@@ -95,11 +99,12 @@ pub(super) fn drain(
             }
         }
     }
-    // Pass 2: copy each chain into a frame; its used descriptor goes where
-    // the chain began, the batch's first one last.
+    // Pass 2: copy each chain into a frame and write its used descriptor
+    // (the batch's first one is published last).
     let walked = dp.tx_chains.len();
     let mut n = 0;
-    let mut used = start;
+    let mut avail = start;
+    let mut used = first_used;
     start_sending(dp);
     while n < walked {
         let c = dp.tx_chains[n];
@@ -108,6 +113,7 @@ pub(super) fn drain(
         }
         ring.put_used(used, c.head, 0, n == 0);
         used = used.advance(c.slots, ring.size());
+        avail = avail.advance(c.slots, ring.size());
         n += 1;
     }
     if n < walked {
@@ -117,5 +123,5 @@ pub(super) fn drain(
         return (0, false);
     }
     dp.to_switch.flush();
-    (n, finish(q, ring, start, used, dp))
+    (n, finish(q, ring, avail, (first_used, used), dp))
 }

@@ -28,6 +28,7 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Error as VirtQueError, QueueT};
 use vm_memory::mmap::NewBitmap;
@@ -115,6 +116,10 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     // snapnet patch: users of each region added with ADD_MEM_REG, keyed by
     // (guest address, size, frontend address).
     region_refs: std::collections::HashMap<(u64, u64, u64), u32>,
+    // snapnet patch: the rings are packed (VIRTIO_F_RING_PACKED in the last
+    // SET_FEATURES). Kept across a status reset, which clears the acked
+    // features before a frontend may still ask GET_VRING_BASE.
+    packed_rings: bool,
 }
 
 // Ensure VhostUserHandler: Clone + Send + Sync + 'static.
@@ -180,11 +185,17 @@ where
             worker_threads,
             status: 0,
             region_refs: std::collections::HashMap::new(),
+            packed_rings: false,
         })
     }
 }
 
 impl<T: VhostUserBackend> VhostUserHandler<T> {
+    /// snapnet patch: whether the rings are packed.
+    fn packed(&self) -> bool {
+        self.packed_rings
+    }
+
     pub(crate) fn send_exit_event(&self) {
         for handler in self.handlers.iter() {
             handler.send_exit_event();
@@ -352,6 +363,8 @@ where
 
         self.acked_features = features;
         self.features_acked = true;
+        // snapnet patch: see `packed_rings`.
+        self.packed_rings = features & (1 << VIRTIO_F_RING_PACKED) != 0;
 
         // Upon receiving a `VHOST_USER_SET_FEATURES` message from the front-end without
         // `VHOST_USER_F_PROTOCOL_FEATURES` set, the back-end must enable all rings immediately.
@@ -499,10 +512,14 @@ where
             // Note: I'm not sure why QEMU's vhost-user library sets the 'user' index here,
             // _probably_ to make sure that the VQ is already configured. A better solution would
             // be to receive the 'used' index in SET_VRING_BASE, as is done when using packed VQs.
-            let idx = vring
-                .queue_used_idx()
-                .map_err(|_| VhostUserError::BackendInternalError)?;
-            vring.set_queue_next_used(idx);
+            // snapnet patch: a packed ring has no used index in memory (the
+            // "used" address is the device event area); SET_VRING_BASE set it.
+            if !self.packed() {
+                let idx = vring
+                    .queue_used_idx()
+                    .map_err(|_| VhostUserError::BackendInternalError)?;
+                vring.set_queue_next_used(idx);
+            }
 
             Ok(())
         } else {
@@ -517,6 +534,14 @@ where
             .ok_or(VhostUserError::InvalidParam)?;
 
         vring.set_queue_next_avail(base as u16);
+        // snapnet patch: for a packed ring the base is the next avail slot
+        // with its wrap counter in bit 15, and (QEMU) the next used slot and
+        // wrap counter in bits 16..31. Frontends that send only the avail half
+        // (DPDK's virtio-user) start with nothing in flight: used = avail.
+        if self.packed() {
+            let used = (base >> 16) as u16;
+            vring.set_queue_next_used(if used == 0 { base as u16 } else { used });
+        }
 
         Ok(())
     }
@@ -540,11 +565,18 @@ where
             .map_err(VhostUserError::ReqHandlerError)?;
 
         let next_avail = vring.queue_next_avail();
+        // snapnet patch: packed rings report the used position too (bits
+        // 16..31, as QEMU reads it back).
+        let base = if self.packed() {
+            u32::from(next_avail) | u32::from(vring.queue_next_used()) << 16
+        } else {
+            u32::from(next_avail)
+        };
 
         vring.set_kick(None);
         vring.set_call(None);
 
-        Ok(VhostUserVringState::new(index, u32::from(next_avail)))
+        Ok(VhostUserVringState::new(index, base))
     }
 
     fn set_vring_kick(&mut self, index: u8, file: Option<File>) -> VhostUserResult<()> {

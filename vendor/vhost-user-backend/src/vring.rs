@@ -78,6 +78,10 @@ pub trait VringT<M: GuestAddressSpace>:
     /// Set queue next used head.
     fn set_queue_next_used(&self, idx: u16);
 
+    /// snapnet patch: get queue next used head (a packed ring's GET_VRING_BASE
+    /// reports it).
+    fn queue_next_used(&self) -> u16;
+
     /// Get queue next used head index from the guest memory.
     fn queue_used_idx(&self) -> Result<u16, VirtQueError>;
 
@@ -207,6 +211,11 @@ impl<M: GuestAddressSpace> VringState<M> {
     /// Set queue next used head.
     fn set_queue_next_used(&mut self, idx: u16) {
         self.queue.set_next_used(idx);
+    }
+
+    /// snapnet patch: get queue next used head.
+    fn queue_next_used(&self) -> u16 {
+        self.queue.next_used()
     }
 
     /// Get queue next used head index from the guest memory.
@@ -354,6 +363,10 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for VringMutex<M> {
         self.lock().set_queue_next_used(idx)
     }
 
+    fn queue_next_used(&self) -> u16 {
+        self.get_ref().queue_next_used()
+    }
+
     fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
         self.lock().queue_used_idx()
     }
@@ -467,6 +480,10 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for VringRwLock<M> {
 
     fn set_queue_next_used(&self, idx: u16) {
         self.write_lock().set_queue_next_used(idx)
+    }
+
+    fn queue_next_used(&self) -> u16 {
+        self.get_ref().queue_next_used()
     }
 
     fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
