@@ -249,7 +249,7 @@ pub(super) fn deliver(
 }
 
 /// Most buffers asked for ahead of one batch.
-const PREFETCH_AHEAD: u16 = 64;
+pub(super) const PREFETCH_AHEAD: u16 = 64;
 
 /// Asks for the lines the batch will touch before the first copy, so their
 /// misses overlap instead of following each other: the avail entries and

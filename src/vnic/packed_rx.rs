@@ -8,11 +8,14 @@ use virtio_queue::Queue;
 use super::chain::Direction;
 use super::engine::DataPath;
 use super::guest_memory::GuestMap;
-use super::guest_rx::{deliver, gathered, next_frame, Gathered, NextFrame, RxChain, MAX_RX_CHAINS};
+use super::guest_rx::{
+    deliver, gathered, next_frame, Gathered, NextFrame, RxChain, MAX_RX_CHAINS, PREFETCH_AHEAD,
+};
 use super::packed_chain::{walk_packed, PackedWalk};
-use super::packed_ring::PackedView;
-use super::packed_tx::{finish, start_pos};
+use super::packed_ring::{PackedView, Pos};
+use super::packed_tx::{finish, start_pos, SLOTS_PER_LINE};
 use super::stats::DropReason;
+use crate::packet::prefetch::prefetch_write;
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.
@@ -27,6 +30,7 @@ pub(super) fn fill(
         return (0, false);
     };
     let size = ring.size();
+    prefetch_buffers(ring, map, start, dp.from_switch.len().min(budget));
     let mrg = dp.features.mrg_rxbuf;
     let mut avail = start;
     let mut used = first_used;
@@ -107,4 +111,27 @@ pub(super) fn fill(
         return (handled, false);
     }
     (handled, finish(q, ring, avail, (first_used, used), dp))
+}
+
+/// Asks for the lines the batch will touch before the first copy, so their
+/// misses overlap: the ring slots from `at` (which the guest's core just
+/// wrote) and, for write, the start of each buffer they name. Hints only:
+/// the walk checks everything again.
+#[inline]
+fn prefetch_buffers(ring: &PackedView, map: &GuestMap, at: Pos, frames: usize) {
+    let n = u16::try_from(frames)
+        .unwrap_or(u16::MAX)
+        .min(PREFETCH_AHEAD)
+        .min(ring.size());
+    for i in (0..n).step_by(SLOTS_PER_LINE) {
+        ring.prefetch(at.advance(i, ring.size()).slot);
+    }
+    for i in 0..n {
+        let Some(desc) = ring.avail(at.advance(i, ring.size())) else {
+            break;
+        };
+        if let Some((p, _)) = map.translate(desc.addr, 1) {
+            prefetch_write(p);
+        }
+    }
 }

@@ -20,7 +20,7 @@ use super::packed_ring::{PackedView, Pos};
 use super::stats::DropReason;
 
 /// Descriptors per cache line, for prefetching the ring ahead.
-const SLOTS_PER_LINE: usize = 4;
+pub(super) const SLOTS_PER_LINE: usize = 4;
 
 /// Where the engine's batch on `ring` starts: the queue's next avail and
 /// next used positions, unless one names a slot past the ring (a frontend's
