@@ -507,7 +507,7 @@ mod data_path {
     use virtio_queue::{Queue, QueueT};
 
     use super::super::engine::DataPath;
-    use super::super::features::VNET_HDR_LEN;
+    use super::super::features::{self, VNET_HDR_LEN};
     use super::super::packed_rx;
     use super::super::packed_tx;
     use super::super::tests::{all_features, frame_bytes, hdr, packet, push_frame, setup};
@@ -646,6 +646,32 @@ mod data_path {
         assert_eq!(dp.counters.dropped(DropReason::BadAvailIndex), 1);
         assert_eq!(Pos::from_base(q.next_avail()), at.advance(1, QSIZE));
         dp.cache.free(sw.from_guest.pop().unwrap());
+    }
+
+    #[test]
+    fn tx_in_order_returns_a_batch_with_one_used_descriptor() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (_pool, mut dp, mut sw) = setup(features::offered(1));
+        assert!(dp.features.in_order);
+        let p = packet(60, 1);
+        let a = d.buffer(BUF, &[hdr(&Offload::default(), 0), p.clone()].concat());
+        let h = d.buffer(BUF + 0x1000, &hdr(&Offload::default(), 0));
+        let b = d.buffer(BUF + 0x2000, &p);
+        d.chain(&[(a, 72, 0)], 4, None);
+        d.chain(&[(h, 12, 0), (b, 60, 0)], 5, None);
+        d.chain(&[(a, 72, 0)], 6, None);
+        assert_eq!(d.tx(&mut q, &mut dp).0, 3);
+        // One used descriptor, at the batch's first slot, naming its last buffer.
+        assert_eq!(d.used(0), (0, 6, vp::used_bits(true)));
+        for slot in 1..4 {
+            assert!(!vp::is_used(d.used(slot).2, true), "slot {slot}");
+        }
+        assert_eq!(Pos::from_base(q.next_used()), Pos::START.advance(4, QSIZE));
+        assert_eq!(q.next_used(), q.next_avail());
+        while let Some(f) = sw.from_guest.pop() {
+            dp.cache.free(f);
+        }
     }
 
     #[test]
