@@ -17,6 +17,8 @@ use crate::packet::wire::virtq_packed::{
 };
 
 const QSIZE: u16 = 16;
+/// (address, length, flags) of one descriptor a test posts.
+type RawDesc3 = (u64, u32, u16);
 const MEM: u64 = 0x40_0000;
 const RING: u64 = 0x1000;
 const DRIVER_EVT: u64 = 0x2000;
@@ -67,7 +69,7 @@ impl Driver {
     /// Makes `descs` (addr, len, flags without NEXT/AVAIL/USED) available as
     /// one chain at the next slots, the head's flags last; every descriptor
     /// carries `id`, except that the head carries `head_id` when given.
-    fn chain(&mut self, descs: &[(u64, u32, u16)], id: u16, head_id: Option<u16>) -> Pos {
+    fn chain(&mut self, descs: &[RawDesc3], id: u16, head_id: Option<u16>) -> Pos {
         let start = self.next;
         let mut head_flags = 0;
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
@@ -85,7 +87,7 @@ impl Driver {
         start
     }
 
-    fn table(&self, entries: &[(u64, u32, u16)]) -> u32 {
+    fn table(&self, entries: &[RawDesc3]) -> u32 {
         for (i, &(addr, len, flags)) in entries.iter().enumerate() {
             self.put(TABLE + 16 * i as u64, addr, len, 0, flags);
         }
@@ -597,7 +599,7 @@ mod data_path {
         let (pool, mut dp, mut sw) = setup(all_features() & !(1 << VIRTIO_RING_F_INDIRECT_DESC));
         let good = packet(60, 9);
         let ok = d.buffer(BUF, &[hdr(&Offload::default(), 0), good.clone()].concat());
-        let cases: Vec<(DropReason, Vec<(u64, u32, u16)>)> = vec![
+        let cases: Vec<(DropReason, Vec<RawDesc3>)> = vec![
             (DropReason::AddressOutOfRange, vec![(MEM + 0x1000, 72, 0)]),
             (
                 DropReason::AddressOutOfRange,
