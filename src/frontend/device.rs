@@ -31,11 +31,11 @@ const MIN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Guest-physical layout of one ring, for raw tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingInfo {
-    /// Descriptor table GPA.
+    /// Descriptor table GPA (packed: the descriptor ring).
     pub desc: u64,
-    /// Avail ring GPA.
+    /// Avail ring GPA (packed: the driver event suppression area).
     pub avail: u64,
-    /// Used ring GPA.
+    /// Used ring GPA (packed: the device event suppression area).
     pub used: u64,
     /// Entries.
     pub size: u16,

@@ -503,6 +503,38 @@ fn kick_suppression() {
     assert_eq!(d.device_event().0, EVENT_F_ENABLE);
 }
 
+#[test]
+fn engine_sees_new_work_and_backlog_on_a_packed_ring() {
+    use super::any_ring::GuestRing;
+    let mut d = Driver::new(QSIZE);
+    let ring = GuestRing::new(&d.map, addrs(QSIZE), true).unwrap();
+    let seen = Pos::START.to_base();
+    assert!(!ring.has_new(seen));
+    assert_eq!(ring.backlog(seen), 0);
+    d.chain(&[(BUF, 1, 0)], 0, None);
+    assert!(ring.has_new(seen));
+    assert_eq!(ring.backlog(seen), 1, "a lower bound from the probes");
+    for _ in 0..4 {
+        d.chain(&[(BUF, 1, 0)], 0, None);
+    }
+    assert_eq!(ring.backlog(seen), QSIZE / 4 + 1);
+    while d.next.slot != 0 {
+        d.chain(&[(BUF, 1, 0)], 0, None);
+    }
+    assert_eq!(ring.backlog(seen), QSIZE, "full");
+    // A position off the ring is no work, never a read past it.
+    let off = Pos {
+        slot: QSIZE,
+        wrap: true,
+    }
+    .to_base();
+    assert!(!ring.has_new(off));
+    assert_eq!(ring.backlog(off), 0);
+    // Kicks: the device event area follows set_kicks for either layout.
+    ring.set_kicks(true, true, vp::off_wrap(3, false));
+    assert_eq!(d.device_event(), (EVENT_F_DESC, 3));
+}
+
 // The data path (packed_tx / packed_rx) over this driver's rings.
 
 mod data_path {
