@@ -17,14 +17,8 @@ use super::wire::MacAddr;
 /// A hash map keyed with this run's key.
 pub type FastMap<K, V> = HashMap<K, V, FastState>;
 
-/// Odd constants from the digits of pi (foldhash's): the first two keep
-/// the key halves from being zero or low-entropy even in the unlikely case
-/// the random key is; the third is the finishing multiplier.
-const PI: [u64; 3] = [
-    0x243f_6a88_85a3_08d3,
-    0x1319_8a2e_0370_7344,
-    0x082e_fa98_ec4e_6c89,
-];
+/// The finishing multiplier: odd, and dense in bits (digits of pi).
+const FINISH: u64 = 0x082e_fa98_ec4e_6c89;
 
 /// This run's key: random, chosen on first use.
 fn run_key() -> [u64; 2] {
@@ -33,7 +27,7 @@ fn run_key() -> [u64; 2] {
         // std seeds every RandomState from the OS's random source; two
         // SipHash outputs under that seed are as random as the seed.
         let s = RandomState::new();
-        [s.hash_one(PI[0]) ^ PI[0], s.hash_one(PI[1]) ^ PI[1]]
+        [s.hash_one(0u64), s.hash_one(1u64)]
     })
 }
 
@@ -70,7 +64,7 @@ impl BuildHasher for FastState {
     }
 }
 
-/// One folded multiply per word written.
+/// One folded multiply per word written, one more to finish.
 pub struct FastHasher {
     acc: u64,
     key: u64,
@@ -85,7 +79,7 @@ impl Hasher for FastHasher {
         // keys (at worst 2598 of them in one of 256 buckets). A second one
         // spreads them like random keys (bucket from the low bits, tag from
         // the top seven, as hashbrown takes them).
-        folded_multiply(self.acc, PI[2])
+        folded_multiply(self.acc, FINISH)
     }
 
     #[inline]
