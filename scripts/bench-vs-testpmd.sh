@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# vnic0 -> vnic1 throughput: snapnet against DPDK's vhost PMD (dpdk-testpmd
-# io-forwarding between two net_vhost ports), driven by the same frontend
-# (snapnet-bench pair), interleaved A B A B ... and compared by median.
+# vnic0 <-> vnic1 switching rate: snapnet against DPDK's vhost PMD
+# (dpdk-testpmd io-forwarding between two net_vhost ports), driven by the same
+# frontend, interleaved A B A B ... and compared by median.
 #
-# On this 2-vCPU machine one frontend thread (TX + RX on CPU 0) saturates at
-# about the rate either backend reaches on a full core, so an uncapped run
-# compares the frontend with itself. The backend's core is therefore capped
-# with a cgroup CPU quota (default 25 % of CPU 1, 10 ms period): the backend
-# is then the bottleneck and Mpps/core = rate / quota. Both backends get the
-# same cap. Set CAP=100 for an uncapped (frontend-bound) run.
+# FRONTEND=dpdk (default) drives both backends the way a DPDK guest would:
+# one dpdk-testpmd process on CPU 1 with two virtio-user ports at their
+# default devargs (MRG_RXBUF and IN_ORDER negotiated when the backend offers
+# them; PACKED=1 adds packed_vq=1, MRG=0 adds mrg_rxbuf=0), queue_size=1024,
+# in --forward-mode=mac, primed with `start tx_first 8` once both ports are
+# up, so a fixed population of frames loops vnic0 -> vnic1 -> vnic0 through
+# the backend, which runs alone on CPU 0. The rate is the frames received by
+# the two ports per second. Size `rtt` primes one frame per port (burst 1):
+# its figure is the time one frame takes to cross the backend and the
+# frontend once (2 / rate), the single-frame latency.
+# Each round records the vCPU placement (cache-line ping-pong time between
+# CPU 0 and 1, before and after: FACTS.md) and medians are also printed per
+# placement.
+#
+# FRONTEND=own drives them with snapnet-bench pair (our frontend, TX + RX on
+# CPU 0). One frontend thread saturates at about the rate either backend
+# reaches on a full core, so the backend's core is capped with a cgroup CPU
+# quota (CAP, default 25 % of CPU 1, 10 ms period): the backend is then the
+# bottleneck and Mpps/core = rate / quota. CAP=100 runs uncapped.
 #
 # Usage: scripts/bench-vs-testpmd.sh [rounds] [seconds]   (as root)
+#   env: FRONTEND=dpdk|own  SIZES="64 1500 rtt"  PACKED=1  MRG=0  CAP=25
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 SECS=${2:-3}
-CAP=${CAP:-25}
-SIZES=${SIZES:-"64 1500"}
+FRONTEND=${FRONTEND:-dpdk}
+if [ "$FRONTEND" = dpdk ]; then CAP=100; SIZES=${SIZES:-"64 1500 rtt"}; else CAP=${CAP:-25}; SIZES=${SIZES:-"64 1500"}; fi
 bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config
 cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
 SN=$PWD/target/release/snapnet
@@ -25,7 +39,7 @@ WORK=$(mktemp -d /tmp/snapnet-bench.XXXXXX)
 CG=""
 cleanup() {
     pkill -INT -f "$SN serve --config $WORK" 2>/dev/null || true
-    pkill -f "file-prefix snb$$" 2>/dev/null || true
+    pkill -f "file-prefix sn[bf]$$" 2>/dev/null || true
     sleep 0.3
     if [ -n "$CG" ] && [ -d "$CG" ]; then
         cat "$CG/cgroup.procs" 2>/dev/null | while read -r p; do echo "$p" > /sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null || true; done
@@ -52,9 +66,13 @@ if [ "$CAP" -lt 100 ]; then
     fi
 fi
 
+# The backend's CPU and the frontend's (own: the frontend on 0, as before).
+if [ "$FRONTEND" = dpdk ]; then BCPU=0; FCPU=1; else BCPU=1; FCPU=0; fi
+MAC0=52:54:00:5a:00:01
+MAC1=52:54:00:5a:00:02
 cat > "$WORK/sn.json" <<JSON
-{"runtime_dir":"$WORK","vnics":[{"name":"vnic0","mac":"52:54:00:5a:00:01"},{"name":"vnic1","mac":"52:54:00:5a:00:02"}],
- "groups":[{"name":"default","policy":"dedicated","threads":1,"cpus":[1]}]}
+{"runtime_dir":"$WORK","vnics":[{"name":"vnic0","mac":"$MAC0"},{"name":"vnic1","mac":"$MAC1"}],
+ "groups":[{"name":"default","policy":"dedicated","threads":1,"cpus":[$BCPU]}]}
 JSON
 
 start_capped() { # command... ; runs it inside the cgroup (if any) in the background
@@ -67,18 +85,18 @@ start_capped() { # command... ; runs it inside the cgroup (if any) in the backgr
 
 rate() { sed -n 's/.* rx_mpps=\([0-9.]*\).*/\1/p'; }
 
-run_snapnet() {
+run_snapnet_own() {
     start_capped "$SN" serve --config "$WORK/sn.json" </dev/null >"$WORK/sn.log" 2>&1
     local pid=$!
     for _ in $(seq 50); do [ -S "$WORK/vnic1.sock" ] && break; sleep 0.1; done
-    taskset -c 0 "$BENCH" pair --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --size "$1" --seconds "$SECS" | grep '^result' | rate
+    taskset -c "$FCPU" "$BENCH" pair --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --size "$1" --seconds "$SECS" | grep '^result' | rate
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-run_testpmd() {
+run_testpmd_own() {
     rm -f "$WORK"/tp*.sock
     # --stats-period keeps testpmd from reading stdin; SIGINT stops it.
-    start_capped dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "snb$$" --lcores '0@1,1@1' \
+    start_capped dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "snb$$" --lcores "0@$BCPU,1@$BCPU" \
         --vdev "net_vhost0,iface=$WORK/tp0.sock" --vdev "net_vhost1,iface=$WORK/tp1.sock" -- \
         --forward-mode=io --auto-start --total-num-mbufs=16384 --stats-period 3600 </dev/null >"$WORK/tp.log" 2>&1
     local pid=$!
@@ -89,7 +107,7 @@ run_testpmd() {
     # such a try fails at once: try again.
     local out=""
     for _ in $(seq 20); do
-        out=$(taskset -c 0 "$BENCH" pair --tx "$WORK/tp0.sock" --rx "$WORK/tp1.sock" --size "$1" --seconds "$SECS" \
+        out=$(taskset -c "$FCPU" "$BENCH" pair --tx "$WORK/tp0.sock" --rx "$WORK/tp1.sock" --size "$1" --seconds "$SECS" \
             --dst-mac 52:54:00:5a:00:02 2>>"$WORK/bench.err" | grep '^result' || true)
         [ -n "$out" ] && break
         sleep 0.5
@@ -99,20 +117,114 @@ run_testpmd() {
     kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "backend CPU cap: ${CAP}% of CPU 1; frontend: snapnet-bench pair on CPU 0; ${ROUNDS} interleaved rounds of ${SECS} s"
-printf "%-6s %-8s %s\n" size backend "rounds (Mpps)"
+# ---- DPDK virtio-user frontend -------------------------------------------
+
+# Starts the frontend testpmd against sockets $1 and $2, primes it for size
+# $3 and prints the two ports' received frames per second over $SECS.
+dpdk_frontend() {
+    local s0=$1 s1=$2 size=$3 fifo="$WORK/fe.in" log="$WORK/fe.log"
+    local extra=""
+    [ "${PACKED:-0}" = 1 ] && extra="$extra,packed_vq=1"
+    [ "${MRG:-1}" = 0 ] && extra="$extra,mrg_rxbuf=0"
+    rm -f "$fifo"; mkfifo "$fifo"
+    taskset -c "$FCPU" dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "snf$$" \
+        --lcores "0@$FCPU,1@$FCPU" \
+        --vdev "net_virtio_user0,path=$s0,mac=$MAC0,queue_size=1024$extra" \
+        --vdev "net_virtio_user1,path=$s1,mac=$MAC1,queue_size=1024$extra" -- \
+        -i --forward-mode=mac --eth-peer=0,$MAC1 --eth-peer=1,$MAC0 \
+        --txd=1024 --rxd=1024 --total-num-mbufs=16384 <"$fifo" >"$log" 2>&1 &
+    local pid=$!
+    exec 7>"$fifo"
+    # tx_first sends `bursts` bursts of 32 (testpmd's default burst) per port.
+    local prime="set txpkts $size" bursts=8
+    [ "$size" = rtt ] && { prime="set burst 1"; bursts=1; }
+    sleep 2
+    { echo "$prime"; echo "start tx_first $bursts"; } >&7
+    sleep 1
+    echo "clear port stats all" >&7
+    local t0; t0=$(date +%s.%N)
+    sleep "$SECS"
+    echo "show port stats all" >&7
+    local t1; t1=$(date +%s.%N)
+    sleep 0.3
+    { echo "stop"; echo "quit"; } >&7
+    exec 7>&-
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+    [ -n "${DEBUG:-}" ] && cat "$log" >&2
+    # The "show" after the clear: RX-packets of both ports (not the totals "stop" prints).
+    awk -v t0="$t0" -v t1="$t1" '/#+ NIC statistics for port/ {port = 1; next}
+        port && /RX-packets:/ {n += $2; port = 0} END {printf "%.4f\n", n / (t1 - t0) / 1e6}' "$log"
+}
+
+run_snapnet_dpdk() {
+    "$SN" serve --config "$WORK/sn.json" </dev/null >"$WORK/sn.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 50); do [ -S "$WORK/vnic1.sock" ] && break; sleep 0.1; done
+    dpdk_frontend "$WORK/vnic0.sock" "$WORK/vnic1.sock" "$1"
+    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_testpmd_dpdk() {
+    rm -f "$WORK"/tp*.sock
+    dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "snb$$" --lcores "0@$BCPU,1@$BCPU" \
+        --vdev "net_vhost0,iface=$WORK/tp0.sock" --vdev "net_vhost1,iface=$WORK/tp1.sock" -- \
+        --forward-mode=io --auto-start --total-num-mbufs=16384 --txd=1024 --rxd=1024 \
+        --stats-period 3600 </dev/null >"$WORK/tp.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 200); do grep -q "Checking link statuses" "$WORK/tp.log" 2>/dev/null && break; sleep 0.1; done
+    sleep 0.5
+    dpdk_frontend "$WORK/tp0.sock" "$WORK/tp1.sock" "$1"
+    kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+}
+
+# ---- rounds ----------------------------------------------------------------
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else if (NR) print (a[NR/2]+a[NR/2+1])/2; else print 0}'; }
+bounce() { "$BENCH" pingpong --cpu-a 0 --cpu-b 1 --trips 20000 --samples 5 | sed -n 's/.*one_way_ns=\([0-9]*\).*/\1/p'; }
+# A round is "near" when both bounces were under 250 ns, "far" when both were
+# over, "mixed" when the placement changed within it.
+placement() { awk -v a="$1" -v b="$2" 'BEGIN { if (a < 250 && b < 250) print "near"; else if (a >= 250 && b >= 250) print "far"; else print "mixed" }'; }
+
+# Prints "rate placement before_ns after_ns" for one run of backend $1 at size $2.
+one_round() {
+    local before after rate
+    before=$(bounce)
+    rate=$("run_$1_$FRONTEND" "$2")
+    after=$(bounce)
+    echo "${rate:-0} $(placement "$before" "$after") $before $after"
+}
+
+echo "frontend: $FRONTEND on CPU $FCPU; backend on CPU $BCPU (cap ${CAP}%); ${ROUNDS} interleaved rounds of ${SECS} s"
+[ "$FRONTEND" = dpdk ] && echo "virtio-user devargs: queue_size=1024${PACKED:+ packed_vq=1}${MRG:+ mrg_rxbuf=$MRG}"
+printf "%-6s %-8s %s\n" size backend "rounds: Mpps (placement, ping-pong ns before/after)"
 for size in $SIZES; do
-    sn_all=""; tp_all=""
+    declare -A all=()
     for r in $(seq "$ROUNDS"); do
-        sn_all="$sn_all $(run_snapnet "$size")"
-        tp_all="$tp_all $(run_testpmd "$size")"
+        for b in snapnet testpmd; do
+            read -r rate where nsb nsa < <(one_round "$b" "$size")
+            all[$b]="${all[$b]:-} $rate"
+            all[$b.$where]="${all[$b.$where]:-} $rate"
+            printf "%-6s %-8s round %d: %s Mpps (%s, %s/%s ns)\n" "$size" "$b" "$r" "$rate" "$where" "$nsb" "$nsa"
+        done
     done
-    printf "%-6s %-8s %s\n" "$size" snapnet "$sn_all"
-    printf "%-6s %-8s %s\n" "$size" testpmd "$tp_all"
-    sn=$(echo "$sn_all" | median); tp=$(echo "$tp_all" | median)
-    awk -v s="$size" -v a="$sn" -v b="$tp" -v cap="$CAP" 'BEGIN {
-        printf "result size=%d snapnet_mpps=%.3f testpmd_mpps=%.3f snapnet_mpps_per_core=%.2f testpmd_mpps_per_core=%.2f ratio=%.3f cap_pct=%d\n",
-            s, a, b, a*100/cap, b*100/cap, (b > 0 ? a/b : 0), cap }'
+    for where in all near far; do
+        key_s=snapnet; key_t=testpmd
+        [ "$where" != all ] && { key_s=snapnet.$where; key_t=testpmd.$where; }
+        [ -z "${all[$key_s]:-}" ] || [ -z "${all[$key_t]:-}" ] && continue
+        sn=$(echo "${all[$key_s]}" | median); tp=$(echo "${all[$key_t]}" | median)
+        if [ "$size" = rtt ]; then
+            # One frame per port in flight: a crossing takes 2 / rate.
+            awk -v w="$where" -v a="$sn" -v b="$tp" 'BEGIN {
+                sa = (a > 0 ? 2 / a : 0); sb = (b > 0 ? 2 / b : 0)
+                printf "result size=rtt placement=%s snapnet_crossing_us=%.2f testpmd_crossing_us=%.2f ratio=%.3f (target <= 1)\n",
+                    w, sa, sb, (sb > 0 ? sa / sb : 0) }'
+        else
+            awk -v s="$size" -v w="$where" -v a="$sn" -v b="$tp" -v cap="$CAP" -v fe="$FRONTEND" 'BEGIN {
+                printf "result frontend=%s size=%d placement=%s snapnet_mpps=%.3f testpmd_mpps=%.3f snapnet_mpps_per_core=%.2f testpmd_mpps_per_core=%.2f ratio=%.3f cap_pct=%d\n",
+                    fe, s, w, a, b, a*100/cap, b*100/cap, (b > 0 ? a/b : 0), cap }'
+        fi
+    done
+    unset all
 done

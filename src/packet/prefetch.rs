@@ -16,6 +16,21 @@ pub fn prefetch_read(p: *const u8) {
     let _ = p;
 }
 
+/// Hints that the cache line at `p` will be written soon: the line is asked
+/// for in exclusive state where the CPU can (PREFETCHW), so the store that
+/// follows does not wait for the other core to give it up. Never faults.
+#[inline(always)]
+pub fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint: it does not dereference in the language
+    // sense and never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Prefetches the first `len` bytes at `p`, at most `max_lines` cache lines.
 #[inline(always)]
 pub fn prefetch_span(p: *const u8, len: usize, max_lines: usize) {

@@ -2,7 +2,7 @@
 //! protocol features, and the virtio-net config space.
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -15,6 +15,7 @@ const fn bit(b: u32) -> u64 {
 /// Virtio-net features every snapnet vNIC offers. MQ is added when the vNIC
 /// has more than one queue pair.
 pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_F_IN_ORDER)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_MTU)
     | bit(VIRTIO_NET_F_STATUS)
@@ -64,6 +65,9 @@ pub struct Negotiated {
     /// Guest may send TSO super-frames / partial checksums.
     pub host_tso: bool,
     pub host_csum: bool,
+    /// VIRTIO_F_IN_ORDER: buffers are used in the order they were made
+    /// available, so a TX batch is returned with one used entry (its last).
+    pub in_order: bool,
 }
 
 impl Negotiated {
@@ -78,6 +82,7 @@ impl Negotiated {
             guest_tso6: has(VIRTIO_NET_F_GUEST_TSO6),
             host_tso: has(VIRTIO_NET_F_HOST_TSO4) || has(VIRTIO_NET_F_HOST_TSO6),
             host_csum: has(VIRTIO_NET_F_CSUM),
+            in_order: has(VIRTIO_F_IN_ORDER),
         }
     }
 }
@@ -152,6 +157,8 @@ mod tests {
         assert_eq!(offered(1) & bit(VIRTIO_NET_F_MQ), 0);
         assert_ne!(offered(4) & bit(VIRTIO_NET_F_MQ), 0);
         let n = Negotiated::from_bits(offered(1));
-        assert!(n.mrg_rxbuf && n.event_idx && n.indirect && n.guest_csum && n.host_tso);
+        assert!(
+            n.mrg_rxbuf && n.event_idx && n.indirect && n.guest_csum && n.host_tso && n.in_order
+        );
     }
 }

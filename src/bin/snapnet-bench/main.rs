@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod pingpong;
 mod plot;
 mod xsk_loop;
 use snapnet::frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
@@ -45,6 +46,8 @@ enum Cmd {
     /// PNG of the CSV written by scripts/bench-cpu-vs-load.sh: cores used and
     /// RTT median against offered load, one series per backend.
     Plot(plot::PlotArgs),
+    /// Cache-line ping-pong between two CPUs: the vCPU placement of a run.
+    Pingpong(pingpong::PingPongArgs),
 }
 
 #[derive(Args, Debug)]
@@ -825,6 +828,7 @@ fn main() -> ExitCode {
         Cmd::XskTx(a) => xsk_loop::run_xsk_tx(a),
         Cmd::XskRx(a) => xsk_loop::run_xsk_rx(a),
         Cmd::Plot(a) => plot::run_plot(a),
+        Cmd::Pingpong(a) => pingpong::run_pingpong(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
