@@ -2,12 +2,15 @@
 //!
 //! - *dedicated*: N threads, each pinned to a CPU when given, poll their
 //!   engines round-robin and never sleep. Lowest latency; burns its cores.
-//! - *spreading*: one thread per engine. When its engine has found no work
-//!   for a few rounds the thread arms the engine's wake-ups (virtqueue
-//!   notifications, link and mailbox doorbells), re-checks, and blocks in
-//!   epoll; an idle group uses no CPU.
+//! - *spreading*: one thread per engine. When its engine finds no work the
+//!   thread naps (work arriving densely) or arms the engine's wake-ups
+//!   (virtqueue notifications, link and mailbox doorbells), re-checks, and
+//!   blocks in epoll (work arriving sparsely; see `coalesce`); an idle group
+//!   uses no CPU.
+//! - *compacting*: the same idling, with engines packed onto as few threads
+//!   as keep them under the delay bound (`compact`).
 //!
-//! Both run the same loop; only whether it may sleep and how engines are
+//! All run the same loop; only whether it may sleep and how engines are
 //! spread over threads differ.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{self, Stamp};
+use super::coalesce::{Coalescer, Step};
 use super::cpu_share::CpuShare;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use super::{EngineId, GroupError};
@@ -27,10 +31,7 @@ use crate::engine::{Doorbell, Engine};
 /// Packets an engine may handle per poll before the thread moves on.
 pub const POLL_BUDGET: usize = 64;
 
-/// How long a sleeping policy keeps polling after its engines went idle
-/// before it arms and sleeps: long enough to ride out the gap inside a
-/// burst, short enough that a light load does not keep the thread awake.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+pub use super::coalesce::QUIET;
 
 /// A sleeping thread re-checks at least this often even without a wake-up.
 const SLEEP_TIMEOUT_MS: i32 = 1000;
@@ -94,6 +95,8 @@ pub struct EngineGroup {
     /// Compacting: most threads, and the queueing-delay bound.
     max_threads: usize,
     delay_bound: Duration,
+    /// Spreading, compacting: see `coalesce`.
+    quiet: Duration,
     /// Compacting: (seconds since start, threads) at every change.
     history: Mutex<Vec<(f64, usize)>>,
     started: std::time::Instant,
@@ -114,13 +117,27 @@ impl EngineGroup {
         Self::start_with_bound(name, policy, threads, cpus, Duration::from_micros(200))
     }
 
-    /// [`Self::start`] with the compacting policy's queueing-delay bound.
+    /// [`Self::start`] with the queueing-delay bound of the sleeping
+    /// policies (compacting's thread count follows it; both nap within it).
     pub fn start_with_bound(
         name: &str,
         policy: Policy,
         threads: usize,
         cpus: &[usize],
         delay_bound: Duration,
+    ) -> Result<Arc<Self>, GroupError> {
+        Self::start_tuned(name, policy, threads, cpus, delay_bound, QUIET)
+    }
+
+    /// [`Self::start_with_bound`] with the quiet period a sleeping worker
+    /// may poll through before it blocks (see `coalesce`).
+    pub fn start_tuned(
+        name: &str,
+        policy: Policy,
+        threads: usize,
+        cpus: &[usize],
+        delay_bound: Duration,
+        quiet: Duration,
     ) -> Result<Arc<Self>, GroupError> {
         if policy != Policy::Spreading && threads == 0 {
             return Err(GroupError::NoThreads(name.to_string()));
@@ -134,6 +151,7 @@ impl EngineGroup {
             stats: Mutex::new(Vec::new()),
             max_threads: threads,
             delay_bound,
+            quiet,
             history: Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
             controller: Mutex::new(None),
@@ -191,8 +209,10 @@ impl EngineGroup {
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[i % self.cpus.len()]);
         let idle = match self.policy {
             Policy::Dedicated => Idle::Spin,
-            Policy::Spreading => Idle::Sleep,
-            Policy::Compacting => Idle::Nap(self.delay_bound),
+            Policy::Spreading | Policy::Compacting => Idle::Coalesce {
+                bound: self.delay_bound,
+                quiet: self.quiet,
+            },
         };
         let w = worker.clone();
         let thread = std::thread::Builder::new()
@@ -435,13 +455,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Idle {
     /// Keep polling (dedicated).
     Spin,
-    /// Arm wake-ups and block until one fires (spreading).
-    Sleep,
-    /// Nap without asking guests to kick, then poll again; only after many
-    /// empty naps arm and block (compacting). Work then waits at most the
-    /// nap, within the group's delay bound (the value), and a light load
-    /// costs one wake-up per nap instead of one per packet.
-    Nap(Duration),
+    /// Nap without asking guests to kick while work arrives densely (work
+    /// then waits at most the nap, within `bound`, and one wake-up serves
+    /// many packets); arm wake-ups and block while it arrives sparsely (one
+    /// wake-up per arrival, on the kick itself), after polling through a
+    /// `quiet` period when work tends to come back within it (`coalesce`).
+    Coalesce { bound: Duration, quiet: Duration },
 }
 
 /// A compacting worker's nap length, adapted to the arrival rate: as long
@@ -464,9 +483,11 @@ impl NapLength {
     const FILL_TARGET: f64 = 0.5;
 
     /// `bound` is the group's queueing-delay bound: a nap takes at most
-    /// three quarters of it, leaving the rest for the round that follows.
+    /// seven eighths of it (its lateness is asked off already), leaving the
+    /// rest for the round that follows. A wake-up costs about 20 µs here,
+    /// so at a steady light load the nap is what sets the CPU overhead.
     fn new(bound: Duration) -> Self {
-        let longest = (bound * 3 / 4).max(Self::SHORTEST);
+        let longest = (bound * 7 / 8).max(Self::SHORTEST);
         Self {
             current: longest,
             longest,
@@ -507,21 +528,16 @@ impl NapLength {
     }
 }
 
-/// Empty naps in a row after which a napping worker blocks instead.
-const NAPS_BEFORE_SLEEP: u32 = 100;
-
 fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
-    let may_sleep = !matches!(idle, Idle::Spin);
-    if let Idle::Nap(_) = idle {
-        // Naps are tens of microseconds: without this the kernel may add
-        // its default 50 µs of timer slack to each.
-        // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no pointers.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
-    }
-    let mut empty_naps: u32 = 0;
-    let mut nap = match idle {
-        Idle::Nap(bound) => Some(NapLength::new(bound)),
-        _ => None,
+    let (mut nap, mut coalesce) = match idle {
+        Idle::Spin => (None, None),
+        Idle::Coalesce { bound, quiet } => {
+            // Naps are tens of microseconds: without this the kernel may
+            // add its default 50 µs of timer slack to each.
+            // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no pointers.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
+            (Some(NapLength::new(bound)), Some(Coalescer::new(quiet)))
+        }
     };
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
@@ -531,9 +547,12 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
     }
     let mut engines: Vec<Placed> = Vec::new();
     let mut last_end: Vec<Stamp> = Vec::new();
-    let mut poller = if may_sleep { Poller::new() } else { None };
+    let mut poller = if coalesce.is_some() {
+        Poller::new()
+    } else {
+        None
+    };
     let mut idle_rounds: u32 = 0;
-    let mut idle_since = clock::now();
     let mut cpu = CpuShare::new();
     let mut relay: Option<usize> = None;
     while !worker.stop.load(Ordering::Acquire) {
@@ -551,6 +570,11 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
             last_end = vec![clock::now(); engines.len()];
             relay = engines.iter().position(|p| p.engine.relays());
+            // An engine that left may have closed fds whose numbers a new
+            // one reuses: the epoll set is rebuilt before the next sleep.
+            if let Some(p) = poller.as_mut() {
+                p.forget();
+            }
         }
         let mut work = 0;
         // One clock read per round, and one after each poll that did work
@@ -572,49 +596,42 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         if cpu.due(t0) {
             cpu.share(engines.iter().map(|p| &p.stats));
         }
-        if let Some(nap) = nap.as_mut() {
-            // Nothing left to do (every hop between this worker's engines
-            // is done): nap and let work gather, rather than poll for each
-            // packet or be woken by each.
-            if work == 0 && !engines.is_empty() && empty_naps < NAPS_BEFORE_SLEEP {
+        let (Some(co), Some(p)) = (coalesce.as_mut(), poller.as_mut()) else {
+            // Dedicated (or no epoll): poll on.
+            if work == 0 {
+                idle_rounds = idle_rounds.wrapping_add(1);
+                std::hint::spin_loop();
+                if engines.is_empty() && idle_rounds % 1024 == 0 {
+                    // No engines at all: nothing can arrive but a placement.
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            continue;
+        };
+        if work > 0 {
+            co.work(t0);
+            continue;
+        }
+        // Nothing left to do (every hop between this worker's engines is
+        // done).
+        let nap_len = nap.as_ref().filter(|_| !engines.is_empty()).map(|n| n.current);
+        match co.idle(t0, nap_len) {
+            Step::Nap => {
+                let nap = nap.as_mut().expect("a nap length was given");
                 let slept = nap.nap();
                 let fill = engines
                     .iter_mut()
                     .map(|p| p.engine.backlog())
                     .fold(0.0, f64::max);
                 nap.adapt(fill, slept);
-                empty_naps += 1;
-                continue;
             }
-        }
-        if work > 0 {
-            idle_rounds = 0;
-            empty_naps = 0;
-            continue;
-        }
-        if idle_rounds == 0 {
-            idle_since = t0;
-        }
-        idle_rounds = idle_rounds.wrapping_add(1);
-        match poller.as_mut() {
-            Some(p) if t0.since(idle_since) >= SPIN_BEFORE_SLEEP => {
-                empty_naps = 0;
+            // Threads of a group may share a CPU: let the others run
+            // rather than spin through the time slice.
+            Step::Poll => std::thread::yield_now(),
+            Step::Block => {
                 sleep(&worker, &mut engines, p);
-                idle_rounds = 0;
                 // Delay is counted from the wake-up, not over the sleep.
                 last_end.fill(clock::now());
-            }
-            Some(_) => {
-                // Spreading threads may share a CPU: let the others run
-                // rather than spin through their time slice.
-                std::thread::yield_now();
-            }
-            None => {
-                std::hint::spin_loop();
-                if engines.is_empty() && idle_rounds % 1024 == 0 {
-                    // No engines at all: nothing can arrive but a placement.
-                    std::thread::sleep(Duration::from_micros(100));
-                }
             }
         }
     }
@@ -651,10 +668,12 @@ fn sleep(worker: &Worker, engines: &mut [Placed], poller: &mut Poller) {
     }
     if !work {
         let mut fds = vec![worker.wake.as_raw_fd()];
+        let mut epoch = 0u64;
         for p in engines.iter() {
             fds.extend(p.engine.wake_fds());
+            epoch = epoch.wrapping_add(p.engine.wake_epoch());
         }
-        poller.wait(&fds, SLEEP_TIMEOUT_MS);
+        poller.wait(&fds, epoch, SLEEP_TIMEOUT_MS);
     }
     for p in engines.iter_mut() {
         p.engine.disarm();
@@ -662,10 +681,13 @@ fn sleep(worker: &Worker, engines: &mut [Placed], poller: &mut Poller) {
     worker.wake.disarm();
 }
 
-/// An epoll set kept equal to the fds a worker sleeps on.
+/// An epoll set kept equal to the files a worker sleeps on.
 struct Poller {
     epfd: RawFd,
     registered: Vec<RawFd>,
+    /// The engines' `wake_epoch`s (summed) when the set was built; `None`
+    /// forces a rebuild.
+    epoch: Option<u64>,
     events: Vec<epoll::Event>,
 }
 
@@ -675,6 +697,7 @@ impl Poller {
             Ok(epfd) => Some(Self {
                 epfd,
                 registered: Vec::new(),
+                epoch: None,
                 events: vec![epoll::Event::new(epoll::Events::empty(), 0); 16],
             }),
             Err(e) => {
@@ -684,28 +707,55 @@ impl Poller {
         }
     }
 
-    fn wait(&mut self, fds: &[RawFd], timeout_ms: i32) {
-        if self.registered != fds {
-            for fd in self.registered.drain(..) {
-                let _ = epoll::ctl(
-                    self.epfd,
-                    epoll::ControlOptions::EPOLL_CTL_DEL,
-                    fd,
-                    epoll::Event::new(epoll::Events::empty(), 0),
-                );
-            }
-            for &fd in fds {
-                let ev = epoll::Event::new(epoll::Events::EPOLLIN, fd as u64);
-                if epoll::ctl(self.epfd, epoll::ControlOptions::EPOLL_CTL_ADD, fd, ev).is_ok() {
-                    self.registered.push(fd);
-                }
-            }
-            // Keep the comparison exact even if an fd could not be added.
-            if self.registered != fds {
-                self.registered = fds.to_vec();
-            }
+    /// The engines changed: rebuild the set before the next wait.
+    fn forget(&mut self) {
+        self.epoch = None;
+    }
+
+    fn wait(&mut self, fds: &[RawFd], epoch: u64, timeout_ms: i32) {
+        if self.epoch != Some(epoch) || self.registered != fds {
+            self.rebuild(fds);
+            self.epoch = Some(epoch);
         }
         let _ = epoll::wait(self.epfd, timeout_ms, &mut self.events);
+    }
+
+    /// A fresh epoll instance over `fds`. Deleting entries one by one is not
+    /// enough: an entry belongs to the open file, not the number, so one
+    /// whose fd was closed while another process (the frontend) still holds
+    /// the file stays in the set under a number that may mean something
+    /// else now, and cannot be deleted by that number.
+    fn rebuild(&mut self, fds: &[RawFd]) {
+        match epoll::create(true) {
+            Ok(epfd) => {
+                // SAFETY: the old epfd is this poller's own and is replaced
+                // here, so it is closed exactly once.
+                unsafe { libc::close(self.epfd) };
+                self.epfd = epfd;
+            }
+            Err(e) => {
+                // Keep the old set and re-add: better than no set at all.
+                log::warn!("cannot rebuild the epoll set: {e}");
+                for &fd in &self.registered {
+                    let _ = epoll::ctl(
+                        self.epfd,
+                        epoll::ControlOptions::EPOLL_CTL_DEL,
+                        fd,
+                        epoll::Event::new(epoll::Events::empty(), 0),
+                    );
+                }
+            }
+        }
+        self.registered.clear();
+        for &fd in fds {
+            let ev = epoll::Event::new(epoll::Events::EPOLLIN, fd as u64);
+            if let Err(e) = epoll::ctl(self.epfd, epoll::ControlOptions::EPOLL_CTL_ADD, fd, ev) {
+                log::warn!("cannot watch wake-up fd {fd}: {e}");
+            }
+        }
+        // Compared as given, so an fd that could not be added is not retried
+        // at every sleep.
+        self.registered.extend_from_slice(fds);
     }
 }
 
@@ -1068,7 +1118,7 @@ mod tests {
             group.add(Box::new(engine)).unwrap();
             for round in 1..=5u64 {
                 // Long enough for a sleeping policy to have gone to sleep
-                // (compacting: 100 empty naps of at most 150 µs).
+                // (after two empty naps of at most 175 µs).
                 std::thread::sleep(Duration::from_millis(40));
                 let t = Instant::now();
                 let applied = tx
@@ -1192,7 +1242,7 @@ mod tests {
     fn naps_shorten_at_once_when_rings_fill_and_lengthen_gradually() {
         let us = Duration::from_micros;
         let mut nap = NapLength::new(us(200));
-        assert_eq!(nap.current, us(150), "3/4 of the bound");
+        assert_eq!(nap.current, us(175), "7/8 of the bound");
         // A full ring after 100 µs: half as long, at once.
         nap.adapt(1.0, us(100));
         assert_eq!(nap.current, us(50));
@@ -1203,7 +1253,7 @@ mod tests {
         for _ in 0..20 {
             nap.adapt(0.0, us(75));
         }
-        assert!(nap.current <= us(150) && nap.current > us(140));
+        assert!(nap.current <= us(175) && nap.current > us(165));
         // Never below the shortest.
         nap.adapt(1.0, Duration::ZERO);
         assert_eq!(nap.current, NapLength::SHORTEST);

@@ -1,0 +1,198 @@
+//! When a sleeping worker whose engines found nothing should nap, keep
+//! polling a little longer, or arm its wake-ups and block (NAPI style).
+//!
+//! Every wake-up costs about 20 µs of CPU on this VM, whether a nap's timer
+//! or a guest kick ends it, so the choice is about how many wake-ups the
+//! next piece of work will cost:
+//!
+//! - work arriving densely (gaps no longer than a couple of naps): nap. One
+//!   wake-up per nap gathers everything that arrived meanwhile, without a
+//!   guest kick per packet.
+//! - work arriving sparsely: block on the wake fds. Napping through a gap of
+//!   G costs G / nap wake-ups; blocking costs one, on the kick itself.
+//! - before blocking, keep polling for a short quiet period, but only while
+//!   work often comes back within it (the spin then saves a wake-up; when it
+//!   rarely does, it is CPU spent for nothing, e.g. a ping every 10 ms).
+//!
+//! The gap is measured from the first empty round to the round that finds
+//! work again, whether the worker napped, polled or blocked meanwhile.
+
+use std::time::Duration;
+
+use super::clock::Stamp;
+
+/// What an idle worker does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Poll again (the quiet period is not over).
+    Poll,
+    /// Nap without asking for kicks, then poll.
+    Nap,
+    /// Arm wake-ups and block.
+    Block,
+}
+
+/// The default quiet period: about one wake-up's cost, so a spin that ends
+/// with work found never costs more than the wake-up it saved.
+pub const QUIET: Duration = Duration::from_micros(30);
+
+/// Work counts as sparse when gaps average more than this many naps:
+/// blocking then costs one wake-up plus arming (a few cheap syscalls and
+/// ring writes), napping at least this many.
+const SPARSE_NAPS: f64 = 2.0;
+
+/// Weight of the newest sample in the running averages.
+const WEIGHT: f64 = 1.0 / 8.0;
+
+/// Longest gap a sample counts for: one very long idle spell should not make
+/// the next burst look sparse for long.
+const GAP_CAP_NS: f64 = 10e6;
+
+/// Spin through the quiet period only when at least this share of recent
+/// gaps ended within it.
+const HIT_SHARE: f64 = 0.25;
+
+pub(super) struct Coalescer {
+    quiet: Duration,
+    /// Running average of idle gaps, in ns.
+    gap_ns: f64,
+    /// Running share of gaps that ended within the quiet period.
+    hits: f64,
+    /// When the current idle spell began.
+    idle_since: Option<Stamp>,
+}
+
+impl Coalescer {
+    pub(super) fn new(quiet: Duration) -> Self {
+        Self {
+            quiet,
+            // Until something arrives, work counts as sparse: an idle
+            // worker blocks at once.
+            gap_ns: GAP_CAP_NS,
+            hits: 0.0,
+            idle_since: None,
+        }
+    }
+
+    /// A round found work at `now`: ends the idle spell, if any, and learns
+    /// its length.
+    #[inline]
+    pub(super) fn work(&mut self, now: Stamp) {
+        if let Some(since) = self.idle_since.take() {
+            let gap = now.nanos_since(since) as f64;
+            self.gap_ns += (gap.min(GAP_CAP_NS) - self.gap_ns) * WEIGHT;
+            let hit = if gap <= self.quiet.as_nanos() as f64 {
+                1.0
+            } else {
+                0.0
+            };
+            self.hits += (hit - self.hits) * WEIGHT;
+        }
+    }
+
+    /// A round found nothing at `now`; `nap` is how long a nap would last,
+    /// or `None` for a worker that never naps.
+    pub(super) fn idle(&mut self, now: Stamp, nap: Option<Duration>) -> Step {
+        let since = *self.idle_since.get_or_insert(now);
+        let idle_ns = now.nanos_since(since) as f64;
+        if let Some(nap) = nap {
+            let nap_ns = nap.as_nanos() as f64;
+            // Dense, and this spell has not yet outlasted what dense work
+            // would leave: nap.
+            let limit = SPARSE_NAPS * nap_ns;
+            if self.gap_ns <= limit && idle_ns < limit {
+                return Step::Nap;
+            }
+        }
+        if self.hits >= HIT_SHARE && idle_ns < self.quiet.as_nanos() as f64 {
+            return Step::Poll;
+        }
+        Step::Block
+    }
+
+    /// The running average gap.
+    #[cfg(test)]
+    pub(super) fn gap(&self) -> Duration {
+        Duration::from_nanos(self.gap_ns as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::clock;
+    use super::*;
+
+    /// Stamps `us` microseconds apart from a base, by the real clock.
+    struct Clock {
+        base: Stamp,
+    }
+    impl Clock {
+        fn new() -> Self {
+            Self { base: clock::now() }
+        }
+        /// A stamp `us` after the base. The clock only moves forward, so
+        /// this waits until then (tests use small values).
+        fn at(&self, us: u64) -> Stamp {
+            loop {
+                let t = clock::now();
+                if t.nanos_since(self.base) >= us * 1000 {
+                    return t;
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_blocks_at_once() {
+        let c = Clock::new();
+        let mut co = Coalescer::new(QUIET);
+        assert_eq!(co.idle(c.at(0), Some(Duration::from_micros(150))), Step::Block);
+        assert_eq!(co.idle(c.at(1), None), Step::Block);
+    }
+
+    #[test]
+    fn dense_work_naps_and_blocks_once_the_spell_outlasts_two_naps() {
+        let nap = Some(Duration::from_micros(100));
+        let c = Clock::new();
+        let mut co = Coalescer::new(QUIET);
+        // Work every ~50 µs for a while.
+        let mut t = 0;
+        for _ in 0..64 {
+            co.idle(c.at(t), nap);
+            t += 50;
+            co.work(c.at(t));
+        }
+        assert!(co.gap() < Duration::from_micros(200), "{:?}", co.gap());
+        assert_eq!(co.idle(c.at(t), nap), Step::Nap);
+        assert_eq!(co.idle(c.at(t + 150), nap), Step::Nap);
+        // Two naps' worth without work: traffic stopped; block.
+        assert_eq!(co.idle(c.at(t + 210), nap), Step::Block);
+    }
+
+    #[test]
+    fn sparse_work_blocks_and_spins_only_when_work_comes_back_within_the_quiet_period() {
+        let nap = Some(Duration::from_micros(100));
+        let c = Clock::new();
+        let mut co = Coalescer::new(Duration::from_micros(200));
+        // A ping every 2 ms: block, no spin.
+        let mut t = 0;
+        for _ in 0..8 {
+            co.idle(c.at(t), nap);
+            t += 2000;
+            co.work(c.at(t));
+        }
+        assert_eq!(co.idle(c.at(t), nap), Step::Block);
+        co.work(c.at(t));
+        // Now a burst whose gaps end within the quiet period, then a long
+        // silence: the average still says sparse, but the spin pays.
+        for _ in 0..8 {
+            co.idle(c.at(t), None);
+            t += 20;
+            co.work(c.at(t));
+        }
+        assert_eq!(co.idle(c.at(t), None), Step::Poll);
+        assert_eq!(co.idle(c.at(t + 100), None), Step::Poll);
+        assert_eq!(co.idle(c.at(t + 250), None), Step::Block, "quiet period over");
+    }
+}
