@@ -639,6 +639,27 @@ impl Frontend {
         }
     }
 
+    /// Gives a ring of queue pair `qp` a new kick eventfd (SET_VRING_KICK
+    /// on a running ring); the old one is closed.
+    pub fn replace_kick(&mut self, qp: u16, rx: bool) -> Result<(), FrontendError> {
+        let q = &mut self.qps[qp as usize];
+        let (index, ring) = if rx {
+            (2 * qp as usize, &mut q.rx.ring)
+        } else {
+            (2 * qp as usize + 1, &mut q.tx.ring)
+        };
+        let kick = ring.new_kick_fd().map_err(|source| FrontendError::Io {
+            what: "eventfd",
+            source,
+        })?;
+        self.vu
+            .set_vring_kick(index, kick)
+            .map_err(|source| FrontendError::Vhost {
+                request: "SET_VRING_KICK",
+                source,
+            })
+    }
+
     /// Counters of queue pair `qp`.
     pub fn stats(&self, qp: u16) -> QueueStats {
         let q = &self.qps[qp as usize];

@@ -223,6 +223,13 @@ impl SplitRing {
         &self.kick
     }
 
+    /// A fresh kick eventfd (the old one is closed), as a frontend that
+    /// re-sends SET_VRING_KICK has.
+    pub fn new_kick_fd(&mut self) -> std::io::Result<&EventFd> {
+        self.kick = EventFd::new(EFD_NONBLOCK)?;
+        Ok(&self.kick)
+    }
+
     /// The eventfd the device writes to interrupt the driver.
     pub fn call_fd(&self) -> &EventFd {
         &self.call

@@ -147,7 +147,10 @@ mod tests {
     fn an_idle_worker_blocks_at_once() {
         let c = Clock::new();
         let mut co = Coalescer::new(QUIET);
-        assert_eq!(co.idle(c.at(0), Some(Duration::from_micros(150))), Step::Block);
+        assert_eq!(
+            co.idle(c.at(0), Some(Duration::from_micros(150))),
+            Step::Block
+        );
         assert_eq!(co.idle(c.at(1), None), Step::Block);
     }
 
@@ -193,6 +196,10 @@ mod tests {
         }
         assert_eq!(co.idle(c.at(t), None), Step::Poll);
         assert_eq!(co.idle(c.at(t + 100), None), Step::Poll);
-        assert_eq!(co.idle(c.at(t + 250), None), Step::Block, "quiet period over");
+        assert_eq!(
+            co.idle(c.at(t + 250), None),
+            Step::Block,
+            "quiet period over"
+        );
     }
 }

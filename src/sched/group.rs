@@ -614,7 +614,10 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         }
         // Nothing left to do (every hop between this worker's engines is
         // done).
-        let nap_len = nap.as_ref().filter(|_| !engines.is_empty()).map(|n| n.current);
+        let nap_len = nap
+            .as_ref()
+            .filter(|_| !engines.is_empty())
+            .map(|n| n.current);
         match co.idle(t0, nap_len) {
             Step::Nap => {
                 let nap = nap.as_mut().expect("a nap length was given");
@@ -794,7 +797,7 @@ fn pin_to_cpu(cpu: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::RawFd;
+    use std::os::fd::{FromRawFd, RawFd};
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
@@ -1326,6 +1329,177 @@ mod tests {
             "polls around the busy one: {:?}",
             &log[busy.saturating_sub(3)..(busy + 4).min(log.len())]
         );
+    }
+
+    /// Work fed by a producer thread; counts polls and records when the
+    /// worker arms it (about to block).
+    struct Paced {
+        pending: Arc<AtomicUsize>,
+        bell: Arc<Doorbell>,
+        polls: Arc<AtomicUsize>,
+        arms: Arc<Mutex<Vec<Instant>>>,
+    }
+    impl Engine for Paced {
+        fn name(&self) -> &str {
+            "paced"
+        }
+        fn poll(&mut self, _budget: usize) -> usize {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.pending.swap(0, Ordering::AcqRel)
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            vec![self.bell.as_raw_fd()]
+        }
+        fn arm(&mut self) -> bool {
+            lock(&self.arms).push(Instant::now());
+            self.bell.arm();
+            self.pending.load(Ordering::Acquire) > 0
+        }
+        fn disarm(&mut self) {
+            self.bell.disarm();
+        }
+    }
+
+    struct Feed {
+        pending: Arc<AtomicUsize>,
+        bell: Arc<Doorbell>,
+        polls: Arc<AtomicUsize>,
+        arms: Arc<Mutex<Vec<Instant>>>,
+    }
+    impl Feed {
+        fn new(group: &EngineGroup) -> Self {
+            let f = Feed {
+                pending: Arc::new(AtomicUsize::new(0)),
+                bell: Arc::new(Doorbell::new().unwrap()),
+                polls: Arc::new(AtomicUsize::new(0)),
+                arms: Arc::new(Mutex::new(Vec::new())),
+            };
+            group
+                .add(Box::new(Paced {
+                    pending: f.pending.clone(),
+                    bell: f.bell.clone(),
+                    polls: f.polls.clone(),
+                    arms: f.arms.clone(),
+                }))
+                .unwrap();
+            f
+        }
+        /// `n` units of work, `gap` apart; returns when the last was posted.
+        fn run(&self, n: usize, gap: Duration) -> Instant {
+            let mut last = Instant::now();
+            for _ in 0..n {
+                std::thread::sleep(gap);
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                self.bell.ring();
+                last = Instant::now();
+            }
+            last
+        }
+        fn arms_since(&self, t: Instant) -> Vec<Duration> {
+            lock(&self.arms)
+                .iter()
+                .filter(|a| **a >= t)
+                .map(|a| a.duration_since(t))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn coalescing_polls_through_the_quiet_period_then_arms() {
+        for policy in [Policy::Spreading, Policy::Compacting] {
+            // Gaps of 2 ms: sparse for naps of at most 175 µs, but within a
+            // quiet period of 20 ms, so the spin pays.
+            let quiet = Duration::from_millis(20);
+            let group = EngineGroup::start_tuned(
+                "quiet",
+                policy,
+                1,
+                &[],
+                Duration::from_micros(200),
+                quiet,
+            )
+            .unwrap();
+            let feed = Feed::new(&group);
+            // Learn that work comes back within the quiet period.
+            feed.run(10, Duration::from_millis(2));
+            let t = Instant::now();
+            let last = feed.run(20, Duration::from_millis(2));
+            let during: Vec<Duration> = feed.arms_since(t).into_iter().collect();
+            let stop = Instant::now();
+            assert!(
+                during.iter().all(|d| t + *d > last),
+                "{policy:?}: armed during the burst, at {during:?}"
+            );
+            std::thread::sleep(quiet * 3);
+            let after = feed.arms_since(stop);
+            let first = *after
+                .first()
+                .unwrap_or_else(|| panic!("{policy:?}: never armed"));
+            let since_last = (stop + first).duration_since(last);
+            assert!(
+                since_last >= quiet && since_last < quiet * 2,
+                "{policy:?}: armed {since_last:?} after the last work (quiet period {quiet:?})"
+            );
+            group.stop();
+        }
+    }
+
+    #[test]
+    fn sparse_work_blocks_between_arrivals_instead_of_napping() {
+        for policy in [Policy::Spreading, Policy::Compacting] {
+            let group = EngineGroup::start("sparse", policy, 1, &[]).unwrap();
+            let feed = Feed::new(&group);
+            // A ping every 5 ms: napping 175 µs at a time would poll about
+            // 29 times per arrival.
+            feed.run(5, Duration::from_millis(5));
+            let polls = feed.polls.load(Ordering::Relaxed);
+            let arms = lock(&feed.arms).len();
+            feed.run(40, Duration::from_millis(5));
+            let polls = feed.polls.load(Ordering::Relaxed) - polls;
+            let arms = lock(&feed.arms).len() - arms;
+            assert!(
+                polls < 40 * 6,
+                "{policy:?}: {polls} polls for 40 arrivals: napping through the gaps"
+            );
+            assert!(arms >= 35, "{policy:?}: blocked only {arms} times");
+            group.stop();
+        }
+    }
+
+    /// Whether `poller` wakes within 100 ms when the file now at `fd` is
+    /// written.
+    fn wakes_on(poller: &mut Poller, fds: &[RawFd], epoch: u64, file: &Doorbell) -> bool {
+        file.wake();
+        let t = Instant::now();
+        poller.wait(fds, epoch, 100);
+        file.disarm();
+        t.elapsed() < Duration::from_millis(90)
+    }
+
+    #[test]
+    fn a_new_file_under_an_old_number_is_watched_once_the_epoch_moves() {
+        let mut poller = Poller::new().unwrap();
+        let old = Doorbell::new().unwrap();
+        let fd = old.as_raw_fd();
+        // Another holder keeps the old file open (a frontend's copy of a
+        // kick eventfd), so its epoll entry outlives our fd.
+        // SAFETY: dup of an open fd; the copy is owned by `elsewhere`.
+        let elsewhere = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::dup(fd)) };
+        assert!(wakes_on(&mut poller, &[fd], 1, &old));
+        // The old file is replaced by a new one under the same number.
+        let new = Doorbell::new().unwrap();
+        // SAFETY: both fds are open; dup2 closes `fd` and reopens it as a
+        // copy of `new`'s file, which `old` then owns.
+        assert_eq!(unsafe { libc::dup2(new.as_raw_fd(), fd) }, fd);
+        assert!(
+            !wakes_on(&mut poller, &[fd], 1, &new),
+            "same number, same epoch: the stale set misses the new file"
+        );
+        assert!(
+            wakes_on(&mut poller, &[fd], 2, &new),
+            "a moved epoch rebuilds the set"
+        );
+        drop(elsewhere);
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl QueueSink for EngineSink {
     fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError> {
         let side = Side::of_vring(index);
         self.engine(index)?
-            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| e.set_kick(side, kick))
+            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
+                e.set_kick(side, kick)
+            })
             .map_err(|source| DeviceError::Engine { index, source })
     }
 
@@ -440,7 +442,11 @@ pub(crate) mod tests {
     fn eventfd_file() -> std::fs::File {
         let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
         // SAFETY: the fd is released by `fd` and owned by the file alone.
-        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+        unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(fd),
+            )
+        }
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringRwLock, VringT};
-use vmm_sys_util::event::EventConsumer;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::EventConsumer;
 
 use super::chain::{Segment, MAX_SEGMENTS};
 use super::features::Negotiated;
