@@ -70,10 +70,12 @@ wait_log() {
 }
 
 guest() { # name socket mac cmdline
-    bash qemu-scripts/launch-guest.sh --socket "$2" --mac "$3" --qemu "$QEMU" --accel tcg \
+    # In a subshell that outlives QEMU, so killing QEMU at the end is not
+    # reported as a killed job.
+    (bash qemu-scripts/launch-guest.sh --socket "$2" --mac "$3" --qemu "$QEMU" --accel tcg \
         --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --cmdline "$4" \
         --serial-log "$WORK/$1.log" --timeout $((3 * WINDOW + 90)) --pidfile "$WORK/$1.pid" \
-        >"$WORK/$1.qemu.log" 2>&1 &
+        >"$WORK/$1.qemu.log" 2>&1 || true) &
 }
 
 # Measures snapnet's CPU over WINDOW seconds; prints it in % of a core.

@@ -618,9 +618,8 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             .as_ref()
             .filter(|_| !engines.is_empty())
             .map(|n| n.current);
-        match co.idle(t0, nap_len) {
-            Step::Nap => {
-                let nap = nap.as_mut().expect("a nap length was given");
+        match (co.idle(t0, nap_len), nap.as_mut()) {
+            (Step::Nap, Some(nap)) => {
                 let slept = nap.nap();
                 let fill = engines
                     .iter_mut()
@@ -630,8 +629,8 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
             // Threads of a group may share a CPU: let the others run
             // rather than spin through the time slice.
-            Step::Poll => std::thread::yield_now(),
-            Step::Block => {
+            (Step::Poll, _) => std::thread::yield_now(),
+            (Step::Block | Step::Nap, _) => {
                 sleep(&worker, &mut engines, p);
                 // Delay is counted from the wake-up, not over the sleep.
                 last_end.fill(clock::now());
