@@ -10,8 +10,8 @@
 #   /tmp/snapnet-cpu.lock around it on a shared machine)
 # Environment: POLICIES="compacting spreading", SECS=5 per point,
 #   SNAPNET=target/release/snapnet (another build gives a "before").
-# Output: "<policy> idle: X % of a core", "<policy> full: Y % of a core,
-#   Z Mframes/s forwarded by testpmd".
+# Output: "<policy> idle: X % of a core", "<policy> full: Y % of a core;
+#   testpmd received Z Mframes/s" (over its whole forwarding run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POLICIES=${POLICIES:-compacting spreading}
@@ -54,17 +54,15 @@ measure() {
     awk -v c="$((c1 - c0))" -v hz="$HZ" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", 100 * c / hz / (b - a) }'
 }
 
-# Frames testpmd forwarded so far (sum of its ports' RX-packets).
+# Frames testpmd received in all, from the summary it prints at `stop`
+# (its output reaches the log file only as it exits).
 forwarded() {
-    local before
-    before=$(wc -l <"$WORK/tp.log")
-    echo "show port stats all" >&3
-    sleep 0.5
-    tail -n +"$((before + 1))" "$WORK/tp.log" | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }'
+    sed -n '/Accumulated forward statistics/,/^ *+++/p' "$WORK/tp.log" |
+        sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1
 }
 
 run_policy() {
-    local policy=$1 threads="" idle full f0 f1
+    local policy=$1 threads="" idle full t0 t1
     [ "$policy" = spreading ] || threads=', "threads": 1'
     rm -f "$WORK"/*.sock
     cat >"$WORK/sn.json" <<JSON
@@ -88,15 +86,15 @@ JSON
     idle=$(measure)
     echo "$policy idle: $idle % of a core"
     echo "start tx_first 8" >&3
+    t0=$(date +%s.%N)
     sleep 2
-    f0=$(forwarded)
     full=$(measure)
-    f1=$(forwarded)
-    awk -v p="$policy" -v c="$full" -v n="$((f1 - f0))" -v s="$SECS" \
-        'BEGIN { printf "%s full: %s %% of a core, %.2f Mframes/s forwarded by testpmd\n", p, c, n / (s + 0.5) / 1e6 }'
     echo "stop" >&3
+    t1=$(date +%s.%N)
     echo "quit" >&3
-    sleep 1
+    for _ in $(seq 50); do kill -0 "$TP_PID" 2>/dev/null || break; sleep 0.1; done
+    awk -v p="$policy" -v c="$full" -v n="$(forwarded)" -v a="$t0" -v b="$t1" \
+        'BEGIN { printf "%s full: %s %% of a core; testpmd received %.2f Mframes/s\n", p, c, n / (b - a) / 1e6 }'
     stop_all
 }
 
