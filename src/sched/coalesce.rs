@@ -15,7 +15,11 @@
 //!   rarely does, it is CPU spent for nothing, e.g. a ping every 10 ms).
 //!
 //! The gap is measured from the first empty round to the round that finds
-//! work again, whether the worker napped, polled or blocked meanwhile.
+//! work again, whether the worker napped, polled or blocked meanwhile. A
+//! spell spent only polling that ended with work counts as a spin that paid
+//! however long it took: threads that share a CPU wait for it between
+//! polls, and judging those spins by the clock would make busy threads
+//! block instead of yielding to each other.
 
 use std::time::Duration;
 
@@ -60,17 +64,20 @@ pub(super) struct Coalescer {
     hits: f64,
     /// When the current idle spell began.
     idle_since: Option<Stamp>,
+    /// The current spell included a nap or a block.
+    slept: bool,
 }
 
 impl Coalescer {
     pub(super) fn new(quiet: Duration) -> Self {
         Self {
             quiet,
-            // Until something arrives, work counts as sparse: an idle
-            // worker blocks at once.
+            // Until something arrives, work counts as sparse (no naps) and
+            // spinning as worthwhile; a few long gaps teach otherwise.
             gap_ns: GAP_CAP_NS,
-            hits: 0.0,
+            hits: 1.0,
             idle_since: None,
+            slept: false,
         }
     }
 
@@ -81,7 +88,8 @@ impl Coalescer {
         if let Some(since) = self.idle_since.take() {
             let gap = now.nanos_since(since) as f64;
             self.gap_ns += (gap.min(GAP_CAP_NS) - self.gap_ns) * WEIGHT;
-            let hit = if gap <= self.quiet.as_nanos() as f64 {
+            let slept = std::mem::take(&mut self.slept);
+            let hit = if !slept || gap <= self.quiet.as_nanos() as f64 {
                 1.0
             } else {
                 0.0
@@ -101,12 +109,14 @@ impl Coalescer {
             // would leave: nap.
             let limit = SPARSE_NAPS * nap_ns;
             if self.gap_ns <= limit && idle_ns < limit {
+                self.slept = true;
                 return Step::Nap;
             }
         }
-        if self.hits >= HIT_SHARE && idle_ns < self.quiet.as_nanos() as f64 {
+        if !self.slept && self.hits >= HIT_SHARE && idle_ns < self.quiet.as_nanos() as f64 {
             return Step::Poll;
         }
+        self.slept = true;
         Step::Block
     }
 
@@ -144,14 +154,26 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_worker_blocks_at_once() {
+    fn an_idle_worker_spins_through_the_quiet_period_then_blocks() {
         let c = Clock::new();
         let mut co = Coalescer::new(QUIET);
-        assert_eq!(
-            co.idle(c.at(0), Some(Duration::from_micros(150))),
-            Step::Block
-        );
-        assert_eq!(co.idle(c.at(1), None), Step::Block);
+        let nap = Some(Duration::from_micros(150));
+        assert_eq!(co.idle(c.at(0), nap), Step::Poll, "no naps before work");
+        assert_eq!(co.idle(c.at(31), nap), Step::Block);
+        assert_eq!(co.idle(c.at(32), None), Step::Block, "and stays blocked");
+    }
+
+    #[test]
+    fn a_spin_that_found_work_late_still_paid() {
+        let c = Clock::new();
+        let mut co = Coalescer::new(Duration::from_micros(20));
+        // The thread polled (yielding) and found work only after 100 µs
+        // (other threads had the CPU): still worth spinning.
+        for i in 0..32 {
+            assert_eq!(co.idle(c.at(i * 200), None), Step::Poll);
+            co.work(c.at(i * 200 + 100));
+        }
+        assert_eq!(co.idle(c.at(7000), None), Step::Poll);
     }
 
     #[test]
@@ -178,10 +200,11 @@ mod tests {
         let nap = Some(Duration::from_micros(100));
         let c = Clock::new();
         let mut co = Coalescer::new(Duration::from_micros(200));
-        // A ping every 2 ms: block, no spin.
+        // A ping every 2 ms: after a few wasted spins, block at once.
         let mut t = 0;
-        for _ in 0..8 {
+        for _ in 0..16 {
             co.idle(c.at(t), nap);
+            co.idle(c.at(t + 201), nap);
             t += 2000;
             co.work(c.at(t));
         }

@@ -1464,7 +1464,8 @@ mod tests {
             let feed = Feed::new(&group);
             // A ping every 5 ms: napping 175 µs at a time would poll about
             // 29 times per arrival.
-            feed.run(5, Duration::from_millis(5));
+            // (The first few spins are wasted until it learns.)
+            feed.run(20, Duration::from_millis(5));
             let polls = feed.polls.load(Ordering::Relaxed);
             let arms = lock(&feed.arms).len();
             feed.run(40, Duration::from_millis(5));
