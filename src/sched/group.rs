@@ -1134,7 +1134,7 @@ mod tests {
             group.add(Box::new(engine)).unwrap();
             for round in 1..=5u64 {
                 // Long enough for a sleeping policy to have gone to sleep
-                // (after two empty naps of at most 175 µs).
+                // (after eight empty naps of at most 175 µs).
                 std::thread::sleep(Duration::from_millis(40));
                 let t = Instant::now();
                 let applied = tx
