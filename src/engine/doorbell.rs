@@ -11,6 +11,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub struct Doorbell {
     fd: EventFd,
     sleeping: AtomicBool,
+    /// The eventfd may have been written since the last drain: `disarm`
+    /// reads it only then, saving a syscall per wake-up for every doorbell
+    /// of a sleeper that something else woke.
+    rung: AtomicBool,
 }
 
 impl Doorbell {
@@ -18,6 +22,7 @@ impl Doorbell {
         Ok(Self {
             fd: EventFd::new(EFD_NONBLOCK)?,
             sleeping: AtomicBool::new(false),
+            rung: AtomicBool::new(false),
         })
     }
 
@@ -28,6 +33,7 @@ impl Doorbell {
         // it re-checks, or we see it sleeping and write the eventfd.
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) {
+            self.rung.store(true, Ordering::Relaxed);
             let _ = self.fd.write(1);
         }
     }
@@ -38,14 +44,20 @@ impl Doorbell {
         fence(Ordering::SeqCst);
     }
 
-    /// Consumer: awake again; drains a pending wake-up.
+    /// Consumer: awake again; drains a pending wake-up. A producer that
+    /// saw us sleeping but marks `rung` only after this looked leaves the
+    /// eventfd readable: the next sleep then returns at once and drains it,
+    /// one spurious wake-up and never a lost one.
     pub fn disarm(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
-        let _ = self.fd.read();
+        if self.rung.swap(false, Ordering::Relaxed) {
+            let _ = self.fd.read();
+        }
     }
 
     /// Wakes the consumer unconditionally (control-plane use).
     pub fn wake(&self) {
+        self.rung.store(true, Ordering::Relaxed);
         let _ = self.fd.write(1);
     }
 }

@@ -25,6 +25,15 @@ pub trait Engine: Send {
     /// File descriptors whose readability means "poll me".
     fn wake_fds(&self) -> Vec<RawFd>;
 
+    /// Changes whenever a file behind `wake_fds` is replaced or dropped. A
+    /// new file may reuse a closed one's number (a guest kick eventfd the
+    /// frontend replaced), so equal numbers do not prove an epoll set is
+    /// still watching the right files; a sleeper rebuilds its set when this
+    /// moves.
+    fn wake_epoch(&self) -> u64 {
+        0
+    }
+
     /// Enables wake-ups, then re-checks; `true` means work arrived meanwhile
     /// and the caller must poll instead of sleeping.
     fn arm(&mut self) -> bool;

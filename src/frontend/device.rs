@@ -721,6 +721,30 @@ impl Frontend {
         }
     }
 
+    /// Gives a ring of queue pair `qp` a new kick eventfd (SET_VRING_KICK
+    /// on a running ring); the old one is closed.
+    pub fn replace_kick(&mut self, qp: u16, rx: bool) -> Result<(), FrontendError> {
+        let index = 2 * qp as usize + usize::from(!rx);
+        let kick = with_qps!(&mut self.qps, v => {
+            let q = pick(v, qp);
+            let fresh = if rx {
+                q.rx.ring.new_kick_fd()
+            } else {
+                q.tx.ring.new_kick_fd()
+            };
+            fresh.map_err(|source| FrontendError::Io {
+                what: "eventfd",
+                source,
+            })?
+        });
+        self.vu
+            .set_vring_kick(index, kick)
+            .map_err(|source| FrontendError::Vhost {
+                request: "SET_VRING_KICK",
+                source,
+            })
+    }
+
     /// Counters of queue pair `qp`.
     pub fn stats(&self, qp: u16) -> QueueStats {
         with_qps!(&self.qps, v => {

@@ -258,6 +258,11 @@ impl DriverRing for PackedRing {
         &self.kick
     }
 
+    fn new_kick_fd(&mut self) -> std::io::Result<&EventFd> {
+        self.kick = EventFd::new(EFD_NONBLOCK)?;
+        Ok(&self.kick)
+    }
+
     fn call_fd(&self) -> &EventFd {
         &self.call
     }

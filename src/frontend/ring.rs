@@ -25,6 +25,9 @@ pub trait DriverRing {
     fn mem(&self) -> &Arc<GuestMemory>;
     /// The eventfd the driver writes to kick the device.
     fn kick_fd(&self) -> &EventFd;
+    /// A fresh kick eventfd (the old one is closed), as a frontend that
+    /// re-sends SET_VRING_KICK has.
+    fn new_kick_fd(&mut self) -> std::io::Result<&EventFd>;
     /// The eventfd the device writes to interrupt the driver.
     fn call_fd(&self) -> &EventFd;
     /// Counters.

@@ -224,6 +224,13 @@ impl SplitRing {
         &self.kick
     }
 
+    /// A fresh kick eventfd (the old one is closed), as a frontend that
+    /// re-sends SET_VRING_KICK has.
+    pub fn new_kick_fd(&mut self) -> std::io::Result<&EventFd> {
+        self.kick = EventFd::new(EFD_NONBLOCK)?;
+        Ok(&self.kick)
+    }
+
     /// The eventfd the device writes to interrupt the driver.
     pub fn call_fd(&self) -> &EventFd {
         &self.call
@@ -572,6 +579,9 @@ impl DriverRing for SplitRing {
     }
     fn kick_fd(&self) -> &EventFd {
         SplitRing::kick_fd(self)
+    }
+    fn new_kick_fd(&mut self) -> std::io::Result<&EventFd> {
+        SplitRing::new_kick_fd(self)
     }
     fn call_fd(&self) -> &EventFd {
         SplitRing::call_fd(self)

@@ -2,12 +2,16 @@
 //!
 //! - *dedicated*: N threads, each pinned to a CPU when given, poll their
 //!   engines round-robin and never sleep. Lowest latency; burns its cores.
-//! - *spreading*: one thread per engine. When its engine has found no work
-//!   for a few rounds the thread arms the engine's wake-ups (virtqueue
-//!   notifications, link and mailbox doorbells), re-checks, and blocks in
-//!   epoll; an idle group uses no CPU.
+//! - *spreading*: one thread per engine. When its engine finds no work the
+//!   thread polls through a quiet period when work tends to come back
+//!   within it, then arms the engine's wake-ups (virtqueue notifications,
+//!   link and mailbox doorbells), re-checks, and blocks in epoll (see
+//!   `coalesce`); an idle group uses no CPU.
+//! - *compacting*: engines packed onto as few threads as keep them under the
+//!   delay bound (`compact`); an idle thread naps while work arrives densely
+//!   and idles like spreading while it arrives sparsely.
 //!
-//! Both run the same loop; only whether it may sleep and how engines are
+//! All run the same loop; only whether it may sleep and how engines are
 //! spread over threads differ.
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{self, Stamp};
+use super::coalesce::{Coalescer, Step};
 use super::cpu_share::CpuShare;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use super::{EngineId, GroupError};
@@ -27,10 +32,7 @@ use crate::engine::{Doorbell, Engine};
 /// Packets an engine may handle per poll before the thread moves on.
 pub const POLL_BUDGET: usize = 64;
 
-/// How long a sleeping policy keeps polling after its engines went idle
-/// before it arms and sleeps: long enough to ride out the gap inside a
-/// burst, short enough that a light load does not keep the thread awake.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+pub use super::coalesce::QUIET;
 
 /// A sleeping thread re-checks at least this often even without a wake-up.
 const SLEEP_TIMEOUT_MS: i32 = 1000;
@@ -94,6 +96,8 @@ pub struct EngineGroup {
     /// Compacting: most threads, and the queueing-delay bound.
     max_threads: usize,
     delay_bound: Duration,
+    /// Spreading, compacting: see `coalesce`.
+    quiet: Duration,
     /// Compacting: (seconds since start, threads) at every change.
     history: Mutex<Vec<(f64, usize)>>,
     started: std::time::Instant,
@@ -114,13 +118,27 @@ impl EngineGroup {
         Self::start_with_bound(name, policy, threads, cpus, Duration::from_micros(200))
     }
 
-    /// [`Self::start`] with the compacting policy's queueing-delay bound.
+    /// [`Self::start`] with the queueing-delay bound of the sleeping
+    /// policies (compacting's thread count follows it; both nap within it).
     pub fn start_with_bound(
         name: &str,
         policy: Policy,
         threads: usize,
         cpus: &[usize],
         delay_bound: Duration,
+    ) -> Result<Arc<Self>, GroupError> {
+        Self::start_tuned(name, policy, threads, cpus, delay_bound, QUIET)
+    }
+
+    /// [`Self::start_with_bound`] with the quiet period a sleeping worker
+    /// may poll through before it blocks (see `coalesce`).
+    pub fn start_tuned(
+        name: &str,
+        policy: Policy,
+        threads: usize,
+        cpus: &[usize],
+        delay_bound: Duration,
+        quiet: Duration,
     ) -> Result<Arc<Self>, GroupError> {
         if policy != Policy::Spreading && threads == 0 {
             return Err(GroupError::NoThreads(name.to_string()));
@@ -134,6 +152,7 @@ impl EngineGroup {
             stats: Mutex::new(Vec::new()),
             max_threads: threads,
             delay_bound,
+            quiet,
             history: Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
             controller: Mutex::new(None),
@@ -191,8 +210,19 @@ impl EngineGroup {
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[i % self.cpus.len()]);
         let idle = match self.policy {
             Policy::Dedicated => Idle::Spin,
-            Policy::Spreading => Idle::Sleep,
-            Policy::Compacting => Idle::Nap(self.delay_bound),
+            // Spreading does not nap: its threads (one per engine, each hop
+            // of a frame another one) often share a CPU, and measured at
+            // 10 % load their naps shrank to the shortest as rings filled
+            // and the wake-ups ate the CPU the work needed (166 of 875
+            // kframes/s delivered, 18 ms RTT).
+            Policy::Spreading => Idle::Coalesce {
+                bound: None,
+                quiet: self.quiet,
+            },
+            Policy::Compacting => Idle::Coalesce {
+                bound: Some(self.delay_bound),
+                quiet: self.quiet,
+            },
         };
         let w = worker.clone();
         let thread = std::thread::Builder::new()
@@ -435,13 +465,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Idle {
     /// Keep polling (dedicated).
     Spin,
-    /// Arm wake-ups and block until one fires (spreading).
-    Sleep,
-    /// Nap without asking guests to kick, then poll again; only after many
-    /// empty naps arm and block (compacting). Work then waits at most the
-    /// nap, within the group's delay bound (the value), and a light load
-    /// costs one wake-up per nap instead of one per packet.
-    Nap(Duration),
+    /// With a `bound`, nap without asking guests to kick while work
+    /// arrives densely (work then waits at most the nap, within the bound,
+    /// and one wake-up serves many packets); arm wake-ups and block while it
+    /// arrives sparsely (one wake-up per arrival, on the kick itself), after
+    /// polling through a `quiet` period when work tends to come back within
+    /// it (`coalesce`).
+    Coalesce {
+        bound: Option<Duration>,
+        quiet: Duration,
+    },
 }
 
 /// A compacting worker's nap length, adapted to the arrival rate: as long
@@ -464,9 +497,11 @@ impl NapLength {
     const FILL_TARGET: f64 = 0.5;
 
     /// `bound` is the group's queueing-delay bound: a nap takes at most
-    /// three quarters of it, leaving the rest for the round that follows.
+    /// seven eighths of it (its lateness is asked off already), leaving the
+    /// rest for the round that follows. A wake-up costs about 20 µs here,
+    /// so at a steady light load the nap is what sets the CPU overhead.
     fn new(bound: Duration) -> Self {
-        let longest = (bound * 3 / 4).max(Self::SHORTEST);
+        let longest = (bound * 7 / 8).max(Self::SHORTEST);
         Self {
             current: longest,
             longest,
@@ -507,21 +542,16 @@ impl NapLength {
     }
 }
 
-/// Empty naps in a row after which a napping worker blocks instead.
-const NAPS_BEFORE_SLEEP: u32 = 100;
-
 fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
-    let may_sleep = !matches!(idle, Idle::Spin);
-    if let Idle::Nap(_) = idle {
-        // Naps are tens of microseconds: without this the kernel may add
-        // its default 50 µs of timer slack to each.
-        // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no pointers.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
-    }
-    let mut empty_naps: u32 = 0;
-    let mut nap = match idle {
-        Idle::Nap(bound) => Some(NapLength::new(bound)),
-        _ => None,
+    let (mut nap, mut coalesce) = match idle {
+        Idle::Spin => (None, None),
+        Idle::Coalesce { bound, quiet } => {
+            // Naps are tens of microseconds: without this the kernel may
+            // add its default 50 µs of timer slack to each.
+            // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no pointers.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
+            (bound.map(NapLength::new), Some(Coalescer::new(quiet)))
+        }
     };
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
@@ -531,9 +561,12 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
     }
     let mut engines: Vec<Placed> = Vec::new();
     let mut last_end: Vec<Stamp> = Vec::new();
-    let mut poller = if may_sleep { Poller::new() } else { None };
+    let mut poller = if coalesce.is_some() {
+        Poller::new()
+    } else {
+        None
+    };
     let mut idle_rounds: u32 = 0;
-    let mut idle_since = clock::now();
     let mut cpu = CpuShare::new();
     let mut relay: Option<usize> = None;
     while !worker.stop.load(Ordering::Acquire) {
@@ -551,6 +584,11 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
             last_end = vec![clock::now(); engines.len()];
             relay = engines.iter().position(|p| p.engine.relays());
+            // An engine that left may have closed fds whose numbers a new
+            // one reuses: the epoll set is rebuilt before the next sleep.
+            if let Some(p) = poller.as_mut() {
+                p.forget();
+            }
         }
         let mut work = 0;
         // One clock read per round, and one after each poll that did work
@@ -572,49 +610,44 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         if cpu.due(t0) {
             cpu.share(engines.iter().map(|p| &p.stats));
         }
-        if let Some(nap) = nap.as_mut() {
-            // Nothing left to do (every hop between this worker's engines
-            // is done): nap and let work gather, rather than poll for each
-            // packet or be woken by each.
-            if work == 0 && !engines.is_empty() && empty_naps < NAPS_BEFORE_SLEEP {
+        let (Some(co), Some(p)) = (coalesce.as_mut(), poller.as_mut()) else {
+            // Dedicated (or no epoll): poll on.
+            if work == 0 {
+                idle_rounds = idle_rounds.wrapping_add(1);
+                std::hint::spin_loop();
+                if engines.is_empty() && idle_rounds % 1024 == 0 {
+                    // No engines at all: nothing can arrive but a placement.
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            continue;
+        };
+        if work > 0 {
+            co.work(t0);
+            continue;
+        }
+        // Nothing left to do (every hop between this worker's engines is
+        // done).
+        let nap_len = nap
+            .as_ref()
+            .filter(|_| !engines.is_empty())
+            .map(|n| n.current);
+        match (co.idle(t0, nap_len), nap.as_mut()) {
+            (Step::Nap, Some(nap)) => {
                 let slept = nap.nap();
                 let fill = engines
                     .iter_mut()
                     .map(|p| p.engine.backlog())
                     .fold(0.0, f64::max);
                 nap.adapt(fill, slept);
-                empty_naps += 1;
-                continue;
             }
-        }
-        if work > 0 {
-            idle_rounds = 0;
-            empty_naps = 0;
-            continue;
-        }
-        if idle_rounds == 0 {
-            idle_since = t0;
-        }
-        idle_rounds = idle_rounds.wrapping_add(1);
-        match poller.as_mut() {
-            Some(p) if t0.since(idle_since) >= SPIN_BEFORE_SLEEP => {
-                empty_naps = 0;
+            // Threads of a group may share a CPU: let the others run
+            // rather than spin through the time slice.
+            (Step::Poll, _) => std::thread::yield_now(),
+            (Step::Block | Step::Nap, _) => {
                 sleep(&worker, &mut engines, p);
-                idle_rounds = 0;
                 // Delay is counted from the wake-up, not over the sleep.
                 last_end.fill(clock::now());
-            }
-            Some(_) => {
-                // Spreading threads may share a CPU: let the others run
-                // rather than spin through their time slice.
-                std::thread::yield_now();
-            }
-            None => {
-                std::hint::spin_loop();
-                if engines.is_empty() && idle_rounds % 1024 == 0 {
-                    // No engines at all: nothing can arrive but a placement.
-                    std::thread::sleep(Duration::from_micros(100));
-                }
             }
         }
     }
@@ -651,10 +684,12 @@ fn sleep(worker: &Worker, engines: &mut [Placed], poller: &mut Poller) {
     }
     if !work {
         let mut fds = vec![worker.wake.as_raw_fd()];
+        let mut epoch = 0u64;
         for p in engines.iter() {
             fds.extend(p.engine.wake_fds());
+            epoch = epoch.wrapping_add(p.engine.wake_epoch());
         }
-        poller.wait(&fds, SLEEP_TIMEOUT_MS);
+        poller.wait(&fds, epoch, SLEEP_TIMEOUT_MS);
     }
     for p in engines.iter_mut() {
         p.engine.disarm();
@@ -662,10 +697,13 @@ fn sleep(worker: &Worker, engines: &mut [Placed], poller: &mut Poller) {
     worker.wake.disarm();
 }
 
-/// An epoll set kept equal to the fds a worker sleeps on.
+/// An epoll set kept equal to the files a worker sleeps on.
 struct Poller {
     epfd: RawFd,
     registered: Vec<RawFd>,
+    /// The engines' `wake_epoch`s (summed) when the set was built; `None`
+    /// forces a rebuild.
+    epoch: Option<u64>,
     events: Vec<epoll::Event>,
 }
 
@@ -675,6 +713,7 @@ impl Poller {
             Ok(epfd) => Some(Self {
                 epfd,
                 registered: Vec::new(),
+                epoch: None,
                 events: vec![epoll::Event::new(epoll::Events::empty(), 0); 16],
             }),
             Err(e) => {
@@ -684,28 +723,55 @@ impl Poller {
         }
     }
 
-    fn wait(&mut self, fds: &[RawFd], timeout_ms: i32) {
-        if self.registered != fds {
-            for fd in self.registered.drain(..) {
-                let _ = epoll::ctl(
-                    self.epfd,
-                    epoll::ControlOptions::EPOLL_CTL_DEL,
-                    fd,
-                    epoll::Event::new(epoll::Events::empty(), 0),
-                );
-            }
-            for &fd in fds {
-                let ev = epoll::Event::new(epoll::Events::EPOLLIN, fd as u64);
-                if epoll::ctl(self.epfd, epoll::ControlOptions::EPOLL_CTL_ADD, fd, ev).is_ok() {
-                    self.registered.push(fd);
-                }
-            }
-            // Keep the comparison exact even if an fd could not be added.
-            if self.registered != fds {
-                self.registered = fds.to_vec();
-            }
+    /// The engines changed: rebuild the set before the next wait.
+    fn forget(&mut self) {
+        self.epoch = None;
+    }
+
+    fn wait(&mut self, fds: &[RawFd], epoch: u64, timeout_ms: i32) {
+        if self.epoch != Some(epoch) || self.registered != fds {
+            self.rebuild(fds);
+            self.epoch = Some(epoch);
         }
         let _ = epoll::wait(self.epfd, timeout_ms, &mut self.events);
+    }
+
+    /// A fresh epoll instance over `fds`. Deleting entries one by one is not
+    /// enough: an entry belongs to the open file, not the number, so one
+    /// whose fd was closed while another process (the frontend) still holds
+    /// the file stays in the set under a number that may mean something
+    /// else now, and cannot be deleted by that number.
+    fn rebuild(&mut self, fds: &[RawFd]) {
+        match epoll::create(true) {
+            Ok(epfd) => {
+                // SAFETY: the old epfd is this poller's own and is replaced
+                // here, so it is closed exactly once.
+                unsafe { libc::close(self.epfd) };
+                self.epfd = epfd;
+            }
+            Err(e) => {
+                // Keep the old set and re-add: better than no set at all.
+                log::warn!("cannot rebuild the epoll set: {e}");
+                for &fd in &self.registered {
+                    let _ = epoll::ctl(
+                        self.epfd,
+                        epoll::ControlOptions::EPOLL_CTL_DEL,
+                        fd,
+                        epoll::Event::new(epoll::Events::empty(), 0),
+                    );
+                }
+            }
+        }
+        self.registered.clear();
+        for &fd in fds {
+            let ev = epoll::Event::new(epoll::Events::EPOLLIN, fd as u64);
+            if let Err(e) = epoll::ctl(self.epfd, epoll::ControlOptions::EPOLL_CTL_ADD, fd, ev) {
+                log::warn!("cannot watch wake-up fd {fd}: {e}");
+            }
+        }
+        // Compared as given, so an fd that could not be added is not retried
+        // at every sleep.
+        self.registered.extend_from_slice(fds);
     }
 }
 
@@ -744,7 +810,7 @@ fn pin_to_cpu(cpu: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::RawFd;
+    use std::os::fd::{FromRawFd, RawFd};
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
@@ -1068,7 +1134,7 @@ mod tests {
             group.add(Box::new(engine)).unwrap();
             for round in 1..=5u64 {
                 // Long enough for a sleeping policy to have gone to sleep
-                // (compacting: 100 empty naps of at most 150 µs).
+                // (after eight empty naps of at most 175 µs).
                 std::thread::sleep(Duration::from_millis(40));
                 let t = Instant::now();
                 let applied = tx
@@ -1192,7 +1258,7 @@ mod tests {
     fn naps_shorten_at_once_when_rings_fill_and_lengthen_gradually() {
         let us = Duration::from_micros;
         let mut nap = NapLength::new(us(200));
-        assert_eq!(nap.current, us(150), "3/4 of the bound");
+        assert_eq!(nap.current, us(175), "7/8 of the bound");
         // A full ring after 100 µs: half as long, at once.
         nap.adapt(1.0, us(100));
         assert_eq!(nap.current, us(50));
@@ -1203,7 +1269,7 @@ mod tests {
         for _ in 0..20 {
             nap.adapt(0.0, us(75));
         }
-        assert!(nap.current <= us(150) && nap.current > us(140));
+        assert!(nap.current <= us(175) && nap.current > us(165));
         // Never below the shortest.
         nap.adapt(1.0, Duration::ZERO);
         assert_eq!(nap.current, NapLength::SHORTEST);
@@ -1276,6 +1342,178 @@ mod tests {
             "polls around the busy one: {:?}",
             &log[busy.saturating_sub(3)..(busy + 4).min(log.len())]
         );
+    }
+
+    /// Work fed by a producer thread; counts polls and records when the
+    /// worker arms it (about to block).
+    struct Paced {
+        pending: Arc<AtomicUsize>,
+        bell: Arc<Doorbell>,
+        polls: Arc<AtomicUsize>,
+        arms: Arc<Mutex<Vec<Instant>>>,
+    }
+    impl Engine for Paced {
+        fn name(&self) -> &str {
+            "paced"
+        }
+        fn poll(&mut self, _budget: usize) -> usize {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.pending.swap(0, Ordering::AcqRel)
+        }
+        fn wake_fds(&self) -> Vec<RawFd> {
+            vec![self.bell.as_raw_fd()]
+        }
+        fn arm(&mut self) -> bool {
+            lock(&self.arms).push(Instant::now());
+            self.bell.arm();
+            self.pending.load(Ordering::Acquire) > 0
+        }
+        fn disarm(&mut self) {
+            self.bell.disarm();
+        }
+    }
+
+    struct Feed {
+        pending: Arc<AtomicUsize>,
+        bell: Arc<Doorbell>,
+        polls: Arc<AtomicUsize>,
+        arms: Arc<Mutex<Vec<Instant>>>,
+    }
+    impl Feed {
+        fn new(group: &EngineGroup) -> Self {
+            let f = Feed {
+                pending: Arc::new(AtomicUsize::new(0)),
+                bell: Arc::new(Doorbell::new().unwrap()),
+                polls: Arc::new(AtomicUsize::new(0)),
+                arms: Arc::new(Mutex::new(Vec::new())),
+            };
+            group
+                .add(Box::new(Paced {
+                    pending: f.pending.clone(),
+                    bell: f.bell.clone(),
+                    polls: f.polls.clone(),
+                    arms: f.arms.clone(),
+                }))
+                .unwrap();
+            f
+        }
+        /// `n` units of work, `gap` apart; returns when the last was posted.
+        fn run(&self, n: usize, gap: Duration) -> Instant {
+            let mut last = Instant::now();
+            for _ in 0..n {
+                std::thread::sleep(gap);
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                self.bell.ring();
+                last = Instant::now();
+            }
+            last
+        }
+        fn arms_since(&self, t: Instant) -> Vec<Duration> {
+            lock(&self.arms)
+                .iter()
+                .filter(|a| **a >= t)
+                .map(|a| a.duration_since(t))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn coalescing_polls_through_the_quiet_period_then_arms() {
+        for policy in [Policy::Spreading, Policy::Compacting] {
+            // Gaps of 2 ms: sparse for naps of at most 175 µs, but within a
+            // quiet period of 20 ms, so the spin pays.
+            let quiet = Duration::from_millis(20);
+            let group = EngineGroup::start_tuned(
+                "quiet",
+                policy,
+                1,
+                &[],
+                Duration::from_micros(200),
+                quiet,
+            )
+            .unwrap();
+            let feed = Feed::new(&group);
+            // Learn that work comes back within the quiet period.
+            feed.run(10, Duration::from_millis(2));
+            let t = Instant::now();
+            let last = feed.run(20, Duration::from_millis(2));
+            let during: Vec<Duration> = feed.arms_since(t).into_iter().collect();
+            let stop = Instant::now();
+            assert!(
+                during.iter().all(|d| t + *d > last),
+                "{policy:?}: armed during the burst, at {during:?}"
+            );
+            std::thread::sleep(quiet * 3);
+            let after = feed.arms_since(stop);
+            let first = *after
+                .first()
+                .unwrap_or_else(|| panic!("{policy:?}: never armed"));
+            let since_last = (stop + first).duration_since(last);
+            assert!(
+                since_last >= quiet && since_last < quiet * 2,
+                "{policy:?}: armed {since_last:?} after the last work (quiet period {quiet:?})"
+            );
+            group.stop();
+        }
+    }
+
+    #[test]
+    fn sparse_work_blocks_between_arrivals_instead_of_napping() {
+        for policy in [Policy::Spreading, Policy::Compacting] {
+            let group = EngineGroup::start("sparse", policy, 1, &[]).unwrap();
+            let feed = Feed::new(&group);
+            // A ping every 5 ms: napping 175 µs at a time would poll about
+            // 29 times per arrival.
+            // (The first few spins are wasted until it learns.)
+            feed.run(20, Duration::from_millis(5));
+            let polls = feed.polls.load(Ordering::Relaxed);
+            let arms = lock(&feed.arms).len();
+            feed.run(40, Duration::from_millis(5));
+            let polls = feed.polls.load(Ordering::Relaxed) - polls;
+            let arms = lock(&feed.arms).len() - arms;
+            assert!(
+                polls < 40 * 6,
+                "{policy:?}: {polls} polls for 40 arrivals: napping through the gaps"
+            );
+            assert!(arms >= 35, "{policy:?}: blocked only {arms} times");
+            group.stop();
+        }
+    }
+
+    /// Whether `poller` wakes within 100 ms when the file now at `fd` is
+    /// written.
+    fn wakes_on(poller: &mut Poller, fds: &[RawFd], epoch: u64, file: &Doorbell) -> bool {
+        file.wake();
+        let t = Instant::now();
+        poller.wait(fds, epoch, 100);
+        file.disarm();
+        t.elapsed() < Duration::from_millis(90)
+    }
+
+    #[test]
+    fn a_new_file_under_an_old_number_is_watched_once_the_epoch_moves() {
+        let mut poller = Poller::new().unwrap();
+        let old = Doorbell::new().unwrap();
+        let fd = old.as_raw_fd();
+        // Another holder keeps the old file open (a frontend's copy of a
+        // kick eventfd), so its epoll entry outlives our fd.
+        // SAFETY: dup of an open fd; the copy is owned by `elsewhere`.
+        let elsewhere = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::dup(fd)) };
+        assert!(wakes_on(&mut poller, &[fd], 1, &old));
+        // The old file is replaced by a new one under the same number.
+        let new = Doorbell::new().unwrap();
+        // SAFETY: both fds are open; dup2 closes `fd` and reopens it as a
+        // copy of `new`'s file, which `old` then owns.
+        assert_eq!(unsafe { libc::dup2(new.as_raw_fd(), fd) }, fd);
+        assert!(
+            !wakes_on(&mut poller, &[fd], 1, &new),
+            "same number, same epoch: the stale set misses the new file"
+        );
+        assert!(
+            wakes_on(&mut poller, &[fd], 2, &new),
+            "a moved epoch rebuilds the set"
+        );
+        drop(elsewhere);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Engine groups: where engines run, and whether their threads may sleep.
 
 mod clock;
+mod coalesce;
 mod compact;
 mod cpu_share;
 pub mod group;

@@ -2,13 +2,19 @@
 //! config space, memory, and handing each vring to the engine of its queue
 //! pair. It reaches engines only through a [`QueueSink`], so it can be tested
 //! with a mock sink and no engine at all.
+//!
+//! Guest kicks never pass through here: when a vring starts, its engine gets
+//! a duplicate of the kick eventfd and sleeps on it itself (one wake-up per
+//! kick, on the thread that does the work).
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use thiserror::Error;
-use vhost_user_backend::VringRwLock;
+use vhost_user_backend::{VringRwLock, VringT};
+use vmm_sys_util::event::EventConsumer;
 
 use super::engine::{AttachedQueue, GuestMemory, Side, VnicEngine};
 use super::features::{self, ConfigSpace, Negotiated};
@@ -23,6 +29,11 @@ pub enum DeviceError {
     Engine { index: usize, source: MailboxError },
     #[error("MTU {0} is below the minimum of 68")]
     MtuTooSmall(u16),
+    #[error("vring {index}: cannot take its kick eventfd: {source}")]
+    Kick {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
 /// Where the device sends vrings: the engines (or a mock in tests).
@@ -33,10 +44,11 @@ pub trait QueueSink: Send + Sync + 'static {
         vring: VringRwLock,
         mem: GuestMemory,
         features: Negotiated,
+        kick: Option<EventConsumer>,
     ) -> Result<(), DeviceError>;
     fn detach(&self, index: usize) -> Result<(), DeviceError>;
-    /// A guest kick arrived on `index`: wake its engine if it sleeps.
-    fn wake(&self, index: usize);
+    /// The frontend replaced the kick eventfd of attached vring `index`.
+    fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError>;
     /// Enforce a new MTU on guest TX.
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError>;
 }
@@ -86,9 +98,10 @@ impl QueueSink for EngineSink {
         vring: VringRwLock,
         mem: GuestMemory,
         features: Negotiated,
+        kick: Option<EventConsumer>,
     ) -> Result<(), DeviceError> {
         let side = Side::of_vring(index);
-        let queue = AttachedQueue::new(vring, mem);
+        let queue = AttachedQueue::new(vring, mem).with_kick(kick);
         self.engine(index)?
             .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
                 e.attach(side, queue, features)
@@ -103,10 +116,13 @@ impl QueueSink for EngineSink {
             .map_err(|source| DeviceError::Engine { index, source })
     }
 
-    fn wake(&self, index: usize) {
-        if let Ok(engine) = self.engine(index) {
-            engine.ring();
-        }
+    fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError> {
+        let side = Side::of_vring(index);
+        self.engine(index)?
+            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
+                e.set_kick(side, kick)
+            })
+            .map_err(|source| DeviceError::Engine { index, source })
     }
 
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
@@ -123,6 +139,9 @@ pub struct VnicDevice<S: QueueSink> {
     acked: AtomicU64,
     mem: Mutex<Option<GuestMemory>>,
     attached: Vec<AtomicBool>,
+    /// Vrings that started before the frontend sent its memory table:
+    /// attached when it arrives.
+    waiting: Mutex<Vec<Option<VringRwLock>>>,
     sink: S,
 }
 
@@ -143,6 +162,7 @@ impl<S: QueueSink> VnicDevice<S> {
             attached: (0..usize::from(queue_pairs) * 2)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            waiting: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
             sink,
         }
     }
@@ -178,6 +198,16 @@ impl<S: QueueSink> VnicDevice<S> {
 
     pub fn set_memory(&self, mem: GuestMemory) {
         *lock(&self.mem) = Some(mem);
+        let waiting: Vec<(usize, VringRwLock)> = lock(&self.waiting)
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, v)| v.take().map(|v| (i, v)))
+            .collect();
+        for (index, vring) in waiting {
+            if let Err(e) = self.vring_kick_changed(index, &vring, true) {
+                log::warn!("{}: {e}", self.name);
+            }
+        }
     }
 
     pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -229,24 +259,35 @@ impl<S: QueueSink> VnicDevice<S> {
         Ok(())
     }
 
-    /// A vring became ready, or the guest kicked it: make sure its engine
-    /// has it, then wake the engine.
-    pub fn queue_event(&self, index: usize, vring: &VringRwLock) -> Result<(), DeviceError> {
+    /// Vring `index` started (ready, enabled, with a kick eventfd), got a
+    /// new kick eventfd while started, or stopped: its engine takes it with
+    /// its own duplicate of the kick fd, follows a new one, or lets go.
+    pub fn vring_kick_changed(
+        &self,
+        index: usize,
+        vring: &VringRwLock,
+        started: bool,
+    ) -> Result<(), DeviceError> {
         let flag = self
             .attached
             .get(index)
             .ok_or(DeviceError::NoSuchVring(index))?;
-        if !flag.load(Ordering::Acquire) {
-            let Some(mem) = lock(&self.mem).clone() else {
-                // Kicked before SET_MEM_TABLE: nothing to serve yet.
-                return Ok(());
-            };
-            self.sink
-                .attach(index, vring.clone(), mem, self.negotiated())?;
-            flag.store(true, Ordering::Release);
-            log::debug!("{}: vring {index} attached", self.name);
+        if !started {
+            return self.stop_vring(index);
         }
-        self.sink.wake(index);
+        let kick = own_kick(vring).map_err(|source| DeviceError::Kick { index, source })?;
+        if flag.load(Ordering::Acquire) {
+            return self.sink.set_kick(index, kick);
+        }
+        let Some(mem) = lock(&self.mem).clone() else {
+            // Started before SET_MEM_TABLE: served once the memory arrives.
+            lock(&self.waiting)[index] = Some(vring.clone());
+            return Ok(());
+        };
+        self.sink
+            .attach(index, vring.clone(), mem, self.negotiated(), kick)?;
+        flag.store(true, Ordering::Release);
+        log::debug!("{}: vring {index} attached", self.name);
         Ok(())
     }
 
@@ -256,6 +297,9 @@ impl<S: QueueSink> VnicDevice<S> {
             .attached
             .get(index)
             .ok_or(DeviceError::NoSuchVring(index))?;
+        if let Some(w) = lock(&self.waiting).get_mut(index) {
+            *w = None;
+        }
         if flag.load(Ordering::Acquire) {
             // Only a detach the engine carried out clears the flag: after a
             // failed one the engine still holds the vring and a later reset
@@ -288,6 +332,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A duplicate of the vring's kick eventfd for its engine, which may poll it
+/// long after the vring has closed its own (on SET_VRING_KICK or at the end
+/// of the connection): a duplicate's number can never be reused under the
+/// engine. It is made non-blocking so draining a kick cannot block the
+/// engine's thread; the flag is shared with the frontend's copy, which
+/// frontends create non-blocking anyway (QEMU, DPDK).
+fn own_kick(vring: &VringRwLock) -> std::io::Result<Option<EventConsumer>> {
+    let state = vring.get_ref();
+    let Some(kick) = state.get_kick() else {
+        return Ok(None);
+    };
+    let own = kick.try_clone()?;
+    let fd = own.as_raw_fd();
+    // SAFETY: `fd` is open (owned by `own`); F_GETFL/F_SETFL only read and
+    // set its status flags.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some(own))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -307,16 +376,22 @@ pub(crate) mod tests {
             _: VringRwLock,
             _: GuestMemory,
             f: Negotiated,
+            kick: Option<EventConsumer>,
         ) -> Result<(), DeviceError> {
-            lock(&self.calls).push(format!("attach {index} mrg={}", f.mrg_rxbuf));
+            lock(&self.calls).push(format!(
+                "attach {index} mrg={} kick={}",
+                f.mrg_rxbuf,
+                kick.is_some()
+            ));
             Ok(())
         }
         fn detach(&self, index: usize) -> Result<(), DeviceError> {
             lock(&self.calls).push(format!("detach {index}"));
             Ok(())
         }
-        fn wake(&self, index: usize) {
-            lock(&self.calls).push(format!("wake {index}"));
+        fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError> {
+            lock(&self.calls).push(format!("kick {index} {}", kick.is_some()));
+            Ok(())
         }
         fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
             lock(&self.calls).push(format!("mtu {mtu}"));
@@ -340,31 +415,63 @@ pub(crate) mod tests {
         );
         let mem = memory();
         let vring = VringRwLock::new(mem.clone(), 256).unwrap();
-        // A kick before the memory table is ignored.
-        dev.queue_event(1, &vring).unwrap();
+        vring.set_kick(Some(eventfd_file()));
+        dev.set_acked_features(features::offered(2));
+        // Started before the memory table: attached when it arrives.
+        dev.vring_kick_changed(1, &vring, true).unwrap();
         assert!(lock(&dev.sink.calls).is_empty());
         dev.set_memory(mem);
-        dev.set_acked_features(features::offered(2));
-        dev.queue_event(1, &vring).unwrap();
-        dev.queue_event(1, &vring).unwrap();
+        // Started again (SET_VRING_ENABLE, a new kick fd): the engine
+        // follows the kick fd, the vring stays attached.
+        dev.vring_kick_changed(1, &vring, true).unwrap();
+        dev.vring_kick_changed(1, &vring, false).unwrap();
         dev.stop_vring(1).unwrap();
-        dev.stop_vring(1).unwrap();
-        dev.queue_event(2, &vring).unwrap();
+        dev.vring_kick_changed(2, &vring, true).unwrap();
         dev.reset();
-        assert!(dev.queue_event(4, &vring).is_err());
+        // Started and stopped before a memory table: never attached.
+        *lock(&dev.mem) = None;
+        dev.vring_kick_changed(3, &vring, true).unwrap();
+        dev.vring_kick_changed(3, &vring, false).unwrap();
+        dev.set_memory(memory());
+        assert!(dev.vring_kick_changed(4, &vring, true).is_err());
         assert_eq!(
             *lock(&dev.sink.calls),
             [
-                "attach 1 mrg=true",
-                "wake 1",
-                "wake 1",
+                "attach 1 mrg=true kick=true",
+                "kick 1 true",
                 "detach 1",
-                "attach 2 mrg=true",
-                "wake 2",
+                "attach 2 mrg=true kick=true",
                 "detach 2"
             ]
         );
         assert_eq!(dev.negotiated(), Negotiated::default());
+    }
+
+    /// A kick eventfd as a frontend sends it.
+    fn eventfd_file() -> std::fs::File {
+        let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        // SAFETY: the fd is released by `fd` and owned by the file alone.
+        unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(fd),
+            )
+        }
+    }
+
+    #[test]
+    fn the_engine_gets_a_duplicate_that_outlives_the_vrings_kick_fd() {
+        let vring = VringRwLock::new(memory(), 256).unwrap();
+        assert!(own_kick(&vring).unwrap().is_none());
+        vring.set_kick(Some(eventfd_file()));
+        let own = own_kick(&vring).unwrap().unwrap();
+        let theirs = vring.get_ref().get_kick().as_ref().unwrap().as_raw_fd();
+        assert_ne!(own.as_raw_fd(), theirs);
+        // SAFETY: F_GETFL on an open fd.
+        let flags = unsafe { libc::fcntl(own.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "draining must not block");
+        // The frontend replaces the kick fd: ours still works.
+        vring.set_kick(None);
+        assert!(own.consume().is_err(), "nothing pending, and no blocking");
     }
 
     #[test]

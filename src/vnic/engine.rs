@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::EventConsumer;
 
 use super::any_ring::GuestRing;
 use super::chain::{Segment, MAX_SEGMENTS};
@@ -71,6 +72,11 @@ pub struct AttachedQueue {
     /// polls since then found it unchanged without taking the vring lock.
     seen_avail: Option<u16>,
     quick_polls: u32,
+    /// The engine's own duplicate of the guest's kick eventfd (non-blocking):
+    /// a kick wakes the engine's thread directly. Owned here so the number
+    /// stays valid while the engine may sleep on it, whatever the frontend
+    /// does with its copy.
+    kick: Option<EventConsumer>,
 }
 
 impl AttachedQueue {
@@ -86,6 +92,21 @@ impl AttachedQueue {
             broken: false,
             seen_avail: None,
             quick_polls: 0,
+            kick: None,
+        }
+    }
+
+    /// The queue with the guest's kick eventfd (see [`VnicEngine::set_kick`]).
+    pub fn with_kick(mut self, kick: Option<EventConsumer>) -> Self {
+        self.kick = kick;
+        self
+    }
+
+    /// Consumes a pending kick so the eventfd reads idle again; the ring
+    /// itself says whether there is work.
+    fn drain_kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.consume();
         }
     }
 
@@ -129,6 +150,7 @@ impl AttachedQueue {
             broken,
             seen_avail,
             quick_polls,
+            kick: _,
         } = self;
         *seen_avail = None;
         *quick_polls = 0;
@@ -311,6 +333,9 @@ pub struct VnicEngine {
     published: QueueCounters,
     /// Wakes a sleeping engine when its egress bucket has refilled.
     timer: WakeTimer,
+    /// Bumped whenever a kick eventfd is attached, replaced or dropped
+    /// (see [`Engine::wake_epoch`]).
+    wake_epoch: u64,
 }
 
 impl VnicEngine {
@@ -331,6 +356,7 @@ impl VnicEngine {
             shared: shared.clone(),
             published: QueueCounters::default(),
             timer: WakeTimer::new()?,
+            wake_epoch: 0,
         };
         let mut engine = engine;
         engine.set_limits(&cfg.tx_limit, &cfg.rx_limit);
@@ -348,6 +374,7 @@ impl VnicEngine {
             Side::Rx => self.rx = Some(queue),
             Side::Tx => self.tx = Some(queue),
         }
+        self.wake_epoch += 1;
     }
 
     /// Lets go of a vring; its state stays in the vring for GET_VRING_BASE.
@@ -355,6 +382,20 @@ impl VnicEngine {
         match side {
             Side::Rx => self.rx = None,
             Side::Tx => self.tx = None,
+        }
+        self.wake_epoch += 1;
+    }
+
+    /// The frontend gave an attached vring a new kick eventfd: sleep on
+    /// that one from now on (the old duplicate is closed here).
+    pub fn set_kick(&mut self, side: Side, kick: Option<EventConsumer>) {
+        let q = match side {
+            Side::Rx => self.rx.as_mut(),
+            Side::Tx => self.tx.as_mut(),
+        };
+        if let Some(q) = q {
+            q.kick = kick;
+            self.wake_epoch += 1;
         }
     }
 
@@ -469,13 +510,20 @@ impl Engine for VnicEngine {
     }
 
     fn wake_fds(&self) -> Vec<RawFd> {
-        // Guest kicks reach the engine through the mailbox doorbell: the
-        // vhost-user thread owns the kick eventfds and rings it.
-        vec![
+        // Guest kicks wake this thread directly: the vhost-user side hands
+        // the engine its own duplicate of each kick eventfd.
+        let mut fds = vec![
             self.mailbox.doorbell().as_raw_fd(),
             self.dp.from_switch.doorbell().as_raw_fd(),
             self.timer.as_raw_fd(),
-        ]
+        ];
+        let kicks = self.rx.iter().chain(self.tx.iter());
+        fds.extend(kicks.filter_map(|q| q.kick.as_ref().map(AsRawFd::as_raw_fd)));
+        fds
+    }
+
+    fn wake_epoch(&self) -> u64 {
+        self.wake_epoch
     }
 
     fn arm(&mut self) -> bool {
@@ -506,6 +554,7 @@ impl Engine for VnicEngine {
         self.dp.from_switch.doorbell().disarm();
         for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
             q.set_kicks(event_idx, false);
+            q.drain_kick();
         }
     }
 

@@ -142,6 +142,31 @@ pub trait VhostUserBackend: Send + Sync {
         None
     }
 
+    /// snapnet patch: whether the backend watches its vrings' kick eventfds
+    /// itself (on threads of its own) instead of having a worker thread of
+    /// this crate do it. When `true`, no kick fd is ever added to a worker's
+    /// epoll and `handle_event` is never called for a vring; the backend
+    /// learns of its kick fds through `vring_kick_changed`.
+    fn owns_kicks(&self) -> bool {
+        false
+    }
+
+    /// snapnet patch: for a backend that `owns_kicks`: vring `queue_index`
+    /// has started (it is ready and enabled and has a kick fd), or was given
+    /// a new kick fd while started (`started` is `true`; the fd is
+    /// `vring.get_ref().get_kick()`), or has stopped (`started` is `false`).
+    /// It may be called again with an unchanged state. The vring closes its
+    /// kick fd when the frontend replaces it, so a backend that polls the
+    /// fd after returning must keep its own duplicate.
+    fn vring_kick_changed(
+        &self,
+        _queue_index: u16,
+        _vring: &Self::Vring,
+        _started: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Stop processing requests from the specified vring.
     ///
     /// This is called for `GET_VRING_BASE` after the vring is marked not ready and
@@ -307,6 +332,31 @@ pub trait VhostUserBackendMut: Send + Sync {
         None
     }
 
+    /// snapnet patch: whether the backend watches its vrings' kick eventfds
+    /// itself (on threads of its own) instead of having a worker thread of
+    /// this crate do it. When `true`, no kick fd is ever added to a worker's
+    /// epoll and `handle_event` is never called for a vring; the backend
+    /// learns of its kick fds through `vring_kick_changed`.
+    fn owns_kicks(&self) -> bool {
+        false
+    }
+
+    /// snapnet patch: for a backend that `owns_kicks`: vring `queue_index`
+    /// has started (it is ready and enabled and has a kick fd), or was given
+    /// a new kick fd while started (`started` is `true`; the fd is
+    /// `vring.get_ref().get_kick()`), or has stopped (`started` is `false`).
+    /// It may be called again with an unchanged state. The vring closes its
+    /// kick fd when the frontend replaces it, so a backend that polls the
+    /// fd after returning must keep its own duplicate.
+    fn vring_kick_changed(
+        &mut self,
+        _queue_index: u16,
+        _vring: &Self::Vring,
+        _started: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Stop processing requests from the specified vring.
     ///
     /// This is called for `GET_VRING_BASE` after the vring is marked not ready and
@@ -434,6 +484,20 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
         self.deref().exit_event(thread_index)
     }
 
+    // snapnet patch: forwarded like the other methods.
+    fn owns_kicks(&self) -> bool {
+        self.deref().owns_kicks()
+    }
+
+    fn vring_kick_changed(
+        &self,
+        queue_index: u16,
+        vring: &Self::Vring,
+        started: bool,
+    ) -> Result<()> {
+        self.deref().vring_kick_changed(queue_index, vring, started)
+    }
+
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.deref().stop_vring(queue_index)
     }
@@ -533,6 +597,20 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         self.lock().unwrap().exit_event(thread_index)
+    }
+
+    // snapnet patch: forwarded like the other methods.
+    fn owns_kicks(&self) -> bool {
+        self.lock().unwrap().owns_kicks()
+    }
+
+    fn vring_kick_changed(
+        &self,
+        queue_index: u16,
+        vring: &Self::Vring,
+        started: bool,
+    ) -> Result<()> {
+        self.lock().unwrap().vring_kick_changed(queue_index, vring, started)
     }
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
@@ -639,6 +717,20 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
         self.read().unwrap().exit_event(thread_index)
     }
 
+    // snapnet patch: forwarded like the other methods.
+    fn owns_kicks(&self) -> bool {
+        self.read().unwrap().owns_kicks()
+    }
+
+    fn vring_kick_changed(
+        &self,
+        queue_index: u16,
+        vring: &Self::Vring,
+        started: bool,
+    ) -> Result<()> {
+        self.write().unwrap().vring_kick_changed(queue_index, vring, started)
+    }
+
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.write().unwrap().stop_vring(queue_index)
     }
@@ -690,6 +782,9 @@ pub mod tests {
         acked_features: u64,
         exit_event_fds: Vec<(EventConsumer, EventNotifier)>,
         stop_calls: usize,
+        // snapnet patch: a mock that owns its kick fds records what it is told.
+        pub owns_kicks: bool,
+        pub kick_changes: Vec<(u16, Option<std::os::fd::RawFd>, bool)>,
     }
 
     impl MockVhostBackend {
@@ -700,6 +795,8 @@ pub mod tests {
                 acked_features: 0,
                 exit_event_fds: vec![],
                 stop_calls: 0,
+                owns_kicks: false,
+                kick_changes: Vec::new(),
             };
 
             // Create a event_fd for each thread. We make it NONBLOCKing in
@@ -746,6 +843,22 @@ pub mod tests {
 
         fn protocol_features(&self) -> VhostUserProtocolFeatures {
             VhostUserProtocolFeatures::all()
+        }
+
+        fn owns_kicks(&self) -> bool {
+            self.owns_kicks
+        }
+
+        fn vring_kick_changed(
+            &mut self,
+            queue_index: u16,
+            vring: &VringRwLock,
+            started: bool,
+        ) -> Result<()> {
+            use std::os::fd::AsRawFd;
+            let fd = vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd());
+            self.kick_changes.push((queue_index, fd, started));
+            Ok(())
         }
 
         fn reset_device(&mut self) {

@@ -276,6 +276,18 @@ where
     /// Ensures that notifications are handled only while the vring is both started and enabled
     /// and that no notifications are lost.
     fn update_vring_registration(&self, vring: &T::Vring, index: u8) -> VhostUserResult<()> {
+        // snapnet patch: a backend that watches its kick fds itself is told
+        // instead, after the state lock is released (it may take it again).
+        if self.backend.owns_kicks() {
+            let started = {
+                let state = vring.get_ref();
+                state.get_queue().ready() && state.is_enabled() && state.get_kick().is_some()
+            };
+            return self
+                .backend
+                .vring_kick_changed(u16::from(index), vring, started)
+                .map_err(VhostUserError::ReqHandlerError);
+        }
         let vring_state = vring.get_ref();
         if let Some(fd) = vring_state.get_kick() {
             for (thread_index, queues_mask) in self.queues_per_thread.iter().enumerate() {
@@ -593,6 +605,10 @@ where
 
         if self.vring_needs_init(vring) {
             self.initialize_vring(vring, index)?;
+        } else if self.backend.owns_kicks() {
+            // snapnet patch: a started vring got a new kick fd (the old one
+            // is closed by now); the backend must follow it.
+            self.update_vring_registration(vring, index)?;
         }
 
         Ok(())
@@ -1117,6 +1133,52 @@ mod tests {
         assert!(
             events >= 1,
             "Backend SHOULD have been kicked after enabling"
+        );
+    }
+
+    // snapnet patch: a backend that owns its kick fds is told when a vring
+    // starts, gets a new kick fd and stops, and no worker reads its kicks.
+    #[test]
+    fn test_owned_kicks_follow_the_vring() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x100000), 0x10000)]).unwrap(),
+        );
+        let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
+        backend.lock().unwrap().owns_kicks = true;
+        let mut handler = VhostUserHandler::new(backend.clone(), mem).unwrap();
+        handler
+            .set_features(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+            .unwrap();
+        let vring = handler.vrings[0].clone();
+        vring.set_queue_size(8);
+        vring.set_queue_info(0x100000, 0x101000, 0x102000).unwrap();
+        let kick = || {
+            let (consumer, notifier) =
+                new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+            // Safety: the consumer owns a valid fd, handed over whole.
+            let file = unsafe { File::from_raw_fd(consumer.into_raw_fd()) };
+            (file, notifier)
+        };
+        let (first, first_notifier) = kick();
+        let first_fd = first.as_raw_fd();
+        handler.set_vring_enable(0, true).unwrap();
+        handler.set_vring_kick(0, Some(first)).unwrap();
+        let (second, _second_notifier) = kick();
+        let second_fd = second.as_raw_fd();
+        handler.set_vring_kick(0, Some(second)).unwrap();
+        first_notifier.notify().unwrap();
+        handler.get_vring_base(0).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let b = backend.lock().unwrap();
+        assert_eq!(b.events(), 0, "a worker handled an owned kick");
+        assert_eq!(
+            b.kick_changes,
+            [
+                (0, None, false),
+                (0, Some(first_fd), true),
+                (0, Some(second_fd), true),
+                (0, Some(second_fd), false),
+            ]
         );
     }
 
