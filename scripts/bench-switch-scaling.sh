@@ -15,16 +15,20 @@
 # (schedstat), to spot a thread that did not get its quota.
 #
 # Usage: scripts/bench-switch-scaling.sh [rounds] [seconds]   (as root)
-#   env: SIZE=64  CAP=25  PERIOD_US=10000  MODES="1t 2t 2t1s"  QSIZE=1024
+#   env: SIZE=64  CAP=25  PERIOD_US=4000  MODES="1t 2t 2t1s"  QSIZE=1024  BCPU=1  FCPU=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 SECS=${2:-3}
 SIZE=${SIZE:-64}
 CAP=${CAP:-25}
-PERIOD_US=${PERIOD_US:-10000}
+PERIOD_US=${PERIOD_US:-4000}
 MODES=${MODES:-"1t 2t 2t1s"}
 QSIZE=${QSIZE:-1024}
+# Backend workers on BCPU (each capped, so two fit), both frontends on FCPU:
+# a frontend then runs while the backend thread serving it runs.
+BCPU=${BCPU:-1}
+FCPU=${FCPU:-0}
 [ -x target/release/snapnet ] && [ -x target/release/snapnet-bench ] ||
     cargo build --release --bin snapnet --bin snapnet-bench
 SN=$PWD/target/release/snapnet
@@ -61,7 +65,7 @@ config() {
 {"runtime_dir":"$WORK","switch_shards":$shards,
  "vnics":[{"name":"vnic0","mac":"52:54:00:5a:00:01"$s0},{"name":"vnic1","mac":"52:54:00:5a:00:02"$s0},
           {"name":"vnic2","mac":"52:54:00:5a:00:03"$s1},{"name":"vnic3","mac":"52:54:00:5a:00:04"$s1}],
- "groups":[{"name":"default","policy":"dedicated","threads":$threads}]}
+ "groups":[{"name":"default","policy":"dedicated","threads":$threads,"cpus":[$BCPU]}]}
 JSON
 }
 
@@ -94,10 +98,10 @@ one_run() {
     local before=() t0
     for tid in "${tids[@]}"; do before+=("$(run_time_ns "$tid")"); done
     t0=$(date +%s%N)
-    "$BENCH" pair --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --size "$SIZE" --seconds "$SECS" \
+    taskset -c "$FCPU" "$BENCH" pair --tx "$WORK/vnic0.sock" --rx "$WORK/vnic1.sock" --size "$SIZE" --seconds "$SECS" \
         --queue-size "$QSIZE" >"$WORK/p0.out" 2>"$WORK/p0.err" &
     local b0=$!
-    "$BENCH" pair --tx "$WORK/vnic2.sock" --rx "$WORK/vnic3.sock" --size "$SIZE" --seconds "$SECS" \
+    taskset -c "$FCPU" "$BENCH" pair --tx "$WORK/vnic2.sock" --rx "$WORK/vnic3.sock" --size "$SIZE" --seconds "$SECS" \
         --queue-size "$QSIZE" >"$WORK/p1.out" 2>"$WORK/p1.err" &
     local b1=$!
     wait "$b0" "$b1" || true
@@ -111,6 +115,7 @@ one_run() {
     kill -INT "$SNPID" 2>/dev/null || true
     wait "$SNPID" 2>/dev/null || true
     SNPID=""
+    [ -n "${DEBUG:-}" ] && grep -h '^result' "$WORK/p0.out" "$WORK/p1.out" >&2
     local r0 r1
     r0=$(sed -n 's/^result.* rx_mpps=\([0-9.]*\).*/\1/p' "$WORK/p0.out")
     r1=$(sed -n 's/^result.* rx_mpps=\([0-9.]*\).*/\1/p' "$WORK/p1.out")
