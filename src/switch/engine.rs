@@ -239,7 +239,7 @@ impl SwitchEngine {
                     to: port as u16,
                     queue: queue as u16,
                 };
-                self.to_shard(input, shard, frame, tag);
+                self.send_to_shard(input, shard, frame, tag);
             }
             To::Flood => self.flood(input, frame, true),
         }
@@ -247,7 +247,7 @@ impl SwitchEngine {
 
     /// Hands a frame from local port `input` to another shard.
     #[inline]
-    fn to_shard(&mut self, input: usize, shard: usize, frame: FrameHandle, tag: PeerTag) {
+    fn send_to_shard(&mut self, input: usize, shard: usize, frame: FrameHandle, tag: PeerTag) {
         let pushed = match self.peers_out.get_mut(shard).and_then(Option::as_mut) {
             Some(link) => link.push(frame, tag),
             None => Err(frame),
@@ -493,7 +493,7 @@ impl SwitchEngine {
                     to: PeerTag::FLOOD,
                     queue: 0,
                 };
-                self.to_shard(input, s, frame, tag);
+                self.send_to_shard(input, s, frame, tag);
             }
         }
     }
