@@ -67,6 +67,10 @@ pub struct Config {
     /// Group that runs the switch engine (default: the first group).
     #[serde(default)]
     pub switch_group: Option<String>,
+    /// Switch shards: engines that switch in parallel, each serving the
+    /// ports homed on it (1: one switch engine, as before).
+    #[serde(default = "default_switch_shards")]
+    pub switch_shards: u16,
     /// The JSON-RPC control socket (default: `<runtime_dir>/control.sock`).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
@@ -112,9 +116,16 @@ pub struct VnicConfig {
     /// round robin), 1..=1000.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The switch shard that serves this vNIC (default: the one with the
+    /// fewest ports). Its engines run on that shard's thread.
+    #[serde(default)]
+    pub shard: Option<u16>,
 }
 
 fn default_weight() -> u32 {
+    1
+}
+fn default_switch_shards() -> u16 {
     1
 }
 
@@ -161,6 +172,10 @@ pub struct UplinkConfig {
     /// `network` untagged).
     #[serde(default)]
     pub overlay: Option<crate::uplink::overlay::OverlayConfig>,
+    /// The switch shard that serves this uplink (default: the one with the
+    /// fewest ports).
+    #[serde(default)]
+    pub shard: Option<u16>,
 }
 
 fn default_uplink_queues() -> Vec<u32> {
@@ -328,6 +343,20 @@ impl Config {
             _ => Ok(()),
         };
         known_group(&self.switch_group, "switch_group".into())?;
+        let shards = self.switch_shards;
+        if shards == 0 || usize::from(shards) > crate::switch::MAX_SHARDS {
+            return Err(invalid(
+                "switch_shards",
+                format!("{shards} is not in 1..={}", crate::switch::MAX_SHARDS),
+            ));
+        }
+        let known_shard = |shard: Option<u16>, at: String| match shard {
+            Some(s) if s >= shards => Err(invalid(
+                at,
+                format!("shard {s} does not exist (switch_shards is {shards})"),
+            )),
+            _ => Ok(()),
+        };
         let (mut names, mut macs, mut sockets) = (HashSet::new(), HashSet::new(), HashSet::new());
         for (i, v) in self.vnics.iter().enumerate() {
             let at = |k: &str| format!("vnics[{i}].{k}");
@@ -383,6 +412,7 @@ impl Config {
             }
             check_limit(&v.tx_limit, &at("tx_limit"))?;
             check_limit(&v.rx_limit, &at("rx_limit"))?;
+            known_shard(v.shard, at("shard"))?;
         }
         let mut interfaces = HashSet::new();
         for (i, u) in self.uplinks.iter().enumerate() {
@@ -424,6 +454,7 @@ impl Config {
             }
             known_group(&u.group, at("group"))?;
             check_limit(&u.tx_limit, &at("tx_limit"))?;
+            known_shard(u.shard, at("shard"))?;
             if let Some(o) = &u.overlay {
                 crate::uplink::overlay::OverlayTable::new(o, MacAddr([2, 0, 0, 0, 0, 1]))
                     .map_err(|m| invalid(at("overlay"), m))?;
@@ -515,6 +546,12 @@ mod tests {
         assert!(e.contains("vnics[0].group") && e.contains("fast"), "{e}");
         let e = err(r#"{"groups":[{"name":"g","policy":"dedicated","threads":0}]}"#);
         assert!(e.contains("groups[0].threads"), "{e}");
+        let e = err(
+            r#"{"switch_shards":2,"vnics":[{"name":"a","mac":"02:00:00:00:00:01","shard":2}]}"#,
+        );
+        assert!(e.contains("vnics[0].shard"), "{e}");
+        let e = err(r#"{"switch_shards":0}"#);
+        assert!(e.contains("switch_shards"), "{e}");
         let e = err(r#"{"bogus":1}"#);
         assert!(e.contains("bogus"), "{e}");
         let e = err(r#"{"vnics":[{"name":"a","mac":"01:00:00:00:00:01"}]}"#);

@@ -13,7 +13,7 @@ use crate::packet::{link, FramePool, PoolConfig, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
-use crate::switch::{PortCounters, PortId, PortNetwork, SwitchEngine, SwitchHandle, SwitchPort};
+use crate::switch::{PortCounters, PortId, PortNetwork, SwitchHandle, SwitchPort};
 use crate::uplink::engine::UplinkQueueConfig;
 use crate::uplink::group_tap::GroupTap;
 use crate::uplink::overlay::OverlayTable;
@@ -152,7 +152,8 @@ pub struct Daemon {
     groups: Vec<RunningGroup>,
     switch: SwitchHandle,
     switch_group: String,
-    switch_engine: EngineId,
+    /// One per switch shard, by shard index.
+    switch_engines: Vec<EngineId>,
     vnics: Vec<RunningVnic>,
     uplinks: Vec<RunningUplink>,
 }
@@ -161,7 +162,8 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
         let pool = FramePool::new(&PoolConfig::default())?;
-        let (switch_engine, switch) = SwitchEngine::new(&pool).map_err(io("switch mailbox"))?;
+        let (shards, switch) = crate::switch::shards(&pool, usize::from(cfg.switch_shards))
+            .map_err(io("switch shards"))?;
         let mut daemon = Daemon {
             pool,
             config: Config {
@@ -171,7 +173,7 @@ impl Daemon {
             groups: Vec::new(),
             switch,
             switch_group: String::new(),
-            switch_engine: EngineId(0),
+            switch_engines: Vec::new(),
             vnics: Vec::new(),
             uplinks: Vec::new(),
         };
@@ -184,7 +186,11 @@ impl Daemon {
             .switch_group
             .clone()
             .unwrap_or_else(|| cfg.groups[0].name.clone());
-        daemon.switch_engine = daemon.group(&switch_group)?.add(Box::new(switch_engine))?;
+        // Least-loaded placement spreads the shards over the group's threads.
+        for shard in shards {
+            let id = daemon.group(&switch_group)?.add(Box::new(shard))?;
+            daemon.switch_engines.push(id);
+        }
         daemon.switch_group = switch_group;
         for v in &cfg.vnics {
             if let Err(e) = daemon.add_vnic(v.clone()) {
@@ -221,6 +227,22 @@ impl Daemon {
             .iter()
             .position(|u| u.config.name == name)
             .ok_or_else(|| DaemonError::NotFound(format!("uplink '{name}'")))
+    }
+
+    /// The switch shard a new port goes to: the one asked for, else the
+    /// one with the fewest ports.
+    fn shard_for(&self, asked: Option<u16>) -> usize {
+        asked.map_or_else(|| self.switch.least_loaded_shard(), usize::from)
+    }
+
+    /// The engine a port's engines are placed beside: its switch shard, when
+    /// the switch is sharded and they run in the same group (then a frame
+    /// between a vNIC and its shard never changes cores). With one shard,
+    /// engines are spread over the threads as before.
+    fn near_shard(&self, group: &str, shard: usize) -> Option<EngineId> {
+        (self.switch_engines.len() > 1 && group == self.switch_group)
+            .then(|| self.switch_engines.get(shard).copied())
+            .flatten()
     }
 
     /// The configuration as it stands now.
@@ -329,13 +351,15 @@ impl Daemon {
             EngineSink::new(senders),
         ));
         // The socket last: a frontend may connect as soon as it exists.
-        let (port, port_counters) = self.switch.add_port(
+        let shard = self.shard_for(v.shard);
+        let (port, port_counters) = self.switch.add_port_on(
+            shard,
             SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs)
                 .with_weight(v.weight),
             vec![v.mac],
         )?;
         let group = self.group(&group_name)?;
-        let engine_ids = match place_engines(group, engines) {
+        let engine_ids = match place_engines(group, engines, self.near_shard(&group_name, shard)) {
             Ok(ids) => ids,
             Err(err) => {
                 let _ = self.switch.remove_port(port);
@@ -527,7 +551,9 @@ impl Daemon {
             });
             engines.push(Box::new(engine));
         }
-        let (port, port_counters) = self.switch.add_port(
+        let shard = self.shard_for(u.shard);
+        let (port, port_counters) = self.switch.add_port_on(
+            shard,
             SwitchPort::new(
                 &u.name,
                 if u.overlay.is_some() {
@@ -542,7 +568,7 @@ impl Daemon {
         )?;
         let group_name = next.uplink_group_of(&u).to_string();
         let group = self.group(&group_name)?;
-        let engine_ids = match place_engines(group, engines) {
+        let engine_ids = match place_engines(group, engines, self.near_shard(&group_name, shard)) {
             Ok(ids) => ids,
             Err(err) => {
                 let _ = self.switch.remove_port(port);
@@ -872,8 +898,11 @@ impl Daemon {
         for u in std::mem::take(&mut self.uplinks) {
             self.teardown_uplink(u);
         }
+        let shards = std::mem::take(&mut self.switch_engines);
         if let Ok(group) = self.group(&self.switch_group) {
-            let _ = group.remove(self.switch_engine);
+            for id in shards {
+                let _ = group.remove(id);
+            }
         }
         for g in self.groups.drain(..) {
             g.group.stop();
@@ -889,15 +918,21 @@ fn interface_mac(name: &str) -> std::io::Result<MacAddr> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
 }
 
-/// Adds every engine to `group`, or none: on failure the ones already
-/// placed are taken out again (and dropped, which frees what they hold).
+/// Adds every engine to `group` (on the thread of engine `near`, when
+/// given), or none: on failure the ones already placed are taken out again
+/// (and dropped, which frees what they hold).
 fn place_engines<E: crate::engine::Engine + 'static>(
     group: &EngineGroup,
     engines: Vec<Box<E>>,
+    near: Option<EngineId>,
 ) -> Result<Vec<EngineId>, DaemonError> {
     let mut ids = Vec::with_capacity(engines.len());
     for e in engines {
-        match group.add(e) {
+        let placed = match near {
+            Some(near) => group.add_near(e, near),
+            None => group.add(e),
+        };
+        match placed {
             Ok(id) => ids.push(id),
             Err(err) => {
                 for id in ids {

@@ -261,6 +261,28 @@ impl EngineGroup {
         Ok(id)
     }
 
+    /// Places an engine on the thread that runs engine `near`, so that what
+    /// they hand each other stays on one core (a vNIC beside its switch
+    /// shard). As [`Self::add`] under spreading, or when `near` is not here.
+    pub fn add_near(
+        &self,
+        engine: Box<dyn Engine>,
+        near: EngineId,
+    ) -> Result<EngineId, GroupError> {
+        let worker = match self.policy {
+            Policy::Spreading => None,
+            _ => self.worker_of(near),
+        };
+        let Some(worker) = worker else {
+            return self.add(engine);
+        };
+        let id = EngineId::fresh();
+        let stats = Arc::new(EngineStats::default());
+        lock(&self.stats).push((id, engine.name().to_string(), stats.clone()));
+        place(&worker, Placed { id, engine, stats });
+        Ok(id)
+    }
+
     fn least_loaded(&self) -> Result<Arc<Worker>, GroupError> {
         lock(&self.workers)
             .iter()

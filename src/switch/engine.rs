@@ -1,26 +1,55 @@
 //! The switch engine: moves frame handles from every port's input links to
 //! the output links that the forwarding database (or flooding) picks.
+//!
+//! The switch may run as several shards (see `shards.rs`), each an engine of
+//! its own serving the ports homed on it. Port ids are switch-wide; a frame
+//! for a port of another shard crosses a peer link, routed already.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::fdb::{Fdb, DEFAULT_CAPACITY};
+use super::peer::{PeerRx, PeerTag, PeerTx};
 use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort};
-use crate::engine::{Engine, Mailbox, MailboxError, MailboxSender};
+use crate::engine::{Engine, Mailbox};
 use crate::packet::wire::flow::Parsed;
 use crate::packet::wire::{EthernetFrame, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx};
 
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Bytes a port of weight 1 may forward per deficit-round-robin round.
 const QUANTUM: i64 = 16 * 1024;
 
+/// A port homed on another shard, as this shard needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemotePort {
+    pub shard: usize,
+    pub network: PortNetwork,
+    /// Its output queues: the shard that routes a frame picks the queue, so
+    /// the frame is parsed (if at all) once.
+    pub queues: usize,
+}
+
+/// A place a flooded frame goes.
+#[derive(Clone, Copy)]
+enum Target {
+    Port(usize),
+    Shard(usize),
+}
+
 pub struct SwitchEngine {
-    mailbox: Mailbox<SwitchEngine>,
-    ports: Vec<Option<SwitchPort>>,
-    fdb: Fdb,
+    name: String,
+    pub(super) mailbox: Mailbox<SwitchEngine>,
+    /// This shard's ports, by switch-wide id (`None`: free or elsewhere).
+    pub(super) ports: Vec<Option<SwitchPort>>,
+    /// Other shards' ports, by switch-wide id.
+    pub(super) remote: Vec<Option<RemotePort>>,
+    /// To each other shard, by shard index (`None` at this shard's own).
+    pub(super) peers_out: Vec<Option<PeerTx>>,
+    /// From each other shard.
+    pub(super) peers_in: Vec<PeerRx>,
+    /// Where the flood being sent goes; kept to flood without allocating.
+    targets: Vec<Target>,
+    pub(super) fdb: Fdb,
     /// The last learn and the last lookup: a burst of one flow repeats the
     /// same addresses, and two hash probes per frame are the switch's main
     /// cost. Valid while the FDB generation is unchanged.
@@ -30,54 +59,107 @@ pub struct SwitchEngine {
     cache: FrameCache,
 }
 
-/// The control plane's handle on a running switch (through its mailbox).
-#[derive(Clone)]
-pub struct SwitchHandle {
-    mailbox: MailboxSender<SwitchEngine>,
-}
-
 impl SwitchEngine {
-    pub fn new(pool: &Arc<FramePool>) -> std::io::Result<(Self, SwitchHandle)> {
+    /// One switch (a single shard) and the control plane's handle on it.
+    pub fn new(pool: &Arc<FramePool>) -> std::io::Result<(Self, super::SwitchHandle)> {
+        let (mut shards, handle) = super::shards::shards(pool, 1)?;
+        let engine = shards.pop().expect("one shard was made");
+        Ok((engine, handle))
+    }
+
+    /// Shard `shard` of `count`, not yet linked to the others.
+    pub(super) fn shard(
+        pool: &Arc<FramePool>,
+        shard: usize,
+        count: usize,
+    ) -> std::io::Result<(Self, crate::engine::MailboxSender<SwitchEngine>)> {
         let (mailbox, sender) = Mailbox::new()?;
+        let name = if count == 1 {
+            "switch".to_string()
+        } else {
+            format!("switch/s{shard}")
+        };
         Ok((
             Self {
+                name,
                 mailbox,
                 ports: Vec::new(),
+                remote: Vec::new(),
+                peers_out: (0..count).map(|_| None).collect(),
+                peers_in: Vec::new(),
+                targets: Vec::new(),
                 fdb: Fdb::new(DEFAULT_CAPACITY),
                 last_learn: None,
                 last_lookup: None,
                 pool: pool.clone(),
                 cache: pool.cache(),
             },
-            SwitchHandle { mailbox: sender },
+            sender,
         ))
     }
 
-    /// Adds a port; `static_macs` are pinned to it in the FDB (in the port's
-    /// network; a port of any network takes none).
+    /// Adds a port under the first free id; `static_macs` are pinned to it
+    /// in the FDB (in the port's network; a port of any network takes none).
     pub fn add_port(
         &mut self,
         port: SwitchPort,
         static_macs: &[MacAddr],
     ) -> (PortId, Arc<SharedPortCounters>) {
-        let shared = port.shared.clone();
-        let slot = match self.ports.iter().position(Option::is_none) {
-            Some(i) => {
-                self.ports[i] = Some(port);
-                i
-            }
-            None => {
-                self.ports.push(Some(port));
-                self.ports.len() - 1
-            }
-        };
+        let free =
+            |i: &usize| self.ports[*i].is_none() && self.remote.get(*i).is_none_or(Option::is_none);
+        let slot = (0..self.ports.len()).find(free).unwrap_or(self.ports.len());
         let id = PortId(slot as u16);
-        if let Some(PortNetwork::Only(network)) = self.ports[slot].as_ref().map(|p| p.network) {
+        (id, self.attach(id, port, static_macs))
+    }
+
+    /// Adds a port under switch-wide id `id` (which the control plane chose).
+    pub(super) fn attach(
+        &mut self,
+        id: PortId,
+        port: SwitchPort,
+        static_macs: &[MacAddr],
+    ) -> Arc<SharedPortCounters> {
+        let slot = usize::from(id.0);
+        self.make_room(slot);
+        let shared = port.shared.clone();
+        let network = port.network;
+        self.ports[slot] = Some(port);
+        self.remote[slot] = None;
+        self.pin(id, network, static_macs);
+        shared
+    }
+
+    /// Learns of port `id` homed on another shard.
+    pub(super) fn attach_remote(&mut self, id: PortId, port: RemotePort, static_macs: &[MacAddr]) {
+        let slot = usize::from(id.0);
+        self.make_room(slot);
+        self.remote[slot] = Some(port);
+        self.pin(id, port.network, static_macs);
+    }
+
+    /// Forgets port `id` of another shard and what was learned behind it.
+    pub(super) fn detach_remote(&mut self, id: PortId) {
+        if let Some(r) = self.remote.get_mut(usize::from(id.0)) {
+            *r = None;
+        }
+        self.fdb.forget_port(id);
+    }
+
+    fn make_room(&mut self, slot: usize) {
+        if self.ports.len() <= slot {
+            self.ports.resize_with(slot + 1, || None);
+        }
+        if self.remote.len() <= slot {
+            self.remote.resize(slot + 1, None);
+        }
+    }
+
+    fn pin(&mut self, id: PortId, network: PortNetwork, static_macs: &[MacAddr]) {
+        if let PortNetwork::Only(network) = network {
             for mac in static_macs {
                 self.fdb.add_static(network, *mac, id);
             }
         }
-        (id, shared)
     }
 
     /// Removes a port; frames waiting in its input links go back to the pool.
@@ -98,6 +180,16 @@ impl SwitchEngine {
         &self.fdb
     }
 
+    /// Learns `src` behind port `port` (of this shard or another).
+    #[inline]
+    fn learn(&mut self, network: u32, src: MacAddr, port: usize) {
+        let generation = self.fdb.generation();
+        if !src.is_group() && self.last_learn != Some((network, src, port, generation)) {
+            self.fdb.learn(network, src, PortId(port as u16));
+            self.last_learn = Some((network, src, port, self.fdb.generation()));
+        }
+    }
+
     /// Forwards `frame` along `route`, which [`route`] chose while the
     /// frame waited at the head of its input (`None`: a runt).
     #[inline]
@@ -116,16 +208,14 @@ impl SwitchEngine {
         let (network, src, dst) = (route.network, route.src, route.dst);
         frame.network = network;
         let generation = self.fdb.generation();
-        if !src.is_group() && self.last_learn != Some((network, src, input, generation)) {
-            self.fdb.learn(network, src, PortId(input as u16));
-            self.last_learn = Some((network, src, input, self.fdb.generation()));
-        }
+        self.learn(network, src, input);
         if self.fdb.generation() != generation && !dst.is_group() {
             // Learning changed the sender's own entry, which is the
             // destination's when a frame is addressed to its sender.
             let packet = self.pool.bytes(&frame);
             route.to = unicast(
                 &self.ports,
+                &self.remote,
                 &self.fdb,
                 &mut self.last_lookup,
                 input,
@@ -143,7 +233,28 @@ impl SwitchEngine {
             To::Port { port, queue } => {
                 output(&mut self.ports, &mut self.cache, port, queue, frame)
             }
-            To::Flood => self.flood(input, frame),
+            To::Shard { shard, port, queue } => {
+                let tag = PeerTag {
+                    origin: input as u16,
+                    to: port as u16,
+                    queue: queue as u16,
+                };
+                self.send_to_shard(input, shard, frame, tag);
+            }
+            To::Flood => self.flood(input, frame, true),
+        }
+    }
+
+    /// Hands a frame from local port `input` to another shard.
+    #[inline]
+    fn send_to_shard(&mut self, input: usize, shard: usize, frame: FrameHandle, tag: PeerTag) {
+        let pushed = match self.peers_out.get_mut(shard).and_then(Option::as_mut) {
+            Some(link) => link.push(frame, tag),
+            None => Err(frame),
+        };
+        if let Err(frame) = pushed {
+            port_mut(&mut self.ports, input).drop_frame(PortDrop::LinkFull);
+            self.cache.free(frame);
         }
     }
 
@@ -164,6 +275,7 @@ impl SwitchEngine {
         };
         let route = route(
             &self.ports,
+            &self.remote,
             &self.fdb,
             &mut self.last_lookup,
             &self.pool,
@@ -171,19 +283,29 @@ impl SwitchEngine {
             head,
         );
         let blocked = match route.map(|r| r.to) {
-            Some(To::Port { port, queue }) => self.ports[port]
+            Some(To::Port { port, queue }) => self.output_full(port, queue),
+            // A shard link fills when the other shard's output does: the
+            // wait reaches back to the sender all the same.
+            Some(To::Shard { shard, .. }) => self.peers_out[shard]
                 .as_ref()
-                .and_then(|o| o.outputs.get(queue))
                 .is_some_and(|l| l.free() == 0),
             _ => false,
         };
         (route, blocked)
     }
 
-    /// One deficit-round-robin pass over the input ports: a port forwards
-    /// while it has credit (`weight * QUANTUM` bytes per round). Returns the
-    /// frames forwarded, and whether frames wait while no waiting port has
-    /// credit left (the round is over).
+    #[inline]
+    fn output_full(&self, port: usize, queue: usize) -> bool {
+        self.ports[port]
+            .as_ref()
+            .and_then(|o| o.outputs.get(queue))
+            .is_some_and(|l| l.free() == 0)
+    }
+
+    /// One deficit-round-robin pass over the input ports and the links
+    /// from other shards: each forwards while it has credit (`weight *
+    /// QUANTUM` bytes per round). Returns the frames forwarded, and whether
+    /// frames wait while no waiting input has credit left (the round is over).
     fn serve_inputs(&mut self, budget: usize) -> (usize, bool) {
         let mut work = 0;
         let mut backlogged = false;
@@ -228,35 +350,123 @@ impl SwitchEngine {
                 }
             }
         }
+        for k in 0..self.peers_in.len() {
+            let (n, waiting, had_credit) = self.serve_peer(k, budget);
+            work += n;
+            backlogged |= waiting;
+            credited |= had_credit;
+        }
         (work, backlogged && !credited)
     }
 
-    fn flood(&mut self, input: usize, mut frame: FrameHandle) {
-        let network = frame.network;
-        let member = |i: usize, p: &Option<SwitchPort>| {
-            i != input && p.as_ref().is_some_and(|p| p.network.carries(network))
-        };
-        let last = self
-            .ports
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(i, p)| member(*i, p))
-            .map(|(i, _)| i);
-        let Some(last) = last else {
-            port_mut(&mut self.ports, input).drop_frame(PortDrop::NoRoute);
+    /// Serves the link from another shard like an input port: returns the
+    /// frames taken, whether frames wait, and whether it had credit.
+    fn serve_peer(&mut self, k: usize, budget: usize) -> (usize, bool, bool) {
+        let (mut n, mut waiting, mut credited) = (0, false, false);
+        while n < budget {
+            let peer = &self.peers_in[k];
+            let Some((len, tag)) = peer.peek().map(|(f, t)| (i64::from(f.len), *t)) else {
+                break;
+            };
+            waiting = true;
+            if peer.deficit < len {
+                break;
+            }
+            credited = true;
+            if tag.to != PeerTag::FLOOD
+                && self.output_full(usize::from(tag.to), usize::from(tag.queue))
+            {
+                // Waits in the link, which fills and holds the sender back.
+                break;
+            }
+            let peer = &mut self.peers_in[k];
+            let Some((frame, tag)) = peer.pop() else {
+                break;
+            };
+            peer.deficit -= len;
+            self.deliver(frame, tag);
+            n += 1;
+        }
+        if !waiting {
+            self.peers_in[k].deficit = 0;
+        }
+        (n, waiting, credited)
+    }
+
+    /// Takes a frame another shard routed here.
+    #[inline]
+    fn deliver(&mut self, frame: FrameHandle, tag: PeerTag) {
+        let origin = usize::from(tag.origin);
+        if self.remote.get(origin).is_some_and(Option::is_some) {
+            // How learned entries reach every shard: from the frames
+            // themselves, as between the switches of a network.
+            if let Some(eth) = EthernetFrame::new_checked(self.pool.bytes(&frame)) {
+                let src = eth.src();
+                self.learn(frame.network, src, origin);
+            }
+        }
+        let to = usize::from(tag.to);
+        if tag.to == PeerTag::FLOOD {
+            self.flood(origin, frame, false);
+        } else if self.ports.get(to).is_some_and(Option::is_some) {
+            output(
+                &mut self.ports,
+                &mut self.cache,
+                to,
+                usize::from(tag.queue),
+                frame,
+            );
+        } else {
+            // Its port was removed while the frame crossed.
             self.cache.free(frame);
+        }
+    }
+
+    /// Sends a copy to every port of the frame's network but `input`; when
+    /// the frame entered on this shard (`from_here`), one copy to each other
+    /// shard that has such ports, which floods it to them.
+    fn flood(&mut self, input: usize, mut frame: FrameHandle, from_here: bool) {
+        let network = frame.network;
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            if i != input && p.as_ref().is_some_and(|p| p.network.carries(network)) {
+                targets.push(Target::Port(i));
+            }
+        }
+        if from_here {
+            let mut shards = 0u64;
+            for r in self.remote.iter().flatten() {
+                if r.network.carries(network) {
+                    shards |= 1 << r.shard;
+                }
+            }
+            while shards != 0 {
+                targets.push(Target::Shard(shards.trailing_zeros() as usize));
+                shards &= shards - 1;
+            }
+        }
+        let Some((&last, rest)) = targets.split_last() else {
+            if from_here {
+                port_mut(&mut self.ports, input).drop_frame(PortDrop::NoRoute);
+            }
+            self.cache.free(frame);
+            self.targets = targets;
             return;
         };
-        for target in 0..last {
-            if !member(target, &self.ports[target]) {
-                continue;
-            }
+        for &target in rest {
             let Some(mut copy) = self.cache.alloc(frame.len as usize) else {
-                port_mut(&mut self.ports, target).drop_frame(PortDrop::PoolEmpty);
+                let charged = match target {
+                    Target::Port(i) => i,
+                    Target::Shard(_) => input,
+                };
+                port_mut(&mut self.ports, charged).drop_frame(PortDrop::PoolEmpty);
                 continue;
             };
-            let queue = self.queue_of(target, &mut frame);
+            if let Target::Port(i) = target {
+                // A multiqueue member parses the frame; the copies carry it.
+                let _ = self.queue_of(i, &mut frame);
+            }
             copy.len = frame.len;
             copy.offload = frame.offload;
             copy.network = frame.network;
@@ -264,10 +474,28 @@ impl SwitchEngine {
             let off = usize::from(copy.offset);
             let src = self.pool.bytes(&frame);
             self.pool.frame_mut(&mut copy)[off..off + src.len()].copy_from_slice(src);
-            output(&mut self.ports, &mut self.cache, target, queue, copy);
+            self.flood_to(input, target, copy);
         }
-        let queue = self.queue_of(last, &mut frame);
-        output(&mut self.ports, &mut self.cache, last, queue, frame);
+        self.flood_to(input, last, frame);
+        self.targets = targets;
+    }
+
+    #[inline]
+    fn flood_to(&mut self, input: usize, target: Target, mut frame: FrameHandle) {
+        match target {
+            Target::Port(i) => {
+                let queue = self.queue_of(i, &mut frame);
+                output(&mut self.ports, &mut self.cache, i, queue, frame);
+            }
+            Target::Shard(s) => {
+                let tag = PeerTag {
+                    origin: input as u16,
+                    to: PeerTag::FLOOD,
+                    queue: 0,
+                };
+                self.send_to_shard(input, s, frame, tag);
+            }
+        }
     }
 
     /// The queue of port `port` that `frame` goes to, parsing the frame (once)
@@ -302,12 +530,19 @@ enum To {
     SamePort,
     /// One queue of one port.
     Port { port: usize, queue: usize },
+    /// One queue of a port of another shard.
+    Shard {
+        shard: usize,
+        port: usize,
+        queue: usize,
+    },
 }
 
 /// The route of `frame`, which arrived on port `input`; `None` for a runt.
 #[inline]
 fn route(
     ports: &[Option<SwitchPort>],
+    remote: &[Option<RemotePort>],
     fdb: &Fdb,
     last: &mut Option<LookupCache>,
     pool: &FramePool,
@@ -325,7 +560,7 @@ fn route(
     let to = if dst.is_group() {
         To::Flood
     } else {
-        unicast(ports, fdb, last, input, network, dst, |queues| {
+        unicast(ports, remote, fdb, last, input, network, dst, |queues| {
             queue_for(queues, &mut parsed, packet)
         })
     };
@@ -338,11 +573,14 @@ fn route(
     })
 }
 
-/// Where a unicast frame to `dst` goes: the FDB's port, and the queue
-/// `queue` picks among its output queues, else everywhere.
+/// Where a unicast frame to `dst` goes: the FDB's port (here or on another
+/// shard), and the queue `queue` picks among its output queues, else
+/// everywhere.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn unicast(
     ports: &[Option<SwitchPort>],
+    remote: &[Option<RemotePort>],
     fdb: &Fdb,
     last: &mut Option<LookupCache>,
     input: usize,
@@ -352,10 +590,15 @@ fn unicast(
 ) -> To {
     match cached_lookup(fdb, last, network, dst).map(|o| usize::from(o.0)) {
         Some(out) if out == input => To::SamePort,
-        Some(out) => match ports.get(out) {
-            Some(Some(port)) => To::Port {
+        Some(out) => match (ports.get(out), remote.get(out)) {
+            (Some(Some(port)), _) => To::Port {
                 port: out,
                 queue: queue(port.outputs.len()),
+            },
+            (_, Some(Some(r))) => To::Shard {
+                shard: r.shard,
+                port: out,
+                queue: queue(r.queues),
             },
             _ => To::Flood,
         },
@@ -436,7 +679,7 @@ fn output(
 
 impl Engine for SwitchEngine {
     fn name(&self) -> &str {
-        "switch"
+        &self.name
     }
 
     fn relays(&self) -> bool {
@@ -448,8 +691,8 @@ impl Engine for SwitchEngine {
         if let Some(job) = self.mailbox.take() {
             job(self);
         }
-        // Deficit round robin: a new round starts only when no port with
-        // frames waiting has credit left. When an output is full, ports keep
+        // Deficit round robin: a new round starts only when no input with
+        // frames waiting has credit left. When an output is full, inputs keep
         // their credit and wait, so a congested output (an uplink) is shared
         // by weight.
         let (mut work, round_over) = self.serve_inputs(budget);
@@ -458,6 +701,9 @@ impl Engine for SwitchEngine {
                 if port.inputs.iter().any(|l| !l.is_empty()) {
                     port.deficit += i64::from(port.weight) * QUANTUM;
                 }
+            }
+            for peer in self.peers_in.iter_mut().filter(|p| !p.is_empty()) {
+                peer.deficit += i64::from(peer.weight) * QUANTUM;
             }
             work += self.serve_inputs(budget).0;
         }
@@ -471,6 +717,9 @@ impl Engine for SwitchEngine {
                     port.dirty = false;
                 }
             }
+            for peer in self.peers_out.iter().flatten() {
+                peer.flush();
+            }
         }
         work
     }
@@ -480,6 +729,7 @@ impl Engine for SwitchEngine {
         for port in self.ports.iter().flatten() {
             fds.extend(port.inputs.iter().map(|l| l.doorbell().as_raw_fd()));
         }
+        fds.extend(self.peers_in.iter().map(|p| p.doorbell().as_raw_fd()));
         fds
     }
 
@@ -492,6 +742,10 @@ impl Engine for SwitchEngine {
                 work |= !l.is_empty();
             }
         }
+        for p in self.peers_in.iter() {
+            p.doorbell().arm();
+            work |= !p.is_empty();
+        }
         work
     }
 
@@ -502,83 +756,14 @@ impl Engine for SwitchEngine {
                 l.doorbell().disarm();
             }
         }
-    }
-}
-
-impl SwitchHandle {
-    pub fn add_port(
-        &self,
-        port: SwitchPort,
-        static_macs: Vec<MacAddr>,
-    ) -> Result<(PortId, Arc<SharedPortCounters>), MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                s.add_port(port, &static_macs)
-            })
-    }
-
-    pub fn remove_port(&self, id: PortId) -> Result<bool, MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                s.remove_port(id)
-            })
-    }
-
-    /// Pins `mac` in `network` to port `port`; false when the port does not exist.
-    pub fn fdb_add_static(
-        &self,
-        network: u32,
-        mac: MacAddr,
-        port: PortId,
-    ) -> Result<bool, MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                let exists = s
-                    .ports
-                    .get(usize::from(port.0))
-                    .is_some_and(Option::is_some);
-                if exists {
-                    s.fdb.add_static(network, mac, port);
-                }
-                exists
-            })
-    }
-
-    /// Changes a port's deficit-round-robin weight; false when no such port.
-    pub fn set_port_weight(&self, port: PortId, weight: u32) -> Result<bool, MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                match s
-                    .ports
-                    .get_mut(usize::from(port.0))
-                    .and_then(Option::as_mut)
-                {
-                    Some(p) => {
-                        p.weight = weight.max(1);
-                        true
-                    }
-                    None => false,
-                }
-            })
-    }
-
-    /// Forgets `mac` in `network`; false when it was not known.
-    pub fn fdb_remove(&self, network: u32, mac: MacAddr) -> Result<bool, MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, move |s: &mut SwitchEngine| {
-                s.fdb.remove(network, mac)
-            })
-    }
-
-    /// Every entry: (network, MAC, entry).
-    pub fn fdb_entries(&self) -> Result<Vec<(u32, MacAddr, super::fdb::FdbEntry)>, MailboxError> {
-        self.mailbox
-            .call(CONTROL_TIMEOUT, |s: &mut SwitchEngine| s.fdb().entries())
+        for p in self.peers_in.iter() {
+            p.doorbell().disarm();
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::packet::{link, LinkRx, LinkTx, PoolConfig};
 
@@ -603,7 +788,7 @@ mod tests {
         )
     }
 
-    fn frame(
+    pub(in crate::switch) fn frame(
         cache: &mut FrameCache,
         pool: &FramePool,
         dst: MacAddr,
@@ -619,9 +804,9 @@ mod tests {
         f
     }
 
-    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
-    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
-    const C: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc]);
+    pub(in crate::switch) const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    pub(in crate::switch) const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+    pub(in crate::switch) const C: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc]);
 
     #[test]
     fn unicast_flood_learn_and_every_drop_reason() {
