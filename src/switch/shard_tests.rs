@@ -97,6 +97,18 @@ fn drain(cache: &mut FrameCache, ports: &mut [&mut Port]) {
 
 use crate::packet::FrameHandle;
 
+/// Drains the ports, drops the shards and checks every frame came back.
+fn finish(pool: &FramePool, mut cache: FrameCache, sw: Vec<SwitchEngine>, ports: &mut [&mut Port]) {
+    drain(&mut cache, ports);
+    drop(cache);
+    drop(sw);
+    assert_eq!(
+        pool.free_frames().0,
+        pool.total_frames().0,
+        "no frame leaked"
+    );
+}
+
 #[test]
 fn unicast_and_floods_cross_shards_in_order_and_unicast_waits_rather_than_drops() {
     let (pool, mut cache, mut sw, h) = setup(2);
@@ -161,14 +173,7 @@ fn unicast_and_floods_cross_shards_in_order_and_unicast_waits_rather_than_drops(
     let f = a.from_switch.pop().unwrap();
     assert_eq!(seq_of(&pool, &f), 7);
     cache.free(f);
-    drain(&mut cache, &mut [&mut a, &mut b]);
-    drop(cache);
-    drop(sw);
-    assert_eq!(
-        pool.free_frames().0,
-        pool.total_frames().0,
-        "no frame leaked"
-    );
+    finish(&pool, cache, sw, &mut [&mut a, &mut b]);
 }
 
 #[test]
@@ -217,16 +222,11 @@ fn a_flood_reaches_each_member_once_and_only_its_network() {
     for p in [&mut a, &mut b, &mut c] {
         assert_eq!(p.from_switch.len(), 1);
     }
-    drain(
-        &mut cache,
+    finish(
+        &pool,
+        cache,
+        sw,
         &mut [&mut a, &mut b, &mut c, &mut d, &mut other],
-    );
-    drop(cache);
-    drop(sw);
-    assert_eq!(
-        pool.free_frames().0,
-        pool.total_frames().0,
-        "no frame leaked"
     );
 }
 
@@ -290,14 +290,7 @@ fn shards_learn_from_each_other_and_forget_removed_ports() {
     poll_all(&mut sw);
     assert_eq!(a.from_switch.len(), 1, "B unknown now: flooded to a only");
     assert!(b.from_switch.is_empty());
-    drain(&mut cache, &mut [&mut a, &mut b, &mut u]);
-    drop(cache);
-    drop(sw);
-    assert_eq!(
-        pool.free_frames().0,
-        pool.total_frames().0,
-        "no frame leaked"
-    );
+    finish(&pool, cache, sw, &mut [&mut a, &mut b, &mut u]);
 }
 
 #[test]
