@@ -476,8 +476,14 @@ fn replicate(
     frame: FrameHandle,
     out: &mut TxOut<'_>,
 ) {
-    let b = pool.bytes(&frame);
-    let dst = MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]);
+    let Some(dst) = pool.bytes(&frame).first_chunk::<6>().map(|m| MacAddr(*m)) else {
+        // The switch drops runts before they reach an uplink; a frame too
+        // short to name a destination has nowhere to go, and is no reason
+        // to panic.
+        out.cache.free(frame);
+        out.counters.add(UplinkCounter::DropNoRemote, 1);
+        return;
+    };
     // The switch usually parsed the frame already (to pick this uplink's
     // queue): its flow hash is reused, not recomputed.
     let entropy = frame.headers(pool).map_or(0, |p| p.hash as u16);
