@@ -134,6 +134,22 @@ impl GuestMemory {
         Some(unsafe { self.base.add(start) })
     }
 
+    /// Host pointers to the three parts `(gpa, len)` of a ring the driver is
+    /// laying out, each zeroed; `None` when one lies outside the region.
+    /// The device does not know the ring yet, so nobody else touches them.
+    pub fn zeroed_ring_parts(&self, parts: [(u64, usize); 3]) -> Option<[*mut u8; 3]> {
+        let mut out = [std::ptr::null_mut(); 3];
+        for (slot, (gpa, len)) in out.iter_mut().zip(parts) {
+            *slot = self.host_ptr(gpa, len)?;
+        }
+        for (p, (_, len)) in out.iter().zip(parts) {
+            // SAFETY: `host_ptr` checked that `p..p+len` lies inside the mapping; the
+            // device has not been told of the ring, so no one else accesses it.
+            unsafe { std::ptr::write_bytes(*p, 0, len) };
+        }
+        Some(out)
+    }
+
     /// Copies `bytes` into guest memory at `gpa`. Returns false when out of range.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> bool {
         match self.host_ptr(gpa, bytes.len()) {

@@ -110,20 +110,13 @@ impl PackedRing {
             return Err(invalid("misaligned ring"));
         }
         let dl = DESC_SIZE * size as usize;
-        let (Some(desc), Some(driver_evt), Some(device_evt)) = (
-            mem.host_ptr(addrs.desc, dl),
-            mem.host_ptr(addrs.avail, EVENT_SIZE),
-            mem.host_ptr(addrs.used, EVENT_SIZE),
-        ) else {
+        let Some([desc, driver_evt, device_evt]) = mem.zeroed_ring_parts([
+            (addrs.desc, dl),
+            (addrs.avail, EVENT_SIZE),
+            (addrs.used, EVENT_SIZE),
+        ]) else {
             return Err(invalid("ring outside guest memory"));
         };
-        // SAFETY: the three ranges were bounds-checked against the mapping just above, and
-        // the device does not know about this ring yet.
-        unsafe {
-            ptr::write_bytes(desc, 0, dl);
-            ptr::write_bytes(driver_evt, 0, EVENT_SIZE);
-            ptr::write_bytes(device_evt, 0, EVENT_SIZE);
-        }
         let n = size as usize;
         let mut ring = PackedRing {
             mem,

@@ -156,20 +156,11 @@ impl SplitRing {
             return Err(invalid("misaligned ring"));
         }
         let (dl, al, ul) = RingAddrs::part_sizes(size);
-        let (Some(desc), Some(avail), Some(used)) = (
-            mem.host_ptr(addrs.desc, dl),
-            mem.host_ptr(addrs.avail, al),
-            mem.host_ptr(addrs.used, ul),
-        ) else {
+        let Some([desc, avail, used]) =
+            mem.zeroed_ring_parts([(addrs.desc, dl), (addrs.avail, al), (addrs.used, ul)])
+        else {
             return Err(invalid("ring outside guest memory"));
         };
-        // SAFETY: the three ranges were bounds-checked against the mapping just above, and the
-        // device does not know about this ring yet, so nobody else accesses them.
-        unsafe {
-            ptr::write_bytes(desc, 0, dl);
-            ptr::write_bytes(avail, 0, al);
-            ptr::write_bytes(used, 0, ul);
-        }
         let n = size as usize;
         let mut ring = SplitRing {
             mem,
