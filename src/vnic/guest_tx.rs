@@ -50,9 +50,7 @@ pub(super) fn drain(
     // Pass 1: walk the batch's chains (their descriptors prefetched first)
     // and prefetch the start of each buffer, so the copies below find the
     // lines the guest's core just wrote already on their way.
-    for i in 0..n {
-        ring.prefetch_desc(ring.avail_entry(next_avail.wrapping_add(i as u16)));
-    }
+    ring.prefetch_descs(next_avail, n as u16, dp.features.in_order);
     dp.segs.clear();
     dp.tx_chains.clear();
     while dp.tx_chains.len() < n && dp.segs.len() <= MAX_SEGMENTS {
@@ -132,7 +130,7 @@ pub(super) fn record_walked(
     match walked {
         Ok(_) => {
             for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
-                prefetch_span(seg.ptr, seg.len as usize, 2);
+                prefetch_span(seg.ptr, seg.len as usize, 32);
             }
         }
         Err(_) => dp.segs.truncate(seg_start),
