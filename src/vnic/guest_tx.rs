@@ -23,6 +23,8 @@ const GSO_TCPV4: u8 = 1;
 const GSO_UDP: u8 = 3;
 const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
+/// Lines of each TX buffer asked for ahead: a 1500 B frame and its header.
+const TX_PREFETCH_LINES: usize = 32;
 
 /// Moves up to `budget` chains from the TX ring to the switch link. Returns
 /// the chains consumed and whether the guest wants an interrupt.
@@ -117,8 +119,9 @@ pub(super) struct TxChain {
     walked: Result<usize, DropReason>,
 }
 
-/// Records a chain walked in pass 1 (split or packed), prefetching the start
-/// of its buffers so the copies in pass 2 find the guest's lines on the way.
+/// Records a chain walked in pass 1 (split or packed), prefetching its first
+/// buffers whole so the copies in pass 2 find the guest's lines on the way
+/// (the guest wrote only their headers lately; the rest went round its ring).
 #[inline]
 pub(super) fn record_walked(
     dp: &mut DataPath,
@@ -130,7 +133,7 @@ pub(super) fn record_walked(
     match walked {
         Ok(_) => {
             for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
-                prefetch_span(seg.ptr, seg.len as usize, 32);
+                prefetch_span(seg.ptr, seg.len as usize, TX_PREFETCH_LINES);
             }
         }
         Err(_) => dp.segs.truncate(seg_start),
