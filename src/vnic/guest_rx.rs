@@ -275,13 +275,7 @@ fn prefetch_buffers(
         .min(PREFETCH_AHEAD)
         .min(u16::try_from(frames).unwrap_or(u16::MAX));
     ring.prefetch_descs(next_avail, n, in_order);
-    // The whole of what the next frame will fill, as frames of a batch tend
-    // to be alike: the guest's buffers have gone round its whole ring since
-    // it posted them, so at 1500 B their lines are far away and one line per
-    // buffer left the copy streaming misses one after another.
-    let span = next_len.map_or(64, |len| {
-        (len as u64 + VNET_HDR_LEN as u64).min(MAX_PREFETCH_SPAN)
-    });
+    let span = rx_prefetch_span(next_len);
     for i in 0..n {
         if let Some(desc) = ring.desc(ring.avail_entry(next_avail.wrapping_add(i))) {
             prefetch_rx_buffer(map, desc.addr, desc.len, span);
