@@ -581,7 +581,7 @@ fn check_address_pairs(
             ));
         }
         if !seen.insert(p.mac) {
-            return Err(duplicate(
+            return Err(invalid(
                 format!("{at}.mac"),
                 format!("{} is given twice", p.mac),
             ));
