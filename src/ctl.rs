@@ -688,6 +688,9 @@ mod tests {
         );
         let (_, p) = req(&["vnic", "update", "r1", "--port-security", "on"]);
         assert_eq!(p, json!({"name": "r1", "port_security": true}));
-        assert!(Cli::try_parse_from(["ctl", "vnic", "update", "r1", "--port-security", "maybe"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ctl", "vnic", "update", "r1", "--port-security", "maybe"])
+                .is_err()
+        );
     }
 }

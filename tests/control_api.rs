@@ -367,7 +367,10 @@ fn vnic_sockets_stay_in_their_directories_and_only_stale_sockets_are_replaced() 
     };
     // Outside the runtime dir: refused before anything is touched.
     let m = add(&mut c, &victim);
-    assert!(m.contains("params.socket") && m.contains("socket_dirs"), "{m}");
+    assert!(
+        m.contains("params.socket") && m.contains("socket_dirs"),
+        "{m}"
+    );
     let m = add(&mut c, &dir.path("../x/../victim"));
     assert!(m.contains("params.socket"), "{m}");
     // Inside it: a regular file, a directory, and a symlink are not sockets.
@@ -472,7 +475,11 @@ fn port_security_over_rpc() {
             1004,
             "twice",
         ),
-        (json!({"name": "r1", "port_security": "off"}), -32602, "port_security"),
+        (
+            json!({"name": "r1", "port_security": "off"}),
+            -32602,
+            "port_security",
+        ),
     ] {
         let e = c.err("vnic.update", params.clone(), code);
         assert!(e.message.contains(says), "{params}: {}", e.message);
@@ -482,7 +489,11 @@ fn port_security_over_rpc() {
         json!({"name": "r2", "mac": "52:54:00:00:00:52", "allowed_address_pairs": [{"mac": "52:54:00:00:00:50"}]}),
         1004,
     );
-    assert!(e.message.contains("params.allowed_address_pairs[0].mac"), "{}", e.message);
+    assert!(
+        e.message.contains("params.allowed_address_pairs[0].mac"),
+        "{}",
+        e.message
+    );
     assert_eq!(c.state(), before);
     ctl.stop();
 }

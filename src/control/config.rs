@@ -158,11 +158,13 @@ impl VnicConfig {
     /// The anti-spoofing guard this vNIC's engines enforce.
     pub fn spoof_guard(&self) -> crate::vnic::antispoof::SpoofGuard {
         let own = self.allowed_ips.as_deref();
-        self.allowed_address_pairs.iter().fold(
-            crate::vnic::antispoof::SpoofGuard::new(self.mac, own),
-            |g, p| g.with_pair(p.mac, p.ips.as_deref().or(own)),
-        )
-        .enabled(self.port_security)
+        self.allowed_address_pairs
+            .iter()
+            .fold(
+                crate::vnic::antispoof::SpoofGuard::new(self.mac, own),
+                |g, p| g.with_pair(p.mac, p.ips.as_deref().or(own)),
+            )
+            .enabled(self.port_security)
     }
 
     /// Every MAC this vNIC's guest may send from (the frames the uplink
@@ -480,7 +482,10 @@ impl Config {
                     format!("{} is not in 0..={MAX_NETWORK}", v.network),
                 ));
             }
-            if v.allowed_ips.as_ref().is_some_and(|l| l.len() > MAX_ALLOWED_IPS) {
+            if v.allowed_ips
+                .as_ref()
+                .is_some_and(|l| l.len() > MAX_ALLOWED_IPS)
+            {
                 return Err(invalid(
                     at("allowed_ips"),
                     format!("at most {MAX_ALLOWED_IPS} addresses"),

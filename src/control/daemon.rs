@@ -9,6 +9,7 @@ use thiserror::Error;
 use super::config::{
     AddressPair, Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig,
 };
+use super::socket_path::{self, SocketPathError};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
@@ -23,10 +24,9 @@ use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
 use crate::uplink::{
     SharedUplinkCounters, UplinkCounters, UplinkProgram, UplinkQueueEngine, XdpMode,
 };
-use super::socket_path::{self, SocketPathError};
-use crate::vnic::guest_log::{self, GuestLog};
 use crate::vnic::connection::ConnectionError;
 use crate::vnic::device::DeviceError;
+use crate::vnic::guest_log::{self, GuestLog};
 use crate::vnic::SocketRole;
 use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, VnicDevice, VnicEngine,

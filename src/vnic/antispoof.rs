@@ -483,10 +483,7 @@ mod tests {
         // type must be seen.
         let head = 14 + 40 + 8;
         let empty_first = eth(MAC, ETHERTYPE_IPV6, &frag_na);
-        assert_eq!(
-            g.check(&empty_first[..head]),
-            Err(DropReason::Unverifiable)
-        );
+        assert_eq!(g.check(&empty_first[..head]), Err(DropReason::Unverifiable));
         // A later fragment cannot carry the type (it starts 8 or more bytes
         // in): it passes, as the first fragment decided.
         let later = ipv6_ext_nd(

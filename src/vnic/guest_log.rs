@@ -44,7 +44,12 @@ impl GuestLog {
         let too_soon = last != 0 && now.saturating_sub(last) < self.interval_ns;
         // Of engines racing for one slot, one wins; the others count as
         // suppressed.
-        if too_soon || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+        if too_soon
+            || self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
             self.suppressed.fetch_add(1, Relaxed);
             return None;
         }

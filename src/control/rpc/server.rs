@@ -45,7 +45,10 @@ impl RpcServer {
             if let Err(SocketPathError::NotASocket(p, what)) = socket_path::remove_stale_socket(p) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} is {what}, not a socket; refusing to replace it", p.display()),
+                    format!(
+                        "{} is {what}, not a socket; refusing to replace it",
+                        p.display()
+                    ),
                 ));
             }
         }

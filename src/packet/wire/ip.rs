@@ -287,7 +287,13 @@ mod tests {
         let long = ipv6(&vec![(ext::DEST_OPTS, opts(0)); 9], PROTO_ICMPV6);
         assert_eq!(upper(&long), Err(ExtError::TooMany));
         let eight = ipv6(&vec![(ext::DEST_OPTS, opts(0)); 8], PROTO_UDP);
-        assert!(matches!(upper(&eight), Ok(UpperLayer::Header { protocol: PROTO_UDP, .. })));
+        assert!(matches!(
+            upper(&eight),
+            Ok(UpperLayer::Header {
+                protocol: PROTO_UDP,
+                ..
+            })
+        ));
         for cut in 40..chain.len() - 4 {
             assert_eq!(upper(&chain[..cut]), Err(ExtError::Truncated), "{cut}");
         }
