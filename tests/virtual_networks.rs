@@ -216,7 +216,7 @@ fn address_pairs_qinq_and_port_security_off() {
         )
         .unwrap();
     let routed = ipv4_udp(B, [2, 0, 0, 0, 0, 0x77], [192, 0, 2, 1]);
-    let got = send_and_collect(&mut a, &[routed.clone()], &mut [&mut b]);
+    let got = send_and_collect(&mut a, std::slice::from_ref(&routed), &mut [&mut b]);
     assert_eq!(got[0], vec![routed]);
     assert_eq!(spoofed_ip(&daemon), 2);
     daemon.stop();
