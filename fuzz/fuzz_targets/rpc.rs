@@ -5,10 +5,11 @@
 //! removed), so inputs do not depend on each other.
 //!
 //! The daemon runs as root and methods name files and interfaces, so before
-//! the daemon starts the process moves into a network namespace of its own
-//! (no interface but a down `lo`) and chroots into a fresh empty directory:
-//! nothing an input names can reach the machine's files or NICs.
+//! the daemon starts the fuzzing thread moves into network and mount
+//! namespaces of its own (no interface but a down `lo`) and chroots into a
+//! fresh tmpfs: nothing an input names can reach the machine's files or NICs.
 #![no_main]
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -35,41 +36,85 @@ fn die(what: &str) -> ! {
     std::process::exit(2);
 }
 
-/// A network namespace and a chroot of this process's own.
-fn sandbox() {
-    // SAFETY: unshare only changes this thread's namespace; every daemon
-    // thread is started from this thread afterwards and inherits it.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        die("unshare(CLONE_NEWNET)");
+/// Where the sandbox's root is mounted (in the sandbox's own mount
+/// namespace, so processes can share the directory).
+const ROOT: &std::ffi::CStr = c"/tmp/snapnet-fuzz-rpc-root";
+
+fn mount(source: &std::ffi::CStr, target: &std::ffi::CStr, fstype: &std::ffi::CStr, flags: libc::c_ulong) {
+    // SAFETY: NUL-terminated strings and no filesystem data.
+    let r = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null())
+    };
+    if r != 0 {
+        die(&format!("mount {target:?}"));
     }
-    let mut template = *b"/tmp/snapnet-fuzz-rpc-XXXXXX\0";
-    // SAFETY: a NUL-terminated, writable template, as mkdtemp requires.
-    if unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) }.is_null() {
-        die("mkdtemp");
-    }
-    // SAFETY: `template` now holds the NUL-terminated directory name; "/" is
-    // a NUL-terminated literal.
-    if unsafe { libc::chroot(template.as_ptr().cast()) } != 0
-        || unsafe { libc::chdir(c"/".as_ptr()) } != 0
-    {
-        die("chroot");
-    }
-    std::fs::create_dir_all("/run/snapnet").unwrap_or_else(|_| die("mkdir /run/snapnet"));
 }
 
-fn context() -> &'static Context {
-    static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
-        sandbox();
-        let cfg = Config::from_json(BASELINE).expect("baseline config");
-        let daemon = Daemon::start(&cfg).expect("daemon");
-        Context {
-            daemon: Mutex::new(Some(daemon)),
-            started: Instant::now(),
-            // daemon.shutdown is answered; the process stays.
-            request_shutdown: Box::new(|| {}),
-        }
+/// A network and mount namespace of the calling thread's own (every daemon
+/// thread is started from it later and inherits them), with a fresh tmpfs as its
+/// root, holding only /proc (the daemon reads its threads' CPU time, the
+/// sanitizers their threads), /sys (of the empty network namespace) and the
+/// runtime directory.
+fn sandbox() {
+    // SAFETY: unshare only moves this thread into new namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) } != 0 {
+        die("unshare");
+    }
+    // Nothing mounted from here on is seen outside.
+    mount(c"none", c"/", c"", libc::MS_REC | libc::MS_PRIVATE);
+    let _ = std::fs::create_dir_all(ROOT.to_str().expect("ASCII"));
+    mount(c"tmpfs", ROOT, c"tmpfs", 0);
+    let root = std::path::Path::new(ROOT.to_str().expect("ASCII"));
+    for d in ["proc", "sys", "run/snapnet"] {
+        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|_| die(d));
+    }
+    mount(c"proc", c"/tmp/snapnet-fuzz-rpc-root/proc", c"proc", 0);
+    mount(c"sysfs", c"/tmp/snapnet-fuzz-rpc-root/sys", c"sysfs", 0);
+    // SAFETY: NUL-terminated paths.
+    if unsafe { libc::chroot(ROOT.as_ptr()) } != 0 || unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        die("chroot");
+    }
+}
+
+/// The thread that owns the sandboxed daemon: it takes each input's bytes
+/// and answers when it has handled them. Only this thread (and the daemon's
+/// threads, which it starts) enters the sandbox; libFuzzer's own thread
+/// keeps the real filesystem for its corpus and artifacts.
+fn worker() -> &'static Mutex<(Sender<Vec<u8>>, Receiver<()>)> {
+    static WORKER: OnceLock<Mutex<(Sender<Vec<u8>>, Receiver<()>)>> = OnceLock::new();
+    WORKER.get_or_init(|| {
+        let (input_tx, input_rx) = channel::<Vec<u8>>();
+        let (done_tx, done_rx) = channel();
+        std::thread::Builder::new()
+            .name("rpc-sandbox".into())
+            .spawn(move || {
+                sandbox();
+                let cfg = Config::from_json(BASELINE).expect("baseline config");
+                let ctx = Context {
+                    daemon: Mutex::new(Some(Daemon::start(&cfg).expect("daemon"))),
+                    started: Instant::now(),
+                    // daemon.shutdown is answered; the process stays.
+                    request_shutdown: Box::new(|| {}),
+                };
+                for data in input_rx {
+                    run(&data, &ctx);
+                    if done_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the sandbox thread");
+        Mutex::new((input_tx, done_rx))
     })
+}
+
+fn run(data: &[u8], ctx: &Context) {
+    for line in data.split(|b| *b == b'\n').take(MAX_LINES) {
+        if let Some(answer) = handle_line(line, ctx) {
+            assert_response(&answer);
+        }
+    }
+    reset(ctx);
 }
 
 /// Takes out whatever an input added to the daemon.
@@ -103,11 +148,7 @@ fn assert_response(v: &Value) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let ctx = context();
-    for line in data.split(|b| *b == b'\n').take(MAX_LINES) {
-        if let Some(answer) = handle_line(line, ctx) {
-            assert_response(&answer);
-        }
-    }
-    reset(ctx);
+    let w = worker().lock().unwrap_or_else(|e| e.into_inner());
+    w.0.send(data.to_vec()).expect("sandbox thread alive");
+    w.1.recv().expect("sandbox thread alive");
 });
