@@ -260,7 +260,7 @@ def rpc_seeds():
         {"jsonrpc": "2.0", "id": 2, "method": "vnic.add", "params": {"name": "web0", "mac": "52:54:00:00:00:10", "queue_pairs": 2, "allowed_ips": ["10.0.0.5", "2001:db8::5"], "tx_limit": {"bytes_per_sec": 1000000}}},
         {"jsonrpc": "2.0", "id": 3, "method": "vnic.update", "params": {"name": "web0", "mtu": 9000, "allowed_ips": None, "rx_limit": {"packets_per_sec": 1000}, "weight": 5}},
         {"jsonrpc": "2.0", "id": 4, "method": "vnic.stats", "params": {"name": "web0"}},
-        {"jsonrpc": "2.0", "id": 5, "method": "group.add", "params": {"name": "g2", "policy": "compacting", "threads": 2}},
+        {"jsonrpc": "2.0", "id": 5, "method": "group.add", "params": {"name": "g2", "policy": "compacting", "threads": 2, "cpus": [0, 1]}},
         {"jsonrpc": "2.0", "id": 6, "method": "vnic.update", "params": {"name": "web0", "group": "g2"}},
         {"jsonrpc": "2.0", "id": 7, "method": "group.stats", "params": {"name": "g2"}},
         {"jsonrpc": "2.0", "id": 8, "method": "switch.fdb.add", "params": {"mac": "52:54:00:00:00:99", "vnic": "web0"}},

@@ -30,6 +30,8 @@ fi
 bin=target/x86_64-unknown-linux-gnu/release
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
+# Where targets put their sockets (vhost_user's listener), removed with it.
+export TMPDIR="$scratch"
 failed=0
 passed=0
 for t in "${targets[@]}"; do

@@ -36,9 +36,9 @@ fn die(what: &str) -> ! {
     std::process::exit(2);
 }
 
-/// Where the sandbox's root is mounted (in the sandbox's own mount
-/// namespace, so processes can share the directory).
-const ROOT: &std::ffi::CStr = c"/tmp/snapnet-fuzz-rpc-root";
+/// The sandbox's root, on a tmpfs mounted over /tmp in the sandbox's own
+/// mount namespace (so nothing of it is left on the host).
+const ROOT: &std::ffi::CStr = c"/tmp/root";
 
 fn mount(source: &std::ffi::CStr, target: &std::ffi::CStr, fstype: &std::ffi::CStr, flags: libc::c_ulong) {
     // SAFETY: NUL-terminated strings and no filesystem data.
@@ -62,14 +62,13 @@ fn sandbox() {
     }
     // Nothing mounted from here on is seen outside.
     mount(c"none", c"/", c"", libc::MS_REC | libc::MS_PRIVATE);
-    let _ = std::fs::create_dir_all(ROOT.to_str().expect("ASCII"));
-    mount(c"tmpfs", ROOT, c"tmpfs", 0);
+    mount(c"tmpfs", c"/tmp", c"tmpfs", 0);
     let root = std::path::Path::new(ROOT.to_str().expect("ASCII"));
     for d in ["proc", "sys", "run/snapnet"] {
         std::fs::create_dir_all(root.join(d)).unwrap_or_else(|_| die(d));
     }
-    mount(c"proc", c"/tmp/snapnet-fuzz-rpc-root/proc", c"proc", 0);
-    mount(c"sysfs", c"/tmp/snapnet-fuzz-rpc-root/sys", c"sysfs", 0);
+    mount(c"proc", c"/tmp/root/proc", c"proc", 0);
+    mount(c"sysfs", c"/tmp/root/sys", c"sysfs", 0);
     // SAFETY: NUL-terminated paths.
     if unsafe { libc::chroot(ROOT.as_ptr()) } != 0 || unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
         die("chroot");
