@@ -19,22 +19,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use snapnet::engine::Engine;
-use snapnet::packet::wire::MacAddr;
 use snapnet::packet::{link, LinkRx, LinkTx};
 use snapnet::shaping::RateLimit;
-use snapnet::vnic::antispoof::SpoofGuard;
 use snapnet::vnic::device::{DeviceError, QueueSink};
 use snapnet::vnic::engine::{AttachedQueue, GuestMemory, Side};
 use snapnet::vnic::features::Negotiated;
-use snapnet::vnic::{VnicDevice, VnicEngine, VnicEngineConfig};
-use snapnet_fuzz::{assert_no_frame_leaked, pool, Input};
+use snapnet::vnic::{VnicDevice, VnicEngine};
+use snapnet_fuzz::{assert_no_frame_leaked, engine_config, pool, Input, GUEST_MAC};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::EventConsumer;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 /// Largest region (and region offset) the harness lets through.
 const MAX_REGION: u64 = 64 << 20;
 /// The memfd behind every region: room for any clamped region.
@@ -207,20 +204,19 @@ fuzz_target!(|data: &[u8]| {
     for qp in 0..queue_pairs {
         let (to_switch, from_guest) = link(64).expect("link");
         let (to_guest, from_switch) = link(64).expect("link");
-        let cfg = VnicEngineConfig {
-            name: format!("fuzz/q{qp}"),
-            mtu: 1500,
-            guard: SpoofGuard::new(MAC, None),
-            tx_limit: RateLimit::default(),
-            rx_limit: RateLimit::default(),
-        };
+        let cfg = engine_config(
+            format!("fuzz/q{qp}"),
+            1500,
+            RateLimit::default(),
+            RateLimit::default(),
+        );
         let (e, _, _) = VnicEngine::new(cfg, pool, to_switch, from_switch).expect("engine");
         engines.push(e);
         switch_side.push((from_guest, to_guest));
     }
     let device = Arc::new(VnicDevice::new(
         "fuzz",
-        MAC,
+        GUEST_MAC,
         1500,
         queue_pairs,
         Sink {

@@ -12,18 +12,13 @@
 use snapnet::engine::Engine;
 use snapnet::packet::{link, Offload};
 use snapnet::shaping::RateLimit;
-use snapnet::vnic::antispoof::SpoofGuard;
 use snapnet::vnic::engine::{AttachedQueue, GuestMemory, Side};
 use snapnet::vnic::features::{self, Negotiated};
-use snapnet::vnic::{VnicEngine, VnicEngineConfig};
-use snapnet::packet::wire::MacAddr;
+use snapnet::vnic::VnicEngine;
 use vhost_user_backend::{VringRwLock, VringT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::{assert_frame_fits, assert_no_frame_leaked, pool, Input};
-
-/// The guest's MAC (what its TX frames must carry as source).
-pub const GUEST_MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+use crate::{assert_frame_fits, assert_no_frame_leaked, engine_config, pool, Input};
 
 /// Guest RAM: two adjacent regions (a buffer may straddle them) and one
 /// after a hole (an address in the hole must be refused).
@@ -119,13 +114,7 @@ pub fn run(data: &[u8], packed: bool) {
 
     let (to_switch, mut from_guest) = link(64).expect("link");
     let (mut to_guest, from_switch) = link(64).expect("link");
-    let cfg = VnicEngineConfig {
-        name: "fuzz".to_string(),
-        mtu,
-        guard: SpoofGuard::new(GUEST_MAC, None),
-        tx_limit,
-        rx_limit,
-    };
+    let cfg = engine_config("fuzz".to_string(), mtu, tx_limit, rx_limit);
     let (mut engine, _mailbox, _counters) =
         VnicEngine::new(cfg, pool, to_switch, from_switch).expect("engine");
     let sides = [Side::Rx, Side::Tx];

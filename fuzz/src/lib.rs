@@ -7,7 +7,11 @@ pub mod guest;
 
 use std::sync::{Arc, OnceLock};
 
+use snapnet::packet::wire::MacAddr;
 use snapnet::packet::{FramePool, PoolConfig};
+use snapnet::shaping::RateLimit;
+use snapnet::vnic::antispoof::SpoofGuard;
+use snapnet::vnic::VnicEngineConfig;
 
 /// Reads values off the front of the fuzz input.
 pub struct Input<'a> {
@@ -96,4 +100,19 @@ pub fn assert_frame_fits(pool: &FramePool, f: &snapnet::packet::FrameHandle) {
         f.offset,
         pool.capacity(f)
     );
+}
+
+/// The guest's MAC in every target (what its TX frames must carry as source).
+pub const GUEST_MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+
+/// A queue-pair engine's configuration, made in this one place for every
+/// target (only the MAC is checked on guest TX).
+pub fn engine_config(name: String, mtu: u16, tx_limit: RateLimit, rx_limit: RateLimit) -> VnicEngineConfig {
+    VnicEngineConfig {
+        name,
+        mtu,
+        guard: SpoofGuard::new(GUEST_MAC, None),
+        tx_limit,
+        rx_limit,
+    }
 }
