@@ -111,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
     {
         return;
     }
-    assert_eq!(frame.get(6..12), Some(&MAC.0[..]), "foreign source MAC passed");
+    assert_eq!(
+        frame.get(6..12),
+        Some(&MAC.0[..]),
+        "foreign source MAC passed"
+    );
     if !enforce {
         return;
     }

@@ -40,10 +40,21 @@ fn die(what: &str) -> ! {
 /// mount namespace (so nothing of it is left on the host).
 const ROOT: &std::ffi::CStr = c"/tmp/root";
 
-fn mount(source: &std::ffi::CStr, target: &std::ffi::CStr, fstype: &std::ffi::CStr, flags: libc::c_ulong) {
+fn mount(
+    source: &std::ffi::CStr,
+    target: &std::ffi::CStr,
+    fstype: &std::ffi::CStr,
+    flags: libc::c_ulong,
+) {
     // SAFETY: NUL-terminated strings and no filesystem data.
     let r = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
         die(&format!("mount {target:?}"));
@@ -122,11 +133,13 @@ fn reset(ctx: &Context) {
     let d = guard.as_mut().expect("the daemon is never taken out");
     let vnics: Vec<String> = d.config().vnics.iter().map(|v| v.name.clone()).collect();
     for name in vnics {
-        d.remove_vnic(&name).expect("remove a vNIC the daemon lists");
+        d.remove_vnic(&name)
+            .expect("remove a vNIC the daemon lists");
     }
     let uplinks: Vec<String> = d.config().uplinks.iter().map(|u| u.name.clone()).collect();
     for name in uplinks {
-        d.remove_uplink(&name).expect("remove an uplink the daemon lists");
+        d.remove_uplink(&name)
+            .expect("remove an uplink the daemon lists");
     }
     let groups: Vec<String> = d.config().groups.iter().map(|g| g.name.clone()).collect();
     for name in groups.into_iter().filter(|n| n != "default") {

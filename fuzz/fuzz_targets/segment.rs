@@ -30,7 +30,11 @@ fn assert_ipv4_checksum(bytes: &[u8]) {
 
 fn check_wire_frame(pool: &FramePool, f: &FrameHandle) {
     assert_frame_fits(pool, f);
-    assert_eq!(f.offload, Offload::default(), "offload left on a wire frame");
+    assert_eq!(
+        f.offload,
+        Offload::default(),
+        "offload left on a wire frame"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -70,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
             assert_ipv4_checksum(pool.bytes(&s));
             cache.free(s);
         }
-        assert!(finish_checksum(pool, &mut frame).is_err(), "GSO frame finished unsegmented");
+        assert!(
+            finish_checksum(pool, &mut frame).is_err(),
+            "GSO frame finished unsegmented"
+        );
     } else if finish_checksum(pool, &mut frame).is_ok() {
         check_wire_frame(pool, &frame);
         assert_eq!(pool.bytes(&frame).len(), packet.len());

@@ -30,11 +30,24 @@ struct Port {
     from_switch: LinkRx,
 }
 
-fn port(switch: &mut SwitchEngine, network: PortNetwork, macs: &[MacAddr]) -> (Port, snapnet::switch::PortId) {
+fn port(
+    switch: &mut SwitchEngine,
+    network: PortNetwork,
+    macs: &[MacAddr],
+) -> (Port, snapnet::switch::PortId) {
     let (to_switch, input) = link(64).expect("link");
     let (output, from_switch) = link(64).expect("link");
-    let (id, _) = switch.add_port(SwitchPort::new("p", network, vec![input], vec![output]), macs);
-    (Port { to_switch, from_switch }, id)
+    let (id, _) = switch.add_port(
+        SwitchPort::new("p", network, vec![input], vec![output]),
+        macs,
+    );
+    (
+        Port {
+            to_switch,
+            from_switch,
+        },
+        id,
+    )
 }
 
 /// The fill ring gets a frame, holding what the kernel will have written
@@ -55,7 +68,12 @@ fn lend(inp: &mut Input, loans: &mut UmemLoans, cache: &mut FrameCache, lent: &m
 }
 
 /// A frame off the RX ring, on its way to the switch.
-fn received(mut frame: FrameHandle, table: Option<&OverlayTable>, cache: &mut FrameCache, uplink: &mut Port) {
+fn received(
+    mut frame: FrameHandle,
+    table: Option<&OverlayTable>,
+    cache: &mut FrameCache,
+    uplink: &mut Port,
+) {
     let pool = pool();
     assert_frame_fits(pool, &frame);
     if let Some(t) = table {
@@ -98,7 +116,11 @@ fuzz_target!(|data: &[u8]| {
     let (mut switch, _handle) = SwitchEngine::new(pool).expect("switch");
     let (mut uplink, uplink_id) = port(
         &mut switch,
-        if overlay { PortNetwork::Any } else { PortNetwork::Only(1) },
+        if overlay {
+            PortNetwork::Any
+        } else {
+            PortNetwork::Only(1)
+        },
         &[],
     );
     let vnic_macs = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
@@ -128,7 +150,10 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let first = loans.reclaim(addr, len);
                 if let Some(frame) = first {
-                    assert!(loans.reclaim(addr, len).is_none(), "one address, two handles");
+                    assert!(
+                        loans.reclaim(addr, len).is_none(),
+                        "one address, two handles"
+                    );
                     received(frame, table.as_ref(), &mut cache, &mut uplink);
                 }
             }

@@ -70,9 +70,15 @@ struct Sink {
 }
 
 impl Sink {
-    fn with<R>(&self, index: usize, f: impl FnOnce(&mut VnicEngine) -> R) -> Result<R, DeviceError> {
+    fn with<R>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut VnicEngine) -> R,
+    ) -> Result<R, DeviceError> {
         let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
-        let e = engines.get_mut(index / 2).ok_or(DeviceError::NoSuchVring(index))?;
+        let e = engines
+            .get_mut(index / 2)
+            .ok_or(DeviceError::NoSuchVring(index))?;
         let r = f(e);
         for _ in 0..2 {
             e.poll(64);
@@ -112,9 +118,7 @@ impl QueueSink for Sink {
 /// The socket every input's frontend connects to.
 fn listener() -> &'static Mutex<Listener> {
     static LISTENER: OnceLock<Mutex<Listener>> = OnceLock::new();
-    LISTENER.get_or_init(|| {
-        Mutex::new(Listener::new(socket_path(), true).expect("listen"))
-    })
+    LISTENER.get_or_init(|| Mutex::new(Listener::new(socket_path(), true).expect("listen")))
 }
 
 fn socket_path() -> PathBuf {
@@ -253,7 +257,11 @@ fuzz_target!(|data: &[u8]| {
             req::ADD_MEM_REG | req::REM_MEM_REG => clamp_regions(&mut payload, 8, 1),
             _ => {}
         }
-        let size = if how & 4 != 0 { inp.u32() } else { payload.len() as u32 };
+        let size = if how & 4 != 0 {
+            inp.u32()
+        } else {
+            payload.len() as u32
+        };
         let mut fds = natural_fds(code, &payload, &mem, &mut keep);
         if how & 8 != 0 {
             fds.clear();
@@ -278,7 +286,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = daemon.wait();
     // Rings still attached run once more over what the stream set up.
     {
-        let mut engines = device.sink().engines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut engines = device
+            .sink()
+            .engines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for e in engines.iter_mut() {
             e.poll(64);
         }

@@ -69,12 +69,18 @@ fuzz_target!(|data: &[u8]| {
     } else if table.decap(pool, &mut frame).is_ok() {
         assert_frame_fits(pool, &frame);
         let outer = &bytes[..OVERHEAD];
-        assert_eq!(&outer[14 + 16..14 + 20], &local_ip.octets(), "not addressed to us");
+        assert_eq!(
+            &outer[14 + 16..14 + 20],
+            &local_ip.octets(),
+            "not addressed to us"
+        );
         let vni = u32::from_be_bytes([0, outer[46], outer[47], outer[48]]);
         assert_eq!(frame.network, vni);
         let src = Ipv4Addr::new(outer[26], outer[27], outer[28], outer[29]);
         assert!(
-            cfg.remotes.iter().any(|r| r.ip == src && r.networks.contains(&vni)),
+            cfg.remotes
+                .iter()
+                .any(|r| r.ip == src && r.networks.contains(&vni)),
             "accepted from a host that is not a remote of the VNI"
         );
         assert!(frame.len as usize + OVERHEAD <= bytes.len());

@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(p.is_parsed());
             assert!(usize::from(p.l3) <= packet.len());
             if p.l4 != 0 {
-                assert!(usize::from(p.l4) + 4 <= packet.len(), "L4 ports past the end");
+                assert!(
+                    usize::from(p.l4) + 4 <= packet.len(),
+                    "L4 ports past the end"
+                );
             }
         }
     }

@@ -64,7 +64,13 @@ fn limit(inp: &mut Input) -> RateLimit {
 
 /// One vring as the vhost-user side leaves it after SET_VRING_NUM/ADDR/BASE
 /// and SET_VRING_ENABLE.
-fn vring(inp: &mut Input, mem: &GuestMemory, size: u16, packed: bool, event_idx: bool) -> VringRwLock {
+fn vring(
+    inp: &mut Input,
+    mem: &GuestMemory,
+    size: u16,
+    packed: bool,
+    event_idx: bool,
+) -> VringRwLock {
     let vring = VringRwLock::new(mem.clone(), 1024).expect("vring");
     vring.set_queue_size(size);
     let (desc, avail, used) = (addr(inp), addr(inp), addr(inp));
@@ -102,10 +108,9 @@ pub fn run(data: &[u8], packed: bool) {
     let tx_limit = limit(&mut inp);
     let rx_limit = limit(&mut inp);
 
-    let ram = GuestMemoryMmap::<()>::from_ranges(
-        &REGIONS.map(|(start, len)| (GuestAddress(start), len)),
-    )
-    .expect("guest memory");
+    let ram =
+        GuestMemoryMmap::<()>::from_ranges(&REGIONS.map(|(start, len)| (GuestAddress(start), len)))
+            .expect("guest memory");
     let mem = GuestMemory::new(ram.clone());
     let rings = [
         vring(&mut inp, &mem, size, packed, negotiated.event_idx),
@@ -119,7 +124,11 @@ pub fn run(data: &[u8], packed: bool) {
         VnicEngine::new(cfg, pool, to_switch, from_switch).expect("engine");
     let sides = [Side::Rx, Side::Tx];
     for (side, vring) in sides.iter().zip(&rings) {
-        engine.attach(*side, AttachedQueue::new(vring.clone(), mem.clone()), negotiated);
+        engine.attach(
+            *side,
+            AttachedQueue::new(vring.clone(), mem.clone()),
+            negotiated,
+        );
     }
     let mut cache = pool.cache();
 
@@ -174,7 +183,11 @@ pub fn run(data: &[u8], packed: bool) {
                 engine.detach(sides[i]);
                 rings[i].set_queue_next_avail(inp.u16());
                 rings[i].set_queue_next_used(inp.u16());
-                engine.attach(sides[i], AttachedQueue::new(rings[i].clone(), mem.clone()), negotiated);
+                engine.attach(
+                    sides[i],
+                    AttachedQueue::new(rings[i].clone(), mem.clone()),
+                    negotiated,
+                );
             }
             // The switch takes what the guest sent.
             6 => {

@@ -107,7 +107,12 @@ pub const GUEST_MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 
 /// A queue-pair engine's configuration, made in this one place for every
 /// target (only the MAC is checked on guest TX).
-pub fn engine_config(name: String, mtu: u16, tx_limit: RateLimit, rx_limit: RateLimit) -> VnicEngineConfig {
+pub fn engine_config(
+    name: String,
+    mtu: u16,
+    tx_limit: RateLimit,
+    rx_limit: RateLimit,
+) -> VnicEngineConfig {
     VnicEngineConfig {
         name,
         mtu,
