@@ -86,12 +86,15 @@ fn sandbox() {
     }
 }
 
+/// Inputs to the sandbox thread, and its "done" for each.
+type Worker = Mutex<(Sender<Vec<u8>>, Receiver<()>)>;
+
 /// The thread that owns the sandboxed daemon: it takes each input's bytes
 /// and answers when it has handled them. Only this thread (and the daemon's
 /// threads, which it starts) enters the sandbox; libFuzzer's own thread
 /// keeps the real filesystem for its corpus and artifacts.
-fn worker() -> &'static Mutex<(Sender<Vec<u8>>, Receiver<()>)> {
-    static WORKER: OnceLock<Mutex<(Sender<Vec<u8>>, Receiver<()>)>> = OnceLock::new();
+fn worker() -> &'static Worker {
+    static WORKER: OnceLock<Worker> = OnceLock::new();
     WORKER.get_or_init(|| {
         let (input_tx, input_rx) = channel::<Vec<u8>>();
         let (done_tx, done_rx) = channel();
