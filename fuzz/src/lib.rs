@@ -119,5 +119,8 @@ pub fn engine_config(
         guard: SpoofGuard::new(GUEST_MAC, None),
         tx_limit,
         rx_limit,
+        log: std::sync::Arc::new(snapnet::vnic::guest_log::GuestLog::new(
+            snapnet::vnic::guest_log::INTERVAL,
+        )),
     }
 }
