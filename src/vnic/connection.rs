@@ -17,6 +17,7 @@ use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{EngineSink, VnicDevice};
 
@@ -42,21 +43,69 @@ pub enum ConnectionError {
     Spawn(std::io::Error),
 }
 
-/// How long blocking waits last before re-checking for shutdown.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a client waits before connecting again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Tells the connection thread to stop, and wakes it from any wait at once
+/// (`vnic.remove` used to take up to a poll interval per vNIC).
+struct StopSignal {
+    raised: AtomicBool,
+    wake: EventFd,
+}
+
+impl StopSignal {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            raised: AtomicBool::new(false),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        // A full counter still wakes the waiter; nothing else can fail here.
+        let _ = self.wake.write(1);
+    }
+
+    fn raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Waits until `fd` is readable (true), or the signal is raised or
+    /// `timeout` passes (false). Without `fd`, just a sleep the signal ends.
+    fn wait(&self, fd: Option<i32>, timeout: Duration) -> bool {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(-1);
+        // SAFETY: two valid pollfds on the stack (poll ignores a negative fd);
+        // a negative timeout waits without limit.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+        n > 0 && !self.raised() && pfds[1].revents & libc::POLLIN != 0
+    }
+}
 
 type Device = Arc<VnicDevice<EngineSink>>;
 
 /// The thread serving one vNIC socket.
 pub struct Connection {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     current: Arc<Mutex<Option<ShutdownHandle>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Connection {
     pub fn spawn(device: Device, path: &Path, role: SocketRole) -> Result<Self, ConnectionError> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::new().map_err(ConnectionError::Spawn)?);
         let current = Arc::new(Mutex::new(None));
         let (s, c) = (stop.clone(), current.clone());
         let name = format!("vhost-{}", device.name());
@@ -93,7 +142,7 @@ impl Connection {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.raise();
         if let Some(h) = lock(&self.current).as_ref() {
             h.shutdown();
         }
@@ -129,10 +178,10 @@ fn run_connection(
     device: &Device,
     mut daemon: VhostUserDaemon<Device>,
     current: &Mutex<Option<ShutdownHandle>>,
-    stop: &AtomicBool,
+    stop: &StopSignal,
 ) {
     *lock(current) = daemon.shutdown_handle();
-    if stop.load(Ordering::Acquire) {
+    if stop.raised() {
         daemon.request_shutdown();
     }
     log::info!("{}: frontend connected", device.name());
@@ -149,29 +198,18 @@ fn run_connection(
     drop(daemon);
 }
 
-fn wait_readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack, count 1.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
-
 fn serve_as_server(
     device: Device,
     mut listener: Listener,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     current: Arc<Mutex<Option<ShutdownHandle>>>,
 ) {
-    while !stop.load(Ordering::Acquire) {
-        if !wait_readable(listener.as_raw_fd(), POLL_INTERVAL) {
+    while !stop.raised() {
+        if !stop.wait(Some(listener.as_raw_fd()), Duration::MAX) {
             continue;
         }
         let Some(mut daemon) = new_daemon(&device) else {
-            std::thread::sleep(POLL_INTERVAL);
+            stop.wait(None, RETRY_INTERVAL);
             continue;
         };
         match daemon.start(&mut listener) {
@@ -185,18 +223,18 @@ fn serve_as_server(
 fn serve_as_client(
     device: Device,
     path: PathBuf,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     current: Arc<Mutex<Option<ShutdownHandle>>>,
 ) {
     let path_str = path.to_string_lossy().into_owned();
     let mut waiting_logged = false;
     let mut daemon = None;
-    while !stop.load(Ordering::Acquire) {
+    while !stop.raised() {
         if daemon.is_none() {
             daemon = new_daemon(&device);
         }
         let Some(d) = daemon.as_mut() else {
-            std::thread::sleep(POLL_INTERVAL);
+            stop.wait(None, RETRY_INTERVAL);
             continue;
         };
         match d.start_client(&path_str) {
@@ -210,7 +248,7 @@ fn serve_as_client(
                     log::info!("{}: waiting for frontend at {path_str}: {e}", device.name());
                     waiting_logged = true;
                 }
-                std::thread::sleep(POLL_INTERVAL);
+                stop.wait(None, RETRY_INTERVAL);
             }
         }
     }
