@@ -331,9 +331,12 @@ impl Config {
                     format!("{} is not in 1..=256", g.threads),
                 ));
             }
-            let ncpu = std::thread::available_parallelism().map_or(1024, |n| n.get().max(1024));
-            if let Some(c) = g.cpus.iter().find(|c| **c >= ncpu) {
-                return Err(invalid(at("cpus"), format!("CPU {c} does not exist")));
+            let max = crate::sched::group::MAX_CPUS;
+            if let Some(c) = g.cpus.iter().find(|c| **c >= max) {
+                return Err(invalid(
+                    at("cpus"),
+                    format!("CPU {c} is out of range: threads can be pinned to CPUs 0..{max}"),
+                ));
             }
         }
         let known_group = |name: &Option<String>, at: String| match name {
@@ -550,6 +553,12 @@ mod tests {
             r#"{"switch_shards":2,"vnics":[{"name":"a","mac":"02:00:00:00:00:01","shard":2}]}"#,
         );
         assert!(e.contains("vnics[0].shard"), "{e}");
+        for cpu in [1024, 5000, usize::MAX] {
+            let e = err(&format!(
+                r#"{{"groups":[{{"name":"g","policy":"dedicated","cpus":[0,{cpu}]}}]}}"#
+            ));
+            assert!(e.contains("groups[0].cpus") && e.contains("0..1024"), "{e}");
+        }
         let e = err(r#"{"switch_shards":0}"#);
         assert!(e.contains("switch_shards"), "{e}");
         let e = err(r#"{"bogus":1}"#);
