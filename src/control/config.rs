@@ -89,6 +89,46 @@ pub struct Config {
     /// it the socket is root-only (0600).
     #[serde(default)]
     pub control_group: Option<String>,
+    /// Address learning in the switch's forwarding database.
+    #[serde(default)]
+    pub fdb: FdbConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbConfig {
+    /// Addresses one port may have learned in one network; beyond it,
+    /// frames to its new addresses are flooded.
+    #[serde(default = "default_fdb_max_learned")]
+    pub max_learned_per_port: u32,
+    /// Seconds a learned address is kept after its last frame.
+    #[serde(default = "default_fdb_max_age_s")]
+    pub max_age_s: u32,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        Self {
+            max_learned_per_port: default_fdb_max_learned(),
+            max_age_s: default_fdb_max_age_s(),
+        }
+    }
+}
+
+impl FdbConfig {
+    pub fn limits(&self) -> crate::switch::fdb::FdbLimits {
+        crate::switch::fdb::FdbLimits {
+            max_learned: self.max_learned_per_port,
+            max_age: std::time::Duration::from_secs(u64::from(self.max_age_s)),
+        }
+    }
+}
+
+fn default_fdb_max_learned() -> u32 {
+    crate::switch::fdb::FdbLimits::default().max_learned
+}
+fn default_fdb_max_age_s() -> u32 {
+    crate::switch::fdb::FdbLimits::default().max_age.as_secs() as u32
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -409,10 +449,25 @@ impl Config {
                     format!("{} is not in 1..=256", g.threads),
                 ));
             }
-            let ncpu = std::thread::available_parallelism().map_or(1024, |n| n.get().max(1024));
-            if let Some(c) = g.cpus.iter().find(|c| **c >= ncpu) {
-                return Err(invalid(at("cpus"), format!("CPU {c} does not exist")));
+            let max = crate::sched::group::MAX_CPUS;
+            if let Some(c) = g.cpus.iter().find(|c| **c >= max) {
+                return Err(invalid(
+                    at("cpus"),
+                    format!("CPU {c} is out of range: threads can be pinned to CPUs 0..{max}"),
+                ));
             }
+        }
+        if !(1..=1_000_000).contains(&self.fdb.max_learned_per_port) {
+            return Err(invalid(
+                "fdb.max_learned_per_port",
+                format!("{} is not in 1..=1000000", self.fdb.max_learned_per_port),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.fdb.max_age_s) {
+            return Err(invalid(
+                "fdb.max_age_s",
+                format!("{} is not in 1..=1000000", self.fdb.max_age_s),
+            ));
         }
         let known_group = |name: &Option<String>, at: String| match name {
             Some(n) if !group_names.contains(n.as_str()) => {
@@ -678,6 +733,16 @@ mod tests {
             r#"{"switch_shards":2,"vnics":[{"name":"a","mac":"02:00:00:00:00:01","shard":2}]}"#,
         );
         assert!(e.contains("vnics[0].shard"), "{e}");
+        for cpu in [1024, 5000, usize::MAX] {
+            let e = err(&format!(
+                r#"{{"groups":[{{"name":"g","policy":"dedicated","cpus":[0,{cpu}]}}]}}"#
+            ));
+            assert!(e.contains("groups[0].cpus") && e.contains("0..1024"), "{e}");
+        }
+        let e = err(r#"{"fdb":{"max_age_s":0}}"#);
+        assert!(e.contains("fdb.max_age_s"), "{e}");
+        let e = err(r#"{"fdb":{"max_learned_per_port":0}}"#);
+        assert!(e.contains("fdb.max_learned_per_port"), "{e}");
         let e = err(r#"{"switch_shards":0}"#);
         assert!(e.contains("switch_shards"), "{e}");
         let e = err(r#"{"bogus":1}"#);

@@ -202,7 +202,8 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| cfg.groups[0].name.clone());
         // Least-loaded placement spreads the shards over the group's threads.
-        for shard in shards {
+        for mut shard in shards {
+            shard.set_fdb_limits(cfg.fdb.limits());
             let id = daemon.group(&switch_group)?.add(Box::new(shard))?;
             daemon.switch_engines.push(id);
         }

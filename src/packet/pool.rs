@@ -166,39 +166,57 @@ impl FramePool {
         (self.frames as usize, self.total_large as usize)
     }
 
+    /// Where frame `index` lies in the region (offset, length); `None` for
+    /// an index past the pool, which only a handle minted for another pool
+    /// (a bug, never guest input) can carry. One compare on the packet path
+    /// keeps such a handle from reaching outside the mapping.
     #[inline]
-    fn span(&self, index: u32) -> (usize, usize) {
+    fn span(&self, index: u32) -> Option<(usize, usize)> {
         if index < self.frames {
-            (index as usize * self.frame_size, self.frame_size)
-        } else {
+            Some((index as usize * self.frame_size, self.frame_size))
+        } else if index - self.frames < self.total_large {
             let small_bytes = self.frames as usize * self.frame_size;
-            (
+            Some((
                 small_bytes + (index - self.frames) as usize * self.large_frame_size,
                 self.large_frame_size,
-            )
+            ))
+        } else {
+            None
         }
     }
 
-    /// Capacity in bytes of the frame behind `frame`.
+    /// Whether `frame` is a frame of this pool.
     #[inline]
-    pub fn capacity(&self, frame: &FrameHandle) -> usize {
-        self.span(frame.index).1
+    pub fn owns(&self, frame: &FrameHandle) -> bool {
+        self.span(frame.index).is_some()
     }
 
-    /// The whole frame buffer, headroom included.
+    /// Capacity in bytes of the frame behind `frame` (0 for a handle that
+    /// is not of this pool).
+    #[inline]
+    pub fn capacity(&self, frame: &FrameHandle) -> usize {
+        self.span(frame.index).map_or(0, |(_, len)| len)
+    }
+
+    /// The whole frame buffer, headroom included; empty for a handle that
+    /// is not of this pool (callers find no room and drop the frame).
     #[inline]
     pub fn frame_mut<'a>(&'a self, frame: &'a mut FrameHandle) -> &'a mut [u8] {
-        let (start, len) = self.span(frame.index);
-        // SAFETY: handles are only created by this pool with an index inside
-        // the region, and a handle is move-only: `&mut FrameHandle` proves no
-        // other view of this frame exists while the slice lives.
+        let Some((start, len)) = self.span(frame.index) else {
+            return &mut [];
+        };
+        // SAFETY: `span` put the frame inside the region, and a handle is
+        // move-only: `&mut FrameHandle` proves no other view of this frame
+        // exists while the slice lives.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(start), len) }
     }
 
-    /// The packet bytes of `frame`.
+    /// The packet bytes of `frame` (empty for a handle not of this pool).
     #[inline]
     pub fn bytes(&self, frame: &FrameHandle) -> &[u8] {
-        let (start, cap) = self.span(frame.index);
+        let Some((start, cap)) = self.span(frame.index) else {
+            return &[];
+        };
         let from = (frame.offset as usize).min(cap);
         let to = (from + frame.len as usize).min(cap);
         // SAFETY: as in `frame_mut`; the range is clamped to the frame, and the
@@ -330,6 +348,11 @@ impl FrameCache {
     /// Returns a frame to the pool.
     #[inline]
     pub fn free(&mut self, frame: FrameHandle) {
+        if !self.pool.owns(&frame) {
+            // Not ours to hand out again: a free list with a foreign index
+            // would give it to the next alloc.
+            return;
+        }
         if frame.index < self.pool.frames {
             self.small.push(frame.index);
             if self.small.len() > CACHE_MAX {
@@ -396,6 +419,44 @@ mod tests {
             cache.free(b);
         }
         assert_eq!(pool.free_frames(), (small, large));
+    }
+
+    #[test]
+    fn a_handle_from_another_pools_ledger_reaches_nothing() {
+        let big = pool_with_frames(2048);
+        let small = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut loans = crate::packet::UmemLoans::new(&big);
+        let mut cache = big.cache();
+        let mut held: Vec<_> = std::iter::from_fn(|| cache.alloc(64)).take(2048).collect();
+        let at = held
+            .iter()
+            .position(|f| f.index() >= 1000)
+            .expect("a frame past the small pool");
+        let addr = loans.lend(held.swap_remove(at)).unwrap();
+        for f in held {
+            cache.free(f);
+        }
+        let mut foreign = loans.reclaim(addr, 64).unwrap();
+
+        assert!(!small.owns(&foreign));
+        assert!(small.frame_mut(&mut foreign).is_empty());
+        assert!(small.bytes(&foreign).is_empty());
+        assert_eq!(small.capacity(&foreign), 0);
+        let mut small_cache = small.cache();
+        small_cache.free(foreign);
+        assert!(
+            std::iter::from_fn(|| small_cache.alloc(30_000).or_else(|| small_cache.alloc(64)))
+                .all(|f| small.owns(&f)),
+            "a foreign index never enters the free lists"
+        );
+    }
+
+    fn pool_with_frames(frames: u32) -> Arc<FramePool> {
+        FramePool::new(&PoolConfig {
+            frames,
+            ..PoolConfig::small_for_tests()
+        })
+        .unwrap()
     }
 
     #[test]

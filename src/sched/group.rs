@@ -579,7 +579,9 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
     let tid = unsafe { libc::gettid() };
     worker.tid.store(tid, Ordering::Relaxed);
     if let Some(cpu) = cpu {
-        pin_to_cpu(cpu);
+        if let Err(e) = pin_to_cpu(cpu) {
+            log::warn!("cannot pin thread to CPU {cpu}: {e}");
+        }
     }
     let mut engines: Vec<Placed> = Vec::new();
     let mut last_end: Vec<Stamp> = Vec::new();
@@ -813,19 +815,32 @@ fn thread_cpu_seconds(tid: i32) -> f64 {
         .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: `cpu_set_t` is plain data; CPU_ZERO/CPU_SET only write inside it
-    // (CPU_SET ignores indices beyond the set), and sched_setaffinity reads it.
-    unsafe {
+/// CPUs a thread can be pinned to: the ids a `cpu_set_t` holds (glibc's
+/// fixed 1024-bit set, which `sched_setaffinity` is given here).
+pub const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
+
+/// Pins the calling thread to `cpu`. An id beyond [`MAX_CPUS`] is an error,
+/// not an index past the set (libc's `CPU_SET` panics on one).
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    if cpu >= MAX_CPUS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is not below {MAX_CPUS}, the CPUs a cpu_set_t holds"),
+        ));
+    }
+    // SAFETY: `cpu_set_t` is plain data, so zeroed is a valid empty set;
+    // CPU_SET writes inside it (cpu < CPU_SETSIZE, checked above), and
+    // sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes of it.
+    let ok = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            log::warn!(
-                "cannot pin thread to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -894,6 +909,28 @@ mod tests {
             bell: bell.clone(),
         };
         (e, pending, handled, bell)
+    }
+
+    #[test]
+    fn a_cpu_past_the_cpu_set_is_an_error_and_the_thread_still_runs() {
+        for cpu in [MAX_CPUS, 5000, usize::MAX] {
+            let e = pin_to_cpu(cpu).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        }
+        // A group asked to pin there runs its engines unpinned.
+        let group = EngineGroup::start("far", Policy::Dedicated, 1, &[MAX_CPUS + 1]).unwrap();
+        let polls = Arc::new(AtomicUsize::new(0));
+        group
+            .add(Box::new(Ticker {
+                polls: polls.clone(),
+            }))
+            .unwrap();
+        let t = Instant::now();
+        while polls.load(Ordering::Relaxed) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "never polled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        group.stop();
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Engine groups: where engines run, and whether their threads may sleep.
 
-mod clock;
+pub(crate) mod clock;
 mod coalesce;
 mod compact;
 mod cpu_share;

@@ -8,7 +8,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use super::fdb::{Fdb, DEFAULT_CAPACITY};
+use super::fdb::{Fdb, FdbLimits, DEFAULT_CAPACITY};
 use super::peer::{PeerRx, PeerTag, PeerTx};
 use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox};
@@ -178,6 +178,11 @@ impl SwitchEngine {
 
     pub fn fdb(&self) -> &Fdb {
         &self.fdb
+    }
+
+    /// Bounds learning and sets the age of learned entries.
+    pub fn set_fdb_limits(&mut self, limits: FdbLimits) {
+        self.fdb.set_limits(limits);
     }
 
     /// Learns `src` behind port `port` (of this shard or another).
@@ -691,6 +696,7 @@ impl Engine for SwitchEngine {
         if let Some(job) = self.mailbox.take() {
             job(self);
         }
+        self.fdb.tick();
         // Deficit round robin: a new round starts only when no input with
         // frames waiting has credit left. When an output is full, inputs keep
         // their credit and wait, so a congested output (an uplink) is shared

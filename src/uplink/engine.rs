@@ -310,6 +310,7 @@ impl UplinkQueueEngine {
             };
             n += 1;
             let Some(mut frame) = self.loans.reclaim(d.addr, d.len) else {
+                self.counters.add(UplinkCounter::DropBadAddress, 1);
                 continue;
             };
             bytes += u64::from(d.len);
@@ -450,7 +451,7 @@ impl TxOut<'_> {
         let len = frame.len;
         if self.tx.free(1) == 0 {
             self.cache.free(frame);
-            self.counters.add(UplinkCounter::DropTooBig, 1);
+            self.counters.add(UplinkCounter::DropTxRingFull, 1);
             return;
         }
         match self.loans.lend(frame) {
@@ -609,5 +610,42 @@ impl Engine for UplinkQueueEngine {
         self.xsk.as_mut().map_or(0.0, |x| {
             f64::from(x.rx.available()) / f64::from(x.rx.capacity())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::PoolConfig;
+
+    #[test]
+    fn a_frame_that_finds_the_tx_ring_full_is_counted_as_that() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let mut loans = UmemLoans::new(&pool);
+        let mut tx = ProducerRing::<libc::xdp_desc>::unbacked(1).unwrap();
+        let mut counters = UplinkCounters::default();
+        let (mut sent, mut bytes) = (0, 0);
+        let mut out = TxOut {
+            tx: &mut tx,
+            loans: &mut loans,
+            cache: &mut cache,
+            counters: &mut counters,
+            sent: &mut sent,
+            bytes: &mut bytes,
+        };
+        for _ in 0..3 {
+            let mut f = out.cache.alloc(60).unwrap();
+            f.len = 60;
+            out.push(f);
+        }
+        assert_eq!(sent, 1, "one entry fits");
+        assert_eq!(counters.get(UplinkCounter::DropTxRingFull), 2);
+        assert_eq!(counters.get(UplinkCounter::DropTooBig), 0);
+        for f in loans.reclaim_all() {
+            cache.free(f);
+        }
+        drop(cache);
+        assert_eq!(pool.free_frames(), pool.total_frames());
     }
 }

@@ -22,6 +22,13 @@ pub enum UplinkCounter {
     TxSegments,
     /// Drop: a frame longer than the uplink takes and not segmentable.
     DropTooBig,
+    /// Drop: a wire frame found the TX ring full although room was checked
+    /// for its guest frame (an overlay's replicas or a GSO frame cut into
+    /// more segments than estimated).
+    DropTxRingFull,
+    /// Drop: the kernel returned an RX descriptor for a UMEM address that
+    /// was not lent to it (never expected; nothing is read from it).
+    DropBadAddress,
     /// Drop: a guest GSO/checksum request that does not parse.
     DropBadOffload,
     /// Drop: no frame to segment into or to receive a group frame in.
@@ -47,7 +54,7 @@ pub enum UplinkCounter {
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 17] = [
+    pub const ALL: [UplinkCounter; 19] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -55,6 +62,8 @@ impl UplinkCounter {
         UplinkCounter::TxBytes,
         UplinkCounter::TxSegments,
         UplinkCounter::DropTooBig,
+        UplinkCounter::DropTxRingFull,
+        UplinkCounter::DropBadAddress,
         UplinkCounter::DropBadOffload,
         UplinkCounter::DropPoolEmpty,
         UplinkCounter::DropTxStalled,
@@ -76,6 +85,8 @@ impl UplinkCounter {
             UplinkCounter::TxBytes => "tx_bytes",
             UplinkCounter::TxSegments => "tx_segments",
             UplinkCounter::DropTooBig => "drop_too_big",
+            UplinkCounter::DropTxRingFull => "drop_tx_ring_full",
+            UplinkCounter::DropBadAddress => "drop_bad_address",
             UplinkCounter::DropBadOffload => "drop_bad_offload",
             UplinkCounter::DropPoolEmpty => "drop_pool_empty",
             UplinkCounter::DropTxStalled => "drop_tx_stalled",

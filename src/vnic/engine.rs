@@ -65,10 +65,12 @@ pub struct AttachedQueue {
     /// sleeping. Re-applied whenever the ring view is rebuilt.
     kicks: bool,
     event_idx: bool,
-    /// The driver moved its avail index by more than the ring holds: the
-    /// ring is corrupt. It is left alone (counted once) until the driver
-    /// sets it up again, which attaches a fresh queue.
-    broken: bool,
+    /// The ring cannot be served as the driver set it up (see [`Broken`]).
+    /// Counted and logged once when found; then the engine leaves it alone
+    /// until the driver sets it up again.
+    broken: Option<Broken>,
+    /// Polls of a broken ring since its set-up was last looked at.
+    broken_polls: u32,
     /// The avail index as of the end of the last batch, and how many
     /// polls since then found it unchanged without taking the vring lock.
     seen_avail: Option<u16>,
@@ -90,7 +92,8 @@ impl AttachedQueue {
             packed: false,
             kicks: true,
             event_idx: false,
-            broken: false,
+            broken: None,
+            broken_polls: 0,
             seen_avail: None,
             quick_polls: 0,
             kick: None,
@@ -149,25 +152,28 @@ impl AttachedQueue {
             kicks,
             event_idx,
             broken,
+            broken_polls,
             seen_avail,
             quick_polls,
             kick: _,
         } = self;
         *seen_avail = None;
         *quick_polls = 0;
-        if *broken {
-            return Ok(0);
+        if broken.is_some() {
+            // Only a look now and then at whether the driver set it up
+            // again: a broken ring costs no lock and no count per poll.
+            *broken_polls += 1;
+            if *broken_polls < Self::QUICK_POLLS {
+                return Ok(0);
+            }
+            *broken_polls = 0;
         }
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return Ok(0);
         }
         let snapshot = mem.memory();
-        if !map.as_ref().is_some_and(|m| m.is_for(&snapshot)) {
-            *map = Some(GuestMap::new(snapshot.into_inner()));
-            *view = None;
-        }
-        let map = map.as_ref().expect("set above");
+        let new_memory = !map.as_ref().is_some_and(|m| m.is_for(&snapshot));
         let q = state.get_queue_mut();
         let addrs = RingAddrs {
             desc: q.desc_table(),
@@ -175,6 +181,17 @@ impl AttachedQueue {
             used: q.used_ring(),
             size: q.size(),
         };
+        if let Some(b) = *broken {
+            if !b.set_up_again(addrs, new_memory) {
+                return Ok(0);
+            }
+            *broken = None;
+        }
+        if new_memory {
+            *map = Some(GuestMap::new(snapshot.into_inner()));
+            *view = None;
+        }
+        let map = map.as_ref().expect("set above");
         if view.as_ref().is_none_or(|(a, _)| *a != addrs) {
             *view = GuestRing::new(map, addrs, *packed).map(|v| (addrs, v));
             if let Some((_, ring)) = view.as_ref() {
@@ -182,6 +199,7 @@ impl AttachedQueue {
             }
         }
         let Some((_, ring)) = view.as_ref() else {
+            *broken = Some(Broken::Addresses(addrs));
             return Err(DropReason::AddressOutOfRange);
         };
         let (n, interrupt) = f(q, ring, map);
@@ -203,9 +221,12 @@ impl AttachedQueue {
         }
     }
 
-    /// Stops serving this ring until the driver sets it up again.
+    /// Stops serving this ring, whose avail index is corrupt, until the
+    /// driver sets it up again.
     fn mark_broken(&mut self) {
-        self.broken = true;
+        if let Some((addrs, _)) = self.view.as_ref() {
+            self.broken = Some(Broken::Corrupt(*addrs));
+        }
     }
 
     /// How much of the ring the guest filled since the last batch (0 until
@@ -219,13 +240,36 @@ impl AttachedQueue {
     }
 
     fn has_avail(&mut self) -> bool {
-        if self.broken {
+        if self.broken.is_some() {
             return false;
         }
         let AttachedQueue { vring, view, .. } = self;
         let state = vring.get_mut();
         view.as_ref()
             .is_some_and(|(_, r)| r.has_new(state.get_queue().next_avail()))
+    }
+}
+
+/// Why a ring is not served, with the set-up it was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broken {
+    /// The driver moved its avail index by more than the ring holds (or
+    /// published a packed chain's head before its tail).
+    Corrupt(RingAddrs),
+    /// A part of the ring does not lie in guest memory (or is misaligned,
+    /// or the size is not one the layout allows).
+    Addresses(RingAddrs),
+}
+
+impl Broken {
+    /// Whether the driver set the ring up again: new addresses (a reset
+    /// re-attaches the queue, which starts it afresh anyway), or for a
+    /// ring outside guest memory, a new memory table that may now hold it.
+    fn set_up_again(self, addrs: RingAddrs, new_memory: bool) -> bool {
+        match self {
+            Broken::Corrupt(at) => at != addrs,
+            Broken::Addresses(at) => at != addrs || new_memory,
+        }
     }
 }
 
@@ -652,6 +696,53 @@ mod tests {
         assert!(q.quick_idle());
         publish(&mock, 1);
         assert!(!q.quick_idle(), "a posted chain is never skipped");
+    }
+
+    /// Polls `q` `n` times: (address errors, batches that reached the ring).
+    fn poll_n(q: &mut AttachedQueue, n: usize) -> (usize, usize) {
+        let (mut errors, mut served) = (0, 0);
+        for _ in 0..n {
+            match q.batch(|_, _, _| {
+                served += 1;
+                (0, false)
+            }) {
+                Ok(_) => {}
+                Err(DropReason::AddressOutOfRange) => errors += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        (errors, served)
+    }
+
+    #[test]
+    fn a_ring_outside_guest_memory_is_counted_once_until_set_up_again() {
+        for packed in [false, true] {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+            let mock = MockSplitQueue::new(&mem, QSIZE);
+            let mut q = attached(&mem, &mock);
+            q.packed = packed;
+            let (desc, avail) = (mock.desc_table_addr().0, mock.avail_addr().0);
+            let set_used = |q: &AttachedQueue, used: u64| {
+                q.vring.set_queue_info(desc, avail, used).unwrap();
+            };
+            set_used(&q, 0x2_0000);
+            assert_eq!(poll_n(&mut q, 1000), (1, 0), "packed: {packed}");
+            assert!(!q.has_avail(), "a broken ring has no work");
+            // The memory table grows to hold the ring: it is served.
+            let bigger = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4_0000)]).unwrap();
+            q.mem.lock().unwrap().replace(bigger);
+            let (errors, served) = poll_n(&mut q, 2 * AttachedQueue::QUICK_POLLS as usize);
+            assert_eq!(errors, 0);
+            assert!(served > 0, "never retried after the memory grew");
+            // New bad addresses: one more count, then quiet again.
+            set_used(&q, 0x8_0000);
+            assert_eq!(poll_n(&mut q, 1000).0, 1);
+            // Good addresses again: served.
+            set_used(&q, 0x8000);
+            let (errors, served) = poll_n(&mut q, 2 * AttachedQueue::QUICK_POLLS as usize);
+            assert_eq!(errors, 0);
+            assert!(served > 0, "never retried after new addresses");
+        }
     }
 
     #[test]

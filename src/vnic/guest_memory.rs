@@ -42,6 +42,13 @@ impl GuestMap {
         Self { regions, snapshot }
     }
 
+    /// The snapshot the table points into; a view built on the table holds
+    /// a clone so that it cannot outlive the mappings either.
+    #[inline]
+    pub fn snapshot(&self) -> &Arc<GuestMemoryMmap> {
+        &self.snapshot
+    }
+
     /// True when this table was built from `mem`.
     #[inline]
     pub fn is_for(&self, mem: &GuestMemoryMmap) -> bool {

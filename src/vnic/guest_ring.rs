@@ -6,6 +6,9 @@
 //! `flags:u16 idx:u16 ring[size]:{id:u32,len:u32} avail_event:u16`.
 
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
 
 use super::guest_memory::GuestMap;
 
@@ -39,17 +42,64 @@ impl Desc {
     /// `p` must point to 16 readable bytes of guest memory.
     #[inline]
     pub unsafe fn read(p: *const u8) -> Self {
-        // SAFETY: caller guarantees 16 readable bytes; the guest may write them
-        // concurrently, so each field is read once, volatile, unaligned-safe.
-        unsafe {
-            Desc {
-                addr: u64::from_le(std::ptr::read_unaligned(p.cast::<u64>())),
-                len: u32::from_le(std::ptr::read_unaligned(p.add(8).cast::<u32>())),
-                flags: u16::from_le(std::ptr::read_unaligned(p.add(12).cast::<u16>())),
-                next: u16::from_le(std::ptr::read_unaligned(p.add(14).cast::<u16>())),
-            }
+        // SAFETY: the caller's guarantee, passed on.
+        let w = unsafe { read_desc_words(p) };
+        Desc {
+            addr: desc_field(w, DESC_ADDR),
+            len: desc_field(w, DESC_LEN) as u32,
+            flags: desc_field(w, DESC_FLAGS) as u16,
+            next: desc_field(w, DESC_NEXT) as u16,
         }
     }
+}
+
+/// Offsets of a split descriptor's fields (virtio 1.x, 2.7.5):
+/// `addr: u64, len: u32, flags: u16, next: u16`.
+const DESC_ADDR: usize = 0;
+const DESC_LEN: usize = 8;
+const DESC_FLAGS: usize = 12;
+const DESC_NEXT: usize = 14;
+
+/// The 16 bytes of a descriptor (split or packed) as two little-endian
+/// words, read once. The guest may rewrite a descriptor while the device
+/// reads it: volatile loads keep the compiler from reading a field again
+/// later (after it was checked) or from merging the read with another one,
+/// and two word loads cost what the four field loads did.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes of guest memory.
+#[inline]
+pub(crate) unsafe fn read_desc_words(p: *const u8) -> [u64; 2] {
+    if p.align_offset(std::mem::align_of::<[u64; 2]>()) == 0 {
+        // SAFETY: 16 readable bytes (caller), 8-aligned (just checked).
+        let w = unsafe { std::ptr::read_volatile(p.cast::<[u64; 2]>()) };
+        [u64::from_le(w[0]), u64::from_le(w[1])]
+    } else {
+        // SAFETY: as above, for a table the guest did not align.
+        unsafe { read_desc_words_unaligned(p) }
+    }
+}
+
+/// Byte by byte, still volatile: only reached for an indirect table the
+/// guest placed off an 8-byte boundary (rings are checked 16-aligned).
+///
+/// # Safety
+/// `p` must point to 16 readable bytes of guest memory.
+#[cold]
+unsafe fn read_desc_words_unaligned(p: *const u8) -> [u64; 2] {
+    let mut b = [[0u8; 8]; 2];
+    for (i, v) in b.as_flattened_mut().iter_mut().enumerate() {
+        // SAFETY: i < 16, inside the caller's 16 readable bytes.
+        *v = unsafe { std::ptr::read_volatile(p.add(i)) };
+    }
+    [u64::from_le_bytes(b[0]), u64::from_le_bytes(b[1])]
+}
+
+/// The field at byte `offset` of a descriptor read by [`read_desc_words`],
+/// in the low bits (the caller truncates it to the field's width).
+#[inline(always)]
+pub(crate) const fn desc_field(w: [u64; 2], offset: usize) -> u64 {
+    w[offset / 8] >> ((offset % 8) * 8)
 }
 
 /// Guest-physical addresses and size of a queue, as the frontend set them.
@@ -68,10 +118,14 @@ pub struct RingView {
     used: *mut u8,
     mask: u16,
     size: u16,
+    /// The memory snapshot the pointers point into: while the view lives,
+    /// its regions stay mapped, whatever the frontend does to the table.
+    _mem: Arc<GuestMemoryMmap>,
 }
 
-// SAFETY: the pointers target guest memory kept mapped by the `GuestMap`
-// snapshot that the owning engine holds alongside this view.
+// SAFETY: the pointers target guest memory that `_mem` keeps mapped for the
+// view's whole life; GuestMemoryMmap is Send + Sync, and the guest side of
+// the sharing is handled by volatile and atomic accesses.
 unsafe impl Send for RingView {}
 
 impl RingView {
@@ -95,6 +149,7 @@ impl RingView {
             used,
             mask: size - 1,
             size,
+            _mem: map.snapshot().clone(),
         })
     }
 
@@ -225,5 +280,59 @@ impl RingView {
     pub fn publish_used(&self, idx: u16) {
         // SAFETY: `used + 2` is inside the checked used ring, 2-aligned.
         unsafe { &*(self.used.add(IDX_OFFSET) as *const AtomicU16) }.store(idx, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn a_view_keeps_the_memory_it_points_into_mapped() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
+        let map = GuestMap::new(mem.clone());
+        let addrs = RingAddrs {
+            desc: 0,
+            avail: 0x1000,
+            used: 0x2000,
+            size: 16,
+        };
+        let view = RingView::new(&map, addrs).unwrap();
+        drop(map);
+        assert!(
+            Arc::strong_count(&mem) > 1,
+            "the view must hold the snapshot it points into"
+        );
+        drop(mem);
+        // Nothing else holds the memory now: the view's own reference keeps
+        // its pointers valid.
+        assert_eq!(view.avail_idx(), 0);
+        assert_eq!(view.desc(3).map(|d| d.len), Some(0));
+    }
+
+    #[test]
+    fn a_descriptor_reads_the_same_at_any_alignment() {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        raw[8..12].copy_from_slice(&1500u32.to_le_bytes());
+        raw[12..14].copy_from_slice(&(VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE).to_le_bytes());
+        raw[14..].copy_from_slice(&7u16.to_le_bytes());
+        // An 8-aligned buffer with room to place the descriptor off that
+        // alignment, as a guest may place an indirect table.
+        let mut buf = [0u64; 4];
+        for shift in [0, 8, 1, 3, 6] {
+            let bytes = buf.as_mut_ptr().cast::<u8>();
+            // SAFETY: shift + 16 <= 32 bytes of `buf`.
+            let d = unsafe {
+                std::ptr::copy_nonoverlapping(raw.as_ptr(), bytes.add(shift), 16);
+                Desc::read(bytes.add(shift))
+            };
+            assert_eq!(
+                (d.addr, d.len, d.flags, d.next),
+                (0x1122_3344_5566_7788, 1500, 3, 7),
+                "at offset {shift}"
+            );
+        }
     }
 }

@@ -11,18 +11,18 @@
 pub mod antispoof;
 mod any_ring;
 mod backend;
-pub mod chain;
+pub(crate) mod chain;
 pub mod connection;
 pub mod device;
 pub mod engine;
 pub mod features;
 pub mod guest_log;
 pub mod guest_memory;
-pub mod guest_ring;
+pub(crate) mod guest_ring;
 mod guest_rx;
 mod guest_tx;
-pub mod packed_chain;
-pub mod packed_ring;
+pub(crate) mod packed_chain;
+pub(crate) mod packed_ring;
 mod packed_rx;
 #[cfg(test)]
 mod packed_tests;

@@ -12,9 +12,12 @@
 //! two) plus the wrap counter of their lap; the engine keeps both counters.
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
 
 use super::guest_memory::GuestMap;
-use super::guest_ring::RingAddrs;
+use super::guest_ring::{desc_field, read_desc_words, RingAddrs};
 use crate::packet::wire::virtq_packed::{
     self as vp, DESC_ADDR, DESC_FLAGS, DESC_ID, DESC_LEN, DESC_SIZE, EVENT_FLAGS, EVENT_F_DESC,
     EVENT_F_DISABLE, EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE,
@@ -39,16 +42,8 @@ impl PackedDesc {
     /// `p` must point to 16 readable bytes of guest memory.
     #[inline]
     pub unsafe fn read_with(p: *const u8, flags: u16) -> Self {
-        // SAFETY: the caller guarantees 16 readable bytes; the guest may write
-        // them concurrently, so each field is read once, unaligned-safe.
-        unsafe {
-            PackedDesc {
-                addr: u64::from_le(std::ptr::read_unaligned(p.add(DESC_ADDR).cast::<u64>())),
-                len: u32::from_le(std::ptr::read_unaligned(p.add(DESC_LEN).cast::<u32>())),
-                id: u16::from_le(std::ptr::read_unaligned(p.add(DESC_ID).cast::<u16>())),
-                flags,
-            }
-        }
+        // SAFETY: the caller's guarantee, passed on.
+        Self::from_words(unsafe { read_desc_words(p) }, flags)
     }
 
     /// Reads the descriptor at `p`, flags included (indirect tables, which
@@ -58,10 +53,18 @@ impl PackedDesc {
     /// `p` must point to 16 readable bytes of guest memory.
     #[inline]
     pub unsafe fn read(p: *const u8) -> Self {
-        // SAFETY: as for `read_with`; flags are the last two of the 16 bytes.
-        unsafe {
-            let flags = u16::from_le(std::ptr::read_unaligned(p.add(DESC_FLAGS).cast::<u16>()));
-            Self::read_with(p, flags)
+        // SAFETY: the caller's guarantee, passed on.
+        let w = unsafe { read_desc_words(p) };
+        Self::from_words(w, desc_field(w, DESC_FLAGS) as u16)
+    }
+
+    #[inline(always)]
+    fn from_words(w: [u64; 2], flags: u16) -> Self {
+        PackedDesc {
+            addr: desc_field(w, DESC_ADDR),
+            len: desc_field(w, DESC_LEN) as u32,
+            id: desc_field(w, DESC_ID) as u16,
+            flags,
         }
     }
 }
@@ -74,7 +77,10 @@ pub struct Pos {
 }
 
 impl Pos {
-    /// Where a fresh ring starts (wrap counters start at 1).
+    /// Where a fresh ring starts (wrap counters start at 1). The device
+    /// side gets its positions from the vring base; the tests' driver
+    /// starts here.
+    #[cfg(test)]
     pub const START: Pos = Pos {
         slot: 0,
         wrap: true,
@@ -121,10 +127,14 @@ pub struct PackedView {
     /// Device event suppression: ours about kicks.
     device_evt: *mut u8,
     size: u16,
+    /// The memory snapshot the pointers point into: while the view lives,
+    /// its regions stay mapped, whatever the frontend does to the table.
+    _mem: Arc<GuestMemoryMmap>,
 }
 
-// SAFETY: the pointers target guest memory kept mapped by the `GuestMap`
-// snapshot that the owning engine holds alongside this view.
+// SAFETY: the pointers target guest memory that `_mem` keeps mapped for the
+// view's whole life; GuestMemoryMmap is Send + Sync, and the guest side of
+// the sharing is handled by volatile and atomic accesses.
 unsafe impl Send for PackedView {}
 
 impl PackedView {
@@ -148,6 +158,7 @@ impl PackedView {
             driver_evt,
             device_evt,
             size,
+            _mem: map.snapshot().clone(),
         })
     }
 
@@ -167,7 +178,7 @@ impl PackedView {
     #[inline]
     fn flags_at(&self, slot: u16) -> &AtomicU16 {
         // SAFETY: the flags of an in-bounds slot; 2-aligned since slots are
-        // 16-aligned; the mapping outlives the view (see Send above).
+        // 16-aligned; `_mem` keeps the mapping alive as long as the view.
         unsafe { &*self.slot_ptr(slot).add(DESC_FLAGS).cast::<AtomicU16>() }
     }
 

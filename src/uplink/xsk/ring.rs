@@ -138,6 +138,34 @@ impl<T: Copy> ProducerRing<T> {
         })
     }
 
+    /// A ring of `size` entries in a memfd of our own, with nobody on the
+    /// kernel's side: for tests of what fills it.
+    #[cfg(test)]
+    pub(crate) fn unbacked(size: u32) -> io::Result<Self> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the
+        // result is checked and owned at once.
+        let fd = unsafe { libc::memfd_create(c"ring".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let off = RingOffsets {
+            producer: 0,
+            consumer: 64,
+            flags: 128,
+            desc: 192,
+        };
+        let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
+        // SAFETY: ftruncate on our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The mapping holds the memory after the fd closes.
+        Self::map(std::os::fd::AsFd::as_fd(&fd), 0, off, size)
+    }
+
     /// Free entries; reads the kernel's index only when the cached one says
     /// fewer than `want` are free.
     #[inline]

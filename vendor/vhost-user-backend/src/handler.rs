@@ -114,8 +114,9 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     // snapnet patch: the driver status from SET_STATUS.
     status: u8,
     // snapnet patch: users of each region added with ADD_MEM_REG, keyed by
-    // (guest address, size, frontend address).
-    region_refs: std::collections::HashMap<(u64, u64, u64), u32>,
+    // (guest address, size, frontend address, offset into the file), with
+    // the (device, inode) of the file that backs it.
+    region_refs: std::collections::HashMap<(u64, u64, u64, u64), ((u64, u64), u32)>,
     // snapnet patch: the rings are packed (VIRTIO_F_RING_PACKED in the last
     // SET_FEATURES). Kept across a status reset, which clears the acked
     // features before a frontend may still ask GET_VRING_BASE.
@@ -788,11 +789,26 @@ where
         // the same regions. An identical region is counted, not mapped again
         // (mapping it again failed as "regions intersect" and dropped the
         // connection); REM_MEM_REG unmaps it when the last user removes it.
-        if let Some(refs) = self.region_refs.get_mut(&(
+        // Identical means the same memory too: the same file (device and
+        // inode; each device's message carries its own fd) at the same
+        // offset. Other memory at a mapped address is refused.
+        let key = (
             region.guest_phys_addr,
             region.memory_size,
             region.user_addr,
-        )) {
+            region.mmap_offset,
+        );
+        let backing = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().map_err(VhostUserError::ReqHandlerError)?;
+            (meta.dev(), meta.ino())
+        };
+        if let Some((mapped, refs)) = self.region_refs.get_mut(&key) {
+            if *mapped != backing {
+                return Err(VhostUserError::ReqHandlerError(io::Error::other(
+                    "ADD_MEM_REG: another file is mapped at this guest address",
+                )));
+            }
             *refs += 1;
             drop(file);
             return Ok(None);
@@ -842,10 +858,7 @@ where
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
 
         self.mappings.push(addr_mapping);
-        self.region_refs.insert(
-            (region.guest_phys_addr, region.memory_size, region.user_addr),
-            1,
-        );
+        self.region_refs.insert(key, (backing, 1));
 
         Ok(None)
     }
@@ -863,9 +876,14 @@ where
         }
 
         // snapnet patch: see add_mem_region.
-        let key = (region.guest_phys_addr, region.memory_size, region.user_addr);
+        let key = (
+            region.guest_phys_addr,
+            region.memory_size,
+            region.user_addr,
+            region.mmap_offset,
+        );
         match self.region_refs.get_mut(&key) {
-            Some(refs) if *refs > 1 => {
+            Some((_, refs)) if *refs > 1 => {
                 *refs -= 1;
                 return Ok(());
             }
@@ -1180,6 +1198,45 @@ mod tests {
                 (0, Some(second_fd), false),
             ]
         );
+    }
+
+    // snapnet patch: a repeated ADD_MEM_REG is the same region only when it
+    // maps the same file at the same offset.
+    #[test]
+    fn test_repeated_regions_must_be_the_same_memory() {
+        use vm_memory::GuestMemoryBackend;
+        let memfd = || {
+            let fd =
+                nix::sys::memfd::memfd_create("test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+            let file = File::from(fd);
+            file.set_len(0x20000).unwrap();
+            file
+        };
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
+        let mut handler = VhostUserHandler::new(backend, mem.clone()).unwrap();
+        let region =
+            |offset| VhostUserSingleMemoryRegion::new(0x100000, 0x10000, 0x7000_0000, offset);
+        let first = memfd();
+        let again = || first.try_clone().unwrap();
+        handler.add_mem_region(&region(0), again(), None).unwrap();
+        handler.add_mem_region(&region(0), again(), None).unwrap();
+        assert!(
+            handler.add_mem_region(&region(0), memfd(), None).is_err(),
+            "another file at the same address is not the same region"
+        );
+        assert!(
+            handler
+                .add_mem_region(&region(0x10000), again(), None)
+                .is_err(),
+            "another offset into the file is not the same region"
+        );
+        assert_eq!(mem.memory().num_regions(), 1);
+        // Two users of the region: it goes with the second removal.
+        handler.remove_mem_region(&region(0)).unwrap();
+        assert_eq!(mem.memory().num_regions(), 1);
+        handler.remove_mem_region(&region(0)).unwrap();
+        assert_eq!(mem.memory().num_regions(), 0);
     }
 
     // These tests need access to `/dev/userfaultfd`.
