@@ -49,10 +49,17 @@ pub enum DropReason {
     SpoofedNd,
     /// RX: over the vNIC's ingress rate limit.
     RateLimited,
+    /// RX: frames waited for guest buffers longer than a guest that is
+    /// alive takes to post them (a stuck or paused guest): dropped so they
+    /// hold no frames of the shared pool and no sender waits behind them.
+    NoRxBuffers,
+    /// RX: a guest buffer of zero bytes (returned unused, with the frame it
+    /// was gathered for).
+    ZeroLengthBuffer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -72,6 +79,8 @@ impl DropReason {
         DropReason::SpoofedArp,
         DropReason::SpoofedNd,
         DropReason::RateLimited,
+        DropReason::NoRxBuffers,
+        DropReason::ZeroLengthBuffer,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -96,6 +105,8 @@ impl DropReason {
             DropReason::SpoofedArp => "spoofed_arp",
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RateLimited => "rate_limited",
+            DropReason::NoRxBuffers => "no_rx_buffers",
+            DropReason::ZeroLengthBuffer => "zero_length_buffer",
         }
     }
 }
