@@ -9,7 +9,7 @@ use thiserror::Error;
 use super::config::{Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
-use crate::packet::{link, FramePool, PoolConfig, PoolError};
+use crate::packet::{link, FramePool, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
@@ -161,7 +161,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
-        let pool = FramePool::new(&PoolConfig::default())?;
+        let pool = FramePool::new(&super::pool_sizing::pool_config(cfg))?;
         let (shards, switch) = crate::switch::shards(&pool, usize::from(cfg.switch_shards))
             .map_err(io("switch shards"))?;
         let mut daemon = Daemon {
@@ -311,6 +311,7 @@ impl Daemon {
         let mut next = self.config.clone();
         next.vnics.push(v.clone());
         next.validate()?;
+        next.fits_pool(self.pool.total_frames().0)?;
         let socket = next.socket_path(&v);
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).map_err(io(format!("directory {}", dir.display())))?;
@@ -469,6 +470,7 @@ impl Daemon {
         let mut next = self.config.clone();
         next.uplinks.push(u.clone());
         next.validate()?;
+        next.fits_pool(self.pool.total_frames().0)?;
         let uplink_name = u.name.clone();
         let fail = uplink_err(&uplink_name);
         let ifname = std::ffi::CString::new(u.interface.as_str())
