@@ -5,12 +5,18 @@
 # or paused VM), interleaved rounds (A B A B ...), medians and their ratio.
 # The stuck guests connect for each B phase and leave after it. The daemon
 # runs on CPU 1, the bench tool (steady pair and flood thread) on CPU 0.
+# The flooders are limited to FLOOD_PPS packets/s each (default 200000):
+# enough to fill the stuck guests' links (17 x 1024 frames) within a tenth
+# of a second, little enough that the measurement shows what the stuck
+# guests do to the frame pool rather than the CPU the daemon spends
+# switching the flood (FLOOD_PPS=0: no limit, to see that too).
 #
 # Usage: scripts/bench-stuck-guests.sh [rounds] [seconds]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 SECS=${2:-3}
+FLOOD_PPS=${FLOOD_PPS:-200000}
 cargo build --release --bins >/dev/null 2>&1
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench
@@ -22,11 +28,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-vnic() { echo "{ \"name\": \"$1\", \"mac\": \"$2\", \"queue_pairs\": $3 }"; }
+LIMIT=""
+[ "$FLOOD_PPS" != 0 ] && LIMIT=", \"tx_limit\": { \"packets_per_sec\": $FLOOD_PPS }"
+vnic() { echo "{ \"name\": \"$1\", \"mac\": \"$2\", \"queue_pairs\": $3 ${4:-} }"; }
 cat > "$WORK/config.json" <<JSON
 { "runtime_dir": "$WORK",
   "vnics": [ $(vnic steady0 02:00:00:00:00:10 1), $(vnic steady1 02:00:00:00:00:11 1),
-             $(vnic flood0 02:00:00:00:00:20 1), $(vnic flood1 02:00:00:00:00:21 1),
+             $(vnic flood0 02:00:00:00:00:20 1 "$LIMIT"), $(vnic flood1 02:00:00:00:00:21 1 "$LIMIT"),
              $(vnic stuck1 02:00:00:00:00:30 1), $(vnic stuck16 02:00:00:00:00:31 16) ],
   "groups": [ { "name": "default", "policy": "dedicated", "threads": 1, "cpus": [1] } ] }
 JSON

@@ -310,6 +310,19 @@ impl DataPath {
         }
     }
 
+    /// Drops every frame waiting for the guest, counted as `reason`.
+    #[cold]
+    fn drop_waiting(&mut self, reason: DropReason) -> usize {
+        let mut n = 0;
+        while let Some(frame) = self.from_switch.pop() {
+            self.counters.drop(reason);
+            self.cache.free(frame);
+            n += 1;
+        }
+        self.dirty = true;
+        n
+    }
+
     /// Counts a guest error and logs it, rate-limited.
     #[cold]
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
@@ -476,16 +489,16 @@ impl VnicEngine {
         if self.dp.from_switch.is_empty() {
             return 0;
         }
+        let stalled = self.rx_stalled_since.is_some() && self.rx_stall_over();
         let Some(q) = self.rx.as_mut() else {
             // No guest driver: frames must not pile up and arrive stale later.
-            let mut n = 0;
-            while let Some(frame) = self.dp.from_switch.pop() {
-                self.dp.counters.drop(DropReason::GuestNotReady);
-                self.dp.cache.free(frame);
-                n += 1;
-            }
-            return n;
+            return self.dp.drop_waiting(DropReason::GuestNotReady);
         };
+        if stalled && q.quick_idle() {
+            // Still stalled, and the guest posted nothing since: no need to
+            // look at its ring (a lock and a walk per arriving frame).
+            return self.dp.drop_waiting(DropReason::NoRxBuffers);
+        }
         let dp = &mut self.dp;
         let n = match q.batch(|q, ring, map| match ring {
             GuestRing::Split(r) => guest_rx::fill(q, r, map, budget, dp),
@@ -513,19 +526,17 @@ impl VnicEngine {
     /// never gets here.
     #[cold]
     fn shed_if_stalled(&mut self) -> usize {
-        let now = Instant::now();
-        let since = *self.rx_stalled_since.get_or_insert(now);
-        if now.duration_since(since) < RX_STALL {
+        self.rx_stalled_since.get_or_insert_with(Instant::now);
+        if !self.rx_stall_over() {
             return 0;
         }
-        let mut n = 0;
-        while let Some(frame) = self.dp.from_switch.pop() {
-            self.dp.counters.drop(DropReason::NoRxBuffers);
-            self.dp.cache.free(frame);
-            n += 1;
-        }
-        self.dp.dirty = true;
-        n
+        self.dp.drop_waiting(DropReason::NoRxBuffers)
+    }
+
+    /// Whether the guest has taken no frame for [`RX_STALL`].
+    #[cold]
+    fn rx_stall_over(&self) -> bool {
+        self.rx_shed_at().is_some_and(|t| Instant::now() >= t)
     }
 
     /// When frames waiting for a stalled guest are due to be dropped.
@@ -603,8 +614,7 @@ impl Engine for VnicEngine {
         // wakes us then); otherwise its RX kick wakes us.
         let frames_waiting = !self.dp.from_switch.is_empty();
         let deliverable = frames_waiting
-            && (self.rx.as_mut().is_none_or(|q| q.has_avail())
-                || self.rx_shed_at().is_some_and(|t| Instant::now() >= t));
+            && (self.rx.as_mut().is_none_or(|q| q.has_avail()) || self.rx_stall_over());
         // Chains held back by the egress limit are not work until the
         // bucket refills; the timer wakes us then.
         let throttled = self
