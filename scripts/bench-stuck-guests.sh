@@ -3,7 +3,8 @@
 # (64 B, vnic steady0 -> steady1) alone, and while two other vNICs flood two
 # guests that post no RX buffers (one of 1 queue pair, one of 16, as a stuck
 # or paused VM), interleaved rounds (A B A B ...), medians and their ratio.
-# The stuck guests connect for each B phase and leave after it. The daemon
+# The stuck guests stay connected throughout (both phases poll the same
+# engines); only the flood to them differs between phases. The daemon
 # runs on CPU 1, the bench tool (steady pair and flood thread) on CPU 0.
 # The flooders are limited to FLOOD_PPS packets/s each (default 200000):
 # enough to fill the stuck guests' links (17 x 1024 frames) within a tenth

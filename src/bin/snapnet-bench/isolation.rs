@@ -1,10 +1,10 @@
 //! Tenant isolation of the frame pool, measured: the rate of a steady vNIC
-//! pair alone, and while guests that post no RX buffers (stuck, as a paused
-//! VM is) are flooded by other vNICs. Rounds alternate the two phases (A B A
+//! pair while guests that post no RX buffers (stuck, as a paused VM is) sit
+//! idle, and while other vNICs flood them. Rounds alternate the two phases (A B A
 //! B ...), as this machine's vCPU placement flips every few minutes, and the
 //! medians and their ratio are printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +26,9 @@ pub struct IsolationArgs {
     /// for all of them).
     #[arg(long, value_delimiter = ',', required = true)]
     flood: Vec<PathBuf>,
-    /// Stuck guests, as SOCKET:QUEUE_PAIRS: connected for the second phase
-    /// of each round with no RX buffer posted, and never one taken.
+    /// Stuck guests, as SOCKET:QUEUE_PAIRS: connected for the whole run
+    /// with no RX buffer posted, and never one taken (so both phases poll
+    /// the same engines; only the flood to them differs).
     #[arg(long, value_delimiter = ',', required = true)]
     stuck: Vec<String>,
     /// Frame size of the steady pair and of the flood.
@@ -45,7 +46,7 @@ pub struct IsolationArgs {
 /// queue pairs gets frames on every queue.
 const FLOWS: u16 = 256;
 
-fn connect(path: &PathBuf, cfg: &FrontendConfig) -> Result<Frontend, String> {
+fn connect(path: &Path, cfg: &FrontendConfig) -> Result<Frontend, String> {
     Frontend::connect(path, cfg, Duration::from_secs(10))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -143,11 +144,35 @@ pub fn run_isolation(a: IsolationArgs) -> Result<(), String> {
             Ok((PathBuf::from(p), q))
         })
         .collect::<Result<_, String>>()?;
+    // Guests that never post an RX buffer, and the flood to them.
+    let guests = stuck
+        .iter()
+        .map(|(p, qps)| {
+            let c = FrontendConfig {
+                queue_pairs: *qps,
+                raw_reserve: cfg.queue_size,
+                ..cfg.clone()
+            };
+            connect(p, &c)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let macs: Vec<[u8; 6]> = guests.iter().map(Frontend::mac).collect();
     let mut floods = a
         .flood
         .iter()
         .map(|p| connect(p, &cfg))
         .collect::<Result<Vec<_>, _>>()?;
+    let frames: Vec<Vec<Vec<u8>>> = floods
+        .iter()
+        .map(|f| {
+            (0..FLOWS)
+                .map(|i| {
+                    let dst = macs[usize::from(i) % macs.len()];
+                    flood_frame(a.size, dst, f.mac(), 1000 + i)
+                })
+                .collect()
+        })
+        .collect();
     let (mut alone, mut with_stuck) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let (mpps, cpu) = steady_rate(&mut tx, &mut rx, a.seconds);
@@ -163,38 +188,11 @@ pub fn run_isolation(a: IsolationArgs) -> Result<(), String> {
         );
         alone.push(mpps);
 
-        // Guests that never post an RX buffer, and a flood to them.
-        let guests = stuck
-            .iter()
-            .map(|(p, qps)| {
-                let c = FrontendConfig {
-                    queue_pairs: *qps,
-                    raw_reserve: cfg.queue_size,
-                    ..cfg.clone()
-                };
-                connect(p, &c)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let macs: Vec<[u8; 6]> = guests.iter().map(Frontend::mac).collect();
-        let frames = floods
-            .iter()
-            .map(|f| {
-                (0..FLOWS)
-                    .map(|i| {
-                        let dst = macs[usize::from(i) % macs.len()];
-                        flood_frame(a.size, dst, f.mac(), 1000 + i)
-                    })
-                    .collect()
-            })
-            .collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let flooder = start_flood(std::mem::take(&mut floods), frames, stop.clone());
+        let flooder = start_flood(std::mem::take(&mut floods), frames.clone(), stop.clone());
         let (mpps, cpu) = steady_rate(&mut tx, &mut rx, a.seconds);
         stop.store(true, Ordering::Relaxed);
         floods = flooder.join().map_err(|_| "flood thread panicked")?;
-        for g in guests {
-            let _ = g.shutdown();
-        }
         println!(
             "result {}",
             kv(&[
