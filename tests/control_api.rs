@@ -318,7 +318,11 @@ fn bad_input_on_the_socket_is_answered_and_harms_no_other_client() {
 #[test]
 fn concurrent_clients_add_and_remove_different_vnics() {
     let dir = TempDir::new("rpc-conc");
-    let ctl = Control::start(&config(&dir));
+    // Room in the frame pool for the 20 vNICs this test leaves behind (a
+    // vNIC is refused when the pool cannot hold its frames).
+    let mut cfg = config(&dir);
+    cfg.frame_pool.spare_queue_pairs = 20;
+    let ctl = Control::start(&cfg);
     let socket = ctl.socket.clone();
     let threads: Vec<_> = (0..4u8)
         .map(|t| {
@@ -343,6 +347,13 @@ fn concurrent_clients_add_and_remove_different_vnics() {
     let mut c = ctl.client();
     let list = c.ok("vnic.list", json!({}));
     assert_eq!(list.as_array().unwrap().len(), 2 + 4 * 5);
+    // The pool is full now: one more queue pair is refused, saying why.
+    let e = c.err(
+        "vnic.add",
+        json!({"name": "over", "mac": "52:54:00:02:00:01"}),
+        1004,
+    );
+    assert!(e.message.contains("frame_pool"), "{}", e.message);
     ctl.stop();
 }
 

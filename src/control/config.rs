@@ -92,6 +92,9 @@ pub struct Config {
     /// Address learning in the switch's forwarding database.
     #[serde(default)]
     pub fdb: FdbConfig,
+    /// The shared frame pool's size (see `control::pool_sizing`).
+    #[serde(default)]
+    pub frame_pool: FramePoolConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +118,36 @@ impl Default for FdbConfig {
     }
 }
 
+/// The frame pool: every port may hold a bounded number of frames (its
+/// quota), and the pool is sized for all of them, so no port can leave
+/// another without frames.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FramePoolConfig {
+    /// Small (4 KiB) frames. Absent: what the configured ports may hold,
+    /// plus `spare_queue_pairs` vNIC queue pairs' worth. A vNIC or uplink
+    /// added at run time is refused when the pool cannot hold its quota.
+    #[serde(default)]
+    pub frames: Option<u32>,
+    /// vNIC queue pairs that may be added at run time, when `frames` is
+    /// derived (an uplink queue takes the room of about 2.3).
+    #[serde(default = "default_spare_queue_pairs")]
+    pub spare_queue_pairs: u16,
+    /// Large frames (TSO/USO super-frames of up to 64 KiB).
+    #[serde(default = "super::pool_sizing::default_large_frames")]
+    pub large_frames: u32,
+}
+
+impl Default for FramePoolConfig {
+    fn default() -> Self {
+        Self {
+            frames: None,
+            spare_queue_pairs: default_spare_queue_pairs(),
+            large_frames: super::pool_sizing::default_large_frames(),
+        }
+    }
+}
+
 impl FdbConfig {
     pub fn limits(&self) -> crate::switch::fdb::FdbLimits {
         crate::switch::fdb::FdbLimits {
@@ -129,6 +162,10 @@ fn default_fdb_max_learned() -> u32 {
 }
 fn default_fdb_max_age_s() -> u32 {
     crate::switch::fdb::FdbLimits::default().max_age.as_secs() as u32
+}
+
+fn default_spare_queue_pairs() -> u16 {
+    8
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -611,6 +648,42 @@ impl Config {
                     format!("{} is not in 0..={MAX_NETWORK}", u.network),
                 ));
             }
+        }
+        self.validate_frame_pool()
+    }
+
+    /// Whether the ports fit a running pool of `frames` small frames (a
+    /// pool is sized once, at start).
+    pub fn fits_pool(&self, frames: usize) -> Result<(), ConfigError> {
+        match super::pool_sizing::shortfall(self, frames) {
+            Some(why) => Err(invalid("frame_pool", why)),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_frame_pool(&self) -> Result<(), ConfigError> {
+        use super::pool_sizing::{pool_frames, shortfall, MAX_FRAMES};
+        let p = &self.frame_pool;
+        if let Some(why) = p.frames.and_then(|f| shortfall(self, f as usize)) {
+            return Err(invalid("frame_pool.frames", why));
+        }
+        if pool_frames(self) > MAX_FRAMES {
+            return Err(invalid(
+                "frame_pool",
+                format!("more than {MAX_FRAMES} frames: fewer queues, or fewer spare_queue_pairs"),
+            ));
+        }
+        if !(1..=65_536).contains(&p.large_frames) {
+            return Err(invalid(
+                "frame_pool.large_frames",
+                format!("{} is not in 1..=65536", p.large_frames),
+            ));
+        }
+        if p.spare_queue_pairs > 1024 {
+            return Err(invalid(
+                "frame_pool.spare_queue_pairs",
+                format!("{} is not in 0..=1024", p.spare_queue_pairs),
+            ));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use super::config::{
 use super::socket_path::{self, SocketPathError};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
-use crate::packet::{link, FramePool, PoolConfig, PoolError};
+use crate::packet::{link, FramePool, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
 use crate::switch::port::SharedPortCounters;
@@ -176,7 +176,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
-        let pool = FramePool::new(&PoolConfig::default())?;
+        let pool = FramePool::new(&super::pool_sizing::pool_config(cfg))?;
         let (shards, switch) = crate::switch::shards(&pool, usize::from(cfg.switch_shards))
             .map_err(io("switch shards"))?;
         let mut daemon = Daemon {
@@ -327,6 +327,7 @@ impl Daemon {
         let mut next = self.config.clone();
         next.vnics.push(v.clone());
         next.validate()?;
+        next.fits_pool(self.pool.total_frames().0)?;
         let socket = next.socket_path(&v);
         // A client only connects: nothing of its frontend's is created or
         // removed. A server binds, replacing a socket left by an earlier run
@@ -506,6 +507,7 @@ impl Daemon {
         let mut next = self.config.clone();
         next.uplinks.push(u.clone());
         next.validate()?;
+        next.fits_pool(self.pool.total_frames().0)?;
         let uplink_name = u.name.clone();
         let fail = uplink_err(&uplink_name);
         let ifname = std::ffi::CString::new(u.interface.as_str())

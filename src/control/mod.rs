@@ -4,6 +4,7 @@ pub mod background;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod pool_sizing;
 pub mod rpc;
 pub mod signals;
 pub mod socket_path;

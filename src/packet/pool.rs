@@ -29,6 +29,10 @@ pub const BULK: usize = 64;
 /// Frames a cache holds at most before it spills a bulk back.
 const CACHE_MAX: usize = 4 * BULK;
 
+/// Small frames one [`FrameCache`] may hold at most (what the pool's sizing
+/// sets aside per engine).
+pub const CACHE_FRAMES: usize = CACHE_MAX + 1;
+
 /// Large frames moved at once at most; a cache keeps at most twice its batch.
 const LARGE_BULK_MAX: usize = 8;
 
@@ -60,12 +64,19 @@ pub struct PoolConfig {
     pub large_frame_size: u32,
 }
 
+/// Small frames of a pool sized by nothing else.
+pub const DEFAULT_FRAMES: u32 = 16_384;
+/// Large frames of a pool (TSO/USO super-frames in flight).
+pub const DEFAULT_LARGE_FRAMES: u32 = 512;
+/// Bytes of a small frame (one AF_XDP UMEM chunk).
+pub const FRAME_SIZE: u32 = 4096;
+
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            frames: 16_384,
-            frame_size: 4096,
-            large_frames: 512,
+            frames: DEFAULT_FRAMES,
+            frame_size: FRAME_SIZE,
+            large_frames: DEFAULT_LARGE_FRAMES,
             large_frame_size: 69_632,
         }
     }

@@ -22,6 +22,13 @@ impl Stamp {
         (ticks as f64 * source().ns_per_tick) as u64
     }
 
+    /// The stamp `nanos` after this one, without waiting for it (tests
+    /// build timelines this way, so that a busy machine cannot move them).
+    #[cfg(test)]
+    pub fn plus_nanos(self, nanos: u64) -> Stamp {
+        Stamp(self.0 + (nanos as f64 / source().ns_per_tick).ceil() as u64)
+    }
+
     /// [`Self::nanos_since`] as a `Duration`.
     #[inline]
     pub fn since(self, earlier: Stamp) -> Duration {

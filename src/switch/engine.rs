@@ -267,9 +267,13 @@ impl SwitchEngine {
     /// whether it must wait there: when it is unicast to a known port whose
     /// link is full, it stays, so the sender is slowed down instead of
     /// losing it (a vNIC leaves the guest's frames in its TX ring). Flooded
-    /// frames never wait; and a guest that stops taking frames cannot block
-    /// others for long, because its vNIC engine keeps draining its link
-    /// (and drops what the guest has no buffers for).
+    /// frames never wait. A guest that stops taking frames holds its
+    /// senders back only until its vNIC engine gives up on it (`RX_STALL`
+    /// in `vnic::engine`): the engine then drops what waits for it, and
+    /// every later frame, as `no_rx_buffers` until the guest posts buffers
+    /// again. Until then its full links hold no more than their capacity,
+    /// which the frame pool is sized for (`control::pool_sizing`), so
+    /// other ports never run out of frames because of it.
     #[inline]
     fn head_route(&mut self, p: usize, q: usize) -> (Option<Route>, bool) {
         let Some(port) = self.ports[p].as_ref() else {

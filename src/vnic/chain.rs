@@ -12,6 +12,14 @@ use super::stats::DropReason;
 /// hold twice this, so a batch can keep walking while under it.
 pub const MAX_SEGMENTS: usize = 1024;
 
+/// Most descriptors one chain may have, ring or indirect-table entries alike
+/// (and, over all its chains, one RX frame). Linux sends at most
+/// MAX_SKB_FRAGS + 2 (19, or 47 with BIG TCP) and posts mergeable RX buffers
+/// of 1.5 KiB and up (under 50 for 64 KiB); DPDK's vhost caps a packet at 256
+/// buffers. Zero-length descriptors add no segment, so without this bound a
+/// guest could make a shared worker walk a whole ring per chain.
+pub const MAX_CHAIN_DESCS: u32 = 256;
+
 /// A piece of guest buffer, translated.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
@@ -34,7 +42,8 @@ pub enum Direction {
 }
 
 /// Appends the segments of the chain at `head` to `segs`; returns the chain's
-/// total byte length.
+/// total byte length. `walked` grows by the descriptors read (also for a bad
+/// chain), which is what a batch's budget counts.
 #[inline]
 pub fn walk(
     ring: &RingView,
@@ -43,21 +52,42 @@ pub fn walk(
     dir: Direction,
     indirect_ok: bool,
     segs: &mut Vec<Segment>,
+    walked: &mut u32,
+) -> Result<u64, DropReason> {
+    let mut seen: u32 = 0;
+    let result = walk_counted(ring, map, head, dir, indirect_ok, segs, &mut seen);
+    *walked += seen;
+    result
+}
+
+#[inline]
+fn walk_counted(
+    ring: &RingView,
+    map: &GuestMap,
+    head: u16,
+    dir: Direction,
+    indirect_ok: bool,
+    segs: &mut Vec<Segment>,
+    seen: &mut u32,
 ) -> Result<u64, DropReason> {
     let limit = segs.len() + MAX_SEGMENTS;
+    *seen = 1;
     let first = ring.desc(head).ok_or(DropReason::BadDescIndex)?;
     if first.flags & VIRTQ_DESC_F_INDIRECT != 0 {
         if !indirect_ok || first.flags & VIRTQ_DESC_F_NEXT != 0 {
             return Err(DropReason::BadIndirect);
         }
-        return walk_indirect(map, first, dir, segs, limit);
+        return walk_indirect(map, first, dir, segs, limit, seen);
     }
+    // A loop is a chain longer than the ring; a chain longer than any
+    // driver builds is refused at the same check.
+    let max = u32::from(ring.size()).min(MAX_CHAIN_DESCS);
     let mut desc = first;
     let mut total = 0u64;
-    let mut seen: u32 = 0;
+    *seen = 0;
     loop {
-        seen += 1;
-        if seen > u32::from(ring.size()) {
+        *seen += 1;
+        if *seen > max {
             return Err(DropReason::ChainTooLong);
         }
         total += add_segment(map, &desc, dir, segs, limit)?;
@@ -77,10 +107,14 @@ fn walk_indirect(
     dir: Direction,
     segs: &mut Vec<Segment>,
     limit: usize,
+    walked: &mut u32,
 ) -> Result<u64, DropReason> {
     let len = u64::from(table.len);
-    if len == 0 || len % 16 != 0 || len / 16 > MAX_SEGMENTS as u64 {
+    if len == 0 || len % 16 != 0 {
         return Err(DropReason::BadIndirect);
+    }
+    if len / 16 > u64::from(MAX_CHAIN_DESCS) {
+        return Err(DropReason::ChainTooLong);
     }
     let entries = (len / 16) as u16;
     let base = map
@@ -97,6 +131,7 @@ fn walk_indirect(
     loop {
         let desc = read(i);
         seen += 1;
+        *walked += 1;
         if desc.flags & VIRTQ_DESC_F_INDIRECT != 0 {
             return Err(DropReason::BadIndirect);
         }

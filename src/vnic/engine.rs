@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
@@ -24,6 +24,29 @@ use super::{packed_rx, packed_tx};
 
 /// Most TX chains walked ahead in one batch.
 const TX_BATCH: usize = 64;
+
+/// Descriptors a batch may walk per unit of the poll budget (which counts
+/// chains or frames): 16 per chain is above what drivers use, so only a
+/// hostile ring is cut short, one chain ([`super::chain::MAX_CHAIN_DESCS`])
+/// past the budget at most. Counted per chain, not per descriptor.
+const DESCS_PER_BUDGET: usize = 16;
+
+/// How long frames may wait for a guest that takes none of them (it posts
+/// no RX buffers: stuck, paused, or a driver that never fills its ring). A
+/// guest that is alive refills within microseconds, a TCG-emulated one in a
+/// few milliseconds; past this the waiting frames are dropped (counted as
+/// `no_rx_buffers`), and so is every frame after them until the guest takes
+/// one again. Until then they wait, as many as the link holds (the
+/// per-queue quota the frame pool is sized for): no loss for a guest that
+/// is merely slow, and no frame of the shared pool held for long by one
+/// that is not, nor a sender kept waiting behind it.
+const RX_STALL: Duration = Duration::from_millis(100);
+
+/// The descriptors a batch of `budget` may walk.
+#[inline]
+pub(super) fn desc_budget(budget: usize) -> u32 {
+    u32::try_from(budget.saturating_mul(DESCS_PER_BUDGET)).unwrap_or(u32::MAX)
+}
 use super::antispoof::SpoofGuard;
 use super::guest_log::{self, GuestLog};
 use super::stats::{DropReason, QueueCounters, SharedQueueCounters};
@@ -333,6 +356,19 @@ impl DataPath {
         }
     }
 
+    /// Drops every frame waiting for the guest, counted as `reason`.
+    #[cold]
+    fn drop_waiting(&mut self, reason: DropReason) -> usize {
+        let mut n = 0;
+        while let Some(frame) = self.from_switch.pop() {
+            self.counters.drop(reason);
+            self.cache.free(frame);
+            n += 1;
+        }
+        self.dirty = true;
+        n
+    }
+
     /// Counts a guest error and logs it, rate-limited.
     #[cold]
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
@@ -405,6 +441,9 @@ pub struct VnicEngine {
     /// Bumped whenever a kick eventfd is attached, replaced or dropped
     /// (see [`Engine::wake_epoch`]).
     wake_epoch: u64,
+    /// Since when frames have waited without the guest taking any (see
+    /// [`RX_STALL`]).
+    rx_stalled_since: Option<Instant>,
 }
 
 impl VnicEngine {
@@ -426,6 +465,7 @@ impl VnicEngine {
             published: QueueCounters::default(),
             timer: WakeTimer::new()?,
             wake_epoch: 0,
+            rx_stalled_since: None,
         };
         let mut engine = engine;
         engine.dp.log = cfg.log;
@@ -441,7 +481,10 @@ impl VnicEngine {
         // Polling: ask the guest not to kick.
         queue.set_kicks(features.event_idx, false);
         match side {
-            Side::Rx => self.rx = Some(queue),
+            Side::Rx => {
+                self.rx = Some(queue);
+                self.rx_stalled_since = None;
+            }
             Side::Tx => {
                 self.dp.log.guest_connected();
                 self.tx = Some(queue);
@@ -519,16 +562,16 @@ impl VnicEngine {
         if self.dp.from_switch.is_empty() {
             return 0;
         }
+        let stalled = self.rx_stalled_since.is_some() && self.rx_stall_over();
         let Some(q) = self.rx.as_mut() else {
             // No guest driver: frames must not pile up and arrive stale later.
-            let mut n = 0;
-            while let Some(frame) = self.dp.from_switch.pop() {
-                self.dp.counters.drop(DropReason::GuestNotReady);
-                self.dp.cache.free(frame);
-                n += 1;
-            }
-            return n;
+            return self.dp.drop_waiting(DropReason::GuestNotReady);
         };
+        if stalled && q.quick_idle() {
+            // Still stalled, and the guest posted nothing since: no need to
+            // look at its ring (a lock and a walk per arriving frame).
+            return self.dp.drop_waiting(DropReason::NoRxBuffers);
+        }
         let dp = &mut self.dp;
         let n = match q.batch(|q, ring, map| match ring {
             GuestRing::Split(r) => guest_rx::fill(q, r, map, budget, dp),
@@ -543,7 +586,35 @@ impl VnicEngine {
         if std::mem::take(&mut self.dp.ring_corrupt) {
             q.mark_broken();
         }
-        n
+        if n > 0 {
+            self.rx_stalled_since = None;
+            return n;
+        }
+        self.shed_if_stalled()
+    }
+
+    /// Nothing was taken while frames wait: the guest has no buffers for
+    /// them (or a ring it cannot use). Once that has lasted [`RX_STALL`],
+    /// drops what waits. Off the fast path: a guest that takes frames
+    /// never gets here.
+    #[cold]
+    fn shed_if_stalled(&mut self) -> usize {
+        self.rx_stalled_since.get_or_insert_with(Instant::now);
+        if !self.rx_stall_over() {
+            return 0;
+        }
+        self.dp.drop_waiting(DropReason::NoRxBuffers)
+    }
+
+    /// Whether the guest has taken no frame for [`RX_STALL`].
+    #[cold]
+    fn rx_stall_over(&self) -> bool {
+        self.rx_shed_at().is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// When frames waiting for a stalled guest are due to be dropped.
+    fn rx_shed_at(&self) -> Option<Instant> {
+        self.rx_stalled_since.map(|t| t + RX_STALL)
     }
 
     fn publish_counters(&mut self) {
@@ -574,7 +645,11 @@ impl Engine for VnicEngine {
             job(self);
         }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
-        self.timer.follow(self.dp.egress_blocked_until);
+        let wake_at = match (self.dp.egress_blocked_until, self.rx_shed_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timer.follow(wake_at);
         if work > 0 || self.dp.dirty {
             self.dp.dirty = false;
             self.publish_counters();
@@ -607,10 +682,12 @@ impl Engine for VnicEngine {
             q.set_kicks(event_idx, true);
         }
         // Re-check after arming. Frames waiting for the guest only count as
-        // work when the guest has buffers for them (or no driver at all, in
-        // which case they are dropped); otherwise its RX kick wakes us.
+        // work when the guest has buffers for them, or when they are to be
+        // dropped (no driver at all, or one stalled past RX_STALL: the timer
+        // wakes us then); otherwise its RX kick wakes us.
         let frames_waiting = !self.dp.from_switch.is_empty();
-        let deliverable = frames_waiting && self.rx.as_mut().is_none_or(|q| q.has_avail());
+        let deliverable = frames_waiting
+            && (self.rx.as_mut().is_none_or(|q| q.has_avail()) || self.rx_stall_over());
         // Chains held back by the egress limit are not work until the
         // bucket refills; the timer wakes us then.
         let throttled = self

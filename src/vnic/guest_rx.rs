@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 
-use super::chain::{walk, Direction};
-use super::engine::DataPath;
+use super::chain::{walk, Direction, MAX_CHAIN_DESCS};
+use super::engine::{desc_budget, DataPath};
 use super::features::{Negotiated, VNET_HDR_LEN};
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
@@ -17,8 +17,9 @@ use crate::packet::checksum::complete_partial;
 use crate::packet::prefetch::prefetch_write;
 use crate::packet::{FrameHandle, FramePool, Offload};
 
-/// Most guest buffers one frame may be spread over.
-pub(super) const MAX_RX_CHAINS: usize = 256;
+/// Most guest buffers one frame may be spread over: each takes at least one
+/// descriptor, and a frame at most [`MAX_CHAIN_DESCS`].
+pub(super) const MAX_RX_CHAINS: usize = MAX_CHAIN_DESCS as usize;
 const NEEDS_CSUM: u8 = 1;
 const GSO_ECN: u8 = 0x80;
 const GSO_TCPV4: u8 = 1;
@@ -64,7 +65,9 @@ pub(super) fn fill(
     let mrg = dp.features.mrg_rxbuf;
     let mut handled = 0;
     let mut refilled = false;
-    while handled < budget {
+    let max_descs = desc_budget(budget);
+    let mut descs = 0;
+    while handled < budget && descs < max_descs {
         let need = match next_frame(dp, &mut refilled) {
             NextFrame::Empty => break,
             NextFrame::Dropped => {
@@ -78,8 +81,9 @@ pub(super) fn fill(
         let mut cursor = next_avail;
         let mut cap = 0usize;
         let mut failed = None;
+        let frame_descs = descs;
         while cap < need && cursor != avail_idx {
-            if dp.rx_chains.len() == MAX_RX_CHAINS {
+            if descs - frame_descs >= MAX_CHAIN_DESCS {
                 failed = Some(DropReason::RxBufferTooSmall);
                 break;
             }
@@ -92,13 +96,14 @@ pub(super) fn fill(
                 Direction::DeviceWrites,
                 dp.features.indirect,
                 &mut dp.segs,
+                &mut descs,
             );
             dp.rx_chains.push(RxChain {
                 head,
                 slots: 1,
                 seg_end: dp.segs.len(),
             });
-            match walked {
+            match rx_buffer(walked) {
                 Ok(len) => cap += len as usize,
                 Err(reason) => {
                     failed = Some(reason);
@@ -171,6 +176,17 @@ pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
         }
     }
     NextFrame::Needs(VNET_HDR_LEN + frame.len as usize)
+}
+
+/// A walked RX chain's length, refusing an empty buffer: it could never take
+/// a byte, and with MRG_RXBUF a ring of them would be walked again for every
+/// frame while the frame waits for room that never comes.
+#[inline]
+pub(super) fn rx_buffer(walked: Result<u64, DropReason>) -> Result<u64, DropReason> {
+    match walked {
+        Ok(0) => Err(DropReason::ZeroLengthBuffer),
+        other => other,
+    }
 }
 
 /// What the buffers gathered for a frame allow.

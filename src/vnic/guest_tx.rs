@@ -6,7 +6,7 @@ use std::time::Instant;
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction, MAX_SEGMENTS};
-use super::engine::DataPath;
+use super::engine::{desc_budget, DataPath};
 use super::features::VNET_HDR_LEN;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
@@ -55,7 +55,9 @@ pub(super) fn drain(
     ring.prefetch_descs(next_avail, n as u16, dp.features.in_order);
     dp.segs.clear();
     dp.tx_chains.clear();
-    while dp.tx_chains.len() < n && dp.segs.len() <= MAX_SEGMENTS {
+    let max_descs = desc_budget(budget);
+    let mut descs = 0;
+    while dp.tx_chains.len() < n && dp.segs.len() <= MAX_SEGMENTS && descs < max_descs {
         let head = ring.avail_entry(next_avail);
         next_avail = next_avail.wrapping_add(1);
         let seg_start = dp.segs.len();
@@ -66,6 +68,7 @@ pub(super) fn drain(
             Direction::DeviceReads,
             dp.features.indirect,
             &mut dp.segs,
+            &mut descs,
         );
         record_walked(dp, head, 1, seg_start, walked);
     }

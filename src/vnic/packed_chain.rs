@@ -10,7 +10,7 @@
 //! returns its id and steps over its slots. One whose end cannot be found
 //! leaves no way to go on, and the ring is declared broken.
 
-use super::chain::{add_segment, Direction, Segment, MAX_SEGMENTS};
+use super::chain::{add_segment, Direction, Segment, MAX_CHAIN_DESCS, MAX_SEGMENTS};
 use super::guest_memory::GuestMap;
 use super::guest_ring::Desc;
 use super::packed_ring::{PackedDesc, PackedView, Pos};
@@ -29,14 +29,16 @@ pub enum PackedWalk {
         slots: u16,
         total: Result<u64, DropReason>,
     },
-    /// The chain's end cannot be found: it is longer than the ring
-    /// (`ChainTooLong`), or a descriptor after its head is not available
+    /// The chain's end cannot be found: it is longer than the ring or than
+    /// [`MAX_CHAIN_DESCS`] (`ChainTooLong`: its end is not searched for), or a
+    /// descriptor after its head is not available
     /// (`BadAvailIndex`, the driver published a head before its tail).
     Broken(DropReason),
 }
 
 /// Appends the segments of the chain at `at` to `segs` (nothing when it is
-/// dropped or broken).
+/// dropped or broken). `walked` grows by the descriptors read, ring slots
+/// and indirect entries alike (what a batch's budget counts).
 #[inline]
 pub fn walk_packed(
     ring: &PackedView,
@@ -45,24 +47,37 @@ pub fn walk_packed(
     dir: Direction,
     indirect_ok: bool,
     segs: &mut Vec<Segment>,
+    walked: &mut u32,
 ) -> PackedWalk {
     let Some(mut desc) = ring.avail(at) else {
         return PackedWalk::Empty;
     };
     let seg_start = segs.len();
     let limit = seg_start + MAX_SEGMENTS;
+    let max = ring.size().min(MAX_CHAIN_DESCS as u16);
     let mut pos = at;
     let mut slots: u16 = 0;
     let mut total: Result<u64, DropReason> = Ok(0);
     loop {
         slots += 1;
         if let Ok(t) = total {
-            total = segments(map, &desc, slots == 1, dir, indirect_ok, segs, limit).map(|n| t + n);
+            total = segments(
+                map,
+                &desc,
+                slots == 1,
+                dir,
+                indirect_ok,
+                segs,
+                limit,
+                walked,
+            )
+            .map(|n| t + n);
         }
         if desc.flags & DESC_F_NEXT == 0 {
             break;
         }
-        if slots == ring.size() {
+        if slots == max {
+            *walked += u32::from(slots);
             segs.truncate(seg_start);
             return PackedWalk::Broken(DropReason::ChainTooLong);
         }
@@ -70,11 +85,13 @@ pub fn walk_packed(
         desc = match ring.avail(pos) {
             Some(d) => d,
             None => {
+                *walked += u32::from(slots);
                 segs.truncate(seg_start);
                 return PackedWalk::Broken(DropReason::BadAvailIndex);
             }
         };
     }
+    *walked += u32::from(slots);
     if total.is_err() {
         segs.truncate(seg_start);
     }
@@ -85,7 +102,9 @@ pub fn walk_packed(
     }
 }
 
-/// The segments of one ring descriptor, expanding an indirect table.
+/// The segments of one ring descriptor, expanding an indirect table (whose
+/// entries count into `walked`).
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn segments(
     map: &GuestMap,
@@ -95,6 +114,7 @@ fn segments(
     indirect_ok: bool,
     segs: &mut Vec<Segment>,
     limit: usize,
+    walked: &mut u32,
 ) -> Result<u64, DropReason> {
     if desc.flags & DESC_F_INDIRECT == 0 {
         return add_segment(map, &as_desc(desc), dir, segs, limit);
@@ -105,14 +125,20 @@ fn segments(
         return Err(DropReason::BadIndirect);
     }
     let len = u64::from(desc.len);
-    if len == 0 || len % DESC_SIZE as u64 != 0 || len / DESC_SIZE as u64 > MAX_SEGMENTS as u64 {
+    if len == 0 || len % DESC_SIZE as u64 != 0 {
         return Err(DropReason::BadIndirect);
+    }
+    if len / DESC_SIZE as u64 > u64::from(MAX_CHAIN_DESCS) {
+        return Err(DropReason::ChainTooLong);
     }
     let base = map
         .contiguous(desc.addr, len)
         .ok_or(DropReason::AddressOutOfRange)?;
+    let entries = len as usize / DESC_SIZE;
+    // Charged up front: the table is read whole unless an entry is bad.
+    *walked += entries as u32;
     let mut total = 0;
-    for i in 0..(len as usize / DESC_SIZE) {
+    for i in 0..entries {
         // SAFETY: i < len / 16 and the whole table was checked to be guest
         // memory just above.
         let e = unsafe { PackedDesc::read(base.add(i * DESC_SIZE)) };

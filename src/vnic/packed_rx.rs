@@ -5,11 +5,11 @@
 
 use virtio_queue::Queue;
 
-use super::chain::Direction;
-use super::engine::DataPath;
+use super::chain::{Direction, MAX_CHAIN_DESCS};
+use super::engine::{desc_budget, DataPath};
 use super::guest_memory::GuestMap;
 use super::guest_rx::{
-    deliver, gathered, next_frame, Gathered, NextFrame, RxChain, MAX_RX_CHAINS, PREFETCH_AHEAD,
+    deliver, gathered, next_frame, rx_buffer, Gathered, NextFrame, RxChain, PREFETCH_AHEAD,
 };
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};
@@ -38,7 +38,9 @@ pub(super) fn fill(
     let mut first = true;
     let mut handled = 0;
     let mut refilled = false;
-    'frames: while handled < budget {
+    let max_descs = desc_budget(budget);
+    let mut descs = 0;
+    'frames: while handled < budget && descs < max_descs {
         let need = match next_frame(dp, &mut refilled) {
             NextFrame::Empty => break,
             NextFrame::Dropped => {
@@ -52,8 +54,9 @@ pub(super) fn fill(
         let mut cursor = avail;
         let mut cap = 0usize;
         let mut failed = None;
+        let frame_descs = descs;
         while cap < need {
-            if dp.rx_chains.len() == MAX_RX_CHAINS {
+            if descs - frame_descs >= MAX_CHAIN_DESCS {
                 failed = Some(DropReason::RxBufferTooSmall);
                 break;
             }
@@ -65,6 +68,7 @@ pub(super) fn fill(
                 Direction::DeviceWrites,
                 indirect,
                 &mut dp.segs,
+                &mut descs,
             ) {
                 PackedWalk::Empty => break,
                 PackedWalk::Broken(reason) => {
@@ -81,7 +85,7 @@ pub(super) fn fill(
                         seg_end: dp.segs.len(),
                     });
                     cursor = cursor.advance(slots, size);
-                    match total {
+                    match rx_buffer(total) {
                         Ok(len) => cap += len as usize,
                         Err(reason) => {
                             failed = Some(reason);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::chain::{Direction, Segment, MAX_SEGMENTS};
+use super::chain::{Direction, Segment, MAX_CHAIN_DESCS};
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingAddrs;
 use super::packed_chain::{walk_packed, PackedWalk};
@@ -95,7 +95,7 @@ impl Driver {
     }
 
     fn walk(&self, at: Pos, dir: Direction, indirect: bool, segs: &mut Vec<Segment>) -> PackedWalk {
-        walk_packed(&self.view, &self.map, at, dir, indirect, segs)
+        walk_packed(&self.view, &self.map, at, dir, indirect, segs, &mut 0)
     }
 
     fn host(&self, gpa: u64) -> *mut u8 {
@@ -346,14 +346,19 @@ fn malformed_chains_are_dropped_whole() {
     );
     // Bad table lengths, a table outside memory, an indirect inside indirect,
     // a wrong direction inside the table.
-    let too_many = 16 * (MAX_SEGMENTS as u32 + 1);
-    for (addr, len) in [(TABLE, 0), (TABLE, 24), (TABLE, too_many)] {
+    for (addr, len) in [(TABLE, 0), (TABLE, 24)] {
         let at = d.chain(&[(addr, len, DESC_F_INDIRECT)], 7, None);
         assert_eq!(
             chain_err(d.walk(at, rd, true, &mut segs)),
             (1, DropReason::BadIndirect)
         );
     }
+    let too_many = 16 * (MAX_CHAIN_DESCS + 1);
+    let at = d.chain(&[(TABLE, too_many, DESC_F_INDIRECT)], 7, None);
+    assert_eq!(
+        chain_err(d.walk(at, rd, true, &mut segs)),
+        (1, DropReason::ChainTooLong)
+    );
     let at = d.chain(&[(MEM - 16, 32, DESC_F_INDIRECT)], 8, None);
     assert_eq!(
         chain_err(d.walk(at, rd, true, &mut segs)),
@@ -803,5 +808,127 @@ mod data_path {
         assert_eq!(dp.counters.dropped(DropReason::ReadOnlyOnRx), 1);
         assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
         assert_eq!(dp.counters.rx_packets, 0);
+    }
+
+    /// A table of `n` copies of `entry` at `at`, as the driver writes
+    /// indirect tables: (its address, its length).
+    fn table_of(d: &Driver, at: u64, entry: RawDesc3, n: u32) -> (u64, u32) {
+        let (addr, len, flags) = entry;
+        for i in 0..u64::from(n) {
+            d.put(at + 16 * i, addr, len, 0, flags);
+        }
+        (at, 16 * n)
+    }
+
+    #[test]
+    fn tx_batch_walks_a_bounded_number_of_descriptors() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (_pool, mut dp, _sw) = setup(all_features());
+        // Chains of the longest tables allowed, all zero-length entries.
+        let (t, len) = table_of(&d, TABLE, (BUF, 0, 0), MAX_CHAIN_DESCS);
+        for i in 0..QSIZE {
+            d.chain(&[(t, len, DESC_F_INDIRECT)], i, None);
+        }
+        let (n, _) = d.tx(&mut q, &mut dp);
+        let budget = super::super::engine::desc_budget(64) as usize;
+        let chains = budget.div_ceil(MAX_CHAIN_DESCS as usize + 1);
+        assert!(
+            n <= chains,
+            "{n} chains of {MAX_CHAIN_DESCS} walked in one poll"
+        );
+        assert_eq!(dp.counters.dropped(DropReason::TooShort), n as u64);
+        let mut total = n;
+        while total < usize::from(QSIZE) {
+            let (n, _) = d.tx(&mut q, &mut dp);
+            assert!(n > 0);
+            total += n;
+        }
+    }
+
+    #[test]
+    fn tx_chain_of_more_descriptors_than_a_frame_may_have_is_dropped() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (pool, mut dp, mut sw) = setup(all_features());
+        let p = packet(60, 3);
+        let a = d.buffer(BUF, &[hdr(&Offload::default(), 0), p.clone()].concat());
+        // The frame, then zero-length entries up to one past the cap; the
+        // same at exactly the cap passes.
+        for (at, n) in [
+            (TABLE, MAX_CHAIN_DESCS + 1),
+            (TABLE + 0x2000, MAX_CHAIN_DESCS),
+        ] {
+            let (t, len) = table_of(&d, at, (a, 0, 0), n);
+            d.put(t, a, 72, 0, 0);
+            d.chain(&[(t, len, DESC_F_INDIRECT)], 1, None);
+        }
+        assert_eq!(d.tx(&mut q, &mut dp).0, 2);
+        assert_eq!(dp.counters.dropped(DropReason::ChainTooLong), 1);
+        assert_eq!(dp.counters.total_drops(), 1);
+        let f = sw.from_guest.pop().unwrap();
+        assert_eq!(frame_bytes(&pool, &f), p);
+        dp.cache.free(f);
+    }
+
+    #[test]
+    fn rx_zero_length_buffers_are_returned_and_counted_not_walked_again() {
+        for mrg in [true, false] {
+            let mut d = Driver::new(QSIZE);
+            let mut q = queue();
+            let feats = if mrg {
+                all_features()
+            } else {
+                all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF)
+            };
+            let (pool, mut dp, mut sw) = setup(feats);
+            d.chain(&[(BUF, 0, DESC_F_WRITE)], 1, None);
+            d.chain(&[(BUF, 0, DESC_F_WRITE), (BUF, 0, DESC_F_WRITE)], 2, None);
+            d.chain(&[(BUF, 2048, DESC_F_WRITE)], 3, None);
+            let p = packet(500, 6);
+            for _ in 0..3 {
+                push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+            }
+            assert_eq!(d.rx(&mut q, &mut dp).0, 3, "mrg={mrg}");
+            assert_eq!(d.used(0), (0, 1, vp::used_bits(true)));
+            assert_eq!(d.used(1), (0, 2, vp::used_bits(true)));
+            assert_eq!(d.used(3), (512, 3, vp::used_bits(true)));
+            assert_eq!(dp.counters.dropped(DropReason::ZeroLengthBuffer), 2);
+            assert_eq!(dp.counters.rx_packets, 1);
+        }
+    }
+
+    #[test]
+    fn rx_frame_and_batch_walk_a_bounded_number_of_descriptors() {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let (pool, mut dp, mut sw) = setup(all_features());
+        // Each buffer is an indirect table of 200 one-byte descriptors.
+        let (t, len) = table_of(&d, TABLE, (BUF, 1, DESC_F_WRITE), 200);
+        for i in 0..QSIZE {
+            d.chain(&[(t, len, DESC_F_INDIRECT)], i, None);
+        }
+        push_frame(
+            &pool,
+            &mut dp,
+            &mut sw,
+            &packet(3000, 1),
+            Offload::default(),
+        );
+        assert_eq!(d.rx(&mut q, &mut dp).0, 1);
+        assert_eq!(dp.counters.rx_packets, 0);
+        assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
+        let returned = Pos::from_base(q.next_avail()).slot;
+        assert!(
+            u32::from(returned) * 201 <= 2 * MAX_CHAIN_DESCS,
+            "{returned} buffers walked for one frame"
+        );
+        for _ in 0..16 {
+            push_frame(&pool, &mut dp, &mut sw, &packet(100, 2), Offload::default());
+        }
+        let (n, _) = d.rx(&mut q, &mut dp);
+        let budget = super::super::engine::desc_budget(64) as usize;
+        assert!(n <= budget.div_ceil(201), "{n} frames of 201 descriptors");
+        assert_eq!(dp.counters.rx_packets, n as u64);
     }
 }

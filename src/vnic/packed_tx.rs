@@ -12,7 +12,7 @@
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{Direction, MAX_SEGMENTS};
-use super::engine::DataPath;
+use super::engine::{desc_budget, DataPath};
 use super::guest_memory::GuestMap;
 use super::guest_tx::{record_walked, send_walked, start_sending};
 use super::packed_chain::{walk_packed, PackedWalk};
@@ -75,7 +75,9 @@ pub(super) fn drain(
     dp.segs.clear();
     dp.tx_chains.clear();
     let mut at = start;
-    while dp.tx_chains.len() < max && dp.segs.len() <= MAX_SEGMENTS {
+    let max_descs = desc_budget(budget);
+    let mut descs = 0;
+    while dp.tx_chains.len() < max && dp.segs.len() <= MAX_SEGMENTS && descs < max_descs {
         let seg_start = dp.segs.len();
         let indirect = dp.features.indirect;
         match walk_packed(
@@ -85,6 +87,7 @@ pub(super) fn drain(
             Direction::DeviceReads,
             indirect,
             &mut dp.segs,
+            &mut descs,
         ) {
             PackedWalk::Empty => break,
             PackedWalk::Broken(reason) => {

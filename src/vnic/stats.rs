@@ -52,10 +52,17 @@ pub enum DropReason {
     /// tags or IPv6 extension headers, a fragmented neighbour discovery
     /// message).
     Unverifiable,
+    /// RX: frames waited for guest buffers longer than a guest that is
+    /// alive takes to post them (a stuck or paused guest): dropped so they
+    /// hold no frames of the shared pool and no sender waits behind them.
+    NoRxBuffers,
+    /// RX: a guest buffer of zero bytes (returned unused, with the frame it
+    /// was gathered for).
+    ZeroLengthBuffer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -76,6 +83,8 @@ impl DropReason {
         DropReason::SpoofedNd,
         DropReason::RateLimited,
         DropReason::Unverifiable,
+        DropReason::NoRxBuffers,
+        DropReason::ZeroLengthBuffer,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -101,6 +110,8 @@ impl DropReason {
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RateLimited => "rate_limited",
             DropReason::Unverifiable => "unverifiable",
+            DropReason::NoRxBuffers => "no_rx_buffers",
+            DropReason::ZeroLengthBuffer => "zero_length_buffer",
         }
     }
 }

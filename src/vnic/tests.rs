@@ -706,3 +706,157 @@ fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
 fn guard() -> super::antispoof::SpoofGuard {
     super::antispoof::SpoofGuard::new(crate::packet::wire::MacAddr([2, 0, 0, 0, 0, 1]), None)
 }
+
+/// An indirect table of `entries` (address, length, flags), chained in
+/// order by NEXT, written to a fresh guest buffer: (its address, its length).
+fn indirect_table(g: &mut Guest<'_>, entries: &[(u64, u32, u16)]) -> (u64, u32) {
+    let mut table = Vec::with_capacity(16 * entries.len());
+    for (i, &(addr, len, flags)) in entries.iter().enumerate() {
+        let (flags, next) = if i + 1 < entries.len() {
+            (flags | VIRTQ_DESC_F_NEXT, i as u16 + 1)
+        } else {
+            (flags, 0)
+        };
+        table.extend_from_slice(&addr.to_le_bytes());
+        table.extend_from_slice(&len.to_le_bytes());
+        table.extend_from_slice(&flags.to_le_bytes());
+        table.extend_from_slice(&next.to_le_bytes());
+    }
+    (g.buffer(&table, 0), table.len() as u32)
+}
+
+use super::chain::MAX_CHAIN_DESCS;
+
+#[test]
+fn tx_batch_walks_a_bounded_number_of_descriptors() {
+    // A hostile driver fills the ring with chains of the longest indirect
+    // tables allowed, all zero-length descriptors: no segment, no byte, but
+    // every one of them walked. One poll must stop after its descriptor
+    // budget, not walk them all.
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (_pool, mut dp, _sw) = setup(all_features());
+    let empty = vec![(BUF, 0, 0); MAX_CHAIN_DESCS as usize];
+    let (t, len) = indirect_table(&mut g, &empty);
+    for _ in 0..QSIZE {
+        g.publish(&[(t, len, VIRTQ_DESC_F_INDIRECT, None)]);
+    }
+    let (n, _) = g.tx(&mut dp);
+    let budget = super::engine::desc_budget(64) as usize;
+    let chains = budget.div_ceil(MAX_CHAIN_DESCS as usize + 1);
+    assert!(
+        n <= chains,
+        "{n} chains of {MAX_CHAIN_DESCS} walked in one poll"
+    );
+    assert_eq!(dp.counters.dropped(DropReason::TooShort), n as u64);
+    // The rest is left for the next polls, and nothing is lost.
+    let mut total = n;
+    while total < usize::from(QSIZE) {
+        let (n, _) = g.tx(&mut dp);
+        assert!(n > 0);
+        total += n;
+    }
+    assert_eq!(g.used_idx(), QSIZE);
+}
+
+#[test]
+fn tx_chain_of_more_descriptors_than_a_frame_may_have_is_dropped() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    let p = packet(60, 3);
+    let h = g.buffer(&hdr(&Offload::default(), 0), 0);
+    let d = g.buffer(&p, 0);
+    // Header, packet, then zero-length padding past the cap.
+    let mut entries = vec![(h, 12, 0), (d, 60, 0)];
+    let pad = |n: u32| vec![(d, 0u32, 0u16); n as usize - 2];
+    entries.extend(pad(MAX_CHAIN_DESCS + 1));
+    let (t, len) = indirect_table(&mut g, &entries);
+    g.publish(&[(t, len, VIRTQ_DESC_F_INDIRECT, None)]);
+    // The same at exactly the cap passes.
+    entries.truncate(MAX_CHAIN_DESCS as usize);
+    let (t, len) = indirect_table(&mut g, &entries);
+    g.publish(&[(t, len, VIRTQ_DESC_F_INDIRECT, None)]);
+    assert_eq!(g.tx(&mut dp).0, 2);
+    assert_eq!(dp.counters.dropped(DropReason::ChainTooLong), 1);
+    assert_eq!(dp.counters.total_drops(), 1);
+    let f = sw.from_guest.pop().unwrap();
+    assert_eq!(frame_bytes(&pool, &f), p);
+    dp.cache.free(f);
+}
+
+#[test]
+fn rx_zero_length_buffers_are_returned_and_counted_not_walked_again() {
+    for mrg in [true, false] {
+        let (mem, arc) = memory();
+        let mut g = Guest::new(&mem, &arc);
+        let feats = if mrg {
+            all_features()
+        } else {
+            without(&[VIRTIO_NET_F_MRG_RXBUF])
+        };
+        let (pool, mut dp, mut sw) = setup(feats);
+        let b = g.buffer(&[], 2048);
+        // Two empty buffers (one a chain of empty descriptors), then a good one.
+        g.publish(&[(b, 0, VIRTQ_DESC_F_WRITE, None)]);
+        g.publish(&[
+            (b, 0, VIRTQ_DESC_F_WRITE, None),
+            (b, 0, VIRTQ_DESC_F_WRITE, None),
+        ]);
+        g.publish(&[(b, 2048, VIRTQ_DESC_F_WRITE, None)]);
+        let p = packet(500, 6);
+        for _ in 0..3 {
+            push_frame(&pool, &mut dp, &mut sw, &p, Offload::default());
+        }
+        assert_eq!(g.rx(&mut dp).0, 3, "mrg={mrg}");
+        assert_eq!(g.used_idx(), 3);
+        assert_eq!(
+            (0..3).map(|i| g.used(i).1).collect::<Vec<_>>(),
+            vec![0, 0, 512],
+            "mrg={mrg}"
+        );
+        assert_eq!(dp.counters.dropped(DropReason::ZeroLengthBuffer), 2);
+        assert_eq!(dp.counters.rx_packets, 1);
+        assert_eq!(&g.read(b + 12, 500), &p);
+    }
+}
+
+#[test]
+fn rx_frame_and_batch_walk_a_bounded_number_of_descriptors() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    // Each buffer is an indirect table of 200 one-byte descriptors.
+    let b = g.buffer(&[], 256);
+    let bytes: Vec<(u64, u32, u16)> = (0..200).map(|i| (b + i, 1, VIRTQ_DESC_F_WRITE)).collect();
+    let (t, len) = indirect_table(&mut g, &bytes);
+    for _ in 0..QSIZE {
+        g.publish(&[(t, len, VIRTQ_DESC_F_INDIRECT, None)]);
+    }
+    // A frame that would need 16 such buffers (3200 descriptors) is
+    // refused after the per-frame cap, its buffers returned.
+    push_frame(
+        &pool,
+        &mut dp,
+        &mut sw,
+        &packet(3000, 1),
+        Offload::default(),
+    );
+    assert_eq!(g.rx(&mut dp).0, 1);
+    assert_eq!(dp.counters.rx_packets, 0);
+    assert_eq!(dp.counters.dropped(DropReason::RxBufferTooSmall), 1);
+    let returned = g.used_idx();
+    assert!(
+        u32::from(returned) * 201 <= 2 * MAX_CHAIN_DESCS,
+        "{returned} buffers walked for one frame"
+    );
+    // Small frames that fit one buffer each: one poll stops at its
+    // descriptor budget.
+    for _ in 0..16 {
+        push_frame(&pool, &mut dp, &mut sw, &packet(100, 2), Offload::default());
+    }
+    let (n, _) = g.rx(&mut dp);
+    let budget = super::engine::desc_budget(64) as usize;
+    assert!(n <= budget.div_ceil(201), "{n} frames of 201 descriptors");
+    assert_eq!(dp.counters.rx_packets, n as u64);
+}

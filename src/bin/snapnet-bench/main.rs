@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod isolation;
 mod pingpong;
 mod plot;
 mod xsk_loop;
@@ -48,6 +49,9 @@ enum Cmd {
     Plot(plot::PlotArgs),
     /// Cache-line ping-pong between two CPUs: the vCPU placement of a run.
     Pingpong(pingpong::PingPongArgs),
+    /// A steady pair's rate alone and while guests with no RX buffers are
+    /// flooded, interleaved rounds, medians and ratio.
+    Isolation(isolation::IsolationArgs),
 }
 
 #[derive(Args, Debug)]
@@ -846,6 +850,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Pair(a) => run_pair(a),
+        Cmd::Isolation(a) => isolation::run_isolation(a),
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
         Cmd::Load(a) => run_load(a),
