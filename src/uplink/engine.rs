@@ -17,7 +17,7 @@ use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
 use crate::packet::wire::MacAddr;
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
-use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
+use crate::shaping::{Cost, RateLimit, TokenBucket, WakeTimer};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
 const NEEDS_CSUM: u8 = 1;
@@ -215,9 +215,10 @@ impl UplinkQueueEngine {
                 break;
             }
             if let Some(b) = self.egress.as_mut() {
-                let len = self.from_switch.peek().map_or(0, |f| f.len);
-                if !b.try_take(len) {
-                    self.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
+                // What goes on the wire: each segment of a super-frame.
+                let cost = Cost::on_wire(next.len, &next.offload, inner_max);
+                if !b.try_take(cost) {
+                    self.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
                     break;
                 }
             }

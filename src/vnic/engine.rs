@@ -296,6 +296,11 @@ impl DataPath {
             let what = match reason {
                 DropReason::TooBig
                 | DropReason::BadGso
+                | DropReason::GsoSizeTooSmall
+                | DropReason::BadGsoHeaders
+                | DropReason::CsumNotNegotiated
+                | DropReason::BadCsumOffsets
+                | DropReason::BadHdrLen
                 | DropReason::SpoofedMac
                 | DropReason::SpoofedIp
                 | DropReason::SpoofedArp

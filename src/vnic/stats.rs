@@ -26,7 +26,9 @@ pub enum DropReason {
     TooShort,
     /// TX frame larger than MTU (or 64 KiB for GSO frames).
     TooBig,
-    /// GSO frame from a guest that did not negotiate HOST_TSO, or bad gso_type.
+    /// TX: a GSO type the guest did not negotiate or snapnet does not offer
+    /// (UFO, USO, the ECN bit without HOST_ECN, unknown types), or a GSO
+    /// frame without NEEDS_CSUM.
     BadGso,
     /// The avail index moved more than a queue size: the ring is corrupt.
     BadAvailIndex,
@@ -49,10 +51,23 @@ pub enum DropReason {
     SpoofedNd,
     /// RX: over the vNIC's ingress rate limit.
     RateLimited,
+    /// TX: GSO frame with a gso_size below the floor (48 bytes, Linux's
+    /// `tcp_min_snd_mss`): it would multiply the frames on the wire.
+    GsoSizeTooSmall,
+    /// TX: GSO frame whose headers are not what its gso_type says (or not
+    /// headers snapnet can segment).
+    BadGsoHeaders,
+    /// TX: NEEDS_CSUM from a guest that did not negotiate VIRTIO_NET_F_CSUM.
+    CsumNotNegotiated,
+    /// TX: csum_start/csum_offset outside the frame, or (GSO) not at the
+    /// TCP checksum.
+    BadCsumOffsets,
+    /// TX: hdr_len claims more headers than the frame holds.
+    BadHdrLen,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -72,6 +87,11 @@ impl DropReason {
         DropReason::SpoofedArp,
         DropReason::SpoofedNd,
         DropReason::RateLimited,
+        DropReason::GsoSizeTooSmall,
+        DropReason::BadGsoHeaders,
+        DropReason::CsumNotNegotiated,
+        DropReason::BadCsumOffsets,
+        DropReason::BadHdrLen,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -96,6 +116,11 @@ impl DropReason {
             DropReason::SpoofedArp => "spoofed_arp",
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RateLimited => "rate_limited",
+            DropReason::GsoSizeTooSmall => "gso_size_too_small",
+            DropReason::BadGsoHeaders => "bad_gso_headers",
+            DropReason::CsumNotNegotiated => "csum_not_negotiated",
+            DropReason::BadCsumOffsets => "bad_csum_offsets",
+            DropReason::BadHdrLen => "bad_hdr_len",
         }
     }
 }

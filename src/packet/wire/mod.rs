@@ -4,6 +4,7 @@
 pub mod ethernet;
 pub mod flow;
 pub mod ip;
+pub mod virtio_net;
 pub mod virtq_packed;
 
 pub use ethernet::{EthernetFrame, MacAddr};
