@@ -571,6 +571,31 @@ fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
 }
 
 #[test]
+fn rx_header_carries_no_flag_snapnet_does_not_vouch_for() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    let o = Offload {
+        flags: virtio_net::F_NEEDS_CSUM | virtio_net::F_DATA_VALID | virtio_net::F_RSC_INFO,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Default::default()
+    };
+    push_frame(&pool, &mut dp, &mut sw, &packet(100, 7), o);
+    let b = g.buffer(&[], 2048);
+    g.publish(&[(b, 2048, VIRTQ_DESC_F_WRITE, None)]);
+    assert_eq!(g.rx(&mut dp).0, 1);
+    let h = virtio_net::parse(&g.read(b, VNET_HDR_LEN));
+    assert_eq!(
+        h,
+        Offload {
+            flags: virtio_net::F_NEEDS_CSUM,
+            ..o
+        }
+    );
+}
+
+#[test]
 fn interrupts_follow_event_idx_and_no_interrupt_flag() {
     for event_idx in [true, false] {
         let (mem, arc) = memory();
