@@ -428,21 +428,21 @@ fn a_chain_too_big_to_ever_send_is_dropped_not_left_to_wedge_the_queue() {
 
 #[test]
 fn refused_frames_take_no_egress_tokens() {
-    // A 100-packet bucket refilling at 1/s: after 12 refused super-frames
-    // of 63 segments each, good frames still find it full.
-    let (p, o) = tso_frame(Ip::V4, 3000, 1);
+    // A 65 792-byte bucket refilling at 1000 B/s: six refused super-frames
+    // of 20 054 bytes would empty it three times over; good frames after
+    // them still find it full.
+    let (p, o) = tso_frame(Ip::V4, 20_000, 1);
     let bad = [hdr(&o, 0), p].concat();
     let good = [hdr(&Offload::default(), 0), packet(60, 2)].concat();
     let (mem, arc) = memory();
     let limit = RateLimit {
-        packets_per_sec: Some(1),
-        burst_packets: Some(100),
+        bytes_per_sec: Some(1000),
         ..RateLimit::default()
     };
-    let mut chains: Vec<&[u8]> = vec![&bad; 12];
+    let mut chains: Vec<&[u8]> = vec![&bad; 6];
     chains.extend([&good[..]; 3]);
     let (mut g, mut dp, mut sw) = limited_guest(&mem, &arc, limit, &chains);
-    assert_eq!(g.tx(&mut dp).0, 15);
-    assert_eq!(dp.counters.dropped(DropReason::GsoSizeTooSmall), 12);
+    assert_eq!(g.tx(&mut dp).0, 9);
+    assert_eq!(dp.counters.dropped(DropReason::GsoSizeTooSmall), 6);
     assert_eq!(drain_frames(&mut dp, &mut sw), 3);
 }
