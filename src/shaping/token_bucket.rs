@@ -34,8 +34,8 @@ pub struct RateLimit {
     pub burst_packets: Option<u64>,
 }
 
-/// Smallest byte bucket: one largest frame must always fit, or a guest
-/// sending 64 KiB TSO frames would stall for good.
+/// Smallest byte bucket: one largest frame fits, so a guest sending 64 KiB
+/// TSO frames at a normal `gso_size` is paced by the rate, not by debt.
 const MIN_BURST_BYTES: u64 = 65_536 + 256;
 const MIN_BURST_PACKETS: u64 = 64;
 
