@@ -99,6 +99,7 @@ if [ -z "$config" ] && { [ "$role0" != server ] || [ "$role1" != server ] || [ "
     cat >"$config" <<EOF
 {
   "runtime_dir": "$run",
+  "socket_dirs": [ "$(dirname "$socket0")", "$(dirname "$socket1")" ],
   "vnics": [
     { "name": "vnic0", "mac": "52:54:00:5a:00:01", "socket": "$socket0", "role": "$role0", "queue_pairs": $queues$extra },
     { "name": "vnic1", "mac": "52:54:00:5a:00:02", "socket": "$socket1", "role": "$role1", "queue_pairs": $queues$extra }

@@ -25,6 +25,8 @@
 #
 # Usage: scripts/bench-vs-testpmd.sh [rounds] [seconds]   (as root)
 #   env: FRONTEND=dpdk|own  SIZES="64 1500 rtt"  PACKED=1  MRG=0  CAP=25
+#        BASE=path/to/an/older/snapnet: a third backend in every round, and
+#        the ratio of this build to it (before/after a change, same run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -130,10 +132,10 @@ dpdk_frontend() {
     rm -f "$fifo"; mkfifo "$fifo"
     taskset -c "$FCPU" dpdk-testpmd --no-pci --no-huge -m 256 --no-shconf --file-prefix "snf$$" \
         --lcores "0@$FCPU,1@$FCPU" \
-        --vdev "net_virtio_user0,path=$s0,mac=$MAC0,queue_size=1024$extra" \
-        --vdev "net_virtio_user1,path=$s1,mac=$MAC1,queue_size=1024$extra" -- \
+        --vdev "net_virtio_user0,path=$s0,mac=$MAC0,queue_size=${QSIZE:-1024}$extra" \
+        --vdev "net_virtio_user1,path=$s1,mac=$MAC1,queue_size=${QSIZE:-1024}$extra" -- \
         -i --forward-mode=mac --eth-peer=0,$MAC1 --eth-peer=1,$MAC0 \
-        --txd=1024 --rxd=1024 --total-num-mbufs=16384 <"$fifo" >"$log" 2>&1 &
+        --txd=${QSIZE:-1024} --rxd=${QSIZE:-1024} --total-num-mbufs=16384 <"$fifo" >"$log" 2>&1 &
     local pid=$!
     exec 7>"$fifo"
     # tx_first sends `bursts` bursts of 32 (testpmd's default burst) per port.
@@ -165,6 +167,9 @@ run_snapnet_dpdk() {
     dpdk_frontend "$WORK/vnic0.sock" "$WORK/vnic1.sock" "$1"
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
+
+run_base_dpdk() { SN=$BASE run_snapnet_dpdk "$1"; }
+run_base_own() { SN=$BASE run_snapnet_own "$1"; }
 
 run_testpmd_dpdk() {
     rm -f "$WORK"/tp*.sock
@@ -202,7 +207,7 @@ printf "%-6s %-8s %s\n" size backend "rounds: Mpps (placement, ping-pong ns befo
 for size in $SIZES; do
     declare -A all=()
     for r in $(seq "$ROUNDS"); do
-        for b in snapnet testpmd; do
+        for b in snapnet testpmd ${BASE:+base}; do
             read -r rate where nsb nsa < <(one_round "$b" "$size")
             all[$b]="${all[$b]:-} $rate"
             all[$b.$where]="${all[$b.$where]:-} $rate"
@@ -224,6 +229,11 @@ for size in $SIZES; do
             awk -v s="$size" -v w="$where" -v a="$sn" -v b="$tp" -v cap="$CAP" -v fe="$FRONTEND" 'BEGIN {
                 printf "result frontend=%s size=%d placement=%s snapnet_mpps=%.3f testpmd_mpps=%.3f snapnet_mpps_per_core=%.2f testpmd_mpps_per_core=%.2f ratio=%.3f cap_pct=%d\n",
                     fe, s, w, a, b, a*100/cap, b*100/cap, (b > 0 ? a/b : 0), cap }'
+        fi
+        if [ -n "${BASE:-}" ] && [ -n "${all[${key_s/snapnet/base}]:-}" ]; then
+            bs=$(echo "${all[${key_s/snapnet/base}]}" | median)
+            awk -v s="$size" -v w="$where" -v a="$sn" -v b="$bs" 'BEGIN {
+                printf "result size=%s placement=%s snapnet_mpps=%.3f base_mpps=%.3f ratio_to_base=%.3f\n", s, w, a, b, (b > 0 ? a/b : 0) }'
         fi
     done
     unset all

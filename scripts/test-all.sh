@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of snapnet: unit tests, integration tests against the real
-# daemon driven by the Rust vhost-user frontend, then the VM tests (real QEMU
-# guests through snapnet). Installs what it needs first. Run as root on
-# Debian 12.
+# daemon driven by the Rust vhost-user frontend, a short run of every fuzz
+# target, then the VM tests (real QEMU guests through snapnet). Installs what
+# it needs first. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev
 export RUST_BACKTRACE=1
 echo "== unit and integration tests"
 cargo test --release --all-targets -- --test-threads=2
+echo "== fuzz smoke (every fuzz target for a few seconds, docs/fuzzing.md)"
+bash scripts/fuzz-smoke.sh "${SNAPNET_FUZZ_SECONDS:-5}"
 if [ -n "${SNAPNET_SKIP_VM_TESTS:-}" ]; then
     echo "== VM tests skipped (SNAPNET_SKIP_VM_TESTS is set)"
 else

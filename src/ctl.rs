@@ -68,6 +68,16 @@ enum VnicCmd {
         role: Option<String>,
         #[arg(long)]
         group: Option<String>,
+        /// Addresses the guest may send from, e.g. 10.0.0.5,2001:db8::5.
+        #[arg(long, value_delimiter = ',')]
+        allowed_ips: Vec<String>,
+        /// One more MAC the guest may send from, with optional addresses:
+        /// MAC or MAC=IP,IP (repeat for more pairs).
+        #[arg(long = "address-pair")]
+        address_pairs: Vec<String>,
+        /// No anti-spoofing at all (router and firewall VMs).
+        #[arg(long)]
+        no_port_security: bool,
     },
     Remove {
         name: String,
@@ -90,6 +100,13 @@ enum VnicCmd {
         /// `none` checks only the MAC.
         #[arg(long, value_delimiter = ',')]
         allowed_ips: Vec<String>,
+        /// Replaces the allowed address pairs: MAC or MAC=IP,IP (repeat for
+        /// more pairs); `none` removes them all.
+        #[arg(long = "address-pair")]
+        address_pairs: Vec<String>,
+        /// Anti-spoofing on or off.
+        #[arg(long, value_parser = ["on", "off"])]
+        port_security: Option<String>,
         /// Guest egress limit in bytes per second (0: none).
         #[arg(long)]
         tx_bytes_per_sec: Option<u64>,
@@ -100,6 +117,36 @@ enum VnicCmd {
         #[arg(long)]
         weight: Option<u32>,
     },
+}
+
+/// `--address-pair` values as the `allowed_address_pairs` param: `MAC` or
+/// `MAC=IP,IP`; a lone `none` is the empty list.
+fn address_pairs(args: &[String]) -> Option<Value> {
+    match args {
+        [] => None,
+        [none] if none == "none" => Some(json!([])),
+        list => Some(
+            list.iter()
+                .map(|a| match a.split_once('=') {
+                    Some((mac, ips)) => json!({
+                        "mac": mac,
+                        "ips": ips.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                    }),
+                    None => json!({ "mac": a }),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// `--allowed-ips` as the `allowed_ips` param: absent when not given, null
+/// for `none`.
+fn allowed_ips(args: &[String]) -> Option<Value> {
+    match args {
+        [] => None,
+        [none] if none == "none" => Some(Value::Null),
+        list => Some(list.into()),
+    }
 }
 
 /// A byte-rate limit param: 0 means none (JSON null).
@@ -212,6 +259,9 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                 vhost_socket,
                 role,
                 group,
+                allowed_ips: ips,
+                address_pairs: pairs,
+                no_port_security,
             } => (
                 "vnic.add".into(),
                 obj(vec![
@@ -225,6 +275,9 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                     ),
                     ("role", role.map(Into::into)),
                     ("group", group.map(Into::into)),
+                    ("allowed_ips", allowed_ips(&ips)),
+                    ("allowed_address_pairs", address_pairs(&pairs)),
+                    ("port_security", no_port_security.then_some(false.into())),
                 ]),
             ),
             VnicCmd::Remove { name } => ("vnic.remove".into(), json!({ "name": name })),
@@ -235,7 +288,9 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                 name,
                 mtu,
                 group,
-                allowed_ips,
+                allowed_ips: ips,
+                address_pairs: pairs,
+                port_security,
                 tx_bytes_per_sec,
                 rx_bytes_per_sec,
                 weight,
@@ -245,14 +300,9 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                     ("name", Some(name.into())),
                     ("mtu", mtu.map(Into::into)),
                     ("group", group.map(Into::into)),
-                    (
-                        "allowed_ips",
-                        match allowed_ips.as_slice() {
-                            [] => None,
-                            [none] if none == "none" => Some(Value::Null),
-                            list => Some(list.into()),
-                        },
-                    ),
+                    ("allowed_ips", allowed_ips(&ips)),
+                    ("allowed_address_pairs", address_pairs(&pairs)),
+                    ("port_security", port_security.map(|s| (s == "on").into())),
                     ("tx_limit", byte_limit(tx_bytes_per_sec)),
                     ("rx_limit", byte_limit(rx_bytes_per_sec)),
                     ("weight", weight.map(Into::into)),
@@ -564,5 +614,83 @@ fn human(method: &str, v: &Value) -> String {
                 .collect(),
             other => format!("{}\n", cell(other)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+
+    fn req(args: &[&str]) -> (String, Value) {
+        let cli = Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        request(cli.ctl.command).unwrap()
+    }
+
+    #[test]
+    fn port_security_flags_become_params() {
+        let (m, p) = req(&[
+            "vnic",
+            "add",
+            "--name",
+            "r1",
+            "--mac",
+            "52:54:00:00:00:01",
+            "--allowed-ips",
+            "10.0.0.5,2001:db8::5",
+            "--address-pair",
+            "00:00:5e:00:01:07=10.0.0.100,2001:db8::100",
+            "--address-pair",
+            "52:54:00:00:00:99",
+        ]);
+        assert_eq!(m, "vnic.add");
+        assert_eq!(p["allowed_ips"], json!(["10.0.0.5", "2001:db8::5"]));
+        assert_eq!(
+            p["allowed_address_pairs"],
+            json!([
+                {"mac": "00:00:5e:00:01:07", "ips": ["10.0.0.100", "2001:db8::100"]},
+                {"mac": "52:54:00:00:00:99"}
+            ])
+        );
+        assert!(p.get("port_security").is_none());
+        let (_, p) = req(&[
+            "vnic",
+            "add",
+            "--name",
+            "fw",
+            "--mac",
+            "52:54:00:00:00:02",
+            "--no-port-security",
+        ]);
+        assert_eq!(p["port_security"], false);
+        let (m, p) = req(&[
+            "vnic",
+            "update",
+            "r1",
+            "--port-security",
+            "off",
+            "--address-pair",
+            "none",
+            "--allowed-ips",
+            "none",
+        ]);
+        assert_eq!(m, "vnic.update");
+        assert_eq!(
+            p,
+            json!({"name": "r1", "port_security": false, "allowed_address_pairs": [], "allowed_ips": null})
+        );
+        let (_, p) = req(&["vnic", "update", "r1", "--port-security", "on"]);
+        assert_eq!(p, json!({"name": "r1", "port_security": true}));
+        assert!(
+            Cli::try_parse_from(["ctl", "vnic", "update", "r1", "--port-security", "maybe"])
+                .is_err()
+        );
     }
 }

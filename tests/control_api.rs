@@ -345,3 +345,155 @@ fn concurrent_clients_add_and_remove_different_vnics() {
     assert_eq!(list.as_array().unwrap().len(), 2 + 4 * 5);
     ctl.stop();
 }
+
+/// Issue 13, item 6: `vnic.add` used to remove whatever file was at the
+/// socket path (the daemon is root) and to create sockets anywhere.
+#[test]
+fn vnic_sockets_stay_in_their_directories_and_only_stale_sockets_are_replaced() {
+    let dir = TempDir::new("rpc-paths");
+    let outside = TempDir::new("rpc-paths-outside");
+    let ctl = Control::start(&config(&dir));
+    let mut c = ctl.client();
+    let before = c.state();
+    let victim = outside.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let add = |c: &mut common::rpc::Checked, socket: &std::path::Path| {
+        c.err(
+            "vnic.add",
+            json!({"name": "x", "mac": "52:54:00:00:00:40", "socket": socket.display().to_string()}),
+            1004,
+        )
+        .message
+    };
+    // Outside the runtime dir: refused before anything is touched.
+    let m = add(&mut c, &victim);
+    assert!(
+        m.contains("params.socket") && m.contains("socket_dirs"),
+        "{m}"
+    );
+    let m = add(&mut c, &dir.path("../x/../victim"));
+    assert!(m.contains("params.socket"), "{m}");
+    // Inside it: a regular file, a directory, and a symlink are not sockets.
+    std::fs::write(dir.path("keep.sock"), b"mine").unwrap();
+    let m = add(&mut c, &dir.path("keep.sock"));
+    assert!(m.contains("not a socket"), "{m}");
+    std::fs::create_dir(dir.path("d.sock")).unwrap();
+    add(&mut c, &dir.path("d.sock"));
+    std::os::unix::fs::symlink(&victim, dir.path("link.sock")).unwrap();
+    let m = add(&mut c, &dir.path("link.sock"));
+    assert!(m.contains("symlink"), "{m}");
+    // A symlinked directory inside leads outside: refused too.
+    std::os::unix::fs::symlink(&outside.0, dir.path("out")).unwrap();
+    let m = add(&mut c, &dir.path("out/x.sock"));
+    assert!(m.contains("outside"), "{m}");
+    assert!(!outside.path("x.sock").exists());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(dir.path("keep.sock")).unwrap(), b"mine");
+    assert!(dir.path("d.sock").is_dir());
+    assert!(dir.path("link.sock").symlink_metadata().is_ok());
+    assert_eq!(c.state(), before, "refused calls change nothing");
+    // A socket left by an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(dir.path("stale.sock")).unwrap());
+    c.ok(
+        "vnic.add",
+        json!({"name": "x", "mac": "52:54:00:00:00:40", "socket": dir.path("stale.sock").display().to_string()}),
+    );
+    UnixStream::connect(dir.path("stale.sock")).expect("the new socket serves");
+    ctl.stop();
+}
+
+#[test]
+fn control_socket_never_replaces_a_file() {
+    let dir = TempDir::new("rpc-ctlpath");
+    let text = format!(
+        r#"{{"runtime_dir":"{0}","control_socket":"{0}/ctl"}}"#,
+        dir.0.display()
+    );
+    let cfg = Config::from_json(&text).unwrap();
+    std::fs::write(dir.path("ctl"), b"not a socket").unwrap();
+    let daemon = snapnet::control::Daemon::start(&cfg).unwrap();
+    let ctx = std::sync::Arc::new(snapnet::control::rpc::Context {
+        daemon: std::sync::Mutex::new(Some(daemon)),
+        started: std::time::Instant::now(),
+        request_shutdown: Box::new(|| {}),
+    });
+    let e = snapnet::control::rpc::server::RpcServer::start(&dir.path("ctl"), None, ctx.clone())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(dir.path("ctl")).unwrap(), b"not a socket");
+    let daemon = ctx.daemon.lock().unwrap().take();
+    if let Some(d) = daemon {
+        d.stop();
+    }
+}
+
+#[test]
+fn port_security_over_rpc() {
+    let dir = TempDir::new("rpc-portsec");
+    let ctl = Control::start(&config(&dir));
+    let mut c = ctl.client();
+    let info = c.ok(
+        "vnic.add",
+        json!({"name": "r1", "mac": "52:54:00:00:00:50", "allowed_ips": ["10.0.0.5"],
+               "allowed_address_pairs": [{"mac": "00:00:5e:00:01:07", "ips": ["10.0.0.100"]}]}),
+    );
+    assert_eq!(info["port_security"], true);
+    assert_eq!(
+        info["allowed_address_pairs"],
+        json!([{"mac": "00:00:5e:00:01:07", "ips": ["10.0.0.100"]}])
+    );
+    let fw = c.ok(
+        "vnic.add",
+        json!({"name": "fw", "mac": "52:54:00:00:00:51", "port_security": false}),
+    );
+    assert_eq!(fw["port_security"], false);
+    let u = c.ok(
+        "vnic.update",
+        json!({"name": "r1", "allowed_address_pairs": [{"mac": "00:00:5e:00:01:08"}], "port_security": false}),
+    );
+    assert_eq!(
+        u["allowed_address_pairs"],
+        json!([{"mac": "00:00:5e:00:01:08", "ips": null}])
+    );
+    assert_eq!(u["port_security"], false);
+    assert_eq!(u["allowed_ips"], json!(["10.0.0.5"]), "kept");
+    let before = c.state();
+    for (params, code, says) in [
+        (
+            json!({"name": "r1", "allowed_address_pairs": [{"mac": "52:54:00:5a:00:01"}]}),
+            1004,
+            "params.allowed_address_pairs[0].mac",
+        ),
+        (
+            json!({"name": "r1", "allowed_address_pairs": [{"mac": "01:00:5e:00:00:01"}]}),
+            1004,
+            "unicast",
+        ),
+        (
+            json!({"name": "r1", "allowed_address_pairs": [{"mac": "00:00:5e:00:01:08"}, {"mac": "00:00:5e:00:01:08"}]}),
+            1004,
+            "twice",
+        ),
+        (
+            json!({"name": "r1", "port_security": "off"}),
+            -32602,
+            "port_security",
+        ),
+    ] {
+        let e = c.err("vnic.update", params.clone(), code);
+        assert!(e.message.contains(says), "{params}: {}", e.message);
+    }
+    let e = c.err(
+        "vnic.add",
+        json!({"name": "r2", "mac": "52:54:00:00:00:52", "allowed_address_pairs": [{"mac": "52:54:00:00:00:50"}]}),
+        1004,
+    );
+    assert!(
+        e.message.contains("params.allowed_address_pairs[0].mac"),
+        "{}",
+        e.message
+    );
+    assert_eq!(c.state(), before);
+    ctl.stop();
+}

@@ -174,3 +174,39 @@ fn broken_ring_setups_harm_nobody() {
     drop(b);
     daemon.stop();
 }
+
+#[test]
+fn a_memory_region_larger_than_its_file_is_refused() {
+    let dir = TempDir::new("hostile-region");
+    let cfg = two_vnics(&dir, 1, "");
+    let daemon = start(&cfg);
+    let fcfg = FrontendConfig::default();
+    let mut b = connect(&dir.path("vnic1.sock"), &fcfg);
+    let sock0 = dir.path("vnic0.sock");
+    hostile(&sock0, |vu, _, _| {
+        let _ = vu.set_features(VERSION_1 | PROTOCOL_FEATURES);
+        // A 64 KiB file declared as 1 MiB of guest memory, with the rings in
+        // the part the file does not have: mapped, the engine's first look
+        // at them would be a SIGBUS that kills the daemon.
+        let small = 64 << 10;
+        let (file, base) = memfd(small);
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: 1 << 20,
+            userspace_addr: base as u64,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        };
+        let _ = vu.set_mem_table(&[region]);
+        let _kept = ring(vu, 1, 256, 512 << 10, 600 << 10, 700 << 10);
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: unmapping what memfd() mapped.
+        unsafe { libc::munmap(base.cast(), small) };
+    });
+    let mut a = connect(&sock0, &fcfg);
+    wait_ready(&daemon);
+    assert_crosses(&mut a, &mut b, 30, 200, "after a region past its file");
+    drop(a);
+    drop(b);
+    daemon.stop();
+}

@@ -18,7 +18,7 @@ fn rings(daemon: &Daemon, vnic: usize) -> usize {
 fn as_socket_client_snapnet_waits_for_the_frontend_and_reconnects_after_it_restarts() {
     let dir = TempDir::new("client");
     let text = format!(
-        r#"{{ "vnics": [
+        r#"{{ "runtime_dir": "{0}", "vnics": [
             {{ "name": "vnic0", "socket": "{0}/vm0.sock", "role": "client", "mac": "52:54:00:5a:00:01" }},
             {{ "name": "vnic1", "socket": "{0}/vnic1.sock", "mac": "52:54:00:5a:00:02" }} ] }}"#,
         dir.0.display()

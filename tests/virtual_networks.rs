@@ -153,3 +153,71 @@ fn networks_are_isolated_and_guests_send_only_as_themselves() {
         .any(|(n, m, p, _)| *n == 8 && m.0 == C && p == "c"));
     daemon.stop();
 }
+
+/// Port security as in clouds, through the daemon: an allowed address
+/// pair's MAC may send with its own addresses, QinQ tags do not hide a
+/// spoofed address, and with port security off a router VM forwards frames
+/// from any MAC.
+#[test]
+fn address_pairs_qinq_and_port_security_off() {
+    use snapnet::control::config::AddressPair;
+    use snapnet::control::daemon::PortSecurityChange;
+    use snapnet::packet::wire::MacAddr;
+    const VMAC: [u8; 6] = [0, 0, 0x5e, 0, 1, 7];
+    let dir = TempDir::new("portsec");
+    let mut daemon = start(&config(&dir));
+    let fc = FrontendConfig::default();
+    let mut a = connect(&dir.path("a.sock"), &fc);
+    let mut b = connect(&dir.path("b.sock"), &fc);
+    let _c = connect(&dir.path("c.sock"), &fc);
+    wait_ready(&daemon);
+    let spoofed_ip = |d: &snapnet::control::Daemon| -> u64 {
+        d.report().iter().find(|v| v.name == "a").unwrap().queues[0].dropped(DropReason::SpoofedIp)
+    };
+    daemon
+        .set_vnic_port_security(
+            "a",
+            PortSecurityChange {
+                allowed_address_pairs: Some(vec![AddressPair {
+                    mac: MacAddr(VMAC),
+                    ips: Some(vec!["10.7.0.100".parse().unwrap()]),
+                }]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let qinq = |src_ip| {
+        let mut f = ipv4_udp(B, A, src_ip);
+        f.splice(12..12, [0x88, 0xa8, 0, 5, 0x81, 0x00, 0, 6]);
+        f
+    };
+    let pair_frame = ipv4_udp(B, VMAC, [10, 7, 0, 100]);
+    let got = send_and_collect(
+        &mut a,
+        &[
+            pair_frame.clone(),
+            ipv4_udp(B, VMAC, [10, 7, 0, 10]),
+            qinq([10, 7, 0, 99]),
+            qinq([10, 7, 0, 10]),
+        ],
+        &mut [&mut b],
+    );
+    assert_eq!(got[0].len(), 2, "the pair's own frame and a's QinQ frame");
+    assert_eq!(got[0][0], pair_frame);
+    assert_eq!(spoofed_ip(&daemon), 2);
+    // A router VM: port security off, anything goes (and is counted sent).
+    daemon
+        .set_vnic_port_security(
+            "a",
+            PortSecurityChange {
+                port_security: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let routed = ipv4_udp(B, [2, 0, 0, 0, 0, 0x77], [192, 0, 2, 1]);
+    let got = send_and_collect(&mut a, std::slice::from_ref(&routed), &mut [&mut b]);
+    assert_eq!(got[0], vec![routed]);
+    assert_eq!(spoofed_ip(&daemon), 2);
+    daemon.stop();
+}

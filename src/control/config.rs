@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::socket_path::{check_inside, check_plain_absolute};
 use crate::packet::wire::MacAddr;
 use crate::vnic::SocketRole;
 
@@ -20,6 +21,12 @@ pub const DEFAULT_RUNTIME_DIR: &str = "/run/snapnet";
 pub const MIN_MTU: u16 = 68;
 pub const MAX_MTU: u16 = 9000;
 pub const MAX_QUEUE_PAIRS: u16 = 16;
+/// Addresses in one `allowed_ips` list.
+pub const MAX_ALLOWED_IPS: usize = 64;
+/// Allowed address pairs of one vNIC.
+pub const MAX_ADDRESS_PAIRS: usize = 16;
+/// Entries of `socket_dirs`.
+pub const MAX_SOCKET_DIRS: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -57,6 +64,10 @@ pub struct Config {
     /// Directory for sockets of vNICs that give no `socket`.
     #[serde(default = "default_runtime_dir")]
     pub runtime_dir: PathBuf,
+    /// Directories besides `runtime_dir` where vNIC sockets may be (served
+    /// or connected to). A socket path anywhere else is refused.
+    #[serde(default)]
+    pub socket_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub vnics: Vec<VnicConfig>,
     /// Host NICs the switch reaches through AF_XDP.
@@ -106,6 +117,14 @@ pub struct VnicConfig {
     /// only the source MAC is checked.
     #[serde(default)]
     pub allowed_ips: Option<Vec<std::net::IpAddr>>,
+    /// More MACs the guest may send from (a VRRP virtual MAC, a router's
+    /// other interfaces), each with its own optional address list.
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<AddressPair>,
+    /// Anti-spoofing on (default). Off, the guest may send from any MAC and
+    /// address: for router and firewall VMs that forward others' frames.
+    #[serde(default = "default_port_security")]
+    pub port_security: bool,
     /// Guest egress limit: the guest's TX waits while out of tokens.
     #[serde(default)]
     pub tx_limit: Option<RateLimit>,
@@ -122,6 +141,42 @@ pub struct VnicConfig {
     pub shard: Option<u16>,
 }
 
+/// An extra MAC a vNIC's guest may send from (OpenStack's allowed address
+/// pair).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPair {
+    #[serde(with = "mac_string")]
+    pub mac: MacAddr,
+    /// Addresses frames from `mac` may carry; absent: the vNIC's
+    /// `allowed_ips` apply (and, when that is absent too, none are checked).
+    #[serde(default)]
+    pub ips: Option<Vec<std::net::IpAddr>>,
+}
+
+impl VnicConfig {
+    /// The anti-spoofing guard this vNIC's engines enforce.
+    pub fn spoof_guard(&self) -> crate::vnic::antispoof::SpoofGuard {
+        let own = self.allowed_ips.as_deref();
+        self.allowed_address_pairs
+            .iter()
+            .fold(
+                crate::vnic::antispoof::SpoofGuard::new(self.mac, own),
+                |g, p| g.with_pair(p.mac, p.ips.as_deref().or(own)),
+            )
+            .enabled(self.port_security)
+    }
+
+    /// Every MAC this vNIC's guest may send from (the frames the uplink
+    /// must hand to snapnet).
+    pub fn macs(&self) -> impl Iterator<Item = MacAddr> + '_ {
+        std::iter::once(self.mac).chain(self.allowed_address_pairs.iter().map(|p| p.mac))
+    }
+}
+
+fn default_port_security() -> bool {
+    true
+}
 fn default_weight() -> u32 {
     1
 }
@@ -287,6 +342,13 @@ impl Config {
             .unwrap_or_else(|| self.runtime_dir.join(format!("{}.sock", v.name)))
     }
 
+    /// Where vNIC sockets may be: `runtime_dir` and `socket_dirs`.
+    pub fn socket_dirs(&self) -> Vec<&Path> {
+        std::iter::once(self.runtime_dir.as_path())
+            .chain(self.socket_dirs.iter().map(PathBuf::as_path))
+            .collect()
+    }
+
     /// The control socket's path.
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
@@ -306,6 +368,22 @@ impl Config {
 
     /// Checks what the types cannot: ranges, uniqueness, references.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        check_plain_absolute(&self.runtime_dir).map_err(|m| invalid("runtime_dir", m))?;
+        if self.socket_dirs.len() > MAX_SOCKET_DIRS {
+            return Err(invalid(
+                "socket_dirs",
+                format!("at most {MAX_SOCKET_DIRS} directories"),
+            ));
+        }
+        for (i, d) in self.socket_dirs.iter().enumerate() {
+            check_plain_absolute(d).map_err(|m| invalid(format!("socket_dirs[{i}]"), m))?;
+            if d.parent().is_none() {
+                return Err(invalid(format!("socket_dirs[{i}]"), "'/' is too wide"));
+            }
+        }
+        if let Some(c) = &self.control_socket {
+            check_plain_absolute(c).map_err(|m| invalid("control_socket", m))?;
+        }
         if self.groups.is_empty() {
             return Err(invalid("groups", "at least one engine group is needed"));
         }
@@ -358,6 +436,7 @@ impl Config {
             _ => Ok(()),
         };
         let (mut names, mut macs, mut sockets) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let own_macs: HashSet<MacAddr> = self.vnics.iter().map(|v| v.mac).collect();
         for (i, v) in self.vnics.iter().enumerate() {
             let at = |k: &str| format!("vnics[{i}].{k}");
             check_name(&v.name, &at("name"))?;
@@ -388,6 +467,8 @@ impl Config {
                     format!("{} is not in 1..={MAX_QUEUE_PAIRS}", v.queue_pairs),
                 ));
             }
+            check_inside(&self.socket_path(v), &self.socket_dirs())
+                .map_err(|m| invalid(at("socket"), m))?;
             if !sockets.insert(self.socket_path(v)) {
                 return Err(duplicate(
                     at("socket"),
@@ -401,9 +482,16 @@ impl Config {
                     format!("{} is not in 0..={MAX_NETWORK}", v.network),
                 ));
             }
-            if v.allowed_ips.as_ref().is_some_and(|l| l.len() > 64) {
-                return Err(invalid(at("allowed_ips"), "at most 64 addresses"));
+            if v.allowed_ips
+                .as_ref()
+                .is_some_and(|l| l.len() > MAX_ALLOWED_IPS)
+            {
+                return Err(invalid(
+                    at("allowed_ips"),
+                    format!("at most {MAX_ALLOWED_IPS} addresses"),
+                ));
             }
+            check_address_pairs(v, &own_macs, &at("allowed_address_pairs"))?;
             if !(1..=1000).contains(&v.weight) {
                 return Err(invalid(
                     at("weight"),
@@ -471,6 +559,46 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_address_pairs(
+    v: &VnicConfig,
+    vnic_macs: &HashSet<MacAddr>,
+    at: &str,
+) -> Result<(), ConfigError> {
+    if v.allowed_address_pairs.len() > MAX_ADDRESS_PAIRS {
+        return Err(invalid(at, format!("at most {MAX_ADDRESS_PAIRS} pairs")));
+    }
+    let mut seen = HashSet::new();
+    for (j, p) in v.allowed_address_pairs.iter().enumerate() {
+        let at = format!("{at}[{j}]");
+        if p.mac.is_group() || p.mac.0 == [0; 6] {
+            return Err(invalid(
+                format!("{at}.mac"),
+                format!("{} is not a unicast address", p.mac),
+            ));
+        }
+        // A vNIC's MAC is pinned to its port: another guest may not claim it.
+        if vnic_macs.contains(&p.mac) {
+            return Err(invalid(
+                format!("{at}.mac"),
+                format!("{} is a vNIC's own MAC", p.mac),
+            ));
+        }
+        if !seen.insert(p.mac) {
+            return Err(invalid(
+                format!("{at}.mac"),
+                format!("{} is given twice", p.mac),
+            ));
+        }
+        if p.ips.as_ref().is_some_and(|l| l.len() > MAX_ALLOWED_IPS) {
+            return Err(invalid(
+                format!("{at}.ips"),
+                format!("at most {MAX_ALLOWED_IPS} addresses"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_limit(l: &Option<RateLimit>, at: &str) -> Result<(), ConfigError> {
@@ -556,5 +684,107 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = err(r#"{"vnics":[{"name":"a","mac":"01:00:00:00:00:01"}]}"#);
         assert!(e.contains("unicast"), "{e}");
+    }
+
+    #[test]
+    fn sockets_stay_inside_the_runtime_dir_or_socket_dirs() {
+        let vnic = |socket: &str, role: &str| {
+            format!(
+                r#"{{"runtime_dir":"/run/snapnet","socket_dirs":["/var/lib/vms"],
+                "vnics":[{{"name":"a","mac":"02:00:00:00:00:01","socket":"{socket}","role":"{role}"}}]}}"#
+            )
+        };
+        assert!(Config::from_json(&vnic("/run/snapnet/a.sock", "server")).is_ok());
+        assert!(Config::from_json(&vnic("/var/lib/vms/vm0/net0.sock", "client")).is_ok());
+        for (socket, role) in [
+            ("/etc/shadow", "server"),
+            ("/etc/shadow", "client"),
+            ("/run/snapnet/../../etc/shadow", "server"),
+            ("a.sock", "server"),
+        ] {
+            let e = err(&vnic(socket, role));
+            assert!(e.contains("vnics[0].socket"), "{socket}: {e}");
+        }
+        let e = err(r#"{"runtime_dir":"run"}"#);
+        assert!(e.contains("runtime_dir"), "{e}");
+        let e = err(r#"{"socket_dirs":["/"]}"#);
+        assert!(e.contains("socket_dirs[0]"), "{e}");
+        let e = err(r#"{"socket_dirs":["/var/../etc"]}"#);
+        assert!(e.contains("socket_dirs[0]"), "{e}");
+        let e = err(r#"{"control_socket":"ctl.sock"}"#);
+        assert!(e.contains("control_socket"), "{e}");
+    }
+
+    #[test]
+    fn address_pairs_are_unicast_unique_and_nobody_elses() {
+        let pairs = |p: &str| {
+            format!(
+                r#"{{"vnics":[{{"name":"a","mac":"02:00:00:00:00:01","allowed_address_pairs":[{p}]}},
+                {{"name":"b","mac":"02:00:00:00:00:02"}}]}}"#
+            )
+        };
+        let c = Config::from_json(&pairs(
+            r#"{"mac":"00:00:5e:00:01:07","ips":["10.0.0.100"]},{"mac":"02:00:00:00:00:09"}"#,
+        ))
+        .unwrap();
+        let v = &c.vnics[0];
+        assert!(v.port_security);
+        assert_eq!(v.macs().count(), 3);
+        for (p, what) in [
+            (r#"{"mac":"01:00:5e:00:00:01"}"#, "unicast"),
+            (r#"{"mac":"02:00:00:00:00:01"}"#, "own MAC"),
+            (r#"{"mac":"02:00:00:00:00:02"}"#, "own MAC"),
+            (
+                r#"{"mac":"00:00:5e:00:01:07"},{"mac":"00:00:5e:00:01:07"}"#,
+                "twice",
+            ),
+            (r#"{"mac":"00:00:5e:00:01:07","ip":"10.0.0.1"}"#, "ip"),
+        ] {
+            let e = err(&pairs(p));
+            assert!(
+                e.contains("vnics[0].allowed_address_pairs") && e.contains(what),
+                "{p}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_guard_follows_the_config() {
+        use crate::vnic::DropReason;
+        let c = Config::from_json(
+            r#"{"vnics":[{"name":"a","mac":"02:00:00:00:00:01","allowed_ips":["10.0.0.5"],
+              "allowed_address_pairs":[{"mac":"00:00:5e:00:01:07"},
+                                       {"mac":"00:00:5e:00:01:08","ips":["10.0.0.100"]}]},
+              {"name":"fw","mac":"02:00:00:00:00:02","port_security":false}]}"#,
+        )
+        .unwrap();
+        let ipv4 = |src_mac: [u8; 6], src: [u8; 4]| {
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&src_mac);
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0]);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&[10, 0, 0, 99]);
+            f
+        };
+        let mut g = c.vnics[0].spoof_guard();
+        let vmac7 = [0, 0, 0x5e, 0, 1, 7];
+        let vmac8 = [0, 0, 0x5e, 0, 1, 8];
+        // A pair without its own list takes the vNIC's.
+        assert_eq!(g.check(&ipv4(vmac7, [10, 0, 0, 5])), Ok(()));
+        assert_eq!(
+            g.check(&ipv4(vmac7, [10, 0, 0, 100])),
+            Err(DropReason::SpoofedIp)
+        );
+        assert_eq!(g.check(&ipv4(vmac8, [10, 0, 0, 100])), Ok(()));
+        assert_eq!(
+            g.check(&ipv4(vmac8, [10, 0, 0, 5])),
+            Err(DropReason::SpoofedIp)
+        );
+        assert_eq!(
+            g.check(&ipv4([2, 0, 0, 0, 0, 3], [10, 0, 0, 5])),
+            Err(DropReason::SpoofedMac)
+        );
+        let mut fw = c.vnics[1].spoof_guard();
+        assert_eq!(fw.check(&ipv4([2, 0, 0, 0, 0, 3], [192, 0, 2, 1])), Ok(()));
     }
 }

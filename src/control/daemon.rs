@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::config::{Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
+use super::config::{
+    AddressPair, Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig,
+};
+use super::socket_path::{self, SocketPathError};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolConfig, PoolError};
@@ -21,9 +24,9 @@ use crate::uplink::xsk::{RingSizes, UmemArea, XskKernelStats, XskSocket};
 use crate::uplink::{
     SharedUplinkCounters, UplinkCounters, UplinkProgram, UplinkQueueEngine, XdpMode,
 };
-use crate::vnic::antispoof::SpoofGuard;
 use crate::vnic::connection::ConnectionError;
 use crate::vnic::device::DeviceError;
+use crate::vnic::guest_log::{self, GuestLog};
 use crate::vnic::SocketRole;
 use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, VnicDevice, VnicEngine,
@@ -64,6 +67,18 @@ pub enum DaemonError {
     Device(#[from] DeviceError),
     #[error("uplink {name}: {message}")]
     Uplink { name: String, message: String },
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathError),
+}
+
+/// A change of a vNIC's port security; `None` leaves a part as it is.
+#[derive(Clone, Debug, Default)]
+pub struct PortSecurityChange {
+    /// `Some(None)`: stop checking the addresses of the vNIC's own MAC.
+    pub allowed_ips: Option<Option<Vec<std::net::IpAddr>>>,
+    /// The new list of pairs (replaces the old one).
+    pub allowed_address_pairs: Option<Vec<AddressPair>>,
+    pub port_security: Option<bool>,
 }
 
 fn uplink_err(name: &str) -> impl Fn(String) -> DaemonError + '_ {
@@ -312,8 +327,11 @@ impl Daemon {
         next.vnics.push(v.clone());
         next.validate()?;
         let socket = next.socket_path(&v);
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(io(format!("directory {}", dir.display())))?;
+        // A client only connects: nothing of its frontend's is created or
+        // removed. A server binds, replacing a socket left by an earlier run
+        // (and nothing else).
+        if v.role == SocketRole::Server {
+            socket_path::prepare(&socket, &next.socket_dirs(), true)?;
         }
         let group_name = next.group_of(&v).to_string();
         let mut inputs = Vec::new();
@@ -321,6 +339,8 @@ impl Daemon {
         let mut senders = Vec::new();
         let mut queues = Vec::new();
         let mut engines = Vec::new();
+        let guard = v.spoof_guard();
+        let log = Arc::new(GuestLog::new(guest_log::INTERVAL));
         for q in 0..v.queue_pairs {
             let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
@@ -328,9 +348,10 @@ impl Daemon {
                 VnicEngineConfig {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
-                    guard: SpoofGuard::new(v.mac, v.allowed_ips.as_deref()),
+                    guard: guard.clone(),
                     tx_limit: v.tx_limit.unwrap_or_default(),
                     rx_limit: v.rx_limit.unwrap_or_default(),
+                    log: log.clone(),
                 },
                 &self.pool,
                 to_switch,
@@ -391,20 +412,7 @@ impl Daemon {
             v.mtu,
             v.queue_pairs
         );
-        for u in self
-            .uplinks
-            .iter_mut()
-            .filter(|u| u.config.overlay.is_none())
-        {
-            if let Err(e) = u.program.add_guest(v.mac) {
-                log::warn!(
-                    "{}: uplink {} will not redirect {}: {e}",
-                    v.name,
-                    u.config.name,
-                    v.mac
-                );
-            }
-        }
+        self.redirect_macs(&v.name, v.macs(), true);
         self.vnics.push(RunningVnic {
             config: v,
             device,
@@ -424,18 +432,46 @@ impl Daemon {
         let i = self.vnic_index(name)?;
         let mut v = self.vnics.remove(i);
         self.config.vnics.retain(|c| c.name != name);
-        for u in self.uplinks.iter_mut() {
-            if let Err(e) = u.program.remove_guest(v.config.mac) {
-                log::warn!(
-                    "{name}: uplink {} still redirects {}: {e}",
-                    u.config.name,
-                    v.config.mac
-                );
-            }
-        }
+        let unused = self.unused_macs(v.config.macs());
+        self.redirect_macs(name, unused.into_iter(), false);
         self.teardown(&mut v);
         log::info!("{name}: removed");
         Ok(())
+    }
+
+    /// Tells every flat uplink to hand frames to `macs` to snapnet (`add`),
+    /// or to the kernel again; a failure is logged, the vNIC works on
+    /// without its uplink traffic.
+    fn redirect_macs(&mut self, vnic: &str, macs: impl Iterator<Item = MacAddr>, add: bool) {
+        let macs: Vec<MacAddr> = macs.collect();
+        for u in self
+            .uplinks
+            .iter_mut()
+            .filter(|u| u.config.overlay.is_none())
+        {
+            for &mac in &macs {
+                let done = if add {
+                    u.program.add_guest(mac)
+                } else {
+                    u.program.remove_guest(mac)
+                };
+                if let Err(e) = done {
+                    log::warn!(
+                        "{vnic}: uplink {} did not {} {mac}: {e}",
+                        u.config.name,
+                        if add { "redirect" } else { "stop redirecting" },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Those of `macs` that no vNIC of the current config sends from (an
+    /// address pair may be shared, e.g. by the two routers of a VRRP pair).
+    fn unused_macs(&self, macs: impl Iterator<Item = MacAddr>) -> Vec<MacAddr> {
+        let used: std::collections::HashSet<MacAddr> =
+            self.config.vnics.iter().flat_map(|v| v.macs()).collect();
+        macs.filter(|m| !used.contains(m)).collect()
     }
 
     fn teardown(&self, v: &mut RunningVnic) {
@@ -493,10 +529,8 @@ impl Daemon {
             }
             None => {
                 // A flat uplink: guests' frames are redirected by MAC.
-                for v in &self.vnics {
-                    program
-                        .add_guest(v.config.mac)
-                        .map_err(|e| fail(e.to_string()))?;
+                for mac in self.vnics.iter().flat_map(|v| v.config.macs()) {
+                    program.add_guest(mac).map_err(|e| fail(e.to_string()))?;
                 }
                 None
             }
@@ -863,19 +897,51 @@ impl Daemon {
         name: &str,
         allowed: Option<Vec<std::net::IpAddr>>,
     ) -> Result<(), DaemonError> {
+        self.set_vnic_port_security(
+            name,
+            PortSecurityChange {
+                allowed_ips: Some(allowed),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Changes vNIC `name`'s port security: its allowed addresses and
+    /// address pairs, or whether anything is checked. The new guard reaches
+    /// each engine through its mailbox between two batches.
+    pub fn set_vnic_port_security(
+        &mut self,
+        name: &str,
+        change: PortSecurityChange,
+    ) -> Result<(), DaemonError> {
         let i = self.vnic_index(name)?;
         let mut next = self.config.clone();
-        if let Some(c) = next.vnics.iter_mut().find(|c| c.name == name) {
-            c.allowed_ips = allowed.clone();
+        let c = next
+            .vnics
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| DaemonError::NotFound(format!("vNIC '{name}'")))?;
+        if let Some(allowed) = change.allowed_ips {
+            c.allowed_ips = allowed;
         }
+        if let Some(pairs) = change.allowed_address_pairs {
+            c.allowed_address_pairs = pairs;
+        }
+        if let Some(on) = change.port_security {
+            c.port_security = on;
+        }
+        let updated = c.clone();
         next.validate()?;
-        let guard = SpoofGuard::new(self.vnics[i].config.mac, allowed.as_deref());
+        let guard = updated.spoof_guard();
         self.vnics[i]
             .device
             .sink()
             .configure(move |e| e.set_guard(guard.clone()))?;
-        self.vnics[i].config.allowed_ips = allowed;
+        let old = std::mem::replace(&mut self.vnics[i].config, updated.clone());
         self.config = next;
+        let unused = self.unused_macs(old.macs());
+        self.redirect_macs(name, unused.into_iter(), false);
+        self.redirect_macs(name, updated.macs(), true);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod rpc;
 pub mod signals;
+pub mod socket_path;
 
 pub use config::{Config, ConfigError};
 pub use daemon::{Daemon, DaemonError};

@@ -1,151 +1,219 @@
-//! Anti-spoofing: what a guest may claim to be.
+//! Anti-spoofing (port security): what a guest may claim to be.
 //!
-//! Every frame a guest sends must carry the vNIC's own MAC as its source.
-//! When the vNIC has a list of allowed addresses, the IP source and the
-//! sender fields of ARP and IPv6 neighbour discovery must be among them too,
-//! so a guest cannot take over another machine's address by answering for
-//! it. A few addresses are always allowed because hosts use them before they
-//! have an address: 0.0.0.0 (DHCP, ARP probes), :: (duplicate address
-//! detection) and the vNIC's EUI-64 link-local address. Other EtherTypes pass
-//! (only the MAC check applies to them).
+//! Every frame a guest sends must carry an allowed MAC as its source: the
+//! vNIC's own, or one of its allowed address pairs (OpenStack's term: extra
+//! MACs a router or a VRRP pair answers for). Each allowed MAC may have a list
+//! of allowed addresses; then the IP source and the sender fields of ARP and
+//! IPv6 neighbour discovery must be among them too, so a guest cannot take
+//! over another machine's address by answering for it. A few addresses are
+//! always allowed because hosts use them before they have an address: 0.0.0.0
+//! (DHCP, ARP probes), :: (duplicate address detection) and the MAC's EUI-64
+//! link-local address. Other EtherTypes pass (only the MAC check applies).
+//!
+//! VLAN tags (QinQ included) and IPv6 extension headers are looked through,
+//! both bounded; what hides its addresses beyond those bounds is dropped as
+//! `unverifiable` while addresses are checked. With port security off (router
+//! and firewall VMs forward other hosts' frames) nothing is checked.
 
 use std::net::IpAddr;
 
 use super::stats::DropReason;
-use crate::packet::wire::ip::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
-use crate::packet::wire::MacAddr;
-
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-
-/// Field offsets, relative to the start of the L3 header.
-mod off {
-    pub const IPV4_SRC: usize = 12;
-    pub const IPV6_NEXT: usize = 6;
-    pub const IPV6_SRC: usize = 8;
-    pub const IPV6_HDR: usize = 40;
-    pub const ARP_SENDER_MAC: usize = 8;
-    pub const ARP_SENDER_IP: usize = 14;
-    pub const ARP_LEN: usize = 28;
-    pub const ICMPV6_TYPE: usize = 0;
-    /// The target address of a neighbour solicitation or advertisement.
-    pub const ND_TARGET: usize = 8;
-    /// Options follow the 24-byte NS/NA body.
-    pub const ND_OPTIONS: usize = 24;
-}
-
-const PROTO_ICMPV6: u8 = 58;
-const ND_SOLICIT: u8 = 135;
-const ND_ADVERT: u8 = 136;
-const ND_OPT_SOURCE_LLADDR: u8 = 1;
-const ND_OPT_TARGET_LLADDR: u8 = 2;
+use crate::packet::wire::ip::{
+    Ipv4Packet, Ipv6Packet, UpperLayer, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMPV6,
+};
+use crate::packet::wire::vlan::{self, TagError};
+use crate::packet::wire::{arp, icmpv6, MacAddr};
 
 /// The identity a vNIC's guest must keep to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct SpoofGuard {
+    /// Port security on: off, nothing is checked.
+    enabled: bool,
+    /// The vNIC's own MAC first (the common case is one compare), then the
+    /// allowed address pairs.
+    ids: Vec<Identity>,
+    /// Source of the last frame refused as `spoofed_mac`, for the log line
+    /// that says why frames vanish.
+    refused_src: MacAddr,
+}
+
+#[derive(Clone, Debug)]
+struct Identity {
     mac: MacAddr,
-    /// `None`: addresses are not checked.
+    /// `None`: addresses sent from this MAC are not checked.
     ips: Option<AllowedIps>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct AllowedIps {
     v4: Vec<[u8; 4]>,
     v6: Vec<[u8; 16]>,
 }
 
-impl SpoofGuard {
-    /// `allowed`: `None` checks only the MAC.
-    pub fn new(mac: MacAddr, allowed: Option<&[IpAddr]>) -> Self {
-        let ips = allowed.map(|list| {
-            let mut v4 = vec![[0; 4]];
-            let mut v6 = vec![[0; 16], link_local(mac)];
-            for ip in list {
-                match ip {
-                    IpAddr::V4(a) => v4.push(a.octets()),
-                    IpAddr::V6(a) => v6.push(a.octets()),
-                }
+impl AllowedIps {
+    fn new(mac: MacAddr, list: &[IpAddr]) -> Self {
+        let mut v4 = vec![[0; 4]];
+        let mut v6 = vec![[0; 16], link_local(mac)];
+        for ip in list {
+            match ip {
+                IpAddr::V4(a) => v4.push(a.octets()),
+                IpAddr::V6(a) => v6.push(a.octets()),
             }
-            AllowedIps { v4, v6 }
-        });
-        Self { mac, ips }
+        }
+        Self { v4, v6 }
+    }
+}
+
+impl SpoofGuard {
+    /// The vNIC's own MAC; `allowed`: `None` checks only the MAC.
+    pub fn new(mac: MacAddr, allowed: Option<&[IpAddr]>) -> Self {
+        Self {
+            enabled: true,
+            ids: vec![Identity::new(mac, allowed)],
+            refused_src: MacAddr::default(),
+        }
+    }
+
+    /// One more MAC the guest may send from, with its own address list
+    /// (`None`: addresses from it are not checked).
+    pub fn with_pair(mut self, mac: MacAddr, allowed: Option<&[IpAddr]>) -> Self {
+        self.ids.push(Identity::new(mac, allowed));
+        self
+    }
+
+    /// Port security on or off.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
+    }
+
+    /// The vNIC's own MAC.
+    pub fn mac(&self) -> MacAddr {
+        self.ids[0].mac
+    }
+
+    /// The source MAC of the last frame refused as `spoofed_mac`.
+    pub fn refused_src(&self) -> MacAddr {
+        self.refused_src
     }
 
     /// Checks one frame as the guest sent it.
     #[inline]
-    pub fn check(&self, frame: &[u8]) -> Result<(), DropReason> {
-        if frame.get(6..12) != Some(&self.mac.0[..]) {
+    pub fn check(&mut self, frame: &[u8]) -> Result<(), DropReason> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let Some(src) = frame.get(6..12) else {
             return Err(DropReason::SpoofedMac);
-        }
-        let Some(ips) = &self.ips else {
-            return Ok(());
         };
-        let mut at = 12;
-        let mut ethertype = be16(frame, at).ok_or(DropReason::TooShort)?;
-        if ethertype == ETHERTYPE_VLAN {
-            at += 4;
-            ethertype = be16(frame, at).ok_or(DropReason::TooShort)?;
-        }
-        let l3 = &frame[at + 2..];
-        match ethertype {
-            ETHERTYPE_IPV4 => {
-                let src = array::<4>(l3, off::IPV4_SRC).ok_or(DropReason::SpoofedIp)?;
-                ok_if(ips.v4.contains(&src), DropReason::SpoofedIp)
-            }
-            ETHERTYPE_ARP => {
-                if l3.len() < off::ARP_LEN {
-                    return Err(DropReason::SpoofedArp);
-                }
-                let mac = &l3[off::ARP_SENDER_MAC..off::ARP_SENDER_MAC + 6];
-                let ip = array::<4>(l3, off::ARP_SENDER_IP).ok_or(DropReason::SpoofedArp)?;
-                ok_if(
-                    mac == self.mac.0 && ips.v4.contains(&ip),
-                    DropReason::SpoofedArp,
-                )
-            }
-            ETHERTYPE_IPV6 => {
-                let src = array::<16>(l3, off::IPV6_SRC).ok_or(DropReason::SpoofedIp)?;
-                if !ips.v6.contains(&src) {
-                    return Err(DropReason::SpoofedIp);
-                }
-                if l3.get(off::IPV6_NEXT) == Some(&PROTO_ICMPV6) {
-                    self.check_nd(&l3[l3.len().min(off::IPV6_HDR)..], ips)
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
+        let Some(id) = self.ids.iter().find(|id| id.mac.0 == src) else {
+            self.refused_src.0.copy_from_slice(src);
+            return Err(DropReason::SpoofedMac);
+        };
+        match &id.ips {
+            Some(ips) => check_addresses(frame, id.mac, ips),
+            None => Ok(()),
         }
     }
+}
 
-    /// Neighbour discovery: an advertisement may only announce an allowed
-    /// address, and a link-layer address option must be the vNIC's MAC.
-    fn check_nd(&self, icmp: &[u8], ips: &AllowedIps) -> Result<(), DropReason> {
-        let kind = icmp.get(off::ICMPV6_TYPE).copied();
-        if kind != Some(ND_SOLICIT) && kind != Some(ND_ADVERT) {
-            return Ok(());
+impl Identity {
+    fn new(mac: MacAddr, allowed: Option<&[IpAddr]>) -> Self {
+        Self {
+            mac,
+            ips: allowed.map(|list| AllowedIps::new(mac, list)),
         }
-        if kind == Some(ND_ADVERT) {
-            let target = array::<16>(icmp, off::ND_TARGET).ok_or(DropReason::SpoofedNd)?;
-            if !ips.v6.contains(&target) {
-                return Err(DropReason::SpoofedNd);
-            }
-        }
-        let mut opts = icmp.get(off::ND_OPTIONS..).unwrap_or(&[]);
-        while opts.len() >= 2 {
-            let (kind, len) = (opts[0], usize::from(opts[1]) * 8);
-            if len == 0 || len > opts.len() {
-                return Err(DropReason::SpoofedNd);
-            }
-            if (kind == ND_OPT_SOURCE_LLADDR || kind == ND_OPT_TARGET_LLADDR)
-                && opts.get(2..8) != Some(&self.mac.0[..])
-            {
-                return Err(DropReason::SpoofedNd);
-            }
-            opts = &opts[len..];
-        }
-        Ok(())
     }
+}
+
+/// The addresses a frame from `mac` claims, against `ips`.
+fn check_addresses(frame: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReason> {
+    let (ethertype, at) = vlan::inner_ethertype(frame).map_err(|e| match e {
+        TagError::Truncated => DropReason::TooShort,
+        TagError::TooMany => DropReason::Unverifiable,
+    })?;
+    let l3 = frame.get(at..).unwrap_or(&[]);
+    match ethertype {
+        ETHERTYPE_IPV4 => {
+            let ip = Ipv4Packet::new_checked(l3).ok_or(DropReason::SpoofedIp)?;
+            ok_if(ips.v4.contains(&ip.src()), DropReason::SpoofedIp)
+        }
+        arp::ETHERTYPE_ARP => {
+            if l3.len() < arp::LEN {
+                return Err(DropReason::SpoofedArp);
+            }
+            let sender = &l3[arp::SENDER_MAC..arp::SENDER_MAC + 6];
+            let ip = array::<4>(l3, arp::SENDER_IP).ok_or(DropReason::SpoofedArp)?;
+            ok_if(
+                sender == mac.0 && ips.v4.contains(&ip),
+                DropReason::SpoofedArp,
+            )
+        }
+        ETHERTYPE_IPV6 => check_ipv6(l3, mac, ips),
+        _ => Ok(()),
+    }
+}
+
+fn check_ipv6(l3: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReason> {
+    let ip = Ipv6Packet::new_checked(l3).ok_or(DropReason::SpoofedIp)?;
+    let src: [u8; 16] = ip.src().try_into().map_err(|_| DropReason::SpoofedIp)?;
+    if !ips.v6.contains(&src) {
+        return Err(DropReason::SpoofedIp);
+    }
+    match ip.upper_layer() {
+        Err(_) => Err(DropReason::Unverifiable),
+        Ok(UpperLayer::Header {
+            protocol: PROTO_ICMPV6,
+            bytes,
+            fragmented,
+        }) => {
+            let kind = bytes.get(icmpv6::TYPE).copied();
+            // Receivers ignore fragmented neighbour discovery (RFC 6980),
+            // and its options could hide in a later fragment. A first
+            // fragment must show its type: a later fragment starts at least
+            // 8 bytes in, so it can never supply or rewrite the type.
+            if fragmented && kind.is_none_or(is_nd) {
+                return Err(DropReason::Unverifiable);
+            }
+            check_nd(bytes, mac, ips)
+        }
+        // A later ICMPv6 fragment holds no type: its first fragment was
+        // checked above (and dropped if it was neighbour discovery).
+        Ok(_) => Ok(()),
+    }
+}
+
+fn is_nd(kind: u8) -> bool {
+    kind == icmpv6::ND_SOLICIT || kind == icmpv6::ND_ADVERT
+}
+
+/// Neighbour discovery: an advertisement may only announce an allowed
+/// address, and a link-layer address option must be the sender's MAC.
+fn check_nd(icmp: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReason> {
+    let kind = icmp.get(icmpv6::TYPE).copied();
+    if !kind.is_some_and(is_nd) {
+        return Ok(());
+    }
+    if kind == Some(icmpv6::ND_ADVERT) {
+        let target = array::<16>(icmp, icmpv6::ND_TARGET).ok_or(DropReason::SpoofedNd)?;
+        if !ips.v6.contains(&target) {
+            return Err(DropReason::SpoofedNd);
+        }
+    }
+    let mut opts = icmp.get(icmpv6::ND_OPTIONS..).unwrap_or(&[]);
+    while opts.len() >= 2 {
+        let (kind, len) = (opts[0], usize::from(opts[1]) * icmpv6::OPT_LEN_UNIT);
+        if len == 0 || len > opts.len() {
+            return Err(DropReason::SpoofedNd);
+        }
+        if (kind == icmpv6::OPT_SOURCE_LLADDR || kind == icmpv6::OPT_TARGET_LLADDR)
+            && opts.get(icmpv6::OPT_LLADDR) != Some(&mac.0[..])
+        {
+            return Err(DropReason::SpoofedNd);
+        }
+        opts = &opts[len..];
+    }
+    Ok(())
 }
 
 /// fe80::/64 with the modified EUI-64 interface identifier of `mac`.
@@ -166,10 +234,6 @@ fn ok_if(ok: bool, reason: DropReason) -> Result<(), DropReason> {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
 fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
     b.get(at..at + N)?.try_into().ok()
 }
@@ -177,13 +241,28 @@ fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::wire::arp::ETHERTYPE_ARP;
+    use crate::packet::wire::icmpv6::{ND_ADVERT, ND_SOLICIT, OPT_TARGET_LLADDR};
+    use crate::packet::wire::ip::{ext, PROTO_UDP};
+    use crate::packet::wire::vlan::{TPID_8021AD, TPID_8021Q, TPID_QINQ_9100};
 
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
     const OTHER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
+    /// A VRRP virtual MAC, allowed as an address pair.
+    const VMAC: MacAddr = MacAddr([0, 0, 0x5e, 0, 1, 7]);
 
     fn eth(src: MacAddr, ethertype: u16, l3: &[u8]) -> Vec<u8> {
+        tagged(src, &[], ethertype, l3)
+    }
+
+    /// A frame with a VLAN tag of each TPID in `tpids`, outermost first.
+    fn tagged(src: MacAddr, tpids: &[u16], ethertype: u16, l3: &[u8]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&src.0);
+        for t in tpids {
+            f.extend_from_slice(&t.to_be_bytes());
+            f.extend_from_slice(&[0, 5]);
+        }
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(l3);
         f
@@ -206,15 +285,44 @@ mod tests {
     }
 
     fn ipv6_nd(src: [u8; 16], kind: u8, target: [u8; 16], lladdr: MacAddr) -> Vec<u8> {
+        ipv6_ext_nd(src, &[], kind, target, lladdr)
+    }
+
+    /// An NS/NA behind the extension headers `exts` (type, whole header).
+    fn ipv6_ext_nd(
+        src: [u8; 16],
+        exts: &[(u8, Vec<u8>)],
+        kind: u8,
+        target: [u8; 16],
+        lladdr: MacAddr,
+    ) -> Vec<u8> {
         let mut h = vec![0x60, 0, 0, 0, 0, 32, PROTO_ICMPV6, 255];
         h.extend_from_slice(&src);
         h.extend_from_slice(&[0xff; 16]);
+        let mut next_at = 6;
+        for (t, body) in exts {
+            h[next_at] = *t;
+            next_at = h.len();
+            h.extend_from_slice(body);
+        }
+        h[next_at] = PROTO_ICMPV6;
         let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&target);
-        icmp.extend_from_slice(&[ND_OPT_TARGET_LLADDR, 1]);
+        icmp.extend_from_slice(&[OPT_TARGET_LLADDR, 1]);
         icmp.extend_from_slice(&lladdr.0);
         h.extend_from_slice(&icmp);
         h
+    }
+
+    /// An options header (hop-by-hop, destination options, routing) of 8 bytes.
+    fn opts8() -> Vec<u8> {
+        vec![0; 8]
+    }
+
+    fn fragment(offset8: u16, more: bool) -> Vec<u8> {
+        let mut f = vec![0; 8];
+        f[2..4].copy_from_slice(&(offset8 << 3 | u16::from(more)).to_be_bytes());
+        f
     }
 
     fn v6(last: u8) -> [u8; 16] {
@@ -225,9 +333,14 @@ mod tests {
         a
     }
 
+    fn checked() -> SpoofGuard {
+        let allowed: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "2001::5".parse().unwrap()];
+        SpoofGuard::new(MAC, Some(&allowed))
+    }
+
     #[test]
     fn mac_is_always_checked() {
-        let g = SpoofGuard::new(MAC, None);
+        let mut g = SpoofGuard::new(MAC, None);
         assert_eq!(g.check(&eth(MAC, 0x88b5, &[0; 50])), Ok(()));
         assert_eq!(
             g.check(&eth(MAC, ETHERTYPE_IPV4, &ipv4([9, 9, 9, 9]))),
@@ -237,36 +350,17 @@ mod tests {
             g.check(&eth(OTHER, 0x88b5, &[0; 50])),
             Err(DropReason::SpoofedMac)
         );
+        assert_eq!(g.refused_src(), OTHER);
         assert_eq!(g.check(&[0; 8]), Err(DropReason::SpoofedMac));
     }
 
     #[test]
     fn addresses_are_checked_when_listed() {
-        let allowed: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "2001::5".parse().unwrap()];
-        let g = SpoofGuard::new(MAC, Some(&allowed));
-        let ok = |f: Vec<u8>| assert_eq!(g.check(&f), Ok(()));
-        let bad = |f: Vec<u8>, r| assert_eq!(g.check(&f), Err(r));
+        let mut g = checked();
+        let mut ok = |f: Vec<u8>| assert_eq!(g.check(&f), Ok(()));
         ok(eth(MAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 5])));
         ok(eth(MAC, ETHERTYPE_IPV4, &ipv4([0, 0, 0, 0])));
-        bad(
-            eth(MAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 6])),
-            DropReason::SpoofedIp,
-        );
-        // Behind a VLAN tag as well.
-        let mut tagged = vec![0, 5];
-        tagged.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        tagged.extend_from_slice(&ipv4([10, 0, 0, 6]));
-        bad(eth(MAC, ETHERTYPE_VLAN, &tagged), DropReason::SpoofedIp);
         ok(eth(MAC, ETHERTYPE_ARP, &arp(MAC, [10, 0, 0, 5])));
-        bad(
-            eth(MAC, ETHERTYPE_ARP, &arp(MAC, [10, 0, 0, 7])),
-            DropReason::SpoofedArp,
-        );
-        bad(
-            eth(MAC, ETHERTYPE_ARP, &arp(OTHER, [10, 0, 0, 5])),
-            DropReason::SpoofedArp,
-        );
-        bad(eth(MAC, ETHERTYPE_ARP, &[0, 1]), DropReason::SpoofedArp);
         ok(eth(
             MAC,
             ETHERTYPE_IPV6,
@@ -277,6 +371,26 @@ mod tests {
             ETHERTYPE_IPV6,
             &ipv6_nd(link_local(MAC), ND_SOLICIT, v6(9), MAC),
         ));
+        let mut g = checked();
+        let mut bad = |f: Vec<u8>, r| assert_eq!(g.check(&f), Err(r));
+        bad(
+            eth(MAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 6])),
+            DropReason::SpoofedIp,
+        );
+        // Behind a VLAN tag as well.
+        bad(
+            tagged(MAC, &[TPID_8021Q], ETHERTYPE_IPV4, &ipv4([10, 0, 0, 6])),
+            DropReason::SpoofedIp,
+        );
+        bad(
+            eth(MAC, ETHERTYPE_ARP, &arp(MAC, [10, 0, 0, 7])),
+            DropReason::SpoofedArp,
+        );
+        bad(
+            eth(MAC, ETHERTYPE_ARP, &arp(OTHER, [10, 0, 0, 5])),
+            DropReason::SpoofedArp,
+        );
+        bad(eth(MAC, ETHERTYPE_ARP, &[0, 1]), DropReason::SpoofedArp);
         bad(
             eth(MAC, ETHERTYPE_IPV6, &ipv6_nd(v6(6), ND_ADVERT, v6(6), MAC)),
             DropReason::SpoofedIp,
@@ -298,6 +412,165 @@ mod tests {
             let f = eth(MAC, ETHERTYPE_IPV6, &ipv6_nd(v6(5), ND_ADVERT, v6(5), MAC));
             let _ = g.check(&f[..cut.min(f.len())]);
         }
+    }
+
+    /// Bypass (issue 13, item 5): a second tag, or an S-tag, used to hide
+    /// the IP header from the check.
+    #[test]
+    fn stacked_vlan_tags_do_not_hide_the_addresses() {
+        let mut g = checked();
+        for tpids in [
+            &[TPID_8021Q, TPID_8021Q][..],
+            &[TPID_8021AD],
+            &[TPID_8021AD, TPID_8021Q],
+            &[TPID_QINQ_9100, TPID_8021Q],
+        ] {
+            let spoofed = tagged(MAC, tpids, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 6]));
+            assert_eq!(g.check(&spoofed), Err(DropReason::SpoofedIp), "{tpids:x?}");
+            let arp = tagged(MAC, tpids, ETHERTYPE_ARP, &arp(MAC, [10, 0, 0, 7]));
+            assert_eq!(g.check(&arp), Err(DropReason::SpoofedArp), "{tpids:x?}");
+            let own = tagged(MAC, tpids, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 5]));
+            assert_eq!(g.check(&own), Ok(()), "{tpids:x?}");
+        }
+        // Deeper than the bound: what is under it cannot be checked.
+        let deep = tagged(
+            MAC,
+            &[TPID_8021AD, TPID_8021Q, TPID_8021Q],
+            ETHERTYPE_IPV4,
+            &ipv4([10, 0, 0, 5]),
+        );
+        assert_eq!(g.check(&deep), Err(DropReason::Unverifiable));
+        // Without an address list only the MAC counts, tags or not.
+        assert_eq!(SpoofGuard::new(MAC, None).check(&deep), Ok(()));
+    }
+
+    /// Bypass (issue 13, item 5): extension headers before ICMPv6 used to
+    /// skip the neighbour-discovery checks.
+    #[test]
+    fn ipv6_extension_headers_do_not_hide_neighbour_discovery() {
+        let mut g = checked();
+        let chains: [&[(u8, Vec<u8>)]; 3] = [
+            &[(ext::HOP_BY_HOP, opts8())],
+            &[(ext::DEST_OPTS, opts8()), (ext::ROUTING, opts8())],
+            &[(ext::HOP_BY_HOP, opts8()), (ext::DEST_OPTS, opts8())],
+        ];
+        for exts in chains {
+            let nd = |target, lladdr| {
+                eth(
+                    MAC,
+                    ETHERTYPE_IPV6,
+                    &ipv6_ext_nd(v6(5), exts, ND_ADVERT, target, lladdr),
+                )
+            };
+            assert_eq!(g.check(&nd(v6(7), MAC)), Err(DropReason::SpoofedNd));
+            assert_eq!(g.check(&nd(v6(5), OTHER)), Err(DropReason::SpoofedNd));
+            assert_eq!(g.check(&nd(v6(5), MAC)), Ok(()));
+        }
+        // Fragmented neighbour discovery: receivers ignore it (RFC 6980)
+        // and its options could sit in a later fragment.
+        let frag_na = ipv6_ext_nd(
+            v6(5),
+            &[(ext::FRAGMENT, fragment(0, true))],
+            ND_ADVERT,
+            v6(5),
+            MAC,
+        );
+        assert_eq!(
+            g.check(&eth(MAC, ETHERTYPE_IPV6, &frag_na)),
+            Err(DropReason::Unverifiable)
+        );
+        // A first fragment that ends before the ICMPv6 type is refused: the
+        // type must be seen.
+        let head = 14 + 40 + 8;
+        let empty_first = eth(MAC, ETHERTYPE_IPV6, &frag_na);
+        assert_eq!(g.check(&empty_first[..head]), Err(DropReason::Unverifiable));
+        // A later fragment cannot carry the type (it starts 8 or more bytes
+        // in): it passes, as the first fragment decided.
+        let later = ipv6_ext_nd(
+            v6(5),
+            &[(ext::FRAGMENT, fragment(1, false))],
+            ND_ADVERT,
+            v6(7),
+            OTHER,
+        );
+        assert_eq!(g.check(&eth(MAC, ETHERTYPE_IPV6, &later)), Ok(()));
+        // Too many extension headers: cannot be checked.
+        let long: Vec<(u8, Vec<u8>)> = vec![(ext::DEST_OPTS, opts8()); ext::MAX_HEADERS + 1];
+        let f = eth(
+            MAC,
+            ETHERTYPE_IPV6,
+            &ipv6_ext_nd(v6(5), &long, ND_ADVERT, v6(5), MAC),
+        );
+        assert_eq!(g.check(&f), Err(DropReason::Unverifiable));
+        // The source is still checked first, whatever follows.
+        let mut udp = ipv6_ext_nd(v6(6), &[], ND_ADVERT, v6(6), MAC);
+        udp[6] = PROTO_UDP;
+        assert_eq!(
+            g.check(&eth(MAC, ETHERTYPE_IPV6, &udp)),
+            Err(DropReason::SpoofedIp)
+        );
+        // QinQ in front of an extension-header chain: both are walked.
+        let both = tagged(
+            MAC,
+            &[TPID_8021AD, TPID_8021Q],
+            ETHERTYPE_IPV6,
+            &ipv6_ext_nd(v6(5), chains[1], ND_ADVERT, v6(7), MAC),
+        );
+        assert_eq!(g.check(&both), Err(DropReason::SpoofedNd));
+    }
+
+    #[test]
+    fn address_pairs_and_port_security_off() {
+        let own: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
+        let vip: Vec<IpAddr> = vec!["10.0.0.100".parse().unwrap()];
+        let mut g = SpoofGuard::new(MAC, Some(&own)).with_pair(VMAC, Some(&vip));
+        assert_eq!(
+            g.check(&eth(VMAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 100]))),
+            Ok(())
+        );
+        assert_eq!(
+            g.check(&eth(VMAC, ETHERTYPE_ARP, &arp(VMAC, [10, 0, 0, 100]))),
+            Ok(())
+        );
+        // Each MAC keeps to its own addresses.
+        assert_eq!(
+            g.check(&eth(VMAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 5]))),
+            Err(DropReason::SpoofedIp)
+        );
+        assert_eq!(
+            g.check(&eth(MAC, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 100]))),
+            Err(DropReason::SpoofedIp)
+        );
+        // An ARP sender must be the frame's own source MAC.
+        assert_eq!(
+            g.check(&eth(VMAC, ETHERTYPE_ARP, &arp(MAC, [10, 0, 0, 100]))),
+            Err(DropReason::SpoofedArp)
+        );
+        // The pair's own link-local address and ND lladdr options.
+        assert_eq!(
+            g.check(&eth(
+                VMAC,
+                ETHERTYPE_IPV6,
+                &ipv6_nd(link_local(VMAC), ND_SOLICIT, v6(9), VMAC)
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            g.check(&eth(OTHER, ETHERTYPE_IPV4, &ipv4([10, 0, 0, 5]))),
+            Err(DropReason::SpoofedMac)
+        );
+        // A pair without a list: any address from that MAC.
+        let mut g = SpoofGuard::new(MAC, Some(&own)).with_pair(VMAC, None);
+        assert_eq!(
+            g.check(&eth(VMAC, ETHERTYPE_IPV4, &ipv4([192, 0, 2, 1]))),
+            Ok(())
+        );
+        // Port security off: a router VM forwards other hosts' frames.
+        let mut g = SpoofGuard::new(MAC, Some(&own)).enabled(false);
+        assert_eq!(
+            g.check(&eth(OTHER, ETHERTYPE_IPV4, &ipv4([192, 0, 2, 1]))),
+            Ok(())
+        );
     }
 
     #[test]

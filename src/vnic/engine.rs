@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
@@ -25,7 +25,8 @@ use super::{packed_rx, packed_tx};
 /// Most TX chains walked ahead in one batch.
 const TX_BATCH: usize = 64;
 use super::antispoof::SpoofGuard;
-use super::stats::{DropReason, LogLimiter, QueueCounters, SharedQueueCounters};
+use super::guest_log::{self, GuestLog};
+use super::stats::{DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
 use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
@@ -252,7 +253,8 @@ pub(super) struct DataPath {
     /// The ring just processed had a corrupt avail index (set by the
     /// per-packet code, acted on by the engine after the batch).
     pub ring_corrupt: bool,
-    log: LogLimiter,
+    /// The vNIC's guest-triggered log lines (shared by its queue pairs).
+    pub log: Arc<GuestLog>,
     name: String,
 }
 
@@ -282,7 +284,7 @@ impl DataPath {
             mtu,
             dirty: false,
             ring_corrupt: false,
-            log: LogLimiter::new(Duration::from_secs(1)),
+            log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
             name: name.to_string(),
         }
     }
@@ -292,6 +294,10 @@ impl DataPath {
     pub fn malformed(&mut self, reason: DropReason, head: u16) {
         self.counters.drop(reason);
         self.dirty = true;
+        if reason == DropReason::SpoofedMac {
+            self.explain_spoofed_mac();
+            return;
+        }
         if let Some(suppressed) = self.log.allow() {
             let what = match reason {
                 DropReason::TooBig
@@ -301,16 +307,33 @@ impl DataPath {
                 | DropReason::CsumNotNegotiated
                 | DropReason::BadCsumOffsets
                 | DropReason::BadHdrLen
-                | DropReason::SpoofedMac
                 | DropReason::SpoofedIp
                 | DropReason::SpoofedArp
-                | DropReason::SpoofedNd => "guest frame dropped",
+                | DropReason::SpoofedNd
+                | DropReason::Unverifiable => "guest frame dropped",
                 _ => "malformed descriptor chain returned",
             };
             log::warn!(
                 "{}: {what} (head {head}): {} ({suppressed} similar messages suppressed)",
                 self.name,
                 reason.as_str()
+            );
+        }
+    }
+
+    /// A guest on the wrong MAC loses every frame and cannot tell why:
+    /// say it once per connection, with both MACs and the usual causes.
+    #[cold]
+    fn explain_spoofed_mac(&self) {
+        if let Some(suppressed) = self.log.mac_hint() {
+            let (sent, own) = (self.guard.refused_src(), self.guard.mac());
+            log::warn!(
+                "{}: dropping the guest's frames from MAC {sent}: the vNIC's MAC is {own} \
+                 (counted as spoofed_mac; said once per guest connection). A guest on \
+                 QEMU's default MAC 52:54:00:12:34:56 needs -device virtio-net-pci,mac={own}; \
+                 a DPDK virtio-user frontend needs mac={own} in its devargs \
+                 ({suppressed} other messages suppressed)",
+                self.name
             );
         }
     }
@@ -325,6 +348,8 @@ pub struct VnicEngineConfig {
     /// Guest egress (its TX) and ingress (its RX) limits.
     pub tx_limit: RateLimit,
     pub rx_limit: RateLimit,
+    /// The vNIC's guest-triggered log lines, shared by its queue pairs.
+    pub log: Arc<GuestLog>,
 }
 
 /// The engine of one vNIC queue pair.
@@ -364,6 +389,7 @@ impl VnicEngine {
             wake_epoch: 0,
         };
         let mut engine = engine;
+        engine.dp.log = cfg.log;
         engine.set_limits(&cfg.tx_limit, &cfg.rx_limit);
         Ok((engine, sender, shared))
     }
@@ -377,7 +403,10 @@ impl VnicEngine {
         queue.set_kicks(features.event_idx, false);
         match side {
             Side::Rx => self.rx = Some(queue),
-            Side::Tx => self.tx = Some(queue),
+            Side::Tx => {
+                self.dp.log.guest_connected();
+                self.tx = Some(queue);
+            }
         }
         self.wake_epoch += 1;
     }

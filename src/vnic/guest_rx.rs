@@ -58,6 +58,8 @@ pub(super) fn fill(
         next_avail,
         avail_idx,
         dp.from_switch.len().min(budget),
+        dp.features.in_order,
+        dp.from_switch.peek().map(|f| f.len),
     );
     let mrg = dp.features.mrg_rxbuf;
     let mut handled = 0;
@@ -258,11 +260,13 @@ pub(super) fn deliver(
 
 /// Most buffers asked for ahead of one batch.
 pub(super) const PREFETCH_AHEAD: u16 = 64;
+/// Most bytes of one buffer asked for ahead (a 1500 B frame and its header).
+const MAX_PREFETCH_SPAN: u64 = 1536;
 
 /// Asks for the lines the batch will touch before the first copy, so their
 /// misses overlap instead of following each other: the avail entries and
 /// descriptors (which the guest's core just wrote) and then, for write, the
-/// start of each buffer the descriptors name. Hints only: nothing read here
+/// bytes of each buffer the next frame will fill. Hints only: nothing read here
 /// is trusted; the walk below checks everything again.
 #[inline]
 fn prefetch_buffers(
@@ -271,19 +275,42 @@ fn prefetch_buffers(
     next_avail: u16,
     avail_idx: u16,
     frames: usize,
+    in_order: bool,
+    next_len: Option<u32>,
 ) {
     let n = avail_idx
         .wrapping_sub(next_avail)
         .min(PREFETCH_AHEAD)
         .min(u16::try_from(frames).unwrap_or(u16::MAX));
-    for i in 0..n {
-        ring.prefetch_desc(ring.avail_entry(next_avail.wrapping_add(i)));
-    }
+    ring.prefetch_descs(next_avail, n, in_order);
+    let span = rx_prefetch_span(next_len);
     for i in 0..n {
         if let Some(desc) = ring.desc(ring.avail_entry(next_avail.wrapping_add(i))) {
-            if let Some((p, _)) = map.translate(desc.addr, 1) {
-                prefetch_write(p);
-            }
+            prefetch_rx_buffer(map, desc.addr, desc.len, span);
+        }
+    }
+}
+
+/// How much of each RX buffer to ask for ahead: the whole of what the next
+/// frame will fill, as frames of a batch tend to be alike. The guest's buffers
+/// have gone round its whole ring since it posted them, so at 1500 B their
+/// lines are far away, and asking for one line per buffer left the copy
+/// streaming its misses one after another. (Packed rings measured no gain:
+/// there the buffers came back sooner.)
+#[inline]
+fn rx_prefetch_span(next_len: Option<u32>) -> u64 {
+    next_len.map_or(64, |len| {
+        (u64::from(len) + VNET_HDR_LEN as u64).min(MAX_PREFETCH_SPAN)
+    })
+}
+
+/// Asks for the first `span` bytes of the RX buffer at guest address `addr`
+/// (`len` bytes long) for writing. A hint: nothing is trusted or checked.
+#[inline]
+fn prefetch_rx_buffer(map: &GuestMap, addr: u64, len: u32, span: u64) {
+    if let Some((p, n)) = map.translate(addr, u64::from(len).min(span)) {
+        for line in 0..(n as usize).div_ceil(64) {
+            prefetch_write(p.wrapping_add(line * 64));
         }
     }
 }

@@ -16,11 +16,12 @@ use crate::packet::pool::MAX_PACKET;
 use crate::packet::prefetch::prefetch_span;
 use crate::packet::wire::ethernet::HEADER_LEN as ETH_HLEN;
 use crate::packet::wire::virtio_net;
-use crate::packet::Offload;
 use crate::shaping::Cost;
 
 /// VLAN tag allowance on top of MTU + Ethernet header.
 const VLAN_LEN: usize = 4;
+/// Lines of each TX buffer asked for ahead: a 1500 B frame and its header.
+const TX_PREFETCH_LINES: usize = 32;
 
 /// The largest frame a vNIC with `mtu` puts on a wire: what a frame
 /// without GSO may be, and what a super-frame's segments are cut to.
@@ -58,9 +59,7 @@ pub(super) fn drain(
     // Pass 1: walk the batch's chains (their descriptors prefetched first)
     // and prefetch the start of each buffer, so the copies below find the
     // lines the guest's core just wrote already on their way.
-    for i in 0..n {
-        ring.prefetch_desc(ring.avail_entry(next_avail.wrapping_add(i as u16)));
-    }
+    ring.prefetch_descs(next_avail, n as u16, dp.features.in_order);
     dp.segs.clear();
     dp.tx_chains.clear();
     while dp.tx_chains.len() < n && dp.segs.len() <= MAX_SEGMENTS {
@@ -127,8 +126,9 @@ pub(super) struct TxChain {
     walked: Result<usize, DropReason>,
 }
 
-/// Records a chain walked in pass 1 (split or packed), prefetching the start
-/// of its buffers so the copies in pass 2 find the guest's lines on the way.
+/// Records a chain walked in pass 1 (split or packed), prefetching its first
+/// buffers whole so the copies in pass 2 find the guest's lines on the way
+/// (the guest wrote only their headers lately; the rest went round its ring).
 #[inline]
 pub(super) fn record_walked(
     dp: &mut DataPath,
@@ -140,7 +140,7 @@ pub(super) fn record_walked(
     match walked {
         Ok(_) => {
             for seg in &dp.segs[seg_start..dp.segs.len().min(seg_start + 2)] {
-                prefetch_span(seg.ptr, seg.len as usize, 2);
+                prefetch_span(seg.ptr, seg.len as usize, TX_PREFETCH_LINES);
             }
         }
         Err(_) => dp.segs.truncate(seg_start),
@@ -245,8 +245,15 @@ fn one_chain(
         unsafe { std::ptr::copy_nonoverlapping(seg.ptr, buf.as_mut_ptr().add(at), n) };
         at += n;
     }
+    // The checks a frame passes before it may leave: its offload request,
+    // its size, and the vNIC's anti-spoofing guard.
     let (hdr, packet) = buf.split_at(VNET_HDR_LEN);
-    let checked = check_frame(virtio_net::parse(hdr), packet, dp);
+    let checked = sanitise(virtio_net::parse(hdr), packet, &dp.features).and_then(|o| {
+        if !o.is_gso() && packet.len() > max_wire_frame(dp.mtu) {
+            return Err(DropReason::TooBig);
+        }
+        dp.guard.check(packet).map(|()| o)
+    });
     let offload = match checked {
         Ok(o) => o,
         Err(reason) => {
@@ -273,17 +280,4 @@ fn one_chain(
         dp.cache.free(frame);
     }
     Ok(Copied::Yes)
-}
-
-/// The checks a copied frame passes before it may leave: its offload
-/// request, its size, and the vNIC's anti-spoofing guard. Returns the
-/// offload it carries on.
-#[inline]
-fn check_frame(hdr: Offload, packet: &[u8], dp: &DataPath) -> Result<Offload, DropReason> {
-    let offload = sanitise(hdr, packet, &dp.features)?;
-    if !offload.is_gso() && packet.len() > max_wire_frame(dp.mtu) {
-        return Err(DropReason::TooBig);
-    }
-    dp.guard.check(packet)?;
-    Ok(offload)
 }

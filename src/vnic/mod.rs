@@ -17,6 +17,7 @@ pub mod connection;
 pub mod device;
 pub mod engine;
 pub mod features;
+pub mod guest_log;
 pub mod guest_memory;
 pub mod guest_ring;
 mod guest_rx;

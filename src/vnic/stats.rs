@@ -4,7 +4,6 @@
 //! atomics once per poll, so readers never slow the data path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 /// Why a vNIC dropped a frame or returned a guest buffer unused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +50,10 @@ pub enum DropReason {
     SpoofedNd,
     /// RX: over the vNIC's ingress rate limit.
     RateLimited,
+    /// TX: addresses are checked but the frame hides them (too many VLAN
+    /// tags or IPv6 extension headers, a fragmented neighbour discovery
+    /// message).
+    Unverifiable,
     /// TX: GSO frame with a gso_size below the floor (48 bytes, Linux's
     /// `tcp_min_snd_mss`): it would multiply the frames on the wire.
     GsoSizeTooSmall,
@@ -67,7 +70,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -87,6 +90,7 @@ impl DropReason {
         DropReason::SpoofedArp,
         DropReason::SpoofedNd,
         DropReason::RateLimited,
+        DropReason::Unverifiable,
         DropReason::GsoSizeTooSmall,
         DropReason::BadGsoHeaders,
         DropReason::CsumNotNegotiated,
@@ -116,6 +120,7 @@ impl DropReason {
             DropReason::SpoofedArp => "spoofed_arp",
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RateLimited => "rate_limited",
+            DropReason::Unverifiable => "unverifiable",
             DropReason::GsoSizeTooSmall => "gso_size_too_small",
             DropReason::BadGsoHeaders => "bad_gso_headers",
             DropReason::CsumNotNegotiated => "csum_not_negotiated",
@@ -205,39 +210,5 @@ impl SharedQueueCounters {
             *v = a.load(Ordering::Relaxed);
         }
         c
-    }
-}
-
-/// Logs at most once per interval and says how many were suppressed, so a
-/// guest spraying malformed chains cannot flood the log.
-pub struct LogLimiter {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed_since_last)` when a line may be logged now.
-    #[cold]
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
     }
 }

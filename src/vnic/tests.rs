@@ -396,6 +396,75 @@ fn tx_frame_over_mtu_is_dropped_but_gso_frame_passes() {
     dp.cache.free(f);
 }
 
+/// Log lines of this test binary, for the tests that check what is logged.
+mod captured_log {
+    use std::sync::{Mutex, Once};
+
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            let mut lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+            lines.push(r.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let _ = log::set_logger(&Capture);
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+    }
+
+    pub fn containing(s: &str) -> Vec<String> {
+        let lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().filter(|l| l.contains(s)).cloned().collect()
+    }
+}
+
+#[test]
+fn a_guest_on_the_wrong_mac_is_told_once_per_connection_not_per_frame() {
+    captured_log::install();
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (_pool, mut dp, _sw) = setup(all_features());
+    // No rate limit in the way: what is checked is once per connection.
+    dp.log = Arc::new(super::guest_log::GuestLog::new(std::time::Duration::ZERO));
+    let mut wrong = packet(60, 1);
+    wrong[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x63]);
+    let send = |g: &mut Guest, n: usize, dp: &mut DataPath| {
+        for _ in 0..n {
+            let a = g.buffer(&[hdr(&Offload::default(), 0), wrong.clone()].concat(), 0);
+            g.publish(&[(a, 72, 0, None)]);
+        }
+        g.tx(dp);
+    };
+    let said = || captured_log::containing("from MAC 02:00:00:00:00:63");
+    send(&mut g, 6, &mut dp);
+    assert_eq!(dp.counters.dropped(DropReason::SpoofedMac), 6);
+    let lines = said();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("02:00:00:00:00:01") && lines[0].contains("mac="),
+        "both MACs and the hint: {}",
+        lines[0]
+    );
+    send(&mut g, 3, &mut dp);
+    assert_eq!(said().len(), 1, "not once per frame");
+    // The guest reconnects (still on the wrong MAC): said once more.
+    dp.log.guest_connected();
+    send(&mut g, 3, &mut dp);
+    assert_eq!(dp.counters.dropped(DropReason::SpoofedMac), 12);
+    assert_eq!(said().len(), 2);
+}
+
 #[test]
 fn tx_backpressure_leaves_chains_in_the_ring() {
     let (mem, arc) = memory();

@@ -70,6 +70,14 @@ struct LoadArgs {
     /// Destination MAC of the forward frames (default: the rx device's MAC).
     #[arg(long)]
     dst_mac: Option<String>,
+    /// With --rate: sleep this long whenever nothing is due, so a long paced
+    /// run (the soak) does not spin a core; 0 keeps polling.
+    #[arg(long, default_value_t = 0)]
+    nap_us: u64,
+    /// After --seconds, stop sending and keep receiving this long, so that
+    /// frames in flight count as returned rather than lost.
+    #[arg(long, default_value_t = 0)]
+    drain_ms: u64,
     #[command(flatten)]
     dev: DevOpts,
 }
@@ -784,10 +792,17 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
     // Warm-up: let both devices attach before the clock starts.
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
-    while t0.elapsed() < dur {
-        let due = match a.rate {
-            Some(r) => ((t0.elapsed().as_secs_f64() * r) as u64).saturating_sub(sent) as usize,
-            None => BURST,
+    let drain = Duration::from_millis(a.drain_ms);
+    let nap = Duration::from_micros(a.nap_us);
+    loop {
+        let elapsed = t0.elapsed();
+        if elapsed >= dur + drain {
+            break;
+        }
+        let due = match (elapsed < dur, a.rate) {
+            (false, _) => 0,
+            (true, Some(r)) => ((elapsed.as_secs_f64() * r) as u64).saturating_sub(sent) as usize,
+            (true, None) => BURST,
         };
         let n = due.min(BURST);
         if n > 0 {
@@ -817,7 +832,8 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
             }
         }
         tx.recv(0, |_, p| {
-            if p.len() >= TS_AT + 8 {
+            // Only our own size: flooded frames from other guests are not returns.
+            if p.len() == a.size {
                 let ts = u64::from_le_bytes(p[TS_AT..TS_AT + 8].try_into().expect("8 bytes"));
                 let now = start.elapsed().as_nanos() as u64;
                 if rtts.len() < rtts.capacity() {
@@ -826,8 +842,11 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
                 back += 1;
             }
         });
+        if n == 0 && k == 0 && !nap.is_zero() {
+            std::thread::sleep(nap);
+        }
     }
-    let secs = t0.elapsed().as_secs_f64();
+    let secs = dur.as_secs_f64();
     rtts.sort_unstable();
     let q = |f: f64| -> f64 {
         if rtts.is_empty() {
@@ -836,8 +855,9 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
         rtts[((rtts.len() - 1) as f64 * f) as usize] as f64 / 1e3
     };
     println!(
-        "result mode=load offered_pps={} sent={sent} returned={back} rate_pps={:.0} rtt_p50_us={:.1} rtt_p99_us={:.1} seconds={secs:.3}",
+        "result mode=load offered_pps={} sent={sent} returned={back} lost={} rate_pps={:.0} rtt_p50_us={:.1} rtt_p99_us={:.1} seconds={secs:.3}",
         a.rate.map_or("max".to_string(), |r| format!("{r:.0}")),
+        sent.saturating_sub(back),
         back as f64 / secs,
         q(0.5),
         q(0.99)

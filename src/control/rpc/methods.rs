@@ -10,8 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::protocol::*;
-use crate::control::config::{ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig};
-use crate::control::daemon::{Daemon, DaemonError, UplinkReport, VnicReport};
+use crate::control::config::{
+    AddressPair, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig,
+};
+use crate::control::daemon::{Daemon, DaemonError, PortSecurityChange, UplinkReport, VnicReport};
 use crate::packet::wire::MacAddr;
 use crate::switch::{PortCounters, PortDrop};
 use crate::uplink::xsk::XskKernelStats;
@@ -69,6 +71,11 @@ struct VnicUpdateParams {
     /// stop checking addresses. Absent: unchanged.
     #[serde(default, deserialize_with = "present")]
     allowed_ips: Option<Option<Vec<std::net::IpAddr>>>,
+    /// A list replaces the pairs (`[]` removes them); absent: unchanged.
+    #[serde(default)]
+    allowed_address_pairs: Option<Vec<AddressPair>>,
+    #[serde(default)]
+    port_security: Option<bool>,
     /// Same rule: a limit, `null` (no limit), or absent (unchanged).
     #[serde(default, deserialize_with = "present")]
     tx_limit: Option<Option<RateLimit>>,
@@ -149,6 +156,7 @@ impl From<DaemonError> for RpcError {
             DaemonError::NotFound(_) => NOT_FOUND,
             DaemonError::InUse(_) => IN_USE,
             DaemonError::Device(_) => INVALID_VALUE,
+            DaemonError::SocketPath(_) => INVALID_VALUE,
             _ => RESOURCE,
         };
         // Config paths are relative to the whole config; say what was sent.
@@ -216,8 +224,17 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             if let Some(group) = &u.group {
                 d.move_vnic(&u.name, group)?;
             }
-            if let Some(allowed) = u.allowed_ips {
-                d.set_vnic_allowed_ips(&u.name, allowed)?;
+            if u.allowed_ips.is_some()
+                || u.allowed_address_pairs.is_some()
+                || u.port_security.is_some()
+            {
+                let change = PortSecurityChange {
+                    allowed_ips: u.allowed_ips,
+                    allowed_address_pairs: u.allowed_address_pairs,
+                    port_security: u.port_security,
+                };
+                d.set_vnic_port_security(&u.name, change)
+                    .map_err(|e| as_params(e, &format!("vnics[{}].", vnic_at(d, &u.name))))?;
             }
             if u.tx_limit.is_some() || u.rx_limit.is_some() || u.weight.is_some() {
                 d.set_vnic_shaping(&u.name, u.tx_limit, u.rx_limit, u.weight)?;
@@ -359,6 +376,15 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
     }
 }
 
+/// The index of vNIC `name` in the config (how config errors name it).
+fn vnic_at(d: &Daemon, name: &str) -> usize {
+    d.config()
+        .vnics
+        .iter()
+        .position(|v| v.name == name)
+        .unwrap_or_default()
+}
+
 fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
     let cfg = d.config();
     let v = cfg
@@ -381,6 +407,8 @@ fn vnic_info(d: &Daemon, name: &str) -> Result<Value, RpcError> {
         "group": cfg.group_of(v),
         "network": v.network,
         "allowed_ips": v.allowed_ips,
+        "allowed_address_pairs": v.allowed_address_pairs,
+        "port_security": v.port_security,
         "tx_limit": v.tx_limit,
         "rx_limit": v.rx_limit,
         "weight": v.weight,

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::methods::{call, Context};
 use super::protocol::*;
 use crate::control::background::Background;
+use crate::control::socket_path::{self, SocketPathError};
 
 /// Clients served at once; more are told to come back later.
 const MAX_CLIENTS: usize = 64;
@@ -39,7 +40,18 @@ impl RpcServer {
         // Bind under a temporary name, set the mode, then rename: the socket
         // is never reachable with looser permissions.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
+        // Never remove (or rename over) anything that is not a socket.
+        for p in [&tmp, path] {
+            if let Err(SocketPathError::NotASocket(p, what)) = socket_path::remove_stale_socket(p) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is {what}, not a socket; refusing to replace it",
+                        p.display()
+                    ),
+                ));
+            }
+        }
         let listener = UnixListener::bind(&tmp)?;
         let mode = if gid.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -61,7 +73,7 @@ impl RpcServer {
 
     fn shutdown(&mut self) {
         self.thread.stop();
-        let _ = std::fs::remove_file(&self.path);
+        let _ = socket_path::remove_stale_socket(&self.path);
     }
 }
 

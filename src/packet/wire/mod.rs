@@ -1,10 +1,13 @@
 //! Checked, zero-copy views of wire formats. Constructors check lengths, so
 //! field accessors never index out of bounds on untrusted input.
 
+pub mod arp;
 pub mod ethernet;
 pub mod flow;
+pub mod icmpv6;
 pub mod ip;
 pub mod virtio_net;
 pub mod virtq_packed;
+pub mod vlan;
 
 pub use ethernet::{EthernetFrame, MacAddr};
