@@ -1,6 +1,7 @@
 //! Rate limits through the real daemon: guest egress waits (backpressure,
-//! no drops) and never exceeds its limit; guest ingress drops and counts
-//! what is over; limits change at runtime without disturbing the guests.
+//! no drops) and never exceeds its limit, counted in wire frames however a
+//! guest packs them into super-frames; guest ingress drops and counts what
+//! is over; limits change at runtime without disturbing the guests.
 //! Bounds only (a limit is a ceiling); achieved rates are measured by
 //! scripts/bench-shaping.sh.
 
@@ -8,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::packets::tcp4_super_frame;
 use common::{connect, frame, start, wait_ready, TempDir, MAC0, MAC1};
 use snapnet::control::config::RateLimit;
 use snapnet::control::Config;
@@ -120,5 +122,146 @@ fn egress_waits_ingress_drops_and_limits_change_live() {
         "{delivered} frames in {secs:.2} s over 2000/s"
     );
     assert!(drops(&daemon, "vnic1", DropReason::RateLimited) > 0);
+    daemon.stop();
+}
+
+#[test]
+fn small_gso_sizes_cannot_carry_a_guest_past_its_egress_limit() {
+    let dir = TempDir::new("shaping-gso");
+    let cfg = Config::from_json(&format!(
+        r#"{{
+        "runtime_dir": "{}",
+        "vnics": [
+            {{ "name": "vnic0", "mac": "52:54:00:5a:00:01",
+               "tx_limit": {{ "packets_per_sec": 2000, "burst_packets": 100,
+                              "bytes_per_sec": 2000000 }} }},
+            {{ "name": "vnic1", "mac": "52:54:00:5a:00:02" }}
+        ],
+        "groups": [ {{ "name": "default", "policy": "dedicated", "threads": 1 }} ]
+    }}"#,
+        dir.0.display()
+    ))
+    .unwrap();
+    let mut daemon = start(&cfg);
+    let fc = FrontendConfig::default();
+    let mut a = connect(&dir.path("vnic0.sock"), &fc);
+    let mut b = connect(&dir.path("vnic1.sock"), &fc);
+    wait_ready(&daemon);
+
+    // 8000 payload bytes cut at the 48-byte floor: 167 wire frames of 102
+    // bytes, 17 018 bytes in all, for one 8054-byte super-frame.
+    const SEGMENTS: u64 = 167;
+    const WIRE_BYTES: u64 = 8054 + 166 * 54;
+    let tso = tcp4_super_frame(MAC1, MAC0, 8000);
+    let hdr = VirtioNetHdr {
+        flags: VirtioNetHdr::F_NEEDS_CSUM,
+        gso_type: VirtioNetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 48,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let start = Instant::now();
+    let mut frames = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        a.send(0, &[&tso, &tso], &hdr);
+        b.recv(0, |_, p| {
+            assert_eq!(p.len(), tso.len());
+            frames += 1;
+        });
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    b.recv(0, |_, _| frames += 1);
+    let secs = start.elapsed().as_secs_f64();
+    // A ceiling in wire frames and wire bytes: the rate, the bucket, and one
+    // super-frame let through into debt.
+    let packets = frames * SEGMENTS;
+    assert!(
+        packets as f64 <= 2000.0 * secs + 100.0 + SEGMENTS as f64,
+        "{frames} super-frames = {packets} wire frames in {secs:.2} s over 2000/s"
+    );
+    let bytes = frames * WIRE_BYTES;
+    assert!(
+        bytes as f64 <= 2_000_000.0 * secs + 65_792.0 + WIRE_BYTES as f64,
+        "{bytes} wire bytes in {secs:.2} s over 2 MB/s"
+    );
+    assert!(frames >= 5, "the limit lets traffic through: {frames}");
+    let dropped: Vec<(&str, u64)> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), drops(&daemon, "vnic0", *r)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "egress shaping must not drop: {dropped:?}"
+    );
+
+    // Below the floor the frames are refused and counted, not sent.
+    let tiny = VirtioNetHdr { gso_size: 1, ..hdr };
+    daemon
+        .set_vnic_shaping("vnic0", Some(None), None, None)
+        .unwrap();
+    // What waited in the ring goes now; let it arrive first.
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(200) {
+        if b.recv(0, |_, _| {}) > 0 {
+            quiet_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.send(0, &[&tso, &tso, &tso], &tiny);
+    assert!(common::wait_for(Duration::from_secs(5), || {
+        drops(&daemon, "vnic0", DropReason::GsoSizeTooSmall) == 3
+    }));
+    assert_eq!(b.recv(0, |_, _| {}), 0);
+    daemon.stop();
+}
+
+#[test]
+fn a_frame_larger_than_the_bucket_goes_by_debt_and_the_queue_does_not_wedge() {
+    // 100 packets of burst; super-frames of 417 wire frames each. Without
+    // debt none could ever go, and every frame behind them would wait.
+    let dir = TempDir::new("shaping-debt");
+    let cfg = Config::from_json(&format!(
+        r#"{{
+        "runtime_dir": "{}",
+        "vnics": [
+            {{ "name": "vnic0", "mac": "52:54:00:5a:00:01",
+               "tx_limit": {{ "packets_per_sec": 5000, "burst_packets": 100 }} }},
+            {{ "name": "vnic1", "mac": "52:54:00:5a:00:02" }}
+        ],
+        "groups": [ {{ "name": "default", "policy": "dedicated", "threads": 1 }} ]
+    }}"#,
+        dir.0.display()
+    ))
+    .unwrap();
+    let daemon = start(&cfg);
+    let fc = FrontendConfig::default();
+    let mut a = connect(&dir.path("vnic0.sock"), &fc);
+    let mut b = connect(&dir.path("vnic1.sock"), &fc);
+    wait_ready(&daemon);
+    let tso = tcp4_super_frame(MAC1, MAC0, 20_000);
+    let hdr = VirtioNetHdr {
+        flags: VirtioNetHdr::F_NEEDS_CSUM,
+        gso_type: VirtioNetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 48,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let plain = frame(MAC1, MAC0, 60, 7);
+    assert_eq!(a.send(0, &[&tso, &tso, &tso], &hdr), 3);
+    assert_eq!(a.send(0, &[&plain], &VirtioNetHdr::default()), 1);
+    // 3 x 417 wire frames at 5000/s: about 170 ms after the first.
+    let mut got = Vec::new();
+    let ok = common::wait_for(Duration::from_secs(5), || {
+        b.recv(0, |_, p| got.push(p.len()));
+        got.len() == 4
+    });
+    assert!(ok, "only {} of 4 frames arrived", got.len());
+    assert_eq!(got, vec![tso.len(), tso.len(), tso.len(), plain.len()]);
     daemon.stop();
 }

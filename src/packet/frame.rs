@@ -1,6 +1,7 @@
 //! The frame handle: what engines pass to each other instead of bytes.
 
 use super::wire::flow::Parsed;
+use super::wire::virtio_net;
 use super::FramePool;
 
 /// Offload metadata from the virtio-net header, carried with the frame so that
@@ -18,12 +19,9 @@ pub struct Offload {
 }
 
 impl Offload {
-    /// `VIRTIO_NET_HDR_GSO_NONE`.
-    pub const GSO_NONE: u8 = 0;
-
     /// True when the frame is a segmentation-offload super-frame.
     pub fn is_gso(&self) -> bool {
-        self.gso_type & 0x7f != Self::GSO_NONE
+        self.gso_type & !virtio_net::GSO_ECN != virtio_net::GSO_NONE
     }
 }
 

@@ -17,20 +17,8 @@ use super::checksum::{complete_partial, ones_sum};
 use super::pool::HEADROOM;
 use super::wire::ethernet::HEADER_LEN as ETH_HEADER_LEN;
 use super::wire::ip::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
+use super::wire::virtio_net::{F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use super::{FrameCache, FrameHandle, FramePool, Offload};
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_ECN`: a modifier bit, not a type of its own.
-const GSO_ECN: u8 = 0x80;
-/// `VIRTIO_NET_HDR_GSO_TCPV4`.
-const GSO_TCPV4: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_UDP` (UFO: IP fragmentation of one big datagram).
-const GSO_UDP: u8 = 3;
-/// `VIRTIO_NET_HDR_GSO_TCPV6`.
-const GSO_TCPV6: u8 = 4;
-/// `VIRTIO_NET_HDR_GSO_UDP_L4` (USO: one datagram per segment).
-const GSO_UDP_L4: u8 = 5;
 
 /// Largest segment a small frame holds. Segments go to the AF_XDP UMEM, which
 /// registers only the small class (one 4 KiB chunk per frame), so a segment
@@ -158,8 +146,7 @@ pub fn segment(
     }
     let layout = Layout::parse(packet, offload.gso_type & !GSO_ECN)?;
     let header_len = layout.header_len;
-    let mss =
-        usize::from(offload.gso_size).min(max_frame.min(SEGMENT_MAX).saturating_sub(header_len));
+    let mss = mss(offload.gso_size, header_len, max_frame);
     if mss == 0 {
         return Err(SegmentError::Malformed("headers leave no room for payload"));
     }
@@ -189,14 +176,64 @@ pub fn segment(
     Ok(count)
 }
 
+/// Payload bytes per segment [`segment`] cuts: `gso_size`, or less where a
+/// segment of `header_len` header bytes would not fit `max_frame` (capped
+/// at a small frame). 0 when the headers leave no room.
+#[inline]
+fn mss(gso_size: u16, header_len: usize, max_frame: usize) -> usize {
+    usize::from(gso_size).min(max_frame.min(SEGMENT_MAX).saturating_sub(header_len))
+}
+
+/// How many segments [`segment`] makes of a super-frame of `len` bytes
+/// whose headers take `header_len` bytes, without cutting it: what a rate
+/// limit charges for it in packets (each segment repeats the headers, so
+/// its wire bytes are `len + (count - 1) * header_len`). A frame whose
+/// headers leave no room for payload counts one segment per payload byte,
+/// the most any cut of it could make.
+#[inline]
+pub fn segment_count(len: usize, header_len: usize, gso_size: u16, max_frame: usize) -> usize {
+    let per_segment = mss(gso_size, header_len, max_frame).max(1);
+    len.saturating_sub(header_len).div_ceil(per_segment).max(1)
+}
+
+/// The headers of a GSO super-frame, checked against its `gso_type`: what
+/// every segment repeats, and where the checksum that the frame's
+/// NEEDS_CSUM asks for must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ip {
+pub struct GsoHeaders {
+    /// Start of the TCP or UDP header: the frame's `csum_start`.
+    pub l4_start: usize,
+    /// Offset of the TCP or UDP checksum in that header: the frame's
+    /// `csum_offset`.
+    pub csum_offset: usize,
+    /// Ethernet through TCP/UDP header: what each segment repeats.
+    pub header_len: usize,
+}
+
+/// Parses the headers of a super-frame of `gso_type` (ECN bit ignored):
+/// Ethernet with at most one 802.1Q tag, IPv4 without fragmentation or IPv6
+/// without extension headers, and the TCP or UDP header the type names.
+/// `Err(Malformed)` for anything else, as [`segment`] would refuse it.
+pub fn gso_headers(packet: &[u8], gso_type: u8) -> Result<GsoHeaders, SegmentError> {
+    let layout = Layout::parse(packet, gso_type & !GSO_ECN)?;
+    Ok(GsoHeaders {
+        l4_start: layout.l4_start,
+        csum_offset: match layout.l4 {
+            L4::Tcp => tcp::CHECKSUM,
+            L4::Udp => udp::CHECKSUM,
+        },
+        header_len: layout.header_len,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ip {
     V4,
     V6,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum L4 {
+pub(crate) enum L4 {
     Tcp,
     Udp,
 }
@@ -408,8 +445,10 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
+/// Super-frames as guests build them, for the tests here and of the code
+/// that checks offload requests against them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -423,33 +462,33 @@ mod tests {
 
     /// What a test super-frame is.
     #[derive(Clone, Copy)]
-    struct Spec {
-        ip: Ip,
-        l4: L4,
-        vlan: bool,
-        tcp_options: usize,
-        payload: usize,
+    pub(crate) struct Spec {
+        pub ip: Ip,
+        pub l4: L4,
+        pub vlan: bool,
+        pub tcp_options: usize,
+        pub payload: usize,
     }
 
     impl Spec {
-        fn gso_type(&self) -> u8 {
+        pub fn gso_type(&self) -> u8 {
             match (self.ip, self.l4) {
                 (Ip::V4, L4::Tcp) => GSO_TCPV4,
                 (Ip::V6, L4::Tcp) => GSO_TCPV6,
                 (_, L4::Udp) => GSO_UDP_L4,
             }
         }
-        fn l3(&self) -> usize {
+        pub fn l3(&self) -> usize {
             ETH_HEADER_LEN + if self.vlan { 4 } else { 0 }
         }
-        fn l4(&self) -> usize {
+        pub fn l4(&self) -> usize {
             self.l3()
                 + match self.ip {
                     Ip::V4 => 20,
                     Ip::V6 => 40,
                 }
         }
-        fn header_len(&self) -> usize {
+        pub fn header_len(&self) -> usize {
             self.l4()
                 + match self.l4 {
                     L4::Tcp => 20 + self.tcp_options,
@@ -465,7 +504,7 @@ mod tests {
 
     /// The bytes of a super-frame as a guest would write them, with junk in
     /// the lengths and checksum fields that segmentation must overwrite.
-    fn super_bytes(s: &Spec) -> Vec<u8> {
+    pub(crate) fn super_bytes(s: &Spec) -> Vec<u8> {
         let mut p = Vec::new();
         p.extend_from_slice(&MAC_DST);
         p.extend_from_slice(&MAC_SRC);
@@ -521,7 +560,7 @@ mod tests {
         f
     }
 
-    fn gso_offload(s: &Spec, gso_size: u16) -> Offload {
+    pub(crate) fn gso_offload(s: &Spec, gso_size: u16) -> Offload {
         Offload {
             flags: F_NEEDS_CSUM,
             gso_type: s.gso_type(),
@@ -614,7 +653,7 @@ mod tests {
         assert_eq!(pool.free_frames(), pool.total_frames());
     }
 
-    fn spec(ip: Ip, l4: L4, payload: usize) -> Spec {
+    pub(crate) fn spec(ip: Ip, l4: L4, payload: usize) -> Spec {
         Spec {
             ip,
             l4,
@@ -622,6 +661,62 @@ mod tests {
             tcp_options: 0,
             payload,
         }
+    }
+
+    #[test]
+    fn segment_count_is_what_segment_makes() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        for (s, gso_size, max_frame) in [
+            (spec(Ip::V4, L4::Tcp, 10_000), 1448, 1514),
+            (spec(Ip::V4, L4::Tcp, 10_000), 48, 1514),
+            (spec(Ip::V6, L4::Tcp, 3_001), 100, 1514),
+            (spec(Ip::V4, L4::Udp, 2_000), 48, 1514),
+            (spec(Ip::V4, L4::Tcp, 20_000), 9000, 1514),
+            (spec(Ip::V4, L4::Tcp, 20_000), 9000, 9014),
+            (spec(Ip::V4, L4::Tcp, 0), 1448, 1514),
+            (spec(Ip::V4, L4::Tcp, 1), 1, 1514),
+        ] {
+            let f = put_frame(
+                &pool,
+                &mut cache,
+                &super_bytes(&s),
+                gso_offload(&s, gso_size),
+            );
+            let (r, segs) = segment_all(&pool, &mut cache, &f, max_frame);
+            let wire_bytes: usize = segs.iter().map(|g| g.len as usize).sum();
+            let hl = s.header_len();
+            let n = segment_count(f.len as usize, hl, gso_size, max_frame);
+            assert_eq!(r, Ok(n), "gso_size {gso_size} max_frame {max_frame}");
+            assert_eq!(wire_bytes, f.len as usize + (n - 1) * hl);
+            segs.into_iter().for_each(|g| cache.free(g));
+            cache.free(f);
+        }
+        // Headers that leave no room: the most segments any cut could make.
+        assert_eq!(segment_count(1054, 54, 1448, 54), 1000);
+        assert_eq!(segment_count(10, 54, 1448, 1514), 1);
+    }
+
+    #[test]
+    fn gso_headers_name_the_checksum_and_what_segments_repeat() {
+        let v = Spec {
+            vlan: true,
+            tcp_options: 12,
+            ..spec(Ip::V4, L4::Tcp, 100)
+        };
+        let h = gso_headers(&super_bytes(&v), GSO_TCPV4 | GSO_ECN).unwrap();
+        assert_eq!(
+            h,
+            GsoHeaders {
+                l4_start: 38,
+                csum_offset: 16,
+                header_len: 70
+            }
+        );
+        let u = spec(Ip::V6, L4::Udp, 100);
+        let h = gso_headers(&super_bytes(&u), GSO_UDP_L4).unwrap();
+        assert_eq!((h.l4_start, h.csum_offset, h.header_len), (54, 6, 62));
+        assert!(gso_headers(&super_bytes(&u), GSO_TCPV6).is_err());
     }
 
     #[test]

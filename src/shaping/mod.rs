@@ -3,8 +3,10 @@
 //! rate-limiter design: the bucket never blocks, the engine's own event loop
 //! waits on the timer fd).
 
+pub mod cost;
 pub mod timer;
 pub mod token_bucket;
 
+pub use cost::Cost;
 pub use timer::WakeTimer;
 pub use token_bucket::{RateLimit, TokenBucket};

@@ -1,8 +1,19 @@
 //! A token bucket over bytes and packets.
+//!
+//! A frame that costs more than a bucket holds (a GSO super-frame cut into
+//! more segments than `burst_packets`, say) is let through once the bucket
+//! is full, and leaves it in debt: the tokens go below zero and the next
+//! frame waits until the debt is paid off at the configured rate. This is
+//! Firecracker's answer to the same problem; refusing such a frame for ever
+//! would wedge the queue behind it, and dropping it would punish a guest
+//! for a burst size the operator chose. Over any interval the rate still
+//! holds, and a burst is at most the depth plus one frame.
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use super::Cost;
 
 /// A rate limit as configured: bytes and/or packets per second, each with a
 /// burst (the bucket's depth). A rate left out is not limited.
@@ -23,8 +34,8 @@ pub struct RateLimit {
     pub burst_packets: Option<u64>,
 }
 
-/// Smallest byte bucket: one largest frame must always fit, or a guest
-/// sending 64 KiB TSO frames would stall for good.
+/// Smallest byte bucket: one largest frame fits, so a guest sending 64 KiB
+/// TSO frames at a normal `gso_size` is paced by the rate, not by debt.
 const MIN_BURST_BYTES: u64 = 65_536 + 256;
 const MIN_BURST_PACKETS: u64 = 64;
 
@@ -57,12 +68,25 @@ impl Tokens {
         self.level = (self.level + secs * self.per_sec).min(self.depth);
     }
 
+    /// The level at which `n` tokens may go: `n`, or a full bucket for more
+    /// than it holds (which then leaves it in debt).
+    #[inline]
+    fn needed(&self, n: f64) -> f64 {
+        n.min(self.depth)
+    }
+
+    #[inline]
+    fn has(&self, n: f64) -> bool {
+        self.level >= self.needed(n)
+    }
+
     #[inline]
     fn wait_for(&self, n: f64) -> Duration {
-        if self.level >= n || self.per_sec <= 0.0 {
+        let needed = self.needed(n);
+        if self.level >= needed || self.per_sec <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((n - self.level) / self.per_sec)
+            Duration::from_secs_f64((needed - self.level) / self.per_sec)
         }
     }
 }
@@ -113,40 +137,43 @@ impl TokenBucket {
         }
     }
 
-    /// True when a frame of `len` bytes may go (call `refill` first).
+    /// True when a frame costing `c` may go (call `refill` first).
     #[inline]
-    pub fn has(&self, len: u32) -> bool {
-        self.bytes.is_none_or(|t| t.level >= f64::from(len))
-            && self.packets.is_none_or(|t| t.level >= 1.0)
+    pub fn has(&self, c: Cost) -> bool {
+        self.bytes.is_none_or(|t| t.has(c.bytes as f64))
+            && self.packets.is_none_or(|t| t.has(c.packets as f64))
     }
 
-    /// Takes the tokens of a frame of `len` bytes (after `has` said yes).
+    /// Takes the tokens of a frame costing `c` (after `has` said yes); a
+    /// frame larger than the bucket leaves it in debt.
     #[inline]
-    pub fn take(&mut self, len: u32) {
+    pub fn take(&mut self, c: Cost) {
         if let Some(t) = self.bytes.as_mut() {
-            t.level -= f64::from(len);
+            t.level -= c.bytes as f64;
         }
         if let Some(t) = self.packets.as_mut() {
-            t.level -= 1.0;
+            t.level -= c.packets as f64;
         }
     }
 
     /// `has` then `take`.
     #[inline]
-    pub fn try_take(&mut self, len: u32) -> bool {
-        let ok = self.has(len);
+    pub fn try_take(&mut self, c: Cost) -> bool {
+        let ok = self.has(c);
         if ok {
-            self.take(len);
+            self.take(c);
         }
         ok
     }
 
-    /// How long until a frame of `len` bytes may go.
-    pub fn wait_for(&self, len: u32) -> Duration {
+    /// How long until a frame costing `c` may go.
+    pub fn wait_for(&self, c: Cost) -> Duration {
         let b = self
             .bytes
-            .map_or(Duration::ZERO, |t| t.wait_for(f64::from(len)));
-        let p = self.packets.map_or(Duration::ZERO, |t| t.wait_for(1.0));
+            .map_or(Duration::ZERO, |t| t.wait_for(c.bytes as f64));
+        let p = self
+            .packets
+            .map_or(Duration::ZERO, |t| t.wait_for(c.packets as f64));
         b.max(p)
     }
 }
@@ -167,12 +194,12 @@ mod tests {
         b.refill(t0);
         // The burst goes at once, then nothing.
         let mut sent = 0;
-        while b.try_take(1000) {
+        while b.try_take(Cost::frame(1000)) {
             sent += 1000;
         }
         assert_eq!(sent, 100_000);
-        assert!(!b.has(1000));
-        let w = b.wait_for(1000);
+        assert!(!b.has(Cost::frame(1000)));
+        let w = b.wait_for(Cost::frame(1000));
         assert!(
             w > Duration::from_micros(900) && w <= Duration::from_millis(1),
             "{w:?}"
@@ -181,7 +208,7 @@ mod tests {
         // at the burst.
         b.refill(t0 + Duration::from_secs(1));
         let mut again = 0;
-        while b.try_take(1000) {
+        while b.try_take(Cost::frame(1000)) {
             again += 1000;
         }
         assert_eq!(again, 100_000);
@@ -189,7 +216,7 @@ mod tests {
         let mut total = 0u64;
         for ms in 1..=10_000u64 {
             b.refill(t0 + Duration::from_secs(1) + Duration::from_millis(ms));
-            while b.try_take(1000) {
+            while b.try_take(Cost::frame(1000)) {
                 total += 1000;
             }
         }
@@ -207,12 +234,12 @@ mod tests {
         .unwrap();
         let t0 = b.last;
         let mut n = 0;
-        while b.try_take(9000) {
+        while b.try_take(Cost::frame(9000)) {
             n += 1;
         }
         assert_eq!(n, 64, "burst is at least 64 packets");
         b.refill(t0 + Duration::from_millis(10));
-        assert!(b.try_take(9000));
+        assert!(b.try_take(Cost::frame(9000)));
         // A bucket smaller than a TSO frame is raised so the frame fits.
         let mut small = TokenBucket::new(&RateLimit {
             bytes_per_sec: Some(1000),
@@ -220,6 +247,42 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(small.try_take(65_000));
+        assert!(small.try_take(Cost::frame(65_000)));
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_bucket_goes_once_full_then_pays_its_debt() {
+        // 1000 packets/s, 100 deep; frames of 250 packets (a super-frame of
+        // 250 segments) would never fit if they had to.
+        let mut b = TokenBucket::new(&RateLimit {
+            packets_per_sec: Some(1000),
+            burst_packets: Some(100),
+            ..Default::default()
+        })
+        .unwrap();
+        let t0 = b.last;
+        let big = Cost {
+            bytes: 60_000,
+            packets: 250,
+        };
+        assert!(b.try_take(big), "a full bucket lets it through");
+        assert!(!b.has(Cost::frame(64)), "then the bucket is in debt");
+        // 150 packets of debt and a full bucket again: 250 ms.
+        let w = b.wait_for(big);
+        assert!(
+            w > Duration::from_millis(249) && w <= Duration::from_millis(250),
+            "{w:?}"
+        );
+        b.refill(t0 + Duration::from_millis(200));
+        assert!(!b.has(big));
+        // Over 10 simulated seconds the rate holds: 1000/s, plus the depth.
+        let mut sent = 1;
+        for ms in 1..=10_000u64 {
+            b.refill(t0 + Duration::from_millis(ms));
+            while b.try_take(big) {
+                sent += 1;
+            }
+        }
+        assert!((39..=41).contains(&sent), "{sent} x 250 packets in 10 s");
     }
 }

@@ -15,12 +15,10 @@ use super::xsk::ring::ProducerRing;
 use super::xsk::XskSocket;
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
+use crate::packet::wire::virtio_net::F_NEEDS_CSUM;
 use crate::packet::wire::MacAddr;
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
-use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-const NEEDS_CSUM: u8 = 1;
+use crate::shaping::{Cost, RateLimit, TokenBucket, WakeTimer};
 
 /// Fill-ring entries posted at once: fewer syscalls and cache refills than
 /// topping up one by one.
@@ -215,9 +213,10 @@ impl UplinkQueueEngine {
                 break;
             }
             if let Some(b) = self.egress.as_mut() {
-                let len = self.from_switch.peek().map_or(0, |f| f.len);
-                if !b.try_take(len) {
-                    self.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
+                // What goes on the wire: each segment of a super-frame.
+                let cost = Cost::on_wire(next.len, &next.offload, inner_max);
+                if !b.try_take(cost) {
+                    self.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
                     break;
                 }
             }
@@ -255,7 +254,7 @@ impl UplinkQueueEngine {
                 self.cache.free(frame);
                 self.counters.add(UplinkCounter::DropTooBig, 1);
                 continue;
-            } else if frame.offload.flags & NEEDS_CSUM != 0
+            } else if frame.offload.flags & F_NEEDS_CSUM != 0
                 && segment::finish_checksum(&self.pool, &mut frame).is_err()
             {
                 self.cache.free(frame);

@@ -382,6 +382,11 @@ impl DataPath {
             let what = match reason {
                 DropReason::TooBig
                 | DropReason::BadGso
+                | DropReason::GsoSizeTooSmall
+                | DropReason::BadGsoHeaders
+                | DropReason::CsumNotNegotiated
+                | DropReason::BadCsumOffsets
+                | DropReason::BadHdrLen
                 | DropReason::SpoofedIp
                 | DropReason::SpoofedArp
                 | DropReason::SpoofedNd

@@ -65,8 +65,11 @@ pub struct Negotiated {
     /// Guest accepts TSO super-frames.
     pub guest_tso4: bool,
     pub guest_tso6: bool,
-    /// Guest may send TSO super-frames / partial checksums.
-    pub host_tso: bool,
+    /// Guest may send TCPv4 / TCPv6 super-frames (HOST_TSO4 / HOST_TSO6).
+    pub host_tso4: bool,
+    pub host_tso6: bool,
+    /// Guest may send partial checksums (VIRTIO_NET_F_CSUM): without it a
+    /// frame asking for NEEDS_CSUM is refused on TX.
     pub host_csum: bool,
     /// VIRTIO_F_IN_ORDER: buffers are used in the order they were made
     /// available, so a TX batch is returned with one used entry (its last).
@@ -84,7 +87,8 @@ impl Negotiated {
             guest_csum: has(VIRTIO_NET_F_GUEST_CSUM),
             guest_tso4: has(VIRTIO_NET_F_GUEST_TSO4),
             guest_tso6: has(VIRTIO_NET_F_GUEST_TSO6),
-            host_tso: has(VIRTIO_NET_F_HOST_TSO4) || has(VIRTIO_NET_F_HOST_TSO6),
+            host_tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            host_tso6: has(VIRTIO_NET_F_HOST_TSO6),
             host_csum: has(VIRTIO_NET_F_CSUM),
             in_order: has(VIRTIO_F_IN_ORDER),
         }
@@ -93,7 +97,7 @@ impl Negotiated {
 
 /// The virtio-net header length: 12 bytes with VERSION_1 or MRG_RXBUF, which
 /// every frontend snapnet serves negotiates (VERSION_1 is required).
-pub const VNET_HDR_LEN: usize = 12;
+pub const VNET_HDR_LEN: usize = crate::packet::wire::virtio_net::HEADER_LEN;
 
 /// `struct virtio_net_config` as far as snapnet fills it.
 #[derive(Clone, Copy, Debug)]
@@ -162,7 +166,14 @@ mod tests {
         assert_ne!(offered(4) & bit(VIRTIO_NET_F_MQ), 0);
         let n = Negotiated::from_bits(offered(1));
         assert!(
-            n.mrg_rxbuf && n.event_idx && n.indirect && n.guest_csum && n.host_tso && n.in_order
+            n.mrg_rxbuf
+                && n.event_idx
+                && n.indirect
+                && n.guest_csum
+                && n.host_tso4
+                && n.host_tso6
+                && n.host_csum
+                && n.in_order
         );
     }
 }

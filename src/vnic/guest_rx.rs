@@ -11,19 +11,19 @@ use super::engine::{desc_budget, DataPath};
 use super::features::{Negotiated, VNET_HDR_LEN};
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
-use super::guest_tx::write_vnet_hdr;
+use super::guest_tx::max_wire_frame;
 use super::stats::DropReason;
 use crate::packet::checksum::complete_partial;
 use crate::packet::prefetch::prefetch_write;
+use crate::packet::wire::virtio_net::{
+    self, F_NEEDS_CSUM as NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6,
+};
 use crate::packet::{FrameHandle, FramePool, Offload};
+use crate::shaping::Cost;
 
 /// Most guest buffers one frame may be spread over: each takes at least one
 /// descriptor, and a frame at most [`MAX_CHAIN_DESCS`].
 pub(super) const MAX_RX_CHAINS: usize = MAX_CHAIN_DESCS as usize;
-const NEEDS_CSUM: u8 = 1;
-const GSO_ECN: u8 = 0x80;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
 
 /// One guest RX chain collected for the frame being delivered.
 #[derive(Clone, Copy)]
@@ -167,7 +167,11 @@ pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
             b.refill(Instant::now());
             *refilled = true;
         }
-        if !b.has(frame.len) {
+        if !b.has(Cost::on_wire(
+            frame.len,
+            &frame.offload,
+            max_wire_frame(dp.mtu),
+        )) {
             let frame = dp.from_switch.pop().expect("peeked");
             dp.counters.drop(DropReason::RateLimited);
             dp.dirty = true;
@@ -244,7 +248,11 @@ pub(super) fn deliver(
         return;
     }
     if let Some(b) = dp.ingress.as_mut() {
-        b.take(frame.len);
+        b.take(Cost::on_wire(
+            frame.len,
+            &frame.offload,
+            max_wire_frame(dp.mtu),
+        ));
     }
     let num_buffers = dp.rx_chains.len() as u16;
     let frame_len = frame.len;
@@ -351,7 +359,10 @@ fn prepare<'a>(
     frame: &'a mut FrameHandle,
     num_buffers: u16,
 ) -> ([u8; VNET_HDR_LEN], &'a [u8]) {
+    // Guest TX rebuilt the offload from checked state (`tx_offload`); of
+    // its flags only NEEDS_CSUM may reach a receiver, never DATA_VALID.
     let mut offload = frame.offload;
+    offload.flags &= NEEDS_CSUM;
     let (off, len) = (usize::from(frame.offset), frame.len as usize);
     let buf = pool.frame_mut(frame);
     if !features.guest_csum {
@@ -366,7 +377,7 @@ fn prepare<'a>(
         offload.flags = 0;
     }
     let mut hdr = [0u8; VNET_HDR_LEN];
-    write_vnet_hdr(&mut hdr, &offload, num_buffers);
+    virtio_net::write(&mut hdr, &offload, num_buffers);
     (hdr, &buf[off..off + len])
 }
 

@@ -11,20 +11,24 @@ use super::features::VNET_HDR_LEN;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
 use super::stats::DropReason;
+use super::tx_offload::sanitise;
 use crate::packet::pool::MAX_PACKET;
 use crate::packet::prefetch::prefetch_span;
 use crate::packet::wire::ethernet::HEADER_LEN as ETH_HLEN;
-use crate::packet::Offload;
+use crate::packet::wire::virtio_net;
+use crate::shaping::Cost;
 
 /// VLAN tag allowance on top of MTU + Ethernet header.
 const VLAN_LEN: usize = 4;
-const GSO_ECN: u8 = 0x80;
-const GSO_TCPV4: u8 = 1;
-const GSO_UDP: u8 = 3;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
 /// Lines of each TX buffer asked for ahead: a 1500 B frame and its header.
 const TX_PREFETCH_LINES: usize = 32;
+
+/// The largest frame a vNIC with `mtu` puts on a wire: what a frame
+/// without GSO may be, and what a super-frame's segments are cut to.
+#[inline]
+pub(super) fn max_wire_frame(mtu: u16) -> usize {
+    usize::from(mtu) + ETH_HLEN + VLAN_LEN
+}
 
 /// Moves up to `budget` chains from the TX ring to the switch link. Returns
 /// the chains consumed and whether the guest wants an interrupt.
@@ -38,6 +42,9 @@ pub(super) fn drain(
     let mut next_avail = q.next_avail();
     let old_used = q.next_used();
     let mut next_used = old_used;
+    if throttled(dp) {
+        return (0, false);
+    }
     let pending = ring.avail_idx().wrapping_sub(next_avail);
     if pending > ring.size() {
         dp.malformed(DropReason::BadAvailIndex, 0);
@@ -150,6 +157,15 @@ pub(super) fn record_walked(
     });
 }
 
+/// True while a batch stopped by the egress limit waits for its tokens:
+/// the ring is left alone until then (the engine's timer wakes it), so a
+/// busy-polling engine does not copy the same chain again on every poll.
+#[inline]
+pub(super) fn throttled(dp: &DataPath) -> bool {
+    dp.egress_blocked_until
+        .is_some_and(|until| Instant::now() < until)
+}
+
 /// Before pass 2: the egress bucket catches up with the clock.
 #[inline]
 pub(super) fn start_sending(dp: &mut DataPath) {
@@ -165,26 +181,20 @@ pub(super) fn start_sending(dp: &mut DataPath) {
 /// from this chain on.
 #[inline]
 pub(super) fn send_walked(c: &TxChain, dp: &mut DataPath) -> bool {
-    if let (Some(b), Ok(total)) = (dp.egress.as_mut(), c.walked) {
-        let len = total.saturating_sub(VNET_HDR_LEN) as u32;
-        if !b.try_take(len) {
-            // Out of tokens: the chain stays in the ring (the guest's TCP
-            // sees a slow link, not loss) until the bucket refills.
-            dp.egress_blocked_until = Some(Instant::now() + b.wait_for(len));
-            return false;
-        }
-    }
     let result = c
         .walked
         .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
     match result {
-        Ok(Copied::Yes) => {}
-        // Backpressure: no frame free. Leave this chain and the rest of the
-        // batch in the ring for the next poll rather than drop.
-        Ok(Copied::PoolEmpty) => return false,
-        Err(reason) => dp.malformed(reason, c.head),
+        Ok(Copied::Yes) => true,
+        // Backpressure: no frame free, or no egress tokens. Leave this chain
+        // and the rest of the batch in the ring for a later poll rather than
+        // drop (the guest's TCP sees a slow link, not loss).
+        Ok(Copied::PoolEmpty | Copied::Throttled) => false,
+        Err(reason) => {
+            dp.malformed(reason, c.head);
+            true
+        }
     }
-    true
 }
 
 /// What became of a well-formed chain.
@@ -192,8 +202,20 @@ enum Copied {
     Yes,
     /// The pool had no frame: the chain stays in the ring.
     PoolEmpty,
+    /// The egress limit has no tokens for it yet: the chain stays in the
+    /// ring until `egress_blocked_until`.
+    Throttled,
 }
 
+/// Copies one chain of `total` bytes into a frame, checks it and sends it.
+///
+/// Every check comes before the egress limit: a frame that is dropped never
+/// costs tokens, and a chain too big to ever be sent is dropped rather than
+/// waiting for tokens for good. The limit is charged from our checked copy
+/// of the header (a guest may rewrite its own buffer at any time), for what
+/// the frame puts on the wire: a super-frame pays for each of its segments.
+/// A chain held back by the limit was copied for nothing; it is copied once
+/// more when its tokens are there, not before ([`throttled`]).
 #[inline]
 fn one_chain(
     seg_start: usize,
@@ -226,85 +248,39 @@ fn one_chain(
         unsafe { std::ptr::copy_nonoverlapping(seg.ptr, buf.as_mut_ptr().add(at), n) };
         at += n;
     }
-    let offload = parse_vnet_hdr(&buf[..VNET_HDR_LEN]);
-    let check = if offload.is_gso() {
-        check_gso(&offload, dp.features.host_tso)
-    } else if len > usize::from(dp.mtu) + ETH_HLEN + VLAN_LEN {
-        Err(DropReason::TooBig)
-    } else {
-        Ok(())
+    // The checks a frame passes before it may leave: its offload request,
+    // its size, and the vNIC's anti-spoofing guard.
+    let (hdr, packet) = buf.split_at(VNET_HDR_LEN);
+    let checked = sanitise(virtio_net::parse(hdr), packet, &dp.features).and_then(|o| {
+        if !o.is_gso() && packet.len() > max_wire_frame(dp.mtu) {
+            return Err(DropReason::TooBig);
+        }
+        dp.guard.check(packet).map(|()| o)
+    });
+    let offload = match checked {
+        Ok(o) => o,
+        Err(reason) => {
+            dp.cache.free(frame);
+            return Err(reason);
+        }
     };
-    let check = check.and_then(|()| dp.guard.check(&buf[VNET_HDR_LEN..]));
-    if let Err(reason) = check {
-        dp.cache.free(frame);
-        return Err(reason);
+    // `len <= MAX_PACKET`: no truncation.
+    let len = len as u32;
+    if let Some(b) = dp.egress.as_mut() {
+        let cost = Cost::on_wire(len, &offload, max_wire_frame(dp.mtu));
+        if !b.try_take(cost) {
+            dp.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
+            dp.cache.free(frame);
+            return Ok(Copied::Throttled);
+        }
     }
-    frame.len = len as u32;
+    frame.len = len;
     frame.offload = offload;
     dp.counters.tx_packets += 1;
-    dp.counters.tx_bytes += len as u64;
+    dp.counters.tx_bytes += u64::from(len);
     if let Err(frame) = dp.to_switch.push(frame) {
         // Cannot happen: the batch was sized to the free slots.
         dp.cache.free(frame);
     }
     Ok(Copied::Yes)
-}
-
-fn check_gso(o: &Offload, host_tso: bool) -> Result<(), DropReason> {
-    if !host_tso || o.gso_size == 0 {
-        return Err(DropReason::BadGso);
-    }
-    match o.gso_type & !GSO_ECN {
-        GSO_TCPV4 | GSO_TCPV6 | GSO_UDP | GSO_UDP_L4 => Ok(()),
-        _ => Err(DropReason::BadGso),
-    }
-}
-
-/// Decodes a little-endian `virtio_net_hdr` (the 12-byte form).
-pub(super) fn parse_vnet_hdr(h: &[u8]) -> Offload {
-    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
-    Offload {
-        flags: h[0],
-        gso_type: h[1],
-        hdr_len: u16_at(2),
-        gso_size: u16_at(4),
-        csum_start: u16_at(6),
-        csum_offset: u16_at(8),
-    }
-}
-
-/// Encodes `o` with `num_buffers` into the 12-byte header form.
-pub(super) fn write_vnet_hdr(h: &mut [u8], o: &Offload, num_buffers: u16) {
-    h[0] = o.flags;
-    h[1] = o.gso_type;
-    h[2..4].copy_from_slice(&o.hdr_len.to_le_bytes());
-    h[4..6].copy_from_slice(&o.gso_size.to_le_bytes());
-    h[6..8].copy_from_slice(&o.csum_start.to_le_bytes());
-    h[8..10].copy_from_slice(&o.csum_offset.to_le_bytes());
-    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vnet_header_round_trip() {
-        let o = Offload {
-            flags: 1,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        let mut h = [0u8; 12];
-        write_vnet_hdr(&mut h, &o, 3);
-        assert_eq!(parse_vnet_hdr(&h), o);
-        assert_eq!(u16::from_le_bytes([h[10], h[11]]), 3);
-        assert!(check_gso(&o, true).is_ok());
-        assert_eq!(check_gso(&o, false), Err(DropReason::BadGso));
-        let bad = Offload { gso_type: 9, ..o };
-        assert_eq!(check_gso(&bad, true), Err(DropReason::BadGso));
-    }
 }

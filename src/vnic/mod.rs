@@ -4,7 +4,8 @@
 //! `connection` accepts frontends; `backend` is the thin `VhostUserBackend`
 //! impl; `device` holds features, config space and hands vrings to engines;
 //! `engine` is the per-queue-pair engine, whose per-packet work lives in
-//! `guest_tx` (guest -> switch) and `guest_rx` (switch -> guest) over
+//! `guest_tx` (guest -> switch, its virtio-net header checked by
+//! `tx_offload`) and `guest_rx` (switch -> guest) over
 //! `guest_ring`, `chain` and `guest_memory` (packed rings: `packed_ring`,
 //! `packed_chain`).
 
@@ -30,6 +31,9 @@ mod packed_tx;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+pub mod tx_offload;
+#[cfg(test)]
+mod tx_tests;
 
 pub use connection::{Connection, SocketRole};
 pub use device::{EngineSink, VnicDevice};

@@ -542,7 +542,7 @@ fn engine_sees_new_work_and_backlog_on_a_packed_ring() {
 
 // The data path (packed_tx / packed_rx) over this driver's rings.
 
-mod data_path {
+pub(super) mod data_path {
     use virtio_queue::{Queue, QueueT};
 
     use super::super::engine::DataPath;
@@ -580,6 +580,16 @@ mod data_path {
         fn rx(&self, q: &mut Queue, dp: &mut DataPath) -> (usize, bool) {
             packed_rx::fill(q, &self.view, &self.map, 64, dp)
         }
+    }
+
+    /// Sends `bytes` (virtio-net header included) as one chain through
+    /// packed TX; returns the chains consumed.
+    pub(in crate::vnic) fn tx_one(dp: &mut DataPath, bytes: &[u8]) -> usize {
+        let mut d = Driver::new(QSIZE);
+        let mut q = queue();
+        let a = d.buffer(BUF, bytes);
+        d.chain(&[(a, bytes.len() as u32, 0)], 0, None);
+        d.tx(&mut q, dp).0
     }
 
     #[test]

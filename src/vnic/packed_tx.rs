@@ -14,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use super::chain::{Direction, MAX_SEGMENTS};
 use super::engine::{desc_budget, DataPath};
 use super::guest_memory::GuestMap;
-use super::guest_tx::{record_walked, send_walked, start_sending};
+use super::guest_tx::{record_walked, send_walked, start_sending, throttled};
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};
 use super::stats::DropReason;
@@ -63,6 +63,9 @@ pub(super) fn drain(
     budget: usize,
     dp: &mut DataPath,
 ) -> (usize, bool) {
+    if throttled(dp) {
+        return (0, false);
+    }
     let Some((start, first_used)) = start_pos(q, ring, dp) else {
         return (0, false);
     };

@@ -25,7 +25,9 @@ pub enum DropReason {
     TooShort,
     /// TX frame larger than MTU (or 64 KiB for GSO frames).
     TooBig,
-    /// GSO frame from a guest that did not negotiate HOST_TSO, or bad gso_type.
+    /// TX: a GSO type the guest did not negotiate or snapnet does not offer
+    /// (UFO, USO, the ECN bit without HOST_ECN, unknown types), or a GSO
+    /// frame without NEEDS_CSUM.
     BadGso,
     /// The avail index moved more than a queue size: the ring is corrupt.
     BadAvailIndex,
@@ -59,10 +61,23 @@ pub enum DropReason {
     /// RX: a guest buffer of zero bytes (returned unused, with the frame it
     /// was gathered for).
     ZeroLengthBuffer,
+    /// TX: GSO frame with a gso_size below the floor (48 bytes, Linux's
+    /// `tcp_min_snd_mss`): it would multiply the frames on the wire.
+    GsoSizeTooSmall,
+    /// TX: GSO frame whose headers are not what its gso_type says (or not
+    /// headers snapnet can segment).
+    BadGsoHeaders,
+    /// TX: NEEDS_CSUM from a guest that did not negotiate VIRTIO_NET_F_CSUM.
+    CsumNotNegotiated,
+    /// TX: csum_start/csum_offset outside the frame, or (GSO) not at the
+    /// TCP checksum.
+    BadCsumOffsets,
+    /// TX: hdr_len claims more headers than the frame holds.
+    BadHdrLen,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -85,6 +100,11 @@ impl DropReason {
         DropReason::Unverifiable,
         DropReason::NoRxBuffers,
         DropReason::ZeroLengthBuffer,
+        DropReason::GsoSizeTooSmall,
+        DropReason::BadGsoHeaders,
+        DropReason::CsumNotNegotiated,
+        DropReason::BadCsumOffsets,
+        DropReason::BadHdrLen,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -112,6 +132,11 @@ impl DropReason {
             DropReason::Unverifiable => "unverifiable",
             DropReason::NoRxBuffers => "no_rx_buffers",
             DropReason::ZeroLengthBuffer => "zero_length_buffer",
+            DropReason::GsoSizeTooSmall => "gso_size_too_small",
+            DropReason::BadGsoHeaders => "bad_gso_headers",
+            DropReason::CsumNotNegotiated => "csum_not_negotiated",
+            DropReason::BadCsumOffsets => "bad_csum_offsets",
+            DropReason::BadHdrLen => "bad_hdr_len",
         }
     }
 }

@@ -18,28 +18,22 @@ use super::guest_ring::{
 };
 use super::stats::DropReason;
 use super::{guest_rx, guest_tx};
+use crate::packet::segment::tests as seg;
+use crate::packet::segment::{Ip, L4};
+use crate::packet::wire::virtio_net;
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
 
 const QSIZE: u16 = 16;
-/// A TCPv4 TSO super-frame's header as Linux sends it.
-const TSO4: Offload = Offload {
-    flags: 1,
-    gso_type: 1,
-    hdr_len: 54,
-    gso_size: 1448,
-    csum_start: 34,
-    csum_offset: 16,
-};
 /// (address, length, flags, explicit next).
 type RawDesc4 = (u64, u32, u16, Option<u16>);
 const MEM: u64 = 0x40_0000;
 const BUF: u64 = 0x10_0000;
 const USED: u64 = 0x1000;
 
-struct Guest<'a> {
+pub(super) struct Guest<'a> {
     mem: &'a GuestMemoryMmap,
     mock: MockSplitQueue<'a, GuestMemoryMmap>,
-    queue: Queue,
+    pub(super) queue: Queue,
     map: GuestMap,
     view: RingView,
     avail: u16,
@@ -48,7 +42,7 @@ struct Guest<'a> {
 }
 
 impl<'a> Guest<'a> {
-    fn new(mem: &'a GuestMemoryMmap, arc: &Arc<GuestMemoryMmap>) -> Self {
+    pub(super) fn new(mem: &'a GuestMemoryMmap, arc: &Arc<GuestMemoryMmap>) -> Self {
         let mock = MockSplitQueue::new(mem, QSIZE);
         let mut queue: Queue = mock.create_queue().unwrap();
         // The mock places its used ring over the tail of its avail ring (it
@@ -75,7 +69,7 @@ impl<'a> Guest<'a> {
     }
 
     /// A fresh guest buffer holding `bytes` (or zeroes of `len`).
-    fn buffer(&mut self, bytes: &[u8], len: u32) -> u64 {
+    pub(super) fn buffer(&mut self, bytes: &[u8], len: u32) -> u64 {
         let addr = self.next_buf;
         self.next_buf += u64::from(len).max(bytes.len() as u64).next_multiple_of(64);
         self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
@@ -84,7 +78,7 @@ impl<'a> Guest<'a> {
 
     /// Writes raw descriptors at the next table slots and publishes the
     /// first one; returns its index.
-    fn publish(&mut self, descs: &[RawDesc4]) -> u16 {
+    pub(super) fn publish(&mut self, descs: &[RawDesc4]) -> u16 {
         let base = self.next_desc;
         for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
             let idx = base + i as u16;
@@ -124,7 +118,7 @@ impl<'a> Guest<'a> {
         (id, len)
     }
 
-    fn used_idx(&self) -> u16 {
+    pub(super) fn used_idx(&self) -> u16 {
         self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
     }
 
@@ -139,7 +133,7 @@ impl<'a> Guest<'a> {
             .unwrap();
     }
 
-    fn tx(&mut self, dp: &mut DataPath) -> (usize, bool) {
+    pub(super) fn tx(&mut self, dp: &mut DataPath) -> (usize, bool) {
         guest_tx::drain(&mut self.queue, &self.view, &self.map, 64, dp)
     }
 
@@ -175,7 +169,7 @@ pub(super) fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
     )
 }
 
-fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
+pub(super) fn memory() -> (GuestMemoryMmap, Arc<GuestMemoryMmap>) {
     let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     (m.clone(), Arc::new(m))
 }
@@ -191,8 +185,26 @@ pub(super) fn packet(len: usize, seed: u8) -> Vec<u8> {
 
 pub(super) fn hdr(o: &Offload, num_buffers: u16) -> Vec<u8> {
     let mut h = vec![0u8; VNET_HDR_LEN];
-    guest_tx::write_vnet_hdr(&mut h, o, num_buffers);
+    virtio_net::write(&mut h, o, num_buffers);
     h
+}
+
+/// A TCP super-frame from the test guest (`packet()`'s source MAC) with
+/// `payload` bytes, and the header Linux sends with it.
+pub(super) fn tso_frame(ip: Ip, payload: usize, gso_size: u16) -> (Vec<u8>, Offload) {
+    gso_frame(ip, L4::Tcp, payload, gso_size)
+}
+
+/// A TCP or UDP super-frame from the test guest and the header for it.
+pub(super) fn gso_frame(ip: Ip, l4: L4, payload: usize, gso_size: u16) -> (Vec<u8>, Offload) {
+    let s = seg::spec(ip, l4, payload);
+    let mut b = seg::super_bytes(&s);
+    b[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    let o = Offload {
+        hdr_len: s.header_len() as u16,
+        ..seg::gso_offload(&s, gso_size)
+    };
+    (b, o)
 }
 
 /// Everything offered except IN_ORDER: the test driver hands out
@@ -201,7 +213,7 @@ pub(super) fn all_features() -> u64 {
     features::offered(1) & !(1u64 << VIRTIO_F_IN_ORDER)
 }
 
-fn without(bits: &[u32]) -> u64 {
+pub(super) fn without(bits: &[u32]) -> u64 {
     bits.iter().fold(all_features(), |f, b| f & !(1u64 << b))
 }
 
@@ -373,14 +385,13 @@ fn tx_frame_over_mtu_is_dropped_but_gso_frame_passes() {
     let big = packet(1600, 1);
     let a = g.buffer(&[hdr(&Offload::default(), 0), big.clone()].concat(), 0);
     g.publish(&[(a, 1612, 0, None)]);
-    let gso = TSO4;
-    let tso = packet(30_000, 2);
+    let (tso, gso) = tso_frame(Ip::V4, 30_000, 1448);
     let b = g.buffer(&[hdr(&gso, 0), tso.clone()].concat(), 0);
-    g.publish(&[(b, 30_012, 0, None)]);
+    g.publish(&[(b, tso.len() as u32 + 12, 0, None)]);
     g.tx(&mut dp);
     assert_eq!(dp.counters.dropped(DropReason::TooBig), 1);
     let f = sw.from_guest.pop().unwrap();
-    assert_eq!(f.len, 30_000);
+    assert_eq!(f.len as usize, tso.len());
     assert_eq!(f.offload, gso);
     dp.cache.free(f);
 }
@@ -527,7 +538,7 @@ fn rx_with_and_without_mrg_rxbuf_and_in_order() {
             assert_eq!(id, u32::from(i));
             got.extend(g.read(bufs[i as usize], l as usize));
         }
-        let h = guest_tx::parse_vnet_hdr(&got[..12]);
+        let h = virtio_net::parse(&got[..12]);
         assert_eq!(h, Offload::default());
         assert_eq!(
             u16::from_le_bytes([got[10], got[11]]),
@@ -629,6 +640,31 @@ fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
 }
 
 #[test]
+fn rx_header_carries_no_flag_snapnet_does_not_vouch_for() {
+    let (mem, arc) = memory();
+    let mut g = Guest::new(&mem, &arc);
+    let (pool, mut dp, mut sw) = setup(all_features());
+    let o = Offload {
+        flags: virtio_net::F_NEEDS_CSUM | virtio_net::F_DATA_VALID | virtio_net::F_RSC_INFO,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Default::default()
+    };
+    push_frame(&pool, &mut dp, &mut sw, &packet(100, 7), o);
+    let b = g.buffer(&[], 2048);
+    g.publish(&[(b, 2048, VIRTQ_DESC_F_WRITE, None)]);
+    assert_eq!(g.rx(&mut dp).0, 1);
+    let h = virtio_net::parse(&g.read(b, VNET_HDR_LEN));
+    assert_eq!(
+        h,
+        Offload {
+            flags: virtio_net::F_NEEDS_CSUM,
+            ..o
+        }
+    );
+}
+
+#[test]
 fn interrupts_follow_event_idx_and_no_interrupt_flag() {
     for event_idx in [true, false] {
         let (mem, arc) = memory();
@@ -683,11 +719,11 @@ fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
     let (mem, arc) = memory();
     let mut g = Guest::new(&mem, &arc);
     let (_pool, mut dp, mut sw) = setup(all_features());
-    let gso = TSO4;
+    let (tso, gso) = tso_frame(Ip::V4, 20_000, 1448);
     // The test pool has 8 large frames; send 10 TSO super-frames.
-    let a = g.buffer(&[hdr(&gso, 0), packet(20_000, 3)].concat(), 0);
+    let a = g.buffer(&[hdr(&gso, 0), tso.clone()].concat(), 0);
     for _ in 0..10 {
-        g.publish(&[(a, 20_012, 0, None)]);
+        g.publish(&[(a, tso.len() as u32 + 12, 0, None)]);
     }
     assert_eq!(g.tx(&mut dp).0, 8);
     assert_eq!(g.queue.next_avail(), 8, "two chains stay in the ring");

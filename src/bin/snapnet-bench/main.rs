@@ -292,6 +292,23 @@ fn build_frame(size: usize, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f
 }
 
+/// Ethernet, IPv4 and TCP headers of a `--gso` frame.
+const TCP4_HEADERS: usize = 54;
+
+/// Makes `f` a TCP/IPv4 segment after its Ethernet addresses: a vNIC takes
+/// a TSO super-frame only when its headers are what its gso_type says.
+fn tcp4_headers(f: &mut [u8]) {
+    let ip_len = (f.len() - 14).min(0xffff) as u16;
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14..34].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ]);
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[34..54].copy_from_slice(&[
+        0x1f, 0x90, 0, 0x50, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+}
+
 /// Payload byte `i` (after the sequence number and queue id) of the frame with `seq`.
 #[inline]
 fn check_byte(seq: u64, i: usize) -> u8 {
@@ -486,7 +503,13 @@ fn run_pair(a: PairArgs) -> Result<(), String> {
         Some(m) => parse_mac(m)?,
         None => rx.mac(),
     };
-    let template = build_frame(t.size, dst, tx.mac());
+    let mut template = build_frame(t.size, dst, tx.mac());
+    if a.gso {
+        if t.size < TCP4_HEADERS + 48 {
+            return Err(format!("--gso needs --size >= {}", TCP4_HEADERS + 48));
+        }
+        tcp4_headers(&mut template);
+    }
     let nq = tx.queue_pairs();
     let nrq = rx.queue_pairs();
     if !a.check {
