@@ -21,7 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
-RATE=${RATE:-20000}
+RATE=${RATE:-10000}
+# spreading: CPU follows the load, so the soak can share the machine.
+POLICY=${POLICY:-spreading}
 cargo build --release --bins >/dev/null 2>&1
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench
@@ -43,7 +45,7 @@ mac() { printf '52:54:00:5c:%02x:%02x' "$1" "$2"; }
         echo "{ \"name\": \"$n\", \"mac\": \"$(mac 0 $i)\" }"
         i=$((i + 1))
     done
-    echo "], \"groups\": [ { \"name\": \"default\", \"policy\": \"dedicated\", \"threads\": 1, \"cpus\": [1] } ] }"
+    echo "], \"groups\": [ { \"name\": \"default\", \"policy\": \"$POLICY\" } ] }"
 } > "$WORK/soak.json"
 
 "$SN" serve --config "$WORK/soak.json" </dev/null >"$WORK/sn.log" 2>&1 &
