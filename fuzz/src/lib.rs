@@ -4,6 +4,7 @@
 //! against a fuzzed guest memory.
 
 pub mod guest;
+pub mod rpc;
 
 use std::sync::{Arc, OnceLock};
 

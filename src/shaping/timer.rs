@@ -48,24 +48,34 @@ impl WakeTimer {
         self.deadline = Some(Instant::now() + after);
     }
 
-    /// Keeps the timer in step with a throttle: while `until` lies ahead the
-    /// timer is armed for it, and a due expiry is consumed. Reads the clock
-    /// only while throttled.
-    #[inline]
+    /// Arms the timer for `until` unless it already fires by then, and
+    /// consumes a due expiry. Called when the engine is about to sleep, never
+    /// per poll: a polling engine needs no timer, and a throttled sender
+    /// polled in a busy loop would otherwise cost its worker a syscall (and,
+    /// in a VM, a timer reprogramming exit) every round.
     pub fn follow(&mut self, until: Option<Instant>) {
         let Some(until) = until else {
             return;
         };
         let now = Instant::now();
         self.clear(now);
-        if now < until && !self.pending(now) {
+        let fires_in_time = self.deadline.is_some_and(|d| now < d && d <= until);
+        if now < until && !fires_in_time {
             self.arm(until - now);
         }
     }
 
-    /// True while armed and not yet expired.
-    pub fn pending(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|d| now < d)
+    /// Consumes an expiry that is due; no clock read unless armed.
+    #[inline]
+    pub fn clear_due(&mut self) {
+        if self.deadline.is_some() {
+            self.clear(Instant::now());
+        }
+    }
+
+    /// Whether an expiry is set and not yet consumed.
+    pub fn is_armed(&self) -> bool {
+        self.deadline.is_some()
     }
 
     /// Consumes an expiry once it is due, so the fd stops being readable.

@@ -552,7 +552,7 @@ impl Engine for UplinkQueueEngine {
         }
         let mut work = self.reclaim_completions();
         work += self.transmit(budget);
-        self.timer.follow(self.egress_blocked_until);
+        self.timer.clear_due();
         work += self.receive(budget);
         self.refill();
         work += self.receive_group(budget);
@@ -578,8 +578,10 @@ impl Engine for UplinkQueueEngine {
     }
 
     fn arm(&mut self) -> bool {
-        // Going to sleep: leave the kernel's counters current.
+        // Going to sleep: leave the kernel's counters current, and have the
+        // timer wake us when the egress bucket refills.
         self.publish_kernel_stats();
+        self.timer.follow(self.egress_blocked_until);
         self.mailbox.doorbell().arm();
         if self.mailbox.pending() {
             return true;

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, XskMap};
 use aya::programs::{Xdp, XdpFlags};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
 use crate::packet::wire::MacAddr;
@@ -66,7 +66,10 @@ impl UplinkProgram {
     /// Loads the program and attaches it to `ifindex` in `mode`. Returns the
     /// mode actually used (Auto resolves to Native or Generic).
     pub fn attach(interface: &str, ifindex: u32, mode: XdpMode) -> Result<Self, XdpProgramError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        // The program has no CO-RE relocations, so the kernel's BTF is not
+        // needed: `Ebpf::load` would parse all of it (megabytes) a second time
+        // on top of the loader's own parse, for every uplink added.
+        let mut ebpf = EbpfLoader::new().btf(None).load(OBJECT)?;
         let xsks = XskMap::try_from(
             ebpf.take_map(XSK_MAP)
                 .ok_or(XdpProgramError::Missing(XSK_MAP))?,

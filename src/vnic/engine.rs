@@ -650,11 +650,7 @@ impl Engine for VnicEngine {
             job(self);
         }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
-        let wake_at = match (self.dp.egress_blocked_until, self.rx_shed_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.timer.follow(wake_at);
+        self.timer.clear_due();
         if work > 0 || self.dp.dirty {
             self.dp.dirty = false;
             self.publish_counters();
@@ -681,6 +677,13 @@ impl Engine for VnicEngine {
 
     fn arm(&mut self) -> bool {
         let event_idx = self.dp.features.event_idx;
+        // Only a sleeping worker needs waking when the egress bucket refills
+        // or a stalled guest's frames fall due.
+        let wake_at = match (self.dp.egress_blocked_until, self.rx_shed_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timer.follow(wake_at);
         self.mailbox.doorbell().arm();
         self.dp.from_switch.doorbell().arm();
         for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
@@ -778,6 +781,76 @@ mod tests {
         assert!(q.quick_idle());
         publish(&mock, 1);
         assert!(!q.quick_idle(), "a posted chain is never skipped");
+    }
+
+    /// A guest held back by its egress limit keeps its TX ring full, so a
+    /// busy worker polls it every round: no round may cost a syscall (the
+    /// timer was once re-armed on every poll, which cost a shared worker
+    /// more than half its time). The timer is set only when the worker is
+    /// about to sleep.
+    #[test]
+    fn a_throttled_sender_arms_its_timer_only_when_the_worker_sleeps() {
+        use crate::packet::wire::MacAddr;
+        use crate::packet::{link, PoolConfig};
+        use crate::shaping::Cost;
+        use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+        use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+        use vm_memory::Bytes;
+
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        // A 12-byte virtio-net header, then a 60-byte frame from our MAC.
+        let mut frame = vec![0u8; 72];
+        frame[12..18].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        frame[18..24].copy_from_slice(&mac.0);
+        mem.write_slice(&frame, GuestAddress(0x4000)).unwrap();
+        let chains: Vec<RawDescriptor> = (0..QSIZE)
+            .map(|_| RawDescriptor::from(SplitDescriptor::new(0x4000, 72, 0, 0)))
+            .collect();
+        mock.add_desc_chains(&chains, 0).unwrap();
+
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let (to_switch, mut from_guest) = link(64).unwrap();
+        let (_to_guest, from_switch) = link(64).unwrap();
+        let limit = RateLimit {
+            packets_per_sec: Some(10),
+            ..RateLimit::default()
+        };
+        let cfg = VnicEngineConfig {
+            name: "t".into(),
+            mtu: 1500,
+            guard: SpoofGuard::new(mac, None),
+            tx_limit: limit,
+            rx_limit: RateLimit::default(),
+            log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
+        };
+        let (mut engine, _mailbox, _counters) =
+            VnicEngine::new(cfg, &pool, to_switch, from_switch).unwrap();
+        let features = Negotiated::from_bits(1 << VIRTIO_F_VERSION_1);
+        engine.attach(Side::Tx, attached(&mem, &mock), features);
+        // Leave two packets in the bucket (its depth is at least 64).
+        let bucket = engine.dp.egress.as_mut().unwrap();
+        while bucket.has(Cost::frame(60)) {
+            bucket.take(Cost::frame(60));
+        }
+        bucket.refill(Instant::now() + Duration::from_millis(200));
+
+        for _ in 0..100 {
+            engine.poll(64);
+            assert!(!engine.timer.is_armed(), "a polling engine sets no timer");
+        }
+        let mut sent = 0;
+        while let Some(f) = from_guest.pop() {
+            pool.cache().free(f);
+            sent += 1;
+        }
+        assert_eq!(sent, 2, "the burst, then the limit holds");
+        assert!(!engine.arm(), "held-back chains are no work");
+        assert!(
+            engine.timer.is_armed(),
+            "the timer wakes the sleeping worker"
+        );
     }
 
     /// Polls `q` `n` times: (address errors, batches that reached the ring).

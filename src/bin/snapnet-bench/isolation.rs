@@ -34,6 +34,12 @@ pub struct IsolationArgs {
     /// Frame size of the steady pair and of the flood.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Packets per second each flooder sends (0: as fast as it can). Paced
+    /// in 1 ms steps by the flood thread itself, so it sleeps between them
+    /// and leaves CPU 0 to the steady pair's frontend; polling a full ring
+    /// instead would measure that thread's CPU share, not the daemon.
+    #[arg(long, default_value_t = 20_000)]
+    flood_pps: u64,
     /// Measured seconds per phase (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -66,24 +72,46 @@ fn flood_frame(size: usize, dst: [u8; 6], src: [u8; 6], sport: u16) -> Vec<u8> {
     f
 }
 
-/// Sends the flood from every flooder until `stop`, in its own thread.
+/// Sends the flood from every flooder until `stop`, in its own thread,
+/// `pps` frames a second each (0: unpaced).
 fn start_flood(
     mut floods: Vec<Frontend>,
     frames: Vec<Vec<Vec<u8>>>,
+    pps: u64,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<Frontend>> {
+    const STEP: Duration = Duration::from_millis(1);
     std::thread::spawn(move || {
         let hdr = VirtioNetHdr::default();
+        let per_step = usize::try_from(pps / 1000).unwrap_or(usize::MAX).max(1);
         let mut at = 0;
+        let mut next_step = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let mut sent = 0;
             for (f, frames) in floods.iter_mut().zip(&frames) {
-                let batch: Vec<&[u8]> = frames[at..at + 32].iter().map(Vec::as_slice).collect();
-                sent += f.send(0, &batch, &hdr);
-                f.recv_count(0);
+                let mut left = if pps == 0 { 32 } else { per_step };
+                while left > 0 {
+                    let n = left.min(32);
+                    let batch: Vec<&[u8]> = frames[at..at + n].iter().map(Vec::as_slice).collect();
+                    let took = f.send(0, &batch, &hdr);
+                    f.recv_count(0);
+                    sent += took;
+                    if took < n {
+                        break;
+                    }
+                    left -= n;
+                }
             }
             at = (at + 32) % (frames[0].len() - 32);
-            if sent == 0 {
+            if pps > 0 {
+                next_step += STEP;
+                let now = Instant::now();
+                if next_step > now {
+                    std::thread::sleep(next_step - now);
+                } else {
+                    next_step = now;
+                }
+            } else if sent == 0 {
                 // Held back (the flooders' egress limit, or the stuck
                 // guests' full links): leave the CPU to the steady pair.
                 std::thread::sleep(Duration::from_micros(50));
@@ -189,7 +217,12 @@ pub fn run_isolation(a: IsolationArgs) -> Result<(), String> {
         alone.push(mpps);
 
         let stop = Arc::new(AtomicBool::new(false));
-        let flooder = start_flood(std::mem::take(&mut floods), frames.clone(), stop.clone());
+        let flooder = start_flood(
+            std::mem::take(&mut floods),
+            frames.clone(),
+            a.flood_pps,
+            stop.clone(),
+        );
         let (mpps, cpu) = steady_rate(&mut tx, &mut rx, a.seconds);
         stop.store(true, Ordering::Relaxed);
         floods = flooder.join().map_err(|_| "flood thread panicked")?;
