@@ -2,7 +2,8 @@
 # Tenant isolation of the frame pool, measured: a steady vNIC pair's rate
 # (64 B, vnic steady0 -> steady1) alone, and while two other vNICs flood two
 # guests that post no RX buffers (one of 1 queue pair, one of 16, as a stuck
-# or paused VM), interleaved rounds (A B A B ...), medians and their ratio.
+# or paused VM), interleaved rounds (A B A B ...), medians, and the median
+# of the rounds' own ratios.
 # The stuck guests stay connected throughout (both phases poll the same
 # engines); only the flood to them differs between phases. The daemon
 # runs on CPU 1, the bench tool (steady pair and flood thread) on CPU 0.
