@@ -8,21 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::packets::tcp4_super_frame;
-use common::{connect, frame, start, two_vnics, wait_for, wait_ready, TempDir, MAC0, MAC1};
+use common::{connect, drops, frame, start, two_vnics, wait_for, wait_ready, TempDir, MAC0, MAC1};
 use snapnet::control::Daemon;
 use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use snapnet::vnic::DropReason;
-
-fn drops(d: &Daemon, vnic: &str, r: DropReason) -> u64 {
-    d.report()
-        .iter()
-        .find(|v| v.name == vnic)
-        .unwrap()
-        .queues
-        .iter()
-        .map(|q| q.dropped(r))
-        .sum()
-}
 
 /// Sends `f` with `hdr` from `a` and returns the header and bytes `b`
 /// received, or `None` when nothing came within a second.

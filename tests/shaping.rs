@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::packets::tcp4_super_frame;
-use common::{connect, frame, start, wait_ready, TempDir, MAC0, MAC1};
+use common::{connect, drops, frame, start, wait_ready, TempDir, MAC0, MAC1};
 use snapnet::control::config::RateLimit;
 use snapnet::control::Config;
 use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
@@ -47,17 +47,6 @@ fn blast(tx: &mut Frontend, rx: &mut Frontend, secs: f64) -> (u64, f64) {
     std::thread::sleep(Duration::from_millis(50));
     rx.recv(0, |_, p| bytes += p.len() as u64);
     (bytes, start.elapsed().as_secs_f64())
-}
-
-fn drops(d: &snapnet::control::Daemon, vnic: &str, r: DropReason) -> u64 {
-    d.report()
-        .iter()
-        .find(|v| v.name == vnic)
-        .unwrap()
-        .queues
-        .iter()
-        .map(|q| q.dropped(r))
-        .sum()
 }
 
 #[test]

@@ -165,6 +165,18 @@ pub fn rss_kib() -> u64 {
 }
 
 /// Waits until `f` holds or the timeout passes.
+/// Frames of `vnic` dropped for `reason`, over all its queues.
+pub fn drops(d: &Daemon, vnic: &str, reason: snapnet::vnic::DropReason) -> u64 {
+    d.report()
+        .iter()
+        .find(|v| v.name == vnic)
+        .unwrap()
+        .queues
+        .iter()
+        .map(|q| q.dropped(reason))
+        .sum()
+}
+
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

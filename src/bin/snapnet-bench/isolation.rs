@@ -148,6 +148,20 @@ fn steady_rate(tx: &mut Frontend, rx: &mut Frontend, seconds: f64) -> (f64, f64)
     (got as f64 / secs / 1e6, cpu.finish().0)
 }
 
+/// One phase of one round, as a `result` line.
+fn print_phase(phase: &str, round: usize, mpps: f64, cpu: f64) {
+    println!(
+        "result {}",
+        kv(&[
+            ("test", "isolation".into()),
+            ("phase", phase.into()),
+            ("round", round.to_string()),
+            ("mpps", format!("{mpps:.4}")),
+            ("cpu_share", format!("{cpu:.3}")),
+        ])
+    );
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -204,16 +218,7 @@ pub fn run_isolation(a: IsolationArgs) -> Result<(), String> {
     let (mut alone, mut with_stuck) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let (mpps, cpu) = steady_rate(&mut tx, &mut rx, a.seconds);
-        println!(
-            "result {}",
-            kv(&[
-                ("test", "isolation".into()),
-                ("phase", "alone".into()),
-                ("round", round.to_string()),
-                ("mpps", format!("{mpps:.4}")),
-                ("cpu_share", format!("{cpu:.3}")),
-            ])
-        );
+        print_phase("alone", round, mpps, cpu);
         alone.push(mpps);
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -226,16 +231,7 @@ pub fn run_isolation(a: IsolationArgs) -> Result<(), String> {
         let (mpps, cpu) = steady_rate(&mut tx, &mut rx, a.seconds);
         stop.store(true, Ordering::Relaxed);
         floods = flooder.join().map_err(|_| "flood thread panicked")?;
-        println!(
-            "result {}",
-            kv(&[
-                ("test", "isolation".into()),
-                ("phase", "stuck".into()),
-                ("round", round.to_string()),
-                ("mpps", format!("{mpps:.4}")),
-                ("cpu_share", format!("{cpu:.3}")),
-            ])
-        );
+        print_phase("stuck", round, mpps, cpu);
         with_stuck.push(mpps);
     }
     // Each round's two phases ran back to back, in one vCPU placement (the
