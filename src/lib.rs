@@ -13,5 +13,6 @@ pub mod packet;
 pub mod sched;
 pub mod shaping;
 pub mod switch;
+pub mod upgrade;
 pub mod uplink;
 pub mod vnic;

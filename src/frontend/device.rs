@@ -21,8 +21,6 @@ use super::split_ring::{RingAddrs, SplitRing};
 use super::{FrontendConfig, RawDesc, VirtioNetHdr, SCRATCH_LEN};
 use crate::packet::wire::virtq_packed::WRAP_BIT;
 
-/// VHOST_USER_SET_STATUS, which the `vhost` crate's frontend does not implement.
-const VHOST_USER_SET_STATUS: u32 = 39;
 /// ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK.
 const STATUS_RUNNING: u8 = 1 | 2 | 4 | 8;
 /// Control messages must be answered within this time (or the timeout given to connect).
@@ -498,66 +496,12 @@ impl Frontend {
         Ok(dev)
     }
 
-    /// Sends VHOST_USER_SET_STATUS by hand (the `vhost` crate has no frontend call for it),
-    /// waiting for the REPLY_ACK when negotiated.
+    /// Sends VHOST_USER_SET_STATUS (see [`super::set_status`]).
     fn set_status(&self, status: u8) -> Result<(), FrontendError> {
         let reply_ack = self
             .protocol_features
             .contains(VhostUserProtocolFeatures::REPLY_ACK);
-        let fd = self.vu.as_raw_fd();
-        let flags: u32 = 1 | if reply_ack { 0x8 } else { 0 };
-        let mut msg = [0u8; 20];
-        msg[0..4].copy_from_slice(&VHOST_USER_SET_STATUS.to_le_bytes());
-        msg[4..8].copy_from_slice(&flags.to_le_bytes());
-        msg[8..12].copy_from_slice(&8u32.to_le_bytes());
-        msg[12..20].copy_from_slice(&(status as u64).to_le_bytes());
-        let mut off = 0;
-        while off < msg.len() {
-            // SAFETY: the pointer/length pair describes the live `msg` buffer.
-            let r = unsafe {
-                libc::send(
-                    fd,
-                    msg[off..].as_ptr().cast(),
-                    msg.len() - off,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(FrontendError::io("send SET_STATUS")(err));
-            }
-            off += r as usize;
-        }
-        if !reply_ack {
-            return Ok(());
-        }
-        let mut reply = [0u8; 20];
-        let mut off = 0;
-        while off < reply.len() {
-            // SAFETY: the pointer/length pair describes the live `reply` buffer.
-            let r =
-                unsafe { libc::recv(fd, reply[off..].as_mut_ptr().cast(), reply.len() - off, 0) };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(FrontendError::io("receive SET_STATUS ack")(err));
-            }
-            if r == 0 {
-                return Err(FrontendError::BadReply("SET_STATUS"));
-            }
-            off += r as usize;
-        }
-        let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
-        let value = u64::from_le_bytes(reply[12..20].try_into().unwrap());
-        if word(0) != VHOST_USER_SET_STATUS || word(4) & 0x4 == 0 || word(8) != 8 || value != 0 {
-            return Err(FrontendError::BadReply("SET_STATUS"));
-        }
-        Ok(())
+        super::set_status::send(self.vu.as_raw_fd(), status, reply_ack)
     }
 
     /// Negotiated virtio feature bits.

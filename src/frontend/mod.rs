@@ -13,7 +13,8 @@
 //! * [`ring`]: [`ring::DriverRing`], what the queues need from either ring,
 //! * [`queue`]: virtio-net TX/RX on top of a ring (buffers, copy, merged RX),
 //! * `device`: the connected device, handshake and public API ([`Frontend`]),
-//! * `hdr`: [`VirtioNetHdr`] and [`RawDesc`], `error`: [`FrontendError`].
+//! * `hdr`: [`VirtioNetHdr`] and [`RawDesc`], `error`: [`FrontendError`],
+//! * [`set_status`]: VHOST_USER_SET_STATUS, which the `vhost` crate cannot send.
 //!
 //! Ring index `2k` is RX of queue pair `k`, `2k + 1` is its TX.
 
@@ -24,6 +25,7 @@ pub mod memory;
 pub mod packed_ring;
 pub mod queue;
 pub mod ring;
+pub mod set_status;
 pub mod split_ring;
 
 #[cfg(test)]

@@ -121,6 +121,60 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     // SET_FEATURES). Kept across a status reset, which clears the acked
     // features before a frontend may still ask GET_VRING_BASE.
     packed_rings: bool,
+    // snapnet patch: each vring's last SET_VRING_ADDR as the frontend sent
+    // it, for `negotiated`.
+    vring_addrs: Vec<Option<VringAddrs>>,
+}
+
+/// snapnet patch: a vring's SET_VRING_ADDR as the frontend sent it
+/// (frontend addresses, not guest physical ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VringAddrs {
+    pub flags: u32,
+    pub descriptor: u64,
+    pub used: u64,
+    pub available: u64,
+    pub log: u64,
+}
+
+/// snapnet patch: one guest memory region as negotiated, with its own fd.
+#[derive(Debug)]
+pub struct NegotiatedRegion {
+    pub guest_phys_addr: u64,
+    pub memory_size: u64,
+    pub user_addr: u64,
+    pub mmap_offset: u64,
+    /// How many times the frontend added it (see `add_mem_region`).
+    pub users: u32,
+    pub file: File,
+}
+
+/// snapnet patch: one vring as negotiated, with its own fds.
+#[derive(Debug)]
+pub struct NegotiatedVring {
+    pub size: u16,
+    pub addrs: Option<VringAddrs>,
+    pub ready: bool,
+    pub enabled: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub kick: Option<File>,
+    pub call: Option<File>,
+    pub err: Option<File>,
+}
+
+/// snapnet patch: what a connection has negotiated so far: enough for
+/// another process that takes the connection over to replay it to a handler
+/// of its own (snapnet's transparent upgrade, docs/upgrade.md).
+#[derive(Debug)]
+pub struct Negotiated {
+    pub owned: bool,
+    /// `None` before SET_FEATURES.
+    pub acked_features: Option<u64>,
+    pub acked_protocol_features: u64,
+    pub status: u8,
+    pub regions: Vec<NegotiatedRegion>,
+    pub vrings: Vec<NegotiatedVring>,
 }
 
 // Ensure VhostUserHandler: Clone + Send + Sync + 'static.
@@ -187,6 +241,7 @@ where
             status: 0,
             region_refs: std::collections::HashMap::new(),
             packed_rings: false,
+            vring_addrs: vec![None; num_queues],
         })
     }
 }
@@ -211,6 +266,61 @@ impl<T: VhostUserBackend> VhostUserHandler<T> {
         }
 
         Err(VhostUserHandlerError::MissingMemoryMapping)
+    }
+
+    /// snapnet patch: what the connection negotiated, with duplicates of its
+    /// fds (see `Negotiated`).
+    pub(crate) fn negotiated(&self) -> io::Result<Negotiated> {
+        use vm_memory::GuestMemoryRegion;
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
+        let dup_raw = |fd: &dyn AsRawFd| {
+            // SAFETY: the eventfd is owned by the vring state, whose guard
+            // is held while the borrow lives.
+            dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) })
+        };
+        let mem = self.atomic_mem.memory();
+        let mut regions = Vec::new();
+        for m in &self.mappings {
+            let region = mem
+                .find_region(GuestAddress(m.gpa_base))
+                .ok_or_else(|| io::Error::other("a mapping without its region"))?;
+            let file_offset = region
+                .file_offset()
+                .ok_or_else(|| io::Error::other("a region without a file"))?;
+            let key = (m.gpa_base, m.size, m.vmm_addr, file_offset.start());
+            regions.push(NegotiatedRegion {
+                guest_phys_addr: m.gpa_base,
+                memory_size: m.size,
+                user_addr: m.vmm_addr,
+                mmap_offset: file_offset.start(),
+                users: self.region_refs.get(&key).map_or(1, |(_, n)| *n),
+                file: dup(file_offset.file().as_fd())?,
+            });
+        }
+        let mut vrings = Vec::new();
+        for (vring, addrs) in self.vrings.iter().zip(&self.vring_addrs) {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            vrings.push(NegotiatedVring {
+                size: queue.size(),
+                addrs: *addrs,
+                ready: queue.ready(),
+                enabled: state.is_enabled(),
+                next_avail: queue.next_avail(),
+                next_used: queue.next_used(),
+                kick: state.get_kick().as_ref().map(|k| dup_raw(k)).transpose()?,
+                call: state.get_call().as_ref().map(|c| dup_raw(c)).transpose()?,
+                err: state.get_err().as_ref().map(|e| dup_raw(e)).transpose()?,
+            });
+        }
+        Ok(Negotiated {
+            owned: self.owned,
+            acked_features: self.features_acked.then_some(self.acked_features),
+            acked_protocol_features: self.acked_protocol_features,
+            status: self.status,
+            regions,
+            vrings,
+        })
     }
 
     // Register a region mapped while postcopy is listening with userfaultfd.
@@ -533,6 +643,14 @@ where
                     .map_err(|_| VhostUserError::BackendInternalError)?;
                 vring.set_queue_next_used(idx);
             }
+            // snapnet patch: kept for `negotiated`.
+            self.vring_addrs[index as usize] = Some(VringAddrs {
+                flags: _flags.bits(),
+                descriptor,
+                used,
+                available,
+                log: _log,
+            });
 
             Ok(())
         } else {

@@ -30,6 +30,8 @@ pub use self::event_loop::VringEpollHandler;
 
 mod handler;
 pub use self::handler::VhostUserHandlerError;
+// snapnet patch: see `VhostUserDaemon::negotiated`.
+pub use self::handler::{Negotiated, NegotiatedRegion, NegotiatedVring, VringAddrs};
 
 pub mod bitmap;
 use crate::bitmap::BitmapReplace;
@@ -96,6 +98,107 @@ pub type Result<T> = std::result::Result<T, Error>;
 struct ConnectionState {
     conn: UnixStream,
     shutdown_requested: AtomicBool,
+    // snapnet patch: raised to stop the request loop between two messages
+    // (see `PauseHandle`).
+    pause: vmm_sys_util::eventfd::EventFd,
+}
+
+/// snapnet patch: stops a connection's request loop between two messages,
+/// leaving the connection open: `VhostUserDaemon::wait` then returns and
+/// `VhostUserDaemon::take_paused` hands the connection over.
+#[derive(Clone)]
+pub struct PauseHandle {
+    state: Arc<ConnectionState>,
+}
+
+impl PauseHandle {
+    pub fn pause(&self) {
+        // A full counter still wakes the loop; nothing else can fail here.
+        let _ = self.state.pause.write(1);
+    }
+}
+
+/// snapnet patch: a connection whose request loop stopped between two
+/// messages. The frontend's stream stays open; messages it sends wait in
+/// the socket until a loop reads them again (`VhostUserDaemon::resume`), in
+/// this process or, with the stream passed on, in another one.
+pub struct PausedConnection {
+    handler: Box<dyn RequestLoop>,
+}
+
+/// snapnet patch: a connection's request handler, whatever its backend.
+trait RequestLoop: Send {
+    fn handle_request(&mut self) -> std::result::Result<(), VhostUserError>;
+    fn try_clone_connection(&self) -> std::io::Result<UnixStream>;
+    fn replace_stream(&mut self, stream: UnixStream);
+}
+
+impl<S> RequestLoop for BackendReqHandler<S>
+where
+    S: vhost::vhost_user::VhostUserBackendReqHandler + Send + Sync,
+{
+    fn handle_request(&mut self) -> std::result::Result<(), VhostUserError> {
+        BackendReqHandler::handle_request(self)
+    }
+
+    fn try_clone_connection(&self) -> std::io::Result<UnixStream> {
+        BackendReqHandler::try_clone_connection(self)
+    }
+
+    fn replace_stream(&mut self, stream: UnixStream) {
+        BackendReqHandler::replace_stream(self, stream)
+    }
+}
+
+impl PausedConnection {
+    /// A duplicate of the connection's stream (to pass to another process).
+    pub fn try_clone_stream(&self) -> std::io::Result<UnixStream> {
+        self.handler.try_clone_connection()
+    }
+
+    /// Goes on with `stream` instead, keeping what was negotiated: a
+    /// handler that was given the negotiation over another socket (a
+    /// replay) takes over the frontend's own stream.
+    pub fn replace_stream(&mut self, stream: UnixStream) {
+        self.handler.replace_stream(stream);
+    }
+}
+
+type RequestLoopEnd = (Result<()>, Option<Box<dyn RequestLoop>>);
+
+/// snapnet patch: waits until a message arrives (true) or a pause is raised
+/// (false). Only ever called between two messages.
+fn wait_request(state: &ConnectionState) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: state.pause.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: state.conn.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds that outlive the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let _ = state.pause.read();
+            return Ok(false);
+        }
+        // Readable, hung up or failed: the request handler reads and tells.
+        return Ok(true);
+    }
 }
 
 /// Thread-safe handle to request shutdown of a running [`VhostUserDaemon`].
@@ -121,8 +224,10 @@ impl ShutdownHandle {
 pub struct VhostUserDaemon<T: VhostUserBackend> {
     name: String,
     handler: Arc<Mutex<VhostUserHandler<T>>>,
-    main_thread: Option<thread::JoinHandle<Result<()>>>,
+    main_thread: Option<thread::JoinHandle<RequestLoopEnd>>,
     conn_state: Option<Arc<ConnectionState>>,
+    // snapnet patch: the connection `wait` saw paused.
+    paused: Option<PausedConnection>,
 }
 
 impl<T> VhostUserDaemon<T>
@@ -150,6 +255,7 @@ where
             handler,
             main_thread: None,
             conn_state: None,
+            paused: None,
         })
     }
 
@@ -166,11 +272,18 @@ where
     /// it acts as a client or a server.
     fn start_daemon(
         &mut self,
-        mut handler: BackendReqHandler<Mutex<VhostUserHandler<T>>>,
+        handler: BackendReqHandler<Mutex<VhostUserHandler<T>>>,
     ) -> Result<()> {
+        self.start_request_loop(Box::new(handler))
+    }
+
+    // snapnet patch: the request loop, over any handler (a paused one too).
+    fn start_request_loop(&mut self, mut handler: Box<dyn RequestLoop>) -> Result<()> {
         let state = Arc::new(ConnectionState {
             conn: handler.try_clone_connection().map_err(Error::StartDaemon)?,
             shutdown_requested: AtomicBool::new(false),
+            pause: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(Error::StartDaemon)?,
         });
 
         let thread_state = state.clone();
@@ -178,12 +291,19 @@ where
             .name(self.name.clone())
             .spawn(move || {
                 let result = loop {
+                    // snapnet patch: a pause lands between two messages and
+                    // keeps the connection open.
+                    match wait_request(&thread_state) {
+                        Ok(true) => {}
+                        Ok(false) => return (Ok(()), Some(handler)),
+                        Err(e) => break Err(Error::StartDaemon(e)),
+                    }
                     if let Err(e) = handler.handle_request().map_err(Error::HandleRequest) {
                         break Err(e);
                     }
                 };
                 let _ = thread_state.conn.shutdown(Shutdown::Both);
-                result
+                (result, None)
             })
             .map_err(Error::StartDaemon)?;
 
@@ -247,7 +367,10 @@ where
                 .is_some_and(|s| s.shutdown_requested.load(Ordering::Acquire))
         };
 
-        let result = match handle.join().map_err(Error::WaitDaemon)? {
+        let (result, paused) = handle.join().map_err(Error::WaitDaemon)?;
+        // snapnet patch: kept for `take_paused`.
+        self.paused = paused.map(|handler| PausedConnection { handler });
+        let result = match result {
             Ok(()) => Ok(()),
             Err(Error::HandleRequest(VhostUserError::SocketBroken(_))) => Ok(()),
             Err(Error::HandleRequest(_)) if shutdown_requested() => Ok(()),
@@ -267,6 +390,38 @@ where
     }
 
     /// Shut down the connection to unblock the daemon thread.
+    /// snapnet patch: a handle that pauses the running connection.
+    pub fn pause_handle(&self) -> Option<PauseHandle> {
+        self.conn_state
+            .as_ref()
+            .map(|s| PauseHandle { state: s.clone() })
+    }
+
+    /// snapnet patch: the connection, if `wait` returned because it was
+    /// paused.
+    pub fn take_paused(&mut self) -> Option<PausedConnection> {
+        self.paused.take()
+    }
+
+    /// snapnet patch: runs a paused connection's request loop again.
+    pub fn resume(&mut self, paused: PausedConnection) -> Result<()> {
+        self.start_request_loop(paused.handler)
+    }
+
+    /// snapnet patch: serves a connected stream (a socketpair end a replay
+    /// of another process's negotiation comes over, for example).
+    pub fn start_on_stream(&mut self, stream: UnixStream) -> Result<()> {
+        let handler = BackendReqHandler::from_stream(stream, self.handler.clone());
+        self.start_daemon(handler)
+    }
+
+    /// snapnet patch: what the connection has negotiated so far, with
+    /// duplicates of its fds. Meaningful while the request loop is paused
+    /// (or not started): the frontend changes nothing meanwhile.
+    pub fn negotiated(&self) -> std::io::Result<Negotiated> {
+        self.handler.lock().unwrap().negotiated()
+    }
+
     pub fn request_shutdown(&self) {
         if let Some(handle) = self.shutdown_handle() {
             handle.shutdown();

@@ -274,6 +274,11 @@ impl<M: GuestAddressSpace> VringState<M> {
         &self.call
     }
 
+    /// snapnet patch: get the `EventFd` for err.
+    pub fn get_err(&self) -> &Option<EventConsumer> {
+        &self.err
+    }
+
     /// Set `EventFd` for err.
     fn set_err(&mut self, file: Option<File>) {
         // SAFETY: see comment in set_kick()

@@ -486,6 +486,15 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
         self.main_sock.try_clone_sock()
     }
 
+    /// snapnet patch: goes on with `socket` instead of the current
+    /// connection, keeping everything negotiated over it (features, protocol
+    /// features, reply-ack). A backend that was given a connection's
+    /// negotiation over another socket (replayed by a process taking the
+    /// connection over) then serves the frontend's own stream.
+    pub fn replace_stream(&mut self, socket: UnixStream) {
+        self.main_sock = Endpoint::from_stream(socket);
+    }
+
     /// Mark endpoint as failed with specified error code.
     pub fn set_failed(&mut self, error: i32) {
         self.error = Some(error);

@@ -1,0 +1,15 @@
+//! Transparent upgrade (docs/upgrade.md): a new snapnet process takes over
+//! the running one's guests, uplinks and engines without closing anything a
+//! guest, QEMU or the kernel holds.
+//!
+//! Built so far: the handoff channel between the two processes (`channel`:
+//! messages with any number of fds), the versioned envelope every message
+//! travels in (`format`), and the replay of a vhost-user connection's
+//! negotiation to the new process's own handler (`replay`).
+
+pub mod channel;
+pub mod format;
+pub mod replay;
+
+pub use channel::{Channel, ChannelError};
+pub use format::{FormatError, FORMAT, OLDEST_READABLE_FORMAT};
