@@ -496,12 +496,14 @@ impl Frontend {
         Ok(dev)
     }
 
-    /// Sends VHOST_USER_SET_STATUS (see [`super::set_status`]).
+    /// Sends VHOST_USER_SET_STATUS (see [`super::raw_request`]).
     fn set_status(&self, status: u8) -> Result<(), FrontendError> {
+        use super::raw_request::{send_u64, SET_STATUS};
         let reply_ack = self
             .protocol_features
             .contains(VhostUserProtocolFeatures::REPLY_ACK);
-        super::set_status::send(self.vu.as_raw_fd(), status, reply_ack)
+        let fd = self.vu.as_raw_fd();
+        send_u64(fd, SET_STATUS, u64::from(status), reply_ack, "SET_STATUS")
     }
 
     /// Negotiated virtio feature bits.

@@ -14,7 +14,7 @@
 //! * [`queue`]: virtio-net TX/RX on top of a ring (buffers, copy, merged RX),
 //! * `device`: the connected device, handshake and public API ([`Frontend`]),
 //! * `hdr`: [`VirtioNetHdr`] and [`RawDesc`], `error`: [`FrontendError`],
-//! * [`set_status`]: VHOST_USER_SET_STATUS, which the `vhost` crate cannot send.
+//! * [`raw_request`]: requests the `vhost` crate's frontend cannot send as needed.
 //!
 //! Ring index `2k` is RX of queue pair `k`, `2k + 1` is its TX.
 
@@ -24,8 +24,8 @@ mod hdr;
 pub mod memory;
 pub mod packed_ring;
 pub mod queue;
+pub mod raw_request;
 pub mod ring;
-pub mod set_status;
 pub mod split_ring;
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! the running snapnet and the one taking over.
 //!
 //! A `SOCK_SEQPACKET` unix socket keeps packet boundaries, so the fds passed
-//! with a packet (SCM_RIGHTS, at most [`MAX_FDS_PER_PACKET`]) always arrive
-//! with it. A message is a head packet (its body length and fd count) and as
+//! with a packet (SCM_RIGHTS, at most [`MAX_FDS_PER_PACKET`], below the
+//! kernel's 253) always arrive with it, close-on-exec from the start. A message is a head packet (its body length and fd count) and as
 //! many further packets as its body and fds need. Every packet starts with a
 //! tag byte, so a packet carrying only fds is never mistaken for the peer
 //! hanging up (a zero-byte read).
@@ -119,9 +119,9 @@ impl Channel {
         Ok(Channel::new(fd))
     }
 
-    /// How long a receive may wait (`None`: without limit). A process that
-    /// stops answering is how a failed upgrade shows, so the running process
-    /// always sets one.
+    /// How long a send or a receive may wait (`None`: without limit). A
+    /// process that stops answering is how a failed upgrade shows, so the
+    /// running process always sets one.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ChannelError> {
         let tv = timeout.map_or(
             libc::timeval {
@@ -134,18 +134,20 @@ impl Channel {
                 tv_usec: libc::suseconds_t::from(t.subsec_micros().max(1)),
             },
         );
-        // SAFETY: `tv` is a valid timeval for the length given.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(last_error());
+        for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+            // SAFETY: `tv` is a valid timeval for the length given.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(last_error());
+            }
         }
         self.timeout = timeout;
         Ok(())
@@ -158,7 +160,7 @@ impl Channel {
         body: &T,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
-        self.send(&format::encode(kind, body), fds)
+        self.send(&format::encode(kind, body)?, fds)
     }
 
     /// Receives a `kind` message and its fds.
@@ -201,13 +203,18 @@ impl Channel {
             Err(e) if e.errno() == libc::EPIPE || e.errno() == libc::ECONNRESET => {
                 Err(ChannelError::Closed)
             }
+            Err(e) if e.errno() == libc::EAGAIN => {
+                Err(ChannelError::TimedOut(self.timeout.unwrap_or_default()))
+            }
             Err(e) => Err(ChannelError::Io(io::Error::from_raw_os_error(e.errno()))),
         }
     }
 
     /// Receives one message: its body and its fds (close-on-exec).
     pub fn recv(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ChannelError> {
-        let mut buf = vec![0u8; CHUNK + 1];
+        // Room for the longest packet the protocol sends (tag and chunk): a
+        // longer one is cut, and recvmsg says so (MSG_TRUNC).
+        let mut buf = vec![0u8; 1 + CHUNK];
         let mut fds = Vec::new();
         let n = self.recv_packet(&mut buf, &mut fds, MAX_FDS_PER_PACKET)?;
         if n != HEAD_LEN || buf[0] != TAG_HEAD || buf[1..5] != MAGIC {
@@ -239,53 +246,79 @@ impl Channel {
     }
 
     /// Receives one packet into `buf`, appending at most `room` fds to `fds`
-    /// (more is a protocol error; every fd received is owned and closed on
-    /// any error). Returns the packet's length; 0 when the peer hung up.
+    /// (more is a protocol error; every fd received is owned, and so closed,
+    /// whatever happens). Returns the packet's length; 0 only for a packet
+    /// that carried fds alone, never for a hang-up, which is an error.
     fn recv_packet(
         &self,
         buf: &mut [u8],
         fds: &mut Vec<OwnedFd>,
         room: usize,
     ) -> Result<usize, ChannelError> {
-        let mut raw = vec![-1; room.max(1)];
-        let mut iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        // SAFETY: the iovec covers `buf`, which any bytes may be written to.
-        let got = unsafe { self.recv_with_fds(&mut iov, &mut raw) };
-        let (n, count) = match got {
-            Ok(r) => r,
-            Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EWOULDBLOCK => {
-                return Err(ChannelError::TimedOut(self.timeout.unwrap_or_default()));
+        const FD: usize = std::mem::size_of::<RawFd>();
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_PACKET * FD) as u32) } as usize;
+        // u64 words: the control buffer must be aligned for cmsghdr.
+        let mut control = vec![0u64; space.div_ceil(8)];
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain data; all-zero is a valid value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: `msg` points at `iov` (covering `buf`) and at
+            // `control` (`space` bytes), all alive across the call.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => {
+                        return Err(ChannelError::TimedOut(self.timeout.unwrap_or_default()))
+                    }
+                    _ => return Err(ChannelError::Io(e)),
+                }
             }
-            // The kernel had more fds than room: it closed them all for us.
-            Err(e) if e.errno() == libc::ENOBUFS => {
+            let before = fds.len();
+            // SAFETY: `msg` was filled in by recvmsg; the CMSG macros walk
+            // the control data it reports, and every fd in an SCM_RIGHTS
+            // message is a new fd of this process, owned by nothing else.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                    {
+                        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                        let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                        for i in 0..bytes / FD {
+                            fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                }
+            }
+            let got = fds.len() - before;
+            if got > room || msg.msg_flags & libc::MSG_CTRUNC != 0 {
                 return Err(ChannelError::Protocol("more fds than announced"));
             }
-            Err(e) => return Err(ChannelError::Io(io::Error::from_raw_os_error(e.errno()))),
-        };
-        for fd in &raw[..count] {
-            // SAFETY: recvmsg installed these fds for this process; nothing
-            // else owns them.
-            let fd = unsafe { OwnedFd::from_raw_fd(*fd) };
-            set_cloexec(&fd)?;
-            fds.push(fd);
+            if msg.msg_flags & libc::MSG_TRUNC != 0 {
+                return Err(ChannelError::Protocol("packet too large"));
+            }
+            if n == 0 && got == 0 {
+                return Err(ChannelError::Closed);
+            }
+            return Ok(n as usize);
         }
-        if count > room {
-            return Err(ChannelError::Protocol("more fds than announced"));
-        }
-        if n == 0 && count == 0 {
-            return Err(ChannelError::Closed);
-        }
-        if n > CHUNK + 1 {
-            return Err(ChannelError::Protocol("packet too large"));
-        }
-        Ok(n)
     }
 }
 
-/// Received fds must not leak into processes this one starts.
+/// The takeover fd must not leak into processes this one starts.
 fn set_cloexec(fd: &OwnedFd) -> Result<(), ChannelError> {
     // SAFETY: F_SETFD on an fd we own.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
@@ -375,16 +408,39 @@ mod tests {
         let (a, b) = Channel::pair().unwrap();
         a.send_packet(&[b"hello, world"], &[]).unwrap();
         assert!(matches!(b.recv(), Err(ChannelError::Protocol(_))));
-        // A head announcing fewer fds than follow: the extra fd is closed.
-        let e = EventFd::new(0).unwrap();
+        // A head announcing fewer fds than follow: the extra fd is closed
+        // (the pipe's reader sees its last writer go).
+        let mut ends = [0; 2];
+        // SAFETY: `ends` has room for the two fds pipe writes.
+        let r = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned by nothing else.
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
         let mut head = vec![TAG_HEAD];
         head.extend_from_slice(&MAGIC);
         head.extend_from_slice(&1u64.to_le_bytes());
         head.extend_from_slice(&0u32.to_le_bytes());
         a.send_packet(&[&head], &[]).unwrap();
-        a.send_packet(&[&[TAG_MORE], b"x"], &[e.as_raw_fd()])
+        a.send_packet(&[&[TAG_MORE], b"x"], &[writer.as_raw_fd()])
             .unwrap();
+        drop(writer);
         assert!(matches!(b.recv(), Err(ChannelError::Protocol(_))));
+        let mut byte = [0u8];
+        let mut reader = std::fs::File::from(reader);
+        assert_eq!(std::io::Read::read(&mut reader, &mut byte).unwrap(), 0);
+        // A packet longer than any the protocol sends is refused, not cut.
+        let mut head = vec![TAG_HEAD];
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&(2 * CHUNK as u64).to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        a.send_packet(&[&head], &[]).unwrap();
+        a.send_packet(&[&[TAG_MORE], &vec![0u8; CHUNK + 1]], &[])
+            .unwrap();
+        assert!(matches!(
+            b.recv(),
+            Err(ChannelError::Protocol("packet too large"))
+        ));
         // A format this binary cannot read stops at the envelope.
         let newer = serde_json::json!({ "format": format::FORMAT + 1, "kind": "state", "body": 0 });
         a.send(&serde_json::to_vec(&newer).unwrap(), &[]).unwrap();

@@ -30,6 +30,11 @@ pub enum FormatError {
     Older { found: u32, writer: String },
     #[error("expected a {expected} message, got {found}")]
     UnexpectedKind { expected: String, found: String },
+    #[error("cannot write a {kind} message: {source}")]
+    Unwritable {
+        kind: String,
+        source: serde_json::Error,
+    },
     #[error("malformed {kind} message: {source}")]
     Malformed {
         kind: String,
@@ -61,14 +66,17 @@ struct Body<T> {
 }
 
 /// The bytes of a `kind` message carrying `body`, in this binary's format.
-pub fn encode<T: Serialize>(kind: &str, body: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(kind: &str, body: &T) -> Result<Vec<u8>, FormatError> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
         writer: env!("CARGO_PKG_VERSION"),
         kind,
         body,
     })
-    .expect("state types serialise to JSON")
+    .map_err(|source| FormatError::Unwritable {
+        kind: kind.to_string(),
+        source,
+    })
 }
 
 /// Reads a `kind` message: the format is checked first, then the kind, and
@@ -120,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_message_reads_back_as_written() {
-        let bytes = encode("hello", &hello());
+        let bytes = encode("hello", &hello()).unwrap();
         assert_eq!(decode::<Hello>("hello", &bytes).unwrap(), hello());
     }
 
@@ -155,14 +163,14 @@ mod tests {
 
     #[test]
     fn the_kind_is_checked_before_the_body() {
-        let bytes = encode("engine", &17u32);
+        let bytes = encode("engine", &17u32).unwrap();
         let e = decode::<Hello>("hello", &bytes).unwrap_err();
         assert!(matches!(e, FormatError::UnexpectedKind { .. }), "{e}");
     }
 
     #[test]
     fn a_body_that_does_not_fit_is_malformed_not_a_panic() {
-        let bytes = encode("hello", &"not a hello");
+        let bytes = encode("hello", &"not a hello").unwrap();
         assert!(matches!(
             decode::<Hello>("hello", &bytes),
             Err(FormatError::Malformed { .. })

@@ -19,6 +19,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_backend::{Negotiated, VringAddrs};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::frontend::raw_request::{send_u64, NET_SET_MTU, SET_STATUS, SET_VRING_BASE};
 use crate::frontend::FrontendError;
 
 #[derive(Debug, Error)]
@@ -28,21 +29,16 @@ pub enum ReplayError {
         step: &'static str,
         source: vhost::Error,
     },
-    #[error("replaying SET_STATUS: {0}")]
-    Status(#[from] FrontendError),
+    #[error("replaying: {0}")]
+    Raw(#[from] FrontendError),
     #[error("the connection state names fd {0}, which did not come with it")]
     MissingFd(usize),
-    #[error("unknown protocol feature bits {0:#x}")]
-    UnknownProtocolFeatures(u64),
-    #[error(
-        "vring {vring} is packed with descriptors in flight (avail {next_avail:#x}, used \
-         {next_used:#x}): its engine must be stopped between two batches"
-    )]
-    InFlight {
-        vring: usize,
-        next_avail: u16,
-        next_used: u16,
-    },
+    #[error("protocol features {0:#x} carry state a replay does not take over")]
+    UnsupportedProtocolFeatures(u64),
+    #[error("vring {0} is started but the state has no position for it (its engine's)")]
+    NoPosition(usize),
+    #[error("the frontend is resetting the device (packed rings, features not set)")]
+    Resetting,
     #[error("cannot duplicate an fd: {0}")]
     Dup(std::io::Error),
 }
@@ -70,16 +66,27 @@ pub struct VringAddrState {
     pub log: u64,
 }
 
-/// One vring. `next_avail` and `next_used` are what the replay sets: the
-/// upgrade puts there the positions the stopped engine reached.
+/// Where a vring's device side has got to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VringPosition {
+    pub next_avail: u16,
+    /// Packed rings only: a split ring's used position is the used index
+    /// in guest memory, which SET_VRING_ADDR reads back (a stopped engine
+    /// has published it).
+    pub next_used: u16,
+}
+
+/// One vring.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VringState {
     pub size: u16,
     pub addrs: Option<VringAddrState>,
     pub ready: bool,
     pub enabled: bool,
-    pub next_avail: u16,
-    pub next_used: u16,
+    /// `None` for a started vring: the handler's positions are stale (the
+    /// engines move the rings), so the upgrade puts the stopped engine's
+    /// here before the replay.
+    pub position: Option<VringPosition>,
     pub kick: Option<usize>,
     pub call: Option<usize>,
     pub err: Option<usize>,
@@ -92,6 +99,10 @@ pub struct ConnectionState {
     pub acked_features: Option<u64>,
     pub acked_protocol_features: u64,
     pub status: u8,
+    /// Kept across a status reset, which clears the acked features.
+    pub packed_rings: bool,
+    /// The frontend's last NET_SET_MTU.
+    pub mtu: Option<u16>,
     pub regions: Vec<RegionState>,
     pub vrings: Vec<VringState>,
 }
@@ -124,8 +135,10 @@ impl ConnectionState {
                 addrs: v.addrs.map(addr_state),
                 ready: v.ready,
                 enabled: v.enabled,
-                next_avail: v.next_avail,
-                next_used: v.next_used,
+                position: (!v.ready).then_some(VringPosition {
+                    next_avail: v.next_avail,
+                    next_used: v.next_used,
+                }),
                 kick: v.kick.map(&mut keep),
                 call: v.call.map(&mut keep),
                 err: v.err.map(&mut keep),
@@ -136,16 +149,27 @@ impl ConnectionState {
             acked_features: n.acked_features,
             acked_protocol_features: n.acked_protocol_features,
             status: n.status,
+            packed_rings: n.packed_rings,
+            mtu: n.mtu,
             regions,
             vrings,
         };
         (state, fds)
     }
+}
 
-    fn packed(&self) -> bool {
-        let packed = 1 << virtio_bindings::bindings::virtio_config::VIRTIO_F_RING_PACKED;
-        self.acked_features.is_some_and(|f| f & packed != 0)
-    }
+/// The protocol features whose state a replay carries over. The others
+/// (a backend-request channel, an inflight area, a dirty log, postcopy,
+/// shared objects, device state transfer) hold state of their own.
+fn replayable() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::MTU
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::STATUS
+        | VhostUserProtocolFeatures::RARP
+        | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
 fn fd(fds: &[OwnedFd], index: usize) -> Result<BorrowedFd<'_>, ReplayError> {
@@ -176,45 +200,75 @@ pub fn replay(
     fds: &[OwnedFd],
     stream: &UnixStream,
 ) -> Result<(), ReplayError> {
+    let bits = state.acked_protocol_features;
+    let protocol = VhostUserProtocolFeatures::from_bits(bits)
+        .ok_or(ReplayError::UnsupportedProtocolFeatures(bits))?;
+    let unsupported = protocol - replayable();
+    if !unsupported.is_empty() {
+        return Err(ReplayError::UnsupportedProtocolFeatures(unsupported.bits()));
+    }
+    if state.acked_features.is_none() && state.packed_rings {
+        return Err(ReplayError::Resetting);
+    }
     let stream = stream.try_clone().map_err(ReplayError::Dup)?;
     let mut fe = Frontend::from_stream(stream, state.vrings.len() as u64);
+    let raw = RawRequests {
+        fd: fe.as_raw_fd(),
+        reply_ack: protocol.contains(VhostUserProtocolFeatures::REPLY_ACK),
+    };
+    // QEMU's order. The handler learns the offer from GET_FEATURES (the
+    // reply-ack flag follows it), and protocol features are negotiated
+    // before the driver sets any virtio feature.
+    fe.get_features().map_err(step("GET_FEATURES"))?;
+    if !protocol.is_empty() {
+        fe.get_protocol_features()
+            .map_err(step("GET_PROTOCOL_FEATURES"))?;
+        fe.set_protocol_features(protocol)
+            .map_err(step("SET_PROTOCOL_FEATURES"))?;
+    }
     if state.owned {
         fe.set_owner().map_err(step("SET_OWNER"))?;
     }
-    let protocol = VhostUserProtocolFeatures::from_bits(state.acked_protocol_features).ok_or(
-        ReplayError::UnknownProtocolFeatures(state.acked_protocol_features),
-    )?;
-    let with_protocol = |f: u64| f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
     if let Some(features) = state.acked_features {
-        // The handler learns the offer from GET_FEATURES (reply-ack follows it).
-        fe.get_features().map_err(step("GET_FEATURES"))?;
         fe.set_features(features).map_err(step("SET_FEATURES"))?;
-        if with_protocol(features) {
-            fe.get_protocol_features()
-                .map_err(step("GET_PROTOCOL_FEATURES"))?;
-            fe.set_protocol_features(protocol)
-                .map_err(step("SET_PROTOCOL_FEATURES"))?;
-        }
+    }
+    if let (Some(mtu), true) = (state.mtu, protocol.contains(VhostUserProtocolFeatures::MTU)) {
+        raw.send(NET_SET_MTU, u64::from(mtu), "NET_SET_MTU")?;
     }
     replay_regions(&mut fe, state, fds, protocol)?;
-    let packed = state.packed();
+    let protocol_features = state
+        .acked_features
+        .is_some_and(|f| f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0);
     for (i, v) in state.vrings.iter().enumerate() {
         replay_vring(
             &mut fe,
+            &raw,
             i,
             v,
             fds,
-            packed,
-            state.acked_features.is_some_and(with_protocol),
+            state.packed_rings,
+            protocol_features,
         )?;
     }
     if protocol.contains(VhostUserProtocolFeatures::STATUS) {
-        let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
-        crate::frontend::set_status::send(fe.as_raw_fd(), state.status, reply_ack)?;
+        raw.send(SET_STATUS, u64::from(state.status), "SET_STATUS")?;
     }
     // An answered request: everything before it has been handled.
     fe.get_features().map_err(step("GET_FEATURES"))?;
     Ok(())
+}
+
+/// Requests the `vhost` crate's frontend cannot send as the replay needs
+/// them, written to the same stream between its own.
+struct RawRequests {
+    fd: std::os::fd::RawFd,
+    reply_ack: bool,
+}
+
+impl RawRequests {
+    fn send(&self, code: u32, value: u64, what: &'static str) -> Result<(), ReplayError> {
+        Ok(send_u64(self.fd, code, value, self.reply_ack, what)?)
+    }
 }
 
 fn replay_regions(
@@ -247,25 +301,25 @@ fn replay_regions(
 
 fn replay_vring(
     fe: &mut Frontend,
+    raw: &RawRequests,
     index: usize,
     v: &VringState,
     fds: &[OwnedFd],
     packed: bool,
     protocol_features: bool,
 ) -> Result<(), ReplayError> {
-    // A packed base carries one position; a stopped engine has returned
-    // every chain it took, so both are the same.
-    if packed && v.next_avail != v.next_used {
-        return Err(ReplayError::InFlight {
-            vring: index,
-            next_avail: v.next_avail,
-            next_used: v.next_used,
-        });
-    }
+    let position = v.position.ok_or(ReplayError::NoPosition(index))?;
     fe.set_vring_num(index, v.size)
         .map_err(step("SET_VRING_NUM"))?;
-    fe.set_vring_base(index, v.next_avail)
-        .map_err(step("SET_VRING_BASE"))?;
+    // A packed base carries the used position too (bits 16..31, as QEMU
+    // sends it), which the crate's 16-bit SET_VRING_BASE cannot.
+    let base = if packed {
+        u32::from(position.next_avail) | u32::from(position.next_used) << 16
+    } else {
+        u32::from(position.next_avail)
+    };
+    let body = index as u64 | u64::from(base) << 32;
+    raw.send(SET_VRING_BASE, body, "SET_VRING_BASE")?;
     if let Some(a) = v.addrs {
         let config = VringConfigData {
             queue_max_size: v.size,
@@ -330,7 +384,7 @@ mod tests {
 
     use crate::frontend::{Frontend, FrontendConfig};
     use crate::packet::wire::MacAddr;
-    use crate::upgrade::Channel;
+    use crate::upgrade::{format, Channel};
     use crate::vnic::device::tests::MockSink;
     use crate::vnic::VnicDevice;
 
@@ -359,18 +413,52 @@ mod tests {
     /// connection.
     fn pause(d: &mut VhostUserDaemon<Device>) -> PausedConnection {
         d.pause_handle().expect("running").pause();
-        d.wait().unwrap();
+        assert!(matches!(d.wait(), Err(vhost_user_backend::Error::Paused)));
         d.take_paused().expect("paused, not ended")
     }
 
-    #[test]
-    fn a_replayed_connection_goes_on_with_the_frontends_own_stream() {
+    /// Whether two fds name the same open file (all eventfds share one
+    /// inode, so `fstat` cannot tell them apart; kcmp(2) can).
+    fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+        const KCMP_FILE: libc::c_long = 0;
+        let pid = libc::c_long::from(std::process::id() as i32);
+        // SAFETY: kcmp only compares two fds of this process.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid,
+                pid,
+                KCMP_FILE,
+                libc::c_long::from(a.as_raw_fd()),
+                libc::c_long::from(b.as_raw_fd()),
+            )
+        };
+        assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
+        r == 0
+    }
+
+    /// Replays `state` to a fresh handler over a socketpair and pauses it.
+    fn replayed(
+        dev: &Device,
+        state: &ConnectionState,
+        fds: &[OwnedFd],
+    ) -> (VhostUserDaemon<Device>, PausedConnection) {
+        let mut d = daemon(dev);
+        let (replay_end, handler_end) = UnixStream::pair().unwrap();
+        d.start_on_stream(handler_end).unwrap();
+        replay(state, fds, &replay_end).expect("replayed");
+        let paused = pause(&mut d);
+        (d, paused)
+    }
+
+    fn hand_over(packed: bool) {
         let (a_dev, b_dev) = (device("a"), device("b"));
         let mut a = daemon(&a_dev);
         let (frontend_end, a_end) = UnixStream::pair().unwrap();
         a.start_on_stream(a_end).unwrap();
         let cfg = FrontendConfig {
             queue_pairs: 2,
+            packed,
             ..Default::default()
         };
         let mut frontend = Frontend::from_stream(frontend_end, &cfg, Duration::from_secs(10))
@@ -378,33 +466,41 @@ mod tests {
         let paused_a = pause(&mut a);
         let (mut state, fds) = ConnectionState::capture(a.negotiated().unwrap());
         assert!(state.owned && state.acked_features.is_some());
+        assert_eq!(state.packed_rings, packed);
         assert_eq!(state.vrings.len(), 4);
-        assert!(
-            state
-                .vrings
-                .iter()
-                .all(|v| v.ready && v.enabled && v.kick.is_some()),
-            "{state:?}"
-        );
-        // Where the stopped TX engine had got to.
-        state.vrings[1].next_avail = 7;
+        for v in &mut state.vrings {
+            assert!(v.ready && v.enabled && v.kick.is_some(), "{v:?}");
+            assert_eq!(
+                v.position, None,
+                "a started vring's position is its engine's"
+            );
+            // Where the stopped engines had got to.
+            v.position = Some(VringPosition {
+                next_avail: 0,
+                next_used: 0,
+            });
+        }
+        let moved_tx = VringPosition {
+            next_avail: 7,
+            next_used: if packed { 7 } else { 0 },
+        };
+        state.vrings[1].position = Some(moved_tx);
 
         // The state crosses the handoff channel as it would between processes.
         let (tx, rx) = Channel::pair().unwrap();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         tx.send_message("vhost-user", &state, &borrowed).unwrap();
-        let (state, fds): (ConnectionState, _) = rx.recv_message("vhost-user").unwrap();
+        let (state, sent_fds): (ConnectionState, Vec<OwnedFd>) =
+            rx.recv_message("vhost-user").unwrap();
+        for (sent, kept) in sent_fds.iter().zip(&fds) {
+            assert!(same_file(sent, kept));
+        }
 
         // The frontend changes a kick fd during the blackout: the request
         // waits in the socket for the new handler.
         let during = std::thread::spawn(move || frontend.replace_kick(0, false).map(|()| frontend));
 
-        let mut b = daemon(&b_dev);
-        let (replay_end, b_end) = UnixStream::pair().unwrap();
-        b.start_on_stream(b_end).unwrap();
-        replay(&state, &fds, &replay_end).expect("replayed");
-        let mut paused_b = pause(&mut b);
-        drop(replay_end);
+        let (mut b, mut paused_b) = replayed(&b_dev, &state, &sent_fds);
         paused_b.replace_stream(paused_a.try_clone_stream().unwrap());
         // The old side lets go of its copies without a hang-up.
         drop(paused_a);
@@ -415,11 +511,23 @@ mod tests {
             .unwrap()
             .expect("the new handler answered the request sent during the blackout");
 
-        let (again, _) = ConnectionState::capture(b.negotiated().unwrap());
+        let seen = b.negotiated().unwrap();
+        assert_eq!(seen.vrings[1].next_avail, moved_tx.next_avail);
+        if packed {
+            assert_eq!(seen.vrings[1].next_used, moved_tx.next_used);
+        }
+        let (again, again_fds) = ConnectionState::capture(seen);
+        let mut expected = state.clone();
+        expected.vrings.iter_mut().for_each(|v| v.position = None);
         assert_eq!(
-            again, state,
+            again, expected,
             "the new handler negotiated what the old one had"
         );
+        for (i, (now, before)) in again_fds.iter().zip(&sent_fds).enumerate() {
+            // TX of queue pair 0 (vring 1) got a new kick fd meanwhile.
+            let replaced = Some(i) == state.vrings[1].kick;
+            assert_eq!(!same_file(now, before), replaced, "fd {i}");
+        }
         let b_calls = calls(&b_dev);
         for vring in 0..4 {
             let attached = format!("attach {vring} ");
@@ -428,7 +536,6 @@ mod tests {
                 "vring {vring} not started: {b_calls:?}"
             );
         }
-        // TX of queue pair 0 is vring 1.
         assert!(b_calls.contains(&"kick 1 true".to_string()), "{b_calls:?}");
         let a_calls = calls(&a_dev);
         assert!(
@@ -443,26 +550,108 @@ mod tests {
     }
 
     #[test]
-    fn a_state_naming_fds_it_did_not_bring_is_refused() {
-        let state = ConnectionState {
+    fn a_replayed_split_connection_goes_on_with_the_frontends_own_stream() {
+        hand_over(false);
+    }
+
+    #[test]
+    fn a_replayed_packed_connection_keeps_both_positions() {
+        hand_over(true);
+    }
+
+    fn memfd(len: u64) -> OwnedFd {
+        // SAFETY: a NUL-terminated name and no flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"replay".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        File::from(fd.try_clone().unwrap()).set_len(len).unwrap();
+        fd
+    }
+
+    /// A guest whose driver has not started yet (no virtio features acked)
+    /// on a QEMU that adds its memory region per device (ADD_MEM_REG).
+    fn before_the_driver() -> ConnectionState {
+        let idle = VringState {
+            size: 256,
+            addrs: None,
+            ready: false,
+            enabled: false,
+            position: Some(VringPosition {
+                next_avail: 0,
+                next_used: 0,
+            }),
+            kick: None,
+            call: None,
+            err: None,
+        };
+        ConnectionState {
             owned: true,
             acked_features: None,
-            acked_protocol_features: 0,
-            status: 0,
+            acked_protocol_features: (VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::STATUS
+                | VhostUserProtocolFeatures::MTU)
+                .bits(),
+            status: 3,
+            packed_rings: false,
+            mtu: Some(1400),
             regions: vec![RegionState {
                 guest_phys_addr: 0,
-                memory_size: 4096,
-                user_addr: 0x7000_0000,
+                memory_size: 1 << 20,
+                user_addr: 0x7f00_0000_0000,
                 mmap_offset: 0,
-                users: 1,
-                fd: 3,
+                users: 2,
+                fd: 0,
             }],
-            vrings: Vec::new(),
-        };
+            vrings: vec![idle; 4],
+        }
+    }
+
+    #[test]
+    fn a_guest_without_its_driver_is_replayed_with_its_protocol_state() {
+        let state = before_the_driver();
+        let dev = device("b");
+        let (d, _paused) = replayed(&dev, &state, &[memfd(1 << 20)]);
+        let (again, _) = ConnectionState::capture(d.negotiated().unwrap());
+        assert_eq!(again, state);
+        assert!(calls(&dev).contains(&"mtu 1400".to_string()));
+    }
+
+    /// Replays `state` to a fresh handler and returns what the replay said.
+    fn replay_to_handler(state: &ConnectionState, fds: &[OwnedFd]) -> Result<(), ReplayError> {
+        let dev = device("c");
+        let mut d = daemon(&dev);
+        let (replay_end, handler_end) = UnixStream::pair().unwrap();
+        d.start_on_stream(handler_end).unwrap();
+        replay(state, fds, &replay_end)
+    }
+
+    #[test]
+    fn what_a_replay_cannot_carry_is_refused() {
+        let state = before_the_driver();
+        let r = replay_to_handler(&state, &[]);
+        assert!(matches!(r, Err(ReplayError::MissingFd(0))), "{r:?}");
+        let mut started = before_the_driver();
+        started.vrings[0].ready = true;
+        started.vrings[0].position = None;
+        let r = replay_to_handler(&started, &[memfd(1 << 20)]);
+        assert!(matches!(r, Err(ReplayError::NoPosition(0))), "{r:?}");
+        let mut logging = before_the_driver();
+        logging.acked_protocol_features |= VhostUserProtocolFeatures::LOG_SHMFD.bits();
         let (ours, _theirs) = UnixStream::pair().unwrap();
         assert!(matches!(
-            replay(&state, &[], &ours),
-            Err(ReplayError::MissingFd(3))
+            replay(&logging, &[], &ours),
+            Err(ReplayError::UnsupportedProtocolFeatures(_))
         ));
+    }
+
+    /// A state as format 1 wrote it: later formats must still read it (or
+    /// the format number must move on).
+    #[test]
+    fn format_1_state_is_still_read() {
+        let bytes = include_bytes!("../../tests/fixtures/upgrade-state-v1.json");
+        let state: ConnectionState = format::decode("vhost-user", bytes).unwrap();
+        assert_eq!(state, before_the_driver());
     }
 }

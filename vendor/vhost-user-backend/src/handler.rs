@@ -122,8 +122,9 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     // features before a frontend may still ask GET_VRING_BASE.
     packed_rings: bool,
     // snapnet patch: each vring's last SET_VRING_ADDR as the frontend sent
-    // it, for `negotiated`.
+    // it, and the last NET_SET_MTU, for `negotiated`.
     vring_addrs: Vec<Option<VringAddrs>>,
+    mtu: Option<u16>,
 }
 
 /// snapnet patch: a vring's SET_VRING_ADDR as the frontend sent it
@@ -173,6 +174,11 @@ pub struct Negotiated {
     pub acked_features: Option<u64>,
     pub acked_protocol_features: u64,
     pub status: u8,
+    /// The rings are packed (kept across a status reset, which clears the
+    /// acked features).
+    pub packed_rings: bool,
+    /// The last NET_SET_MTU.
+    pub mtu: Option<u16>,
     pub regions: Vec<NegotiatedRegion>,
     pub vrings: Vec<NegotiatedVring>,
 }
@@ -242,6 +248,7 @@ where
             region_refs: std::collections::HashMap::new(),
             packed_rings: false,
             vring_addrs: vec![None; num_queues],
+            mtu: None,
         })
     }
 }
@@ -318,6 +325,8 @@ impl<T: VhostUserBackend> VhostUserHandler<T> {
             acked_features: self.features_acked.then_some(self.acked_features),
             acked_protocol_features: self.acked_protocol_features,
             status: self.status,
+            packed_rings: self.packed_rings,
+            mtu: self.mtu,
             regions,
             vrings,
         })
@@ -884,7 +893,10 @@ where
     fn net_set_mtu(&mut self, mtu: u16) -> VhostUserResult<()> {
         self.backend
             .set_mtu(mtu)
-            .map_err(VhostUserError::ReqHandlerError)
+            .map_err(VhostUserError::ReqHandlerError)?;
+        // snapnet patch: kept for `negotiated`.
+        self.mtu = Some(mtu);
+        Ok(())
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {

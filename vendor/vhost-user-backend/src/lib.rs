@@ -72,6 +72,9 @@ pub enum Error {
     WaitDaemon(std::boxed::Box<dyn std::any::Any + std::marker::Send>),
     /// Failed handling a vhost-user request.
     HandleRequest(VhostUserError),
+    /// snapnet patch: the request loop was paused (`PauseHandle`); the
+    /// connection is open and `take_paused` has it.
+    Paused,
 }
 
 impl Display for Error {
@@ -88,6 +91,7 @@ impl Display for Error {
             Error::StartDaemon(e) => write!(f, "failed to start daemon: {e}"),
             Error::WaitDaemon(_e) => write!(f, "failed to wait for daemon exit"),
             Error::HandleRequest(e) => write!(f, "failed to handle request: {e}"),
+            Error::Paused => write!(f, "the connection was paused"),
         }
     }
 }
@@ -99,8 +103,11 @@ struct ConnectionState {
     conn: UnixStream,
     shutdown_requested: AtomicBool,
     // snapnet patch: raised to stop the request loop between two messages
-    // (see `PauseHandle`).
+    // (see `PauseHandle`), and set once it has stopped so: from then on the
+    // connection belongs to the `PausedConnection`, and nothing here may
+    // shut the (shared) socket down.
     pause: vmm_sys_util::eventfd::EventFd,
+    paused: AtomicBool,
 }
 
 /// snapnet patch: stops a connection's request loop between two messages,
@@ -112,6 +119,8 @@ pub struct PauseHandle {
 }
 
 impl PauseHandle {
+    /// Asks the request loop to stop before its next message. A handle
+    /// serves one run of the loop: after `resume`, take a new one.
     pub fn pause(&self) {
         // A full counter still wakes the loop; nothing else can fail here.
         let _ = self.state.pause.write(1);
@@ -127,6 +136,8 @@ pub struct PausedConnection {
 }
 
 /// snapnet patch: a connection's request handler, whatever its backend.
+/// (A trait object, so that neither `PausedConnection` nor the daemon's
+/// thread handle needs the handler's bitmap bounds on its type.)
 trait RequestLoop: Send {
     fn handle_request(&mut self) -> std::result::Result<(), VhostUserError>;
     fn try_clone_connection(&self) -> std::io::Result<UnixStream>;
@@ -213,7 +224,10 @@ impl ShutdownHandle {
     /// Request the daemon to shut down.
     pub fn shutdown(&self) {
         self.state.shutdown_requested.store(true, Ordering::Release);
-        let _ = self.state.conn.shutdown(Shutdown::Both);
+        // snapnet patch: a paused connection is not ours to hang up.
+        if !self.state.paused.load(Ordering::Acquire) {
+            let _ = self.state.conn.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -284,6 +298,7 @@ where
             shutdown_requested: AtomicBool::new(false),
             pause: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(Error::StartDaemon)?,
+            paused: AtomicBool::new(false),
         });
 
         let thread_state = state.clone();
@@ -295,8 +310,11 @@ where
                     // keeps the connection open.
                     match wait_request(&thread_state) {
                         Ok(true) => {}
-                        Ok(false) => return (Ok(()), Some(handler)),
-                        Err(e) => break Err(Error::StartDaemon(e)),
+                        Ok(false) => {
+                            thread_state.paused.store(true, Ordering::Release);
+                            return (Err(Error::Paused), Some(handler));
+                        }
+                        Err(e) => break Err(Error::HandleRequest(VhostUserError::SocketError(e))),
                     }
                     if let Err(e) = handler.handle_request().map_err(Error::HandleRequest) {
                         break Err(e);
@@ -389,7 +407,6 @@ where
             .map(|s| ShutdownHandle { state: s.clone() })
     }
 
-    /// Shut down the connection to unblock the daemon thread.
     /// snapnet patch: a handle that pauses the running connection.
     pub fn pause_handle(&self) -> Option<PauseHandle> {
         self.conn_state
@@ -397,14 +414,19 @@ where
             .map(|s| PauseHandle { state: s.clone() })
     }
 
-    /// snapnet patch: the connection, if `wait` returned because it was
-    /// paused.
+    /// snapnet patch: the connection, after `wait` returned `Error::Paused`.
     pub fn take_paused(&mut self) -> Option<PausedConnection> {
         self.paused.take()
     }
 
     /// snapnet patch: runs a paused connection's request loop again.
     pub fn resume(&mut self, paused: PausedConnection) -> Result<()> {
+        if self.main_thread.is_some() {
+            return Err(Error::StartDaemon(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a connection is being served",
+            )));
+        }
         self.start_request_loop(paused.handler)
     }
 
@@ -422,6 +444,7 @@ where
         self.handler.lock().unwrap().negotiated()
     }
 
+    /// Shut down the connection to unblock the daemon thread.
     pub fn request_shutdown(&self) {
         if let Some(handle) = self.shutdown_handle() {
             handle.shutdown();
@@ -477,7 +500,10 @@ where
 impl<T: VhostUserBackend> Drop for VhostUserDaemon<T> {
     fn drop(&mut self) {
         if let Some(state) = self.conn_state.take() {
-            let _ = state.conn.shutdown(Shutdown::Both);
+            // snapnet patch: nor is it the daemon's (see `ShutdownHandle`).
+            if !state.paused.load(Ordering::Acquire) {
+                let _ = state.conn.shutdown(Shutdown::Both);
+            }
         }
     }
 }

@@ -1,23 +1,36 @@
-//! VHOST_USER_SET_STATUS, sent by hand: the `vhost` crate's frontend has no
-//! call for it. Used by the frontend and by the upgrade's replay.
+//! vhost-user requests with a u64 payload, sent by hand: the `vhost` crate's
+//! frontend has no call for SET_STATUS or NET_SET_MTU, and its SET_VRING_BASE
+//! takes only the 16-bit base a split ring needs. Used by the frontend and by
+//! the upgrade's replay.
 
 use std::io;
 use std::os::fd::RawFd;
 
 use super::FrontendError;
 
-/// The request's code.
-const VHOST_USER_SET_STATUS: u32 = 39;
+/// VHOST_USER_SET_VRING_BASE.
+pub const SET_VRING_BASE: u32 = 10;
+/// VHOST_USER_NET_SET_MTU.
+pub const NET_SET_MTU: u32 = 20;
+/// VHOST_USER_SET_STATUS.
+pub const SET_STATUS: u32 = 39;
 
-/// Sends SET_STATUS on the vhost-user stream `fd`, and waits for the
-/// REPLY_ACK when it is negotiated.
-pub fn send(fd: RawFd, status: u8, reply_ack: bool) -> Result<(), FrontendError> {
+/// Sends request `code` with the 8-byte payload `value` on the vhost-user
+/// stream `fd`, and waits for the REPLY_ACK when it is negotiated (`what`
+/// names the request in errors).
+pub fn send_u64(
+    fd: RawFd,
+    code: u32,
+    value: u64,
+    reply_ack: bool,
+    what: &'static str,
+) -> Result<(), FrontendError> {
     let flags: u32 = 1 | if reply_ack { 0x8 } else { 0 };
     let mut msg = [0u8; 20];
-    msg[0..4].copy_from_slice(&VHOST_USER_SET_STATUS.to_le_bytes());
+    msg[0..4].copy_from_slice(&code.to_le_bytes());
     msg[4..8].copy_from_slice(&flags.to_le_bytes());
     msg[8..12].copy_from_slice(&8u32.to_le_bytes());
-    msg[12..20].copy_from_slice(&(status as u64).to_le_bytes());
+    msg[12..20].copy_from_slice(&value.to_le_bytes());
     let mut off = 0;
     while off < msg.len() {
         // SAFETY: the pointer/length pair describes the live `msg` buffer.
@@ -34,7 +47,7 @@ pub fn send(fd: RawFd, status: u8, reply_ack: bool) -> Result<(), FrontendError>
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(FrontendError::io("send SET_STATUS")(err));
+            return Err(FrontendError::io(what)(err));
         }
         off += r as usize;
     }
@@ -51,17 +64,17 @@ pub fn send(fd: RawFd, status: u8, reply_ack: bool) -> Result<(), FrontendError>
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(FrontendError::io("receive SET_STATUS ack")(err));
+            return Err(FrontendError::io(what)(err));
         }
         if r == 0 {
-            return Err(FrontendError::BadReply("SET_STATUS"));
+            return Err(FrontendError::BadReply(what));
         }
         off += r as usize;
     }
     let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
     let value = u64::from_le_bytes(reply[12..20].try_into().unwrap());
-    if word(0) != VHOST_USER_SET_STATUS || word(4) & 0x4 == 0 || word(8) != 8 || value != 0 {
-        return Err(FrontendError::BadReply("SET_STATUS"));
+    if word(0) != code || word(4) & 0x4 == 0 || word(8) != 8 || value != 0 {
+        return Err(FrontendError::BadReply(what));
     }
     Ok(())
 }
