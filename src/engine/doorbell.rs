@@ -10,6 +10,15 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub struct Doorbell {
     fd: EventFd,
+    flags: DoorbellFlags,
+}
+
+/// A doorbell's state apart from its eventfd. Placed in shared memory, it
+/// lets two processes use one doorbell (the upgrade's bridge rings), each
+/// with its own copy of the eventfd.
+#[repr(C)]
+#[derive(Default)]
+pub struct DoorbellFlags {
     sleeping: AtomicBool,
     /// The eventfd may have been written since the last drain: `disarm`
     /// reads it only then, saving a syscall per wake-up for every doorbell
@@ -17,24 +26,16 @@ pub struct Doorbell {
     rung: AtomicBool,
 }
 
-impl Doorbell {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            fd: EventFd::new(EFD_NONBLOCK)?,
-            sleeping: AtomicBool::new(false),
-            rung: AtomicBool::new(false),
-        })
-    }
-
+impl DoorbellFlags {
     /// Producer: call after publishing work.
     #[inline]
-    pub fn ring(&self) {
+    pub fn ring(&self, fd: &EventFd) {
         // Pairs with the fence in `arm`: either the sleeper sees our work when
         // it re-checks, or we see it sleeping and write the eventfd.
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) {
             self.rung.store(true, Ordering::Relaxed);
-            let _ = self.fd.write(1);
+            let _ = fd.write(1);
         }
     }
 
@@ -48,17 +49,47 @@ impl Doorbell {
     /// saw us sleeping but marks `rung` only after this looked leaves the
     /// eventfd readable: the next sleep then returns at once and drains it,
     /// one spurious wake-up and never a lost one.
-    pub fn disarm(&self) {
+    pub fn disarm(&self, fd: &EventFd) {
         self.sleeping.store(false, Ordering::Relaxed);
         if self.rung.swap(false, Ordering::Relaxed) {
-            let _ = self.fd.read();
+            let _ = fd.read();
         }
     }
 
     /// Wakes the consumer unconditionally (control-plane use).
-    pub fn wake(&self) {
+    pub fn wake(&self, fd: &EventFd) {
         self.rung.store(true, Ordering::Relaxed);
-        let _ = self.fd.write(1);
+        let _ = fd.write(1);
+    }
+}
+
+impl Doorbell {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            fd: EventFd::new(EFD_NONBLOCK)?,
+            flags: DoorbellFlags::default(),
+        })
+    }
+
+    /// Producer: call after publishing work.
+    #[inline]
+    pub fn ring(&self) {
+        self.flags.ring(&self.fd);
+    }
+
+    /// Consumer: about to sleep. Re-check for work after this returns.
+    pub fn arm(&self) {
+        self.flags.arm();
+    }
+
+    /// Consumer: awake again; drains a pending wake-up.
+    pub fn disarm(&self) {
+        self.flags.disarm(&self.fd);
+    }
+
+    /// Wakes the consumer unconditionally (control-plane use).
+    pub fn wake(&self) {
+        self.flags.wake(&self.fd);
     }
 }
 

@@ -6,7 +6,7 @@ pub mod mailbox;
 
 use std::os::fd::RawFd;
 
-pub use doorbell::Doorbell;
+pub use doorbell::{Doorbell, DoorbellFlags};
 pub use mailbox::{Mailbox, MailboxError, MailboxSender};
 
 /// What a scheduler needs from an engine.

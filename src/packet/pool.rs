@@ -222,6 +222,16 @@ impl FramePool {
         unsafe { std::slice::from_raw_parts_mut(self.base.add(start), len) }
     }
 
+    /// A handle for frame `index` that the other process of an upgrade
+    /// handed over: its own handle is gone with the hand-over, so exactly one
+    /// owner of the frame remains across the two processes (the pool is
+    /// their shared memory). `None` for values that do not fit this pool:
+    /// the peer is snapnet too, but what it sends is checked all the same.
+    pub fn adopt(&self, index: u32, offset: u16, len: u32) -> Option<FrameHandle> {
+        let (_, cap) = self.span(index)?;
+        (usize::from(offset) + len as usize <= cap).then(|| FrameHandle::new(index, offset, len))
+    }
+
     /// The packet bytes of `frame` (empty for a handle not of this pool).
     #[inline]
     pub fn bytes(&self, frame: &FrameHandle) -> &[u8] {

@@ -4,9 +4,12 @@
 //!
 //! Built so far: the handoff channel between the two processes (`channel`:
 //! messages with any number of fds), the versioned envelope every message
-//! travels in (`format`), and the replay of a vhost-user connection's
-//! negotiation to the new process's own handler (`replay`).
+//! travels in (`format`), the replay of a vhost-user connection's
+//! negotiation to the new process's own handler (`replay`), and the shared
+//! ring bridge engines pass frames over while the engines are split between
+//! the two processes (`bridge`).
 
+pub mod bridge;
 pub mod channel;
 pub mod format;
 pub mod replay;
