@@ -55,18 +55,35 @@ pub fn parse(h: &[u8]) -> Offload {
     }
 }
 
+/// The header for `o` with `num_buffers`, as two little-endian words (bytes
+/// 0..8 and 8..12) computed in registers: guest RX writes them with two
+/// stores and no load (see `vnic::guest_rx::CopySource`).
+#[inline]
+pub fn words(o: &Offload, num_buffers: u16) -> (u64, u32) {
+    let lo = u64::from(o.flags) << (8 * field::FLAGS)
+        | u64::from(o.gso_type) << (8 * field::GSO_TYPE)
+        | u64::from(o.hdr_len) << (8 * field::HDR_LEN)
+        | u64::from(o.gso_size) << (8 * field::GSO_SIZE)
+        | u64::from(o.csum_start) << (8 * field::CSUM_START);
+    let hi = u32::from(o.csum_offset) << (8 * (field::CSUM_OFFSET - 8))
+        | u32::from(num_buffers) << (8 * (field::NUM_BUFFERS - 8));
+    (lo, hi)
+}
+
+/// The bytes of a header in [`words`] form.
+#[inline]
+pub fn bytes_of(words: (u64, u32)) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&words.0.to_le_bytes());
+    h[8..].copy_from_slice(&words.1.to_le_bytes());
+    h
+}
+
 /// Encodes `o` with `num_buffers` into the first [`HEADER_LEN`] bytes of
 /// `h`, which must hold that many.
 #[inline]
 pub fn write(h: &mut [u8], o: &Offload, num_buffers: u16) {
-    let mut put = |at: usize, v: u16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    put(field::HDR_LEN, o.hdr_len);
-    put(field::GSO_SIZE, o.gso_size);
-    put(field::CSUM_START, o.csum_start);
-    put(field::CSUM_OFFSET, o.csum_offset);
-    put(field::NUM_BUFFERS, num_buffers);
-    h[field::FLAGS] = o.flags;
-    h[field::GSO_TYPE] = o.gso_type;
+    h[..HEADER_LEN].copy_from_slice(&bytes_of(words(o, num_buffers)));
 }
 
 #[cfg(test)]
