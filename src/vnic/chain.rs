@@ -60,7 +60,9 @@ pub fn walk(
     result
 }
 
-#[inline]
+/// Always inlined into the RX and TX loops, like the packed walk: as a call
+/// its prologue's pushes are stores, and a store-bound engine waits on them.
+#[inline(always)]
 fn walk_counted(
     ring: &RingView,
     map: &GuestMap,
@@ -101,6 +103,8 @@ fn walk_counted(
     }
 }
 
+#[cold]
+#[inline(never)]
 fn walk_indirect(
     map: &GuestMap,
     table: Desc,
