@@ -229,7 +229,12 @@ impl RingView {
         let entry = u64::from(id) | u64::from(len) << 32;
         // SAFETY: off + 8 <= 4 + 8*size, inside the checked used ring (entries
         // are 4-aligned, hence the unaligned store).
-        unsafe { self.used.add(off).cast::<u64>().write_unaligned(entry.to_le()) };
+        unsafe {
+            self.used
+                .add(off)
+                .cast::<u64>()
+                .write_unaligned(entry.to_le())
+        };
     }
 
     /// Whether the driver wants an interrupt now that the used index moved
