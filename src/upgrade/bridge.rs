@@ -9,19 +9,20 @@
 //! eventfd is passed to the producer with the ring's fd.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::engine::DoorbellFlags;
 use crate::packet::{FrameHandle, FramePool, Offload};
+use crate::uplink::xsk::ring::{ConsumerRing, ProducerRing, RingOffsets};
 
 /// "SNBRIDGE": what a bridge ring starts with.
 const MAGIC: u64 = u64::from_le_bytes(*b"SNBRIDGE");
 /// The layout of [`WireHandle`] this binary writes and reads.
 const LAYOUT: u32 = 1;
 /// Field offsets in the ring, each index on a cache line of its own.
+const FLAGS_AT: usize = 16;
 const HEAD_AT: usize = 64;
 const TAIL_AT: usize = 128;
 const DOORBELL_AT: usize = 192;
@@ -92,31 +93,41 @@ impl WireHandle {
     }
 }
 
-/// One process's mapping of a ring.
-struct Mapping {
-    fd: OwnedFd,
+/// The ring's index and entry layout, for the mapped-ring types the AF_XDP
+/// rings use (`uplink::xsk::ring`): same protocol, our own offsets.
+fn ring_offsets() -> RingOffsets {
+    RingOffsets {
+        producer: HEAD_AT as u64,
+        consumer: TAIL_AT as u64,
+        // The ring types' flags word (AF_XDP's need-wakeup); unused here.
+        flags: FLAGS_AT as u64,
+        desc: SLOTS_AT as u64,
+    }
+}
+
+/// One process's mapping of a ring's header: what it is, and the consumer's
+/// doorbell flags.
+struct Header {
     base: *mut u8,
-    len: usize,
     capacity: u32,
 }
 
-// SAFETY: the mapping is plain shared memory; the ring's protocol (one
-// producer, one consumer, indices published with release/acquire) decides
-// who touches which slot.
-unsafe impl Send for Mapping {}
+// SAFETY: the header is plain shared memory: its identity fields are written
+// once before the fd is shared, and the doorbell flags are atomics.
+unsafe impl Send for Header {}
 
-impl Mapping {
+impl Header {
     fn bytes(capacity: u32) -> usize {
         SLOTS_AT + capacity as usize * std::mem::size_of::<WireHandle>()
     }
 
-    fn map(fd: &OwnedFd, len: usize) -> Result<*mut u8, BridgeError> {
-        // SAFETY: a fresh shared mapping of `len` bytes of `fd`; the result
-        // is checked and unmapped in Drop.
+    fn map(fd: &OwnedFd) -> Result<*mut u8, BridgeError> {
+        // SAFETY: a fresh shared mapping of the first SLOTS_AT bytes of
+        // `fd`; the result is checked and unmapped in Drop.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                SLOTS_AT,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -129,7 +140,8 @@ impl Mapping {
         Ok(p.cast())
     }
 
-    fn create(capacity: u32) -> Result<Self, BridgeError> {
+    /// A new ring of `capacity` entries in a fresh memfd.
+    fn create(capacity: u32) -> Result<(Self, OwnedFd), BridgeError> {
         if !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
             return Err(BridgeError::Invalid(
                 "capacity is not a power of two up to 65536",
@@ -142,15 +154,8 @@ impl Mapping {
         }
         // SAFETY: `raw` was just created and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = Self::bytes(capacity);
-        std::fs::File::from(fd.try_clone()?).set_len(len as u64)?;
-        let base = Self::map(&fd, len)?;
-        let m = Mapping {
-            fd,
-            base,
-            len,
-            capacity,
-        };
+        std::fs::File::from(fd.try_clone()?).set_len(Self::bytes(capacity) as u64)?;
+        let base = Self::map(&fd)?;
         // SAFETY: the header lies in the mapping, which nothing else uses yet
         // (a fresh memfd is all zeroes: indices 0, nobody sleeping).
         unsafe {
@@ -158,27 +163,25 @@ impl Mapping {
             base.add(8).cast::<u32>().write(LAYOUT);
             base.add(12).cast::<u32>().write(capacity);
         }
-        Ok(m)
+        Ok((Header { base, capacity }, fd))
     }
 
-    fn open(fd: OwnedFd) -> Result<Self, BridgeError> {
+    /// The header of the ring in `fd`, checked against the ring's size.
+    fn open(fd: &OwnedFd) -> Result<Self, BridgeError> {
         let size = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
         if size < SLOTS_AT {
             return Err(BridgeError::Invalid("too small for a ring"));
         }
-        let base = Self::map(&fd, size)?;
-        let mut m = Mapping {
-            fd,
-            base,
-            len: size,
+        let mut h = Header {
+            base: Self::map(fd)?,
             capacity: 0,
         };
-        // SAFETY: the header lies in the mapping (size >= SLOTS_AT).
+        // SAFETY: the identity fields lie in the mapping.
         let (magic, layout, capacity) = unsafe {
             (
-                base.cast::<u64>().read(),
-                base.add(8).cast::<u32>().read(),
-                base.add(12).cast::<u32>().read(),
+                h.base.cast::<u64>().read(),
+                h.base.add(8).cast::<u32>().read(),
+                h.base.add(12).cast::<u32>().read(),
             )
         };
         if magic != MAGIC {
@@ -192,14 +195,8 @@ impl Mapping {
                 "capacity does not match the ring's size",
             ));
         }
-        m.capacity = capacity;
-        Ok(m)
-    }
-
-    fn index(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: `at` is HEAD_AT or TAIL_AT, inside the mapping and aligned;
-        // the mapping lives as long as `self`.
-        unsafe { &*self.base.add(at).cast::<AtomicU32>() }
+        h.capacity = capacity;
+        Ok(h)
     }
 
     fn doorbell(&self) -> &DoorbellFlags {
@@ -207,35 +204,28 @@ impl Mapping {
         // bytes are a valid DoorbellFlags (nobody sleeping, nothing rung).
         unsafe { &*self.base.add(DOORBELL_AT).cast::<DoorbellFlags>() }
     }
-
-    fn slot(&self, position: u32) -> *mut WireHandle {
-        let i = (position & (self.capacity - 1)) as usize;
-        // SAFETY: i < capacity, so the slot lies inside the mapping.
-        unsafe { self.base.add(SLOTS_AT).cast::<WireHandle>().add(i) }
-    }
 }
 
-impl Drop for Mapping {
+impl Drop for Header {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in `map`, used no more.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        unsafe { libc::munmap(self.base.cast(), SLOTS_AT) };
     }
 }
 
 /// The producing end.
 pub struct BridgeTx {
-    ring: Mapping,
+    ring: ProducerRing<WireHandle>,
+    header: Header,
     wake: EventFd,
-    head: u32,
-    tail_seen: u32,
 }
 
 /// The consuming end.
 pub struct BridgeRx {
-    ring: Mapping,
+    ring: ConsumerRing<WireHandle>,
+    header: Header,
+    fd: OwnedFd,
     wake: EventFd,
-    tail: u32,
-    head_seen: u32,
     refused: u64,
 }
 
@@ -243,11 +233,13 @@ pub struct BridgeRx {
 /// producer (the other process) gets [`BridgeRx::ring_fd`] and
 /// [`BridgeRx::wake_fd`].
 pub fn consumer(capacity: u32) -> Result<BridgeRx, BridgeError> {
+    let (header, fd) = Header::create(capacity)?;
+    let ring = ConsumerRing::map(fd.as_fd(), 0, ring_offsets(), header.capacity)?;
     Ok(BridgeRx {
-        ring: Mapping::create(capacity)?,
+        ring,
+        header,
+        fd,
         wake: EventFd::new(EFD_NONBLOCK)?,
-        tail: 0,
-        head_seen: 0,
         refused: 0,
     })
 }
@@ -255,51 +247,38 @@ pub fn consumer(capacity: u32) -> Result<BridgeRx, BridgeError> {
 /// The producing end of the other process's ring `ring_fd`, whose consumer
 /// sleeps on `wake_fd`.
 pub fn producer(ring_fd: OwnedFd, wake_fd: OwnedFd) -> Result<BridgeTx, BridgeError> {
-    let ring = Mapping::open(ring_fd)?;
-    let head = ring.index(HEAD_AT).load(Ordering::Acquire);
-    let tail_seen = ring.index(TAIL_AT).load(Ordering::Acquire);
+    let header = Header::open(&ring_fd)?;
+    let ring = ProducerRing::map(ring_fd.as_fd(), 0, ring_offsets(), header.capacity)?;
     // SAFETY: the peer sent this fd as the ring's eventfd; EventFd only
     // reads and writes 8-byte counts on it.
     let wake = unsafe { EventFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(wake_fd)) };
-    Ok(BridgeTx {
-        ring,
-        wake,
-        head,
-        tail_seen,
-    })
+    Ok(BridgeTx { ring, header, wake })
 }
 
 impl BridgeTx {
-    /// Passes `frame` on; gives it back when the ring is full.
+    /// Passes `frame` on (visible to the consumer at once); gives it back
+    /// when the ring is full.
     pub fn push(&mut self, frame: FrameHandle) -> Result<(), FrameHandle> {
-        if self.head.wrapping_sub(self.tail_seen) >= self.ring.capacity {
-            self.tail_seen = self.ring.index(TAIL_AT).load(Ordering::Acquire);
-            if self.head.wrapping_sub(self.tail_seen) >= self.ring.capacity {
-                return Err(frame);
-            }
+        if self.ring.free(1) == 0 {
+            return Err(frame);
         }
-        // SAFETY: the slot at `head` is free (the consumer's tail is past it
-        // by less than a ring), and only this producer writes slots.
-        unsafe {
-            self.ring
-                .slot(self.head)
-                .write(WireHandle::from_frame(frame))
-        };
-        self.head = self.head.wrapping_add(1);
-        self.ring.index(HEAD_AT).store(self.head, Ordering::Release);
+        self.ring
+            .push(WireHandle::from_frame(frame))
+            .expect("a free slot was just seen");
+        self.ring.commit();
         Ok(())
     }
 
     /// Ends a batch of pushes: wakes the consumer if it sleeps.
     pub fn flush(&self) {
-        self.ring.doorbell().ring(&self.wake);
+        self.header.doorbell().ring(&self.wake);
     }
 }
 
 impl BridgeRx {
     /// The ring, for the producing process.
     pub fn ring_fd(&self) -> BorrowedFd<'_> {
-        self.ring.fd.as_fd()
+        self.fd.as_fd()
     }
 
     /// The eventfd this consumer sleeps on, for the producing process and
@@ -312,23 +291,14 @@ impl BridgeRx {
     /// Takes the next frame, if any. A handle that does not fit `pool` is
     /// skipped and counted ([`BridgeRx::refused`]).
     pub fn pop(&mut self, pool: &FramePool) -> Option<FrameHandle> {
-        loop {
-            if self.tail == self.head_seen {
-                self.head_seen = self.ring.index(HEAD_AT).load(Ordering::Acquire);
-                if self.tail == self.head_seen {
-                    return None;
-                }
-            }
-            // SAFETY: the producer published this slot (head is past it) and
-            // writes it no more until the tail moves on.
-            let wire = unsafe { self.ring.slot(self.tail).read() };
-            self.tail = self.tail.wrapping_add(1);
-            self.ring.index(TAIL_AT).store(self.tail, Ordering::Release);
+        while let Some(wire) = self.ring.pop() {
+            self.ring.release();
             match wire.into_frame(pool) {
                 Some(frame) => return Some(frame),
                 None => self.refused += 1,
             }
         }
+        None
     }
 
     /// Handles refused because they did not fit the pool.
@@ -338,12 +308,12 @@ impl BridgeRx {
 
     /// About to sleep: re-check for work after this returns.
     pub fn arm(&self) {
-        self.ring.doorbell().arm();
+        self.header.doorbell().arm();
     }
 
     /// Awake again.
     pub fn disarm(&self) {
-        self.ring.doorbell().disarm(&self.wake);
+        self.header.doorbell().disarm(&self.wake);
     }
 }
 
@@ -470,7 +440,7 @@ mod tests {
         assert!(matches!(producer(fd, wake()), Err(BridgeError::Layout(7))));
         // A size that does not match the capacity.
         std::os::unix::fs::FileExt::write_all_at(&file, &LAYOUT.to_le_bytes(), 8).unwrap();
-        file.set_len(Mapping::bytes(16) as u64 + 24).unwrap();
+        file.set_len(Header::bytes(16) as u64 + 24).unwrap();
         let fd = rx.ring_fd().try_clone_to_owned().unwrap();
         assert!(matches!(producer(fd, wake()), Err(BridgeError::Invalid(_))));
         assert!(consumer(12).is_err(), "not a power of two");

@@ -1,4 +1,5 @@
-//! The four AF_XDP rings as the kernel maps them: a producer index, a
+//! The four AF_XDP rings as the kernel maps them (and the upgrade's bridge
+//! ring, laid out the same way in a memfd): a producer index, a
 //! consumer index, a flags word and a power-of-two array of entries. One side
 //! writes each index; the other only reads it, with acquire/release ordering
 //! pairing the entry writes with the index store (as the kernel's
@@ -120,7 +121,7 @@ pub struct ProducerRing<T> {
 unsafe impl<T: Send> Send for ProducerRing<T> {}
 
 impl<T: Copy> ProducerRing<T> {
-    pub(super) fn map(
+    pub(crate) fn map(
         fd: BorrowedFd<'_>,
         pgoff: u64,
         off: RingOffsets,
@@ -232,7 +233,7 @@ impl<T: Copy> ConsumerRing<T> {
         self.raw.mask + 1
     }
 
-    pub(super) fn map(
+    pub(crate) fn map(
         fd: BorrowedFd<'_>,
         pgoff: u64,
         off: RingOffsets,
