@@ -559,14 +559,13 @@ mod tests {
         hand_over(true);
     }
 
+    /// The fd of `len` bytes of fresh guest memory (the frontend's memfd).
     fn memfd(len: u64) -> OwnedFd {
-        // SAFETY: a NUL-terminated name and no flags; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"replay".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        File::from(fd.try_clone().unwrap()).set_len(len).unwrap();
-        fd
+        let mem = crate::frontend::memory::GuestMemory::new(len as usize, false).unwrap();
+        // SAFETY: the fd is the memory's own, open while `mem` lives.
+        unsafe { BorrowedFd::borrow_raw(mem.fd()) }
+            .try_clone_to_owned()
+            .unwrap()
     }
 
     /// A guest whose driver has not started yet (no virtio features acked)
