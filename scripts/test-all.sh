@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev
 export RUST_BACKTRACE=1
+# A few reserved hugetlb pages, so that the frame pool's hugetlb path runs in
+# the tests too (daemons that find none left fall back to shared 4 KiB or
+# transparent huge pages, which the tests cover as well). Given back at exit.
+HUGEPAGES=/proc/sys/vm/nr_hugepages
+hugepages_before=$(cat "$HUGEPAGES")
+echo $((hugepages_before + 64)) > "$HUGEPAGES" || echo "could not reserve hugetlb pages; the hugetlb pool test checks the refusal instead"
+trap 'echo "$hugepages_before" > "$HUGEPAGES" 2>/dev/null || true' EXIT
 echo "== unit and integration tests"
 cargo test --release --all-targets -- --test-threads=2
 echo "== fuzz smoke (every fuzz target for a few seconds, docs/fuzzing.md)"

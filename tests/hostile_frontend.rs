@@ -19,11 +19,11 @@ const VERSION_1: u64 = 1 << 32;
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 
 fn memfd(size: usize) -> (std::fs::File, *mut u8) {
-    // SAFETY: memfd_create with a valid C string; the fd is checked.
-    let fd = unsafe { libc::memfd_create(c"hostile".as_ptr(), 0) };
-    assert!(fd >= 0);
-    // SAFETY: fd is a fresh memfd we own.
-    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let file = memfd::MemfdOptions::new()
+        .close_on_exec(false)
+        .create("hostile")
+        .unwrap()
+        .into_file();
     file.set_len(size as u64).unwrap();
     // SAFETY: mapping the whole memfd we just sized, shared, checked below.
     let p = unsafe {
@@ -32,7 +32,7 @@ fn memfd(size: usize) -> (std::fs::File, *mut u8) {
             size,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
-            fd,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
             0,
         )
     };

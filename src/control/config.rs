@@ -136,6 +136,11 @@ pub struct FramePoolConfig {
     /// Large frames (TSO/USO super-frames of up to 64 KiB).
     #[serde(default = "super::pool_sizing::default_large_frames")]
     pub large_frames: u32,
+    /// The pages behind the pool: `auto` (hugetlb where reserved, else
+    /// transparent huge pages where the kernel allows them for shared
+    /// memory, else 4 KiB), or one of them, refused when not available.
+    #[serde(default)]
+    pub pages: crate::packet::pool_memory::PageChoice,
 }
 
 impl Default for FramePoolConfig {
@@ -144,6 +149,7 @@ impl Default for FramePoolConfig {
             frames: None,
             spare_queue_pairs: default_spare_queue_pairs(),
             large_frames: super::pool_sizing::default_large_frames(),
+            pages: Default::default(),
         }
     }
 }

@@ -177,6 +177,7 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
         let pool = FramePool::new(&super::pool_sizing::pool_config(cfg))?;
+        log_pool_pages(&pool);
         let (shards, switch) = crate::switch::shards(&pool, usize::from(cfg.switch_shards))
             .map_err(io("switch shards"))?;
         let mut daemon = Daemon {
@@ -980,6 +981,23 @@ impl Daemon {
 }
 
 /// The MAC address of a host interface.
+/// Says what the pool got, and how to get huge pages when it got 4 KiB
+/// pages (docs/performance.md has what they cost).
+fn log_pool_pages(pool: &FramePool) {
+    use crate::packet::pool_memory::{shmem_thp_setting, Pages};
+    let (small, large) = pool.total_frames();
+    let pages = pool.pages();
+    log::info!("frame pool: {small} small and {large} large frames in {pages}");
+    if pages == Pages::Small {
+        log::warn!(
+            "frame pool: 4 KiB pages (no free hugetlb pages, and shmem_enabled is {}): \
+             reserve hugetlb pages (vm.nr_hugepages) or set \
+             /sys/kernel/mm/transparent_hugepage/shmem_enabled to advise for huge pages",
+            shmem_thp_setting()
+        );
+    }
+}
+
 fn interface_mac(name: &str) -> std::io::Result<MacAddr> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
     text.trim()

@@ -72,6 +72,7 @@ pub fn pool_config(cfg: &Config) -> PoolConfig {
     PoolConfig {
         frames: pool_frames(cfg).min(MAX_FRAMES) as u32,
         large_frames: cfg.frame_pool.large_frames,
+        pages: cfg.frame_pool.pages,
         ..PoolConfig::default()
     }
 }

@@ -7,7 +7,7 @@
 //! made available, or after the device returned them in the used ring).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 /// Page size used for rounding the memory size and for aligning ring areas.
@@ -45,18 +45,13 @@ impl GuestMemory {
             ));
         }
         let size = size.div_ceil(page) * page;
-        let mut flags = libc::MFD_CLOEXEC;
-        if hugepages {
-            flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
-        }
-        // SAFETY: the name is a valid NUL-terminated C string; memfd_create has no other
-        // memory-safety preconditions.
-        let raw = unsafe { libc::memfd_create(c"snapnet-guest".as_ptr(), flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a freshly created fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let huge = hugepages.then_some(memfd::HugetlbSize::Huge2MB);
+        let fd: OwnedFd = memfd::MemfdOptions::new()
+            .hugetlb(huge)
+            .create("snapnet-guest")
+            .map_err(io::Error::other)?
+            .into_file()
+            .into();
         // SAFETY: `fd` is a valid memfd owned by us.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } < 0 {
             return Err(io::Error::last_os_error());

@@ -7,6 +7,7 @@ pub mod fast_hash;
 pub mod frame;
 pub mod link;
 pub mod pool;
+pub mod pool_memory;
 pub mod prefetch;
 pub mod segment;
 pub mod umem_loans;

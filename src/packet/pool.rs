@@ -1,4 +1,5 @@
-//! The frame pool: one mmapped region of fixed-size frames.
+//! The frame pool: one shared memory region of fixed-size frames
+//! ([`PoolMemory`], a memfd another process can map: see docs/upgrade.md).
 //!
 //! Two size classes live in the one region. The small class (4 KiB frames, the
 //! first part of the region) is what an AF_XDP UMEM registers: one frame per
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+use super::pool_memory::{PageChoice, Pages, PoolMemory, PoolMemoryError};
 use super::FrameHandle;
 
 /// Bytes before the packet in every frame: room for the virtio-net header on
@@ -46,11 +48,8 @@ pub const MAX_PACKET: usize = 65_535 + 14 + 4;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
-    #[error("frame pool: mmap of {bytes} bytes failed: {source}")]
-    Mmap {
-        bytes: usize,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Memory(#[from] PoolMemoryError),
     #[error("frame pool: {0}")]
     Config(&'static str),
 }
@@ -62,6 +61,8 @@ pub struct PoolConfig {
     pub frame_size: u32,
     pub large_frames: u32,
     pub large_frame_size: u32,
+    /// The pages to back the pool with.
+    pub pages: PageChoice,
 }
 
 /// Small frames of a pool sized by nothing else.
@@ -78,6 +79,7 @@ impl Default for PoolConfig {
             frame_size: FRAME_SIZE,
             large_frames: DEFAULT_LARGE_FRAMES,
             large_frame_size: 69_632,
+            pages: PageChoice::Auto,
         }
     }
 }
@@ -90,6 +92,9 @@ impl PoolConfig {
             frame_size: 4096,
             large_frames: 8,
             large_frame_size: 69_632,
+            // Tests run many pools at once: leave the machine's huge pages
+            // to the daemons and the tests that ask for them.
+            pages: PageChoice::Small,
         }
     }
 }
@@ -98,8 +103,8 @@ impl PoolConfig {
 pub struct FramePool {
     base: *mut u8,
     bytes: usize,
-    /// The whole mapping (start, length): `base` is rounded up from it.
-    mapped: (*mut u8, usize),
+    /// The mapping `base` points into; the pool borrows from it for its life.
+    memory: PoolMemory,
     frames: u32,
     frame_size: usize,
     large_frame_size: usize,
@@ -110,7 +115,7 @@ pub struct FramePool {
     large_bulk: usize,
 }
 
-// SAFETY: the region is owned by the pool for its whole life; which thread may
+// SAFETY: the region is owned by the pool (`memory`) for its whole life; which thread may
 // touch a frame is decided by who holds its (move-only) `FrameHandle`, and the
 // free lists are behind mutexes.
 unsafe impl Send for FramePool {}
@@ -119,6 +124,33 @@ unsafe impl Sync for FramePool {}
 
 impl FramePool {
     pub fn new(cfg: &PoolConfig) -> Result<Arc<Self>, PoolError> {
+        let bytes = Self::region_bytes(cfg)?;
+        let memory = PoolMemory::create(bytes, cfg.pages)?;
+        // Hand out low indices last so a lightly loaded daemon touches few pages.
+        let free_small = (0..cfg.frames).rev().collect();
+        let free_large = (cfg.frames..cfg.frames + cfg.large_frames).rev().collect();
+        Ok(Self::with_memory(
+            cfg, bytes, memory, free_small, free_large,
+        ))
+    }
+
+    /// The pool another snapnet process created with `cfg`, from its memfd
+    /// (an upgrade's handoff). Its free lists start empty: the frames are
+    /// the other process's until it hands some over with [`Self::give_free`].
+    pub fn attach(cfg: &PoolConfig, memfd: std::os::fd::OwnedFd) -> Result<Arc<Self>, PoolError> {
+        let bytes = Self::region_bytes(cfg)?;
+        let memory = PoolMemory::open(memfd, bytes)?;
+        Ok(Self::with_memory(
+            cfg,
+            bytes,
+            memory,
+            Vec::new(),
+            Vec::new(),
+        ))
+    }
+
+    /// Bytes of the region `cfg` describes, once `cfg` is checked.
+    fn region_bytes(cfg: &PoolConfig) -> Result<usize, PoolError> {
         if cfg.frame_size < 2048 || !cfg.frame_size.is_power_of_two() {
             return Err(PoolError::Config(
                 "frame_size must be a power of two of at least 2048",
@@ -133,15 +165,20 @@ impl FramePool {
             return Err(PoolError::Config("frames must be at least 1"));
         }
         let small_bytes = cfg.frames as usize * cfg.frame_size as usize;
-        let bytes = small_bytes + cfg.large_frames as usize * cfg.large_frame_size as usize;
-        let (base, mapped) = map_region(bytes)?;
-        // Hand out low indices last so a lightly loaded daemon touches few pages.
-        let free_small = (0..cfg.frames).rev().collect();
-        let free_large = (cfg.frames..cfg.frames + cfg.large_frames).rev().collect();
-        Ok(Arc::new(Self {
-            base,
+        Ok(small_bytes + cfg.large_frames as usize * cfg.large_frame_size as usize)
+    }
+
+    fn with_memory(
+        cfg: &PoolConfig,
+        bytes: usize,
+        memory: PoolMemory,
+        free_small: Vec<u32>,
+        free_large: Vec<u32>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            base: memory.base(),
             bytes,
-            mapped,
+            memory,
             frames: cfg.frames,
             frame_size: cfg.frame_size as usize,
             large_frame_size: cfg.large_frame_size as usize,
@@ -149,7 +186,45 @@ impl FramePool {
             free_large: Mutex::new(free_large),
             total_large: cfg.large_frames,
             large_bulk: (cfg.large_frames as usize / LARGE_SHARE).clamp(1, LARGE_BULK_MAX),
-        }))
+        })
+    }
+
+    /// The pages behind the pool.
+    pub fn pages(&self) -> Pages {
+        self.memory.pages()
+    }
+
+    /// The pool's memfd, to pass to the process that takes over.
+    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.memory.fd()
+    }
+
+    /// Takes up to `small` small and `large` large frames off the free
+    /// lists, to hand to the other process of an upgrade (as indices: the
+    /// memory is shared).
+    pub fn take_free(&self, small: usize, large: usize) -> (Vec<u32>, Vec<u32>) {
+        let take = |list: &Mutex<Vec<u32>>, n: usize| {
+            let mut list = lock(list);
+            let at = list.len().saturating_sub(n);
+            list.split_off(at)
+        };
+        (take(&self.free_small, small), take(&self.free_large, large))
+    }
+
+    /// Puts frames the other process of an upgrade handed over into the free
+    /// lists. An index outside its class is refused (and nothing is taken):
+    /// the peer is snapnet too, but what it sends is checked all the same.
+    pub fn give_free(&self, small: &[u32], large: &[u32]) -> Result<(), PoolError> {
+        let large_range = self.frames..self.frames + self.total_large;
+        if small.iter().any(|&i| i >= self.frames) || large.iter().any(|i| !large_range.contains(i))
+        {
+            return Err(PoolError::Config(
+                "a handed-over free frame is outside its class",
+            ));
+        }
+        lock(&self.free_small).extend_from_slice(small);
+        lock(&self.free_large).extend_from_slice(large);
+        Ok(())
     }
 
     /// A per-engine cache of free frames.
@@ -253,61 +328,6 @@ impl FramePool {
     pub fn umem_region(&self) -> (*mut u8, usize, u32) {
         (self.base, self.bytes, self.frame_size as u32)
     }
-}
-
-impl Drop for FramePool {
-    fn drop(&mut self) {
-        // SAFETY: `mapped` is exactly the mapping made in `new`, and no
-        // handle can outlive the pool (caches hold an Arc to it).
-        unsafe {
-            libc::munmap(self.mapped.0.cast(), self.mapped.1);
-        }
-    }
-}
-
-/// Huge pages for the pool: every frame sits in a page of its own when the
-/// pages are 4 KiB, and the kernel's AF_XDP copy and the vNIC copies then pay
-/// a TLB miss per frame. The region is aligned to 2 MiB and marked for
-/// transparent huge pages (where THP is `always` or `madvise`), then
-/// populated up front so the packet path never faults.
-const HUGE_PAGE: usize = 2 << 20;
-
-fn map_region(bytes: usize) -> Result<(*mut u8, (*mut u8, usize)), PoolError> {
-    let len = bytes + HUGE_PAGE;
-    // SAFETY: anonymous private mapping with no address hint; the result is
-    // checked against MAP_FAILED before use and unmapped in Drop.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(PoolError::Mmap {
-            bytes: len,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let raw: *mut u8 = raw.cast();
-    let pad = (HUGE_PAGE - raw as usize % HUGE_PAGE) % HUGE_PAGE;
-    // SAFETY: `pad` < HUGE_PAGE, so `base..base + bytes` lies within the
-    // `len = bytes + HUGE_PAGE` bytes just mapped.
-    let base = unsafe { raw.add(pad) };
-    // SAFETY: advice and population on our own fresh mapping; failures only
-    // mean 4 KiB pages or faults on first touch, both harmless.
-    unsafe {
-        libc::madvise(base.cast(), bytes, libc::MADV_HUGEPAGE);
-        if libc::madvise(base.cast(), bytes, libc::MADV_POPULATE_WRITE) != 0 {
-            for off in (0..bytes).step_by(4096) {
-                base.add(off).write_volatile(0);
-            }
-        }
-    }
-    Ok((base, (raw, len)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -569,5 +589,45 @@ mod tests {
         cache.free(f);
         let again = cache.alloc(60_000).expect("the freed frame comes back");
         cache.free(again);
+    }
+
+    #[test]
+    fn a_second_process_reads_the_same_frames_and_free_frames_move_between_them() {
+        let cfg = PoolConfig::small_for_tests();
+        let pool = FramePool::new(&cfg).unwrap();
+        let mut cache = pool.cache();
+        let mut frame = cache.alloc(100).unwrap();
+        pool.frame_mut(&mut frame)[HEADROOM as usize..][..4].copy_from_slice(b"snap");
+        let (index, offset) = (frame.index, frame.offset);
+
+        let peer = FramePool::attach(&cfg, pool.memfd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(peer.pages(), pool.pages());
+        assert_eq!(peer.free_frames(), (0, 0), "the frames are the creator's");
+        // The handle moves: the creator gives it up, the peer adopts it.
+        let _given_up = frame;
+        let adopted = peer.adopt(index, HEADROOM, 4).unwrap();
+        assert_eq!(peer.bytes(&adopted), b"snap");
+        assert!(
+            peer.adopt(index, offset, 1 << 20).is_none(),
+            "longer than the frame"
+        );
+
+        let (small, large) = pool.take_free(10, 2);
+        assert_eq!((small.len(), large.len()), (10, 2));
+        peer.give_free(&small, &large).unwrap();
+        assert_eq!(peer.free_frames(), (10, 2));
+        assert!(
+            peer.give_free(&[cfg.frames], &[]).is_err(),
+            "a large index as small"
+        );
+        assert!(peer.give_free(&[], &[0]).is_err(), "a small index as large");
+        assert!(peer
+            .give_free(&[], &[cfg.frames + cfg.large_frames])
+            .is_err());
+        assert_eq!(
+            peer.free_frames(),
+            (10, 2),
+            "a refused hand-over takes nothing"
+        );
     }
 }

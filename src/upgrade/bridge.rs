@@ -147,13 +147,11 @@ impl Header {
                 "capacity is not a power of two up to 65536",
             ));
         }
-        // SAFETY: a NUL-terminated name; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"snapnet-bridge".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: `raw` was just created and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd: OwnedFd = memfd::MemfdOptions::new()
+            .create("snapnet-bridge")
+            .map_err(std::io::Error::other)?
+            .into_file()
+            .into();
         std::fs::File::from(fd.try_clone()?).set_len(Self::bytes(capacity) as u64)?;
         let base = Self::map(&fd)?;
         // SAFETY: the header lies in the mapping, which nothing else uses yet

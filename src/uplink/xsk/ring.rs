@@ -143,15 +143,11 @@ impl<T: Copy> ProducerRing<T> {
     /// kernel's side: for tests of what fills it.
     #[cfg(test)]
     pub(crate) fn unbacked(size: u32) -> io::Result<Self> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        // SAFETY: memfd_create takes a NUL-terminated name and flags; the
-        // result is checked and owned at once.
-        let fd = unsafe { libc::memfd_create(c"ring".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd: std::os::fd::OwnedFd = memfd::MemfdOptions::new()
+            .create("ring")
+            .map_err(io::Error::other)?
+            .into_file()
+            .into();
         let off = RingOffsets {
             producer: 0,
             consumer: 64,
