@@ -299,6 +299,11 @@ impl BridgeRx {
         None
     }
 
+    /// True when no handle waits in the ring.
+    pub fn is_empty(&mut self) -> bool {
+        self.ring.available() == 0
+    }
+
     /// Handles refused because they did not fit the pool.
     pub fn refused(&self) -> u64 {
         self.refused

@@ -7,9 +7,10 @@
 //! travels in (`format`), the replay of a vhost-user connection's
 //! negotiation to the new process's own handler (`replay`), and the shared
 //! ring bridge engines pass frames over while the engines are split between
-//! the two processes (`bridge`).
+//! the two processes (`bridge`), and those engines (`bridge_engine`).
 
 pub mod bridge;
+pub mod bridge_engine;
 pub mod channel;
 pub mod format;
 pub mod replay;
