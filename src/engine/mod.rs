@@ -9,12 +9,24 @@ use std::os::fd::RawFd;
 pub use doorbell::{Doorbell, DoorbellFlags};
 pub use mailbox::{Mailbox, MailboxError, MailboxSender};
 
+/// Turns a boxed engine back into its own type (an upgrade takes a queue
+/// engine out of its group and apart: docs/upgrade.md).
+pub trait IntoAny {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+impl<T: std::any::Any + Send> IntoAny for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
 /// What a scheduler needs from an engine.
 ///
 /// `poll` never blocks. A policy that wants to sleep calls `arm`, which enables
 /// the engine's wake-up sources and re-checks for work: only when it returns
 /// `false` may the thread block on `wake_fds`; after waking it calls `disarm`.
-pub trait Engine: Send {
+pub trait Engine: Send + IntoAny {
     /// A name for logs and accounting (`vnic0/q0`, `switch`, ...).
     fn name(&self) -> &str;
 

@@ -91,6 +91,13 @@ impl Tokens {
     }
 }
 
+/// A bucket's token levels (negative in debt), for a hand-over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketLevels {
+    pub bytes: Option<f64>,
+    pub packets: Option<f64>,
+}
+
 /// A passive token bucket: it only answers whether a frame may go now, and
 /// how long until it may.
 #[derive(Clone, Debug)]
@@ -166,6 +173,31 @@ impl TokenBucket {
         ok
     }
 
+    /// The bucket's levels (bytes, packets) as of `now`: what an upgrade
+    /// carries to the new process, so that a guest in debt stays in debt
+    /// and a full bucket is not a second burst.
+    pub fn levels(&mut self, now: Instant) -> BucketLevels {
+        self.refill(now);
+        BucketLevels {
+            bytes: self.bytes.map(|t| t.level),
+            packets: self.packets.map(|t| t.level),
+        }
+    }
+
+    /// Takes over `levels` (from [`Self::levels`]), as of `now`. A level the
+    /// bucket has no dimension for is ignored, and each is clamped to this
+    /// bucket's depth: the limits may have changed with the binary.
+    pub fn set_levels(&mut self, levels: &BucketLevels, now: Instant) {
+        let set = |t: &mut Option<Tokens>, level: Option<f64>| {
+            if let (Some(t), Some(level)) = (t.as_mut(), level.filter(|l| l.is_finite())) {
+                t.level = level.min(t.depth);
+            }
+        };
+        set(&mut self.bytes, levels.bytes);
+        set(&mut self.packets, levels.packets);
+        self.last = now;
+    }
+
     /// How long until a frame costing `c` may go.
     pub fn wait_for(&self, c: Cost) -> Duration {
         let b = self
@@ -181,6 +213,38 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_move_to_another_bucket_debt_included() {
+        let limit = RateLimit {
+            bytes_per_sec: Some(1_000),
+            burst_bytes: Some(100_000),
+            ..Default::default()
+        };
+        let mut old = TokenBucket::new(&limit).unwrap();
+        let now = old.last;
+        old.take(Cost::frame(150_000));
+        let levels = old.levels(now);
+        assert_eq!(levels.bytes, Some(-50_000.0));
+        assert_eq!(levels.packets, None);
+        let mut new = TokenBucket::new(&limit).unwrap();
+        new.set_levels(&levels, now);
+        assert!(!new.has(Cost::frame(1)), "the debt moved with the guest");
+        // A level above a (new, smaller) depth is clamped.
+        let mut small = TokenBucket::new(&RateLimit {
+            burst_bytes: Some(70_000),
+            ..limit
+        })
+        .unwrap();
+        small.set_levels(
+            &BucketLevels {
+                bytes: Some(1e9),
+                packets: Some(5.0),
+            },
+            now,
+        );
+        assert_eq!(small.levels(now).bytes, Some(70_000.0));
+    }
 
     #[test]
     fn rate_and_burst_hold() {

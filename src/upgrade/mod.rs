@@ -7,13 +7,17 @@
 //! travels in (`format`), the replay of a vhost-user connection's
 //! negotiation to the new process's own handler (`replay`), and the shared
 //! ring bridge engines pass frames over while the engines are split between
-//! the two processes (`bridge`), and those engines (`bridge_engine`).
+//! the two processes (`bridge`), those engines (`bridge_engine`), and the
+//! hand-over of one vNIC, connection and engines (`vnic_handover`).
 
 pub mod bridge;
 pub mod bridge_engine;
 pub mod channel;
 pub mod format;
 pub mod replay;
+pub mod vnic_handover;
+#[cfg(test)]
+mod vnic_handover_tests;
 
 pub use channel::{Channel, ChannelError};
 pub use format::{FormatError, FORMAT, OLDEST_READABLE_FORMAT};

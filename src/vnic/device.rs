@@ -51,6 +51,9 @@ pub trait QueueSink: Send + Sync + 'static {
     fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError>;
     /// Enforce a new MTU on guest TX.
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError>;
+    /// Keep frames for the guest while its vrings are detached for a
+    /// hand-over (they move to the new process), or no longer.
+    fn hold_frames(&self, on: bool) -> Result<(), DeviceError>;
 }
 
 /// Engine mailboxes, one per queue pair.
@@ -128,6 +131,10 @@ impl QueueSink for EngineSink {
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
         self.configure(move |e: &mut VnicEngine| e.set_mtu(mtu))
     }
+
+    fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
+        self.configure(move |e: &mut VnicEngine| e.hold_frames(on))
+    }
 }
 
 /// One vNIC's device state.
@@ -142,6 +149,11 @@ pub struct VnicDevice<S: QueueSink> {
     /// Vrings that started before the frontend sent its memory table:
     /// attached when it arrives.
     waiting: Mutex<Vec<Option<VringRwLock>>>,
+    /// Attached vrings, kept so that a hand-over that is rolled back can
+    /// give them to the engines again (see [`VnicDevice::hand_over_vrings`]).
+    serving: Mutex<Vec<Option<VringRwLock>>>,
+    /// Vrings taken from the engines for a hand-over.
+    handed_over: Mutex<Vec<Option<VringRwLock>>>,
     sink: S,
 }
 
@@ -163,6 +175,8 @@ impl<S: QueueSink> VnicDevice<S> {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             waiting: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
+            serving: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
+            handed_over: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
             sink,
         }
     }
@@ -287,6 +301,7 @@ impl<S: QueueSink> VnicDevice<S> {
         self.sink
             .attach(index, vring.clone(), mem, self.negotiated(), kick)?;
         flag.store(true, Ordering::Release);
+        lock(&self.serving)[index] = Some(vring.clone());
         log::debug!("{}: vring {index} attached", self.name);
         Ok(())
     }
@@ -306,9 +321,39 @@ impl<S: QueueSink> VnicDevice<S> {
             // must try again.
             self.sink.detach(index)?;
             flag.store(false, Ordering::Release);
+            lock(&self.serving)[index] = None;
             log::debug!("{}: vring {index} detached", self.name);
         }
         Ok(())
+    }
+
+    /// An upgrade moves the vNIC (docs/upgrade.md): every engine lets go of
+    /// its vrings, at a batch boundary, leaving their positions in the
+    /// vrings for the state the new process replays. The vhost-user
+    /// handler must be paused first, so that nothing starts a vring again.
+    pub fn hand_over_vrings(&self) -> Result<(), DeviceError> {
+        self.sink.hold_frames(true)?;
+        for index in 0..self.num_vrings() {
+            let Some(vring) = lock(&self.serving)[index].clone() else {
+                continue;
+            };
+            self.stop_vring(index)?;
+            lock(&self.handed_over)[index] = Some(vring);
+        }
+        Ok(())
+    }
+
+    /// The hand-over was rolled back: the engines take the vrings again
+    /// where they left them. (They process what the guest posted meanwhile
+    /// at once: a kick sent during the hand-over was consumed by nobody.)
+    pub fn take_back_vrings(&self) -> Result<(), DeviceError> {
+        for index in 0..self.num_vrings() {
+            let Some(vring) = lock(&self.handed_over)[index].take() else {
+                continue;
+            };
+            self.vring_kick_changed(index, &vring, true)?;
+        }
+        self.sink.hold_frames(false)
     }
 
     /// Device reset or frontend gone: every engine lets go of its vrings.
@@ -318,6 +363,7 @@ impl<S: QueueSink> VnicDevice<S> {
                 log::warn!("{}: reset: {e}", self.name);
             }
         }
+        lock(&self.handed_over).iter_mut().for_each(|v| *v = None);
         self.acked.store(0, Ordering::Relaxed);
     }
 
@@ -395,6 +441,10 @@ pub(crate) mod tests {
         }
         fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
             lock(&self.calls).push(format!("mtu {mtu}"));
+            Ok(())
+        }
+        fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
+            lock(&self.calls).push(format!("hold {on}"));
             Ok(())
         }
     }

@@ -49,9 +49,10 @@ pub(super) fn desc_budget(budget: usize) -> u32 {
 }
 use super::antispoof::SpoofGuard;
 use super::guest_log::{self, GuestLog};
-use super::stats::{DropReason, QueueCounters, SharedQueueCounters};
+use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
+use crate::shaping::token_bucket::BucketLevels;
 use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
 /// Guest memory as vhost-user-backend hands it over.
@@ -432,6 +433,26 @@ pub struct VnicEngineConfig {
     pub log: Arc<GuestLog>,
 }
 
+/// What a queue engine's successor in another process continues from
+/// (docs/upgrade.md). The vring positions are not here: they are in the
+/// vrings, which the vhost-user state carries.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EngineState {
+    pub counters: CountersState,
+    /// Token levels of the egress and ingress buckets (a guest in debt
+    /// stays in debt).
+    pub egress: Option<BucketLevels>,
+    pub ingress: Option<BucketLevels>,
+}
+
+/// A queue engine taken apart for a hand-over: its state and its two links
+/// (the frames in them are handed over, not dropped).
+pub struct EngineHandover {
+    pub state: EngineState,
+    pub to_switch: LinkTx,
+    pub from_switch: LinkRx,
+}
+
 /// The engine of one vNIC queue pair.
 pub struct VnicEngine {
     name: String,
@@ -449,6 +470,10 @@ pub struct VnicEngine {
     /// Since when frames have waited without the guest taking any (see
     /// [`RX_STALL`]).
     rx_stalled_since: Option<Instant>,
+    /// Being handed over to another process: frames for the guest wait in
+    /// the link (they move with it) instead of being dropped while the RX
+    /// vring is detached.
+    holding: bool,
 }
 
 impl VnicEngine {
@@ -471,11 +496,57 @@ impl VnicEngine {
             timer: WakeTimer::new()?,
             wake_epoch: 0,
             rx_stalled_since: None,
+            holding: false,
         };
         let mut engine = engine;
         engine.dp.log = cfg.log;
         engine.set_limits(&cfg.tx_limit, &cfg.rx_limit);
         Ok((engine, sender, shared))
+    }
+
+    /// Takes the engine apart for a hand-over to another process, once its
+    /// vrings are detached (`VnicDevice::hand_over_vrings`). Its frame cache
+    /// goes back to this process's pool.
+    pub fn hand_over(mut self) -> std::io::Result<EngineHandover> {
+        debug_assert!(
+            self.rx.is_none() && self.tx.is_none(),
+            "vrings still attached"
+        );
+        let now = Instant::now();
+        let state = EngineState {
+            counters: self.dp.counters.to_state(),
+            egress: self.dp.egress.as_mut().map(|b| b.levels(now)),
+            ingress: self.dp.ingress.as_mut().map(|b| b.levels(now)),
+        };
+        // `Drop` empties `from_switch`: leave it a link of its own to empty.
+        let (spare_tx, spare_rx) = crate::packet::link(1)?;
+        Ok(EngineHandover {
+            state,
+            to_switch: std::mem::replace(&mut self.dp.to_switch, spare_tx),
+            from_switch: std::mem::replace(&mut self.dp.from_switch, spare_rx),
+        })
+    }
+
+    /// Holds frames for the guest while its vrings are detached for a
+    /// hand-over (`true`), or no longer (a rolled-back hand-over).
+    pub fn hold_frames(&mut self, on: bool) {
+        self.holding = on;
+    }
+
+    /// Continues from the state of the engine this one takes over from.
+    /// Frames for the guest wait until its RX vring is attached (they come
+    /// over from the old process before the replay attaches it).
+    pub fn take_over(&mut self, state: &EngineState) {
+        self.holding = true;
+        let now = Instant::now();
+        self.dp.counters = QueueCounters::from_state(&state.counters);
+        if let (Some(b), Some(l)) = (self.dp.egress.as_mut(), state.egress.as_ref()) {
+            b.set_levels(l, now);
+        }
+        if let (Some(b), Some(l)) = (self.dp.ingress.as_mut(), state.ingress.as_ref()) {
+            b.set_levels(l, now);
+        }
+        self.publish_counters();
     }
 
     /// Takes over a vring (mailbox request from the vhost-user side).
@@ -489,6 +560,8 @@ impl VnicEngine {
             Side::Rx => {
                 self.rx = Some(queue);
                 self.rx_stalled_since = None;
+                // A guest that goes away later loses its frames again.
+                self.holding = false;
             }
             Side::Tx => {
                 self.dp.log.guest_connected();
@@ -569,6 +642,10 @@ impl VnicEngine {
         }
         let stalled = self.rx_stalled_since.is_some() && self.rx_stall_over();
         let Some(q) = self.rx.as_mut() else {
+            if self.holding {
+                // Handed over: the frames go to the new process.
+                return 0;
+            }
             // No guest driver: frames must not pile up and arrive stale later.
             return self.dp.drop_waiting(DropReason::GuestNotReady);
         };

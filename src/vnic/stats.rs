@@ -157,7 +157,57 @@ pub struct QueueCounters {
     pub drops: [u64; REASONS],
 }
 
+/// [`QueueCounters`] as they cross to the process that takes over (an
+/// upgrade): drops by name, so that a binary with more or fewer drop
+/// reasons reads them all the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CountersState {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub backpressure: u64,
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
 impl QueueCounters {
+    /// The counters, for the process that takes over.
+    pub fn to_state(&self) -> CountersState {
+        CountersState {
+            tx_packets: self.tx_packets,
+            tx_bytes: self.tx_bytes,
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            backpressure: self.backpressure,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| self.dropped(**r) > 0)
+                .map(|r| (r.as_str().to_string(), self.dropped(*r)))
+                .collect(),
+        }
+    }
+
+    /// Counters that continue from `state`. Only an older or the same
+    /// release hands over (a newer state format is refused), so every
+    /// reason is known; one that is not is logged and left out.
+    pub fn from_state(state: &CountersState) -> Self {
+        let mut c = QueueCounters {
+            tx_packets: state.tx_packets,
+            tx_bytes: state.tx_bytes,
+            rx_packets: state.rx_packets,
+            rx_bytes: state.rx_bytes,
+            backpressure: state.backpressure,
+            drops: [0; REASONS],
+        };
+        for (name, n) in &state.drops {
+            match DropReason::ALL.iter().find(|r| r.as_str() == name) {
+                Some(r) => c.drops[*r as usize] += n,
+                None => log::warn!("handed-over drop counter {name} ({n}) is unknown here"),
+            }
+        }
+        c
+    }
+
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;

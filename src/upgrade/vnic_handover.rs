@@ -1,0 +1,280 @@
+//! Moving one vNIC to the process that takes over (docs/upgrade.md, the
+//! blackout of step 3): its vhost-user connection, paused between two
+//! messages and replayed to a handler of the new process, and its queue
+//! engines, stopped at a batch boundary and continued from their state.
+//!
+//! The old process: [`pause_vnic`], take the engines out of their group,
+//! [`export_vnic`], send the [`VnicHandover`] with its fds, and once the new
+//! process has answered, `Connection::release`. The new process: build the
+//! engines (`VnicEngine::take_over` with the exported states), place them,
+//! then [`import_vnic`]. Their frames meanwhile cross between the two
+//! processes through bridge engines (`bridge_engine`), on the links
+//! [`export_vnic`] returns.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::replay::{replay, ConnectionState, ReplayError, VringPosition};
+use crate::packet::{LinkRx, LinkTx};
+use crate::vnic::connection::{self, ConnectionError, PausedHandler};
+use crate::vnic::device::DeviceError;
+use crate::vnic::engine::EngineState;
+use crate::vnic::{Connection, EngineSink, VnicDevice, VnicEngine};
+
+type Device = Arc<VnicDevice<EngineSink>>;
+
+#[derive(Debug, Error)]
+pub enum HandoverError {
+    #[error("{vnic}: {source}")]
+    Connection {
+        vnic: String,
+        source: ConnectionError,
+    },
+    #[error("{vnic}: {source}")]
+    Device { vnic: String, source: DeviceError },
+    #[error("{vnic}: {source}")]
+    Replay { vnic: String, source: ReplayError },
+    #[error("{vnic}: {what}: {source}")]
+    Io {
+        vnic: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{vnic}: {what}")]
+    Invalid { vnic: String, what: String },
+}
+
+impl HandoverError {
+    fn invalid(vnic: &str, what: impl Into<String>) -> Self {
+        HandoverError::Invalid {
+            vnic: vnic.to_string(),
+            what: what.into(),
+        }
+    }
+}
+
+/// One vNIC as it crosses to the new process; the fds it names travel
+/// beside it, by index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VnicHandover {
+    pub name: String,
+    /// What the connection negotiated; `None` while no frontend is
+    /// connected.
+    pub connection: Option<ConnectionState>,
+    /// The frontend's stream.
+    pub stream: Option<usize>,
+    /// The listening socket (server role).
+    pub listener: Option<usize>,
+    /// One per queue pair, in order.
+    pub engines: Vec<EngineState>,
+}
+
+/// What stays in the old process: the links of the stopped engines (for
+/// its bridge engine) and the paused handler (for a rollback).
+pub struct Exported {
+    pub links: Vec<(LinkTx, LinkRx)>,
+    pub handler: Option<PausedHandler>,
+}
+
+/// The old process's first step: the handler stops between two messages
+/// (a message QEMU sends from now on waits in the socket), then every
+/// engine lets go of its vrings at a batch boundary. On an error nothing
+/// has changed: the connection serves again.
+pub fn pause_vnic(
+    name: &str,
+    connection: &Connection,
+    device: &Device,
+    timeout: Duration,
+) -> Result<Option<PausedHandler>, HandoverError> {
+    let handler = connection
+        .pause(timeout)
+        .map_err(|source| HandoverError::Connection {
+            vnic: name.to_string(),
+            source,
+        })?;
+    if let Err(source) = device.hand_over_vrings() {
+        let _ = device.take_back_vrings();
+        connection.resume(handler);
+        return Err(HandoverError::Device {
+            vnic: name.to_string(),
+            source,
+        });
+    }
+    Ok(handler)
+}
+
+/// The old process's second step, once the vNIC's engines are out of their
+/// group: the message for the new process, the fds it names, and what
+/// stays here.
+pub fn export_vnic(
+    name: &str,
+    handler: Option<PausedHandler>,
+    listener: Option<BorrowedFd<'_>>,
+    engines: Vec<VnicEngine>,
+) -> Result<(VnicHandover, Vec<OwnedFd>, Exported), HandoverError> {
+    let io = |what| {
+        move |source| HandoverError::Io {
+            vnic: name.to_string(),
+            what,
+            source,
+        }
+    };
+    let (connection, mut fds, stream) = match &handler {
+        Some(h) => {
+            let negotiated = h.daemon.negotiated().map_err(io("negotiated state"))?;
+            // The engines let go of the vrings: the handler's positions
+            // are where they stopped.
+            let positions: Vec<VringPosition> = negotiated
+                .vrings
+                .iter()
+                .map(|v| VringPosition {
+                    next_avail: v.next_avail,
+                    next_used: v.next_used,
+                })
+                .collect();
+            let (mut state, fds) = ConnectionState::capture(negotiated);
+            for (v, p) in state.vrings.iter_mut().zip(positions) {
+                v.position = Some(p);
+            }
+            let stream = h.connection.try_clone_stream().map_err(io("stream"))?;
+            (Some(state), fds, Some(OwnedFd::from(stream)))
+        }
+        None => (None, Vec::new(), None),
+    };
+    let stream = stream.map(|s| {
+        fds.push(s);
+        fds.len() - 1
+    });
+    let listener = listener
+        .map(|l| l.try_clone_to_owned())
+        .transpose()
+        .map_err(io("listener"))?
+        .map(|l| {
+            fds.push(l);
+            fds.len() - 1
+        });
+    let mut states = Vec::with_capacity(engines.len());
+    let mut links = Vec::with_capacity(engines.len());
+    for engine in engines {
+        let parts = engine.hand_over().map_err(io("engine"))?;
+        states.push(parts.state);
+        links.push((parts.to_switch, parts.from_switch));
+    }
+    let message = VnicHandover {
+        name: name.to_string(),
+        connection,
+        stream,
+        listener,
+        engines: states,
+    };
+    Ok((message, fds, Exported { links, handler }))
+}
+
+/// The new process: the vNIC's engines (built from `handover.engines` and
+/// placed) take the vrings as the replay starts them, then the vNIC's
+/// connection goes on serving the frontend's own stream, and its socket.
+pub fn import_vnic(
+    handover: &VnicHandover,
+    fds: Vec<OwnedFd>,
+    device: &Device,
+    path: &Path,
+    timeout: Duration,
+) -> Result<Connection, HandoverError> {
+    let name = handover.name.as_str();
+    let take = |index: Option<usize>, what: &str| -> Result<Option<OwnedFd>, HandoverError> {
+        index
+            .map(|i| {
+                fds.get(i)
+                    .ok_or_else(|| {
+                        HandoverError::invalid(name, format!("no fd {i} for the {what}"))
+                    })
+                    .and_then(|f| {
+                        f.try_clone().map_err(|source| HandoverError::Io {
+                            vnic: name.to_string(),
+                            what: "fd",
+                            source,
+                        })
+                    })
+            })
+            .transpose()
+    };
+    let listener = take(handover.listener, "listener")?;
+    let handler = match (&handover.connection, take(handover.stream, "stream")?) {
+        (Some(state), Some(stream)) => Some(replayed(name, state, &fds, stream, device, timeout)?),
+        (None, None) => None,
+        _ => {
+            return Err(HandoverError::invalid(
+                name,
+                "a connection without its stream",
+            ))
+        }
+    };
+    Connection::adopt(device.clone(), path, listener, handler).map_err(|source| {
+        HandoverError::Connection {
+            vnic: name.to_string(),
+            source,
+        }
+    })
+}
+
+/// Replays `state` to a fresh handler of `device` and pauses it, ready to
+/// go on with the frontend's `stream`.
+fn replayed(
+    name: &str,
+    state: &ConnectionState,
+    fds: &[OwnedFd],
+    stream: OwnedFd,
+    device: &Device,
+    timeout: Duration,
+) -> Result<PausedHandler, HandoverError> {
+    let io = |what| {
+        move |source| HandoverError::Io {
+            vnic: name.to_string(),
+            what,
+            source,
+        }
+    };
+    let mut daemon = connection::new_handler(device)
+        .map_err(|e| HandoverError::invalid(name, format!("vhost-user handler: {e}")))?;
+    let (replay_end, handler_end) = UnixStream::pair().map_err(io("socketpair"))?;
+    replay_end
+        .set_read_timeout(Some(timeout))
+        .map_err(io("socket timeout"))?;
+    daemon
+        .start_on_stream(handler_end)
+        .map_err(|e| HandoverError::invalid(name, format!("vhost-user handler: {e}")))?;
+    replay(state, fds, &replay_end).map_err(|source| HandoverError::Replay {
+        vnic: name.to_string(),
+        source,
+    })?;
+    daemon
+        .pause_handle()
+        .ok_or_else(|| HandoverError::invalid(name, "the replayed handler is not running"))?
+        .pause();
+    match daemon.wait() {
+        Err(vhost_user_backend::Error::Paused) => {}
+        other => {
+            return Err(HandoverError::invalid(
+                name,
+                format!("the replayed handler did not pause: {other:?}"),
+            ))
+        }
+    }
+    let mut connection = daemon
+        .take_paused()
+        .ok_or_else(|| HandoverError::invalid(name, "the replayed handler has no connection"))?;
+    connection.replace_stream(UnixStream::from(stream));
+    drop(replay_end);
+    Ok(PausedHandler { daemon, connection })
+}
+
+/// The fds of a [`VnicHandover`], borrowed for the channel.
+pub fn borrowed(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter().map(|f| f.as_fd()).collect()
+}
