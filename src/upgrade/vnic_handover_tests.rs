@@ -171,7 +171,7 @@ fn rings() -> ((BridgeTx, BridgeRx), (BridgeTx, BridgeRx)) {
     ((old_tx, old_in), (new_tx, new_in))
 }
 
-fn hand_over_under_traffic(packed: bool) {
+fn hand_over_under_traffic(packed: bool, roll_back: bool) {
     let dir = tempfile_dir();
     let path = dir.join("vnic0.sock");
     let cfg = PoolConfig::small_for_tests();
@@ -221,6 +221,28 @@ fn hand_over_under_traffic(packed: bool) {
     // The hand-over, under traffic.
     let started = Instant::now();
     let handler = pause_vnic("vnic0", &old_conn, &old_device, TIMEOUT).unwrap();
+    if roll_back {
+        // The new process failed before taking the engines: the old one
+        // serves on where it stopped.
+        std::thread::sleep(Duration::from_millis(20));
+        old_device.take_back_vrings().unwrap();
+        old_conn.resume(handler);
+        let got = guest.join().expect("the guest saw every frame in order");
+        assert_eq!(got, vec![FRAMES; usize::from(QPS)], "frames lost");
+        let all = u64::from(FRAMES) * u64::from(QPS);
+        let tx: u64 = old_counters.iter().map(|c| c.snapshot().tx_packets).sum();
+        let drops: u64 = old_counters
+            .iter()
+            .map(|c| c.snapshot().total_drops())
+            .sum();
+        assert_eq!((tx, drops), (all, 0));
+        stop.store(true, Ordering::Relaxed);
+        reflector.join().unwrap();
+        old_conn.stop();
+        old_group.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let stopped: Vec<VnicEngine> = old_ids
         .iter()
         .map(|id| {
@@ -343,10 +365,15 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[test]
 fn a_split_ring_vnic_moves_under_traffic_losing_nothing() {
-    hand_over_under_traffic(false);
+    hand_over_under_traffic(false, false);
+}
+
+#[test]
+fn a_hand_over_rolled_back_after_the_pause_loses_nothing() {
+    hand_over_under_traffic(false, true);
 }
 
 #[test]
 fn a_packed_ring_vnic_moves_under_traffic_losing_nothing() {
-    hand_over_under_traffic(true);
+    hand_over_under_traffic(true, false);
 }
