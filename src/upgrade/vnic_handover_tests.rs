@@ -19,7 +19,6 @@ use crate::upgrade::bridge_engine::{BridgeEngine, Lane};
 use crate::upgrade::vnic_handover::{borrowed, export_vnic, import_vnic, pause_vnic, VnicHandover};
 use crate::upgrade::Channel;
 use crate::vnic::antispoof::SpoofGuard;
-use crate::vnic::engine::EngineState;
 use crate::vnic::guest_log::{self, GuestLog};
 use crate::vnic::{
     Connection, EngineSink, SharedQueueCounters, SocketRole, VnicDevice, VnicEngine,
@@ -43,7 +42,7 @@ struct Engines {
     switch_ends: Vec<(LinkRx, LinkTx)>,
 }
 
-fn engines(pool: &Arc<FramePool>, states: Option<&[EngineState]>) -> Engines {
+fn engines(pool: &Arc<FramePool>) -> Engines {
     let log = Arc::new(GuestLog::new(guest_log::INTERVAL));
     let mut e = Engines {
         engines: Vec::new(),
@@ -62,11 +61,8 @@ fn engines(pool: &Arc<FramePool>, states: Option<&[EngineState]>) -> Engines {
             rx_limit: Default::default(),
             log: log.clone(),
         };
-        let (mut engine, sender, counters) =
+        let (engine, sender, counters) =
             VnicEngine::new(cfg, pool, to_switch, from_switch).unwrap();
-        if let Some(states) = states {
-            engine.take_over(&states[q]);
-        }
         e.engines.push(engine);
         e.senders.push(sender);
         e.counters.push(counters);
@@ -191,7 +187,7 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
 
     // The old process: a vNIC served as usual, its switch a reflector.
     let old_group = EngineGroup::start("old", Policy::Dedicated, 1, &[]).unwrap();
-    let old = engines(&old_pool, None);
+    let old = engines(&old_pool);
     let old_counters = old.counters.clone();
     let old_device = Arc::new(VnicDevice::new(
         "vnic0",
@@ -218,7 +214,25 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 
-    // The hand-over, under traffic.
+    // Brownout: the new process prepares what it can while the old serves.
+    let new_group = EngineGroup::start("new", Policy::Dedicated, 1, &[]).unwrap();
+    let mut new = engines(&new_pool);
+    let new_counters = new.counters.clone();
+    let new_senders = new.senders.clone();
+    for e in &mut new.engines {
+        e.hold_frames(true);
+    }
+    let new_device = Arc::new(VnicDevice::new(
+        "vnic0",
+        MAC,
+        1500,
+        QPS,
+        EngineSink::new(new.senders),
+    ));
+    let _new_ids = place(&new_group, new.engines);
+    let queue_rings: Vec<_> = (0..QPS).map(|_| rings()).collect();
+
+    // The blackout, under traffic.
     let started = Instant::now();
     let handler = pause_vnic("vnic0", &old_conn, &old_device, TIMEOUT).unwrap();
     if roll_back {
@@ -240,6 +254,7 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
         reflector.join().unwrap();
         old_conn.stop();
         old_group.stop();
+        new_group.stop();
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -262,28 +277,25 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
     let (message, fds): (VnicHandover, Vec<OwnedFd>) = rx.recv_message("vnic").unwrap();
 
     // The new process: engines that continue, and bridges both ways.
-    let new_group = EngineGroup::start("new", Policy::Dedicated, 1, &[]).unwrap();
-    let new = engines(&new_pool, Some(&message.engines));
-    let new_counters = new.counters.clone();
-    let new_device = Arc::new(VnicDevice::new(
-        "vnic0",
-        MAC,
-        1500,
-        QPS,
-        EngineSink::new(new.senders),
-    ));
+    for (sender, state) in new_senders.iter().zip(message.engines.clone()) {
+        sender
+            .call(TIMEOUT, move |e: &mut VnicEngine| e.take_over(&state))
+            .unwrap();
+    }
     let (mut old_lanes, mut new_lanes) = (Vec::new(), Vec::new());
-    for ((to_switch, from_switch), (switch_in, switch_out)) in
-        exported.links.into_iter().zip(new.switch_ends)
+    for (((to_switch, from_switch), (switch_in, switch_out)), rings) in exported
+        .links
+        .into_iter()
+        .zip(new.switch_ends)
+        .zip(queue_rings)
     {
-        let ((old_tx, old_rx), (new_tx, new_rx)) = rings();
+        let ((old_tx, old_rx), (new_tx, new_rx)) = rings;
         old_lanes.push(Lane::new(from_switch, old_tx, old_rx, to_switch));
         new_lanes.push(Lane::new(switch_in, new_tx, new_rx, switch_out));
     }
     let old_bridge = BridgeEngine::new("bridge".into(), old_pool.clone(), old_lanes);
     let old_bridge_counters = old_bridge.counters();
     old_group.add(Box::new(old_bridge)).unwrap();
-    let _new_ids = place(&new_group, new.engines);
     let new_bridge = BridgeEngine::new("bridge".into(), new_pool.clone(), new_lanes);
     let new_bridge_counters = new_bridge.counters();
     new_group.add(Box::new(new_bridge)).unwrap();
@@ -291,7 +303,7 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
     let blackout = started.elapsed();
     old_conn.release();
     drop(exported.handler);
-    eprintln!("hand-over (packed={packed}): {blackout:?}");
+    eprintln!("hand-over blackout (packed={packed}): {blackout:?}");
 
     let got = guest.join().expect("the guest saw every frame in order");
     let show = |c: &[Arc<SharedQueueCounters>]| -> Vec<String> {
