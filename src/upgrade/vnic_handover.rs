@@ -23,7 +23,7 @@ use thiserror::Error;
 use super::replay::{replay, ConnectionState, ReplayError, VringPosition};
 use crate::packet::{LinkRx, LinkTx};
 use crate::vnic::connection::{self, ConnectionError, PausedHandler};
-use crate::vnic::device::DeviceError;
+use crate::vnic::device::{DeviceError, QueueSink};
 use crate::vnic::engine::EngineState;
 use crate::vnic::{Connection, EngineSink, VnicDevice, VnicEngine};
 
@@ -99,8 +99,15 @@ pub fn pause_vnic(
             source,
         })?;
     if let Err(source) = device.hand_over_vrings() {
-        let _ = device.take_back_vrings();
-        connection.resume(handler);
+        match device.take_back_vrings() {
+            Ok(()) => connection.resume(handler),
+            // Vrings nobody serves would stall the guest for good: drop the
+            // connection instead, so that the frontend connects again.
+            Err(e) => {
+                log::warn!("{name}: vrings not taken back ({e}): disconnecting the frontend");
+                connection.resume(None);
+            }
+        }
         return Err(HandoverError::Device {
             vnic: name.to_string(),
             source,
@@ -109,15 +116,30 @@ pub fn pause_vnic(
     Ok(handler)
 }
 
-/// The old process's second step, once the vNIC's engines are out of their
-/// group: the message for the new process, the fds it names, and what
-/// stays here.
-pub fn export_vnic(
+/// An export that failed, with what it was given: nothing was taken apart,
+/// so the caller can put the engines back and resume the handler.
+pub struct ExportFailed {
+    pub error: HandoverError,
+    pub handler: Option<PausedHandler>,
+    pub engines: Vec<VnicEngine>,
+}
+
+/// What an export needs that may fail, gathered before anything is taken
+/// apart.
+struct Prepared {
+    connection: Option<ConnectionState>,
+    fds: Vec<OwnedFd>,
+    stream: Option<usize>,
+    listener: Option<usize>,
+    spares: Vec<(LinkTx, LinkRx)>,
+}
+
+fn prepare(
     name: &str,
-    handler: Option<PausedHandler>,
+    handler: Option<&PausedHandler>,
     listener: Option<BorrowedFd<'_>>,
-    engines: Vec<VnicEngine>,
-) -> Result<(VnicHandover, Vec<OwnedFd>, Exported), HandoverError> {
+    engines: usize,
+) -> Result<Prepared, HandoverError> {
     let io = |what| {
         move |source| HandoverError::Io {
             vnic: name.to_string(),
@@ -125,7 +147,7 @@ pub fn export_vnic(
             source,
         }
     };
-    let (connection, mut fds, stream) = match &handler {
+    let (connection, mut fds, stream) = match handler {
         Some(h) => {
             let negotiated = h.daemon.negotiated().map_err(io("negotiated state"))?;
             // The engines let go of the vrings: the handler's positions
@@ -159,21 +181,53 @@ pub fn export_vnic(
             fds.push(l);
             fds.len() - 1
         });
+    let spares = (0..engines)
+        .map(|_| crate::packet::link(1))
+        .collect::<Result<_, _>>()
+        .map_err(io("link"))?;
+    Ok(Prepared {
+        connection,
+        fds,
+        stream,
+        listener,
+        spares,
+    })
+}
+
+/// The old process's second step, once the vNIC's engines are out of their
+/// group: the message for the new process, the fds it names, and what
+/// stays here. On an error nothing is taken apart ([`ExportFailed`]).
+pub fn export_vnic(
+    name: &str,
+    handler: Option<PausedHandler>,
+    listener: Option<BorrowedFd<'_>>,
+    engines: Vec<VnicEngine>,
+) -> Result<(VnicHandover, Vec<OwnedFd>, Exported), Box<ExportFailed>> {
+    let prepared = match prepare(name, handler.as_ref(), listener, engines.len()) {
+        Ok(p) => p,
+        Err(error) => {
+            return Err(Box::new(ExportFailed {
+                error,
+                handler,
+                engines,
+            }))
+        }
+    };
     let mut states = Vec::with_capacity(engines.len());
     let mut links = Vec::with_capacity(engines.len());
-    for engine in engines {
-        let parts = engine.hand_over().map_err(io("engine"))?;
+    for (engine, spare) in engines.into_iter().zip(prepared.spares) {
+        let parts = engine.hand_over(spare);
         states.push(parts.state);
         links.push((parts.to_switch, parts.from_switch));
     }
     let message = VnicHandover {
         name: name.to_string(),
-        connection,
-        stream,
-        listener,
+        connection: prepared.connection,
+        stream: prepared.stream,
+        listener: prepared.listener,
         engines: states,
     };
-    Ok((message, fds, Exported { links, handler }))
+    Ok((message, prepared.fds, Exported { links, handler }))
 }
 
 /// The new process: the vNIC's engines (built from `handover.engines` and
@@ -206,7 +260,10 @@ pub fn import_vnic(
     };
     let listener = take(handover.listener, "listener")?;
     let handler = match (&handover.connection, take(handover.stream, "stream")?) {
-        (Some(state), Some(stream)) => Some(replayed(name, state, &fds, stream, device, timeout)?),
+        (Some(state), Some(stream)) => {
+            let replayed = replayed(name, state, &fds, stream, device, timeout);
+            Some(replayed.inspect_err(|_| undo(device))?)
+        }
         (None, None) => None,
         _ => {
             return Err(HandoverError::invalid(
@@ -215,12 +272,28 @@ pub fn import_vnic(
             ))
         }
     };
+    // The replay attached every vring it started; an engine whose RX vring
+    // it did not start drops frames for its guest again, as before.
+    device.sink().hold_frames(false).map_err(|source| {
+        undo(device);
+        HandoverError::Device {
+            vnic: name.to_string(),
+            source,
+        }
+    })?;
     Connection::adopt(device.clone(), path, listener, handler).map_err(|source| {
+        undo(device);
         HandoverError::Connection {
             vnic: name.to_string(),
             source,
         }
     })
+}
+
+/// A failed import lets go of every vring the replay attached, so that the
+/// old process can take them back without two processes on one ring.
+fn undo(device: &Device) {
+    device.disconnected();
 }
 
 /// Replays `state` to a fresh handler of `device` and pauses it, ready to

@@ -269,8 +269,10 @@ fn hand_over_under_traffic(packed: bool, roll_back: bool) {
                 .unwrap()
         })
         .collect();
-    let (message, fds, exported) =
-        export_vnic("vnic0", handler, old_conn.listener(), stopped).unwrap();
+    let Ok((message, fds, exported)) = export_vnic("vnic0", handler, old_conn.listener(), stopped)
+    else {
+        panic!("export failed");
+    };
     let (tx, rx) = Channel::pair().unwrap();
     tx.send_message("vnic", &message, &borrowed(&fds)).unwrap();
     drop(fds);

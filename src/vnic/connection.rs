@@ -201,7 +201,12 @@ impl Connection {
             }
             SocketRole::Client => None,
         };
-        Self::serve(device, path, listener, None)
+        let bound = listener.is_some();
+        Self::serve(device, path, listener, None).inspect_err(|_| {
+            if bound {
+                let _ = std::fs::remove_file(path);
+            }
+        })
     }
 
     /// Goes on serving a vNIC another process served until now: `listener`
@@ -301,7 +306,9 @@ impl Connection {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 // Given up: a thread that parks later goes on at once.
-                *slot = Slot::Serving;
+                if matches!(*slot, Slot::Requested) {
+                    *slot = Slot::Serving;
+                }
                 return Err(ConnectionError::PauseTimeout(timeout));
             }
             slot = self
@@ -324,8 +331,18 @@ impl Connection {
     /// removing anything the frontend uses (the process's copies of the fds
     /// are closed, never shut down).
     pub fn release(mut self) {
-        *lock(&self.handover.slot) = Slot::Released;
-        self.handover.changed.notify_all();
+        {
+            let mut slot = lock(&self.handover.slot);
+            if !matches!(*slot, Slot::Taken | Slot::Parked(_)) {
+                // Nothing was handed over: an ordinary stop.
+                log::error!("release without a paused connection: stopping it instead");
+                drop(slot);
+                self.shutdown();
+                return;
+            }
+            *slot = Slot::Released;
+            self.handover.changed.notify_all();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -337,13 +354,16 @@ impl Connection {
             h.shutdown();
         }
         // A thread parked (or about to park) for a hand-over that will not
-        // come goes on to stop.
+        // come goes on to stop. Once the upgrade has taken the handler, its
+        // fds may be the new process's: the thread ends touching nothing.
         {
             let mut slot = lock(&self.handover.slot);
-            if matches!(*slot, Slot::Requested | Slot::Parked(_) | Slot::Taken) {
-                *slot = Slot::Resume(None);
-                self.handover.changed.notify_all();
+            match *slot {
+                Slot::Requested | Slot::Parked(_) => *slot = Slot::Resume(None),
+                Slot::Taken => *slot = Slot::Released,
+                _ => {}
             }
+            self.handover.changed.notify_all();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -347,13 +347,19 @@ impl<S: QueueSink> VnicDevice<S> {
     /// where they left them. (They process what the guest posted meanwhile
     /// at once: a kick sent during the hand-over was consumed by nobody.)
     pub fn take_back_vrings(&self) -> Result<(), DeviceError> {
+        let mut first_error = None;
         for index in 0..self.num_vrings() {
             let Some(vring) = lock(&self.handed_over)[index].take() else {
                 continue;
             };
-            self.vring_kick_changed(index, &vring, true)?;
+            if let Err(e) = self.vring_kick_changed(index, &vring, true) {
+                // Kept for another try; the others are given back all the same.
+                lock(&self.handed_over)[index] = Some(vring);
+                first_error.get_or_insert(e);
+            }
         }
-        self.sink.hold_frames(false)
+        let released = self.sink.hold_frames(false);
+        first_error.map_or(released, Err)
     }
 
     /// Device reset or frontend gone: every engine lets go of its vrings.

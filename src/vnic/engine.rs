@@ -506,8 +506,9 @@ impl VnicEngine {
 
     /// Takes the engine apart for a hand-over to another process, once its
     /// vrings are detached (`VnicDevice::hand_over_vrings`). Its frame cache
-    /// goes back to this process's pool.
-    pub fn hand_over(mut self) -> std::io::Result<EngineHandover> {
+    /// goes back to this process's pool. `spare` (any link, made before: this
+    /// step cannot fail) takes the place of the links that leave.
+    pub fn hand_over(mut self, spare: (LinkTx, LinkRx)) -> EngineHandover {
         debug_assert!(
             self.rx.is_none() && self.tx.is_none(),
             "vrings still attached"
@@ -519,12 +520,12 @@ impl VnicEngine {
             ingress: self.dp.ingress.as_mut().map(|b| b.levels(now)),
         };
         // `Drop` empties `from_switch`: leave it a link of its own to empty.
-        let (spare_tx, spare_rx) = crate::packet::link(1)?;
-        Ok(EngineHandover {
+        let (spare_tx, spare_rx) = spare;
+        EngineHandover {
             state,
             to_switch: std::mem::replace(&mut self.dp.to_switch, spare_tx),
             from_switch: std::mem::replace(&mut self.dp.from_switch, spare_rx),
-        })
+        }
     }
 
     /// Holds frames for the guest while its vrings are detached for a
@@ -771,8 +772,12 @@ impl Engine for VnicEngine {
         // dropped (no driver at all, or one stalled past RX_STALL: the timer
         // wakes us then); otherwise its RX kick wakes us.
         let frames_waiting = !self.dp.from_switch.is_empty();
+        // (Frames held for a hand-over wait for the RX vring: no work.)
         let deliverable = frames_waiting
-            && (self.rx.as_mut().is_none_or(|q| q.has_avail()) || self.rx_stall_over());
+            && (match self.rx.as_mut() {
+                None => !self.holding,
+                Some(q) => q.has_avail(),
+            } || self.rx_stall_over());
         // Chains held back by the egress limit are not work until the
         // bucket refills; the timer wakes us then.
         let throttled = self
