@@ -8,12 +8,15 @@
 //! negotiation to the new process's own handler (`replay`), and the shared
 //! ring bridge engines pass frames over while the engines are split between
 //! the two processes (`bridge`), those engines (`bridge_engine`), and the
-//! hand-over of one vNIC, connection and engines (`vnic_handover`).
+//! hand-over of one vNIC, connection and engines (`vnic_handover`),
+//! rehearsed inside one process by the tests and the benchmark
+//! (`rehearsal`).
 
 pub mod bridge;
 pub mod bridge_engine;
 pub mod channel;
 pub mod format;
+pub mod rehearsal;
 pub mod replay;
 pub mod vnic_handover;
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod handover;
 mod isolation;
 mod pingpong;
 mod plot;
@@ -52,6 +53,9 @@ enum Cmd {
     /// A steady pair's rate alone and while guests with no RX buffers are
     /// flooded, interleaved rounds, medians and ratio.
     Isolation(isolation::IsolationArgs),
+    /// Upgrade blackout per vNIC, in-process rehearsal of the hand-over:
+    /// p50/p99/max, the largest gap a guest saw, frames lost.
+    Handover(handover::HandoverArgs),
 }
 
 #[derive(Args, Debug)]
@@ -874,6 +878,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Pair(a) => run_pair(a),
         Cmd::Isolation(a) => isolation::run_isolation(a),
+        Cmd::Handover(a) => handover::run_handover(a),
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
         Cmd::Load(a) => run_load(a),

@@ -30,7 +30,7 @@ pub struct PingPongArgs {
 #[repr(align(128))]
 struct Line(AtomicU64);
 
-fn pin(cpu: usize) -> Result<(), String> {
+pub(crate) fn pin(cpu: usize) -> Result<(), String> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `cpu` is checked against the set's capacity by the libc macro.

@@ -108,6 +108,16 @@ struct ConnectionState {
     // shut the (shared) socket down.
     pause: vmm_sys_util::eventfd::EventFd,
     paused: AtomicBool,
+    // snapnet patch: held while deciding between a pause and a shutdown, so
+    // that a shutdown never hangs up a connection that has just paused.
+    decision: std::sync::Mutex<()>,
+}
+
+impl ConnectionState {
+    // snapnet patch: see `decision`.
+    fn decide(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.decision.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// snapnet patch: stops a connection's request loop between two messages,
@@ -223,6 +233,7 @@ pub struct ShutdownHandle {
 impl ShutdownHandle {
     /// Request the daemon to shut down.
     pub fn shutdown(&self) {
+        let _decided = self.state.decide();
         self.state.shutdown_requested.store(true, Ordering::Release);
         // snapnet patch: a paused connection is not ours to hang up.
         if !self.state.paused.load(Ordering::Acquire) {
@@ -299,6 +310,7 @@ where
             pause: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(Error::StartDaemon)?,
             paused: AtomicBool::new(false),
+            decision: std::sync::Mutex::new(()),
         });
 
         let thread_state = state.clone();
@@ -311,6 +323,11 @@ where
                     match wait_request(&thread_state) {
                         Ok(true) => {}
                         Ok(false) => {
+                            let _decided = thread_state.decide();
+                            if thread_state.shutdown_requested.load(Ordering::Acquire) {
+                                // A shutdown came first and hung up: end.
+                                break Ok(());
+                            }
                             thread_state.paused.store(true, Ordering::Release);
                             return (Err(Error::Paused), Some(handler));
                         }
@@ -501,6 +518,7 @@ impl<T: VhostUserBackend> Drop for VhostUserDaemon<T> {
     fn drop(&mut self) {
         if let Some(state) = self.conn_state.take() {
             // snapnet patch: nor is it the daemon's (see `ShutdownHandle`).
+            let _decided = state.decide();
             if !state.paused.load(Ordering::Acquire) {
                 let _ = state.conn.shutdown(Shutdown::Both);
             }
