@@ -27,6 +27,8 @@
 #   env: FRONTEND=dpdk|own  SIZES="64 1500 rtt"  PACKED=1  MRG=0  CAP=25
 #        BASE=path/to/an/older/snapnet: a third backend in every round, and
 #        the ratio of this build to it (before/after a change, same run)
+#        THIS=path/to/a/snapnet: the binary to measure instead of this
+#        checkout's release build (then nothing is built but snapnet-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -34,8 +36,12 @@ SECS=${2:-3}
 FRONTEND=${FRONTEND:-dpdk}
 if [ "$FRONTEND" = dpdk ]; then CAP=100; SIZES=${SIZES:-"64 1500 rtt"}; else CAP=${CAP:-25}; SIZES=${SIZES:-"64 1500"}; fi
 bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config
-cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
-SN=$PWD/target/release/snapnet
+if [ -n "${THIS:-}" ]; then
+    cargo build --release --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet-bench
+else
+    cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
+fi
+SN=${THIS:-$PWD/target/release/snapnet}
 BENCH=$PWD/target/release/snapnet-bench
 WORK=$(mktemp -d /tmp/snapnet-bench.XXXXXX)
 CG=""
