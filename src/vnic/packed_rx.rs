@@ -9,13 +9,13 @@ use super::chain::{Direction, MAX_CHAIN_DESCS};
 use super::engine::{desc_budget, DataPath};
 use super::guest_memory::GuestMap;
 use super::guest_rx::{
-    deliver, gathered, next_frame, rx_buffer, Gathered, NextFrame, RxChain, PREFETCH_AHEAD,
+    deliver, gathered, next_frame, prefetch_rx_buffer, rx_buffer, rx_prefetch_span, Gathered,
+    NextFrame, RxChain, PREFETCH_AHEAD, SPANS_AHEAD,
 };
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};
 use super::packed_tx::{finish, start_pos, SLOTS_PER_LINE};
 use super::stats::DropReason;
-use crate::packet::prefetch::prefetch_write;
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.
@@ -30,7 +30,8 @@ pub(super) fn fill(
         return (0, false);
     };
     let size = ring.size();
-    prefetch_buffers(ring, map, start, dp.from_switch.len().min(budget));
+    let span = rx_prefetch_span(dp.from_switch.peek().map(|f| f.len));
+    prefetch_buffers(ring, map, start, dp.from_switch.len().min(budget), span);
     let mrg = dp.features.mrg_rxbuf;
     let mut avail = start;
     let mut used = first_used;
@@ -49,6 +50,7 @@ pub(super) fn fill(
             }
             NextFrame::Needs(need) => need,
         };
+        prefetch_buffer_at(ring, map, avail.advance(SPANS_AHEAD, size), span);
         dp.segs.clear();
         dp.rx_chains.clear();
         let mut cursor = avail;
@@ -119,10 +121,12 @@ pub(super) fn fill(
 
 /// Asks for the lines the batch will touch before the first copy, so their
 /// misses overlap: the ring slots from `at` (which the guest's core just
-/// wrote) and, for write, the start of each buffer they name. Hints only:
-/// the walk checks everything again.
+/// wrote) and, for write, the first `span` bytes of the first few buffers
+/// they name (the copy loop asks for the later ones as it goes, as split
+/// RX does: `guest_rx::SPANS_AHEAD`). Hints only: the walk checks everything
+/// again.
 #[inline]
-fn prefetch_buffers(ring: &PackedView, map: &GuestMap, at: Pos, frames: usize) {
+fn prefetch_buffers(ring: &PackedView, map: &GuestMap, at: Pos, frames: usize, span: u64) {
     let n = u16::try_from(frames)
         .unwrap_or(u16::MAX)
         .min(PREFETCH_AHEAD)
@@ -130,12 +134,15 @@ fn prefetch_buffers(ring: &PackedView, map: &GuestMap, at: Pos, frames: usize) {
     for i in (0..n).step_by(SLOTS_PER_LINE) {
         ring.prefetch(at.advance(i, ring.size()).slot);
     }
-    for i in 0..n {
-        let Some(desc) = ring.avail(at.advance(i, ring.size())) else {
-            break;
-        };
-        if let Some((p, _)) = map.translate(desc.addr, 1) {
-            prefetch_write(p);
-        }
+    for i in 0..n.min(SPANS_AHEAD) {
+        prefetch_buffer_at(ring, map, at.advance(i, ring.size()), span);
+    }
+}
+
+/// Asks for the buffer the driver made available at `at`, if it has.
+#[inline]
+fn prefetch_buffer_at(ring: &PackedView, map: &GuestMap, at: Pos, span: u64) {
+    if let Some(desc) = ring.avail(at) {
+        prefetch_rx_buffer(map, desc.addr, desc.len, span);
     }
 }
