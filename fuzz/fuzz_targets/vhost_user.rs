@@ -113,6 +113,12 @@ impl QueueSink for Sink {
         engines.iter_mut().for_each(|e| e.set_mtu(mtu));
         Ok(())
     }
+
+    fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
+        let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        engines.iter_mut().for_each(|e| e.hold_frames(on));
+        Ok(())
+    }
 }
 
 /// The socket every input's frontend connects to.
