@@ -1113,14 +1113,27 @@ mod tests {
             }))
             .unwrap();
         const N: u64 = 200_000;
-        let producer = std::thread::spawn(move || {
-            let mut v = 0;
-            while v < N {
-                if tx.push(v).is_ok() {
-                    v += 1;
+        // The producer waits for a migration every STEP values, so that
+        // migrations happen under traffic however the threads are scheduled
+        // (a loaded machine once ran all of it before the first migration).
+        const STEP: u64 = 10_000;
+        let migrations = Arc::new(AtomicUsize::new(0));
+        let producer = {
+            let migrations = migrations.clone();
+            std::thread::spawn(move || {
+                let mut v = 0;
+                while v < N {
+                    if v % STEP == 0 {
+                        while (migrations.load(Ordering::Relaxed) as u64) < v / STEP {
+                            std::thread::yield_now();
+                        }
+                    }
+                    if tx.push(v).is_ok() {
+                        v += 1;
+                    }
                 }
-            }
-        });
+            })
+        };
         let workers: Vec<Arc<Worker>> = lock(&group.workers)
             .iter()
             .map(|w| w.worker.clone())
@@ -1129,6 +1142,7 @@ mod tests {
         while seen.load(Ordering::Relaxed) < N as usize && moves < 2000 {
             group.migrate(id, &workers[moves % 2]).unwrap();
             moves += 1;
+            migrations.store(moves, Ordering::Relaxed);
         }
         producer.join().unwrap();
         assert!(wait_until(Duration::from_secs(5), || seen
