@@ -50,7 +50,11 @@ pub(super) fn fill(
             }
             NextFrame::Needs(need) => need,
         };
-        prefetch_buffer_at(ring, map, avail.advance(SPANS_AHEAD, size), span);
+        // (Pos::advance takes steps shorter than the ring: a ring of a few
+        // slots gets no look-ahead.)
+        if SPANS_AHEAD < size {
+            prefetch_buffer_at(ring, map, avail.advance(SPANS_AHEAD, size), span);
+        }
         dp.segs.clear();
         dp.rx_chains.clear();
         let mut cursor = avail;
