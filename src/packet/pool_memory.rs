@@ -162,11 +162,7 @@ impl PoolMemory {
         let len = bytes.next_multiple_of(HUGE_PAGE);
         size_and_seal(&memfd, len)?;
         let base = map_shared(memfd.as_file(), len, true).map_err(io_err("mmap"))?;
-        let pages = if huge_mapped(base) {
-            Pages::Transparent
-        } else {
-            Pages::Small
-        };
+        let pages = pages_of(base, false);
         Ok(Self {
             memfd,
             base,
@@ -197,13 +193,7 @@ impl PoolMemory {
         }
         let hugetlb = is_hugetlb(file)?;
         let base = map_shared(file, len, !hugetlb).map_err(io_err("mmap"))?;
-        let pages = if hugetlb {
-            Pages::Hugetlb
-        } else if huge_mapped(base) {
-            Pages::Transparent
-        } else {
-            Pages::Small
-        };
+        let pages = pages_of(base, hugetlb);
         Ok(Self {
             memfd,
             base,
@@ -334,6 +324,17 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
         }
     }
     Ok(base)
+}
+
+/// The pages behind the mapping at `base` (of a hugetlb file, or not).
+fn pages_of(base: *mut u8, hugetlb: bool) -> Pages {
+    if hugetlb {
+        Pages::Hugetlb
+    } else if huge_mapped(base) {
+        Pages::Transparent
+    } else {
+        Pages::Small
+    }
 }
 
 /// Whether the kernel backs the mapping at `base` with huge pages

@@ -50,6 +50,18 @@ pub enum HandoverError {
     Invalid { vnic: String, what: String },
 }
 
+/// An I/O error of vNIC `vnic` while doing `what`.
+fn io_err<'a>(
+    vnic: &'a str,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> HandoverError + 'a {
+    move |source| HandoverError::Io {
+        vnic: vnic.to_string(),
+        what,
+        source,
+    }
+}
+
 impl HandoverError {
     fn invalid(vnic: &str, what: impl Into<String>) -> Self {
         HandoverError::Invalid {
@@ -140,13 +152,7 @@ fn prepare(
     listener: Option<BorrowedFd<'_>>,
     engines: usize,
 ) -> Result<Prepared, HandoverError> {
-    let io = |what| {
-        move |source| HandoverError::Io {
-            vnic: name.to_string(),
-            what,
-            source,
-        }
-    };
+    let io = |what| io_err(name, what);
     let (connection, mut fds, stream) = match handler {
         Some(h) => {
             let negotiated = h.daemon.negotiated().map_err(io("negotiated state"))?;
@@ -306,13 +312,7 @@ fn replayed(
     device: &Device,
     timeout: Duration,
 ) -> Result<PausedHandler, HandoverError> {
-    let io = |what| {
-        move |source| HandoverError::Io {
-            vnic: name.to_string(),
-            what,
-            source,
-        }
-    };
+    let io = |what| io_err(name, what);
     let mut daemon = connection::new_handler(device)
         .map_err(|e| HandoverError::invalid(name, format!("vhost-user handler: {e}")))?;
     let (replay_end, handler_end) = UnixStream::pair().map_err(io("socketpair"))?;

@@ -53,6 +53,7 @@ pub(super) fn fill(
         dp.ring_corrupt = true;
         return (0, false);
     }
+    let span = rx_prefetch_span(dp.from_switch.peek().map(|f| f.len));
     prefetch_buffers(
         ring,
         map,
@@ -60,9 +61,8 @@ pub(super) fn fill(
         avail_idx,
         dp.from_switch.len().min(budget),
         dp.features.in_order,
-        dp.from_switch.peek().map(|f| f.len),
+        span,
     );
-    let span = rx_prefetch_span(dp.from_switch.peek().map(|f| f.len));
     let mrg = dp.features.mrg_rxbuf;
     let mut handled = 0;
     let mut refilled = false;
@@ -296,14 +296,13 @@ fn prefetch_buffers(
     avail_idx: u16,
     frames: usize,
     in_order: bool,
-    next_len: Option<u32>,
+    span: u64,
 ) {
     let n = avail_idx
         .wrapping_sub(next_avail)
         .min(PREFETCH_AHEAD)
         .min(u16::try_from(frames).unwrap_or(u16::MAX));
     ring.prefetch_descs(next_avail, n, in_order);
-    let span = rx_prefetch_span(next_len);
     for i in 0..n.min(SPANS_AHEAD) {
         prefetch_rx_buffer_at(ring, map, next_avail.wrapping_add(i), span);
     }
