@@ -263,51 +263,37 @@ fn is_hugetlb(file: &File) -> Result<bool, PoolMemoryError> {
 /// aligned too), and populates it. `transparent`: ask for transparent huge
 /// pages (hugetlb mappings are huge and aligned by themselves).
 fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8> {
-    let reserve = len + HUGE_PAGE;
-    // SAFETY: an inaccessible anonymous reservation at a kernel-chosen
-    // address; it aliases nothing and is checked below.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            reserve,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let raw: *mut u8 = raw.cast();
-    let pad = (HUGE_PAGE - raw as usize % HUGE_PAGE) % HUGE_PAGE;
-    // SAFETY: `pad + len <= reserve`, so the fixed mapping replaces part of
-    // our own reservation and nothing else.
-    let base = unsafe {
-        libc::mmap(
-            raw.add(pad).cast(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    let failed = base == libc::MAP_FAILED;
-    let error = io::Error::last_os_error();
-    // SAFETY: the parts of the reservation before and after the fixed
-    // mapping (all of it when that failed) are ours and unused.
-    unsafe {
-        if failed {
-            libc::munmap(raw.cast(), reserve);
-        } else {
-            libc::munmap(raw.cast(), pad);
-            libc::munmap(raw.add(pad + len).cast(), reserve - pad - len);
+    // An aligned hole is found, given back, and then mapped with
+    // MAP_FIXED_NOREPLACE, never MAP_FIXED over a reservation of ours: a
+    // MAP_FIXED that fails (hugetlb pages run out) leaves its range unmapped,
+    // and unmapping the reservation after that could hit a mapping another
+    // thread made there meanwhile (another pool, a guest's memory).
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    let base = loop {
+        let hint = aligned_hole(len)?;
+        // SAFETY: NOREPLACE never replaces an existing mapping: the kernel
+        // maps the file at `hint` only where nothing is mapped, or fails.
+        let base = unsafe {
+            libc::mmap(
+                hint.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base != libc::MAP_FAILED {
+            break base;
         }
-    }
-    if failed {
-        return Err(error);
-    }
+        let error = io::Error::last_os_error();
+        attempt += 1;
+        // EEXIST: another thread mapped into the hole first; look again.
+        if error.raw_os_error() != Some(libc::EEXIST) || attempt == ATTEMPTS {
+            return Err(error);
+        }
+    };
     let base: *mut u8 = base.cast();
     // SAFETY: advice and population on our own fresh mapping. Failing advice
     // only means smaller pages; a failing population is an error (hugetlb
@@ -324,6 +310,31 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
         }
     }
     Ok(base)
+}
+
+/// A 2 MiB aligned address with `len` free bytes behind it, at the moment of
+/// the call: found by reserving `len` plus a huge page and giving it back.
+fn aligned_hole(len: usize) -> io::Result<*mut u8> {
+    let reserve = len + HUGE_PAGE;
+    // SAFETY: an inaccessible anonymous mapping at a kernel-chosen address;
+    // it aliases nothing and is unmapped whole right below.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: exactly the mapping made above, which nothing else knows of.
+    unsafe { libc::munmap(raw, reserve) };
+    let raw = raw as usize;
+    Ok(raw.next_multiple_of(HUGE_PAGE) as *mut u8)
 }
 
 /// The pages behind the mapping at `base` (of a hugetlb file, or not).
@@ -468,5 +479,33 @@ mod tests {
         let fd = memory.fd().try_clone_to_owned().unwrap();
         let e = PoolMemory::open(fd, memory.len() + 1).err().unwrap();
         assert!(e.to_string().contains("the pool needs"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_hugetlb_mapping_never_unmaps_another_threads_memory() {
+        // More hugetlb pages than are free: every mapping attempt fails, the
+        // way a daemon's does when another took the reserved pages first.
+        let too_many = (hugetlb_pages_free() + 64) * HUGE_PAGE;
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..400 {
+                        assert!(PoolMemory::create(too_many, PageChoice::Hugetlb).is_err());
+                    }
+                });
+            }
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..400 {
+                        let memory = PoolMemory::create(4 << 20, PageChoice::Small)
+                            .expect("a failed mapping elsewhere must not take this one's range");
+                        for offset in (0..memory.len()).step_by(4096) {
+                            // SAFETY: every offset lies in this thread's own mapping.
+                            unsafe { memory.base().add(offset).write(1) };
+                        }
+                    }
+                });
+            }
+        });
     }
 }
