@@ -137,6 +137,17 @@ struct Prepared {
     rings: Vec<QueueRings>,
 }
 
+/// How long one vNIC's move took.
+#[derive(Clone, Copy, Debug)]
+pub struct MoveTiming {
+    /// From the request to pause its handler to the new side serving its
+    /// stream (traffic flows until the handler has paused).
+    pub handover: Duration,
+    /// Its engines' blackout: from their letting go of the vrings to the
+    /// new side's engines holding them.
+    pub engines: Duration,
+}
+
 /// One rehearsed vNIC.
 pub struct RehearsedVnic {
     pub name: String,
@@ -286,9 +297,8 @@ impl Rehearsal {
     }
 
     /// The blackout for vNIC `i` (prepared first): from the pause of its
-    /// handler in the old side to the new side serving its stream. Returns
-    /// how long that took.
-    pub fn move_vnic(&mut self, i: usize) -> Result<Duration, HandoverError> {
+    /// handler in the old side to the new side serving its stream.
+    pub fn move_vnic(&mut self, i: usize) -> Result<MoveTiming, HandoverError> {
         let v = &mut self.vnics[i];
         let name = v.name.clone();
         let prepared = v.prepared.take().ok_or_else(|| HandoverError::Io {
@@ -299,6 +309,7 @@ impl Rehearsal {
         let old_connection = v.old_connection.take().expect("served by the old side");
         let started = Instant::now();
         let handler = pause_vnic(&name, &old_connection, &v.old_device, TIMEOUT)?;
+        let engines_stopped = Instant::now();
         let stopped: Vec<VnicEngine> = v
             .old_engines
             .drain(..)
@@ -361,12 +372,15 @@ impl Rehearsal {
             .add(Box::new(new_bridge))
             .map_err(group_err)?;
         let connection = import_vnic(&message, fds, &prepared.device, &v.socket, TIMEOUT)?;
-        let blackout = started.elapsed();
+        let timing = MoveTiming {
+            handover: started.elapsed(),
+            engines: engines_stopped.elapsed(),
+        };
         old_connection.release();
         drop(exported.handler);
         v.new_connection = Some(connection);
         v.new_counters = prepared.counters;
-        Ok(blackout)
+        Ok(timing)
     }
 
     /// A hand-over of vNIC `i` that fails after the pause (the new process

@@ -126,6 +126,7 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     for &n in &a.vnics {
         let mut blackouts = Vec::new();
+        let mut engine_blackouts = Vec::new();
         let mut gaps = Vec::new();
         let (mut lost, mut out_of_order, mut frames) = (0, 0, 0);
         for round in 0..a.rounds {
@@ -146,7 +147,9 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(50));
             let mut round_blackouts = Vec::new();
             for i in 0..n {
-                round_blackouts.push(r.move_vnic(i).map_err(|e| e.to_string())?);
+                let timing = r.move_vnic(i).map_err(|e| e.to_string())?;
+                round_blackouts.push(timing.handover);
+                engine_blackouts.push(timing.engines);
             }
             std::thread::sleep(Duration::from_millis(300));
             stop.store(true, Ordering::Relaxed);
@@ -176,14 +179,18 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
             frames += round_frames;
         }
         blackouts.sort();
+        engine_blackouts.sort();
         gaps.sort();
         println!(
-            "result test=handover vnics={n} rounds={} engines={} blackout_p50_us={} blackout_p99_us={} blackout_max_us={} guest_gap_p50_us={} guest_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
+            "result test=handover vnics={n} rounds={} engines={} blackout_p50_us={} blackout_p99_us={} blackout_max_us={} engine_blackout_p50_us={} engine_blackout_p99_us={} engine_blackout_max_us={} guest_gap_p50_us={} guest_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
             a.rounds,
             blackouts.len(),
             us(quantile(&blackouts, 0.5)),
             us(quantile(&blackouts, 0.99)),
             us(quantile(&blackouts, 1.0)),
+            us(quantile(&engine_blackouts, 0.5)),
+            us(quantile(&engine_blackouts, 0.99)),
+            us(quantile(&engine_blackouts, 1.0)),
             us(quantile(&gaps, 0.5)),
             us(quantile(&gaps, 1.0)),
         );
