@@ -212,9 +212,16 @@ pub fn replay(
     }
     let stream = stream.try_clone().map_err(ReplayError::Dup)?;
     let mut fe = Frontend::from_stream(stream, state.vrings.len() as u64);
+    // Replayed without REPLY_ACK, which is set with the rest at the end: the
+    // requests then go out back to back instead of one per round trip. On a
+    // host whose CPUs are busy each round trip waits for the handler's
+    // thread to be scheduled; 20 of them took 50-200 ms per vNIC. A request
+    // the handler fails ends its loop, so the answered request at the end
+    // reports it.
+    let pipelined = protocol - VhostUserProtocolFeatures::REPLY_ACK;
     let raw = RawRequests {
         fd: fe.as_raw_fd(),
-        reply_ack: protocol.contains(VhostUserProtocolFeatures::REPLY_ACK),
+        reply_ack: false,
     };
     // QEMU's order. The handler learns the offer from GET_FEATURES (the
     // reply-ack flag follows it), and protocol features are negotiated
@@ -223,7 +230,7 @@ pub fn replay(
     if !protocol.is_empty() {
         fe.get_protocol_features()
             .map_err(step("GET_PROTOCOL_FEATURES"))?;
-        fe.set_protocol_features(protocol)
+        fe.set_protocol_features(pipelined)
             .map_err(step("SET_PROTOCOL_FEATURES"))?;
     }
     if state.owned {
@@ -252,6 +259,10 @@ pub fn replay(
     }
     if protocol.contains(VhostUserProtocolFeatures::STATUS) {
         raw.send(SET_STATUS, u64::from(state.status), "SET_STATUS")?;
+    }
+    if pipelined != protocol {
+        fe.set_protocol_features(protocol)
+            .map_err(step("SET_PROTOCOL_FEATURES"))?;
     }
     // An answered request: everything before it has been handled.
     fe.get_features().map_err(step("GET_FEATURES"))?;
