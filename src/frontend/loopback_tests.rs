@@ -500,7 +500,7 @@ fn packed_through_snapnet(fcfg: FrontendConfig) {
             // post more. Descheduled 100 ms on a loaded machine, it would
             // have its waiting frames dropped (engine::RX_STALL), and the
             // test stalled at "got 49 of 96" once.
-            if sent < rounds && sent - got.len() < IN_FLIGHT {
+            if sent < rounds && sent < got.len() + IN_FLIGHT {
                 let len = sizes[sent % sizes.len()];
                 let mut f = pattern(len, sent as u8);
                 f[0..6].copy_from_slice(&macs[to]);

@@ -273,7 +273,8 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
     let base = loop {
         let hint = aligned_hole(len)?;
         // SAFETY: NOREPLACE never replaces an existing mapping: the kernel
-        // maps the file at `hint` only where nothing is mapped, or fails.
+        // maps the file at `hint` only where nothing is mapped, or fails
+        // (or, before 4.17, maps it elsewhere: handled below).
         let base = unsafe {
             libc::mmap(
                 hint.cast(),
@@ -284,11 +285,21 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
                 0,
             )
         };
-        if base != libc::MAP_FAILED {
+        attempt += 1;
+        if base == hint.cast() {
             break base;
         }
+        if base != libc::MAP_FAILED {
+            // A kernel before 4.17 takes NOREPLACE as a hint and maps
+            // elsewhere when the hole was taken: not aligned. Look again.
+            // SAFETY: the mapping just made, which nothing else knows of.
+            unsafe { libc::munmap(base, len) };
+            if attempt == ATTEMPTS {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            continue;
+        }
         let error = io::Error::last_os_error();
-        attempt += 1;
         // EEXIST: another thread mapped into the hole first; look again.
         if error.raw_os_error() != Some(libc::EEXIST) || attempt == ATTEMPTS {
             return Err(error);

@@ -832,13 +832,15 @@ fn thread_cpu_seconds(tid: i32) -> f64 {
 /// fixed 1024-bit set, which `sched_setaffinity` is given here).
 pub const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
 
-/// Pins the calling thread to `cpu`. An id beyond [`MAX_CPUS`] is an error,
-/// not an index past the set (libc's `CPU_SET` panics on one).
+/// Offers the CPU to another thread that waits for it (see
+/// [`YIELD_EVERY_IDLE_ROUNDS`]).
 fn yield_cpu() {
     // SAFETY: sched_yield takes no arguments and touches no memory of ours.
     unsafe { libc::sched_yield() };
 }
 
+/// Pins the calling thread to `cpu`. An id beyond [`MAX_CPUS`] is an error,
+/// not an index past the set (libc's `CPU_SET` panics on one).
 fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     if cpu >= MAX_CPUS {
         return Err(std::io::Error::new(

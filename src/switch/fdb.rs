@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::PortId;
 use crate::packet::fast_hash::{FastMap, NetMac};
 use crate::packet::wire::MacAddr;
@@ -50,6 +52,21 @@ impl Default for FdbLimits {
 pub struct FdbEntry {
     pub port: PortId,
     pub is_static: bool,
+}
+
+/// A live entry as it crosses to another process (an upgrade,
+/// docs/upgrade.md): its port by name, since port ids are each process's
+/// own, and how long ago its address last sent, so that a learned entry
+/// ages on from where it was instead of starting again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbEntryState {
+    pub network: u32,
+    pub mac: [u8; 6],
+    pub port: String,
+    pub is_static: bool,
+    /// Seconds since the address last sent (0 for static entries).
+    #[serde(default)]
+    pub idle_secs: u32,
 }
 
 /// An entry as stored: when its address last sent (table seconds).
@@ -290,6 +307,74 @@ impl Fdb {
     }
 }
 
+impl Fdb {
+    /// Every live entry, with its port named by `port_name` (entries of a
+    /// port it does not name are left out).
+    pub fn export(&self, port_name: impl Fn(PortId) -> Option<String>) -> Vec<FdbEntryState> {
+        let mut v: Vec<FdbEntryState> = self
+            .map
+            .iter()
+            .filter(|(_, s)| self.live(s))
+            .filter_map(|(k, s)| {
+                Some(FdbEntryState {
+                    network: k.network(),
+                    mac: k.mac().0,
+                    port: port_name(s.entry.port)?,
+                    is_static: s.entry.is_static,
+                    idle_secs: if s.entry.is_static {
+                        0
+                    } else {
+                        self.now.wrapping_sub(s.seen)
+                    },
+                })
+            })
+            .collect();
+        v.sort_by_key(|e| (e.network, e.mac));
+        v
+    }
+
+    /// Takes over `entries` exported by another table, with ports found by
+    /// name through `port_of`. What this table holds already wins over a
+    /// learned entry (its own static entries, set from the configuration);
+    /// a learned entry keeps its age and counts against its port's share,
+    /// like one learned here. Returns the entries not taken: an unknown
+    /// port, an entry aged out meanwhile, or a share that is full.
+    pub fn import(
+        &mut self,
+        entries: &[FdbEntryState],
+        port_of: impl Fn(&str) -> Option<PortId>,
+    ) -> usize {
+        let mut skipped = 0;
+        for e in entries {
+            let key = NetMac::new(e.network, MacAddr(e.mac));
+            let port = port_of(&e.port);
+            let taken = match port {
+                Some(port) if e.is_static => {
+                    self.add_static(e.network, MacAddr(e.mac), port);
+                    true
+                }
+                Some(port)
+                    if e.idle_secs < self.max_age
+                        && !self.map.contains_key(&key)
+                        && self.take(share(port, e.network)) =>
+                {
+                    let entry = FdbEntry {
+                        port,
+                        is_static: false,
+                    };
+                    let seen = self.now.wrapping_sub(e.idle_secs);
+                    self.map.insert(key, Slot { entry, seen });
+                    self.generation += 1;
+                    true
+                }
+                _ => false,
+            };
+            skipped += usize::from(!taken);
+        }
+        skipped
+    }
+}
+
 /// Counts one learned entry of a share gone (a share at zero is dropped,
 /// so ports and networks that come and go leave nothing behind).
 fn release(learned: &mut FastMap<u64, u32>, share: u64) {
@@ -414,5 +499,53 @@ mod tests {
         fdb.advance_to(10_000);
         assert_eq!(fdb.entries().len(), 1, "only the static entry is left");
         assert_eq!(fdb.lookup(1, A), Some(PortId(0)));
+    }
+
+    #[test]
+    fn entries_cross_to_another_table_by_port_name_and_keep_their_age() {
+        let names = ["vnic0", "vnic1", "uplink"];
+        let mut old = Fdb::with_limits(16, limits(2, 300));
+        old.add_static(7, A, PortId(0));
+        old.learn(7, B, PortId(2));
+        old.advance_to(100);
+        old.learn(9, C, PortId(1));
+        old.advance_to(250);
+        let exported = old.export(|p| names.get(usize::from(p.0)).map(|n| n.to_string()));
+        assert_eq!(exported.len(), 3);
+        let b = exported.iter().find(|e| e.mac == B.0).unwrap();
+        assert_eq!(
+            (b.port.as_str(), b.is_static, b.idle_secs),
+            ("uplink", false, 250)
+        );
+
+        // The new process numbers its ports otherwise, and its own static
+        // entry for A is already there (from its configuration).
+        let mut new = Fdb::with_limits(16, limits(2, 300));
+        let id = |n: &str| match n {
+            "uplink" => Some(PortId(5)),
+            "vnic1" => Some(PortId(6)),
+            "vnic0" => Some(PortId(7)),
+            _ => None,
+        };
+        new.add_static(7, A, PortId(7));
+        new.advance_to(1000);
+        assert_eq!(new.import(&exported, id), 0);
+        assert_eq!(new.lookup(7, A), Some(PortId(7)));
+        assert_eq!(new.lookup(7, B), Some(PortId(5)));
+        assert_eq!(new.lookup(9, C), Some(PortId(6)));
+        assert_eq!(new.learned(PortId(5), 7), 1, "counted in its port's share");
+        // B ages on from 250 s idle: gone 50 s later; C (150 s) lives on.
+        new.advance_to(1050);
+        assert_eq!(new.lookup(7, B), None);
+        assert_eq!(new.lookup(9, C), Some(PortId(6)));
+
+        // The format round-trips, and what cannot be taken is counted.
+        let json = serde_json::to_string(&exported).unwrap();
+        let back: Vec<FdbEntryState> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, exported);
+        let mut full = Fdb::with_limits(16, limits(0, 300));
+        let unknown = |_: &str| None;
+        assert_eq!(full.import(&back, unknown), 3);
+        assert_eq!(full.import(&back, id), 2, "learned entries find no room");
     }
 }

@@ -143,8 +143,9 @@ pub struct MoveTiming {
     /// From the request to pause its handler to the new side serving its
     /// stream (traffic flows until the handler has paused).
     pub handover: Duration,
-    /// Its engines' blackout: from their letting go of the vrings to the
-    /// new side's engines holding them.
+    /// Its engines' blackout: from their beginning to let go of the vrings
+    /// to the new side's handler serving (the replay done, the connection
+    /// adopted), a little after the new engines took the vrings.
     pub engines: Duration,
 }
 
@@ -308,8 +309,8 @@ impl Rehearsal {
         })?;
         let old_connection = v.old_connection.take().expect("served by the old side");
         let started = Instant::now();
-        let handler = pause_vnic(&name, &old_connection, &v.old_device, TIMEOUT)?;
-        let engines_stopped = Instant::now();
+        let paused = pause_vnic(&name, &old_connection, &v.old_device, TIMEOUT)?;
+        let (handler, engines_stopped) = (paused.handler, paused.engines_stopping);
         let stopped: Vec<VnicEngine> = v
             .old_engines
             .drain(..)
@@ -389,7 +390,7 @@ impl Rehearsal {
     pub fn pause_and_roll_back(&mut self, i: usize, hold: Duration) -> Result<(), HandoverError> {
         let v = &mut self.vnics[i];
         let connection = v.old_connection.as_ref().expect("served by the old side");
-        let handler = pause_vnic(&v.name, connection, &v.old_device, TIMEOUT)?;
+        let handler = pause_vnic(&v.name, connection, &v.old_device, TIMEOUT)?.handler;
         std::thread::sleep(hold);
         let taken_back = v.old_device.take_back_vrings();
         connection.resume(handler);

@@ -219,10 +219,7 @@ pub fn replay(
     // the handler fails ends its loop, so the answered request at the end
     // reports it.
     let pipelined = protocol - VhostUserProtocolFeatures::REPLY_ACK;
-    let raw = RawRequests {
-        fd: fe.as_raw_fd(),
-        reply_ack: false,
-    };
+    let raw = RawRequests { fd: fe.as_raw_fd() };
     // QEMU's order. The handler learns the offer from GET_FEATURES (the
     // reply-ack flag follows it), and protocol features are negotiated
     // before the driver sets any virtio feature.
@@ -273,12 +270,11 @@ pub fn replay(
 /// them, written to the same stream between its own.
 struct RawRequests {
     fd: std::os::fd::RawFd,
-    reply_ack: bool,
 }
 
 impl RawRequests {
     fn send(&self, code: u32, value: u64, what: &'static str) -> Result<(), ReplayError> {
-        Ok(send_u64(self.fd, code, value, self.reply_ack, what)?)
+        Ok(send_u64(self.fd, code, value, false, what)?)
     }
 }
 

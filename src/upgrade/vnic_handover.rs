@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -94,6 +94,15 @@ pub struct Exported {
     pub handler: Option<PausedHandler>,
 }
 
+/// A vNIC whose handler and engines have stopped ([`pause_vnic`]).
+pub struct PausedVnic {
+    /// The paused handler; `None` while no frontend is connected.
+    pub handler: Option<PausedHandler>,
+    /// When its engines began to let go of the vrings: where the guest's
+    /// blackout starts (traffic flows while the handler pauses).
+    pub engines_stopping: Instant,
+}
+
 /// The old process's first step: the handler stops between two messages
 /// (a message QEMU sends from now on waits in the socket), then every
 /// engine lets go of its vrings at a batch boundary. On an error nothing
@@ -103,13 +112,14 @@ pub fn pause_vnic(
     connection: &Connection,
     device: &Device,
     timeout: Duration,
-) -> Result<Option<PausedHandler>, HandoverError> {
+) -> Result<PausedVnic, HandoverError> {
     let handler = connection
         .pause(timeout)
         .map_err(|source| HandoverError::Connection {
             vnic: name.to_string(),
             source,
         })?;
+    let engines_stopping = Instant::now();
     if let Err(source) = device.hand_over_vrings() {
         match device.take_back_vrings() {
             Ok(()) => connection.resume(handler),
@@ -125,7 +135,10 @@ pub fn pause_vnic(
             source,
         });
     }
-    Ok(handler)
+    Ok(PausedVnic {
+        handler,
+        engines_stopping,
+    })
 }
 
 /// An export that failed, with what it was given: nothing was taken apart,

@@ -51,7 +51,7 @@ use super::antispoof::SpoofGuard;
 use super::guest_log::{self, GuestLog};
 use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
-use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
+use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::token_bucket::BucketLevels;
 use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
 
@@ -453,6 +453,14 @@ pub struct EngineHandover {
     pub from_switch: LinkRx,
 }
 
+/// What [`VnicEngine::send_over`] was given, back because the fresh link
+/// had no room for every frame that must go first.
+pub struct SendOverRefused {
+    pub fresh: LinkTx,
+    pub earlier: Vec<FrameHandle>,
+    pub old_far_end: LinkRx,
+}
+
 /// The engine of one vNIC queue pair.
 pub struct VnicEngine {
     name: String,
@@ -526,6 +534,40 @@ impl VnicEngine {
             to_switch: std::mem::replace(&mut self.dp.to_switch, spare_tx),
             from_switch: std::mem::replace(&mut self.dp.from_switch, spare_rx),
         }
+    }
+
+    /// Sends the engine's frames toward the switch over `fresh` from now on
+    /// (the switch's move at the end of an upgrade, docs/upgrade.md):
+    /// first `earlier`, the frames it sent before that no switch has taken
+    /// yet, then what its link toward the switch holds (drained through
+    /// `old_far_end`, that link's other end), then whatever it sends next.
+    /// Run as a mailbox call, between two of the engine's polls, so that
+    /// nothing it sends overtakes them. Returns the old link's producer end.
+    /// When `fresh` has no room for them all, nothing changes: the frames
+    /// and links come back in the error.
+    pub fn send_over(
+        &mut self,
+        mut fresh: LinkTx,
+        earlier: Vec<FrameHandle>,
+        mut old_far_end: LinkRx,
+    ) -> Result<LinkTx, Box<SendOverRefused>> {
+        if fresh.free() < earlier.len() + old_far_end.len() {
+            return Err(Box::new(SendOverRefused {
+                fresh,
+                earlier,
+                old_far_end,
+            }));
+        }
+        for frame in earlier {
+            let pushed = fresh.push(frame);
+            debug_assert!(pushed.is_ok(), "room was checked");
+        }
+        while let Some(frame) = old_far_end.pop() {
+            let pushed = fresh.push(frame);
+            debug_assert!(pushed.is_ok(), "room was checked");
+        }
+        fresh.flush();
+        Ok(std::mem::replace(&mut self.dp.to_switch, fresh))
     }
 
     /// Holds frames for the guest while its vrings are detached for a
@@ -933,6 +975,62 @@ mod tests {
             engine.timer.is_armed(),
             "the timer wakes the sleeping worker"
         );
+    }
+
+    #[test]
+    fn sent_over_a_fresh_link_the_frames_keep_their_order() {
+        use crate::packet::wire::MacAddr;
+        use crate::packet::{link, PoolConfig};
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (to_switch, switch_in) = link(8).unwrap();
+        let (_to_guest, from_switch) = link(8).unwrap();
+        let cfg = VnicEngineConfig {
+            name: "t".into(),
+            mtu: 1500,
+            guard: SpoofGuard::new(MacAddr([2, 0, 0, 0, 0, 1]), None),
+            tx_limit: RateLimit::default(),
+            rx_limit: RateLimit::default(),
+            log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
+        };
+        let (mut engine, _mailbox, _counters) =
+            VnicEngine::new(cfg, &pool, to_switch, from_switch).unwrap();
+        // Frames are told apart by length: 1-2 the old switch never took,
+        // 3-4 still in the engine's link, 5 sent after the move.
+        let mut frame = |len: u32| {
+            let mut f = cache.alloc(64).unwrap();
+            f.len = len;
+            f
+        };
+        let earlier = vec![frame(1), frame(2)];
+        for len in [3, 4] {
+            engine.dp.to_switch.push(frame(len)).unwrap();
+        }
+        let (small, mut small_rx) = link(3).unwrap();
+        let refused = engine
+            .send_over(small, earlier, switch_in)
+            .err()
+            .expect("4 frames do not fit 3 slots");
+        let SendOverRefused {
+            earlier,
+            old_far_end,
+            ..
+        } = *refused;
+        assert_eq!(old_far_end.len(), 2, "nothing moved");
+        assert!(small_rx.pop().is_none());
+
+        let (fresh, mut fresh_rx) = link(16).unwrap();
+        let Ok(old) = engine.send_over(fresh, earlier, old_far_end) else {
+            panic!("16 slots hold the 4 frames");
+        };
+        drop(old);
+        engine.dp.to_switch.push(frame(5)).unwrap();
+        let mut lens = Vec::new();
+        while let Some(f) = fresh_rx.pop() {
+            lens.push(f.len);
+            cache.free(f);
+        }
+        assert_eq!(lens, [1, 2, 3, 4, 5]);
     }
 
     /// Polls `q` `n` times: (address errors, batches that reached the ring).

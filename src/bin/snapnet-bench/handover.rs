@@ -182,7 +182,7 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
         engine_blackouts.sort();
         gaps.sort();
         println!(
-            "result test=handover vnics={n} rounds={} engines={} blackout_p50_us={} blackout_p99_us={} blackout_max_us={} engine_blackout_p50_us={} engine_blackout_p99_us={} engine_blackout_max_us={} guest_gap_p50_us={} guest_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
+            "result test=handover vnics={n} rounds={} moves={} blackout_p50_us={} blackout_p99_us={} blackout_max_us={} engine_blackout_p50_us={} engine_blackout_p99_us={} engine_blackout_max_us={} guest_gap_p50_us={} guest_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
             a.rounds,
             blackouts.len(),
             us(quantile(&blackouts, 0.5)),
