@@ -40,6 +40,13 @@ enum CtlCommand {
     Fdb(FdbCmd),
     /// Version, uptime, counts.
     Status,
+    /// Hand the daemon over to a new binary; guests keep their sockets
+    /// (docs/upgrade.md).
+    Upgrade {
+        /// The new binary (default: the path the running one started from).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Stop the daemon (guests see their sockets close).
     Shutdown,
     /// Any method with raw JSON params.
@@ -388,6 +395,13 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             FdbCmd::Remove { mac } => ("switch.fdb.remove".into(), json!({ "mac": mac })),
         },
         CtlCommand::Status => ("daemon.status".into(), json!({})),
+        CtlCommand::Upgrade { binary } => (
+            "daemon.upgrade".into(),
+            match binary {
+                Some(b) => json!({ "binary": b }),
+                None => json!({}),
+            },
+        ),
         CtlCommand::Shutdown => ("daemon.shutdown".into(), json!({})),
         CtlCommand::Call { method, params } => {
             let p = match params {

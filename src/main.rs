@@ -2,6 +2,7 @@
 
 mod ctl;
 
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,9 @@ use clap::{Parser, Subcommand};
 use snapnet::control::daemon::format_report;
 use snapnet::control::metrics::MetricsServer;
 use snapnet::control::rpc::server::RpcServer;
-use snapnet::control::rpc::Context;
+use snapnet::control::rpc::{Context, UpgradeFailure, UpgradeHook};
 use snapnet::control::signals::{Signal, Signals};
+use snapnet::control::upgrade_process::{self, UpgradeError};
 use snapnet::control::{Config, Daemon};
 
 #[derive(Parser)]
@@ -39,6 +41,11 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Take over a running daemon through the handoff channel at this fd
+        /// (started so by `snapnet ctl upgrade`; the configuration comes
+        /// over the channel).
+        #[arg(long, conflicts_with = "config")]
+        takeover_fd: Option<i32>,
     },
     /// Talk to a running daemon over its control socket.
     Ctl(ctl::CtlArgs),
@@ -51,10 +58,14 @@ fn main() -> ExitCode {
             config,
             print_default_config,
             metrics_listen,
+            takeover_fd,
         } => {
             if print_default_config {
                 println!("{}", snapnet::control::config::EMBEDDED_DEFAULT);
                 return ExitCode::SUCCESS;
+            }
+            if let Some(fd) = takeover_fd {
+                return take_over(fd, metrics_listen.as_deref());
             }
             let cfg = match config {
                 Some(path) => Config::from_file(&path),
@@ -84,6 +95,60 @@ fn group_id(name: &str) -> Result<u32, String> {
     Ok(unsafe { (*g).gr_gid })
 }
 
+/// The new process of an upgrade: takes the running daemon over from the
+/// process that started it, then serves as `serve` does.
+fn take_over(fd: i32, metrics_listen: Option<&str>) -> ExitCode {
+    // SAFETY: the fd was passed by the process that started this one
+    // (`upgrade_process::spawn`), for this process alone; the channel checks
+    // what it is.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let signals = match Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("snapnet: cannot set up signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let taken = match upgrade_process::take_over(fd) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("snapnet: taking over: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = taken.daemon.config().clone();
+    let control = match taken.control.try_clone() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("snapnet: control socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // From here on this process serves: the old one lets go and exits.
+    // Control clients wait in the socket's backlog meanwhile.
+    let daemon = match taken.commit() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("snapnet: the old process did not hear the commit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!("took over {} vNIC(s)", daemon.config().vnics.len());
+    run(
+        &cfg,
+        daemon,
+        Listen::Adopt(control),
+        metrics_listen,
+        signals,
+    )
+}
+
+/// How the control socket comes to be.
+enum Listen {
+    Bind(Option<u32>),
+    Adopt(std::os::unix::net::UnixListener),
+}
+
 fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
     let signals = match Signals::block() {
         Ok(s) => s,
@@ -106,16 +171,93 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    run(cfg, daemon, Listen::Bind(gid), metrics_listen, signals)
+}
+
+/// Sends SIGTERM to this process; the main thread takes it.
+fn request_shutdown() {
+    // SAFETY: kill with this process's own pid and a valid signal.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
+/// The `daemon.upgrade` method's work (see `upgrade_process`): on success
+/// (or a failure after the hand-over began) the process is to exit with
+/// the code left in `exit`, without stopping anything it handed over.
+fn upgrade_hook(
+    control: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
+    exit: Arc<Mutex<Option<u8>>>,
+) -> Box<UpgradeHook> {
+    Box::new(move |daemon, binary| {
+        use std::os::fd::AsFd;
+        let failure = |message: String, daemon_gone: bool| UpgradeFailure {
+            message,
+            daemon_gone,
+        };
+        let binary = match binary.map(Ok).unwrap_or_else(this_binary) {
+            Ok(b) => b,
+            Err(e) => return Err(failure(format!("which binary: {e}"), false)),
+        };
+        let Some(control) = control.get() else {
+            return Err(failure("the control socket is not up yet".into(), false));
+        };
+        let finish = |code: u8| {
+            *exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+            request_shutdown();
+        };
+        match upgrade_process::upgrade(daemon, &binary, control.as_fd()) {
+            Ok(report) => {
+                finish(0);
+                Ok(serde_json::to_value(report).unwrap_or_default())
+            }
+            Err(e @ UpgradeError::NotStarted(_)) => Err(failure(e.to_string(), false)),
+            Err(e @ UpgradeError::Failed(_)) => {
+                log::error!(
+                    "{e}: exiting, so that the vNICs' frontends reconnect to what serves next"
+                );
+                finish(1);
+                Err(failure(e.to_string(), true))
+            }
+        }
+    })
+}
+
+/// This process's binary, even when the file was replaced since it started
+/// (the usual way a new version is installed).
+fn this_binary() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+fn run(
+    cfg: &Config,
+    daemon: Daemon,
+    listen: Listen,
+    metrics_listen: Option<&str>,
+    signals: Signals,
+) -> ExitCode {
+    let control_fd = Arc::new(std::sync::OnceLock::new());
+    let exit_after_upgrade = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Context {
         daemon: Mutex::new(Some(daemon)),
         started: Instant::now(),
-        request_shutdown: Box::new(|| {
-            // SAFETY: sends SIGTERM to this process; the main thread takes it.
-            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-        }),
+        request_shutdown: Box::new(request_shutdown),
+        upgrade: Some(upgrade_hook(control_fd.clone(), exit_after_upgrade.clone())),
     });
     let control_path = cfg.control_socket_path();
-    let server = match RpcServer::start(&control_path, gid, ctx.clone()) {
+    let started = match listen {
+        Listen::Bind(gid) => RpcServer::start(&control_path, gid, ctx.clone()),
+        Listen::Adopt(listener) => RpcServer::adopt(listener, &control_path, ctx.clone()),
+    };
+    if let Ok(s) = &started {
+        if let Ok(fd) = s.listener().try_clone_to_owned() {
+            let _ = control_fd.set(fd);
+        }
+    }
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("snapnet: control socket {}: {e}", control_path.display());
@@ -149,7 +291,23 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
     );
     loop {
         match signals.wait() {
-            Signal::Stop => break,
+            Signal::Stop => {
+                let code = *exit_after_upgrade.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(code) = code {
+                    // Handed over: the new process owns the sockets, the
+                    // guests' memory and the pool. Leave them all as they
+                    // are; the kernel closes this process's copies.
+                    if let Some(m) = metrics {
+                        m.stop();
+                    }
+                    server.release();
+                    // The client that asked gets its answer first.
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    log::info!("handed over; exiting");
+                    std::process::exit(i32::from(code));
+                }
+                break;
+            }
             Signal::Report => {
                 if let Some(d) = ctx
                     .daemon

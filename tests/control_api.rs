@@ -427,6 +427,7 @@ fn control_socket_never_replaces_a_file() {
         daemon: std::sync::Mutex::new(Some(daemon)),
         started: std::time::Instant::now(),
         request_shutdown: Box::new(|| {}),
+        upgrade: None,
     });
     let e = snapnet::control::rpc::server::RpcServer::start(&dir.path("ctl"), None, ctx.clone())
         .err()

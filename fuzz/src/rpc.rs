@@ -164,6 +164,7 @@ fn worker(interfaces: Interfaces) -> &'static Worker {
                     started: Instant::now(),
                     // daemon.shutdown is answered; the process stays.
                     request_shutdown: Box::new(|| {}),
+                    upgrade: None,
                 };
                 for data in input_rx {
                     run_input(&data, &ctx);

@@ -39,6 +39,11 @@ const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Frame handles a link holds.
 pub const LINK_CAPACITY: usize = 1024;
 
+mod handover;
+pub use handover::{
+    DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
+};
+
 #[derive(Debug, Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -69,6 +74,8 @@ pub enum DaemonError {
     Uplink { name: String, message: String },
     #[error(transparent)]
     SocketPath(#[from] SocketPathError),
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// A change of a vNIC's port security; `None` leaves a part as it is.
@@ -177,6 +184,25 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
         let pool = FramePool::new(&super::pool_sizing::pool_config(cfg))?;
+        let mut daemon = Self::start_on_pool(cfg, pool)?;
+        for v in &cfg.vnics {
+            if let Err(e) = daemon.add_vnic(v.clone()) {
+                daemon.stop();
+                return Err(e);
+            }
+        }
+        for u in &cfg.uplinks {
+            if let Err(e) = daemon.add_uplink(u.clone()) {
+                daemon.stop();
+                return Err(e);
+            }
+        }
+        Ok(daemon)
+    }
+
+    /// The groups and the switch of `cfg` on `pool`, without its vNICs and
+    /// uplinks (an upgrade's new process adds the vNICs it takes over).
+    fn start_on_pool(cfg: &Config, pool: Arc<FramePool>) -> Result<Self, DaemonError> {
         log_pool_pages(&pool);
         let (shards, switch) = crate::switch::shards(&pool, usize::from(cfg.switch_shards))
             .map_err(io("switch shards"))?;
@@ -209,18 +235,6 @@ impl Daemon {
             daemon.switch_engines.push(id);
         }
         daemon.switch_group = switch_group;
-        for v in &cfg.vnics {
-            if let Err(e) = daemon.add_vnic(v.clone()) {
-                daemon.stop();
-                return Err(e);
-            }
-        }
-        for u in &cfg.uplinks {
-            if let Err(e) = daemon.add_uplink(u.clone()) {
-                daemon.stop();
-                return Err(e);
-            }
-        }
         Ok(daemon)
     }
 
@@ -325,6 +339,20 @@ impl Daemon {
 
     /// Creates a vNIC: its engines, switch port, device and socket.
     pub fn add_vnic(&mut self, v: VnicConfig) -> Result<(), DaemonError> {
+        self.add_vnic_with(v, None).map(|_| ())
+    }
+
+    /// Adds a vNIC, new or (`takeover`) one that an upgrade's old process
+    /// hands over: its engines then continue from the old ones' state and
+    /// the frames that were waiting for its guest go first. A taken-over
+    /// vNIC comes back without its connection, which is the old process's
+    /// and is replayed once every port exists (`Daemon::connect_taken_over`):
+    /// until then its guest's frames would find no route.
+    fn add_vnic_with(
+        &mut self,
+        v: VnicConfig,
+        mut takeover: Option<VnicTakeover>,
+    ) -> Result<Option<VnicTakeover>, DaemonError> {
         let mut next = self.config.clone();
         next.vnics.push(v.clone());
         next.validate()?;
@@ -333,7 +361,7 @@ impl Daemon {
         // A client only connects: nothing of its frontend's is created or
         // removed. A server binds, replacing a socket left by an earlier run
         // (and nothing else).
-        if v.role == SocketRole::Server {
+        if v.role == SocketRole::Server && takeover.is_none() {
             socket_path::prepare(&socket, &next.socket_dirs(), true)?;
         }
         let group_name = next.group_of(&v).to_string();
@@ -347,7 +375,7 @@ impl Daemon {
         for q in 0..v.queue_pairs {
             let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
-            let (engine, sender, counters) = VnicEngine::new(
+            let (mut engine, sender, counters) = VnicEngine::new(
                 VnicEngineConfig {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
@@ -361,6 +389,10 @@ impl Daemon {
                 from_switch,
             )
             .map_err(io("engine mailbox"))?;
+            let mut switch_out = switch_out;
+            if let Some(t) = takeover.as_mut() {
+                t.continue_queue(usize::from(q), &mut engine, &mut switch_out, &self.pool);
+            }
             inputs.push(switch_in);
             outputs.push(switch_out);
             senders.push(sender);
@@ -390,18 +422,21 @@ impl Daemon {
                 return Err(err);
             }
         };
-        let connection = match Connection::spawn(device.clone(), &socket, v.role) {
-            Ok(c) => c,
-            Err(source) => {
-                let _ = self.switch.remove_port(port);
-                for id in engine_ids {
-                    let _ = group.remove(id);
+        let connection = match takeover {
+            Some(_) => None,
+            None => match Connection::spawn(device.clone(), &socket, v.role) {
+                Ok(c) => Some(c),
+                Err(source) => {
+                    let _ = self.switch.remove_port(port);
+                    for id in engine_ids {
+                        let _ = group.remove(id);
+                    }
+                    return Err(DaemonError::Connection {
+                        name: v.name.clone(),
+                        source,
+                    });
                 }
-                return Err(DaemonError::Connection {
-                    name: v.name.clone(),
-                    source,
-                });
-            }
+            },
         };
         log::info!(
             "{}: {} socket {} (mac {}, mtu {}, {} queue pair(s), group {group_name})",
@@ -420,14 +455,14 @@ impl Daemon {
             config: v,
             device,
             socket,
-            connection: Some(connection),
+            connection,
             port,
             port_counters,
             queues,
             engines: engine_ids,
         });
         self.config = next;
-        Ok(())
+        Ok(takeover)
     }
 
     /// Disconnects the guest, stops the vNIC's engines and frees its frames.

@@ -43,6 +43,11 @@ impl LinkTx {
         self.ring.slots()
     }
 
+    /// Frames pushed that the consumer has not taken yet.
+    pub fn pending(&self) -> usize {
+        self.ring.buffer().capacity() - self.ring.slots()
+    }
+
     /// Pushes one frame; gives it back when the link is full.
     #[inline]
     pub fn push(&mut self, frame: FrameHandle) -> Result<(), FrameHandle> {

@@ -180,6 +180,18 @@ impl SwitchEngine {
         &self.fdb
     }
 
+    /// Gives the frames of this shard's cache back to the pool's free lists
+    /// (an upgrade hands every free frame to the new process).
+    pub fn release_cache(&mut self) {
+        let fresh = self.cache.pool().cache();
+        drop(std::mem::replace(&mut self.cache, fresh));
+    }
+
+    /// The forwarding database, to change.
+    pub fn fdb_mut(&mut self) -> &mut Fdb {
+        &mut self.fdb
+    }
+
     /// Bounds learning and sets the age of learned entries.
     pub fn set_fdb_limits(&mut self, limits: FdbLimits) {
         self.fdb.set_limits(limits);

@@ -3,12 +3,12 @@
 //! shards), and keeps what every shard must know in step: where each port
 //! lives, static FDB entries, and the weights of the peer links.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::engine::{RemotePort, SwitchEngine};
-use super::fdb::FdbEntry;
+use super::fdb::{FdbEntry, FdbEntryState};
 use super::port::{PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
@@ -212,6 +212,69 @@ impl SwitchHandle {
             found |= self.call(shard, move |s| s.fdb.remove(network, mac))?;
         }
         Ok(found)
+    }
+
+    /// Returns once every shard has finished the poll it was in and the
+    /// one after (each call runs between two of a shard's polls): a frame
+    /// that was in a port's input link when this began has left the switch,
+    /// through a peer link too, when every input was empty by then.
+    pub fn settle(&self) -> Result<(), MailboxError> {
+        for _ in 0..=self.shards.len() {
+            for shard in 0..self.shards.len() {
+                self.call(shard, |_| ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every shard gives the frames of its cache back to the pool.
+    pub fn release_caches(&self) -> Result<(), MailboxError> {
+        for shard in 0..self.shards.len() {
+            self.call(shard, |s| s.release_cache())?;
+        }
+        Ok(())
+    }
+
+    /// Every live entry, with ports named by `names` (an upgrade's state),
+    /// from every shard; the first shard's word counts where they differ.
+    pub fn fdb_export(
+        &self,
+        names: HashMap<PortId, String>,
+    ) -> Result<Vec<FdbEntryState>, MailboxError> {
+        let names = Arc::new(names);
+        let mut seen = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        for shard in 0..self.shards.len() {
+            let names = names.clone();
+            let entries = self.call(shard, move |s| s.fdb().export(|p| names.get(&p).cloned()))?;
+            all.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| seen.insert((e.network, e.mac))),
+            );
+        }
+        Ok(all)
+    }
+
+    /// Takes over `entries` in every shard, with ports found by name in
+    /// `ids`; returns the entries the first shard did not take.
+    pub fn fdb_import(
+        &self,
+        entries: Vec<FdbEntryState>,
+        ids: HashMap<String, PortId>,
+    ) -> Result<usize, MailboxError> {
+        let (entries, ids) = (Arc::new(entries), Arc::new(ids));
+        let mut skipped = 0;
+        for shard in 0..self.shards.len() {
+            let (entries, ids) = (entries.clone(), ids.clone());
+            let n = self.call(shard, move |s| {
+                s.fdb_mut().import(&entries, |name| ids.get(name).copied())
+            })?;
+            if shard == 0 {
+                skipped = n;
+            }
+        }
+        Ok(skipped)
     }
 
     /// Every entry: (network, MAC, entry). Where shards disagree (an

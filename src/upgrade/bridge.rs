@@ -42,7 +42,7 @@ pub enum BridgeError {
 
 /// A frame handle as it crosses between the processes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WireHandle {
     pub index: u32,
     pub len: u32,
@@ -61,7 +61,7 @@ const _: () = assert!(std::mem::size_of::<WireHandle>() == 24);
 
 impl WireHandle {
     /// Gives up `frame` for the other process (which adopts it).
-    fn from_frame(frame: FrameHandle) -> Self {
+    pub fn from_frame(frame: FrameHandle) -> Self {
         let o = frame.offload;
         WireHandle {
             index: frame.index(),
@@ -78,7 +78,7 @@ impl WireHandle {
     }
 
     /// Takes the frame over; `None` for a handle that does not fit `pool`.
-    fn into_frame(self, pool: &FramePool) -> Option<FrameHandle> {
+    pub fn into_frame(self, pool: &FramePool) -> Option<FrameHandle> {
         let mut frame = pool.adopt(self.index, self.offset, self.len)?;
         frame.network = self.network;
         frame.offload = Offload {

@@ -119,6 +119,11 @@ impl Channel {
         Ok(Channel::new(fd))
     }
 
+    /// The socket, to pass to the process that is started with it.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// How long a send or a receive may wait (`None`: without limit). A
     /// process that stops answering is how a failed upgrade shows, so the
     /// running process always sets one.

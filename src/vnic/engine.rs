@@ -570,6 +570,11 @@ impl VnicEngine {
         Ok(std::mem::replace(&mut self.dp.to_switch, fresh))
     }
 
+    /// Frames the engine sent that the switch has not taken yet.
+    pub fn frames_toward_switch(&self) -> usize {
+        self.dp.to_switch.pending()
+    }
+
     /// Holds frames for the guest while its vrings are detached for a
     /// hand-over (`true`), or no longer (a rolled-back hand-over).
     pub fn hold_frames(&mut self, on: bool) {

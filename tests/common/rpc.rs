@@ -25,6 +25,7 @@ impl Control {
             daemon: Mutex::new(Some(daemon)),
             started: Instant::now(),
             request_shutdown: Box::new(|| {}),
+            upgrade: None,
         });
         let socket = cfg.control_socket_path();
         let server = RpcServer::start(&socket, None, ctx.clone()).expect("control socket");

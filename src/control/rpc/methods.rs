@@ -41,6 +41,7 @@ pub const METHODS: &[&str] = &[
     "switch.fdb.add",
     "switch.fdb.remove",
     "daemon.status",
+    "daemon.upgrade",
     "daemon.shutdown",
 ];
 
@@ -51,6 +52,28 @@ pub struct Context {
     pub started: Instant,
     /// Asks the main thread to stop the daemon.
     pub request_shutdown: Box<dyn Fn() + Send + Sync>,
+    /// Hands the daemon over to a new binary (`daemon.upgrade`); `None`
+    /// where the process cannot be replaced (tests, fuzzing).
+    pub upgrade: Option<Box<UpgradeHook>>,
+}
+
+/// Hands `daemon` over to the binary at the path (or this one's): the new
+/// process's report, or why not and whether the daemon still serves.
+pub type UpgradeHook =
+    dyn Fn(&mut Daemon, Option<std::path::PathBuf>) -> Result<Value, UpgradeFailure> + Send + Sync;
+
+/// Why `daemon.upgrade` failed.
+pub struct UpgradeFailure {
+    pub message: String,
+    /// The daemon's vNICs had been handed over: it serves nothing now.
+    pub daemon_gone: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeParams {
+    #[serde(default)]
+    binary: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +385,29 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 "groups": d.config().groups.len(),
                 "pool": { "frames": total, "free_in_shared_list": free },
             }))
+        }
+        "daemon.upgrade" => {
+            let UpgradeParams { binary } = params(p)?;
+            let Some(hook) = ctx.upgrade.as_ref() else {
+                return Err(RpcError::new(
+                    RESOURCE,
+                    "this process cannot be upgraded (it was not started by `snapnet serve`)",
+                ));
+            };
+            match hook(d, binary) {
+                Ok(report) => {
+                    // Everything it held is the new process's now: nothing
+                    // of it may be stopped or dropped here.
+                    std::mem::forget(guard.take());
+                    Ok(report)
+                }
+                Err(f) => {
+                    if f.daemon_gone {
+                        std::mem::forget(guard.take());
+                    }
+                    Err(RpcError::new(RESOURCE, f.message))
+                }
+            }
         }
         "daemon.shutdown" => {
             let NoParams {} = params(p)?;

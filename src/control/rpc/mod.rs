@@ -7,5 +7,5 @@ pub mod methods;
 pub mod protocol;
 pub mod server;
 
-pub use methods::{Context, METHODS};
+pub use methods::{Context, UpgradeFailure, UpgradeHook, METHODS};
 pub use protocol::RpcError;

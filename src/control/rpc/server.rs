@@ -23,6 +23,10 @@ const MAX_CLIENTS: usize = 64;
 pub struct RpcServer {
     thread: Background,
     path: PathBuf,
+    /// A copy of the listening socket, for the process an upgrade starts.
+    listener: UnixListener,
+    /// Whether stopping removes the socket (not once it is handed over).
+    unlink: bool,
 }
 
 impl RpcServer {
@@ -59,21 +63,45 @@ impl RpcServer {
             std::os::unix::fs::chown(&tmp, None, Some(gid))?;
         }
         std::fs::rename(&tmp, path)?;
+        Self::adopt(listener, path, ctx)
+    }
+
+    /// Serves on a socket already bound at `path` (the one an upgrade's old
+    /// process handed over).
+    pub fn adopt(listener: UnixListener, path: &Path, ctx: Arc<Context>) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
+        let copy = listener.try_clone()?;
         let thread = Background::spawn("control", move |stop| accept_loop(listener, ctx, stop))?;
         Ok(Self {
             thread,
             path: path.to_path_buf(),
+            listener: copy,
+            unlink: true,
         })
+    }
+
+    /// The listening socket, to hand over.
+    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd()
     }
 
     pub fn stop(mut self) {
         self.shutdown();
     }
 
+    /// Stops accepting, and leaves the socket to the process that took it
+    /// over.
+    pub fn release(mut self) {
+        self.unlink = false;
+        self.shutdown();
+    }
+
     fn shutdown(&mut self) {
         self.thread.stop();
-        let _ = socket_path::remove_stale_socket(&self.path);
+        if self.unlink {
+            let _ = socket_path::remove_stale_socket(&self.path);
+        }
     }
 }
 

@@ -1,0 +1,401 @@
+//! The daemon's two halves of an upgrade (docs/upgrade.md). The old process
+//! stops every vNIC at once and exports it: its connection paused between
+//! two vhost-user messages, its engines' state, the frames waiting for its
+//! guest, with the FDB and every free frame of the shared pool. The new
+//! process adds each vNIC from that export: the same sockets and streams,
+//! engines that continue from the old ones, and those frames first.
+//!
+//! All vNICs stop together, so the blackout is the whole daemon's, not one
+//! engine's at a time as the design goes on to (bridges, then the switch
+//! last): this is the first step that moves a whole daemon.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
+use crate::control::config::{Config, VnicConfig};
+use crate::packet::{FrameHandle, FramePool, LinkTx};
+use crate::switch::fdb::FdbEntryState;
+use crate::switch::PortId;
+use crate::upgrade::bridge::WireHandle;
+use crate::upgrade::vnic_handover::{
+    export_vnic, import_vnic, pause_vnic, PausedVnic, VnicHandover,
+};
+use crate::vnic::connection::PausedHandler;
+use crate::vnic::{Connection, EngineSink, VnicDevice, VnicEngine};
+
+/// How long the switch may take to forward what the stopped engines sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One vNIC as an upgrade moves it (its fds travel beside it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VnicMove {
+    pub config: VnicConfig,
+    pub handover: VnicHandover,
+    /// Per queue pair, the frames that waited for the guest, in order.
+    pub for_guest: Vec<Vec<WireHandle>>,
+}
+
+/// What the old process hands over beside its vNICs, once they stopped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DaemonState {
+    pub free_small: Vec<u32>,
+    pub free_large: Vec<u32>,
+    pub fdb: Vec<FdbEntryState>,
+    /// How many vNIC messages follow.
+    pub vnics: usize,
+}
+
+/// A vNIC the old process exported: the message and its fds for the new
+/// process, and what the old one keeps until the commit.
+pub struct ExportedVnic {
+    pub moved: VnicMove,
+    pub fds: Vec<OwnedFd>,
+    connection: Connection,
+    handler: Option<PausedHandler>,
+}
+
+/// Everything the old process exported.
+pub struct UpgradeExport {
+    pub state: DaemonState,
+    pub vnics: Vec<ExportedVnic>,
+    /// When the first engine began to stop.
+    pub stopped_at: Instant,
+}
+
+impl UpgradeExport {
+    /// The new process serves every vNIC: the old copies of the
+    /// connections go, with no hang-up and no socket unlinked.
+    pub fn commit(self) {
+        for v in self.vnics {
+            drop(v.handler);
+            v.connection.release();
+        }
+    }
+}
+
+/// Why an upgrade did not start: the daemon serves on as before.
+#[derive(Debug)]
+pub struct UpgradeRefused(pub DaemonError);
+
+/// A vNIC coming over from the old process (see [`Daemon::take_over_vnic`]).
+pub struct VnicTakeover {
+    handover: VnicHandover,
+    fds: Vec<OwnedFd>,
+    for_guest: Vec<Vec<FrameHandle>>,
+}
+
+impl VnicTakeover {
+    /// Queue pair `q`'s engine continues from the old one's state, and the
+    /// frames that waited for the guest go first on the link to it.
+    pub(super) fn continue_queue(
+        &mut self,
+        q: usize,
+        engine: &mut VnicEngine,
+        to_engine: &mut LinkTx,
+        pool: &Arc<FramePool>,
+    ) {
+        if let Some(state) = self.handover.engines.get(q) {
+            engine.take_over(state);
+        }
+        let Some(frames) = self.for_guest.get_mut(q) else {
+            return;
+        };
+        let mut lost = 0;
+        for frame in frames.drain(..) {
+            if let Err(frame) = to_engine.push(frame) {
+                pool.cache().free(frame);
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            log::warn!(
+                "{}: {lost} frames for the guest did not fit",
+                self.handover.name
+            );
+        }
+    }
+
+    /// The old process's connection, replayed to a handler of this one.
+    pub(super) fn connect(
+        self,
+        device: &Arc<VnicDevice<EngineSink>>,
+        socket: &Path,
+    ) -> Result<Connection, DaemonError> {
+        import_vnic(
+            &self.handover,
+            self.fds,
+            device,
+            socket,
+            ENGINE_CALL_TIMEOUT,
+        )
+        .map_err(|e| DaemonError::Upgrade(e.to_string()))
+    }
+}
+
+fn refused(what: impl std::fmt::Display) -> UpgradeRefused {
+    UpgradeRefused(DaemonError::Upgrade(what.to_string()))
+}
+
+impl Daemon {
+    /// The old process: stops every vNIC and exports it with the rest of
+    /// the state. On an error before anything was taken apart, every vNIC
+    /// serves on as before ([`UpgradeRefused`]).
+    pub fn export_for_upgrade(&mut self) -> Result<UpgradeExport, UpgradeRefused> {
+        if !self.uplinks.is_empty() {
+            return Err(refused(
+                "uplinks are not handed over yet: remove them first (docs/upgrade.md, milestone 5)",
+            ));
+        }
+        let stopped_at = Instant::now();
+        let mut paused: Vec<PausedVnic> = Vec::with_capacity(self.vnics.len());
+        for i in 0..self.vnics.len() {
+            let v = &self.vnics[i];
+            let result = match v.connection.as_ref() {
+                Some(c) => {
+                    pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT).map_err(refused)
+                }
+                None => Err(refused(format!("{} has no connection", v.config.name))),
+            };
+            match result {
+                Ok(p) => paused.push(p),
+                Err(e) => {
+                    self.resume_vnics(paused, Vec::new());
+                    return Err(e);
+                }
+            }
+        }
+        let mut engines: Vec<Vec<VnicEngine>> = Vec::with_capacity(self.vnics.len());
+        for i in 0..self.vnics.len() {
+            match self.take_engines(i) {
+                Ok(e) => engines.push(e),
+                Err(e) => {
+                    self.resume_vnics(paused, engines);
+                    return Err(refused(e));
+                }
+            }
+        }
+        if let Err(e) = self.drain_toward_switch(&engines) {
+            self.resume_vnics(paused, engines);
+            return Err(refused(e));
+        }
+        let names: HashMap<PortId, String> = self
+            .vnics
+            .iter()
+            .map(|v| (v.port, v.config.name.clone()))
+            .collect();
+        let fdb = match self.switch.fdb_export(names) {
+            Ok(f) => f,
+            Err(e) => {
+                self.resume_vnics(paused, engines);
+                return Err(refused(e));
+            }
+        };
+        let mut vnics = Vec::with_capacity(self.vnics.len());
+        for (i, (p, e)) in paused.into_iter().zip(engines).enumerate() {
+            let v = &mut self.vnics[i];
+            let connection = v.connection.take().expect("checked above");
+            let name = v.config.name.clone();
+            // Only duplicating fds or making links can fail here, before
+            // anything is taken apart.
+            let (handover, fds, exported) =
+                match export_vnic(&name, p.handler, connection.listener(), e) {
+                    Ok(x) => x,
+                    Err(failed) => {
+                        log::error!("upgrade: {}", failed.error);
+                        return Err(refused(format!(
+                            "{} (vNICs exported before it lost their state)",
+                            failed.error
+                        )));
+                    }
+                };
+            let for_guest = exported
+                .links
+                .into_iter()
+                .map(|(_, mut from_switch)| {
+                    std::iter::from_fn(|| from_switch.pop())
+                        .map(WireHandle::from_frame)
+                        .collect()
+                })
+                .collect();
+            vnics.push(ExportedVnic {
+                moved: VnicMove {
+                    config: v.config.clone(),
+                    handover,
+                    for_guest,
+                },
+                fds,
+                connection,
+                handler: exported.handler,
+            });
+        }
+        if let Err(e) = self.switch.release_caches() {
+            log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
+        }
+        let (free_small, free_large) = self.pool.take_free(usize::MAX, usize::MAX);
+        Ok(UpgradeExport {
+            state: DaemonState {
+                free_small,
+                free_large,
+                fdb,
+                vnics: vnics.len(),
+            },
+            vnics,
+            stopped_at,
+        })
+    }
+
+    /// Takes the engines of vNIC `i` out of their group.
+    fn take_engines(&mut self, i: usize) -> Result<Vec<VnicEngine>, DaemonError> {
+        let group = self.config.group_of(&self.vnics[i].config).to_string();
+        let group = self.shared_group(&group)?;
+        let group = &*group;
+        let ids = std::mem::take(&mut self.vnics[i].engines);
+        let mut engines = Vec::with_capacity(ids.len());
+        for (n, id) in ids.iter().enumerate() {
+            let removed = group.remove(*id).map_err(DaemonError::from).and_then(|e| {
+                e.into_any()
+                    .downcast::<VnicEngine>()
+                    .map_err(|_| DaemonError::Upgrade("not a vNIC engine".into()))
+            });
+            match removed {
+                Ok(e) => engines.push(*e),
+                Err(err) => {
+                    let back =
+                        place_engines(group, engines.into_iter().map(Box::new).collect(), None);
+                    let mut kept = back.unwrap_or_default();
+                    kept.extend_from_slice(&ids[n..]);
+                    self.vnics[i].engines = kept;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(engines)
+    }
+
+    fn shared_group(&self, name: &str) -> Result<Arc<crate::sched::EngineGroup>, DaemonError> {
+        self.groups
+            .iter()
+            .find(|g| g.config.name == name)
+            .map(|g| g.group.clone())
+            .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
+    }
+
+    /// Waits until the switch has taken and forwarded everything the
+    /// stopped engines sent.
+    fn drain_toward_switch(&self, engines: &[Vec<VnicEngine>]) -> Result<(), DaemonError> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while engines
+            .iter()
+            .flatten()
+            .any(|e| e.frames_toward_switch() > 0)
+        {
+            if Instant::now() > deadline {
+                return Err(DaemonError::Upgrade(
+                    "the switch did not take the stopped engines' frames".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(self.switch.settle()?)
+    }
+
+    /// Puts back what an upgrade that did not start had stopped.
+    fn resume_vnics(&mut self, paused: Vec<PausedVnic>, engines: Vec<Vec<VnicEngine>>) {
+        let mut engines = engines.into_iter();
+        for (i, p) in paused.into_iter().enumerate() {
+            let name = self.vnics[i].config.name.clone();
+            if let Some(e) = engines.next() {
+                let group = self.config.group_of(&self.vnics[i].config).to_string();
+                match self
+                    .shared_group(&group)
+                    .and_then(|g| place_engines(&g, e.into_iter().map(Box::new).collect(), None))
+                {
+                    Ok(ids) => self.vnics[i].engines = ids,
+                    Err(err) => log::error!("{name}: engines not put back: {err}"),
+                }
+            }
+            let v = &self.vnics[i];
+            if let Err(e) = v.device.take_back_vrings() {
+                log::error!("{name}: vrings not taken back: {e}");
+            }
+            if let Some(c) = v.connection.as_ref() {
+                c.resume(p.handler);
+            }
+        }
+    }
+
+    /// The new process, while the old one still serves: the groups and
+    /// switch of `cfg` (the old process's configuration as it stands) on
+    /// the pool the old process's `memfd` holds, with no free frame and no
+    /// vNIC yet.
+    pub fn start_taking_over(cfg: &Config, memfd: OwnedFd) -> Result<Self, DaemonError> {
+        cfg.validate()?;
+        let pool = FramePool::attach(&super::super::pool_sizing::pool_config(cfg), memfd)?;
+        Self::start_on_pool(cfg, pool)
+    }
+
+    /// The new process: the free frames the old one handed over.
+    pub fn take_free_frames(&self, state: &DaemonState) -> Result<(), DaemonError> {
+        Ok(self.pool.give_free(&state.free_small, &state.free_large)?)
+    }
+
+    /// The new process: adds a vNIC the old process exported, all but its
+    /// connection, which [`Self::connect_taken_over`] replays once every
+    /// vNIC is there.
+    pub fn take_over_vnic(
+        &mut self,
+        moved: VnicMove,
+        fds: Vec<OwnedFd>,
+    ) -> Result<VnicTakeover, DaemonError> {
+        if moved.handover.engines.len() != usize::from(moved.config.queue_pairs) {
+            return Err(DaemonError::Upgrade(format!(
+                "{}: {} engine states for {} queue pairs",
+                moved.config.name,
+                moved.handover.engines.len(),
+                moved.config.queue_pairs
+            )));
+        }
+        let for_guest = moved
+            .for_guest
+            .iter()
+            .map(|q| q.iter().filter_map(|w| w.into_frame(&self.pool)).collect())
+            .collect();
+        let takeover = VnicTakeover {
+            handover: moved.handover,
+            fds,
+            for_guest,
+        };
+        let name = moved.config.name.clone();
+        self.add_vnic_with(moved.config, Some(takeover))?
+            .ok_or_else(|| DaemonError::Upgrade(format!("{name}: no connection to take over")))
+    }
+
+    /// The new process: the taken-over vNICs' connections, replayed; from
+    /// here on their guests' frames flow.
+    pub fn connect_taken_over(&mut self, taken: Vec<VnicTakeover>) -> Result<(), DaemonError> {
+        for t in taken {
+            let i = self.vnic_index(&t.handover.name)?;
+            let v = &self.vnics[i];
+            let connection = t.connect(&v.device, &v.socket)?;
+            self.vnics[i].connection = Some(connection);
+        }
+        Ok(())
+    }
+
+    /// The new process: the old one's FDB, ports found by vNIC name.
+    /// Returns the entries not taken.
+    pub fn import_fdb(&self, entries: Vec<FdbEntryState>) -> Result<usize, DaemonError> {
+        let ids = self
+            .vnics
+            .iter()
+            .map(|v| (v.config.name.clone(), v.port))
+            .collect();
+        Ok(self.switch.fdb_import(entries, ids)?)
+    }
+}

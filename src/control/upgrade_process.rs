@@ -1,0 +1,263 @@
+//! `snapnet ctl upgrade`: the running daemon starts the new binary as
+//! `snapnet serve --takeover-fd 3` with one end of a handoff channel, and
+//! hands it every vNIC over that channel (docs/upgrade.md). Both halves of
+//! the protocol are here:
+//!
+//! 1. new -> old `hello` (its version): the new binary started and speaks
+//!    a state format the old one can read.
+//! 2. old -> new `prepare` (the configuration as it stands) with the pool's
+//!    memfd and the control socket's listener; new -> old `ready` once the
+//!    new process has mapped the pool and started its groups and switch.
+//!    Until here nothing has stopped, and a failure leaves the old daemon
+//!    serving.
+//! 3. old -> new `state` (free frames, FDB), then one `vnic` message per
+//!    vNIC with its fds ([`Daemon::export_for_upgrade`]): the blackout.
+//! 4. new -> old `committed`: the new process serves every vNIC and the
+//!    control socket. The old one lets go of its copies and exits.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::config::Config;
+use super::daemon::{Daemon, DaemonState, UpgradeExport, VnicMove};
+use crate::upgrade::vnic_handover::borrowed;
+use crate::upgrade::{Channel, ChannelError};
+
+/// How long one step of the protocol may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the new process finds its end of the channel.
+pub const TAKEOVER_FD: i32 = 3;
+
+#[derive(Debug, Error)]
+pub enum UpgradeError {
+    /// Nothing was stopped: the daemon serves on as before.
+    #[error("upgrade not started: {0}")]
+    NotStarted(String),
+    /// The state had been handed over when the new process failed: this
+    /// process can no longer serve its vNICs.
+    #[error("upgrade failed after the hand-over began: {0}")]
+    Failed(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    version: String,
+    pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Committed {
+    pid: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Prepare {
+    config: Config,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Ready {}
+
+/// What an upgrade did, for the command's output.
+#[derive(Debug, Serialize)]
+pub struct UpgradeReport {
+    /// The process that serves now.
+    pub pid: u32,
+    pub version: String,
+    pub vnics: usize,
+    /// From the first vNIC's engines stopping to the new process serving
+    /// them all.
+    pub blackout_ms: f64,
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The old process's half, with the daemon locked. On `Ok` the new process
+/// serves and this one must exit without touching anything it handed over.
+pub fn upgrade(
+    daemon: &mut Daemon,
+    binary: &Path,
+    control: BorrowedFd<'_>,
+) -> Result<UpgradeReport, UpgradeError> {
+    let not_started = |e: String| UpgradeError::NotStarted(e);
+    let (mut ours, theirs) = Channel::pair().map_err(|e| not_started(text(e)))?;
+    ours.set_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| not_started(text(e)))?;
+    let mut child = spawn(binary, theirs.into_fd())
+        .map_err(|e| not_started(format!("cannot start {}: {e}", binary.display())))?;
+    let mut abandon = |why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        why
+    };
+    let hello: Hello = match ours.recv_message("hello") {
+        Ok((h, _)) => h,
+        Err(e) => {
+            return Err(not_started(abandon(format!(
+                "{} did not answer: {e}",
+                binary.display()
+            ))))
+        }
+    };
+    log::info!(
+        "upgrade: snapnet {} (pid {}) is taking over",
+        hello.version,
+        hello.pid
+    );
+    let prepare = Prepare {
+        config: daemon.config().clone(),
+    };
+    let prepared = ours
+        .send_message("prepare", &prepare, &[daemon.pool().memfd(), control])
+        .and_then(|()| ours.recv_message::<Ready>("ready"));
+    if let Err(e) = prepared {
+        return Err(not_started(abandon(format!(
+            "the new process did not get ready: {e}"
+        ))));
+    }
+    let export = match daemon.export_for_upgrade() {
+        Ok(x) => x,
+        Err(refused) => return Err(not_started(abandon(refused.0.to_string()))),
+    };
+    let vnics = export.vnics.len();
+    match hand_over(&ours, &export) {
+        Ok(committed) => {
+            let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
+            export.commit();
+            log::info!(
+                "upgrade: pid {} serves {vnics} vNIC(s) after a {blackout_ms:.1} ms blackout",
+                committed.pid
+            );
+            Ok(UpgradeReport {
+                pid: committed.pid,
+                version: hello.version,
+                vnics,
+                blackout_ms,
+            })
+        }
+        Err(e) => Err(UpgradeError::Failed(abandon(text(e)))),
+    }
+}
+
+/// Sends the state and every vNIC, and waits for the new process to serve.
+fn hand_over(ours: &Channel, export: &UpgradeExport) -> Result<Committed, ChannelError> {
+    ours.send_message("state", &export.state, &[])?;
+    for v in &export.vnics {
+        ours.send_message("vnic", &v.moved, &borrowed(&v.fds))?;
+    }
+    Ok(ours.recv_message::<Committed>("committed")?.0)
+}
+
+/// Starts `binary serve --takeover-fd 3` with `fd` as its fd 3.
+fn spawn(binary: &Path, fd: OwnedFd) -> std::io::Result<std::process::Child> {
+    let raw = fd.as_raw_fd();
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .arg("--takeover-fd")
+        .arg(TAKEOVER_FD.to_string())
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec: dup2
+    // (whose copy does not carry FD_CLOEXEC) and fcntl.
+    unsafe {
+        command.pre_exec(move || {
+            if raw == TAKEOVER_FD {
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, TAKEOVER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn();
+    drop(fd);
+    child
+}
+
+/// What the new process took over, before it answers `committed`.
+pub struct TakenOver {
+    pub daemon: Daemon,
+    /// The control socket's listener, to serve on.
+    pub control: UnixListener,
+    channel: Channel,
+}
+
+impl TakenOver {
+    /// Tells the old process that this one serves (it then exits).
+    pub fn commit(self) -> Result<Daemon, ChannelError> {
+        self.channel.send_message(
+            "committed",
+            &Committed {
+                pid: std::process::id(),
+            },
+            &[],
+        )?;
+        Ok(self.daemon)
+    }
+}
+
+/// The new process's half: everything up to `committed`, which the caller
+/// sends once its control server runs ([`TakenOver::commit`]).
+pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
+    let mut channel = Channel::from_fd(fd).map_err(text)?;
+    channel.set_timeout(Some(STEP_TIMEOUT)).map_err(text)?;
+    channel
+        .send_message(
+            "hello",
+            &Hello {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+            },
+            &[],
+        )
+        .map_err(text)?;
+    let (prepare, mut fds): (Prepare, Vec<OwnedFd>) =
+        channel.recv_message("prepare").map_err(text)?;
+    if fds.len() != 2 {
+        return Err(format!(
+            "the configuration came with {} fds, not 2",
+            fds.len()
+        ));
+    }
+    let control = UnixListener::from(fds.pop().expect("two fds"));
+    let memfd = fds.pop().expect("two fds");
+    let mut daemon = Daemon::start_taking_over(&prepare.config, memfd).map_err(text)?;
+    channel
+        .send_message("ready", &Ready {}, &[])
+        .map_err(text)?;
+    let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
+    daemon.take_free_frames(&state).map_err(text)?;
+    let mut taken = Vec::with_capacity(state.vnics);
+    for _ in 0..state.vnics {
+        let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
+        let name = moved.config.name.clone();
+        taken.push(
+            daemon
+                .take_over_vnic(moved, fds)
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+    }
+    let skipped = daemon.import_fdb(state.fdb).map_err(text)?;
+    if skipped > 0 {
+        log::warn!("upgrade: {skipped} FDB entries not taken over");
+    }
+    // Every port exists: the guests' frames can flow.
+    daemon.connect_taken_over(taken).map_err(text)?;
+    Ok(TakenOver {
+        daemon,
+        control,
+        channel,
+    })
+}

@@ -1,0 +1,265 @@
+//! `snapnet ctl upgrade` through the real binary: a running daemon hands its
+//! vNICs over to a new process while snapnet's frontend sends
+//! sequence-numbered frames both ways on two queue pairs. Nothing is lost,
+//! duplicated or reordered, the frontends never reconnect, and the counters
+//! go on. An upgrade to a binary that does not answer is refused and the
+//! daemon serves on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use snapnet::control::rpc::client::{Client, ClientError};
+use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+
+const QPS: u16 = 2;
+/// Frames per (direction, queue pair) not yet received, at most: they fit
+/// the receiving ring, so none waits in snapnet for a descheduled thread.
+const IN_FLIGHT: u32 = 8;
+
+/// A snapnet process, killed if the test ends early.
+struct Process(Option<Child>, Option<u32>);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.1 {
+            // SAFETY: a signal to a pid this test started (through the old
+            // process); at worst it is gone already.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn call(control: &Path, method: &str, params: Value) -> Result<Value, ClientError> {
+    Client::connect(control)?.call(method, params)
+}
+
+/// Who sent a frame: its direction and queue pair, and its number there.
+fn tag(dir: usize, qp: u16, n: u32) -> u32 {
+    (dir as u32) << 28 | u32::from(qp) << 24 | n
+}
+
+/// Both guests: each sends on every queue pair to the other, and checks
+/// that what it receives from each (direction, queue pair) comes in order.
+struct Guests {
+    fes: [Frontend; 2],
+    sent: [[u32; QPS as usize]; 2],
+    got: [[u32; QPS as usize]; 2],
+}
+
+impl Guests {
+    fn step(&mut self, sending: bool) {
+        let macs = [MAC0, MAC1];
+        for dir in 0..2 {
+            for qp in 0..QPS {
+                let q = usize::from(qp);
+                if sending && self.sent[dir][q] < self.got[dir][q] + IN_FLIGHT {
+                    let f = frame(
+                        macs[1 - dir],
+                        macs[dir],
+                        80,
+                        tag(dir, qp, self.sent[dir][q]),
+                    );
+                    self.sent[dir][q] +=
+                        self.fes[dir].send(qp, &[&f], &VirtioNetHdr::default()) as u32;
+                }
+            }
+        }
+        for dir in 0..2 {
+            let from = 1 - dir;
+            let got = &mut self.got;
+            for qp in 0..QPS {
+                self.fes[dir].recv(qp, |_, p| {
+                    let t = u32::from_be_bytes(p[14..18].try_into().unwrap());
+                    let (d, q, n) = (
+                        (t >> 28) as usize,
+                        ((t >> 24) & 0xf) as usize,
+                        t & 0xff_ffff,
+                    );
+                    assert_eq!(d, from, "a frame came back to its sender");
+                    assert_eq!(
+                        n, got[d][q],
+                        "direction {d} queue pair {q}: frame {n} out of order"
+                    );
+                    got[d][q] += 1;
+                });
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.step(true);
+        }
+    }
+
+    /// Receives what is still on its way; every frame sent must arrive.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.got != self.sent {
+            assert!(
+                Instant::now() < deadline,
+                "frames lost: sent {:?}, received {:?}",
+                self.sent,
+                self.got
+            );
+            self.step(false);
+        }
+    }
+
+    fn total_from(&self, dir: usize) -> u64 {
+        self.sent[dir].iter().map(|n| u64::from(*n)).sum()
+    }
+}
+
+#[test]
+fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
+    let dir = TempDir::new("upgrade");
+    let control = dir.path("control.sock");
+    let cfg = json!({
+        "runtime_dir": dir.0,
+        "control_socket": control,
+        "vnics": [
+            { "name": "vnic0", "mac": "52:54:00:5a:00:01", "queue_pairs": QPS },
+            { "name": "vnic1", "mac": "52:54:00:5a:00:02", "queue_pairs": QPS }
+        ],
+        "groups": [ { "name": "default", "policy": "dedicated", "threads": 1 } ]
+    });
+    std::fs::write(dir.path("snapnet.json"), cfg.to_string()).unwrap();
+    let log = std::fs::File::create(dir.path("snapnet.log")).unwrap();
+    let old = Command::new(env!("CARGO_BIN_EXE_snapnet"))
+        .args(["serve", "--config"])
+        .arg(dir.path("snapnet.json"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let old_pid = old.id();
+    let mut old = Process(Some(old), None);
+    wait_until("the control socket", || {
+        call(&control, "daemon.status", json!({})).is_ok()
+    });
+
+    let fc = FrontendConfig {
+        queue_pairs: QPS,
+        ..Default::default()
+    };
+    let open =
+        |name: &str| Frontend::connect(&dir.path(name), &fc, Duration::from_secs(10)).unwrap();
+    let mut guests = Guests {
+        fes: [open("vnic0.sock"), open("vnic1.sock")],
+        sent: Default::default(),
+        got: Default::default(),
+    };
+    guests.run_for(Duration::from_millis(300));
+    assert!(
+        guests.got.iter().flatten().all(|n| *n > 0),
+        "traffic flows: {:?}",
+        guests.got
+    );
+
+    // A binary that exits at once: refused, and nothing stopped.
+    let e = call(&control, "daemon.upgrade", json!({ "binary": "/bin/true" }))
+        .expect_err("an upgrade to /bin/true must fail");
+    assert!(e.to_string().contains("not started"), "{e}");
+    let before = guests.got;
+    guests.run_for(Duration::from_millis(200));
+    assert!(
+        guests
+            .got
+            .iter()
+            .flatten()
+            .zip(before.iter().flatten())
+            .all(|(a, b)| a > b),
+        "the daemon serves on after a refused upgrade"
+    );
+
+    // The upgrade, answered while the guests keep sending from another
+    // thread of control (the test's): the call blocks for the blackout.
+    let upgrade = {
+        let control = control.clone();
+        std::thread::spawn(move || call(&control, "daemon.upgrade", json!({})))
+    };
+    while !upgrade.is_finished() {
+        guests.step(true);
+    }
+    let report = upgrade.join().unwrap().expect("the upgrade succeeds");
+    let new_pid = report["pid"].as_u64().expect("a pid") as u32;
+    old.1 = Some(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["vnics"], 2, "{report}");
+    eprintln!("upgrade: {report}");
+
+    // The old process exits by itself, successfully.
+    let mut child = old.0.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        guests.step(true);
+    };
+    assert!(status.success(), "old process: {status}");
+
+    guests.run_for(Duration::from_millis(300));
+    for _ in 0..50 {
+        guests.step(false);
+    }
+    if guests.got != guests.sent {
+        for name in ["vnic0", "vnic1"] {
+            let st = call(&control, "vnic.stats", json!({ "name": name })).unwrap();
+            eprintln!(
+                "{name}: tx {} rx {} port {}",
+                st["tx_packets"], st["rx_packets"], st["switch_port"]
+            );
+        }
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(dir.path("snapnet.log")).unwrap_or_default()
+        );
+    }
+    guests.drain();
+    assert!(
+        guests.got.iter().flatten().all(|n| *n > 100),
+        "{:?}",
+        guests.got
+    );
+
+    // The new process answers on the same control socket, and its counters
+    // go on from the old one's.
+    let status = call(&control, "daemon.status", json!({})).unwrap();
+    assert_eq!(status["vnics"], 2);
+    for (i, name) in ["vnic0", "vnic1"].iter().enumerate() {
+        let stats = call(&control, "vnic.stats", json!({ "name": name })).unwrap();
+        assert_eq!(stats["tx_packets"], guests.total_from(i), "{name}: {stats}");
+        assert_eq!(
+            stats["rx_packets"],
+            guests.total_from(1 - i),
+            "{name}: {stats}"
+        );
+    }
+    call(&control, "daemon.shutdown", json!({})).unwrap();
+    // The new process is not this one's child (the old one started it):
+    // its stop shows as the control socket going away.
+    wait_until("the new process to stop", || !control.exists());
+    old.1 = None;
+}
