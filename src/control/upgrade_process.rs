@@ -27,11 +27,16 @@ use thiserror::Error;
 
 use super::config::Config;
 use super::daemon::{Daemon, DaemonState, UpgradeExport, VnicMove};
+use crate::packet::PoolConfig;
 use crate::upgrade::vnic_handover::borrowed;
 use crate::upgrade::{Channel, ChannelError};
 
 /// How long one step of the protocol may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the new process may take from the state to `committed` (within
+/// the control client's 30 s).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the new process finds its end of the channel.
 pub const TAKEOVER_FD: i32 = 3;
@@ -61,6 +66,8 @@ struct Committed {
 #[derive(Serialize, Deserialize)]
 struct Prepare {
     config: Config,
+    /// The pool's layout, which the new process maps as it is.
+    pool: PoolConfig,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,6 +123,7 @@ pub fn upgrade(
     );
     let prepare = Prepare {
         config: daemon.config().clone(),
+        pool: daemon.pool().layout(),
     };
     let prepared = ours
         .send_message("prepare", &prepare, &[daemon.pool().memfd(), control])
@@ -127,9 +135,13 @@ pub fn upgrade(
     }
     let export = match daemon.export_for_upgrade() {
         Ok(x) => x,
-        Err(refused) => return Err(not_started(abandon(refused.0.to_string()))),
+        Err(r) if r.serving => return Err(not_started(abandon(r.error.to_string()))),
+        Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
     };
     let vnics = export.vnics.len();
+    // The new process replays every vNIC before it commits: give it time,
+    // as a slow new process must not be killed once it holds the state.
+    let _ = ours.set_timeout(Some(COMMIT_TIMEOUT));
     match hand_over(&ours, &export) {
         Ok(committed) => {
             let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
@@ -168,7 +180,7 @@ fn spawn(binary: &Path, fd: OwnedFd) -> std::io::Result<std::process::Child> {
         .arg(TAKEOVER_FD.to_string())
         .stdin(Stdio::null());
     // SAFETY: only async-signal-safe calls between fork and exec: dup2
-    // (whose copy does not carry FD_CLOEXEC) and fcntl.
+    // (whose copy does not carry FD_CLOEXEC), fcntl and close_range.
     unsafe {
         command.pre_exec(move || {
             if raw == TAKEOVER_FD {
@@ -178,6 +190,15 @@ fn spawn(binary: &Path, fd: OwnedFd) -> std::io::Result<std::process::Child> {
             } else if libc::dup2(raw, TAKEOVER_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Nothing else of this process's: fds received from frontends
+            // carry no FD_CLOEXEC, and guest memory would stay allocated
+            // in the new process (what it needs comes over the channel).
+            libc::syscall(
+                libc::SYS_close_range,
+                TAKEOVER_FD as libc::c_uint + 1,
+                libc::c_uint::MAX,
+                0 as libc::c_uint,
+            );
             Ok(())
         });
     }
@@ -233,7 +254,8 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     }
     let control = UnixListener::from(fds.pop().expect("two fds"));
     let memfd = fds.pop().expect("two fds");
-    let mut daemon = Daemon::start_taking_over(&prepare.config, memfd).map_err(text)?;
+    let mut daemon =
+        Daemon::start_taking_over(&prepare.config, &prepare.pool, memfd).map_err(text)?;
     channel
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;

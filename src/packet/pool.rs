@@ -55,7 +55,7 @@ pub enum PoolError {
 }
 
 /// Sizes of the pool.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolConfig {
     pub frames: u32,
     pub frame_size: u32,
@@ -187,6 +187,18 @@ impl FramePool {
             total_large: cfg.large_frames,
             large_bulk: (cfg.large_frames as usize / LARGE_SHARE).clamp(1, LARGE_BULK_MAX),
         })
+    }
+
+    /// The pool's layout, for a process that maps the same memory
+    /// (`attach`): page choice as the memory got it.
+    pub fn layout(&self) -> PoolConfig {
+        PoolConfig {
+            frames: self.frames,
+            frame_size: self.frame_size as u32,
+            large_frames: self.total_large,
+            large_frame_size: self.large_frame_size as u32,
+            pages: PageChoice::Auto,
+        }
     }
 
     /// The pages behind the pool.

@@ -1340,7 +1340,10 @@ mod tests {
             burner > 0.2 && burner > 3.0 * ticker,
             "burner {burner:.3} s, ticker {ticker:.3} s of {thread:.3} s"
         );
-        assert!(ticker > 0.02, "idle polling is shared too: {ticker:.3} s");
+        // Idle, a dedicated thread yields its CPU (YIELD_EVERY_IDLE_ROUNDS):
+        // on a busy machine it gets little of it then, so only that the
+        // ticker got a share is asked.
+        assert!(ticker > 0.0, "idle polling is shared too: {ticker:.3} s");
         // Up to a millisecond of sharing lag, and schedstat's own timing.
         assert!(
             (burner + ticker - thread).abs() < 0.1 * thread,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
 use crate::control::config::{Config, VnicConfig};
-use crate::packet::{FrameHandle, FramePool, LinkTx};
+use crate::packet::{FrameHandle, FramePool, LinkTx, PoolConfig};
 use crate::switch::fdb::FdbEntryState;
 use crate::switch::PortId;
 use crate::upgrade::bridge::WireHandle;
@@ -79,9 +79,14 @@ impl UpgradeExport {
     }
 }
 
-/// Why an upgrade did not start: the daemon serves on as before.
+/// Why an export failed.
 #[derive(Debug)]
-pub struct UpgradeRefused(pub DaemonError);
+pub struct UpgradeRefused {
+    pub error: DaemonError,
+    /// True: nothing was taken apart, the daemon serves on as before.
+    /// False: vNICs were taken apart and this daemon cannot serve them.
+    pub serving: bool,
+}
 
 /// A vNIC coming over from the old process (see [`Daemon::take_over_vnic`]).
 pub struct VnicTakeover {
@@ -139,7 +144,10 @@ impl VnicTakeover {
 }
 
 fn refused(what: impl std::fmt::Display) -> UpgradeRefused {
-    UpgradeRefused(DaemonError::Upgrade(what.to_string()))
+    UpgradeRefused {
+        error: DaemonError::Upgrade(what.to_string()),
+        serving: true,
+    }
 }
 
 impl Daemon {
@@ -151,6 +159,11 @@ impl Daemon {
             return Err(refused(
                 "uplinks are not handed over yet: remove them first (docs/upgrade.md, milestone 5)",
             ));
+        }
+        if self.switch.shard_count() > 1 {
+            // Frames waiting in the peer links between shards are not
+            // drained yet.
+            return Err(refused("a sharded switch is not handed over yet"));
         }
         let stopped_at = Instant::now();
         let mut paused: Vec<PausedVnic> = Vec::with_capacity(self.vnics.len());
@@ -207,11 +220,10 @@ impl Daemon {
                 match export_vnic(&name, p.handler, connection.listener(), e) {
                     Ok(x) => x,
                     Err(failed) => {
-                        log::error!("upgrade: {}", failed.error);
-                        return Err(refused(format!(
-                            "{} (vNICs exported before it lost their state)",
-                            failed.error
-                        )));
+                        return Err(UpgradeRefused {
+                            error: DaemonError::Upgrade(failed.error.to_string()),
+                            serving: false,
+                        });
                     }
                 };
             let for_guest = exported
@@ -334,9 +346,15 @@ impl Daemon {
     /// switch of `cfg` (the old process's configuration as it stands) on
     /// the pool the old process's `memfd` holds, with no free frame and no
     /// vNIC yet.
-    pub fn start_taking_over(cfg: &Config, memfd: OwnedFd) -> Result<Self, DaemonError> {
+    pub fn start_taking_over(
+        cfg: &Config,
+        layout: &PoolConfig,
+        memfd: OwnedFd,
+    ) -> Result<Self, DaemonError> {
         cfg.validate()?;
-        let pool = FramePool::attach(&super::super::pool_sizing::pool_config(cfg), memfd)?;
+        // The old pool's own layout: the configuration may have changed
+        // since it was sized (vNICs added or removed at run time).
+        let pool = FramePool::attach(layout, memfd)?;
         Self::start_on_pool(cfg, pool)
     }
 
