@@ -117,16 +117,9 @@ fn take_over(fd: i32, metrics_listen: Option<&str>) -> ExitCode {
         }
     };
     let cfg = taken.daemon.config().clone();
-    let control = match taken.control.try_clone() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("snapnet: control socket: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     // From here on this process serves: the old one lets go and exits.
     // Control clients wait in the socket's backlog meanwhile.
-    let daemon = match taken.commit() {
+    let (daemon, control) = match taken.commit() {
         Ok(d) => d,
         Err(e) => {
             eprintln!("snapnet: the old process did not hear the commit: {e}");

@@ -238,12 +238,20 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn group(&self, name: &str) -> Result<&EngineGroup, DaemonError> {
+    fn running_group(&self, name: &str) -> Result<&RunningGroup, DaemonError> {
         self.groups
             .iter()
             .find(|g| g.config.name == name)
-            .map(|g| &*g.group)
             .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
+    }
+
+    fn group(&self, name: &str) -> Result<&EngineGroup, DaemonError> {
+        self.running_group(name).map(|g| &*g.group)
+    }
+
+    /// The group, to hold while `self` changes.
+    fn shared_group(&self, name: &str) -> Result<Arc<EngineGroup>, DaemonError> {
+        self.running_group(name).map(|g| g.group.clone())
     }
 
     fn vnic_index(&self, name: &str) -> Result<usize, DaemonError> {

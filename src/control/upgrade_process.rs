@@ -211,13 +211,14 @@ fn spawn(binary: &Path, fd: OwnedFd) -> std::io::Result<std::process::Child> {
 pub struct TakenOver {
     pub daemon: Daemon,
     /// The control socket's listener, to serve on.
-    pub control: UnixListener,
+    control: UnixListener,
     channel: Channel,
 }
 
 impl TakenOver {
-    /// Tells the old process that this one serves (it then exits).
-    pub fn commit(self) -> Result<Daemon, ChannelError> {
+    /// Tells the old process that this one serves (it then exits); the
+    /// daemon and the control socket's listener to serve on.
+    pub fn commit(self) -> Result<(Daemon, UnixListener), ChannelError> {
         self.channel.send_message(
             "committed",
             &Committed {
@@ -225,7 +226,7 @@ impl TakenOver {
             },
             &[],
         )?;
-        Ok(self.daemon)
+        Ok((self.daemon, self.control))
     }
 }
 

@@ -290,14 +290,6 @@ impl Daemon {
         Ok(engines)
     }
 
-    fn shared_group(&self, name: &str) -> Result<Arc<crate::sched::EngineGroup>, DaemonError> {
-        self.groups
-            .iter()
-            .find(|g| g.config.name == name)
-            .map(|g| g.group.clone())
-            .ok_or_else(|| DaemonError::NotFound(format!("engine group '{name}'")))
-    }
-
     /// Waits until the switch has taken and forwarded everything the
     /// stopped engines sent.
     fn drain_toward_switch(&self, engines: &[Vec<VnicEngine>]) -> Result<(), DaemonError> {
