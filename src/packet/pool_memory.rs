@@ -186,6 +186,11 @@ impl PoolMemory {
         let file = memfd.as_file();
         let len = usize::try_from(file.metadata().map_err(io_err("fstat"))?.len())
             .map_err(|_| PoolMemoryError::Refused("the pool memfd is too large".into()))?;
+        if len % HUGE_PAGE != 0 {
+            return Err(PoolMemoryError::Refused(format!(
+                "the pool memfd has {len} bytes, not a whole number of huge pages"
+            )));
+        }
         if len < bytes {
             return Err(PoolMemoryError::Refused(format!(
                 "the pool memfd has {len} bytes, the pool needs {bytes}"
@@ -258,54 +263,22 @@ fn is_hugetlb(file: &File) -> Result<bool, PoolMemoryError> {
     Ok(fs.f_type as i64 == HUGETLBFS_MAGIC)
 }
 
-/// Maps `len` bytes of `file` shared, at a 2 MiB aligned address (the kernel
-/// backs a shmem range with a huge page only where the virtual range is
-/// aligned too), and populates it. `transparent`: ask for transparent huge
-/// pages (hugetlb mappings are huge and aligned by themselves).
+/// Maps `len` bytes of `file` shared and populates it. `transparent`: a shmem
+/// file, mapped at a 2 MiB aligned address (the kernel backs a shmem range
+/// with a huge page only where the virtual range is aligned too) and advised
+/// to use transparent huge pages. A hugetlb file is mapped where the kernel
+/// likes: it aligns hugetlb mappings itself.
+///
+/// Where the kernel picks the address, nothing can race: an earlier version
+/// found an aligned hole, gave it back and mapped it with
+/// MAP_FIXED_NOREPLACE, and failed with EEXIST when other threads kept
+/// taking the hole (CI saw it).
 fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8> {
-    // An aligned hole is found, given back, and then mapped with
-    // MAP_FIXED_NOREPLACE, never MAP_FIXED over a reservation of ours: a
-    // MAP_FIXED that fails (hugetlb pages run out) leaves its range unmapped,
-    // and unmapping the reservation after that could hit a mapping another
-    // thread made there meanwhile (another pool, a guest's memory).
-    const ATTEMPTS: usize = 16;
-    let mut attempt = 0;
-    let base = loop {
-        let hint = aligned_hole(len)?;
-        // SAFETY: NOREPLACE never replaces an existing mapping: the kernel
-        // maps the file at `hint` only where nothing is mapped, or fails
-        // (or, before 4.17, maps it elsewhere: handled below).
-        let base = unsafe {
-            libc::mmap(
-                hint.cast(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        attempt += 1;
-        if base == hint.cast() {
-            break base;
-        }
-        if base != libc::MAP_FAILED {
-            // A kernel before 4.17 takes NOREPLACE as a hint and maps
-            // elsewhere when the hole was taken: not aligned. Look again.
-            // SAFETY: the mapping just made, which nothing else knows of.
-            unsafe { libc::munmap(base, len) };
-            if attempt == ATTEMPTS {
-                return Err(io::Error::from_raw_os_error(libc::EEXIST));
-            }
-            continue;
-        }
-        let error = io::Error::last_os_error();
-        // EEXIST: another thread mapped into the hole first; look again.
-        if error.raw_os_error() != Some(libc::EEXIST) || attempt == ATTEMPTS {
-            return Err(error);
-        }
+    let base = if transparent {
+        map_aligned(file, len)?
+    } else {
+        map_file(file, len, std::ptr::null_mut(), 0)?
     };
-    let base: *mut u8 = base.cast();
     // SAFETY: advice and population on our own fresh mapping. Failing advice
     // only means smaller pages; a failing population is an error (hugetlb
     // pages run out, or the memory cgroup limit is reached), reported now
@@ -323,12 +296,48 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
     Ok(base)
 }
 
-/// A 2 MiB aligned address with `len` free bytes behind it, at the moment of
-/// the call: found by reserving `len` plus a huge page and giving it back.
-fn aligned_hole(len: usize) -> io::Result<*mut u8> {
+/// Maps a shmem file over an aligned reservation of exactly its length, which
+/// MAP_FIXED replaces atomically. Should that fail, the range may already be
+/// unmapped and taken by another thread, so it is left alone (address space
+/// only: the reservation is PROT_NONE and NORESERVE) and the file is mapped
+/// where the kernel likes, unaligned.
+fn map_aligned(file: &File, len: usize) -> io::Result<*mut u8> {
+    let reserved = reserve_aligned(len)?;
+    map_file(file, len, reserved, libc::MAP_FIXED).or_else(|error| {
+        log::warn!("frame pool memory: MAP_FIXED over its own reservation failed ({error}); mapped unaligned, with smaller pages");
+        map_file(file, len, std::ptr::null_mut(), 0)
+    })
+}
+
+/// One shared read-write mapping of `file`'s first `len` bytes; `at` and
+/// `flags` as for mmap (null and 0: where the kernel likes).
+fn map_file(file: &File, len: usize, at: *mut u8, flags: libc::c_int) -> io::Result<*mut u8> {
+    // SAFETY: a new shared mapping of a file we hold open. `flags` is 0 or
+    // MAP_FIXED at `at`, which the callers pass only over a reservation of
+    // their own (`reserve_aligned`), which nothing else uses.
+    let base = unsafe {
+        libc::mmap(
+            at.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | flags,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(base.cast())
+}
+
+/// Reserves exactly `len` bytes of address space at a 2 MiB aligned address:
+/// `len` plus a huge page is reserved, and the unaligned head and the tail
+/// past `len` are given back.
+fn reserve_aligned(len: usize) -> io::Result<*mut u8> {
     let reserve = len + HUGE_PAGE;
     // SAFETY: an inaccessible anonymous mapping at a kernel-chosen address;
-    // it aliases nothing and is unmapped whole right below.
+    // it aliases nothing.
     let raw = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -342,10 +351,22 @@ fn aligned_hole(len: usize) -> io::Result<*mut u8> {
     if raw == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: exactly the mapping made above, which nothing else knows of.
-    unsafe { libc::munmap(raw, reserve) };
-    let raw = raw as usize;
-    Ok(raw.next_multiple_of(HUGE_PAGE) as *mut u8)
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let head = aligned - start;
+    let tail = reserve - head - len;
+    // SAFETY: the head and the tail lie inside the reservation just made,
+    // which nothing else knows of; page aligned, as mmap's start and a
+    // multiple of HUGE_PAGE are.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+    }
+    Ok(aligned as *mut u8)
 }
 
 /// The pages behind the mapping at `base` (of a hugetlb file, or not).
@@ -494,28 +515,56 @@ mod tests {
 
     #[test]
     fn a_failing_hugetlb_mapping_never_unmaps_another_threads_memory() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         // More hugetlb pages than are free: every mapping attempt fails, the
         // way a daemon's does when another took the reserved pages first.
         let too_many = (hugetlb_pages_free() + 64) * HUGE_PAGE;
+        let done = AtomicBool::new(false);
         std::thread::scope(|s| {
+            // Address space churn, as thread stacks and allocator arenas
+            // make: mappings come and go at the top of the gap the pools are
+            // placed in.
+            s.spawn(|| {
+                let zero = File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/zero")
+                    .unwrap();
+                while !done.load(Ordering::Relaxed) {
+                    let churn = map_file(&zero, 6 << 20, std::ptr::null_mut(), 0).unwrap();
+                    // SAFETY: the mapping just made, used by nothing.
+                    unsafe { libc::munmap(churn.cast(), 6 << 20) };
+                }
+            });
+            let mut workers = Vec::new();
             for _ in 0..2 {
-                s.spawn(|| {
+                workers.push(s.spawn(|| {
                     for _ in 0..400 {
                         assert!(PoolMemory::create(too_many, PageChoice::Hugetlb).is_err());
                     }
-                });
+                }));
             }
             for _ in 0..2 {
-                s.spawn(|| {
+                workers.push(s.spawn(|| {
                     for _ in 0..400 {
                         let memory = PoolMemory::create(4 << 20, PageChoice::Small)
                             .expect("a failed mapping elsewhere must not take this one's range");
+                        // Other threads map and unmap all the while: the
+                        // pool still gets its alignment, and no error.
+                        assert_eq!(memory.base() as usize % HUGE_PAGE, 0);
                         for offset in (0..memory.len()).step_by(4096) {
                             // SAFETY: every offset lies in this thread's own mapping.
                             unsafe { memory.base().add(offset).write(1) };
                         }
                     }
-                });
+                }));
+            }
+            let outcomes: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+            done.store(true, Ordering::Relaxed);
+            for outcome in outcomes {
+                if let Err(panic) = outcome {
+                    std::panic::resume_unwind(panic);
+                }
             }
         });
     }
