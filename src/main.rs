@@ -202,7 +202,9 @@ fn upgrade_hook(
                 finish(0);
                 Ok(serde_json::to_value(report).unwrap_or_default())
             }
-            Err(e @ UpgradeError::NotStarted(_)) => Err(failure(e.to_string(), false)),
+            Err(e @ (UpgradeError::NotStarted(_) | UpgradeError::RolledBack(_))) => {
+                Err(failure(e.to_string(), false))
+            }
             Err(e @ UpgradeError::Failed(_)) => {
                 log::error!(
                     "{e}: exiting, so that the vNICs' frontends reconnect to what serves next"

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,9 +129,9 @@ impl Guests {
     }
 }
 
-#[test]
-fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
-    let dir = TempDir::new("upgrade");
+/// A daemon of two vNICs (two queue pairs each) started from the real
+/// binary, with both guests connected.
+fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
     let control = dir.path("control.sock");
     let cfg = json!({
         "runtime_dir": dir.0,
@@ -153,7 +153,7 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
         .spawn()
         .unwrap();
     let old_pid = old.id();
-    let mut old = Process(Some(old), None);
+    let old = Process(Some(old), None);
     wait_until("the control socket", || {
         call(&control, "daemon.status", json!({})).is_ok()
     });
@@ -164,11 +164,58 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     };
     let open =
         |name: &str| Frontend::connect(&dir.path(name), &fc, Duration::from_secs(10)).unwrap();
-    let mut guests = Guests {
+    let guests = Guests {
         fes: [open("vnic0.sock"), open("vnic1.sock")],
         sent: Default::default(),
         got: Default::default(),
     };
+    (old, control, old_pid, guests)
+}
+
+/// Asks for an upgrade while the guests keep sending (the call blocks for
+/// the blackout).
+fn upgrade_under_traffic(
+    control: &Path,
+    params: Value,
+    guests: &mut Guests,
+) -> Result<Value, ClientError> {
+    let upgrade = {
+        let control = control.to_path_buf();
+        std::thread::spawn(move || call(&control, "daemon.upgrade", params))
+    };
+    while !upgrade.is_finished() {
+        guests.step(true);
+    }
+    upgrade.join().unwrap()
+}
+
+/// The counters of both vNICs match what the guests sent.
+fn counters_match(control: &Path, guests: &Guests) {
+    for (i, name) in ["vnic0", "vnic1"].iter().enumerate() {
+        let stats = call(control, "vnic.stats", json!({ "name": name })).unwrap();
+        assert_eq!(stats["tx_packets"], guests.total_from(i), "{name}: {stats}");
+        assert_eq!(
+            stats["rx_packets"],
+            guests.total_from(1 - i),
+            "{name}: {stats}"
+        );
+    }
+}
+
+/// Every (direction, queue pair) received more than `before`.
+fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
+    guests
+        .got
+        .iter()
+        .flatten()
+        .zip(before.iter().flatten())
+        .all(|(a, b)| a > b)
+}
+
+#[test]
+fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
+    let dir = TempDir::new("upgrade");
+    let (mut old, control, old_pid, mut guests) = start_daemon(&dir);
     guests.run_for(Duration::from_millis(300));
     assert!(
         guests.got.iter().flatten().all(|n| *n > 0),
@@ -183,12 +230,7 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     let before = guests.got;
     guests.run_for(Duration::from_millis(200));
     assert!(
-        guests
-            .got
-            .iter()
-            .flatten()
-            .zip(before.iter().flatten())
-            .all(|(a, b)| a > b),
+        flowed_since(&guests, before),
         "the daemon serves on after a refused upgrade"
     );
 
@@ -213,16 +255,8 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     };
     let fdb_before = fdb(&control);
 
-    // The upgrade, answered while the guests keep sending from another
-    // thread of control (the test's): the call blocks for the blackout.
-    let upgrade = {
-        let control = control.clone();
-        std::thread::spawn(move || call(&control, "daemon.upgrade", json!({})))
-    };
-    while !upgrade.is_finished() {
-        guests.step(true);
-    }
-    let report = upgrade.join().unwrap().expect("the upgrade succeeds");
+    let report =
+        upgrade_under_traffic(&control, json!({}), &mut guests).expect("the upgrade succeeds");
     let new_pid = report["pid"].as_u64().expect("a pid") as u32;
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
@@ -258,18 +292,75 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
         "the spare vNIC's socket stays"
     );
     assert_eq!(fdb(&control), fdb_before, "the FDB crossed");
-    for (i, name) in ["vnic0", "vnic1"].iter().enumerate() {
-        let stats = call(&control, "vnic.stats", json!({ "name": name })).unwrap();
-        assert_eq!(stats["tx_packets"], guests.total_from(i), "{name}: {stats}");
-        assert_eq!(
-            stats["rx_packets"],
-            guests.total_from(1 - i),
-            "{name}: {stats}"
-        );
-    }
+    counters_match(&control, &guests);
     call(&control, "daemon.shutdown", json!({})).unwrap();
     // The new process is not this one's child (the old one started it):
     // its stop shows as the control socket going away.
+    wait_until("the new process to stop", || !control.exists());
+    old.1 = None;
+}
+
+/// The rollback tier: a new binary that dies at each step of the protocol
+/// (`SNAPNET_UPGRADE_FAIL_AT`). Before the vNICs stop the upgrade is not
+/// started; after, the old process takes its own export back. Either way it
+/// serves on with nothing lost, duplicated or reordered, the frontends never
+/// reconnect, the counters go on, and a real upgrade still works after.
+#[test]
+fn a_new_process_that_dies_at_any_step_is_rolled_back() {
+    let dir = TempDir::new("upgrade-rollback");
+    let (mut old, control, old_pid, mut guests) = start_daemon(&dir);
+    guests.run_for(Duration::from_millis(200));
+    for (step, outcome) in [
+        ("hello", "not started"),
+        ("ready", "not started"),
+        ("state", "rolled back"),
+        ("vnic", "rolled back"),
+        ("adopted", "rolled back"),
+    ] {
+        let wrapper = dir.path(&format!("fail-at-{step}"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nSNAPNET_UPGRADE_FAIL_AT={step} exec {} \"$@\"\n",
+                env!("CARGO_BIN_EXE_snapnet")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let e = upgrade_under_traffic(&control, json!({ "binary": wrapper }), &mut guests)
+            .expect_err("a new process that dies must not take over");
+        assert!(e.to_string().contains(outcome), "{step}: {e}");
+        eprintln!("{step}: {e}");
+        let child = old.0.as_mut().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{step}: the old process serves on"
+        );
+        let before = guests.got;
+        guests.run_for(Duration::from_millis(200));
+        assert!(
+            flowed_since(&guests, before),
+            "{step}: frames flow after the rollback: {:?} then {:?}",
+            before,
+            guests.got
+        );
+        guests.drain();
+        counters_match(&control, &guests);
+    }
+
+    let report =
+        upgrade_under_traffic(&control, json!({}), &mut guests).expect("the upgrade succeeds");
+    let new_pid = report["pid"].as_u64().expect("a pid") as u32;
+    old.1 = Some(new_pid);
+    assert_ne!(new_pid, old_pid);
+    guests.run_for(Duration::from_millis(200));
+    guests.drain();
+    counters_match(&control, &guests);
+    call(&control, "daemon.shutdown", json!({})).unwrap();
     wait_until("the new process to stop", || !control.exists());
     old.1 = None;
 }

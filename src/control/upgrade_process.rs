@@ -12,8 +12,19 @@
 //!    serving.
 //! 3. old -> new `state` (free frames, FDB), then one `vnic` message per
 //!    vNIC with its fds ([`Daemon::export_for_upgrade`]): the blackout.
-//! 4. new -> old `committed`: the new process serves every vNIC and the
-//!    control socket. The old one lets go of its copies and exits.
+//! 4. new -> old `adopted` once it has built every vNIC, none connected
+//!    yet. Until here a failure of the new process (or its silence) is
+//!    rolled back: the old one kills it and takes its own export back
+//!    ([`Daemon::roll_back_upgrade`]), and serves on.
+//! 5. old -> new `serve`: the new process replays the connections, and
+//!    from then on touches the guests' rings. new -> old `committed`: it
+//!    serves every vNIC and the control socket. The old one lets go of its
+//!    copies and exits; a failure after `serve` cannot be rolled back (the
+//!    rings moved on), and the old process exits 1.
+//!
+//! `SNAPNET_UPGRADE_FAIL_AT=<step>` makes the new process exit at a step
+//! (`hello`, `ready`, `state`, `vnic`, `adopted`): the rollback tier of
+//! tests/upgrade.rs.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -46,8 +57,12 @@ pub enum UpgradeError {
     /// Nothing was stopped: the daemon serves on as before.
     #[error("upgrade not started: {0}")]
     NotStarted(String),
-    /// The state had been handed over when the new process failed: this
-    /// process can no longer serve its vNICs.
+    /// The new process failed after the vNICs had stopped, before it
+    /// served any: this process took them back and serves on.
+    #[error("upgrade failed and was rolled back: {0}")]
+    RolledBack(String),
+    /// The new process failed after it began to serve, or the rollback
+    /// failed: this process can no longer serve its vNICs.
     #[error("upgrade failed after the hand-over began: {0}")]
     Failed(String),
 }
@@ -72,6 +87,24 @@ struct Prepare {
 
 #[derive(Serialize, Deserialize)]
 struct Ready {}
+
+#[derive(Serialize, Deserialize)]
+struct Adopted {}
+
+#[derive(Serialize, Deserialize)]
+struct Serve {}
+
+/// The environment variable that makes the new process fail at a step.
+const FAIL_AT: &str = "SNAPNET_UPGRADE_FAIL_AT";
+
+/// Exits here if the rollback tier asked for a failure at `step`: at once,
+/// as a crash would, with nothing sent or cleaned up.
+fn fail_point(step: &str) {
+    if std::env::var(FAIL_AT).is_ok_and(|s| s == step) {
+        eprintln!("snapnet: {FAIL_AT}={step}: exiting");
+        std::process::exit(70);
+    }
+}
 
 /// What an upgrade did, for the command's output.
 #[derive(Debug, Serialize)]
@@ -139,11 +172,31 @@ pub fn upgrade(
         Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
     };
     let vnics = export.vnics.len();
-    // The new process replays every vNIC before it commits: give it time,
-    // as a slow new process must not be killed once it holds the state.
+    // The new process builds every vNIC before it answers: give it time.
     let _ = ours.set_timeout(Some(COMMIT_TIMEOUT));
-    match hand_over(&ours, &export) {
-        Ok(committed) => {
+    // `serve` may go only once `adopted` came: if it cannot be sent, the new
+    // process never saw it and touched no ring either.
+    let adopted =
+        hand_over(&ours, &export).and_then(|()| ours.send_message("serve", &Serve {}, &[]));
+    if let Err(e) = adopted {
+        // Killed and reaped first: nothing of it may run while this process
+        // takes the vNICs back.
+        let why = abandon(text(e));
+        let stopped_at = export.stopped_at;
+        return Err(match daemon.roll_back_upgrade(export) {
+            Ok(()) => {
+                let why = format!(
+                    "{why}; the vNICs serve again after a {:.1} ms blackout",
+                    stopped_at.elapsed().as_secs_f64() * 1e3
+                );
+                log::warn!("upgrade: rolled back: {why}");
+                UpgradeError::RolledBack(why)
+            }
+            Err(r) => UpgradeError::Failed(format!("{why}; the rollback failed: {r}")),
+        });
+    }
+    match ours.recv_message::<Committed>("committed") {
+        Ok((committed, _)) => {
             let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
             export.commit();
             log::info!(
@@ -161,13 +214,15 @@ pub fn upgrade(
     }
 }
 
-/// Sends the state and every vNIC, and waits for the new process to serve.
-fn hand_over(ours: &Channel, export: &UpgradeExport) -> Result<Committed, ChannelError> {
+/// Sends the state and every vNIC, and waits for the new process to have
+/// built them all.
+fn hand_over(ours: &Channel, export: &UpgradeExport) -> Result<(), ChannelError> {
     ours.send_message("state", &export.state, &[])?;
     for v in &export.vnics {
         ours.send_message("vnic", &v.moved, &borrowed(&v.fds))?;
     }
-    Ok(ours.recv_message::<Committed>("committed")?.0)
+    ours.recv_message::<Adopted>("adopted")?;
+    Ok(())
 }
 
 /// Starts `binary serve --takeover-fd 3` with `fd` as its fd 3.
@@ -235,6 +290,7 @@ impl TakenOver {
 pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     let mut channel = Channel::from_fd(fd).map_err(text)?;
     channel.set_timeout(Some(STEP_TIMEOUT)).map_err(text)?;
+    fail_point("hello");
     channel
         .send_message(
             "hello",
@@ -257,10 +313,12 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     let memfd = fds.pop().expect("two fds");
     let mut daemon =
         Daemon::start_taking_over(&prepare.config, &prepare.pool, memfd).map_err(text)?;
+    fail_point("ready");
     channel
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
     let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
+    fail_point("state");
     daemon.take_free_frames(&state).map_err(text)?;
     let mut taken = Vec::with_capacity(state.vnics);
     for _ in 0..state.vnics {
@@ -271,11 +329,19 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
                 .take_over_vnic(moved, fds)
                 .map_err(|e| format!("{name}: {e}"))?,
         );
+        fail_point("vnic");
     }
     let skipped = daemon.import_fdb(state.fdb).map_err(text)?;
     if skipped > 0 {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
     }
+    fail_point("adopted");
+    channel
+        .send_message("adopted", &Adopted {}, &[])
+        .map_err(text)?;
+    // The old process still holds everything: it may roll back until it
+    // says `serve`.
+    channel.recv_message::<Serve>("serve").map_err(text)?;
     // Every port exists: the guests' frames can flow.
     daemon.connect_taken_over(taken).map_err(text)?;
     Ok(TakenOver {

@@ -262,6 +262,49 @@ impl Daemon {
         })
     }
 
+    /// The old process, when the new one failed before it touched any
+    /// guest's ring: takes its own export back the way a new process takes
+    /// it over (the same sockets and streams, engines that continue from
+    /// the exported state, the frames for the guests first, the free frames
+    /// and the FDB), then lets go of the paused copies. The guests see a
+    /// longer blackout and nothing else.
+    pub fn roll_back_upgrade(&mut self, export: UpgradeExport) -> Result<(), DaemonError> {
+        let mut paused = Vec::with_capacity(export.vnics.len());
+        let mut moves = Vec::with_capacity(export.vnics.len());
+        for v in export.vnics {
+            paused.push((v.connection, v.handler));
+            moves.push((v.moved, v.fds));
+        }
+        let result = self.take_back(export.state, moves);
+        // Taken back or not, the paused copies go without a hang-up: a
+        // failed rollback ends this process, and the guests' sockets with it.
+        for (connection, handler) in paused {
+            drop(handler);
+            connection.release();
+        }
+        result
+    }
+
+    fn take_back(
+        &mut self,
+        state: DaemonState,
+        moves: Vec<(VnicMove, Vec<OwnedFd>)>,
+    ) -> Result<(), DaemonError> {
+        self.take_free_frames(&state)?;
+        let mut taken = Vec::with_capacity(moves.len());
+        for (moved, fds) in moves {
+            // Its connection is in the export: no socket is closed or
+            // removed, the port and the (emptied) engines go.
+            self.remove_vnic(&moved.config.name)?;
+            taken.push(self.take_over_vnic(moved, fds)?);
+        }
+        let skipped = self.import_fdb(state.fdb)?;
+        if skipped > 0 {
+            log::warn!("upgrade rollback: {skipped} FDB entries not taken back");
+        }
+        self.connect_taken_over(taken)
+    }
+
     /// Takes the engines of vNIC `i` out of their group.
     fn take_engines(&mut self, i: usize) -> Result<Vec<VnicEngine>, DaemonError> {
         let group = self.config.group_of(&self.vnics[i].config).to_string();
