@@ -13,6 +13,10 @@
 #   snapnet.ping_count=5 snapnet.ping_size=56 snapnet.ping_interval=0.2 snapnet.df=1
 #   snapnet.big_size=N         ping-big-fail size (default: snapnet.ping_size)
 #   snapnet.duration=30        pingloop length (ping -i 0.2 -w duration)
+#   snapnet.loop_interval=0.2  pingloop's ping interval (root may go below 0.2)
+#   snapnet.loop_count=N       pingloop sends N pings and waits for the last
+#                              reply (-c N -W 2) instead of stopping at -w
+#   snapnet.loop_quiet=1       pingloop prints no SNAPNET-PING lines
 #   snapnet.max_gap=N          pingloop fails when more than N icmp_seq are missing in a row
 #   snapnet.iperf_time=5 snapnet.iperf_streams=1 snapnet.iperf_reverse=1
 #   snapnet.iperf_min_gbps=X   iperf-client fails below X Gbit/s
@@ -24,7 +28,7 @@
 #   SNAPNET-RESULT test=<name> status=pass|fail key=value ...   (exactly one per test)
 #   SNAPNET-PING <ping output line>                              (pingloop only)
 #   SNAPNET-LOG <text>                                           (diagnostics)
-#   SNAPNET-DONE uptime=S
+#   SNAPNET-DONE uptime=S carrier_changes=N
 # A boot that cannot bring eth0 up prints
 #   SNAPNET-RESULT test=boot status=fail reason=...
 # and then SNAPNET-DONE. The guest always ends with `poweroff -f`.
@@ -45,10 +49,13 @@ echo
 
 now() { cut -d. -f1 /proc/uptime; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# How often eth0's link went down or up since boot (a backend reconnect
+# shows here).
+carrier_changes() { cat /sys/class/net/eth0/carrier_changes 2>/dev/null || echo -; }
 log() { echo "SNAPNET-LOG $*"; }
 result() { t=$1; s=$2; shift 2; echo "SNAPNET-RESULT test=$t status=$s${*:+ $*}"; }
 finish() {
-    echo "SNAPNET-DONE uptime=$(uptime_s)"
+    echo "SNAPNET-DONE uptime=$(uptime_s) carrier_changes=$(carrier_changes)"
     sync
     poweroff -f
     sleep 10
@@ -103,7 +110,8 @@ ip link set eth0 up || boot_fail link-up-failed
 i=0
 while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 echo "SNAPNET-READY ip=$IP mac=$(cat /sys/class/net/eth0/address) mtu=$(cat /sys/class/net/eth0/mtu)" \
-    "carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0) kernel=$(uname -r) uptime=$(uptime_s)"
+    "carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0) carrier_changes=$(carrier_changes)" \
+    "kernel=$(uname -r) uptime=$(uptime_s)"
 
 # Waits until the peer answers a ping (ARP resolved, path up). Sets WAITED.
 wait_peer() {
@@ -213,9 +221,18 @@ t_pingloop() {
         result pingloop fail reason=peer-unreachable "waited=$WAITED"
         return
     fi
+    iv=$(get loop_interval 0.2)
+    count=$(get loop_count "")
+    quiet=$(get loop_quiet 0)
     : >/tmp/pingloop.out
-    "$PING" -i 0.2 -w "$dur" "$PEER" 2>&1 | while IFS= read -r l; do
-        echo "SNAPNET-PING $l"
+    log "pingloop started"
+    if [ -n "$count" ]; then
+        set -- -c "$count" -W 2
+    else
+        set -- -w "$dur"
+    fi
+    "$PING" -i "$iv" "$@" "$PEER" 2>&1 | while IFS= read -r l; do
+        [ "$quiet" = 1 ] || echo "SNAPNET-PING $l"
         echo "$l" >>/tmp/pingloop.out
     done
     out=$(cat /tmp/pingloop.out)
@@ -224,7 +241,9 @@ t_pingloop() {
         NR == 1 {m = $1 - 1; p = $1; next}
         {g = $1 - p - 1; if (g > m) m = g; p = $1}
         END {print (NR ? m : -1)}')
-    f="sent=$SENT received=$RECV max_seq_gap=$gap rtt_avg_ms=$AVG duration=$dur waited=$WAITED"
+    rttmax=$(echo "$out" | sed -n 's|.*min/avg/max[^=]*= [0-9.]*/[0-9.]*/\([0-9.]*\)/.*|\1|p')
+    f="sent=$SENT received=$RECV max_seq_gap=$gap rtt_avg_ms=$AVG rtt_max_ms=${rttmax:--} duration=$dur"
+    f="$f interval=$iv waited=$WAITED"
     maxgap=$(get max_gap "")
     if [ "$RECV" -gt 0 ] && { [ -z "$maxgap" ] || [ "$gap" -le "$maxgap" ]; }; then
         result pingloop pass "$f"
