@@ -41,7 +41,7 @@ pub const LINK_CAPACITY: usize = 1024;
 
 mod handover;
 pub use handover::{
-    DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
+    log_phase, DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
 };
 
 #[derive(Debug, Error)]

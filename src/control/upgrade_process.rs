@@ -31,13 +31,13 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::config::Config;
-use super::daemon::{Daemon, DaemonState, UpgradeExport, VnicMove};
+use super::daemon::{log_phase, Daemon, DaemonState, UpgradeExport, VnicMove};
 use crate::packet::PoolConfig;
 use crate::upgrade::vnic_handover::borrowed;
 use crate::upgrade::{Channel, ChannelError};
@@ -318,6 +318,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
     let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
+    let since = Instant::now();
     fail_point("state");
     daemon.take_free_frames(&state).map_err(text)?;
     let mut taken = Vec::with_capacity(state.vnics);
@@ -331,6 +332,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         );
         fail_point("vnic");
     }
+    log_phase("new process: vNICs built, since the state came", since);
     let skipped = daemon.import_fdb(state.fdb).map_err(text)?;
     if skipped > 0 {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
@@ -344,6 +346,10 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     channel.recv_message::<Serve>("serve").map_err(text)?;
     // Every port exists: the guests' frames can flow.
     daemon.connect_taken_over(taken).map_err(text)?;
+    log_phase(
+        "new process: connections replayed, since the state came",
+        since,
+    );
     Ok(TakenOver {
         daemon,
         control,

@@ -6,16 +6,14 @@
 //! the new side serving its stream) and the largest gap between two frames
 //! its guest received; and frames lost, duplicated or reordered (must be 0).
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use snapnet::upgrade::rehearsal::{mac_of, Rehearsal};
 
-use super::pingpong::pin;
+use super::guests::{drive, quantile, us, Drive};
 
 #[derive(Args, Debug)]
 pub struct HandoverArgs {
@@ -33,94 +31,6 @@ pub struct HandoverArgs {
     guest_cpu: usize,
 }
 
-/// Frames in flight per guest at most (it always has RX buffers).
-const WINDOW: u64 = 16;
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What one guest saw.
-#[derive(Default)]
-struct GuestRecord {
-    sent: u64,
-    received: u64,
-    /// Out-of-sequence frames (lost before, duplicated or reordered).
-    out_of_order: u64,
-    largest_gap: Duration,
-}
-
-fn frame(vnic: usize, seq: u64) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0xff, 0xff]);
-    f[6..12].copy_from_slice(&mac_of(vnic).0);
-    f[12..14].copy_from_slice(&super::ETHERTYPE.to_be_bytes());
-    f[14..22].copy_from_slice(&seq.to_be_bytes());
-    f
-}
-
-/// Drives every guest from one thread until `stop`, then collects what is
-/// still in flight.
-fn guests(
-    sockets: Vec<PathBuf>,
-    cpu: usize,
-    measuring: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-) -> Result<Vec<GuestRecord>, String> {
-    pin(cpu)?;
-    let cfg = FrontendConfig::default();
-    let mut fes = sockets
-        .iter()
-        .map(|s| Frontend::connect(s, &cfg, TIMEOUT).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut records: Vec<GuestRecord> = fes.iter().map(|_| GuestRecord::default()).collect();
-    let mut last_rx: Vec<Option<Instant>> = vec![None; fes.len()];
-    let hdr = VirtioNetHdr::default();
-    let mut draining_since = None;
-    loop {
-        if stop.load(Ordering::Relaxed) && draining_since.is_none() {
-            draining_since = Some(Instant::now());
-        }
-        let mut in_flight = 0;
-        for (i, (fe, r)) in fes.iter_mut().zip(&mut records).enumerate() {
-            while draining_since.is_none() && r.sent - r.received < WINDOW {
-                if fe.send(0, &[&frame(i, r.sent)], &hdr) == 0 {
-                    break;
-                }
-                r.sent += 1;
-            }
-            let now = Instant::now();
-            let n = fe.recv(0, |_, p| {
-                let seq = u64::from_be_bytes(p[14..22].try_into().unwrap_or_default());
-                if seq != r.received {
-                    r.out_of_order += 1;
-                }
-                r.received += 1;
-            });
-            if n > 0 {
-                if let (Some(t), true) = (last_rx[i], measuring.load(Ordering::Relaxed)) {
-                    r.largest_gap = r.largest_gap.max(now - t);
-                }
-                last_rx[i] = Some(now);
-            }
-            in_flight += r.sent - r.received;
-        }
-        if let Some(t) = draining_since {
-            if in_flight == 0 || t.elapsed() > Duration::from_secs(2) {
-                return Ok(records);
-            }
-        }
-    }
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1e6)
-}
-
 pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("snapnet-bench-handover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -134,9 +44,20 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
             let measuring = Arc::new(AtomicBool::new(false));
             let stop = Arc::new(AtomicBool::new(false));
             let guests = {
-                let sockets = r.vnics.iter().map(|v| v.socket.clone()).collect();
-                let (cpu, measuring, stop) = (a.guest_cpu, measuring.clone(), stop.clone());
-                std::thread::spawn(move || guests(sockets, cpu, measuring, stop))
+                // The reflector sends every frame back to its sender.
+                let drive_with = Drive {
+                    sockets: r.vnics.iter().map(|v| v.socket.clone()).collect(),
+                    macs: (0..n)
+                        .map(|i| (mac_of(i).0, [2, 0, 0, 0, 0xff, 0xff]))
+                        .collect(),
+                    peers: (0..n).collect(),
+                    cpu: a.guest_cpu,
+                    measuring: measuring.clone(),
+                    stop: stop.clone(),
+                    epoch: Arc::new(AtomicUsize::new(0)),
+                    flowing: Arc::new(AtomicBool::new(false)),
+                };
+                std::thread::spawn(move || drive(drive_with))
             };
             // Brownout for all, then traffic settles, then the blackouts.
             for i in 0..n {
@@ -155,7 +76,8 @@ pub fn run_handover(a: HandoverArgs) -> Result<(), String> {
             stop.store(true, Ordering::Relaxed);
             let records = guests
                 .join()
-                .map_err(|_| "guest thread panicked".to_string())??;
+                .map_err(|_| "guest thread panicked".to_string())??
+                .guests;
             r.stop();
             let round_lost: u64 = records.iter().map(|g| g.sent - g.received).sum();
             let round_ooo: u64 = records.iter().map(|g| g.out_of_order).sum();

@@ -9,10 +9,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod guests;
 mod handover;
 mod isolation;
 mod pingpong;
 mod plot;
+mod upgrade;
 mod xsk_loop;
 use snapnet::frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
 
@@ -56,6 +58,10 @@ enum Cmd {
     /// Upgrade blackout per vNIC, in-process rehearsal of the hand-over:
     /// p50/p99/max, the largest gap a guest saw, frames lost.
     Handover(handover::HandoverArgs),
+    /// `snapnet ctl upgrade` again and again through the real binary, under
+    /// traffic: blackout per upgrade (p50/p99/max), the largest gap a guest
+    /// saw, frames lost.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -879,6 +885,7 @@ fn main() -> ExitCode {
         Cmd::Pair(a) => run_pair(a),
         Cmd::Isolation(a) => isolation::run_isolation(a),
         Cmd::Handover(a) => handover::run_handover(a),
+        Cmd::Upgrade(a) => upgrade::run_upgrade(a),
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
         Cmd::Load(a) => run_load(a),

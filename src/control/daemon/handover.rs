@@ -143,6 +143,15 @@ impl VnicTakeover {
     }
 }
 
+/// Logs a step of an upgrade with the time since `since` (in the old
+/// process, the vNICs beginning to stop).
+pub fn log_phase(what: &str, since: Instant) {
+    log::info!(
+        "upgrade: {what}: {:.2} ms",
+        since.elapsed().as_secs_f64() * 1e3
+    );
+}
+
 fn refused(what: impl std::fmt::Display) -> UpgradeRefused {
     UpgradeRefused {
         error: DaemonError::Upgrade(what.to_string()),
@@ -166,23 +175,44 @@ impl Daemon {
             return Err(refused("a sharded switch is not handed over yet"));
         }
         let stopped_at = Instant::now();
-        let mut paused: Vec<PausedVnic> = Vec::with_capacity(self.vnics.len());
-        for i in 0..self.vnics.len() {
-            let v = &self.vnics[i];
-            let result = match v.connection.as_ref() {
-                Some(c) => {
-                    pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT).map_err(refused)
-                }
-                None => Err(refused(format!("{} has no connection", v.config.name))),
-            };
-            match result {
-                Ok(p) => paused.push(p),
-                Err(e) => {
-                    self.resume_vnics(paused, Vec::new());
-                    return Err(e);
+        // Side by side, one thread each: a pause waits for the handler's
+        // thread and for the engines to let go of the vrings, and every
+        // vNIC's blackout begins with its own pause.
+        let vnics = &self.vnics;
+        let results: Vec<Result<PausedVnic, UpgradeRefused>> = std::thread::scope(|s| {
+            let pauses: Vec<_> = vnics
+                .iter()
+                .map(|v| {
+                    s.spawn(move || match v.connection.as_ref() {
+                        Some(c) => pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT)
+                            .map_err(refused),
+                        None => Err(refused(format!("{} has no connection", v.config.name))),
+                    })
+                })
+                .collect();
+            pauses
+                .into_iter()
+                .map(|p| {
+                    p.join()
+                        .unwrap_or_else(|_| Err(refused("a pause thread panicked")))
+                })
+                .collect()
+        });
+        if results.iter().any(Result::is_err) {
+            // A vNIC whose pause failed resumed by itself.
+            let mut error = None;
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(p) => self.resume_vnic(i, p, None),
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
                 }
             }
+            return Err(error.expect("one failed"));
         }
+        let paused: Vec<PausedVnic> = results.into_iter().flatten().collect();
+        log_phase("handlers paused", stopped_at);
         let mut engines: Vec<Vec<VnicEngine>> = Vec::with_capacity(self.vnics.len());
         for i in 0..self.vnics.len() {
             match self.take_engines(i) {
@@ -193,10 +223,12 @@ impl Daemon {
                 }
             }
         }
+        log_phase("engines out of their groups", stopped_at);
         if let Err(e) = self.drain_toward_switch(&engines) {
             self.resume_vnics(paused, engines);
             return Err(refused(e));
         }
+        log_phase("switch drained", stopped_at);
         let names: HashMap<PortId, String> = self
             .vnics
             .iter()
@@ -250,6 +282,7 @@ impl Daemon {
             log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
         }
         let (free_small, free_large) = self.pool.take_free(usize::MAX, usize::MAX);
+        log_phase("exported", stopped_at);
         Ok(UpgradeExport {
             state: DaemonState {
                 free_small,
@@ -356,24 +389,30 @@ impl Daemon {
     fn resume_vnics(&mut self, paused: Vec<PausedVnic>, engines: Vec<Vec<VnicEngine>>) {
         let mut engines = engines.into_iter();
         for (i, p) in paused.into_iter().enumerate() {
-            let name = self.vnics[i].config.name.clone();
-            if let Some(e) = engines.next() {
-                let group = self.config.group_of(&self.vnics[i].config).to_string();
-                match self
-                    .shared_group(&group)
-                    .and_then(|g| place_engines(&g, e.into_iter().map(Box::new).collect(), None))
-                {
-                    Ok(ids) => self.vnics[i].engines = ids,
-                    Err(err) => log::error!("{name}: engines not put back: {err}"),
-                }
+            self.resume_vnic(i, p, engines.next());
+        }
+    }
+
+    /// Puts vNIC `i` back: its engines (if they were taken), its vrings and
+    /// its handler.
+    fn resume_vnic(&mut self, i: usize, p: PausedVnic, engines: Option<Vec<VnicEngine>>) {
+        let name = self.vnics[i].config.name.clone();
+        if let Some(e) = engines {
+            let group = self.config.group_of(&self.vnics[i].config).to_string();
+            match self
+                .shared_group(&group)
+                .and_then(|g| place_engines(&g, e.into_iter().map(Box::new).collect(), None))
+            {
+                Ok(ids) => self.vnics[i].engines = ids,
+                Err(err) => log::error!("{name}: engines not put back: {err}"),
             }
-            let v = &self.vnics[i];
-            if let Err(e) = v.device.take_back_vrings() {
-                log::error!("{name}: vrings not taken back: {e}");
-            }
-            if let Some(c) = v.connection.as_ref() {
-                c.resume(p.handler);
-            }
+        }
+        let v = &self.vnics[i];
+        if let Err(e) = v.device.take_back_vrings() {
+            log::error!("{name}: vrings not taken back: {e}");
+        }
+        if let Some(c) = v.connection.as_ref() {
+            c.resume(p.handler);
         }
     }
 
@@ -431,14 +470,45 @@ impl Daemon {
 
     /// The new process: the taken-over vNICs' connections, replayed; from
     /// here on their guests' frames flow.
+    ///
+    /// The replays run side by side, one thread each: a replay spends most
+    /// of its time waiting (for its engines to attach a vring, for a
+    /// thread to be scheduled), and a daemon's blackout would otherwise
+    /// grow by a whole replay per vNIC.
     pub fn connect_taken_over(&mut self, taken: Vec<VnicTakeover>) -> Result<(), DaemonError> {
-        for t in taken {
-            let i = self.vnic_index(&t.handover.name)?;
-            let v = &self.vnics[i];
-            let connection = t.connect(&v.device, &v.socket)?;
-            self.vnics[i].connection = Some(connection);
+        let at = taken
+            .iter()
+            .map(|t| self.vnic_index(&t.handover.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vnics = &self.vnics;
+        let connected: Vec<Result<Connection, DaemonError>> = std::thread::scope(|s| {
+            let replays: Vec<_> = taken
+                .into_iter()
+                .zip(&at)
+                .map(|(t, &i)| {
+                    let v = &vnics[i];
+                    s.spawn(move || t.connect(&v.device, &v.socket))
+                })
+                .collect();
+            replays
+                .into_iter()
+                .map(|r| {
+                    r.join().unwrap_or_else(|_| {
+                        Err(DaemonError::Upgrade("a replay thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut first_error = None;
+        for (i, c) in at.into_iter().zip(connected) {
+            match c {
+                Ok(c) => self.vnics[i].connection = Some(c),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The new process: the old one's FDB, ports found by vNIC name.
