@@ -20,6 +20,8 @@ const QPS: u16 = 2;
 /// Frames per (direction, queue pair) not yet received, at most: they fit
 /// the receiving ring, so none waits in snapnet for a descheduled thread.
 const IN_FLIGHT: u32 = 8;
+/// vnic0's egress limit.
+const SHAPED_PPS: u64 = 20_000;
 
 /// A snapnet process, killed if the test ends early.
 struct Process(Option<Child>, Option<u32>);
@@ -130,15 +132,19 @@ impl Guests {
 }
 
 /// A daemon of two vNICs (two queue pairs each) started from the real
-/// binary, with both guests connected.
+/// binary, with both guests connected: vnic0 serves its socket and is
+/// shaped, vnic1 connects to its frontend's (socket client, as with QEMU's
+/// `server=on`).
 fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
     let control = dir.path("control.sock");
     let cfg = json!({
         "runtime_dir": dir.0,
         "control_socket": control,
         "vnics": [
-            { "name": "vnic0", "mac": "52:54:00:5a:00:01", "queue_pairs": QPS },
-            { "name": "vnic1", "mac": "52:54:00:5a:00:02", "queue_pairs": QPS }
+            { "name": "vnic0", "mac": "52:54:00:5a:00:01", "queue_pairs": QPS,
+              "tx_limit": { "packets_per_sec": SHAPED_PPS, "burst_packets": 200 } },
+            { "name": "vnic1", "mac": "52:54:00:5a:00:02", "queue_pairs": QPS,
+              "role": "client", "socket": dir.path("vm1.sock") }
         ],
         "groups": [ { "name": "default", "policy": "dedicated", "threads": 1 } ]
     });
@@ -162,10 +168,10 @@ fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
         queue_pairs: QPS,
         ..Default::default()
     };
-    let open =
-        |name: &str| Frontend::connect(&dir.path(name), &fc, Duration::from_secs(10)).unwrap();
+    let served = Frontend::connect(&dir.path("vnic0.sock"), &fc, Duration::from_secs(10)).unwrap();
+    let serving = Frontend::accept(&dir.path("vm1.sock"), &fc, Duration::from_secs(10)).unwrap();
     let guests = Guests {
-        fes: [open("vnic0.sock"), open("vnic1.sock")],
+        fes: [served, serving],
         sent: Default::default(),
         got: Default::default(),
     };
@@ -216,6 +222,7 @@ fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
 fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     let dir = TempDir::new("upgrade");
     let (mut old, control, old_pid, mut guests) = start_daemon(&dir);
+    let started = Instant::now();
     guests.run_for(Duration::from_millis(300));
     assert!(
         guests.got.iter().flatten().all(|n| *n > 0),
@@ -293,6 +300,23 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     );
     assert_eq!(fdb(&control), fdb_before, "the FDB crossed");
     counters_match(&control, &guests);
+    // vnic0's shaper held through the upgrades (its bucket crossed with
+    // its level), and it binds: the unshaped direction went faster.
+    let shaped = guests.total_from(0) as f64;
+    let limit = SHAPED_PPS as f64 * started.elapsed().as_secs_f64() + 200.0;
+    eprintln!(
+        "shaped {shaped} frames (limit {limit:.0}), unshaped {}",
+        guests.total_from(1)
+    );
+    assert!(
+        shaped <= limit,
+        "vnic0 sent {shaped} frames, above its limit {limit:.0}"
+    );
+    assert!(
+        guests.total_from(1) as f64 > shaped * 1.2,
+        "the shaper did not bind: {shaped} against {}",
+        guests.total_from(1)
+    );
     call(&control, "daemon.shutdown", json!({})).unwrap();
     // The new process is not this one's child (the old one started it):
     // its stop shows as the control socket going away.

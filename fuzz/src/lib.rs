@@ -118,8 +118,7 @@ pub fn engine_config(
         name,
         mtu,
         guard: SpoofGuard::new(GUEST_MAC, None),
-        tx_limit,
-        rx_limit,
+        shaping: snapnet::shaping::VnicShaping::new(&tx_limit, &rx_limit),
         log: std::sync::Arc::new(snapnet::vnic::guest_log::GuestLog::new(
             snapnet::vnic::guest_log::INTERVAL,
         )),

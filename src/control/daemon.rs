@@ -15,6 +15,7 @@ use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
+use crate::shaping::VnicShaping;
 use crate::switch::port::SharedPortCounters;
 use crate::switch::{PortCounters, PortId, PortNetwork, SwitchHandle, SwitchPort};
 use crate::uplink::engine::UplinkQueueConfig;
@@ -380,6 +381,11 @@ impl Daemon {
         let mut engines = Vec::new();
         let guard = v.spoof_guard();
         let log = Arc::new(GuestLog::new(guest_log::INTERVAL));
+        // One pair of buckets for all the queues: the limits are the vNIC's.
+        let shaping = VnicShaping::new(
+            &v.tx_limit.unwrap_or_default(),
+            &v.rx_limit.unwrap_or_default(),
+        );
         for q in 0..v.queue_pairs {
             let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
             let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
@@ -388,8 +394,7 @@ impl Daemon {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
                     guard: guard.clone(),
-                    tx_limit: v.tx_limit.unwrap_or_default(),
-                    rx_limit: v.rx_limit.unwrap_or_default(),
+                    shaping: shaping.clone(),
                     log: log.clone(),
                 },
                 &self.pool,
@@ -922,14 +927,15 @@ impl Daemon {
         }
         let updated = c.clone();
         next.validate()?;
-        let (tx, rx) = (
-            updated.tx_limit.unwrap_or_default(),
-            updated.rx_limit.unwrap_or_default(),
+        // Fresh, full buckets, one pair for all the vNIC's queues.
+        let shaping = VnicShaping::new(
+            &updated.tx_limit.unwrap_or_default(),
+            &updated.rx_limit.unwrap_or_default(),
         );
         self.vnics[i]
             .device
             .sink()
-            .configure(move |e| e.set_limits(&tx, &rx))?;
+            .configure(move |e| e.set_limits(shaping.clone()))?;
         self.switch
             .set_port_weight(self.vnics[i].port, updated.weight)?;
         self.vnics[i].config = updated;

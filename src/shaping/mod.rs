@@ -4,9 +4,11 @@
 //! waits on the timer fd).
 
 pub mod cost;
+pub mod shared;
 pub mod timer;
 pub mod token_bucket;
 
 pub use cost::Cost;
+pub use shared::{SharedBucket, VnicShaping};
 pub use timer::WakeTimer;
 pub use token_bucket::{RateLimit, TokenBucket};

@@ -69,8 +69,7 @@ fn engines(
             name: format!("{name}/q{q}"),
             mtu: 1500,
             guard: SpoofGuard::new(mac, None),
-            tx_limit: Default::default(),
-            rx_limit: Default::default(),
+            shaping: Default::default(),
             log: log.clone(),
         };
         let (engine, sender, counters) = VnicEngine::new(cfg, pool, to_switch, from_switch)?;

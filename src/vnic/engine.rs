@@ -53,7 +53,7 @@ use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::token_bucket::BucketLevels;
-use crate::shaping::{RateLimit, TokenBucket, WakeTimer};
+use crate::shaping::{SharedBucket, VnicShaping, WakeTimer};
 
 /// Guest memory as vhost-user-backend hands it over.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -310,10 +310,11 @@ pub(super) struct DataPath {
     pub features: Negotiated,
     pub mtu: u16,
     pub guard: SpoofGuard,
-    /// Guest egress: chains wait in the TX ring while it is out of tokens.
-    pub egress: Option<TokenBucket>,
-    /// Guest ingress: frames over the limit are dropped.
-    pub ingress: Option<TokenBucket>,
+    /// Guest egress: chains wait in the TX ring while it is out of tokens
+    /// (shared with the vNIC's other queues).
+    pub egress: Option<SharedBucket>,
+    /// Guest ingress: frames over the limit are dropped (shared as well).
+    pub ingress: Option<SharedBucket>,
     /// Set by a TX batch stopped by `egress`: when tokens will be there.
     pub egress_blocked_until: Option<Instant>,
     /// A drop was counted in a poll that may have done no work.
@@ -426,9 +427,9 @@ pub struct VnicEngineConfig {
     pub mtu: u16,
     /// What the guest may send as (MAC, and optionally IP addresses).
     pub guard: SpoofGuard,
-    /// Guest egress (its TX) and ingress (its RX) limits.
-    pub tx_limit: RateLimit,
-    pub rx_limit: RateLimit,
+    /// Guest egress (its TX) and ingress (its RX) limits: the vNIC's
+    /// buckets, which every queue pair's engine shares.
+    pub shaping: VnicShaping,
     /// The vNIC's guest-triggered log lines, shared by its queue pairs.
     pub log: Arc<GuestLog>,
 }
@@ -508,7 +509,7 @@ impl VnicEngine {
         };
         let mut engine = engine;
         engine.dp.log = cfg.log;
-        engine.set_limits(&cfg.tx_limit, &cfg.rx_limit);
+        engine.set_limits(cfg.shaping);
         Ok((engine, sender, shared))
     }
 
@@ -524,8 +525,8 @@ impl VnicEngine {
         let now = Instant::now();
         let state = EngineState {
             counters: self.dp.counters.to_state(),
-            egress: self.dp.egress.as_mut().map(|b| b.levels(now)),
-            ingress: self.dp.ingress.as_mut().map(|b| b.levels(now)),
+            egress: self.dp.egress.as_ref().map(|b| b.lock().levels(now)),
+            ingress: self.dp.ingress.as_ref().map(|b| b.lock().levels(now)),
         };
         // `Drop` empties `from_switch`: leave it a link of its own to empty.
         let (spare_tx, spare_rx) = spare;
@@ -588,11 +589,13 @@ impl VnicEngine {
         self.holding = true;
         let now = Instant::now();
         self.dp.counters = QueueCounters::from_state(&state.counters);
-        if let (Some(b), Some(l)) = (self.dp.egress.as_mut(), state.egress.as_ref()) {
-            b.set_levels(l, now);
+        // Every queue's engine carries the vNIC's levels: each sets the
+        // shared bucket to the same.
+        if let (Some(b), Some(l)) = (self.dp.egress.as_ref(), state.egress.as_ref()) {
+            b.lock().set_levels(l, now);
         }
-        if let (Some(b), Some(l)) = (self.dp.ingress.as_mut(), state.ingress.as_ref()) {
-            b.set_levels(l, now);
+        if let (Some(b), Some(l)) = (self.dp.ingress.as_ref(), state.ingress.as_ref()) {
+            b.lock().set_levels(l, now);
         }
         self.publish_counters();
     }
@@ -651,10 +654,11 @@ impl VnicEngine {
         self.dp.guard = guard;
     }
 
-    /// Changes the guest's egress and ingress limits (fresh, full buckets).
-    pub fn set_limits(&mut self, tx: &RateLimit, rx: &RateLimit) {
-        self.dp.egress = TokenBucket::new(tx);
-        self.dp.ingress = TokenBucket::new(rx);
+    /// Changes the guest's egress and ingress limits (the vNIC's buckets,
+    /// shared by its queues' engines).
+    pub fn set_limits(&mut self, shaping: VnicShaping) {
+        self.dp.egress = shaping.egress;
+        self.dp.ingress = shaping.ingress;
         self.dp.egress_blocked_until = None;
     }
 
@@ -921,7 +925,7 @@ mod tests {
     fn a_throttled_sender_arms_its_timer_only_when_the_worker_sleeps() {
         use crate::packet::wire::MacAddr;
         use crate::packet::{link, PoolConfig};
-        use crate::shaping::Cost;
+        use crate::shaping::{Cost, RateLimit};
         use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
         use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
         use vm_memory::Bytes;
@@ -950,8 +954,7 @@ mod tests {
             name: "t".into(),
             mtu: 1500,
             guard: SpoofGuard::new(mac, None),
-            tx_limit: limit,
-            rx_limit: RateLimit::default(),
+            shaping: VnicShaping::new(&limit, &RateLimit::default()),
             log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
         };
         let (mut engine, _mailbox, _counters) =
@@ -959,11 +962,13 @@ mod tests {
         let features = Negotiated::from_bits(1 << VIRTIO_F_VERSION_1);
         engine.attach(Side::Tx, attached(&mem, &mock), features);
         // Leave two packets in the bucket (its depth is at least 64).
-        let bucket = engine.dp.egress.as_mut().unwrap();
-        while bucket.has(Cost::frame(60)) {
-            bucket.take(Cost::frame(60));
+        {
+            let mut bucket = engine.dp.egress.as_ref().unwrap().lock();
+            while bucket.has(Cost::frame(60)) {
+                bucket.take(Cost::frame(60));
+            }
+            bucket.refill(Instant::now() + Duration::from_millis(200));
         }
-        bucket.refill(Instant::now() + Duration::from_millis(200));
 
         for _ in 0..100 {
             engine.poll(64);
@@ -994,8 +999,7 @@ mod tests {
             name: "t".into(),
             mtu: 1500,
             guard: SpoofGuard::new(MacAddr([2, 0, 0, 0, 0, 1]), None),
-            tx_limit: RateLimit::default(),
-            rx_limit: RateLimit::default(),
+            shaping: VnicShaping::default(),
             log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
         };
         let (mut engine, _mailbox, _counters) =

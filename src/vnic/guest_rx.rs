@@ -166,7 +166,8 @@ pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
         dp.cache.free(frame);
         return NextFrame::Dropped;
     }
-    if let Some(b) = dp.ingress.as_mut() {
+    if let Some(b) = dp.ingress.as_ref() {
+        let mut b = b.lock();
         if !*refilled {
             b.refill(Instant::now());
             *refilled = true;
@@ -251,8 +252,8 @@ pub(super) fn deliver(
         dp.cache.free(frame);
         return;
     }
-    if let Some(b) = dp.ingress.as_mut() {
-        b.take(Cost::on_wire(
+    if let Some(b) = dp.ingress.as_ref() {
+        b.lock().take(Cost::on_wire(
             frame.len,
             &frame.offload,
             max_wire_frame(dp.mtu),

@@ -169,8 +169,8 @@ pub(super) fn throttled(dp: &DataPath) -> bool {
 /// Before pass 2: the egress bucket catches up with the clock.
 #[inline]
 pub(super) fn start_sending(dp: &mut DataPath) {
-    if let Some(b) = dp.egress.as_mut() {
-        b.refill(Instant::now());
+    if let Some(b) = dp.egress.as_ref() {
+        b.lock().refill(Instant::now());
         dp.egress_blocked_until = None;
     }
 }
@@ -266,8 +266,9 @@ fn one_chain(
     };
     // `len <= MAX_PACKET`: no truncation.
     let len = len as u32;
-    if let Some(b) = dp.egress.as_mut() {
+    if let Some(b) = dp.egress.as_ref() {
         let cost = Cost::on_wire(len, &offload, max_wire_frame(dp.mtu));
+        let mut b = b.lock();
         if !b.try_take(cost) {
             dp.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
             dp.cache.free(frame);

@@ -25,7 +25,7 @@ use crate::packet::wire::virtio_net::{
     F_DATA_VALID, F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
 };
 use crate::packet::{FramePool, Offload};
-use crate::shaping::{RateLimit, TokenBucket};
+use crate::shaping::{RateLimit, SharedBucket};
 
 /// A partial TCP checksum in `packet(60, _)`, as a guest asks for it.
 const CSUM: Offload = Offload {
@@ -342,7 +342,7 @@ fn limited_guest<'a>(
 ) -> (Guest<'a>, DataPath, Switch) {
     let mut g = Guest::new(mem, arc);
     let (_pool, mut dp, sw) = setup(all_features());
-    dp.egress = TokenBucket::new(&limit);
+    dp.egress = SharedBucket::new(&limit);
     for bytes in chains {
         let a = g.buffer(bytes, 0);
         g.publish(&[(a, bytes.len() as u32, 0, None)]);
