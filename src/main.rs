@@ -119,21 +119,43 @@ fn take_over(fd: i32, metrics_listen: Option<&str>) -> ExitCode {
     let cfg = taken.daemon.config().clone();
     // From here on this process serves: the old one lets go and exits.
     // Control clients wait in the socket's backlog meanwhile.
-    let (daemon, control) = match taken.commit() {
-        Ok(d) => d,
+    let committed = match taken.commit() {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("snapnet: the old process did not hear the commit: {e}");
             return ExitCode::FAILURE;
         }
     };
-    log::info!("took over {} vNIC(s)", daemon.config().vnics.len());
+    log::info!(
+        "took over {} vNIC(s)",
+        committed.daemon.config().vnics.len()
+    );
+    // The old process's metrics listener, if it served metrics: scrapers
+    // keep their address. Otherwise this process's own --metrics-listen.
+    let metrics = match committed.metrics {
+        Some(l) => Metrics::Adopt(l),
+        None => Metrics::from(metrics_listen),
+    };
     run(
         &cfg,
-        daemon,
-        Listen::Adopt(control),
-        metrics_listen,
+        committed.daemon,
+        Listen::Adopt(committed.control),
+        metrics,
         signals,
     )
+}
+
+/// How the metrics endpoint comes to be, if there is one.
+enum Metrics<'a> {
+    None,
+    Bind(&'a str),
+    Adopt(std::net::TcpListener),
+}
+
+impl<'a> From<Option<&'a str>> for Metrics<'a> {
+    fn from(addr: Option<&'a str>) -> Self {
+        addr.map_or(Metrics::None, Metrics::Bind)
+    }
 }
 
 /// How the control socket comes to be.
@@ -164,7 +186,13 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run(cfg, daemon, Listen::Bind(gid), metrics_listen, signals)
+    run(
+        cfg,
+        daemon,
+        Listen::Bind(gid),
+        Metrics::from(metrics_listen),
+        signals,
+    )
 }
 
 /// Sends SIGTERM to this process; the main thread takes it.
@@ -178,6 +206,7 @@ fn request_shutdown() {
 /// the code left in `exit`, without stopping anything it handed over.
 fn upgrade_hook(
     control: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
+    metrics: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
     exit: Arc<Mutex<Option<u8>>>,
 ) -> Box<UpgradeHook> {
     Box::new(move |daemon, binary| {
@@ -197,7 +226,8 @@ fn upgrade_hook(
             *exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
             request_shutdown();
         };
-        match upgrade_process::upgrade(daemon, &binary, control.as_fd()) {
+        let metrics = metrics.get().map(|m| m.as_fd());
+        match upgrade_process::upgrade(daemon, &binary, control.as_fd(), metrics) {
             Ok(report) => {
                 finish(0);
                 Ok(serde_json::to_value(report).unwrap_or_default())
@@ -231,16 +261,21 @@ fn run(
     cfg: &Config,
     daemon: Daemon,
     listen: Listen,
-    metrics_listen: Option<&str>,
+    metrics: Metrics,
     signals: Signals,
 ) -> ExitCode {
     let control_fd = Arc::new(std::sync::OnceLock::new());
+    let metrics_fd = Arc::new(std::sync::OnceLock::new());
     let exit_after_upgrade = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Context {
         daemon: Mutex::new(Some(daemon)),
         started: Instant::now(),
         request_shutdown: Box::new(request_shutdown),
-        upgrade: Some(upgrade_hook(control_fd.clone(), exit_after_upgrade.clone())),
+        upgrade: Some(upgrade_hook(
+            control_fd.clone(),
+            metrics_fd.clone(),
+            exit_after_upgrade.clone(),
+        )),
     });
     let control_path = cfg.control_socket_path();
     let started = match listen {
@@ -262,10 +297,12 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let metrics = match metrics_listen
-        .map(|a| MetricsServer::start(a, ctx.clone()))
-        .transpose()
-    {
+    let started = match metrics {
+        Metrics::None => Ok(None),
+        Metrics::Bind(addr) => MetricsServer::start(addr, ctx.clone()).map(Some),
+        Metrics::Adopt(l) => MetricsServer::adopt(l, ctx.clone()).map(Some),
+    };
+    let metrics = match started {
         Ok(m) => m,
         Err(e) => {
             eprintln!("snapnet: --metrics-listen: {e}");
@@ -278,6 +315,13 @@ fn run(
     };
     if let Some(m) = &metrics {
         log::info!("metrics at http://{}/metrics", m.addr);
+        if let Ok(l) = m.listener().try_clone() {
+            let _ = metrics_fd.set(std::os::fd::OwnedFd::from(l));
+        }
+    }
+    // systemd's Type=notify: the sockets are up.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        log::warn!("sd_notify READY failed: {e}");
     }
     log::info!(
         "snapnet {} running; control socket {}; SIGUSR1 prints counters, SIGINT/SIGTERM stop",

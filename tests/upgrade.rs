@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,8 +137,12 @@ impl Guests {
 /// binary, with both guests connected: vnic0 serves its socket and is
 /// shaped, vnic1 connects to its frontend's (socket client, as with QEMU's
 /// `server=on`).
-fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
+fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests, UnixDatagram) {
     let control = dir.path("control.sock");
+    let notify = UnixDatagram::bind(dir.path("notify.sock")).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let cfg = json!({
         "runtime_dir": dir.0,
         "control_socket": control,
@@ -151,8 +157,10 @@ fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
     std::fs::write(dir.path("snapnet.json"), cfg.to_string()).unwrap();
     let log = std::fs::File::create(dir.path("snapnet.log")).unwrap();
     let old = Command::new(env!("CARGO_BIN_EXE_snapnet"))
-        .args(["serve", "--config"])
+        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--config"])
         .arg(dir.path("snapnet.json"))
+        // systemd's notify socket, played by the test (see `notified`).
+        .env("NOTIFY_SOCKET", dir.path("notify.sock"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -175,7 +183,51 @@ fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests) {
         sent: Default::default(),
         got: Default::default(),
     };
-    (old, control, old_pid, guests)
+    (old, control, old_pid, guests, notify)
+}
+
+/// The messages sent to systemd's notify socket (which the test binds
+/// before the daemon starts) until one holds `want`.
+fn notified(socket: &UnixDatagram, want: &str) -> String {
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !seen.contains(want) {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {want} on the notify socket ({e}); got {seen:?}"));
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    seen
+}
+
+/// Where the daemon serves metrics (from its log).
+fn metrics_addr(dir: &TempDir) -> String {
+    let log = std::fs::read_to_string(dir.path("snapnet.log")).unwrap();
+    log.lines()
+        .find_map(|l| l.split_once("metrics at http://"))
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(addr, _)| addr.to_string())
+        .expect("the daemon logs its metrics address")
+}
+
+/// The guest TX frames the metrics count for `vnic`, summed over its queues.
+fn scraped_tx_packets(addr: &str, vnic: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let label = format!("vnic=\"{vnic}\"");
+    out.lines()
+        .filter(|l| {
+            l.starts_with("snapnet_vnic_packets")
+                && l.contains(&label)
+                && l.contains("direction=\"tx\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
 }
 
 /// Asks for an upgrade while the guests keep sending (the call blocks for
@@ -221,8 +273,10 @@ fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
 #[test]
 fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     let dir = TempDir::new("upgrade");
-    let (mut old, control, old_pid, mut guests) = start_daemon(&dir);
+    let (mut old, control, old_pid, mut guests, notify) = start_daemon(&dir);
     let started = Instant::now();
+    notified(&notify, "READY=1");
+    let metrics = metrics_addr(&dir);
     guests.run_for(Duration::from_millis(300));
     assert!(
         guests.got.iter().flatten().all(|n| *n > 0),
@@ -268,6 +322,8 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
     assert_eq!(report["vnics"], 3, "{report}");
+    // Under systemd the new process is the main pid before the old exits.
+    notified(&notify, &format!("MAINPID={new_pid}"));
     eprintln!("upgrade: {report}");
 
     // The old process exits by itself, successfully.
@@ -300,6 +356,12 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     );
     assert_eq!(fdb(&control), fdb_before, "the FDB crossed");
     counters_match(&control, &guests);
+    // The metrics listener crossed too: same address, counters going on.
+    assert_eq!(
+        scraped_tx_packets(&metrics, "vnic1"),
+        guests.total_from(1),
+        "the new process serves metrics on the old address"
+    );
     // vnic0's shaper held through the upgrades (its bucket crossed with
     // its level), and it binds: the unshaped direction went faster.
     let shaped = guests.total_from(0) as f64;
@@ -332,7 +394,7 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
 #[test]
 fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     let dir = TempDir::new("upgrade-rollback");
-    let (mut old, control, old_pid, mut guests) = start_daemon(&dir);
+    let (mut old, control, old_pid, mut guests, _notify) = start_daemon(&dir);
     guests.run_for(Duration::from_millis(200));
     for (step, outcome) in [
         ("hello", "not started"),

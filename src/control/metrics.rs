@@ -227,13 +227,20 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
 pub struct MetricsServer {
     thread: Background,
     pub addr: SocketAddr,
+    listener: TcpListener,
 }
 
 impl MetricsServer {
     pub fn start(addr: &str, ctx: Arc<Context>) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+        Self::adopt(TcpListener::bind(addr)?, ctx)
+    }
+
+    /// Serves on a listener already bound (the one an upgrade's old process
+    /// handed over: scrapers keep their address and never see it close).
+    pub fn adopt(listener: TcpListener, ctx: Arc<Context>) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        let kept = listener.try_clone()?;
         let thread = Background::spawn("metrics", move |stop| {
             while !stop.load(Ordering::Acquire) {
                 match listener.accept() {
@@ -245,11 +252,20 @@ impl MetricsServer {
                 }
             }
         })?;
-        Ok(Self { thread, addr })
+        Ok(Self {
+            thread,
+            addr,
+            listener: kept,
+        })
     }
 
     pub fn stop(mut self) {
         self.thread.stop();
+    }
+
+    /// The listening socket, for the process an upgrade starts.
+    pub fn listener(&self) -> &TcpListener {
+        &self.listener
     }
 }
 

@@ -26,6 +26,7 @@
 //! (`hello`, `ready`, `state`, `vnic`, `adopted`): the rollback tier of
 //! tests/upgrade.rs.
 
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -74,7 +75,7 @@ struct Hello {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Committed {
+struct CommitMessage {
     pid: u32,
 }
 
@@ -83,6 +84,9 @@ struct Prepare {
     config: Config,
     /// The pool's layout, which the new process maps as it is.
     pool: PoolConfig,
+    /// The metrics listener comes too (the third fd).
+    #[serde(default)]
+    metrics: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -128,6 +132,7 @@ pub fn upgrade(
     daemon: &mut Daemon,
     binary: &Path,
     control: BorrowedFd<'_>,
+    metrics: Option<BorrowedFd<'_>>,
 ) -> Result<UpgradeReport, UpgradeError> {
     let not_started = |e: String| UpgradeError::NotStarted(e);
     let (mut ours, theirs) = Channel::pair().map_err(|e| not_started(text(e)))?;
@@ -157,9 +162,12 @@ pub fn upgrade(
     let prepare = Prepare {
         config: daemon.config().clone(),
         pool: daemon.pool().layout(),
+        metrics: metrics.is_some(),
     };
+    let mut fds = vec![daemon.pool().memfd(), control];
+    fds.extend(metrics);
     let prepared = ours
-        .send_message("prepare", &prepare, &[daemon.pool().memfd(), control])
+        .send_message("prepare", &prepare, &fds)
         .and_then(|()| ours.recv_message::<Ready>("ready"));
     if let Err(e) = prepared {
         return Err(not_started(abandon(format!(
@@ -195,7 +203,7 @@ pub fn upgrade(
             Err(r) => UpgradeError::Failed(format!("{why}; the rollback failed: {r}")),
         });
     }
-    match ours.recv_message::<Committed>("committed") {
+    match ours.recv_message::<CommitMessage>("committed") {
         Ok((committed, _)) => {
             let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
             export.commit();
@@ -267,21 +275,43 @@ pub struct TakenOver {
     pub daemon: Daemon,
     /// The control socket's listener, to serve on.
     control: UnixListener,
+    /// The metrics listener, if the old process served metrics.
+    metrics: Option<TcpListener>,
     channel: Channel,
+}
+
+/// What the new process serves on once it has committed.
+pub struct Committed {
+    pub daemon: Daemon,
+    pub control: UnixListener,
+    pub metrics: Option<TcpListener>,
 }
 
 impl TakenOver {
     /// Tells the old process that this one serves (it then exits); the
     /// daemon and the control socket's listener to serve on.
-    pub fn commit(self) -> Result<(Daemon, UnixListener), ChannelError> {
+    pub fn commit(self) -> Result<Committed, ChannelError> {
+        // Under systemd (Type=notify, NotifyAccess=all) this process becomes
+        // the service's main pid before the old one exits, so the exit is
+        // not taken for the service's end. Without systemd it is a no-op.
+        if let Err(e) = sd_notify::notify(&[
+            sd_notify::NotifyState::MainPid(std::process::id()),
+            sd_notify::NotifyState::Ready,
+        ]) {
+            log::warn!("upgrade: sd_notify MAINPID failed: {e}");
+        }
         self.channel.send_message(
             "committed",
-            &Committed {
+            &CommitMessage {
                 pid: std::process::id(),
             },
             &[],
         )?;
-        Ok((self.daemon, self.control))
+        Ok(Committed {
+            daemon: self.daemon,
+            control: self.control,
+            metrics: self.metrics,
+        })
     }
 }
 
@@ -303,14 +333,18 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         .map_err(text)?;
     let (prepare, mut fds): (Prepare, Vec<OwnedFd>) =
         channel.recv_message("prepare").map_err(text)?;
-    if fds.len() != 2 {
+    let expected = if prepare.metrics { 3 } else { 2 };
+    if fds.len() != expected {
         return Err(format!(
-            "the configuration came with {} fds, not 2",
+            "the configuration came with {} fds, not {expected}",
             fds.len()
         ));
     }
-    let control = UnixListener::from(fds.pop().expect("two fds"));
-    let memfd = fds.pop().expect("two fds");
+    let metrics = prepare
+        .metrics
+        .then(|| TcpListener::from(fds.pop().expect("counted")));
+    let control = UnixListener::from(fds.pop().expect("counted"));
+    let memfd = fds.pop().expect("counted");
     let mut daemon =
         Daemon::start_taking_over(&prepare.config, &prepare.pool, memfd).map_err(text)?;
     fail_point("ready");
@@ -353,6 +387,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     Ok(TakenOver {
         daemon,
         control,
+        metrics,
         channel,
     })
 }
