@@ -27,8 +27,18 @@ sleep 2
 
 blackouts=""
 for n in 1 2 3; do
-    reply=$("$VM_ROOT/target/release/snapnet" ctl --socket "$control" --json upgrade 2>&1) ||
-        vm_fail "upgrade $n failed: $reply"
+    # Refused ("not started") leaves the daemon serving as it was: try again,
+    # as an operator would; anything else is a failure.
+    for attempt in 1 2 3; do
+        if reply=$("$VM_ROOT/target/release/snapnet" ctl --socket "$control" --json upgrade 2>&1); then
+            break
+        fi
+        case "$reply" in
+            *"not started"*) vm_log "upgrade $n refused, again: $reply"; sleep 1 ;;
+            *) vm_fail "upgrade $n failed: $reply" ;;
+        esac
+        [ "$attempt" = 3 ] && vm_fail "upgrade $n refused three times: $reply"
+    done
     pid=$(echo "$reply" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
     [ -n "$pid" ] || vm_fail "upgrade $n: no pid in $reply"
     # The old process exits by itself; the new one is what cleanup stops.

@@ -290,10 +290,18 @@ fn answer(stream: TcpStream, ctx: &Context) -> io::Result<()> {
     }
     let body = {
         let guard = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(d) => render(d, ctx.started.elapsed().as_secs_f64()),
-            None => String::new(),
-        }
+        guard
+            .as_ref()
+            .map(|d| render(d, ctx.started.elapsed().as_secs_f64()))
+    };
+    // No daemon: it is stopping, or it was handed over to a new process
+    // that serves on the same listener. A failed scrape, never figures from
+    // a daemon that no longer runs (they would look like a counter reset).
+    let Some(body) = body else {
+        return write!(
+            w,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
     };
     write!(
         w,

@@ -46,9 +46,25 @@ use crate::upgrade::{Channel, ChannelError};
 /// How long one step of the protocol may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the new process may take from the state to `committed` (within
-/// the control client's 30 s).
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the whole upgrade may take, within the control client's 30 s:
+/// the command's answer must say what happened.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long the new process may take to build the vNICs it was sent (a
+/// few milliseconds): every guest is stopped meanwhile, and a silent new
+/// process is rolled back after this.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The hand-over protocol this binary speaks. 1: the state, then
+/// `committed`. 2: the new process says `adopted` before it touches a ring
+/// and waits for `serve` (rollback until then), and the metrics listener
+/// crosses. Each side speaks the lower of the two, so an upgrade to and
+/// from a binary of protocol 1 works as it did then.
+const PROTOCOL: u32 = 2;
+
+fn first_protocol() -> u32 {
+    1
+}
 
 /// Where the new process finds its end of the channel.
 pub const TAKEOVER_FD: i32 = 3;
@@ -72,6 +88,8 @@ pub enum UpgradeError {
 struct Hello {
     version: String,
     pid: u32,
+    #[serde(default = "first_protocol")]
+    protocol: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,6 +105,9 @@ struct Prepare {
     /// The metrics listener comes too (the third fd).
     #[serde(default)]
     metrics: bool,
+    /// The protocol both speak (the lower of the two).
+    #[serde(default = "first_protocol")]
+    protocol: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,9 +156,9 @@ pub fn upgrade(
     metrics: Option<BorrowedFd<'_>>,
 ) -> Result<UpgradeReport, UpgradeError> {
     let not_started = |e: String| UpgradeError::NotStarted(e);
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
     let (mut ours, theirs) = Channel::pair().map_err(|e| not_started(text(e)))?;
-    ours.set_timeout(Some(STEP_TIMEOUT))
-        .map_err(|e| not_started(text(e)))?;
+    within(&mut ours, STEP_TIMEOUT, deadline).map_err(|e| not_started(text(e)))?;
     let mut child = spawn(binary, theirs.into_fd())
         .map_err(|e| not_started(format!("cannot start {}: {e}", binary.display())))?;
     let mut abandon = |why: String| {
@@ -154,20 +175,24 @@ pub fn upgrade(
             ))))
         }
     };
+    let protocol = hello.protocol.min(PROTOCOL);
     log::info!(
-        "upgrade: snapnet {} (pid {}) is taking over",
+        "upgrade: snapnet {} (pid {}, protocol {protocol}) is taking over",
         hello.version,
         hello.pid
     );
+    // A protocol 1 binary takes exactly two fds.
+    let metrics = metrics.filter(|_| protocol >= 2);
     let prepare = Prepare {
         config: daemon.config().clone(),
         pool: daemon.pool().layout(),
         metrics: metrics.is_some(),
+        protocol,
     };
     let mut fds = vec![daemon.pool().memfd(), control];
     fds.extend(metrics);
-    let prepared = ours
-        .send_message("prepare", &prepare, &fds)
+    let prepared = within(&mut ours, STEP_TIMEOUT, deadline)
+        .and_then(|()| ours.send_message("prepare", &prepare, &fds))
         .and_then(|()| ours.recv_message::<Ready>("ready"));
     if let Err(e) = prepared {
         return Err(not_started(abandon(format!(
@@ -180,16 +205,20 @@ pub fn upgrade(
         Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
     };
     let vnics = export.vnics.len();
-    // The new process builds every vNIC before it answers: give it time.
-    let _ = ours.set_timeout(Some(COMMIT_TIMEOUT));
     // `serve` may go only once `adopted` came: if it cannot be sent, the new
-    // process never saw it and touched no ring either.
-    let adopted =
-        hand_over(&ours, &export).and_then(|()| ours.send_message("serve", &Serve {}, &[]));
-    if let Err(e) = adopted {
+    // process never saw it and touched no ring either. (Protocol 1 has no
+    // such step: the new process replays as soon as it has the state.)
+    let adopted = within(&mut ours, ADOPT_TIMEOUT, deadline)
+        .and_then(|()| hand_over(&ours, &export, protocol))
+        .and_then(|()| match protocol {
+            1 => Ok(()),
+            _ => ours.send_message("serve", &Serve {}, &[]),
+        });
+    if let (Err(e), 2..) = (&adopted, protocol) {
+        let e = text(e);
         // Killed and reaped first: nothing of it may run while this process
         // takes the vNICs back.
-        let why = abandon(text(e));
+        let why = abandon(e);
         let stopped_at = export.stopped_at;
         return Err(match daemon.roll_back_upgrade(export) {
             Ok(()) => {
@@ -203,7 +232,10 @@ pub fn upgrade(
             Err(r) => UpgradeError::Failed(format!("{why}; the rollback failed: {r}")),
         });
     }
-    match ours.recv_message::<CommitMessage>("committed") {
+    let committed = adopted
+        .and_then(|()| within(&mut ours, UPGRADE_TIMEOUT, deadline))
+        .and_then(|()| ours.recv_message::<CommitMessage>("committed"));
+    match committed {
         Ok((committed, _)) => {
             let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
             export.commit();
@@ -222,15 +254,27 @@ pub fn upgrade(
     }
 }
 
-/// Sends the state and every vNIC, and waits for the new process to have
-/// built them all.
-fn hand_over(ours: &Channel, export: &UpgradeExport) -> Result<(), ChannelError> {
+/// Sends the state and every vNIC, and (protocol 2) waits for the new
+/// process to have built them all.
+fn hand_over(ours: &Channel, export: &UpgradeExport, protocol: u32) -> Result<(), ChannelError> {
     ours.send_message("state", &export.state, &[])?;
     for v in &export.vnics {
         ours.send_message("vnic", &v.moved, &borrowed(&v.fds))?;
     }
-    ours.recv_message::<Adopted>("adopted")?;
+    if protocol >= 2 {
+        ours.recv_message::<Adopted>("adopted")?;
+    }
     Ok(())
+}
+
+/// The channel's timeout for the next step: `step`, or what is left until
+/// `deadline` if less (an error once it has passed).
+fn within(channel: &mut Channel, step: Duration, deadline: Instant) -> Result<(), ChannelError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ChannelError::Protocol("the upgrade took too long"));
+    }
+    channel.set_timeout(Some(step.min(left)))
 }
 
 /// Starts `binary serve --takeover-fd 3` with `fd` as its fd 3.
@@ -327,6 +371,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
             &Hello {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 pid: std::process::id(),
+                protocol: PROTOCOL,
             },
             &[],
         )
@@ -371,13 +416,15 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     if skipped > 0 {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
     }
-    fail_point("adopted");
-    channel
-        .send_message("adopted", &Adopted {}, &[])
-        .map_err(text)?;
-    // The old process still holds everything: it may roll back until it
-    // says `serve`.
-    channel.recv_message::<Serve>("serve").map_err(text)?;
+    if prepare.protocol >= 2 {
+        fail_point("adopted");
+        channel
+            .send_message("adopted", &Adopted {}, &[])
+            .map_err(text)?;
+        // The old process still holds everything: it may roll back until
+        // it says `serve`.
+        channel.recv_message::<Serve>("serve").map_err(text)?;
+    }
     // Every port exists: the guests' frames can flow.
     daemon.connect_taken_over(taken).map_err(text)?;
     log_phase(
@@ -390,4 +437,23 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         metrics,
         channel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protocol_1_peer_is_read_as_one() {
+        // What a binary of protocol 1 sends: no protocol, no metrics flag.
+        let hello: Hello = serde_json::from_str(r#"{"version":"0.1.0","pid":7}"#).unwrap();
+        assert_eq!(hello.protocol, 1);
+        let layout = serde_json::to_value(PoolConfig::small_for_tests()).unwrap();
+        let config = serde_json::to_value(Config::embedded_default()).unwrap();
+        let prepare: Prepare =
+            serde_json::from_value(serde_json::json!({ "config": config, "pool": layout }))
+                .unwrap();
+        assert_eq!(prepare.protocol, 1);
+        assert!(!prepare.metrics);
+    }
 }

@@ -207,7 +207,8 @@ impl PoolMemory {
         })
     }
 
-    /// The start of the mapping (2 MiB aligned).
+    /// The start of the mapping: 2 MiB aligned, unless the aligned mapping
+    /// failed (see `map_aligned`).
     pub fn base(&self) -> *mut u8 {
         self.base
     }
@@ -298,9 +299,9 @@ fn map_shared(file: &File, len: usize, transparent: bool) -> io::Result<*mut u8>
 
 /// Maps a shmem file over an aligned reservation of exactly its length, which
 /// MAP_FIXED replaces atomically. Should that fail, the range may already be
-/// unmapped and taken by another thread, so it is left alone (address space
-/// only: the reservation is PROT_NONE and NORESERVE) and the file is mapped
-/// where the kernel likes, unaligned.
+/// unmapped and taken by another thread, so it is left alone: `len` bytes of
+/// address space leak, deliberately (PROT_NONE and NORESERVE: no memory),
+/// and the file is mapped where the kernel likes, unaligned.
 fn map_aligned(file: &File, len: usize) -> io::Result<*mut u8> {
     let reserved = reserve_aligned(len)?;
     map_file(file, len, reserved, libc::MAP_FIXED).or_else(|error| {

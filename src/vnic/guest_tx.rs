@@ -271,6 +271,7 @@ fn one_chain(
         let mut b = b.lock();
         if !b.try_take(cost) {
             dp.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
+            drop(b);
             dp.cache.free(frame);
             return Ok(Copied::Throttled);
         }

@@ -26,6 +26,8 @@ pub struct GuestRecord {
     /// Out-of-sequence frames (lost before, duplicated or reordered).
     pub out_of_order: u64,
     pub largest_gap: Duration,
+    /// The sequence number the next frame should carry.
+    next: u64,
 }
 
 /// What the guests saw, once stopped and drained.
@@ -101,9 +103,11 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
             let now = Instant::now();
             let n = fe.recv(0, |_, p| {
                 let seq = u64::from_be_bytes(p[14..22].try_into().unwrap_or_default());
-                if seq != r.received {
+                // One lost frame counts once, not for every frame after it.
+                if seq != r.next {
                     r.out_of_order += 1;
                 }
+                r.next = seq.wrapping_add(1);
                 r.received += 1;
             });
             if n > 0 {

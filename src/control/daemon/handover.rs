@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -178,26 +178,21 @@ impl Daemon {
         // Side by side, one thread each: a pause waits for the handler's
         // thread and for the engines to let go of the vrings, and every
         // vNIC's blackout begins with its own pause.
-        let vnics = &self.vnics;
-        let results: Vec<Result<PausedVnic, UpgradeRefused>> = std::thread::scope(|s| {
-            let pauses: Vec<_> = vnics
-                .iter()
-                .map(|v| {
-                    s.spawn(move || match v.connection.as_ref() {
-                        Some(c) => pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT)
-                            .map_err(refused),
-                        None => Err(refused(format!("{} has no connection", v.config.name))),
-                    })
-                })
-                .collect();
-            pauses
-                .into_iter()
-                .map(|p| {
-                    p.join()
-                        .unwrap_or_else(|_| Err(refused("a pause thread panicked")))
-                })
-                .collect()
+        let results = side_by_side(self.vnics.iter(), |v| match v.connection.as_ref() {
+            Some(c) => {
+                pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT).map_err(refused)
+            }
+            None => Err(refused(format!("{} has no connection", v.config.name))),
         });
+        if results.iter().any(Result::is_err) {
+            // Where a pause panicked, nobody knows what it left paused.
+            return Err(UpgradeRefused {
+                error: DaemonError::Upgrade("a vNIC's pause panicked".into()),
+                serving: false,
+            });
+        }
+        let results: Vec<Result<PausedVnic, UpgradeRefused>> =
+            results.into_iter().flatten().collect();
         if results.iter().any(Result::is_err) {
             // A vNIC whose pause failed resumed by itself.
             let mut error = None;
@@ -481,24 +476,12 @@ impl Daemon {
             .map(|t| self.vnic_index(&t.handover.name))
             .collect::<Result<Vec<_>, _>>()?;
         let vnics = &self.vnics;
-        let connected: Vec<Result<Connection, DaemonError>> = std::thread::scope(|s| {
-            let replays: Vec<_> = taken
-                .into_iter()
-                .zip(&at)
-                .map(|(t, &i)| {
-                    let v = &vnics[i];
-                    s.spawn(move || t.connect(&v.device, &v.socket))
-                })
-                .collect();
-            replays
-                .into_iter()
-                .map(|r| {
-                    r.join().unwrap_or_else(|_| {
-                        Err(DaemonError::Upgrade("a replay thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
+        let connected = side_by_side(taken.into_iter().zip(&at), |(t, &i)| {
+            let v = &vnics[i];
+            t.connect(&v.device, &v.socket)
+        })
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|_| Err(DaemonError::Upgrade("a replay panicked".into()))));
         let mut first_error = None;
         for (i, c) in at.into_iter().zip(connected) {
             match c {
@@ -520,5 +503,67 @@ impl Daemon {
             .map(|v| (v.config.name.clone(), v.port))
             .collect();
         Ok(self.switch.fdb_import(entries, ids)?)
+    }
+}
+
+/// Runs `f` on every item, each in a thread of its own, and returns the
+/// results in order (a panic as its payload). An item whose thread cannot
+/// be created (a task limit, memory) runs on this thread instead: slower,
+/// never skipped.
+fn side_by_side<T, R>(
+    items: impl IntoIterator<Item = T>,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<std::thread::Result<R>>
+where
+    T: Send,
+    R: Send,
+{
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let take = |slot: &Mutex<Option<T>>| {
+        slot.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("each item runs once")
+    };
+    let f = &f;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = slots
+            .iter()
+            .map(|slot| {
+                std::thread::Builder::new()
+                    .name("snapnet-upgrade".into())
+                    .spawn_scoped(s, move || f(take(slot)))
+                    .ok()
+            })
+            .collect();
+        threads
+            .into_iter()
+            .zip(&slots)
+            .map(|(thread, slot)| match thread {
+                Some(t) => t.join(),
+                None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(take(slot)))),
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_by_side;
+
+    #[test]
+    fn side_by_side_keeps_the_order_and_reports_panics() {
+        let out = side_by_side(0..8u32, |i| {
+            assert!(i != 5, "five panics");
+            std::thread::sleep(std::time::Duration::from_millis(u64::from(8 - i)));
+            i * 10
+        });
+        assert_eq!(out.len(), 8);
+        for (i, r) in out.into_iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(v, i as u32 * 10),
+                Err(_) => assert_eq!(i, 5),
+            }
+        }
     }
 }
