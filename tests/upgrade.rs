@@ -213,12 +213,7 @@ fn metrics_addr(dir: &TempDir) -> String {
 
 /// The guest TX frames the metrics count for `vnic`, summed over its queues.
 fn scraped_tx_packets(addr: &str, vnic: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let out = scrape(addr);
     let label = format!("vnic=\"{vnic}\"");
     out.lines()
         .filter(|l| {
@@ -228,6 +223,17 @@ fn scraped_tx_packets(addr: &str, vnic: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum()
+}
+
+/// What the metrics endpoint answers (status line included).
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }
 
 /// Asks for an upgrade while the guests keep sending (the call blocks for
@@ -321,6 +327,14 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
     assert_eq!(report["vnics"], 3, "{report}");
+    // Each vNIC's own blackout, none longer than the daemon's.
+    let each = report["vnic_blackouts_ms"].as_object().expect("per vNIC");
+    assert_eq!(each.len(), 3, "{report}");
+    let whole = report["blackout_ms"].as_f64().unwrap();
+    assert!(
+        each.values().all(|ms| ms.as_f64().unwrap() <= whole + 1.0),
+        "{report}"
+    );
     // Under systemd the new process is the main pid before the old exits.
     notified(&notify, &format!("MAINPID={new_pid}"));
     eprintln!("upgrade: {report}");
@@ -355,7 +369,12 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     );
     assert_eq!(fdb(&control), fdb_before, "the FDB crossed");
     counters_match(&control, &guests);
-    // The metrics listener crossed too: same address, counters going on.
+    // The metrics listener crossed too: same address, counters going on,
+    // and each vNIC's blackout there.
+    assert!(
+        scrape(&metrics).contains("snapnet_vnic_upgrade_blackout_seconds{vnic=\"vnic0\"}"),
+        "the blackout gauge"
+    );
     assert_eq!(
         scraped_tx_packets(&metrics, "vnic1"),
         guests.total_from(1),

@@ -110,6 +110,8 @@ struct RunningVnic {
     port_counters: Arc<SharedPortCounters>,
     queues: Vec<Arc<SharedQueueCounters>>,
     engines: Vec<EngineId>,
+    /// Its blackout in the upgrade that brought it to this process.
+    upgrade_blackout: Option<std::time::Duration>,
 }
 
 struct RunningUplinkQueue {
@@ -162,6 +164,8 @@ pub struct VnicReport {
     pub queues: Vec<QueueCounters>,
     /// The vNIC's port on the switch.
     pub port: PortCounters,
+    /// Its blackout in the upgrade that brought it to this process.
+    pub upgrade_blackout: Option<std::time::Duration>,
 }
 
 /// The running daemon. The config file is applied through the same
@@ -473,6 +477,7 @@ impl Daemon {
             port_counters,
             queues,
             engines: engine_ids,
+            upgrade_blackout: None,
         });
         self.config = next;
         Ok(takeover)
@@ -830,6 +835,7 @@ impl Daemon {
                 rings_attached: v.device.attached_rings(),
                 queues: v.queues.iter().map(|q| q.snapshot()).collect(),
                 port: v.port_counters.snapshot(),
+                upgrade_blackout: v.upgrade_blackout,
             })
             .collect()
     }

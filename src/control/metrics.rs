@@ -79,6 +79,12 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
         "Virtqueues a guest driver has set up",
         rings.clone(),
     );
+    let blackout = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    r.register(
+        "vnic_upgrade_blackout_seconds",
+        "How long the vNIC's engines stood still in the upgrade that brought it to this process",
+        blackout.clone(),
+    );
     let engines = Family::<Labels, Gauge>::default();
     r.register(
         "group_engines",
@@ -127,6 +133,11 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
         rings
             .get_or_create(&vec![("vnic", v.name.clone())])
             .set(v.rings_attached as i64);
+        if let Some(b) = v.upgrade_blackout {
+            blackout
+                .get_or_create(&vec![("vnic", v.name.clone())])
+                .set(b.as_secs_f64());
+        }
         for (q, c) in v.queues.iter().enumerate() {
             let l = |extra: Vec<(&'static str, String)>| {
                 let mut l = vec![("vnic", v.name.clone()), ("queue", q.to_string())];

@@ -95,6 +95,10 @@ struct Hello {
 #[derive(Serialize, Deserialize)]
 struct CommitMessage {
     pid: u32,
+    /// Each vNIC's blackout (ms): its engines stopping in the old process
+    /// to its connection replayed in the new one.
+    #[serde(default)]
+    blackouts_ms: Vec<(String, f64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -141,6 +145,14 @@ pub struct UpgradeReport {
     /// From the first vNIC's engines stopping to the new process serving
     /// them all.
     pub blackout_ms: f64,
+    /// Each vNIC's own blackout (its engines stopping to its connection
+    /// replayed), median and largest; absent from a protocol 1 new process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vnic_blackout_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vnic_blackout_max_ms: Option<f64>,
+    /// Per vNIC, by name.
+    pub vnic_blackouts_ms: std::collections::BTreeMap<String, f64>,
 }
 
 fn text(e: impl std::fmt::Display) -> String {
@@ -243,11 +255,16 @@ pub fn upgrade(
                 "upgrade: pid {} serves {vnics} vNIC(s) after a {blackout_ms:.1} ms blackout",
                 committed.pid
             );
+            let mut each: Vec<f64> = committed.blackouts_ms.iter().map(|(_, ms)| *ms).collect();
+            each.sort_by(f64::total_cmp);
             Ok(UpgradeReport {
                 pid: committed.pid,
                 version: hello.version,
                 vnics,
                 blackout_ms,
+                vnic_blackout_p50_ms: each.get(each.len() / 2).copied(),
+                vnic_blackout_max_ms: each.last().copied(),
+                vnic_blackouts_ms: committed.blackouts_ms.into_iter().collect(),
             })
         }
         Err(e) => Err(UpgradeError::Failed(abandon(text(e)))),
@@ -348,6 +365,12 @@ impl TakenOver {
             "committed",
             &CommitMessage {
                 pid: std::process::id(),
+                blackouts_ms: self
+                    .daemon
+                    .upgrade_blackouts()
+                    .into_iter()
+                    .map(|(name, d)| (name, d.as_secs_f64() * 1e3))
+                    .collect(),
             },
             &[],
         )?;

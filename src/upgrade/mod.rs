@@ -19,6 +19,20 @@ pub mod format;
 pub mod rehearsal;
 pub mod replay;
 pub mod vnic_handover;
+
+/// CLOCK_MONOTONIC in nanoseconds: the one clock two processes on a host
+/// share, so the new process can tell how long ago the old one stopped a
+/// vNIC (`Instant` cannot cross a process boundary).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC exists on
+    // every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
 #[cfg(test)]
 mod vnic_handover_tests;
 

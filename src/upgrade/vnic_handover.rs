@@ -101,6 +101,8 @@ pub struct PausedVnic {
     /// When its engines began to let go of the vrings: where the guest's
     /// blackout starts (traffic flows while the handler pauses).
     pub engines_stopping: Instant,
+    /// The same moment on CLOCK_MONOTONIC, for the new process.
+    pub engines_stopping_ns: u64,
 }
 
 /// The old process's first step: the handler stops between two messages
@@ -120,6 +122,7 @@ pub fn pause_vnic(
             source,
         })?;
     let engines_stopping = Instant::now();
+    let engines_stopping_ns = super::monotonic_ns();
     if let Err(source) = device.hand_over_vrings() {
         match device.take_back_vrings() {
             Ok(()) => connection.resume(handler),
@@ -138,6 +141,7 @@ pub fn pause_vnic(
     Ok(PausedVnic {
         handler,
         engines_stopping,
+        engines_stopping_ns,
     })
 }
 

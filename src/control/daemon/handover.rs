@@ -39,6 +39,10 @@ pub struct VnicMove {
     pub handover: VnicHandover,
     /// Per queue pair, the frames that waited for the guest, in order.
     pub for_guest: Vec<Vec<WireHandle>>,
+    /// When the vNIC's engines began to stop (CLOCK_MONOTONIC ns): its
+    /// blackout ends when the new process has replayed its connection.
+    #[serde(default)]
+    pub stopped_ns: Option<u64>,
 }
 
 /// What the old process hands over beside its vNICs, once they stopped.
@@ -93,6 +97,8 @@ pub struct VnicTakeover {
     handover: VnicHandover,
     fds: Vec<OwnedFd>,
     for_guest: Vec<Vec<FrameHandle>>,
+    /// When the old process stopped the vNIC's engines (CLOCK_MONOTONIC ns).
+    stopped_ns: Option<u64>,
 }
 
 impl VnicTakeover {
@@ -240,6 +246,7 @@ impl Daemon {
         for (i, (p, e)) in paused.into_iter().zip(engines).enumerate() {
             let v = &mut self.vnics[i];
             let connection = v.connection.take().expect("checked above");
+            let stopped_ns = p.engines_stopping_ns;
             let name = v.config.name.clone();
             // Only duplicating fds or making links can fail here, before
             // anything is taken apart.
@@ -267,6 +274,7 @@ impl Daemon {
                     config: v.config.clone(),
                     handover,
                     for_guest,
+                    stopped_ns: Some(stopped_ns),
                 },
                 fds,
                 connection,
@@ -457,6 +465,7 @@ impl Daemon {
             handover: moved.handover,
             fds,
             for_guest,
+            stopped_ns: moved.stopped_ns,
         };
         let name = moved.config.name.clone();
         self.add_vnic_with(moved.config, Some(takeover))?
@@ -478,20 +487,38 @@ impl Daemon {
         let vnics = &self.vnics;
         let connected = side_by_side(taken.into_iter().zip(&at), |(t, &i)| {
             let v = &vnics[i];
-            t.connect(&v.device, &v.socket)
+            let stopped_ns = t.stopped_ns;
+            let connection = t.connect(&v.device, &v.socket)?;
+            // Its engines serve the guest's vrings again from here.
+            let blackout = stopped_ns
+                .map(|s| Duration::from_nanos(crate::upgrade::monotonic_ns().saturating_sub(s)));
+            Ok((connection, blackout))
         })
         .into_iter()
         .map(|r| r.unwrap_or_else(|_| Err(DaemonError::Upgrade("a replay panicked".into()))));
         let mut first_error = None;
         for (i, c) in at.into_iter().zip(connected) {
             match c {
-                Ok(c) => self.vnics[i].connection = Some(c),
+                Ok((c, blackout)) => {
+                    self.vnics[i].connection = Some(c);
+                    self.vnics[i].upgrade_blackout = blackout;
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Each vNIC's blackout in the upgrade that brought it here: from its
+    /// engines stopping in the old process to its connection replayed in
+    /// this one.
+    pub fn upgrade_blackouts(&self) -> Vec<(String, Duration)> {
+        self.vnics
+            .iter()
+            .filter_map(|v| Some((v.config.name.clone(), v.upgrade_blackout?)))
+            .collect()
     }
 
     /// The new process: the old one's FDB, ports found by vNIC name.
