@@ -253,7 +253,8 @@ fn upgrade_under_traffic(
     upgrade.join().unwrap()
 }
 
-/// The counters of both vNICs match what the guests sent.
+/// The counters of both vNICs, and of their switch ports, match what the
+/// guests sent.
 fn counters_match(control: &Path, guests: &Guests) {
     for (i, name) in ["vnic0", "vnic1"].iter().enumerate() {
         let stats = call(control, "vnic.stats", json!({ "name": name })).unwrap();
@@ -262,6 +263,14 @@ fn counters_match(control: &Path, guests: &Guests) {
             stats["rx_packets"],
             guests.total_from(1 - i),
             "{name}: {stats}"
+        );
+        // The switch counts what the port sent into it as rx.
+        let port = &stats["switch_port"];
+        assert_eq!(port["rx_packets"], guests.total_from(i), "{name}: {port}");
+        assert_eq!(
+            port["tx_packets"],
+            guests.total_from(1 - i),
+            "{name}: {port}"
         );
     }
 }

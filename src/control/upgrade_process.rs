@@ -439,6 +439,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     if skipped > 0 {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
     }
+    daemon.import_port_counters(&state.ports).map_err(text)?;
     if prepare.protocol >= 2 {
         fail_point("adopted");
         channel

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::engine::{RemotePort, SwitchEngine};
 use super::fdb::{FdbEntry, FdbEntryState};
-use super::port::{PortId, PortNetwork, SharedPortCounters, SwitchPort};
+use super::port::{PortCounters, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
 
@@ -180,6 +180,36 @@ impl SwitchHandle {
     }
 
     /// Changes a port's deficit-round-robin weight; false when no such port.
+    /// Sets a port's counters (the ones an upgrade's old process had for
+    /// it), in its engine and in the published copy. False: no such port.
+    pub fn set_port_counters(
+        &self,
+        port: PortId,
+        counters: PortCounters,
+    ) -> Result<bool, MailboxError> {
+        let shard = {
+            let homes = self.lock();
+            let Some(home) = homes.get(usize::from(port.0)).and_then(Option::as_ref) else {
+                return Ok(false);
+            };
+            home.shard
+        };
+        self.call(shard, move |s| {
+            match s
+                .ports
+                .get_mut(usize::from(port.0))
+                .and_then(Option::as_mut)
+            {
+                Some(p) => {
+                    p.shared.publish(&counters);
+                    p.counters = counters;
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
     pub fn set_port_weight(&self, port: PortId, weight: u32) -> Result<bool, MailboxError> {
         let mut homes = self.lock();
         let Some(home) = homes.get_mut(usize::from(port.0)).and_then(Option::as_mut) else {

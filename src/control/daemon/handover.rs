@@ -21,12 +21,13 @@ use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
 use crate::control::config::{Config, VnicConfig};
 use crate::packet::{FrameHandle, FramePool, LinkTx, PoolConfig};
 use crate::switch::fdb::FdbEntryState;
-use crate::switch::PortId;
+use crate::switch::{PortCounters, PortDrop, PortId};
 use crate::upgrade::bridge::WireHandle;
 use crate::upgrade::vnic_handover::{
     export_vnic, import_vnic, pause_vnic, PausedVnic, VnicHandover,
 };
 use crate::vnic::connection::PausedHandler;
+use crate::vnic::stats::CountersState;
 use crate::vnic::{Connection, EngineSink, VnicDevice, VnicEngine};
 
 /// How long the switch may take to forward what the stopped engines sent.
@@ -53,6 +54,9 @@ pub struct DaemonState {
     pub fdb: Vec<FdbEntryState>,
     /// How many vNIC messages follow.
     pub vnics: usize,
+    /// Each vNIC's switch port counters, by vNIC name: they continue.
+    #[serde(default)]
+    pub ports: Vec<(String, CountersState)>,
 }
 
 /// A vNIC the old process exported: the message and its fds for the new
@@ -235,6 +239,15 @@ impl Daemon {
             .iter()
             .map(|v| (v.port, v.config.name.clone()))
             .collect();
+        // The switch has settled: its published counters are its own.
+        let ports = self
+            .vnics
+            .iter()
+            .map(|v| {
+                let c = v.port_counters.snapshot();
+                (v.config.name.clone(), port_state(&c))
+            })
+            .collect();
         let fdb = match self.switch.fdb_export(names) {
             Ok(f) => f,
             Err(e) => {
@@ -292,6 +305,7 @@ impl Daemon {
                 free_large,
                 fdb,
                 vnics: vnics.len(),
+                ports,
             },
             vnics,
             stopped_at,
@@ -338,6 +352,7 @@ impl Daemon {
         if skipped > 0 {
             log::warn!("upgrade rollback: {skipped} FDB entries not taken back");
         }
+        self.import_port_counters(&state.ports)?;
         self.connect_taken_over(taken)
     }
 
@@ -521,6 +536,21 @@ impl Daemon {
             .collect()
     }
 
+    /// The new process (or a rollback): the switch port counters the old
+    /// one handed over, ports found by vNIC name; they continue.
+    pub fn import_port_counters(
+        &self,
+        ports: &[(String, CountersState)],
+    ) -> Result<(), DaemonError> {
+        for (name, state) in ports {
+            if let Some(v) = self.vnics.iter().find(|v| &v.config.name == name) {
+                self.switch
+                    .set_port_counters(v.port, port_counters(state))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The new process: the old one's FDB, ports found by vNIC name.
     /// Returns the entries not taken.
     pub fn import_fdb(&self, entries: Vec<FdbEntryState>) -> Result<usize, DaemonError> {
@@ -574,9 +604,66 @@ where
     })
 }
 
+/// A switch port's counters as the handoff carries them: the vNIC queue
+/// counters' shape, drops by name.
+fn port_state(c: &PortCounters) -> CountersState {
+    CountersState {
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        backpressure: c.backpressure,
+        drops: PortDrop::ALL
+            .iter()
+            .filter(|r| c.dropped(**r) > 0)
+            .map(|r| (r.as_str().to_string(), c.dropped(*r)))
+            .collect(),
+    }
+}
+
+/// The reverse of [`port_state`]; a drop reason this binary does not know
+/// is logged and left out.
+fn port_counters(s: &CountersState) -> PortCounters {
+    let mut c = PortCounters {
+        tx_packets: s.tx_packets,
+        tx_bytes: s.tx_bytes,
+        rx_packets: s.rx_packets,
+        rx_bytes: s.rx_bytes,
+        backpressure: s.backpressure,
+        ..PortCounters::default()
+    };
+    for (name, n) in &s.drops {
+        match PortDrop::ALL.iter().find(|r| r.as_str() == name) {
+            Some(r) => c.drops[*r as usize] += n,
+            None => log::warn!("handed-over port drop counter {name} ({n}) is unknown here"),
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::side_by_side;
+
+    #[test]
+    fn port_counters_cross_by_name() {
+        use super::{port_counters, port_state};
+        use crate::switch::{PortCounters, PortDrop};
+        let mut c = PortCounters {
+            rx_packets: 1,
+            rx_bytes: 2,
+            tx_packets: 3,
+            tx_bytes: 4,
+            backpressure: 5,
+            ..PortCounters::default()
+        };
+        c.drops[PortDrop::NoRoute as usize] = 6;
+        let mut state = port_state(&c);
+        assert_eq!(state.drops.len(), 1, "only reasons that counted");
+        assert_eq!(port_counters(&state), c);
+        state.drops.insert("from_a_newer_release".into(), 7);
+        assert_eq!(port_counters(&state), c, "an unknown reason is left out");
+    }
 
     #[test]
     fn side_by_side_keeps_the_order_and_reports_panics() {
