@@ -170,6 +170,30 @@ pub struct CountersState {
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
+impl CountersState {
+    /// Drops by name, only those that counted.
+    pub fn name_drops<'a>(
+        counts: impl Iterator<Item = (&'a str, u64)>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        counts
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| (name.to_string(), n))
+            .collect()
+    }
+
+    /// Adds each drop to `out[index(name)]`. Only an older or the same
+    /// release hands over (a newer state format is refused), so every
+    /// reason is known; one that is not is logged and left out.
+    pub fn add_drops_to(&self, out: &mut [u64], index: impl Fn(&str) -> Option<usize>) {
+        for (name, n) in &self.drops {
+            match index(name) {
+                Some(i) => out[i] += n,
+                None => log::warn!("handed-over drop counter {name} ({n}) is unknown here"),
+            }
+        }
+    }
+}
+
 impl QueueCounters {
     /// The counters, for the process that takes over.
     pub fn to_state(&self) -> CountersState {
@@ -179,17 +203,15 @@ impl QueueCounters {
             rx_packets: self.rx_packets,
             rx_bytes: self.rx_bytes,
             backpressure: self.backpressure,
-            drops: DropReason::ALL
-                .iter()
-                .filter(|r| self.dropped(**r) > 0)
-                .map(|r| (r.as_str().to_string(), self.dropped(*r)))
-                .collect(),
+            drops: CountersState::name_drops(
+                DropReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), self.dropped(*r))),
+            ),
         }
     }
 
-    /// Counters that continue from `state`. Only an older or the same
-    /// release hands over (a newer state format is refused), so every
-    /// reason is known; one that is not is logged and left out.
+    /// Counters that continue from `state`.
     pub fn from_state(state: &CountersState) -> Self {
         let mut c = QueueCounters {
             tx_packets: state.tx_packets,
@@ -199,12 +221,12 @@ impl QueueCounters {
             backpressure: state.backpressure,
             drops: [0; REASONS],
         };
-        for (name, n) in &state.drops {
-            match DropReason::ALL.iter().find(|r| r.as_str() == name) {
-                Some(r) => c.drops[*r as usize] += n,
-                None => log::warn!("handed-over drop counter {name} ({n}) is unknown here"),
-            }
-        }
+        state.add_drops_to(&mut c.drops, |name| {
+            DropReason::ALL
+                .iter()
+                .find(|r| r.as_str() == name)
+                .map(|r| *r as usize)
+        });
         c
     }
 

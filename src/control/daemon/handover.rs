@@ -613,16 +613,11 @@ fn port_state(c: &PortCounters) -> CountersState {
         rx_packets: c.rx_packets,
         rx_bytes: c.rx_bytes,
         backpressure: c.backpressure,
-        drops: PortDrop::ALL
-            .iter()
-            .filter(|r| c.dropped(**r) > 0)
-            .map(|r| (r.as_str().to_string(), c.dropped(*r)))
-            .collect(),
+        drops: CountersState::name_drops(PortDrop::ALL.iter().map(|r| (r.as_str(), c.dropped(*r)))),
     }
 }
 
-/// The reverse of [`port_state`]; a drop reason this binary does not know
-/// is logged and left out.
+/// The reverse of [`port_state`].
 fn port_counters(s: &CountersState) -> PortCounters {
     let mut c = PortCounters {
         tx_packets: s.tx_packets,
@@ -632,12 +627,12 @@ fn port_counters(s: &CountersState) -> PortCounters {
         backpressure: s.backpressure,
         ..PortCounters::default()
     };
-    for (name, n) in &s.drops {
-        match PortDrop::ALL.iter().find(|r| r.as_str() == name) {
-            Some(r) => c.drops[*r as usize] += n,
-            None => log::warn!("handed-over port drop counter {name} ({n}) is unknown here"),
-        }
-    }
+    s.add_drops_to(&mut c.drops, |name| {
+        PortDrop::ALL
+            .iter()
+            .find(|r| r.as_str() == name)
+            .map(|r| *r as usize)
+    });
     c
 }
 
