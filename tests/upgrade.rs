@@ -137,7 +137,7 @@ impl Guests {
 /// binary, with both guests connected: vnic0 serves its socket and is
 /// shaped, vnic1 connects to its frontend's (socket client, as with QEMU's
 /// `server=on`).
-fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests, UnixDatagram) {
+fn start_daemon(dir: &TempDir, policy: &str) -> (Process, PathBuf, u32, Guests, UnixDatagram) {
     let control = dir.path("control.sock");
     let notify = UnixDatagram::bind(dir.path("notify.sock")).unwrap();
     notify
@@ -152,7 +152,7 @@ fn start_daemon(dir: &TempDir) -> (Process, PathBuf, u32, Guests, UnixDatagram) 
             { "name": "vnic1", "mac": "52:54:00:5a:00:02", "queue_pairs": QPS,
               "role": "client", "socket": dir.path("vm1.sock") }
         ],
-        "groups": [ { "name": "default", "policy": "dedicated", "threads": 1 } ]
+        "groups": [ { "name": "default", "policy": policy, "threads": 1 } ]
     });
     std::fs::write(dir.path("snapnet.json"), cfg.to_string()).unwrap();
     let log = std::fs::File::create(dir.path("snapnet.log")).unwrap();
@@ -288,7 +288,7 @@ fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
 #[test]
 fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     let dir = TempDir::new("upgrade");
-    let (mut old, control, old_pid, mut guests, notify) = start_daemon(&dir);
+    let (mut old, control, old_pid, mut guests, notify) = start_daemon(&dir, "dedicated");
     notified(&notify, "READY=1");
     let metrics = metrics_addr(&dir);
     guests.run_for(Duration::from_millis(300));
@@ -421,10 +421,15 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
 /// started; after, the old process takes its own export back. Either way it
 /// serves on with nothing lost, duplicated or reordered, the frontends never
 /// reconnect, the counters go on, and a real upgrade still works after.
+/// The daemon's group is compacting: its engines sleep until kicked, so
+/// this also shows that a resumed engine serves what the guest posted
+/// during the blackout without waiting for a kick.
 #[test]
 fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     let dir = TempDir::new("upgrade-rollback");
-    let (mut old, control, old_pid, mut guests, _notify) = start_daemon(&dir);
+    // Compacting: its engines sleep between kicks, so the new process's
+    // engines must look at what the guests posted without waiting for one.
+    let (mut old, control, old_pid, mut guests, _notify) = start_daemon(&dir, "compacting");
     guests.run_for(Duration::from_millis(200));
     for (step, outcome) in [
         ("hello", "not started"),
