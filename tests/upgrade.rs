@@ -437,6 +437,8 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
         ("state", "rolled back"),
         ("vnic", "rolled back"),
         ("adopted", "rolled back"),
+        // Every connection replayed, then an error rather than a crash.
+        ("adopted-error", "rolled back"),
     ] {
         let wrapper = dir.path(&format!("fail-at-{step}"));
         std::fs::write(

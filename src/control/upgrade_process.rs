@@ -23,7 +23,8 @@
 //!    rings moved on), and the old process exits 1.
 //!
 //! `SNAPNET_UPGRADE_FAIL_AT=<step>` makes the new process exit at a step
-//! (`hello`, `ready`, `state`, `vnic`, `adopted`): the rollback tier of
+//! (`hello`, `ready`, `state`, `vnic`, `adopted`), and `<step>-error` fail
+//! there through its ordinary error path: the rollback tier of
 //! tests/upgrade.rs.
 
 use std::net::TcpListener;
@@ -126,12 +127,20 @@ struct Serve {}
 /// The environment variable that makes the new process fail at a step.
 const FAIL_AT: &str = "SNAPNET_UPGRADE_FAIL_AT";
 
-/// Exits here if the rollback tier asked for a failure at `step`: at once,
-/// as a crash would, with nothing sent or cleaned up.
-fn fail_point(step: &str) {
-    if std::env::var(FAIL_AT).is_ok_and(|s| s == step) {
-        eprintln!("snapnet: {FAIL_AT}={step}: exiting");
-        std::process::exit(70);
+/// Where the rollback tier asked for a failure: `step` exits at once, as a
+/// crash would, with nothing sent or cleaned up; `step-error` returns an
+/// error, which the new process's ordinary failure path then takes (it
+/// drops what it built and exits).
+fn fail_point(step: &str) -> Result<(), String> {
+    match std::env::var(FAIL_AT) {
+        Ok(s) if s == step => {
+            eprintln!("snapnet: {FAIL_AT}={step}: exiting");
+            std::process::exit(70);
+        }
+        Ok(s) if s.strip_suffix("-error") == Some(step) => {
+            Err(format!("{FAIL_AT}={s}: failing on purpose"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -387,7 +396,7 @@ impl TakenOver {
 pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     let mut channel = Channel::from_fd(fd).map_err(text)?;
     channel.set_timeout(Some(STEP_TIMEOUT)).map_err(text)?;
-    fail_point("hello");
+    fail_point("hello")?;
     channel
         .send_message(
             "hello",
@@ -415,13 +424,13 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     let memfd = fds.pop().expect("counted");
     let mut daemon =
         Daemon::start_taking_over(&prepare.config, &prepare.pool, memfd).map_err(text)?;
-    fail_point("ready");
+    fail_point("ready")?;
     channel
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
     let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
     let since = Instant::now();
-    fail_point("state");
+    fail_point("state")?;
     daemon.take_free_frames(&state).map_err(text)?;
     let mut taken = Vec::with_capacity(state.vnics);
     for _ in 0..state.vnics {
@@ -432,7 +441,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
                 .take_over_vnic(moved, fds)
                 .map_err(|e| format!("{name}: {e}"))?,
         );
-        fail_point("vnic");
+        fail_point("vnic")?;
     }
     log_phase("new process: vNICs built, since the state came", since);
     let skipped = daemon.import_fdb(state.fdb).map_err(text)?;
@@ -440,8 +449,15 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
     }
     daemon.import_port_counters(&state.ports).map_err(text)?;
+    // Every port exists: the connections are replayed, the engines attach
+    // the vrings but leave them alone.
+    let replayed = daemon.replay_taken_over(taken).map_err(text)?;
+    log_phase(
+        "new process: connections replayed, since the state came",
+        since,
+    );
     if prepare.protocol >= 2 {
-        fail_point("adopted");
+        fail_point("adopted")?;
         channel
             .send_message("adopted", &Adopted {}, &[])
             .map_err(text)?;
@@ -449,12 +465,9 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         // it says `serve`.
         channel.recv_message::<Serve>("serve").map_err(text)?;
     }
-    // Every port exists: the guests' frames can flow.
-    daemon.connect_taken_over(taken).map_err(text)?;
-    log_phase(
-        "new process: connections replayed, since the state came",
-        since,
-    );
+    // The guests' frames flow from here.
+    daemon.serve_taken_over(replayed).map_err(text)?;
+    log_phase("new process: serving, since the state came", since);
     Ok(TakenOver {
         daemon,
         control,

@@ -253,16 +253,24 @@ pub fn export_vnic(
     Ok((message, prepared.fds, Exported { links, handler }))
 }
 
-/// The new process: the vNIC's engines (built from `handover.engines` and
-/// placed) take the vrings as the replay starts them, then the vNIC's
-/// connection goes on serving the frontend's own stream, and its socket.
-pub fn import_vnic(
+/// A vNIC's connection replayed in the new process, not serving yet: its
+/// handler is paused before the frontend's first unread message, and its
+/// vrings are attached to engines that leave them alone until
+/// [`adopt_vnic`]. Until then the old process can still take the vNIC back.
+pub struct ReplayedVnic {
+    listener: Option<OwnedFd>,
+    handler: Option<PausedHandler>,
+}
+
+/// The new process, first half: the vNIC's engines (built from
+/// `handover.engines`, placed, and gated) take the vrings as the replay
+/// starts them. Nothing reads the frontend's stream or the guest's rings.
+pub fn replay_vnic(
     handover: &VnicHandover,
     fds: Vec<OwnedFd>,
     device: &Device,
-    path: &Path,
     timeout: Duration,
-) -> Result<Connection, HandoverError> {
+) -> Result<ReplayedVnic, HandoverError> {
     let name = handover.name.as_str();
     let take = |index: Option<usize>, what: &str| -> Result<Option<OwnedFd>, HandoverError> {
         index
@@ -295,22 +303,46 @@ pub fn import_vnic(
             ))
         }
     };
+    Ok(ReplayedVnic { listener, handler })
+}
+
+/// The new process, second half, once the old one has let go: the engines
+/// serve the guest's rings (what it posted meanwhile first), and the
+/// connection goes on serving the frontend's own stream, and its socket.
+pub fn adopt_vnic(
+    name: &str,
+    replayed: ReplayedVnic,
+    device: &Device,
+    path: &Path,
+) -> Result<Connection, HandoverError> {
+    let device_err = |source| HandoverError::Device {
+        vnic: name.to_string(),
+        source,
+    };
     // The replay attached every vring it started; an engine whose RX vring
     // it did not start drops frames for its guest again, as before.
-    device.sink().hold_frames(false).map_err(|source| {
-        undo(device);
-        HandoverError::Device {
-            vnic: name.to_string(),
-            source,
-        }
-    })?;
-    Connection::adopt(device.clone(), path, listener, handler).map_err(|source| {
+    device.sink().hold_frames(false).map_err(device_err)?;
+    device.sink().open_gates().map_err(device_err)?;
+    Connection::adopt(device.clone(), path, replayed.listener, replayed.handler).map_err(|source| {
         undo(device);
         HandoverError::Connection {
             vnic: name.to_string(),
             source,
         }
     })
+}
+
+/// Both halves at once, where nobody can take the vNIC back in between
+/// (the in-process rehearsal).
+pub fn import_vnic(
+    handover: &VnicHandover,
+    fds: Vec<OwnedFd>,
+    device: &Device,
+    path: &Path,
+    timeout: Duration,
+) -> Result<Connection, HandoverError> {
+    let replayed = replay_vnic(handover, fds, device, timeout)?;
+    adopt_vnic(&handover.name, replayed, device, path)
 }
 
 /// A failed import lets go of every vring the replay attached, so that the

@@ -92,6 +92,12 @@ impl EngineSink {
         }
         Ok(())
     }
+
+    /// Every queue's engine serves its guest's rings from now on (after an
+    /// upgrade's take-over: [`VnicEngine::open_gate`]).
+    pub fn open_gates(&self) -> Result<(), DeviceError> {
+        self.configure(|e: &mut VnicEngine| e.open_gate())
+    }
 }
 
 impl QueueSink for EngineSink {

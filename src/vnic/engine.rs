@@ -483,6 +483,10 @@ pub struct VnicEngine {
     /// the link (they move with it) instead of being dropped while the RX
     /// vring is detached.
     holding: bool,
+    /// Taken over from an upgrade's old process, which may still take the
+    /// vNIC back: the engine attaches vrings but touches no guest ring
+    /// until `open_gate` (only its mailbox runs).
+    gated: bool,
 }
 
 impl VnicEngine {
@@ -506,6 +510,7 @@ impl VnicEngine {
             wake_epoch: 0,
             rx_stalled_since: None,
             holding: false,
+            gated: false,
         };
         let mut engine = engine;
         engine.dp.log = cfg.log;
@@ -587,6 +592,7 @@ impl VnicEngine {
     /// over from the old process before the replay attaches it).
     pub fn take_over(&mut self, state: &EngineState) {
         self.holding = true;
+        self.gated = true;
         let now = Instant::now();
         self.dp.counters = QueueCounters::from_state(&state.counters);
         // Every queue's engine carries the vNIC's levels: each sets the
@@ -598,6 +604,13 @@ impl VnicEngine {
             b.lock().set_levels(l, now);
         }
         self.publish_counters();
+    }
+
+    /// The old process let go for good: serve the guest's rings, starting
+    /// with what it posted meanwhile (the poll that runs this call goes on
+    /// to the rings, with no kick needed).
+    pub fn open_gate(&mut self) {
+        self.gated = false;
     }
 
     /// Takes over a vring (mailbox request from the vhost-user side).
@@ -778,6 +791,9 @@ impl Engine for VnicEngine {
         if let Some(job) = self.mailbox.take() {
             job(self);
         }
+        if self.gated {
+            return 0;
+        }
         let work = self.poll_tx(budget) + self.poll_rx(budget);
         self.timer.clear_due();
         if work > 0 || self.dp.dirty {
@@ -805,6 +821,11 @@ impl Engine for VnicEngine {
     }
 
     fn arm(&mut self) -> bool {
+        if self.gated {
+            // Only the mailbox can bring work (the gate's opening).
+            self.mailbox.doorbell().arm();
+            return self.mailbox.pending();
+        }
         let event_idx = self.dp.features.event_idx;
         // Only a sleeping worker needs waking when the egress bucket refills
         // or a stalled guest's frames fall due.

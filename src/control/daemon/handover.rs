@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use crate::switch::fdb::FdbEntryState;
 use crate::switch::{PortCounters, PortDrop, PortId};
 use crate::upgrade::bridge::WireHandle;
 use crate::upgrade::vnic_handover::{
-    export_vnic, import_vnic, pause_vnic, PausedVnic, VnicHandover,
+    adopt_vnic, export_vnic, pause_vnic, replay_vnic, PausedVnic, ReplayedVnic, VnicHandover,
 };
 use crate::vnic::connection::PausedHandler;
 use crate::vnic::stats::CountersState;
@@ -136,21 +135,25 @@ impl VnicTakeover {
         }
     }
 
-    /// The old process's connection, replayed to a handler of this one.
-    pub(super) fn connect(
-        self,
-        device: &Arc<VnicDevice<EngineSink>>,
-        socket: &Path,
-    ) -> Result<Connection, DaemonError> {
-        import_vnic(
-            &self.handover,
-            self.fds,
-            device,
-            socket,
-            ENGINE_CALL_TIMEOUT,
-        )
-        .map_err(|e| DaemonError::Upgrade(e.to_string()))
+    /// The old process's connection, replayed to a handler of this one
+    /// that does not serve yet.
+    fn replay(self, device: &Arc<VnicDevice<EngineSink>>) -> Result<ReplayedTakeover, DaemonError> {
+        let replayed = replay_vnic(&self.handover, self.fds, device, ENGINE_CALL_TIMEOUT)
+            .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
+        Ok(ReplayedTakeover {
+            name: self.handover.name,
+            replayed,
+            stopped_ns: self.stopped_ns,
+        })
     }
+}
+
+/// A taken-over vNIC whose connection is replayed, waiting for the old
+/// process to let go ([`Daemon::serve_taken_over`]).
+pub struct ReplayedTakeover {
+    name: String,
+    replayed: ReplayedVnic,
+    stopped_ns: Option<u64>,
 }
 
 /// Logs a step of an upgrade with the time since `since` (in the old
@@ -353,7 +356,8 @@ impl Daemon {
             log::warn!("upgrade rollback: {skipped} FDB entries not taken back");
         }
         self.import_port_counters(&state.ports)?;
-        self.connect_taken_over(taken)
+        let replayed = self.replay_taken_over(taken)?;
+        self.serve_taken_over(replayed)
     }
 
     /// Takes the engines of vNIC `i` out of their group.
@@ -487,32 +491,54 @@ impl Daemon {
             .ok_or_else(|| DaemonError::Upgrade(format!("{name}: no connection to take over")))
     }
 
-    /// The new process: the taken-over vNICs' connections, replayed; from
-    /// here on their guests' frames flow.
+    /// The new process: the taken-over vNICs' connections replayed, every
+    /// port existing, nothing served yet: the old process can still take
+    /// them back, as no guest ring and no frontend message was touched.
     ///
     /// The replays run side by side, one thread each: a replay spends most
     /// of its time waiting (for its engines to attach a vring, for a
     /// thread to be scheduled), and a daemon's blackout would otherwise
     /// grow by a whole replay per vNIC.
-    pub fn connect_taken_over(&mut self, taken: Vec<VnicTakeover>) -> Result<(), DaemonError> {
+    pub fn replay_taken_over(
+        &mut self,
+        taken: Vec<VnicTakeover>,
+    ) -> Result<Vec<ReplayedTakeover>, DaemonError> {
         let at = taken
             .iter()
             .map(|t| self.vnic_index(&t.handover.name))
             .collect::<Result<Vec<_>, _>>()?;
         let vnics = &self.vnics;
-        let connected = side_by_side(taken.into_iter().zip(&at), |(t, &i)| {
+        side_by_side(taken.into_iter().zip(&at), |(t, &i)| {
+            t.replay(&vnics[i].device)
+        })
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|_| Err(DaemonError::Upgrade("a replay panicked".into()))))
+        .collect()
+    }
+
+    /// The new process, once the old one has let go: the replayed vNICs
+    /// serve their guests (what they posted during the blackout first) and
+    /// their frontends' streams.
+    pub fn serve_taken_over(&mut self, replayed: Vec<ReplayedTakeover>) -> Result<(), DaemonError> {
+        let at = replayed
+            .iter()
+            .map(|r| self.vnic_index(&r.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vnics = &self.vnics;
+        let served = side_by_side(replayed.into_iter().zip(&at), |(r, &i)| {
             let v = &vnics[i];
-            let stopped_ns = t.stopped_ns;
-            let connection = t.connect(&v.device, &v.socket)?;
+            let connection = adopt_vnic(&r.name, r.replayed, &v.device, &v.socket)
+                .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
             // Its engines serve the guest's vrings again from here.
-            let blackout = stopped_ns
+            let blackout = r
+                .stopped_ns
                 .map(|s| Duration::from_nanos(crate::upgrade::monotonic_ns().saturating_sub(s)));
             Ok((connection, blackout))
         })
         .into_iter()
-        .map(|r| r.unwrap_or_else(|_| Err(DaemonError::Upgrade("a replay panicked".into()))));
+        .map(|r| r.unwrap_or_else(|_| Err(DaemonError::Upgrade("an adoption panicked".into()))));
         let mut first_error = None;
-        for (i, c) in at.into_iter().zip(connected) {
+        for (i, c) in at.into_iter().zip(served) {
             match c {
                 Ok((c, blackout)) => {
                     self.vnics[i].connection = Some(c);
