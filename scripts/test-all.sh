@@ -14,6 +14,12 @@ HUGEPAGES=/proc/sys/vm/nr_hugepages
 hugepages_before=$(cat "$HUGEPAGES")
 echo $((hugepages_before + 64)) > "$HUGEPAGES" || echo "could not reserve hugetlb pages; the hugetlb pool test checks the refusal instead"
 trap 'echo "$hugepages_before" > "$HUGEPAGES" 2>/dev/null || true' EXIT
+echo "== a second snapnet with another version string (the upgrade test moves between the two)"
+# Only the snapnet crate rebuilds (the version is its one build-time input);
+# the test build below rebuilds it once more without it.
+SNAPNET_VERSION=0.1.0-next cargo build --release --bin snapnet
+cp target/release/snapnet target/snapnet-next
+export SNAPNET_NEXT_BINARY=$PWD/target/snapnet-next
 echo "== unit and integration tests"
 cargo test --release --all-targets -- --test-threads=2
 echo "== fuzz smoke (every fuzz target for a few seconds, docs/fuzzing.md)"

@@ -16,3 +16,12 @@ pub mod switch;
 pub mod upgrade;
 pub mod uplink;
 pub mod vnic;
+
+/// The version this build reports (status, logs, an upgrade's hello): the
+/// package's, or `SNAPNET_VERSION` at build time. The test suite builds a
+/// second binary with another one, to upgrade between two versions
+/// (scripts/test-all.sh, tests/upgrade.rs).
+pub const VERSION: &str = match option_env!("SNAPNET_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -276,6 +276,7 @@ fn run(
             metrics_fd.clone(),
             exit_after_upgrade.clone(),
         )),
+        accept_paused: Default::default(),
     });
     let control_path = cfg.control_socket_path();
     let started = match listen {
@@ -325,7 +326,7 @@ fn run(
     }
     log::info!(
         "snapnet {} running; control socket {}; SIGUSR1 prints counters, SIGINT/SIGTERM stop",
-        env!("CARGO_PKG_VERSION"),
+        snapnet::VERSION,
         control_path.display()
     );
     loop {

@@ -428,6 +428,7 @@ fn control_socket_never_replaces_a_file() {
         started: std::time::Instant::now(),
         request_shutdown: Box::new(|| {}),
         upgrade: None,
+        accept_paused: Default::default(),
     });
     let e = snapnet::control::rpc::server::RpcServer::start(&dir.path("ctl"), None, ctx.clone())
         .err()

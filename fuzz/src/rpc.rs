@@ -165,6 +165,7 @@ fn worker(interfaces: Interfaces) -> &'static Worker {
                     // daemon.shutdown is answered; the process stays.
                     request_shutdown: Box::new(|| {}),
                     upgrade: None,
+                    accept_paused: Default::default(),
                 };
                 for data in input_rx {
                     run_input(&data, &ctx);

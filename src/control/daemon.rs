@@ -398,7 +398,7 @@ impl Daemon {
                     name: format!("{}/q{q}", v.name),
                     mtu: v.mtu,
                     guard: guard.clone(),
-                    shaping: shaping.clone(),
+                    shaping: shaping.for_queue(u32::from(q)),
                     log: log.clone(),
                 },
                 &self.pool,
@@ -938,10 +938,10 @@ impl Daemon {
             &updated.tx_limit.unwrap_or_default(),
             &updated.rx_limit.unwrap_or_default(),
         );
-        self.vnics[i]
-            .device
-            .sink()
-            .configure(move |e| e.set_limits(shaping.clone()))?;
+        self.vnics[i].device.sink().configure_each(move |q| {
+            let shaping = shaping.for_queue(q as u32);
+            move |e: &mut VnicEngine| e.set_limits(shaping)
+        })?;
         self.switch
             .set_port_weight(self.vnics[i].port, updated.weight)?;
         self.vnics[i].config = updated;

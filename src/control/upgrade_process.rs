@@ -401,7 +401,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         .send_message(
             "hello",
             &Hello {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: crate::VERSION.to_string(),
                 pid: std::process::id(),
                 protocol: PROTOCOL,
             },

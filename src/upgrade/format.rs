@@ -69,7 +69,7 @@ struct Body<T> {
 pub fn encode<T: Serialize>(kind: &str, body: &T) -> Result<Vec<u8>, FormatError> {
     serde_json::to_vec(&Envelope {
         format: FORMAT,
-        writer: env!("CARGO_PKG_VERSION"),
+        writer: crate::VERSION,
         kind,
         body,
     })

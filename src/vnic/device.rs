@@ -81,10 +81,22 @@ impl EngineSink {
         &self,
         f: impl Fn(&mut VnicEngine) + Clone + Send + 'static,
     ) -> Result<(), DeviceError> {
-        for (qp, engine) in self.engines.iter().enumerate() {
+        self.configure_each(|_| {
             let f = f.clone();
+            move |e: &mut VnicEngine| f(e)
+        })
+    }
+
+    /// Like [`Self::configure`], with a change made for each queue pair
+    /// (`f(queue pair)`).
+    pub fn configure_each<G>(&self, f: impl Fn(usize) -> G) -> Result<(), DeviceError>
+    where
+        G: FnOnce(&mut VnicEngine) + Send + 'static,
+    {
+        for (qp, engine) in self.engines.iter().enumerate() {
+            let g = f(qp);
             engine
-                .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| f(e))
+                .call(ENGINE_TIMEOUT, g)
                 .map_err(|source| DeviceError::Engine {
                     index: qp * 2,
                     source,

@@ -530,8 +530,8 @@ impl VnicEngine {
         let now = Instant::now();
         let state = EngineState {
             counters: self.dp.counters.to_state(),
-            egress: self.dp.egress.as_ref().map(|b| b.lock().levels(now)),
-            ingress: self.dp.ingress.as_ref().map(|b| b.lock().levels(now)),
+            egress: self.dp.egress.as_ref().map(|b| b.with(|b| b.levels(now))),
+            ingress: self.dp.ingress.as_ref().map(|b| b.with(|b| b.levels(now))),
         };
         // `Drop` empties `from_switch`: leave it a link of its own to empty.
         let (spare_tx, spare_rx) = spare;
@@ -598,10 +598,10 @@ impl VnicEngine {
         // Every queue's engine carries the vNIC's levels: each sets the
         // shared bucket to the same.
         if let (Some(b), Some(l)) = (self.dp.egress.as_ref(), state.egress.as_ref()) {
-            b.lock().set_levels(l, now);
+            b.with(|b| b.set_levels(l, now));
         }
         if let (Some(b), Some(l)) = (self.dp.ingress.as_ref(), state.ingress.as_ref()) {
-            b.lock().set_levels(l, now);
+            b.with(|b| b.set_levels(l, now));
         }
         self.publish_counters();
     }
@@ -983,13 +983,12 @@ mod tests {
         let features = Negotiated::from_bits(1 << VIRTIO_F_VERSION_1);
         engine.attach(Side::Tx, attached(&mem, &mock), features);
         // Leave two packets in the bucket (its depth is at least 64).
-        {
-            let mut bucket = engine.dp.egress.as_ref().unwrap().lock();
+        engine.dp.egress.as_ref().unwrap().with(|bucket| {
             while bucket.has(Cost::frame(60)) {
                 bucket.take(Cost::frame(60));
             }
             bucket.refill(Instant::now() + Duration::from_millis(200));
-        }
+        });
 
         for _ in 0..100 {
             engine.poll(64);

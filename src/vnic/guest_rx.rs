@@ -167,16 +167,16 @@ pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
         return NextFrame::Dropped;
     }
     if let Some(b) = dp.ingress.as_ref() {
-        let mut b = b.lock();
-        if !*refilled {
-            b.refill(Instant::now());
-            *refilled = true;
-        }
-        if !b.has(Cost::on_wire(
-            frame.len,
-            &frame.offload,
-            max_wire_frame(dp.mtu),
-        )) {
+        let cost = Cost::on_wire(frame.len, &frame.offload, max_wire_frame(dp.mtu));
+        let refill = !*refilled;
+        *refilled = true;
+        let has = b.with(|b| {
+            if refill {
+                b.refill(Instant::now());
+            }
+            b.has(cost)
+        });
+        if !has {
             let frame = dp.from_switch.pop().expect("peeked");
             dp.counters.drop(DropReason::RateLimited);
             dp.dirty = true;
@@ -253,11 +253,8 @@ pub(super) fn deliver(
         return;
     }
     if let Some(b) = dp.ingress.as_ref() {
-        b.lock().take(Cost::on_wire(
-            frame.len,
-            &frame.offload,
-            max_wire_frame(dp.mtu),
-        ));
+        let cost = Cost::on_wire(frame.len, &frame.offload, max_wire_frame(dp.mtu));
+        b.with(|b| b.take(cost));
     }
     let num_buffers = dp.rx_chains.len() as u16;
     let frame_len = frame.len;

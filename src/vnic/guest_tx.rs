@@ -170,7 +170,7 @@ pub(super) fn throttled(dp: &DataPath) -> bool {
 #[inline]
 pub(super) fn start_sending(dp: &mut DataPath) {
     if let Some(b) = dp.egress.as_ref() {
-        b.lock().refill(Instant::now());
+        b.with(|b| b.refill(Instant::now()));
         dp.egress_blocked_until = None;
     }
 }
@@ -268,10 +268,8 @@ fn one_chain(
     let len = len as u32;
     if let Some(b) = dp.egress.as_ref() {
         let cost = Cost::on_wire(len, &offload, max_wire_frame(dp.mtu));
-        let mut b = b.lock();
-        if !b.try_take(cost) {
-            dp.egress_blocked_until = Some(Instant::now() + b.wait_for(cost));
-            drop(b);
+        if let Err(wait) = b.take_in_turn(cost) {
+            dp.egress_blocked_until = Some(Instant::now() + wait);
             dp.cache.free(frame);
             return Ok(Copied::Throttled);
         }

@@ -26,6 +26,7 @@ impl Control {
             started: Instant::now(),
             request_shutdown: Box::new(|| {}),
             upgrade: None,
+            accept_paused: Default::default(),
         });
         let socket = cfg.control_socket_path();
         let server = RpcServer::start(&socket, None, ctx.clone()).expect("control socket");

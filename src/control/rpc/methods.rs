@@ -2,6 +2,7 @@
 //! results out. Every change goes through `Daemon`, whose operations validate
 //! first and reach running engines only through their mailboxes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -55,6 +56,11 @@ pub struct Context {
     /// Hands the daemon over to a new binary (`daemon.upgrade`); `None`
     /// where the process cannot be replaced (tests, fuzzing).
     pub upgrade: Option<Box<UpgradeHook>>,
+    /// Set while `daemon.upgrade` runs, and for good once it succeeded: the
+    /// control server accepts no new client, which waits in the socket's
+    /// backlog for whichever process serves afterwards (a client this one
+    /// accepted would only be told that it is going away).
+    pub accept_paused: std::sync::atomic::AtomicBool,
 }
 
 /// Hands `daemon` over to the binary at the path (or this one's): the new
@@ -378,7 +384,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             let (free, _) = d.pool().free_frames();
             let (total, _) = d.pool().total_frames();
             Ok(json!({
-                "version": env!("CARGO_PKG_VERSION"),
+                "version": crate::VERSION,
                 "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
                 "vnics": d.config().vnics.len(),
                 "uplinks": d.config().uplinks.len(),
@@ -394,6 +400,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                     "this process cannot be upgraded (it was not started by `snapnet serve`)",
                 ));
             };
+            ctx.accept_paused.store(true, Ordering::Release);
             match hook(d, binary) {
                 Ok(report) => {
                     // Everything it held is the new process's now: nothing
@@ -404,6 +411,8 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 Err(f) => {
                     if f.daemon_gone {
                         std::mem::forget(guard.take());
+                    } else {
+                        ctx.accept_paused.store(false, Ordering::Release);
                     }
                     Err(RpcError::new(RESOURCE, f.message))
                 }

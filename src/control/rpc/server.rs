@@ -114,13 +114,19 @@ impl Drop for RpcServer {
 fn accept_loop(listener: UnixListener, ctx: Arc<Context>, stop: Arc<AtomicBool>) {
     let clients = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Acquire) {
+        if ctx.accept_paused.load(Ordering::Acquire) {
+            // Handing over: new clients wait in the backlog.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one valid pollfd on the stack.
-        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 || ctx.accept_paused.load(Ordering::Acquire)
+        {
             continue;
         }
         let Ok((stream, _)) = listener.accept() else {
