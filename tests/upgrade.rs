@@ -276,6 +276,17 @@ fn counters_match(control: &Path, guests: &Guests) {
     }
 }
 
+/// Drains what is in flight, checks the counters, and stops the daemon that
+/// serves now (not this test's child: its control socket going away shows
+/// it stopped).
+fn finish(control: &Path, guests: &mut Guests, old: &mut Process) {
+    guests.drain();
+    counters_match(control, guests);
+    call(control, "daemon.shutdown", json!({})).unwrap();
+    wait_until("the serving process to stop", || !control.exists());
+    old.1 = None;
+}
+
 /// Every (direction, queue pair) received more than `before`.
 fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
     guests
@@ -482,11 +493,7 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
     guests.run_for(Duration::from_millis(200));
-    guests.drain();
-    counters_match(&control, &guests);
-    call(&control, "daemon.shutdown", json!({})).unwrap();
-    wait_until("the new process to stop", || !control.exists());
-    old.1 = None;
+    finish(&control, &mut guests, &mut old);
 }
 
 /// An upgrade to a build with another version string and back: the same
@@ -529,9 +536,5 @@ fn an_upgrade_to_another_version_and_back_loses_nothing() {
     old.1 = back["pid"].as_u64().map(|p| p as u32);
     assert_eq!(version(&control), first);
     guests.run_for(Duration::from_millis(200));
-    guests.drain();
-    counters_match(&control, &guests);
-    call(&control, "daemon.shutdown", json!({})).unwrap();
-    wait_until("the last process to stop", || !control.exists());
-    old.1 = None;
+    finish(&control, &mut guests, &mut old);
 }

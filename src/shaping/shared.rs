@@ -91,8 +91,10 @@ impl SharedBucket {
         let mut s = self.shared();
         let q = self.queue % 64;
         let me = 1u64 << q;
-        let now = Instant::now();
+        // The clock is read only around a reservation: a queue alone pays
+        // nothing but the lock per frame.
         if let Some((r, until)) = s.reserved {
+            let now = Instant::now();
             if now >= until {
                 // It did not come for its turn: it is not waiting any more.
                 s.waiting &= !(1u64 << r);
@@ -109,7 +111,7 @@ impl SharedBucket {
         let turn = next_after(s.waiting | me, s.last);
         if turn != q {
             s.waiting |= me;
-            s.reserved = Some((turn, now + TURN));
+            s.reserved = Some((turn, Instant::now() + TURN));
             return Err(TURN);
         }
         s.bucket.take(c);
