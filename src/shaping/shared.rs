@@ -83,10 +83,37 @@ impl SharedBucket {
         f(&mut self.shared().bucket)
     }
 
+    /// Whether the bucket holds `c`'s tokens, catching up with the clock
+    /// first if `refill` (the ingress check, once per batch).
+    ///
+    /// This and the other per-frame calls stay out of line: the data path
+    /// calls them only for a shaped vNIC, and inlined (lock and all) they
+    /// grew every vNIC's ring loops.
+    #[inline(never)]
+    pub fn has(&self, c: Cost, refill: bool) -> bool {
+        let mut s = self.shared();
+        if refill {
+            s.bucket.refill(Instant::now());
+        }
+        s.bucket.has(c)
+    }
+
+    /// Takes `c`'s tokens (after [`Self::has`] said they are there).
+    #[inline(never)]
+    pub fn take(&self, c: Cost) {
+        self.shared().bucket.take(c);
+    }
+
+    /// Catches up with the clock (egress, once per batch).
+    #[inline(never)]
+    pub fn refill_now(&self) {
+        self.shared().bucket.refill(Instant::now());
+    }
+
     /// Takes a frame's tokens for this queue, or says how long until it
     /// should ask again: when the bucket will hold them, or when another
     /// queue's turn is over.
-    #[inline]
+    #[inline(never)]
     pub fn take_in_turn(&self, c: Cost) -> Result<(), Duration> {
         let mut s = self.shared();
         let q = self.queue % 64;

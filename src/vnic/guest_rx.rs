@@ -2,8 +2,6 @@
 //! into the guest's RX buffers (one copy; MRG_RXBUF spreads a frame over
 //! several buffers). Without buffers the frames wait in the link.
 
-use std::time::Instant;
-
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction, MAX_CHAIN_DESCS};
@@ -37,6 +35,8 @@ pub(super) struct RxChain {
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.
+/// Never inlined: see `guest_tx::drain`.
+#[inline(never)]
 pub(super) fn fill(
     q: &mut Queue,
     ring: &RingView,
@@ -155,7 +155,7 @@ pub(super) enum NextFrame {
 
 /// Looks at the next frame and drops it if the guest must not get it.
 /// `refilled` makes the ingress bucket catch up once per batch.
-#[inline]
+#[inline(always)]
 pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
     let Some(frame) = dp.from_switch.peek() else {
         return NextFrame::Empty;
@@ -170,13 +170,7 @@ pub(super) fn next_frame(dp: &mut DataPath, refilled: &mut bool) -> NextFrame {
         let cost = Cost::on_wire(frame.len, &frame.offload, max_wire_frame(dp.mtu));
         let refill = !*refilled;
         *refilled = true;
-        let has = b.with(|b| {
-            if refill {
-                b.refill(Instant::now());
-            }
-            b.has(cost)
-        });
-        if !has {
+        if !b.has(cost, refill) {
             let frame = dp.from_switch.pop().expect("peeked");
             dp.counters.drop(DropReason::RateLimited);
             dp.dirty = true;
@@ -254,7 +248,7 @@ pub(super) fn deliver(
     }
     if let Some(b) = dp.ingress.as_ref() {
         let cost = Cost::on_wire(frame.len, &frame.offload, max_wire_frame(dp.mtu));
-        b.with(|b| b.take(cost));
+        b.take(cost);
     }
     let num_buffers = dp.rx_chains.len() as u16;
     let frame_len = frame.len;

@@ -19,6 +19,8 @@ use super::stats::DropReason;
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.
+/// Never inlined: see `guest_tx::drain`.
+#[inline(never)]
 pub(super) fn fill(
     q: &mut Queue,
     ring: &PackedView,

@@ -56,6 +56,8 @@ pub(super) fn finish(
 
 /// Moves up to `budget` chains from the packed TX ring to the switch link.
 /// Returns the chains consumed and whether the guest wants an interrupt.
+/// Never inlined: see `guest_tx::drain`.
+#[inline(never)]
 pub(super) fn drain(
     q: &mut Queue,
     ring: &PackedView,
