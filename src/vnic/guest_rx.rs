@@ -12,7 +12,7 @@ use super::guest_ring::RingView;
 use super::guest_tx::max_wire_frame;
 use super::stats::DropReason;
 use crate::packet::checksum::complete_partial;
-use crate::packet::prefetch::prefetch_write;
+use crate::packet::prefetch::prefetch_write_span;
 use crate::packet::wire::virtio_net::{
     self, F_NEEDS_CSUM as NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6,
 };
@@ -338,9 +338,7 @@ pub(super) fn rx_prefetch_span(next_len: Option<u32>) -> u64 {
 #[inline]
 pub(super) fn prefetch_rx_buffer(map: &GuestMap, addr: u64, len: u32, span: u64) {
     if let Some((p, n)) = map.translate(addr, u64::from(len).min(span)) {
-        for line in 0..(n as usize).div_ceil(64) {
-            prefetch_write(p.wrapping_add(line * 64));
-        }
+        prefetch_write_span(p, n as usize);
     }
 }
 
