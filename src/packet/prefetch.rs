@@ -48,9 +48,7 @@ pub fn prefetch_write_span(p: *const u8, len: usize) {
         }
         return;
     }
-    for i in 0..lines {
-        prefetch_read(p.wrapping_add(i * 64));
-    }
+    prefetch_span(p, len, lines);
 }
 
 /// Whether the CPU has PREFETCHW (CPUID 0x8000_0001, ECX bit 8: AMD's
@@ -58,20 +56,8 @@ pub fn prefetch_write_span(p: *const u8, len: usize) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_prefetchw() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-    static HAS: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match HAS.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            let has = cpu_has_prefetchw();
-            HAS.store(if has { YES } else { NO }, Ordering::Relaxed);
-            has
-        }
-    }
+    static HAS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(cpu_has_prefetchw);
+    *HAS
 }
 
 #[cfg(target_arch = "x86_64")]
