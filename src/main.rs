@@ -127,8 +127,9 @@ fn take_over(fd: i32, metrics_listen: Option<&str>) -> ExitCode {
         }
     };
     log::info!(
-        "took over {} vNIC(s)",
-        committed.daemon.config().vnics.len()
+        "took over {} vNIC(s) and {} uplink(s)",
+        committed.daemon.config().vnics.len(),
+        committed.daemon.config().uplinks.len()
     );
     // The old process's metrics listener, if it served metrics: scrapers
     // keep their address. Otherwise this process's own --metrics-listen.

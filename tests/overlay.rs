@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use common::netns::{can_run, run};
+use common::netns::{can_run, run, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::{wait_for, TempDir};
 use snapnet::frontend::{Frontend, FrontendConfig};
@@ -312,4 +312,33 @@ fn guests_of_a_network_reach_each_other_across_hosts_and_no_one_else() {
     assert!(stats["rx_packets"].as_u64().unwrap() >= 8, "{stats}");
     assert_eq!(stats["drop_unknown_network"], 0);
     assert_eq!(stats["drop_unknown_remote"], 0);
+
+    // Both hosts are upgraded: each overlay uplink (its table, the entry B
+    // was given over RPC included) crosses to the new process, and the
+    // guests reach each other across the fabric as before.
+    let mut successors = [Successor(None), Successor(None)];
+    for (host, successor) in ["a", "b"].iter().zip(successors.iter_mut()) {
+        let ctl = dir.path(&format!("{host}-control.sock"));
+        let r = common::rpc::Checked::connect(&ctl).ok("daemon.upgrade", serde_json::json!({}));
+        successor.follow(&r);
+    }
+    let mut ctl_b = common::rpc::Checked::connect(&b_ctl);
+    let list = ctl_b.ok("uplink.list", serde_json::json!({}));
+    assert_eq!(
+        list[0]["overlay"]["macs"][0]["network"], 200,
+        "the table B was given over RPC went with the upgrade: {list}"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let b = responder(b_guests, stop.clone());
+    let got = resolve_and_ping(&mut a100, IP2);
+    let got200 = resolve_and_ping(&mut a200, IP2);
+    stop.store(true, Ordering::Relaxed);
+    b.join().unwrap();
+    assert_eq!(got, Some(B100), "a100 reaches b100 after the upgrades");
+    assert_eq!(got200, Some(B200), "a200 reaches b200 after the upgrades");
+    let after = ctl_b.ok("uplink.stats", serde_json::json!({ "name": "fabric" }));
+    assert!(
+        after["rx_packets"].as_u64() > stats["rx_packets"].as_u64(),
+        "B's uplink counters went on: {after}"
+    );
 }

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use common::netns::{can_run, Lab};
+use common::netns::{can_run, Lab, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::rpc::Checked;
 use common::{wait_for, TempDir};
@@ -98,32 +98,17 @@ fn guest_pings_peer(g: &mut Guest, lab: &Lab, timeout: Duration) -> [u8; 6] {
     peer_mac
 }
 
-#[test]
-fn guest_talks_to_the_wire_host_keeps_its_address_and_kill9_leaves_nothing() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new("a");
-    let dir = TempDir::new("uplink");
-    let config = write_config(&dir, &lab);
-    let pid = start_snapnet(&mut lab, &config);
-    let socket = dir.path("guest.sock");
-    let mut g = connect_guest(&socket, lab.guest_ip(0));
-
-    // Guest -> peer: ARP (broadcast out, unicast back through XDP) and ICMP.
-    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
-
-    // Peer -> guest: the peer's ARP broadcast must reach the guest (through
-    // the packet socket) and its pings get answered.
+/// The wire host, having forgotten the guest's address (so that its ARP
+/// request is a broadcast, which reaches the guest through the group tap),
+/// pings the guest three times while the guest answers.
+fn peer_pings_guest(lab: &Lab, g: &mut Guest) -> std::process::Output {
+    lab.exec(&lab.peer_ns, &["ip", "neigh", "flush", "all"]);
     let guest_ip = lab.guest_ip(0);
     let guest_ip_s = format!(
         "{}.{}.{}.{}",
         guest_ip[0], guest_ip[1], guest_ip[2], guest_ip[3]
     );
     let peer_ns = lab.peer_ns.clone();
-    // The peer learned the guest from its ARP request: forget it, so that it
-    // has to broadcast.
-    lab.exec(&peer_ns, &["ip", "neigh", "flush", "all"]);
     let pinger = thread::spawn(move || {
         common::netns::run(&[
             "ip",
@@ -143,7 +128,27 @@ fn guest_talks_to_the_wire_host_keeps_its_address_and_kill9_leaves_nothing() {
     while !pinger.is_finished() {
         g.serve_until(Duration::from_millis(50), |_| false);
     }
-    let out = pinger.join().unwrap();
+    pinger.join().unwrap()
+}
+
+#[test]
+fn guest_talks_to_the_wire_host_keeps_its_address_and_kill9_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("a");
+    let dir = TempDir::new("uplink");
+    let config = write_config(&dir, &lab);
+    let pid = start_snapnet(&mut lab, &config);
+    let socket = dir.path("guest.sock");
+    let mut g = connect_guest(&socket, lab.guest_ip(0));
+
+    // Guest -> peer: ARP (broadcast out, unicast back through XDP) and ICMP.
+    guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+
+    // Peer -> guest: the peer's ARP broadcast must reach the guest (through
+    // the packet socket) and its pings get answered.
+    let out = peer_pings_guest(&lab, &mut g);
     assert!(
         out.status.success(),
         "peer could not ping the guest: {}",
@@ -365,4 +370,199 @@ fn a_rate_limited_uplink_is_shared_by_weight() {
         total <= 4_000_000.0 * 1.6 + 70_000.0,
         "{total} bytes in ~1.5 s"
     );
+}
+
+/// The XDP program's id on the uplink (`None`: none attached).
+fn xdp_prog_id(lab: &Lab) -> Option<u64> {
+    let out = common::netns::run(&["ip", "-n", &lab.host_ns, "-j", "link", "show", &lab.uplink]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// The namespace tier of the upgrade (docs/upgrade.md): while the guest
+/// pings the host on the wire through the AF_XDP uplink and that host pings
+/// the uplink's own address every 10 ms, snapnet is upgraded three times
+/// (to a binary with another version string when `SNAPNET_NEXT_BINARY`
+/// names one). Every echo is answered on both paths, the XDP program is the
+/// same one throughout (its id never changes, so it never detached), and
+/// the uplink's counters go on.
+#[test]
+fn upgrades_hand_the_uplink_over_and_the_wire_sees_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("g");
+    let dir = TempDir::new("uplink-upgrade");
+    let config = write_config(&dir, &lab);
+    start_snapnet(&mut lab, &config);
+    let socket = dir.path("guest.sock");
+    let control = dir.path("control.sock");
+    let mut g = connect_guest(&socket, lab.guest_ip(0));
+    let peer_mac = guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+    let prog = xdp_prog_id(&lab).expect("XDP program attached");
+    let mut c = Checked::connect(&control);
+    let before = c.ok("uplink.stats", json!({"name": "up0"}));
+
+    // The wire host pings the uplink's own address (the kernel's, through
+    // XDP_PASS) every 10 ms throughout.
+    let peer_ns = lab.peer_ns.clone();
+    let host_ip = lab.host_ip();
+    let host_pings = thread::spawn(move || {
+        common::netns::run(&[
+            "ip", "netns", "exec", &peer_ns, "ping", "-n", "-q", "-i", "0.01", "-w", "6", "-W",
+            "1", &host_ip,
+        ])
+    });
+
+    // To the other version and back, then to the binary it runs (the
+    // default); three times the same binary without another version.
+    let this = env!("CARGO_BIN_EXE_snapnet").to_string();
+    let binaries: Vec<Option<String>> = match std::env::var("SNAPNET_NEXT_BINARY") {
+        Ok(next) => vec![Some(next), Some(this), None],
+        Err(_) => vec![None, None, None],
+    };
+    let upgrades = {
+        let control = control.clone();
+        thread::spawn(move || {
+            let mut reports = Vec::new();
+            for b in binaries {
+                thread::sleep(Duration::from_millis(700));
+                let params = match b {
+                    Some(b) => json!({ "binary": b }),
+                    None => json!({}),
+                };
+                let r = snapnet::control::rpc::client::Client::connect(&control)
+                    .and_then(|mut c| c.call("daemon.upgrade", params));
+                reports.push(r.map_err(|e| e.to_string()));
+            }
+            thread::sleep(Duration::from_millis(700));
+            reports
+        })
+    };
+
+    // The guest pings the wire host, one echo at a time, until the upgrades
+    // are done: each must be answered (a blackout only delays it).
+    let mut successor = Successor(None);
+    let (mut sent, mut lost, mut slowest) = (0u16, 0, Duration::ZERO);
+    let peer = lab.peer_ip_bytes();
+    while !upgrades.is_finished() {
+        sent += 1;
+        let at = Instant::now();
+        let payload = [sent as u8; 56];
+        g.send(&icmp_echo(
+            8, peer_mac, GUEST_MAC, g.ip, peer, 0x77, sent, &payload,
+        ));
+        let reply = g.serve_until(Duration::from_secs(2), |f| {
+            parse_icmp_echo(f)
+                .is_some_and(|e| e.kind == 0 && e.src == peer && e.id == 0x77 && e.seq == sent)
+        });
+        match reply {
+            Some(_) => slowest = slowest.max(at.elapsed()),
+            None => lost += 1,
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let reports = upgrades.join().unwrap();
+    for r in reports.iter().flatten() {
+        successor.follow(r);
+    }
+    let host = host_pings.join().unwrap();
+    let host_out = String::from_utf8_lossy(&host.stdout).to_string();
+    eprintln!(
+        "upgrades: {reports:?}\nguest echoes: {sent} sent, {lost} lost, slowest {slowest:?}\nhost pings: {}",
+        host_out.lines().rev().take(2).collect::<Vec<_>>().join(" / ")
+    );
+    for r in &reports {
+        let r = r.as_ref().expect("the upgrade succeeds");
+        assert_eq!(r["uplinks"], 1, "{r}");
+    }
+    assert!(sent >= 50, "only {sent} echoes during the upgrades");
+    assert_eq!(lost, 0, "guest echoes lost through the upgrades");
+    assert!(
+        host.status.success() && host_out.contains(" 0% packet loss"),
+        "the uplink's own address stopped answering: {host_out}"
+    );
+    assert_eq!(
+        xdp_prog_id(&lab),
+        Some(prog),
+        "the XDP program was replaced or detached"
+    );
+
+    // The new process serves the uplink, its counters went on, and the
+    // peer's ARP broadcast still reaches the guest through the group tap.
+    let mut c = Checked::connect(&control);
+    let after = c.ok("uplink.stats", json!({"name": "up0"}));
+    for k in ["rx_packets", "tx_packets"] {
+        let (b, a) = (before[k].as_u64().unwrap(), after[k].as_u64().unwrap());
+        assert!(
+            a >= b + u64::from(sent),
+            "{k}: {b} before, {a} after {sent} echoes"
+        );
+    }
+    assert!(
+        peer_pings_guest(&lab, &mut g).status.success(),
+        "the peer cannot reach the guest after the upgrades"
+    );
+    // Removing the uplink in the new process detaches the program it adopted.
+    c.ok("uplink.remove", json!({"name": "up0"}));
+    assert!(
+        wait_for(Duration::from_secs(5), || xdp_prog_id(&lab).is_none()),
+        "the adopted program stayed attached after the uplink went"
+    );
+}
+
+/// The rollback tier with an uplink: a new process that dies right after it
+/// built the uplink from the old one's sockets, or fails through its error
+/// path after every connection was replayed, touched no ring, and the old
+/// process takes the uplink back (the same program, sockets and lent
+/// frames): the guest and the wire host go on talking, and the program
+/// never detached.
+#[test]
+fn a_failed_upgrade_gives_the_uplink_back() {
+    if !can_run() {
+        return;
+    }
+    for (tag, fail_at) in [("r", "uplink"), ("s", "adopted-error")] {
+        let mut lab = Lab::new(tag);
+        let dir = TempDir::new("uplink-rollback");
+        let config = write_config(&dir, &lab);
+        let ns = lab.host_ns.clone();
+        let env = format!("SNAPNET_UPGRADE_FAIL_AT={fail_at}");
+        lab.spawn(
+            &ns,
+            &[
+                "env",
+                &env,
+                env!("CARGO_BIN_EXE_snapnet"),
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+        let mut g = connect_guest(&dir.path("guest.sock"), lab.guest_ip(0));
+        guest_pings_peer(&mut g, &lab, Duration::from_secs(10));
+        let prog = xdp_prog_id(&lab).expect("XDP program attached");
+        let mut c = Checked::connect(&dir.path("control.sock"));
+        let before = c.ok("uplink.stats", json!({"name": "up0"}));
+        let e = c.err("daemon.upgrade", json!({}), 1005);
+        assert!(
+            e.message.contains("rolled back"),
+            "{fail_at}: {}",
+            e.message
+        );
+        assert_eq!(xdp_prog_id(&lab), Some(prog), "{fail_at}: program replaced");
+        // The same sockets serve on: the guest reaches the wire host, the
+        // host's own address answers, and the counters went on.
+        guest_pings_peer(&mut g, &lab, Duration::from_secs(5));
+        let out = lab.exec(
+            &lab.peer_ns,
+            &["ping", "-c", "3", "-i", "0.05", "-W", "2", &lab.host_ip()],
+        );
+        assert!(out.status.success(), "{fail_at}: host address unreachable");
+        let after = c.ok("uplink.stats", json!({"name": "up0"}));
+        for k in ["rx_packets", "tx_packets"] {
+            let (b, a) = (before[k].as_u64().unwrap(), after[k].as_u64().unwrap());
+            assert!(a >= b + 3, "{fail_at}: {k}: {b} before, {a} after");
+        }
+    }
 }

@@ -41,9 +41,11 @@ const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub const LINK_CAPACITY: usize = 1024;
 
 mod handover;
+mod uplink_handover;
 pub use handover::{
     log_phase, DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
 };
+pub use uplink_handover::{ExportedUplink, UplinkMove, UplinkTakeover};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -125,9 +127,20 @@ struct RunningUplink {
     program: UplinkProgram,
     zerocopy: bool,
     port: PortId,
+    /// The switch shard its port is on.
+    shard: usize,
     port_counters: Arc<SharedPortCounters>,
     queues: Vec<RunningUplinkQueue>,
     engines: Vec<EngineId>,
+}
+
+/// What one queue of an uplink is built from: a socket opened here, or
+/// one an upgrade's old process handed over with its state.
+struct QueueParts {
+    xsk: XskSocket,
+    tap: Option<GroupTap>,
+    state: Option<crate::uplink::handover::UplinkQueueState>,
+    for_wire: Vec<crate::packet::FrameHandle>,
 }
 
 /// Counters of one uplink, for display.
@@ -558,89 +571,133 @@ impl Daemon {
     /// socket per queue over the frame pool, and plugs the queue engines into
     /// the switch.
     pub fn add_uplink(&mut self, u: UplinkConfig) -> Result<(), DaemonError> {
-        let mut next = self.config.clone();
-        next.uplinks.push(u.clone());
-        next.validate()?;
-        next.fits_pool(self.pool.total_frames().0)?;
+        let next = self.config_with_uplink(&u)?;
         let uplink_name = u.name.clone();
         let fail = uplink_err(&uplink_name);
-        let ifname = std::ffi::CString::new(u.interface.as_str())
-            .map_err(|_| fail(format!("'{}' is not an interface name", u.interface)))?;
-        // SAFETY: `ifname` is a NUL-terminated string that outlives the call.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(DaemonError::NotFound(format!(
-                "interface '{}' (in snapnet's network namespace)",
-                u.interface
-            )));
-        }
+        let ifindex = interface_index(&u.name, &u.interface)?;
         let mut program = UplinkProgram::attach(&u.interface, ifindex, u.xdp_mode)
             .map_err(|e| fail(e.to_string()))?;
-        let overlay = match &u.overlay {
-            Some(o) => {
-                let mac = interface_mac(&u.interface).map_err(|e| fail(e.to_string()))?;
-                program
-                    .add_vtep(o.local_ip)
-                    .map_err(|e| fail(e.to_string()))?;
-                Some(OverlayTable::new(o, mac).map_err(&fail)?)
-            }
+        match &u.overlay {
+            Some(o) => program
+                .add_vtep(o.local_ip)
+                .map_err(|e| fail(e.to_string()))?,
             None => {
                 // A flat uplink: guests' frames are redirected by MAC.
                 for mac in self.vnics.iter().flat_map(|v| v.config.macs()) {
                     program.add_guest(mac).map_err(|e| fail(e.to_string()))?;
                 }
-                None
             }
-        };
+        }
         let (base, len, chunk_size) = self.pool.umem_region();
         let umem = UmemArea {
             base,
             len,
             chunk_size,
         };
-        let mut inputs = Vec::new();
-        let mut outputs = Vec::new();
-        let mut queues = Vec::new();
-        let mut engines = Vec::new();
-        let mut zerocopy = true;
+        let mut queues = Vec::with_capacity(u.queues.len());
         for (i, &q) in u.queues.iter().enumerate() {
             let xsk = XskSocket::open(ifindex, q, umem, RingSizes::default(), u.bind_mode)
                 .map_err(|e| fail(format!("queue {q}: {e}")))?;
-            zerocopy &= xsk.is_zerocopy();
             program
                 .set_socket(q, &xsk)
                 .map_err(|e| fail(e.to_string()))?;
             // One packet socket per flat uplink is enough for group-addressed
             // frames (an overlay's broadcasts come as VXLAN).
-            let tap = if i == 0 && overlay.is_none() {
+            let tap = if i == 0 && u.overlay.is_none() {
                 Some(GroupTap::open(ifindex).map_err(|e| fail(format!("packet socket: {e}")))?)
             } else {
                 None
             };
-            let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
-            let (switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
-            let (engine, mailbox, counters) = UplinkQueueEngine::new(
-                UplinkQueueConfig {
-                    name: format!("{}/q{q}", u.name),
-                    max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
-                    tx_limit: u.tx_limit.unwrap_or_default(),
-                    tap,
-                    overlay: overlay.clone(),
-                },
+            queues.push(QueueParts {
                 xsk,
-                &self.pool,
-                to_switch,
-                from_switch,
-            )
-            .map_err(io("uplink timer"))?;
+                tap,
+                state: None,
+                for_wire: Vec::new(),
+            });
+        }
+        let group_name = next.uplink_group_of(&u).to_string();
+        let engines = self.plug_uplink(&next, u, program, queues)?;
+        if let Err(e) = self.serve_uplink(&uplink_name, engines, &group_name) {
+            if let Some(u) = self.uplinks.pop() {
+                let _ = self.switch.remove_port(u.port);
+            }
+            return Err(e);
+        }
+        self.config = next;
+        Ok(())
+    }
+
+    /// The configuration with uplink `u` added, checked.
+    fn config_with_uplink(&self, u: &UplinkConfig) -> Result<Config, DaemonError> {
+        let mut next = self.config.clone();
+        next.uplinks.push(u.clone());
+        next.validate()?;
+        next.fits_pool(self.pool.total_frames().0)?;
+        Ok(next)
+    }
+
+    /// Builds uplink `u`'s queue engines over their sockets and adds its
+    /// switch port and its entry (last) in `self.uplinks`; the engines are
+    /// not in a group yet ([`Self::serve_uplink`]).
+    fn plug_uplink(
+        &mut self,
+        next: &Config,
+        u: UplinkConfig,
+        program: UplinkProgram,
+        queues: Vec<QueueParts>,
+    ) -> Result<Vec<UplinkQueueEngine>, DaemonError> {
+        let name = u.name.clone();
+        let fail = uplink_err(&name);
+        let overlay = match &u.overlay {
+            Some(o) => {
+                let mac = interface_mac(&u.interface).map_err(|e| fail(e.to_string()))?;
+                Some(OverlayTable::new(o, mac).map_err(&fail)?)
+            }
+            None => None,
+        };
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut running_queues = Vec::new();
+        let mut engines = Vec::new();
+        let mut zerocopy = true;
+        for (&q, parts) in u.queues.iter().zip(queues) {
+            zerocopy &= parts.xsk.is_zerocopy();
+            let (to_switch, switch_in) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let (mut switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
+            let cfg = UplinkQueueConfig {
+                name: format!("{}/q{q}", u.name),
+                max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
+                tx_limit: u.tx_limit.unwrap_or_default(),
+                tap: parts.tap,
+                overlay: overlay.clone(),
+            };
+            let built = match &parts.state {
+                None => UplinkQueueEngine::new(cfg, parts.xsk, &self.pool, to_switch, from_switch),
+                Some(state) => UplinkQueueEngine::take_over(
+                    cfg,
+                    parts.xsk,
+                    &self.pool,
+                    to_switch,
+                    from_switch,
+                    state,
+                ),
+            };
+            let (engine, mailbox, counters) = built.map_err(io("uplink engine"))?;
+            // Frames that waited for the wire in the old process go first.
+            let mut cache = self.pool.cache();
+            for frame in parts.for_wire {
+                if let Err(frame) = switch_out.push(frame) {
+                    cache.free(frame);
+                }
+            }
             inputs.push(switch_in);
             outputs.push(switch_out);
-            queues.push(RunningUplinkQueue {
+            running_queues.push(RunningUplinkQueue {
                 queue: q,
                 counters,
                 mailbox,
             });
-            engines.push(Box::new(engine));
+            engines.push(engine);
         }
         let shard = self.shard_for(u.shard);
         let (port, port_counters) = self.switch.add_port_on(
@@ -657,34 +714,44 @@ impl Daemon {
             ),
             Vec::new(),
         )?;
-        let group_name = next.uplink_group_of(&u).to_string();
-        let group = self.group(&group_name)?;
-        let engine_ids = match place_engines(group, engines, self.near_shard(&group_name, shard)) {
-            Ok(ids) => ids,
-            Err(err) => {
-                let _ = self.switch.remove_port(port);
-                return Err(err);
-            }
-        };
         log::info!(
-            "{}: uplink on {} queue(s) {:?}, XDP {:?}, {} (mtu {}, group {group_name})",
+            "{}: uplink on {} queue(s) {:?}, XDP {:?}, {} (mtu {}, group {})",
             u.name,
             u.interface,
             u.queues,
             program.mode(),
             if zerocopy { "zero-copy" } else { "copy mode" },
-            u.mtu
+            u.mtu,
+            next.uplink_group_of(&u),
         );
         self.uplinks.push(RunningUplink {
             config: u,
             program,
             zerocopy,
             port,
+            shard,
             port_counters,
-            queues,
-            engines: engine_ids,
+            queues: running_queues,
+            engines: Vec::new(),
         });
-        self.config = next;
+        Ok(engines)
+    }
+
+    /// Puts a plugged uplink's engines in group `group_name`: it serves.
+    fn serve_uplink(
+        &mut self,
+        name: &str,
+        engines: Vec<UplinkQueueEngine>,
+        group_name: &str,
+    ) -> Result<(), DaemonError> {
+        let i = self.uplink_index(name)?;
+        let group = self.group(group_name)?;
+        let ids = place_engines(
+            group,
+            engines.into_iter().map(Box::new).collect(),
+            self.near_shard(group_name, self.uplinks[i].shard),
+        )?;
+        self.uplinks[i].engines = ids;
         Ok(())
     }
 
@@ -1051,6 +1118,22 @@ fn log_pool_pages(pool: &FramePool) {
             shmem_thp_setting()
         );
     }
+}
+
+/// The index of interface `name` in snapnet's network namespace.
+fn interface_index(uplink: &str, name: &str) -> Result<u32, DaemonError> {
+    let ifname = std::ffi::CString::new(name).map_err(|_| DaemonError::Uplink {
+        name: uplink.to_string(),
+        message: format!("'{name}' is not an interface name"),
+    })?;
+    // SAFETY: `ifname` is a NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(DaemonError::NotFound(format!(
+            "interface '{name}' (in snapnet's network namespace)"
+        )));
+    }
+    Ok(ifindex)
 }
 
 fn interface_mac(name: &str) -> std::io::Result<MacAddr> {

@@ -11,7 +11,8 @@
 //!    Until here nothing has stopped, and a failure leaves the old daemon
 //!    serving.
 //! 3. old -> new `state` (free frames, FDB), then one `vnic` message per
-//!    vNIC with its fds ([`Daemon::export_for_upgrade`]): the blackout.
+//!    vNIC and one `uplink` message per uplink with its fds
+//!    ([`Daemon::export_for_upgrade`]): the blackout.
 //! 4. new -> old `adopted` once it has built every vNIC, none connected
 //!    yet. Until here a failure of the new process (or its silence) is
 //!    rolled back: the old one kills it and takes its own export back
@@ -23,7 +24,7 @@
 //!    rings moved on), and the old process exits 1.
 //!
 //! `SNAPNET_UPGRADE_FAIL_AT=<step>` makes the new process exit at a step
-//! (`hello`, `ready`, `state`, `vnic`, `adopted`), and `<step>-error` fail
+//! (`hello`, `ready`, `state`, `vnic`, `uplink`, `adopted`), and `<step>-error` fail
 //! there through its ordinary error path: the rollback tier of
 //! tests/upgrade.rs.
 
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::config::Config;
-use super::daemon::{log_phase, Daemon, DaemonState, UpgradeExport, VnicMove};
+use super::daemon::{log_phase, Daemon, DaemonState, UpgradeExport, UplinkMove, VnicMove};
 use crate::packet::PoolConfig;
 use crate::upgrade::vnic_handover::borrowed;
 use crate::upgrade::{Channel, ChannelError};
@@ -60,8 +61,10 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `committed`. 2: the new process says `adopted` before it touches a ring
 /// and waits for `serve` (rollback until then), and the metrics listener
 /// crosses. Each side speaks the lower of the two, so an upgrade to and
-/// from a binary of protocol 1 works as it did then.
-const PROTOCOL: u32 = 2;
+/// from a binary of protocol 1 works as it did then. 3: uplinks cross (one
+/// `uplink` message each, after the vNICs'); a daemon with uplinks is not
+/// handed to a binary of protocol 1 or 2.
+const PROTOCOL: u32 = 3;
 
 fn first_protocol() -> u32 {
     1
@@ -151,6 +154,7 @@ pub struct UpgradeReport {
     pub pid: u32,
     pub version: String,
     pub vnics: usize,
+    pub uplinks: usize,
     /// From the first vNIC's engines stopping to the new process serving
     /// them all.
     pub blackout_ms: f64,
@@ -202,6 +206,12 @@ pub fn upgrade(
         hello.version,
         hello.pid
     );
+    if protocol < 3 && !daemon.config().uplinks.is_empty() {
+        return Err(not_started(abandon(format!(
+            "snapnet {} cannot take over uplinks (protocol {protocol}): remove them first",
+            hello.version
+        ))));
+    }
     // A protocol 1 binary takes exactly two fds.
     let metrics = metrics.filter(|_| protocol >= 2);
     let prepare = Prepare {
@@ -226,6 +236,7 @@ pub fn upgrade(
         Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
     };
     let vnics = export.vnics.len();
+    let uplinks = export.uplinks.len();
     // `serve` may go only once `adopted` came: if it cannot be sent, the new
     // process never saw it and touched no ring either. (Protocol 1 has no
     // such step: the new process replays as soon as it has the state.)
@@ -261,7 +272,7 @@ pub fn upgrade(
             let blackout_ms = export.stopped_at.elapsed().as_secs_f64() * 1e3;
             export.commit();
             log::info!(
-                "upgrade: pid {} serves {vnics} vNIC(s) after a {blackout_ms:.1} ms blackout",
+                "upgrade: pid {} serves {vnics} vNIC(s) and {uplinks} uplink(s) after a {blackout_ms:.1} ms blackout",
                 committed.pid
             );
             let mut each: Vec<f64> = committed.blackouts_ms.iter().map(|(_, ms)| *ms).collect();
@@ -270,6 +281,7 @@ pub fn upgrade(
                 pid: committed.pid,
                 version: hello.version,
                 vnics,
+                uplinks,
                 blackout_ms,
                 vnic_blackout_p50_ms: each.get(each.len() / 2).copied(),
                 vnic_blackout_max_ms: each.last().copied(),
@@ -286,6 +298,9 @@ fn hand_over(ours: &Channel, export: &UpgradeExport, protocol: u32) -> Result<()
     ours.send_message("state", &export.state, &[])?;
     for v in &export.vnics {
         ours.send_message("vnic", &v.moved, &borrowed(&v.fds))?;
+    }
+    for u in &export.uplinks {
+        ours.send_message("uplink", &u.moved, &borrowed(&u.fds))?;
     }
     if protocol >= 2 {
         ours.recv_message::<Adopted>("adopted")?;
@@ -443,7 +458,22 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         );
         fail_point("vnic")?;
     }
-    log_phase("new process: vNICs built, since the state came", since);
+    let mut uplinks = Vec::with_capacity(state.uplinks);
+    for _ in 0..state.uplinks {
+        let (moved, fds): (UplinkMove, Vec<OwnedFd>) =
+            channel.recv_message("uplink").map_err(text)?;
+        let name = moved.config.name.clone();
+        uplinks.push(
+            daemon
+                .take_over_uplink(moved, fds)
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+        fail_point("uplink")?;
+    }
+    log_phase(
+        "new process: vNICs and uplinks built, since the state came",
+        since,
+    );
     let skipped = daemon.import_fdb(state.fdb).map_err(text)?;
     if skipped > 0 {
         log::warn!("upgrade: {skipped} FDB entries not taken over");
@@ -467,6 +497,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     }
     // The guests' frames flow from here.
     daemon.serve_taken_over(replayed).map_err(text)?;
+    daemon.serve_taken_over_uplinks(uplinks).map_err(text)?;
     log_phase("new process: serving, since the state came", since);
     Ok(TakenOver {
         daemon,

@@ -36,6 +36,39 @@ impl UmemLoans {
         self.count
     }
 
+    /// The index of every frame lent, for an upgrade's new process, which
+    /// takes the socket and with it the loans ([`Self::with_lent`]).
+    pub fn lent(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.count);
+        for (word, bits) in self.lent.iter().enumerate() {
+            let mut b = *bits;
+            while b != 0 {
+                out.push(word as u32 * 64 + b.trailing_zeros());
+                b &= b - 1;
+            }
+        }
+        out
+    }
+
+    /// The ledger of a socket whose frames `lent` are out (from another
+    /// process's [`Self::lent`]); `None` when one is not a small frame of
+    /// this pool or is named twice.
+    pub fn with_lent(pool: &Arc<FramePool>, lent: &[u32]) -> Option<Self> {
+        let mut loans = Self::new(pool);
+        for &index in lent {
+            if index >= loans.small_frames {
+                return None;
+            }
+            let (word, bit) = (index as usize / 64, index % 64);
+            if loans.lent[word] & (1 << bit) != 0 {
+                return None;
+            }
+            loans.lent[word] |= 1 << bit;
+            loans.count += 1;
+        }
+        Some(loans)
+    }
+
     /// Lends `frame` and returns the UMEM address of its packet. Large frames
     /// cross UMEM chunks and cannot be lent: they are given back.
     #[inline]
@@ -94,6 +127,31 @@ impl UmemLoans {
 mod tests {
     use super::*;
     use crate::packet::PoolConfig;
+
+    #[test]
+    fn loans_cross_as_frame_indices() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let mut loans = UmemLoans::new(&pool);
+        let addrs: Vec<u64> = (0..70)
+            .map(|_| loans.lend(cache.alloc(64).unwrap()).unwrap())
+            .collect();
+        let lent = loans.lent();
+        assert_eq!(lent.len(), 70);
+        let mut taken = UmemLoans::with_lent(&pool, &lent).unwrap();
+        assert_eq!(taken.count(), 70);
+        for a in &addrs {
+            cache.free(taken.reclaim(*a, 60).expect("lent on the other side"));
+        }
+        assert!(UmemLoans::with_lent(&pool, &[lent[0], lent[0]]).is_none());
+        assert!(UmemLoans::with_lent(&pool, &[u32::MAX]).is_none());
+        drop(cache);
+        assert_eq!(
+            pool.free_frames(),
+            pool.total_frames(),
+            "each came back once"
+        );
+    }
 
     #[test]
     fn an_address_becomes_one_handle_once() {

@@ -4,11 +4,12 @@
 //! from a guest goes to the TX ring as it lies in the pool (only GSO
 //! super-frames are cut into new wire-sized frames, in `packet::segment`).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::group_tap::GroupTap;
+use super::handover::{UplinkQueueHandover, UplinkQueueState};
 use super::overlay::{DecapError, OverlayTable, OVERHEAD};
 use super::stats::{SharedUplinkCounters, UplinkCounter, UplinkCounters};
 use super::xsk::ring::ProducerRing;
@@ -81,6 +82,13 @@ pub struct UplinkQueueEngine {
     timer: WakeTimer,
 }
 
+/// A queue engine as made: the engine, its mailbox and its counters.
+type Built = (
+    UplinkQueueEngine,
+    MailboxSender<UplinkQueueEngine>,
+    Arc<SharedUplinkCounters>,
+);
+
 impl UplinkQueueEngine {
     pub fn new(
         cfg: UplinkQueueConfig,
@@ -88,11 +96,48 @@ impl UplinkQueueEngine {
         pool: &Arc<FramePool>,
         to_switch: LinkTx,
         from_switch: LinkRx,
-    ) -> std::io::Result<(
-        Self,
-        MailboxSender<UplinkQueueEngine>,
-        Arc<SharedUplinkCounters>,
-    )> {
+    ) -> std::io::Result<Built> {
+        let (mut engine, sender, shared) =
+            Self::build(cfg, xsk, UmemLoans::new(pool), pool, to_switch, from_switch)?;
+        engine.refill();
+        Ok((engine, sender, shared))
+    }
+
+    /// The engine of a queue an upgrade's old process handed over: its
+    /// socket and tap (already adopted), its loans, counters and egress
+    /// levels. It posts nothing to the socket's rings until its first poll.
+    pub fn take_over(
+        cfg: UplinkQueueConfig,
+        xsk: XskSocket,
+        pool: &Arc<FramePool>,
+        to_switch: LinkTx,
+        from_switch: LinkRx,
+        state: &UplinkQueueState,
+    ) -> std::io::Result<Built> {
+        let loans = UmemLoans::with_lent(pool, &state.lent).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "lent frames that are not this pool's",
+            )
+        })?;
+        let (mut engine, sender, shared) =
+            Self::build(cfg, xsk, loans, pool, to_switch, from_switch)?;
+        engine.counters = UplinkCounters::from_state(&state.counters);
+        if let (Some(b), Some(l)) = (engine.egress.as_mut(), state.egress.as_ref()) {
+            b.set_levels(l, Instant::now());
+        }
+        engine.shared.publish(&engine.counters);
+        Ok((engine, sender, shared))
+    }
+
+    fn build(
+        cfg: UplinkQueueConfig,
+        xsk: XskSocket,
+        loans: UmemLoans,
+        pool: &Arc<FramePool>,
+        to_switch: LinkTx,
+        from_switch: LinkRx,
+    ) -> std::io::Result<Built> {
         let (mailbox, sender) = Mailbox::new()?;
         let UplinkQueueConfig {
             name,
@@ -102,11 +147,11 @@ impl UplinkQueueEngine {
             overlay,
         } = cfg;
         let shared = Arc::new(SharedUplinkCounters::default());
-        let mut engine = Self {
+        let engine = Self {
             name,
             mailbox,
             xsk: Some(xsk),
-            loans: UmemLoans::new(pool),
+            loans,
             pool: pool.clone(),
             cache: pool.cache(),
             to_switch,
@@ -125,8 +170,52 @@ impl UplinkQueueEngine {
             egress_blocked_until: None,
             timer: WakeTimer::new()?,
         };
-        engine.refill();
         Ok((engine, sender, shared))
+    }
+
+    /// Frames sent toward the switch that it has not taken yet.
+    pub fn frames_toward_switch(&self) -> usize {
+        self.to_switch.pending()
+    }
+
+    /// Copies of its socket's and tap's fds, for an upgrade's new process
+    /// (the socket first).
+    pub fn handover_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let xsk = self
+            .xsk
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no socket"))?;
+        let mut fds = vec![xsk.try_clone_fd()?];
+        if let Some(t) = self.tap.as_ref() {
+            fds.push(t.try_clone_fd()?);
+        }
+        Ok(fds)
+    }
+
+    /// Takes the engine apart for an upgrade's new process, between two
+    /// polls (it is out of its group), with its [`Self::handover_fds`]:
+    /// its loans (which this process then forgets: the kernel's rings hold
+    /// those frames for whichever process goes on), the frames waiting for
+    /// the wire, its counters and levels. Its cache of free frames goes
+    /// back to the pool.
+    pub fn hand_over(mut self, fds: Vec<OwnedFd>) -> UplinkQueueHandover {
+        let now = Instant::now();
+        let lent = self.loans.lent();
+        self.loans = UmemLoans::new(&self.pool);
+        let for_wire = std::iter::from_fn(|| self.from_switch.pop()).collect();
+        UplinkQueueHandover {
+            state: UplinkQueueState {
+                queue: 0,
+                counters: self.counters.to_state(),
+                egress: self.egress.as_mut().map(|b| b.levels(now)),
+                lent,
+                tap_next: self.tap.as_ref().map(GroupTap::next_slot),
+            },
+            fds,
+            for_wire,
+        }
+        // Dropped here: its copies of the socket and the tap close (the
+        // new process holds its own), and its cache goes back to the pool.
     }
 
     #[inline]

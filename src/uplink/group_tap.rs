@@ -105,28 +105,7 @@ impl GroupTap {
             tp_frame_nr: SLOTS,
         };
         setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let ring_len = (SLOTS * SLOT_SIZE) as usize;
-        // SAFETY: maps the ring the kernel just set up for this socket, of
-        // exactly the size requested; checked against MAP_FAILED.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let tap = Self {
-            ring: ring.cast(),
-            ring_len,
-            next: 0,
-            fd,
-        };
+        let tap = Self::map(fd, 0)?;
         // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -144,6 +123,55 @@ impl GroupTap {
             return Err(io::Error::last_os_error());
         }
         Ok(tap)
+    }
+
+    /// A tap an upgrade's old process handed over: its socket, and the slot
+    /// it was to read next ([`Self::next_slot`]).
+    pub fn adopt(fd: OwnedFd, next: u32) -> io::Result<Self> {
+        if next >= SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("slot {next} of {SLOTS}"),
+            ));
+        }
+        Self::map(fd, next)
+    }
+
+    /// Maps the socket's RX ring (set up in [`Self::open`]).
+    fn map(fd: OwnedFd, next: u32) -> io::Result<Self> {
+        let ring_len = (SLOTS * SLOT_SIZE) as usize;
+        // SAFETY: maps the ring the kernel set up for this socket, of
+        // exactly the size requested; checked against MAP_FAILED.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ring: ring.cast(),
+            ring_len,
+            next,
+            fd,
+        })
+    }
+
+    /// The slot to read next: the kernel fills slots in turn, so a process
+    /// that takes the socket over goes on from there.
+    pub fn next_slot(&self) -> u32 {
+        self.next
+    }
+
+    /// A copy of the socket's fd, for an upgrade's new process.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
     }
 
     fn slot(&self) -> *mut libc::tpacket2_hdr {

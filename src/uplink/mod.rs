@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod group_tap;
+pub mod handover;
 pub mod overlay;
 pub mod stats;
 pub mod xdp_program;

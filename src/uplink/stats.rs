@@ -1,6 +1,7 @@
 //! Counters of one uplink queue, kept by its engine and published once per
 //! batch for the control plane to read.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::xsk::XskKernelStats;
@@ -124,6 +125,28 @@ impl UplinkCounters {
         for (a, b) in self.values.iter_mut().zip(other.values.iter()) {
             *a += b;
         }
+    }
+
+    /// The counters by name, for an upgrade's new process (names, not
+    /// positions: a release may add or reorder counters).
+    pub fn to_state(&self) -> BTreeMap<String, u64> {
+        UplinkCounter::ALL
+            .iter()
+            .filter(|c| self.get(**c) > 0)
+            .map(|c| (c.as_str().to_string(), self.get(*c)))
+            .collect()
+    }
+
+    /// The reverse of [`Self::to_state`]; a name this release does not
+    /// know is left out.
+    pub fn from_state(state: &BTreeMap<String, u64>) -> Self {
+        let mut c = Self::default();
+        for counter in UplinkCounter::ALL {
+            if let Some(v) = state.get(counter.as_str()) {
+                c.add(counter, *v);
+            }
+        }
+        c
     }
 }
 

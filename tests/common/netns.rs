@@ -159,3 +159,27 @@ impl Drop for Lab {
         let _ = run(&["ip", "netns", "del", &self.peer_ns]);
     }
 }
+
+/// The process that serves after an upgrade: a child of the daemon it
+/// replaced, so no lab or fabric reaps it. Killed when the test ends, even
+/// when it fails.
+pub struct Successor(pub Option<u32>);
+
+impl Successor {
+    /// Follows an upgrade's answer (its `pid`).
+    pub fn follow(&mut self, report: &serde_json::Value) {
+        if let Some(pid) = report["pid"].as_u64() {
+            self.0 = Some(pid as u32);
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a signal to a pid this test's daemon started; at worst
+            // it is gone already.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::uplink_handover::{port_name, ExportedUplink};
 use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
 use crate::control::config::{Config, VnicConfig};
 use crate::packet::{FrameHandle, FramePool, LinkTx, PoolConfig};
@@ -53,6 +54,9 @@ pub struct DaemonState {
     pub fdb: Vec<FdbEntryState>,
     /// How many vNIC messages follow.
     pub vnics: usize,
+    /// How many uplink messages follow the vNICs' (protocol 3).
+    #[serde(default)]
+    pub uplinks: usize,
     /// Each vNIC's switch port counters, by vNIC name: they continue.
     #[serde(default)]
     pub ports: Vec<(String, CountersState)>,
@@ -71,6 +75,7 @@ pub struct ExportedVnic {
 pub struct UpgradeExport {
     pub state: DaemonState,
     pub vnics: Vec<ExportedVnic>,
+    pub uplinks: Vec<ExportedUplink>,
     /// When the first engine began to stop.
     pub stopped_at: Instant,
 }
@@ -82,6 +87,9 @@ impl UpgradeExport {
         for v in self.vnics {
             drop(v.handler);
             v.connection.release();
+        }
+        for u in self.uplinks {
+            u.commit();
         }
     }
 }
@@ -177,11 +185,6 @@ impl Daemon {
     /// the state. On an error before anything was taken apart, every vNIC
     /// serves on as before ([`UpgradeRefused`]).
     pub fn export_for_upgrade(&mut self) -> Result<UpgradeExport, UpgradeRefused> {
-        if !self.uplinks.is_empty() {
-            return Err(refused(
-                "uplinks are not handed over yet: remove them first (docs/upgrade.md, milestone 5)",
-            ));
-        }
         if self.switch.shard_count() > 1 {
             // Frames waiting in the peer links between shards are not
             // drained yet.
@@ -231,33 +234,51 @@ impl Daemon {
                 }
             }
         }
-        log_phase("engines out of their groups", stopped_at);
-        if let Err(e) = self.drain_toward_switch(&engines) {
-            self.resume_vnics(paused, engines);
-            return Err(refused(e));
-        }
-        log_phase("switch drained", stopped_at);
-        let names: HashMap<PortId, String> = self
-            .vnics
-            .iter()
-            .map(|v| (v.port, v.config.name.clone()))
-            .collect();
-        // The switch has settled: its published counters are its own.
-        let ports = self
-            .vnics
-            .iter()
-            .map(|v| {
-                let c = v.port_counters.snapshot();
-                (v.config.name.clone(), port_state(&c))
-            })
-            .collect();
-        let fdb = match self.switch.fdb_export(names) {
-            Ok(f) => f,
+        let uplink_engines = match self.take_uplink_engines() {
+            Ok(u) => u,
             Err(e) => {
                 self.resume_vnics(paused, engines);
                 return Err(refused(e));
             }
         };
+        log_phase("engines out of their groups", stopped_at);
+        let pending = || {
+            engines
+                .iter()
+                .flatten()
+                .any(|e| e.frames_toward_switch() > 0)
+                || uplink_engines
+                    .iter()
+                    .flatten()
+                    .any(|e| e.frames_toward_switch() > 0)
+        };
+        let drained = self.drain_toward_switch(pending);
+        let fdb = drained.and_then(|()| {
+            log_phase("switch drained", stopped_at);
+            self.switch
+                .fdb_export(self.port_names().collect())
+                .map_err(DaemonError::from)
+        });
+        let fdb = match fdb {
+            Ok(f) => f,
+            Err(e) => {
+                self.put_back_uplink_engines(uplink_engines);
+                self.resume_vnics(paused, engines);
+                return Err(refused(e));
+            }
+        };
+        // The switch has settled: its published counters are its own.
+        let ports = self
+            .vnics
+            .iter()
+            .map(|v| (v.config.name.clone(), &v.port_counters))
+            .chain(
+                self.uplinks
+                    .iter()
+                    .map(|u| (port_name(&u.config.name), &u.port_counters)),
+            )
+            .map(|(name, c)| (name, port_state(&c.snapshot())))
+            .collect();
         let mut vnics = Vec::with_capacity(self.vnics.len());
         for (i, (p, e)) in paused.into_iter().zip(engines).enumerate() {
             let v = &mut self.vnics[i];
@@ -297,6 +318,12 @@ impl Daemon {
                 handler: exported.handler,
             });
         }
+        let uplinks = self
+            .export_uplinks(uplink_engines)
+            .map_err(|error| UpgradeRefused {
+                error,
+                serving: false,
+            })?;
         if let Err(e) = self.switch.release_caches() {
             log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
         }
@@ -308,9 +335,11 @@ impl Daemon {
                 free_large,
                 fdb,
                 vnics: vnics.len(),
+                uplinks: uplinks.len(),
                 ports,
             },
             vnics,
+            uplinks,
             stopped_at,
         })
     }
@@ -328,7 +357,7 @@ impl Daemon {
             paused.push((v.connection, v.handler));
             moves.push((v.moved, v.fds));
         }
-        let result = self.take_back(export.state, moves);
+        let result = self.take_back(export.state, moves, export.uplinks);
         // Taken back or not, the paused copies go without a hang-up: a
         // failed rollback ends this process, and the guests' sockets with it.
         for (connection, handler) in paused {
@@ -342,6 +371,7 @@ impl Daemon {
         &mut self,
         state: DaemonState,
         moves: Vec<(VnicMove, Vec<OwnedFd>)>,
+        uplinks: Vec<ExportedUplink>,
     ) -> Result<(), DaemonError> {
         self.take_free_frames(&state)?;
         let mut taken = Vec::with_capacity(moves.len());
@@ -351,52 +381,41 @@ impl Daemon {
             self.remove_vnic(&moved.config.name)?;
             taken.push(self.take_over_vnic(moved, fds)?);
         }
+        let uplinks = self.take_back_uplinks(uplinks)?;
         let skipped = self.import_fdb(state.fdb)?;
         if skipped > 0 {
             log::warn!("upgrade rollback: {skipped} FDB entries not taken back");
         }
         self.import_port_counters(&state.ports)?;
         let replayed = self.replay_taken_over(taken)?;
-        self.serve_taken_over(replayed)
+        self.serve_taken_over(replayed)?;
+        self.serve_taken_over_uplinks(uplinks)
+    }
+
+    /// Every port's name as an upgrade carries it, by port id.
+    fn port_names(&self) -> impl Iterator<Item = (PortId, String)> + '_ {
+        self.vnics
+            .iter()
+            .map(|v| (v.port, v.config.name.clone()))
+            .chain(
+                self.uplinks
+                    .iter()
+                    .map(|u| (u.port, port_name(&u.config.name))),
+            )
     }
 
     /// Takes the engines of vNIC `i` out of their group.
     fn take_engines(&mut self, i: usize) -> Result<Vec<VnicEngine>, DaemonError> {
         let group = self.config.group_of(&self.vnics[i].config).to_string();
         let group = self.shared_group(&group)?;
-        let group = &*group;
-        let ids = std::mem::take(&mut self.vnics[i].engines);
-        let mut engines = Vec::with_capacity(ids.len());
-        for (n, id) in ids.iter().enumerate() {
-            let removed = group.remove(*id).map_err(DaemonError::from).and_then(|e| {
-                e.into_any()
-                    .downcast::<VnicEngine>()
-                    .map_err(|_| DaemonError::Upgrade("not a vNIC engine".into()))
-            });
-            match removed {
-                Ok(e) => engines.push(*e),
-                Err(err) => {
-                    let back =
-                        place_engines(group, engines.into_iter().map(Box::new).collect(), None);
-                    let mut kept = back.unwrap_or_default();
-                    kept.extend_from_slice(&ids[n..]);
-                    self.vnics[i].engines = kept;
-                    return Err(err);
-                }
-            }
-        }
-        Ok(engines)
+        take_out_of(&group, &mut self.vnics[i].engines)
     }
 
     /// Waits until the switch has taken and forwarded everything the
-    /// stopped engines sent.
-    fn drain_toward_switch(&self, engines: &[Vec<VnicEngine>]) -> Result<(), DaemonError> {
+    /// stopped engines sent (`pending`: whether some of it waits still).
+    fn drain_toward_switch(&self, pending: impl Fn() -> bool) -> Result<(), DaemonError> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while engines
-            .iter()
-            .flatten()
-            .any(|e| e.frames_toward_switch() > 0)
-        {
+        while pending() {
             if Instant::now() > deadline {
                 return Err(DaemonError::Upgrade(
                     "the switch did not take the stopped engines' frames".into(),
@@ -568,10 +587,10 @@ impl Daemon {
         &self,
         ports: &[(String, CountersState)],
     ) -> Result<(), DaemonError> {
+        let ids: HashMap<String, PortId> = self.port_names().map(|(id, n)| (n, id)).collect();
         for (name, state) in ports {
-            if let Some(v) = self.vnics.iter().find(|v| &v.config.name == name) {
-                self.switch
-                    .set_port_counters(v.port, port_counters(state))?;
+            if let Some(id) = ids.get(name) {
+                self.switch.set_port_counters(*id, port_counters(state))?;
             }
         }
         Ok(())
@@ -580,13 +599,36 @@ impl Daemon {
     /// The new process: the old one's FDB, ports found by vNIC name.
     /// Returns the entries not taken.
     pub fn import_fdb(&self, entries: Vec<FdbEntryState>) -> Result<usize, DaemonError> {
-        let ids = self
-            .vnics
-            .iter()
-            .map(|v| (v.config.name.clone(), v.port))
-            .collect();
+        let ids = self.port_names().map(|(id, n)| (n, id)).collect();
         Ok(self.switch.fdb_import(entries, ids)?)
     }
+}
+
+/// Takes engines `ids` (all of type `E`) out of `group`. On an error the
+/// ones taken so far go back, and `ids` names the group's engines again.
+pub(super) fn take_out_of<E: crate::engine::Engine + 'static>(
+    group: &crate::sched::EngineGroup,
+    ids: &mut Vec<crate::sched::EngineId>,
+) -> Result<Vec<E>, DaemonError> {
+    let all = std::mem::take(ids);
+    let mut engines = Vec::with_capacity(all.len());
+    for (n, id) in all.iter().enumerate() {
+        let removed = group.remove(*id).map_err(DaemonError::from).and_then(|e| {
+            e.into_any()
+                .downcast::<E>()
+                .map_err(|_| DaemonError::Upgrade(format!("not a {}", std::any::type_name::<E>())))
+        });
+        match removed {
+            Ok(e) => engines.push(*e),
+            Err(err) => {
+                let back = place_engines(group, engines.into_iter().map(Box::new).collect(), None);
+                *ids = back.unwrap_or_default();
+                ids.extend_from_slice(&all[n..]);
+                return Err(err);
+            }
+        }
+    }
+    Ok(engines)
 }
 
 /// Runs `f` on every item, each in a thread of its own, and returns the

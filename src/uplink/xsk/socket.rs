@@ -166,36 +166,7 @@ impl XskSocket {
         .map_err(sys("completion ring"))?;
         setsockopt(fd.as_fd(), libc::XDP_RX_RING, &sizes.rx).map_err(sys("RX ring"))?;
         setsockopt(fd.as_fd(), libc::XDP_TX_RING, &sizes.tx).map_err(sys("TX ring"))?;
-        let off: libc::xdp_mmap_offsets =
-            getsockopt(fd.as_fd(), libc::XDP_MMAP_OFFSETS).map_err(sys("ring offsets"))?;
-        let fill = ProducerRing::map(
-            fd.as_fd(),
-            libc::XDP_UMEM_PGOFF_FILL_RING,
-            off.fr.into(),
-            sizes.fill,
-        )
-        .map_err(sys("fill ring mmap"))?;
-        let completion = ConsumerRing::map(
-            fd.as_fd(),
-            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            off.cr.into(),
-            sizes.completion,
-        )
-        .map_err(sys("completion ring mmap"))?;
-        let rx = ConsumerRing::map(
-            fd.as_fd(),
-            libc::XDP_PGOFF_RX_RING as u64,
-            RingOffsets::from(off.rx),
-            sizes.rx,
-        )
-        .map_err(sys("RX ring mmap"))?;
-        let tx = ProducerRing::map(
-            fd.as_fd(),
-            libc::XDP_PGOFF_TX_RING as u64,
-            RingOffsets::from(off.tx),
-            sizes.tx,
-        )
-        .map_err(sys("TX ring mmap"))?;
+        let rings = Rings::map(fd.as_fd(), sizes)?;
         let flags = libc::XDP_USE_NEED_WAKEUP
             | if zerocopy {
                 libc::XDP_ZEROCOPY
@@ -203,8 +174,26 @@ impl XskSocket {
                 libc::XDP_COPY
             };
         bind(fd.as_fd(), ifindex, queue, flags)?;
+        Self::with_rings(fd, rings)
+    }
+
+    /// A bound socket an upgrade's old process handed over, with rings of
+    /// `sizes`: its four rings mapped again, their indices where the old
+    /// process left them (it published them all at its last batch's end).
+    pub fn adopt(fd: OwnedFd, sizes: RingSizes) -> Result<Self, XskError> {
+        let rings = Rings::map(fd.as_fd(), sizes)?;
+        Self::with_rings(fd, rings)
+    }
+
+    fn with_rings(fd: OwnedFd, rings: Rings) -> Result<Self, XskError> {
         let opts: libc::xdp_options =
             getsockopt(fd.as_fd(), libc::XDP_OPTIONS).map_err(sys("options"))?;
+        let Rings {
+            fill,
+            completion,
+            rx,
+            tx,
+        } = rings;
         Ok(Self {
             fill,
             completion,
@@ -213,6 +202,11 @@ impl XskSocket {
             zerocopy: opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0,
             fd,
         })
+    }
+
+    /// A copy of the socket's fd, for an upgrade's new process.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
     }
 
     /// True when the kernel bound in zero-copy mode.
@@ -270,6 +264,56 @@ impl XskSocket {
 impl AsRawFd for XskSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// A socket's four rings, mapped.
+struct Rings {
+    fill: ProducerRing<u64>,
+    completion: ConsumerRing<u64>,
+    rx: ConsumerRing<libc::xdp_desc>,
+    tx: ProducerRing<libc::xdp_desc>,
+}
+
+impl Rings {
+    /// Maps the rings the socket was set up with (`sizes` entries each).
+    fn map(fd: BorrowedFd<'_>, sizes: RingSizes) -> Result<Self, XskError> {
+        let off: libc::xdp_mmap_offsets =
+            getsockopt(fd, libc::XDP_MMAP_OFFSETS).map_err(sys("ring offsets"))?;
+        let fill = ProducerRing::map(
+            fd,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+            off.fr.into(),
+            sizes.fill,
+        )
+        .map_err(sys("fill ring mmap"))?;
+        let completion = ConsumerRing::map(
+            fd,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            off.cr.into(),
+            sizes.completion,
+        )
+        .map_err(sys("completion ring mmap"))?;
+        let rx = ConsumerRing::map(
+            fd,
+            libc::XDP_PGOFF_RX_RING as u64,
+            RingOffsets::from(off.rx),
+            sizes.rx,
+        )
+        .map_err(sys("RX ring mmap"))?;
+        let tx = ProducerRing::map(
+            fd,
+            libc::XDP_PGOFF_TX_RING as u64,
+            RingOffsets::from(off.tx),
+            sizes.tx,
+        )
+        .map_err(sys("TX ring mmap"))?;
+        Ok(Self {
+            fill,
+            completion,
+            rx,
+            tx,
+        })
     }
 }
 
