@@ -428,6 +428,22 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     old.1 = None;
 }
 
+/// A script `name` in `dir` that runs this build's snapnet with `env` set:
+/// an upgrade's new binary that behaves as a test asks.
+fn wrapper(dir: &TempDir, name: &str, env: &str) -> PathBuf {
+    let path = dir.path(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n{env} exec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_snapnet")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
 /// The rollback tier: a new binary that dies at each step of the protocol
 /// (`SNAPNET_UPGRADE_FAIL_AT`). Before the vNICs stop the upgrade is not
 /// started; after, the old process takes its own export back. Either way it
@@ -452,20 +468,11 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
         // Every connection replayed, then an error rather than a crash.
         ("adopted-error", "rolled back"),
     ] {
-        let wrapper = dir.path(&format!("fail-at-{step}"));
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nSNAPNET_UPGRADE_FAIL_AT={step} exec {} \"$@\"\n",
-                env!("CARGO_BIN_EXE_snapnet")
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            &wrapper,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let wrapper = wrapper(
+            &dir,
+            &format!("fail-at-{step}"),
+            &format!("SNAPNET_UPGRADE_FAIL_AT={step}"),
+        );
         let e = upgrade_under_traffic(&control, json!({ "binary": wrapper }), &mut guests)
             .expect_err("a new process that dies must not take over");
         assert!(e.to_string().contains(outcome), "{step}: {e}");
@@ -525,14 +532,20 @@ fn an_upgrade_to_another_version_and_back_loses_nothing() {
     let other = version(&control);
     assert_ne!(other, first, "{report}");
     assert_eq!(report["version"], other.as_str());
+    assert!(
+        report["switch_blackout_ms"].is_number(),
+        "one vNIC at a time: {report}"
+    );
     guests.run_for(Duration::from_millis(200));
-    // And back to this build.
-    let back = upgrade_under_traffic(
-        &control,
-        json!({ "binary": env!("CARGO_BIN_EXE_snapnet") }),
-        &mut guests,
-    )
-    .expect("the upgrade back succeeds");
+    // And back to this build, as a binary of hand-over protocol 3 (before
+    // vNICs moved one at a time) would take it: every vNIC at once.
+    let wrapper = wrapper(&dir, "protocol-3", "SNAPNET_UPGRADE_PROTOCOL=3");
+    let back = upgrade_under_traffic(&control, json!({ "binary": wrapper }), &mut guests)
+        .expect("the upgrade back succeeds");
+    assert!(
+        back["switch_blackout_ms"].is_null(),
+        "every vNIC at once: {back}"
+    );
     old.1 = back["pid"].as_u64().map(|p| p as u32);
     assert_eq!(version(&control), first);
     guests.run_for(Duration::from_millis(200));

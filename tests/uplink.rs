@@ -511,28 +511,32 @@ fn upgrades_hand_the_uplink_over_and_the_wire_sees_nothing() {
     );
 }
 
-/// The rollback tier with an uplink: a new process that dies right after it
-/// built the uplink from the old one's sockets, or fails through its error
-/// path after every connection was replayed, touched no ring, and the old
+/// The rollback tier with an uplink. In a whole-daemon upgrade (a new
+/// binary of hand-over protocol 3) a new process that dies right after it
+/// built the uplink from the old one's sockets touched no ring, and the old
 /// process takes the uplink back (the same program, sockets and lent
-/// frames): the guest and the wire host go on talking, and the program
-/// never detached.
+/// frames). Moving one vNIC at a time (protocol 4), a new process that fails
+/// through its error path after replaying the first vNIC's connection is
+/// rolled back before the uplink was ever stopped. Either way the guest
+/// and the wire host go on talking, and the program never detached.
 #[test]
 fn a_failed_upgrade_gives_the_uplink_back() {
     if !can_run() {
         return;
     }
-    for (tag, fail_at) in [("r", "uplink"), ("s", "adopted-error")] {
+    for (tag, fail_at, protocol) in [("r", "uplink", "3"), ("s", "adopted-error", "4")] {
         let mut lab = Lab::new(tag);
         let dir = TempDir::new("uplink-rollback");
         let config = write_config(&dir, &lab);
         let ns = lab.host_ns.clone();
         let env = format!("SNAPNET_UPGRADE_FAIL_AT={fail_at}");
+        let protocol = format!("SNAPNET_UPGRADE_PROTOCOL={protocol}");
         lab.spawn(
             &ns,
             &[
                 "env",
                 &env,
+                &protocol,
                 env!("CARGO_BIN_EXE_snapnet"),
                 "serve",
                 "--config",

@@ -40,11 +40,17 @@ const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Frame handles a link holds.
 pub const LINK_CAPACITY: usize = 1024;
 
+/// The port of a vNIC that has none on this switch yet (moving step by
+/// step: its links go to a bridge until the switch moves).
+const UNPLUGGED: PortId = PortId(u16::MAX);
+
 mod handover;
+mod stepwise;
 mod uplink_handover;
 pub use handover::{
     log_phase, DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
 };
+pub use stepwise::{FreeShare, SwitchMove, VnicFrames, VnicStep};
 pub use uplink_handover::{ExportedUplink, UplinkMove, UplinkTakeover};
 
 #[derive(Debug, Error)]
@@ -196,6 +202,9 @@ pub struct Daemon {
     switch_engines: Vec<EngineId>,
     vnics: Vec<RunningVnic>,
     uplinks: Vec<RunningUplink>,
+    /// The new process of a step-by-step upgrade: the bridges of the vNICs
+    /// that moved, until the switch moves too.
+    step_bridges: Vec<stepwise::NewBridge>,
 }
 
 impl Daemon {
@@ -236,6 +245,7 @@ impl Daemon {
             switch_engines: Vec::new(),
             vnics: Vec::new(),
             uplinks: Vec::new(),
+            step_bridges: Vec::new(),
         };
         daemon.config.groups.clear();
         daemon.config.uplinks.clear();
@@ -438,12 +448,20 @@ impl Daemon {
         ));
         // The socket last: a frontend may connect as soon as it exists.
         let shard = self.shard_for(v.shard);
-        let (port, port_counters) = self.switch.add_port_on(
-            shard,
-            SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs)
-                .with_weight(v.weight),
-            vec![v.mac],
-        )?;
+        let (port, port_counters) = match takeover.as_mut().filter(|t| t.bridged) {
+            // A vNIC moving step by step: its links go to a bridge to the
+            // old process's switch until the switch moves too.
+            Some(t) => {
+                t.switch_ends = inputs.into_iter().zip(outputs).collect();
+                (UNPLUGGED, Arc::default())
+            }
+            None => self.switch.add_port_on(
+                shard,
+                SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs)
+                    .with_weight(v.weight),
+                vec![v.mac],
+            )?,
+        };
         let group = self.group(&group_name)?;
         let engine_ids = match place_engines(group, engines, self.near_shard(&group_name, shard)) {
             Ok(ids) => ids,
@@ -547,8 +565,10 @@ impl Daemon {
         if let Some(c) = v.connection.take() {
             c.stop();
         }
-        if let Err(e) = self.switch.remove_port(v.port) {
-            log::warn!("{}: switch did not remove the port: {e}", v.config.name);
+        if v.port != UNPLUGGED {
+            if let Err(e) = self.switch.remove_port(v.port) {
+                log::warn!("{}: switch did not remove the port: {e}", v.config.name);
+            }
         }
         // Dropping an engine returns its queued frames to the pool.
         let group = self.config.group_of(&v.config).to_string();

@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::config::Config;
-use super::daemon::{log_phase, Daemon, DaemonState, UpgradeExport, UplinkMove, VnicMove};
+use super::daemon::{
+    log_phase, Daemon, DaemonState, UpgradeExport, UplinkMove, UplinkTakeover, VnicMove,
+};
 use crate::packet::PoolConfig;
 use crate::upgrade::vnic_handover::borrowed;
 use crate::upgrade::{Channel, ChannelError};
@@ -63,8 +65,21 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// crosses. Each side speaks the lower of the two, so an upgrade to and
 /// from a binary of protocol 1 works as it did then. 3: uplinks cross (one
 /// `uplink` message each, after the vNICs'); a daemon with uplinks is not
-/// handed to a binary of protocol 1 or 2.
-const PROTOCOL: u32 = 3;
+/// handed to a binary of protocol 1 or 2. 4: the vNICs move one at a
+/// time, the switch and the uplinks last (`steps`).
+const PROTOCOL: u32 = 4;
+
+/// The protocol this binary claims to speak: [`PROTOCOL`], or lower when
+/// `SNAPNET_UPGRADE_PROTOCOL` says so (to test an upgrade to an older
+/// binary).
+fn protocol_spoken() -> u32 {
+    std::env::var("SNAPNET_UPGRADE_PROTOCOL")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .map_or(PROTOCOL, |p: u32| p.clamp(1, PROTOCOL))
+}
+
+mod steps;
 
 fn first_protocol() -> u32 {
     1
@@ -166,6 +181,35 @@ pub struct UpgradeReport {
     pub vnic_blackout_max_ms: Option<f64>,
     /// Per vNIC, by name.
     pub vnic_blackouts_ms: std::collections::BTreeMap<String, f64>,
+    /// Moving one vNIC at a time (protocol 4): the switch's own blackout,
+    /// its engines stopping in the old process to the new one serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_blackout_ms: Option<f64>,
+}
+
+impl UpgradeReport {
+    fn new(
+        committed: CommitMessage,
+        version: String,
+        vnics: usize,
+        uplinks: usize,
+        blackout_ms: f64,
+        switch_blackout_ms: Option<f64>,
+    ) -> Self {
+        let mut each: Vec<f64> = committed.blackouts_ms.iter().map(|(_, ms)| *ms).collect();
+        each.sort_by(f64::total_cmp);
+        UpgradeReport {
+            pid: committed.pid,
+            version,
+            vnics,
+            uplinks,
+            blackout_ms,
+            vnic_blackout_p50_ms: each.get(each.len() / 2).copied(),
+            vnic_blackout_max_ms: each.last().copied(),
+            vnic_blackouts_ms: committed.blackouts_ms.into_iter().collect(),
+            switch_blackout_ms,
+        }
+    }
 }
 
 fn text(e: impl std::fmt::Display) -> String {
@@ -186,18 +230,13 @@ pub fn upgrade(
     within(&mut ours, STEP_TIMEOUT, deadline).map_err(|e| not_started(text(e)))?;
     let mut child = spawn(binary, theirs.into_fd())
         .map_err(|e| not_started(format!("cannot start {}: {e}", binary.display())))?;
-    let mut abandon = |why: String| {
-        let _ = child.kill();
-        let _ = child.wait();
-        why
-    };
     let hello: Hello = match ours.recv_message("hello") {
         Ok((h, _)) => h,
         Err(e) => {
-            return Err(not_started(abandon(format!(
-                "{} did not answer: {e}",
-                binary.display()
-            ))))
+            return Err(not_started(abandon(
+                &mut child,
+                format!("{} did not answer: {e}", binary.display()),
+            )))
         }
     };
     let protocol = hello.protocol.min(PROTOCOL);
@@ -207,10 +246,13 @@ pub fn upgrade(
         hello.pid
     );
     if protocol < 3 && !daemon.config().uplinks.is_empty() {
-        return Err(not_started(abandon(format!(
-            "snapnet {} cannot take over uplinks (protocol {protocol}): remove them first",
-            hello.version
-        ))));
+        return Err(not_started(abandon(
+            &mut child,
+            format!(
+                "snapnet {} cannot take over uplinks (protocol {protocol}): remove them first",
+                hello.version
+            ),
+        )));
     }
     // A protocol 1 binary takes exactly two fds.
     let metrics = metrics.filter(|_| protocol >= 2);
@@ -226,14 +268,23 @@ pub fn upgrade(
         .and_then(|()| ours.send_message("prepare", &prepare, &fds))
         .and_then(|()| ours.recv_message::<Ready>("ready"));
     if let Err(e) = prepared {
-        return Err(not_started(abandon(format!(
-            "the new process did not get ready: {e}"
-        ))));
+        return Err(not_started(abandon(
+            &mut child,
+            format!("the new process did not get ready: {e}"),
+        )));
+    }
+    if protocol >= 4 {
+        return steps::hand_over(daemon, &mut ours, &mut child, hello.version, deadline);
     }
     let export = match daemon.export_for_upgrade() {
         Ok(x) => x,
-        Err(r) if r.serving => return Err(not_started(abandon(r.error.to_string()))),
-        Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
+        Err(r) if r.serving => return Err(not_started(abandon(&mut child, r.error.to_string()))),
+        Err(r) => {
+            return Err(UpgradeError::Failed(abandon(
+                &mut child,
+                r.error.to_string(),
+            )))
+        }
     };
     let vnics = export.vnics.len();
     let uplinks = export.uplinks.len();
@@ -250,7 +301,7 @@ pub fn upgrade(
         let e = text(e);
         // Killed and reaped first: nothing of it may run while this process
         // takes the vNICs back.
-        let why = abandon(e);
+        let why = abandon(&mut child, e);
         let stopped_at = export.stopped_at;
         return Err(match daemon.roll_back_upgrade(export) {
             Ok(()) => {
@@ -275,21 +326,24 @@ pub fn upgrade(
                 "upgrade: pid {} serves {vnics} vNIC(s) and {uplinks} uplink(s) after a {blackout_ms:.1} ms blackout",
                 committed.pid
             );
-            let mut each: Vec<f64> = committed.blackouts_ms.iter().map(|(_, ms)| *ms).collect();
-            each.sort_by(f64::total_cmp);
-            Ok(UpgradeReport {
-                pid: committed.pid,
-                version: hello.version,
+            Ok(UpgradeReport::new(
+                committed,
+                hello.version,
                 vnics,
                 uplinks,
                 blackout_ms,
-                vnic_blackout_p50_ms: each.get(each.len() / 2).copied(),
-                vnic_blackout_max_ms: each.last().copied(),
-                vnic_blackouts_ms: committed.blackouts_ms.into_iter().collect(),
-            })
+                None,
+            ))
         }
-        Err(e) => Err(UpgradeError::Failed(abandon(text(e)))),
+        Err(e) => Err(UpgradeError::Failed(abandon(&mut child, text(e)))),
     }
+}
+
+/// Kills and reaps the new process; returns `why`.
+fn abandon(child: &mut std::process::Child, why: String) -> String {
+    let _ = child.kill();
+    let _ = child.wait();
+    why
 }
 
 /// Sends the state and every vNIC, and (protocol 2) waits for the new
@@ -418,7 +472,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
             &Hello {
                 version: crate::VERSION.to_string(),
                 pid: std::process::id(),
-                protocol: PROTOCOL,
+                protocol: protocol_spoken(),
             },
             &[],
         )
@@ -443,6 +497,15 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     channel
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
+    if prepare.protocol >= 4 {
+        let (daemon, channel) = steps::take_over(daemon, channel)?;
+        return Ok(TakenOver {
+            daemon,
+            control,
+            metrics,
+            channel,
+        });
+    }
     let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
     let since = Instant::now();
     fail_point("state")?;
@@ -458,18 +521,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         );
         fail_point("vnic")?;
     }
-    let mut uplinks = Vec::with_capacity(state.uplinks);
-    for _ in 0..state.uplinks {
-        let (moved, fds): (UplinkMove, Vec<OwnedFd>) =
-            channel.recv_message("uplink").map_err(text)?;
-        let name = moved.config.name.clone();
-        uplinks.push(
-            daemon
-                .take_over_uplink(moved, fds)
-                .map_err(|e| format!("{name}: {e}"))?,
-        );
-        fail_point("uplink")?;
-    }
+    let uplinks = receive_uplinks(&channel, &mut daemon, state.uplinks)?;
     log_phase(
         "new process: vNICs and uplinks built, since the state came",
         since,
@@ -505,6 +557,28 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         metrics,
         channel,
     })
+}
+
+/// The new process: the old one's `count` uplinks, built (their engines
+/// wait for `serve`).
+fn receive_uplinks(
+    channel: &Channel,
+    daemon: &mut Daemon,
+    count: usize,
+) -> Result<Vec<UplinkTakeover>, String> {
+    let mut uplinks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (moved, fds): (UplinkMove, Vec<OwnedFd>) =
+            channel.recv_message("uplink").map_err(text)?;
+        let name = moved.config.name.clone();
+        uplinks.push(
+            daemon
+                .take_over_uplink(moved, fds)
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+        fail_point("uplink")?;
+    }
+    Ok(uplinks)
 }
 
 #[cfg(test)]

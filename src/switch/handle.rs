@@ -179,10 +179,11 @@ impl SwitchHandle {
         Ok(true)
     }
 
-    /// Changes a port's deficit-round-robin weight; false when no such port.
-    /// Sets a port's counters (the ones an upgrade's old process had for
-    /// it), in its engine and in the published copy. False: no such port.
-    pub fn set_port_counters(
+    /// Adds to a port's counters the ones an upgrade's old process (or the
+    /// port before a rollback re-made it) had for it, in its engine and in
+    /// the published copy: what the port counted since it was made stays.
+    /// False: no such port.
+    pub fn add_port_counters(
         &self,
         port: PortId,
         counters: PortCounters,
@@ -201,8 +202,8 @@ impl SwitchHandle {
                 .and_then(Option::as_mut)
             {
                 Some(p) => {
-                    p.shared.publish(&counters);
-                    p.counters = counters;
+                    p.counters.accumulate(&counters);
+                    p.shared.publish(&p.counters);
                     true
                 }
                 None => false,
@@ -210,6 +211,7 @@ impl SwitchHandle {
         })
     }
 
+    /// Changes a port's deficit-round-robin weight; false when no such port.
     pub fn set_port_weight(&self, port: PortId, weight: u32) -> Result<bool, MailboxError> {
         let mut homes = self.lock();
         let Some(home) = homes.get_mut(usize::from(port.0)).and_then(Option::as_mut) else {

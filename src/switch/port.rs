@@ -66,6 +66,18 @@ impl PortCounters {
     pub fn dropped(&self, r: PortDrop) -> u64 {
         self.drops[r as usize]
     }
+
+    /// Adds `other` (counters a port had before it was moved).
+    pub fn accumulate(&mut self, other: &PortCounters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.backpressure += other.backpressure;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// Published copy, readable from any thread.

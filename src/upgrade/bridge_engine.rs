@@ -101,9 +101,24 @@ impl Lane {
 
     /// The lane's local links, once the handover is over and the bridge goes
     /// away (the frames still in the rings were passed on by then: see
-    /// [`BridgeEngine::is_drained`]).
+    /// [`BridgeEngine::is_drained`], or taken with [`Self::take_held`] and
+    /// [`Self::drain_peer`]).
     pub fn into_links(self) -> (LinkRx, LinkTx) {
         (self.from_local, self.to_local)
+    }
+
+    /// The frames the lane holds because a destination was full: (for the
+    /// peer, for this process's link). Each is older than what still waits
+    /// behind it (in the local link, in the peer's ring). Only once the
+    /// lane's engine has stopped.
+    pub fn take_held(&mut self) -> (Option<FrameHandle>, Option<FrameHandle>) {
+        (self.waiting_for_peer.take(), self.waiting_for_local.take())
+    }
+
+    /// Every frame the peer's ring still holds, oldest first. Only once the
+    /// peer's engine has stopped (nothing more comes).
+    pub fn drain_peer(&mut self, pool: &FramePool) -> Vec<FrameHandle> {
+        std::iter::from_fn(|| self.from_peer.pop(pool)).collect()
     }
 }
 

@@ -253,6 +253,27 @@ pub fn export_vnic(
     Ok((message, prepared.fds, Exported { links, handler }))
 }
 
+/// The message and fds [`export_vnic`] would give, with nothing taken
+/// apart: the engines stay whole and the handler paused, so that the vNIC
+/// can serve on here if the new process fails (a step-by-step upgrade takes
+/// the engines apart only once the new process has built the vNIC).
+pub fn preview_vnic(
+    name: &str,
+    handler: Option<&PausedHandler>,
+    listener: Option<BorrowedFd<'_>>,
+    engines: &[VnicEngine],
+) -> Result<(VnicHandover, Vec<OwnedFd>), HandoverError> {
+    let prepared = prepare(name, handler, listener, 0)?;
+    let message = VnicHandover {
+        name: name.to_string(),
+        connection: prepared.connection,
+        stream: prepared.stream,
+        listener: prepared.listener,
+        engines: engines.iter().map(VnicEngine::handover_state).collect(),
+    };
+    Ok((message, prepared.fds))
+}
+
 /// A vNIC's connection replayed in the new process, not serving yet: its
 /// handler is paused before the frontend's first unread message, and its
 /// vrings are attached to engines that leave them alone until

@@ -518,6 +518,18 @@ impl VnicEngine {
         Ok((engine, sender, shared))
     }
 
+    /// What a hand-over carries of the engine (counters, bucket levels), as
+    /// it stands: the engine stays whole (a step that may still be rolled
+    /// back, docs/upgrade.md).
+    pub fn handover_state(&self) -> EngineState {
+        let now = Instant::now();
+        EngineState {
+            counters: self.dp.counters.to_state(),
+            egress: self.dp.egress.as_ref().map(|b| b.with(|b| b.levels(now))),
+            ingress: self.dp.ingress.as_ref().map(|b| b.with(|b| b.levels(now))),
+        }
+    }
+
     /// Takes the engine apart for a hand-over to another process, once its
     /// vrings are detached (`VnicDevice::hand_over_vrings`). Its frame cache
     /// goes back to this process's pool. `spare` (any link, made before: this
@@ -527,12 +539,7 @@ impl VnicEngine {
             self.rx.is_none() && self.tx.is_none(),
             "vrings still attached"
         );
-        let now = Instant::now();
-        let state = EngineState {
-            counters: self.dp.counters.to_state(),
-            egress: self.dp.egress.as_ref().map(|b| b.with(|b| b.levels(now))),
-            ingress: self.dp.ingress.as_ref().map(|b| b.with(|b| b.levels(now))),
-        };
+        let state = self.handover_state();
         // `Drop` empties `from_switch`: leave it a link of its own to empty.
         let (spare_tx, spare_rx) = spare;
         EngineHandover {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::uplink_handover::{port_name, ExportedUplink};
 use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
 use crate::control::config::{Config, VnicConfig};
-use crate::packet::{FrameHandle, FramePool, LinkTx, PoolConfig};
+use crate::packet::{FrameHandle, FramePool, LinkRx, LinkTx, PoolConfig};
 use crate::switch::fdb::FdbEntryState;
 use crate::switch::{PortCounters, PortDrop, PortId};
 use crate::upgrade::bridge::WireHandle;
@@ -105,11 +105,15 @@ pub struct UpgradeRefused {
 
 /// A vNIC coming over from the old process (see [`Daemon::take_over_vnic`]).
 pub struct VnicTakeover {
-    handover: VnicHandover,
+    pub(super) handover: VnicHandover,
     fds: Vec<OwnedFd>,
     for_guest: Vec<Vec<FrameHandle>>,
     /// When the old process stopped the vNIC's engines (CLOCK_MONOTONIC ns).
     stopped_ns: Option<u64>,
+    /// Moving step by step: no port on this switch yet; the switch's ends
+    /// of its links (from, to the engine) come back in `switch_ends`.
+    pub(super) bridged: bool,
+    pub(super) switch_ends: Vec<(LinkRx, LinkTx)>,
 }
 
 impl VnicTakeover {
@@ -164,6 +168,13 @@ pub struct ReplayedTakeover {
     stopped_ns: Option<u64>,
 }
 
+impl ReplayedTakeover {
+    /// The vNIC's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Logs a step of an upgrade with the time since `since` (in the old
 /// process, the vNICs beginning to stop).
 pub fn log_phase(what: &str, since: Instant) {
@@ -173,7 +184,7 @@ pub fn log_phase(what: &str, since: Instant) {
     );
 }
 
-fn refused(what: impl std::fmt::Display) -> UpgradeRefused {
+pub(super) fn refused(what: impl std::fmt::Display) -> UpgradeRefused {
     UpgradeRefused {
         error: DaemonError::Upgrade(what.to_string()),
         serving: true,
@@ -191,53 +202,12 @@ impl Daemon {
             return Err(refused("a sharded switch is not handed over yet"));
         }
         let stopped_at = Instant::now();
-        // Side by side, one thread each: a pause waits for the handler's
-        // thread and for the engines to let go of the vrings, and every
-        // vNIC's blackout begins with its own pause.
-        let results = side_by_side(self.vnics.iter(), |v| match v.connection.as_ref() {
-            Some(c) => {
-                pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT).map_err(refused)
-            }
-            None => Err(refused(format!("{} has no connection", v.config.name))),
-        });
-        if results.iter().any(Result::is_err) {
-            // Where a pause panicked, nobody knows what it left paused.
-            return Err(UpgradeRefused {
-                error: DaemonError::Upgrade("a vNIC's pause panicked".into()),
-                serving: false,
-            });
-        }
-        let results: Vec<Result<PausedVnic, UpgradeRefused>> =
-            results.into_iter().flatten().collect();
-        if results.iter().any(Result::is_err) {
-            // A vNIC whose pause failed resumed by itself.
-            let mut error = None;
-            for (i, r) in results.into_iter().enumerate() {
-                match r {
-                    Ok(p) => self.resume_vnic(i, p, None),
-                    Err(e) => {
-                        error.get_or_insert(e);
-                    }
-                }
-            }
-            return Err(error.expect("one failed"));
-        }
-        let paused: Vec<PausedVnic> = results.into_iter().flatten().collect();
-        log_phase("handlers paused", stopped_at);
-        let mut engines: Vec<Vec<VnicEngine>> = Vec::with_capacity(self.vnics.len());
-        for i in 0..self.vnics.len() {
-            match self.take_engines(i) {
-                Ok(e) => engines.push(e),
-                Err(e) => {
-                    self.resume_vnics(paused, engines);
-                    return Err(refused(e));
-                }
-            }
-        }
+        let all: Vec<usize> = (0..self.vnics.len()).collect();
+        let (paused, engines) = self.stop_vnics(&all, stopped_at)?;
         let uplink_engines = match self.take_uplink_engines() {
             Ok(u) => u,
             Err(e) => {
-                self.resume_vnics(paused, engines);
+                self.resume_vnics(&all, paused, engines);
                 return Err(refused(e));
             }
         };
@@ -263,60 +233,15 @@ impl Daemon {
             Ok(f) => f,
             Err(e) => {
                 self.put_back_uplink_engines(uplink_engines);
-                self.resume_vnics(paused, engines);
+                self.resume_vnics(&all, paused, engines);
                 return Err(refused(e));
             }
         };
         // The switch has settled: its published counters are its own.
-        let ports = self
-            .vnics
-            .iter()
-            .map(|v| (v.config.name.clone(), &v.port_counters))
-            .chain(
-                self.uplinks
-                    .iter()
-                    .map(|u| (port_name(&u.config.name), &u.port_counters)),
-            )
-            .map(|(name, c)| (name, port_state(&c.snapshot())))
-            .collect();
+        let ports = self.port_states();
         let mut vnics = Vec::with_capacity(self.vnics.len());
         for (i, (p, e)) in paused.into_iter().zip(engines).enumerate() {
-            let v = &mut self.vnics[i];
-            let connection = v.connection.take().expect("checked above");
-            let stopped_ns = p.engines_stopping_ns;
-            let name = v.config.name.clone();
-            // Only duplicating fds or making links can fail here, before
-            // anything is taken apart.
-            let (handover, fds, exported) =
-                match export_vnic(&name, p.handler, connection.listener(), e) {
-                    Ok(x) => x,
-                    Err(failed) => {
-                        return Err(UpgradeRefused {
-                            error: DaemonError::Upgrade(failed.error.to_string()),
-                            serving: false,
-                        });
-                    }
-                };
-            let for_guest = exported
-                .links
-                .into_iter()
-                .map(|(_, mut from_switch)| {
-                    std::iter::from_fn(|| from_switch.pop())
-                        .map(WireHandle::from_frame)
-                        .collect()
-                })
-                .collect();
-            vnics.push(ExportedVnic {
-                moved: VnicMove {
-                    config: v.config.clone(),
-                    handover,
-                    for_guest,
-                    stopped_ns: Some(stopped_ns),
-                },
-                fds,
-                connection,
-                handler: exported.handler,
-            });
+            vnics.push(self.export_stopped(i, p, e)?);
         }
         let uplinks = self
             .export_uplinks(uplink_engines)
@@ -341,6 +266,105 @@ impl Daemon {
             vnics,
             uplinks,
             stopped_at,
+        })
+    }
+
+    /// Pauses vNICs `which` (side by side, one thread each: a pause waits
+    /// for the handler's thread and for the engines to let go of the
+    /// vrings, and every vNIC's blackout begins with its own pause) and
+    /// takes their engines out of their groups. On an error every one of
+    /// them serves on.
+    pub(super) fn stop_vnics(
+        &mut self,
+        which: &[usize],
+        stopped_at: Instant,
+    ) -> Result<(Vec<PausedVnic>, Vec<Vec<VnicEngine>>), UpgradeRefused> {
+        let vnics = &self.vnics;
+        let results = side_by_side(which.iter().map(|&i| &vnics[i]), |v| {
+            match v.connection.as_ref() {
+                Some(c) => {
+                    pause_vnic(&v.config.name, c, &v.device, ENGINE_CALL_TIMEOUT).map_err(refused)
+                }
+                None => Err(refused(format!("{} has no connection", v.config.name))),
+            }
+        });
+        if results.iter().any(Result::is_err) {
+            // Where a pause panicked, nobody knows what it left paused.
+            return Err(UpgradeRefused {
+                error: DaemonError::Upgrade("a vNIC's pause panicked".into()),
+                serving: false,
+            });
+        }
+        let results: Vec<Result<PausedVnic, UpgradeRefused>> =
+            results.into_iter().flatten().collect();
+        if results.iter().any(Result::is_err) {
+            // A vNIC whose pause failed resumed by itself.
+            let mut error = None;
+            for (&i, r) in which.iter().zip(results) {
+                match r {
+                    Ok(p) => self.resume_vnic(i, p, None),
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            return Err(error.expect("one failed"));
+        }
+        let paused: Vec<PausedVnic> = results.into_iter().flatten().collect();
+        log_phase("handlers paused", stopped_at);
+        let mut engines: Vec<Vec<VnicEngine>> = Vec::with_capacity(which.len());
+        for &i in which {
+            match self.take_engines(i) {
+                Ok(e) => engines.push(e),
+                Err(e) => {
+                    self.resume_vnics(which, paused, engines);
+                    return Err(refused(e));
+                }
+            }
+        }
+        Ok((paused, engines))
+    }
+
+    /// Exports stopped vNIC `i` (its engines' frames toward the switch
+    /// taken by it): its connection leaves `self.vnics[i]`, the frames that
+    /// waited for its guest are taken from its links, which stay in the
+    /// export.
+    pub(super) fn export_stopped(
+        &mut self,
+        i: usize,
+        p: PausedVnic,
+        e: Vec<VnicEngine>,
+    ) -> Result<ExportedVnic, UpgradeRefused> {
+        let v = &mut self.vnics[i];
+        let connection = v.connection.take().expect("checked by stop_vnics");
+        let stopped_ns = p.engines_stopping_ns;
+        let name = v.config.name.clone();
+        // Only duplicating fds or making links can fail here, before
+        // anything is taken apart.
+        let (handover, fds, exported) = export_vnic(&name, p.handler, connection.listener(), e)
+            .map_err(|failed| UpgradeRefused {
+                error: DaemonError::Upgrade(failed.error.to_string()),
+                serving: false,
+            })?;
+        let for_guest = exported
+            .links
+            .into_iter()
+            .map(|(_, mut from_switch)| {
+                std::iter::from_fn(|| from_switch.pop())
+                    .map(WireHandle::from_frame)
+                    .collect()
+            })
+            .collect();
+        Ok(ExportedVnic {
+            moved: VnicMove {
+                config: v.config.clone(),
+                handover,
+                for_guest,
+                stopped_ns: Some(stopped_ns),
+            },
+            fds,
+            connection,
+            handler: exported.handler,
         })
     }
 
@@ -392,8 +416,22 @@ impl Daemon {
         self.serve_taken_over_uplinks(uplinks)
     }
 
+    /// Every port's counters, by the name an upgrade carries it under.
+    pub(super) fn port_states(&self) -> Vec<(String, CountersState)> {
+        self.vnics
+            .iter()
+            .map(|v| (v.config.name.clone(), &v.port_counters))
+            .chain(
+                self.uplinks
+                    .iter()
+                    .map(|u| (port_name(&u.config.name), &u.port_counters)),
+            )
+            .map(|(name, c)| (name, port_state(&c.snapshot())))
+            .collect()
+    }
+
     /// Every port's name as an upgrade carries it, by port id.
-    fn port_names(&self) -> impl Iterator<Item = (PortId, String)> + '_ {
+    pub(super) fn port_names(&self) -> impl Iterator<Item = (PortId, String)> + '_ {
         self.vnics
             .iter()
             .map(|v| (v.port, v.config.name.clone()))
@@ -413,7 +451,10 @@ impl Daemon {
 
     /// Waits until the switch has taken and forwarded everything the
     /// stopped engines sent (`pending`: whether some of it waits still).
-    fn drain_toward_switch(&self, pending: impl Fn() -> bool) -> Result<(), DaemonError> {
+    pub(super) fn drain_toward_switch(
+        &self,
+        pending: impl Fn() -> bool,
+    ) -> Result<(), DaemonError> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while pending() {
             if Instant::now() > deadline {
@@ -427,9 +468,14 @@ impl Daemon {
     }
 
     /// Puts back what an upgrade that did not start had stopped.
-    fn resume_vnics(&mut self, paused: Vec<PausedVnic>, engines: Vec<Vec<VnicEngine>>) {
+    pub(super) fn resume_vnics(
+        &mut self,
+        which: &[usize],
+        paused: Vec<PausedVnic>,
+        engines: Vec<Vec<VnicEngine>>,
+    ) {
         let mut engines = engines.into_iter();
-        for (i, p) in paused.into_iter().enumerate() {
+        for (&i, p) in which.iter().zip(paused) {
             self.resume_vnic(i, p, engines.next());
         }
     }
@@ -486,6 +532,16 @@ impl Daemon {
         moved: VnicMove,
         fds: Vec<OwnedFd>,
     ) -> Result<VnicTakeover, DaemonError> {
+        self.take_over_vnic_as(moved, fds, false)
+    }
+
+    /// [`Self::take_over_vnic`], with no switch port when `bridged`.
+    pub(super) fn take_over_vnic_as(
+        &mut self,
+        moved: VnicMove,
+        fds: Vec<OwnedFd>,
+        bridged: bool,
+    ) -> Result<VnicTakeover, DaemonError> {
         if moved.handover.engines.len() != usize::from(moved.config.queue_pairs) {
             return Err(DaemonError::Upgrade(format!(
                 "{}: {} engine states for {} queue pairs",
@@ -504,6 +560,8 @@ impl Daemon {
             fds,
             for_guest,
             stopped_ns: moved.stopped_ns,
+            bridged,
+            switch_ends: Vec::new(),
         };
         let name = moved.config.name.clone();
         self.add_vnic_with(moved.config, Some(takeover))?
@@ -590,7 +648,7 @@ impl Daemon {
         let ids: HashMap<String, PortId> = self.port_names().map(|(id, n)| (n, id)).collect();
         for (name, state) in ports {
             if let Some(id) = ids.get(name) {
-                self.switch.set_port_counters(*id, port_counters(state))?;
+                self.switch.add_port_counters(*id, port_counters(state))?;
             }
         }
         Ok(())
@@ -674,7 +732,7 @@ where
 
 /// A switch port's counters as the handoff carries them: the vNIC queue
 /// counters' shape, drops by name.
-fn port_state(c: &PortCounters) -> CountersState {
+pub(super) fn port_state(c: &PortCounters) -> CountersState {
     CountersState {
         tx_packets: c.tx_packets,
         tx_bytes: c.tx_bytes,

@@ -1,0 +1,226 @@
+//! Hand-over protocol 4: the vNICs move one at a time, the switch and the
+//! uplinks last (`control::daemon::stepwise`, docs/upgrade.md). After
+//! `hello`, `prepare` and `ready` as in a whole-daemon upgrade:
+//!
+//! 1. old -> new `steps` (the vNICs, in the order they move).
+//! 2. Per vNIC: old -> new `vnic` (as in a whole-daemon upgrade, for this
+//!    vNIC alone) and `bridge` (the rings the old process's bridge
+//!    receives on, and half its free frames); new -> old `bridge` once it
+//!    has built and replayed the vNIC, touching no ring (its rings, and
+//!    half its free frames); old -> new `serve`. Up to the first vNIC's
+//!    `serve` a failure of the new process is rolled back; after it, some
+//!    vNICs live in the new process only, and a failure ends the old one
+//!    (exit status 1) so that its supervisor starts a fresh daemon.
+//! 3. old -> new `switch`; new -> old `bridges-stopped`; old -> new
+//!    `state` (free frames, FDB, counters), one `vnic-frames` per vNIC
+//!    (what was in flight) and one `uplink` per uplink; new -> old
+//!    `adopted`; old -> new `serve`; new -> old `committed`.
+
+use std::os::fd::OwnedFd;
+use std::process::Child;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    fail_point, receive_uplinks, text, within, Adopted, CommitMessage, Serve, UpgradeError,
+    UpgradeReport, ADOPT_TIMEOUT, STEP_TIMEOUT, UPGRADE_TIMEOUT,
+};
+use crate::control::daemon::{
+    log_phase, Daemon, DaemonState, FreeShare, VnicFrames, VnicMove, VnicStep,
+};
+use crate::upgrade::vnic_handover::borrowed;
+use crate::upgrade::{Channel, ChannelError};
+
+/// The vNICs, in the order they move.
+#[derive(Serialize, Deserialize)]
+struct Steps {
+    vnics: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SwitchStop {}
+
+#[derive(Serialize, Deserialize)]
+struct BridgesStopped {}
+
+/// The old process's half, from `steps` on.
+pub(super) fn hand_over(
+    daemon: &mut Daemon,
+    ours: &mut Channel,
+    child: &mut Child,
+    version: String,
+    deadline: Instant,
+) -> Result<UpgradeReport, UpgradeError> {
+    let mut abandon = |why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        why
+    };
+    let names: Vec<String> = daemon
+        .config()
+        .vnics
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
+    let first_stop = Instant::now();
+    let sent = within(ours, STEP_TIMEOUT, deadline).and_then(|()| {
+        ours.send_message(
+            "steps",
+            &Steps {
+                vnics: names.clone(),
+            },
+            &[],
+        )
+    });
+    if let Err(e) = sent {
+        return Err(UpgradeError::NotStarted(abandon(text(e))));
+    }
+    for (k, name) in names.iter().enumerate() {
+        let step = match daemon.export_vnic_step(name) {
+            Ok(s) => s,
+            Err(r) if r.serving && k == 0 => {
+                return Err(UpgradeError::NotStarted(abandon(r.error.to_string())))
+            }
+            Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
+        };
+        let answer = within(ours, ADOPT_TIMEOUT, deadline).and_then(|()| send_step(ours, &step));
+        let (back, to_new) = match answer {
+            Ok(a) => a,
+            Err(e) => return Err(roll_back_step(daemon, step, k, abandon(text(e)))),
+        };
+        if let Err(e) = daemon.take_free_share(&back) {
+            log::warn!("upgrade: free frames from the new process not taken: {e}");
+        }
+        if let Err((step, e)) = daemon.bridge_vnic_step(step, to_new) {
+            return Err(roll_back_step(daemon, *step, k, abandon(e.to_string())));
+        }
+        if let Err(e) = ours.send_message("serve", &Serve {}, &[]) {
+            return Err(UpgradeError::Failed(abandon(text(e))));
+        }
+    }
+    log_phase("every vNIC moved", first_stop);
+    let stopped = within(ours, STEP_TIMEOUT, deadline)
+        .and_then(|()| ours.send_message("switch", &SwitchStop {}, &[]))
+        .and_then(|()| ours.recv_message::<BridgesStopped>("bridges-stopped"));
+    if let Err(e) = stopped {
+        return Err(UpgradeError::Failed(abandon(text(e))));
+    }
+    let moved = daemon
+        .export_switch_move()
+        .map_err(|e| UpgradeError::Failed(abandon(e.to_string())))?;
+    let switch_stopped = moved.export.stopped_at;
+    let committed = within(ours, UPGRADE_TIMEOUT, deadline).and_then(|()| {
+        ours.send_message("state", &moved.export.state, &[])?;
+        for f in &moved.frames {
+            ours.send_message("vnic-frames", f, &[])?;
+        }
+        for u in &moved.export.uplinks {
+            ours.send_message("uplink", &u.moved, &borrowed(&u.fds))?;
+        }
+        ours.recv_message::<Adopted>("adopted")?;
+        ours.send_message("serve", &Serve {}, &[])?;
+        ours.recv_message::<CommitMessage>("committed")
+    });
+    let (committed, _) = committed.map_err(|e| UpgradeError::Failed(abandon(text(e))))?;
+    let switch_ms = switch_stopped.elapsed().as_secs_f64() * 1e3;
+    let blackout_ms = first_stop.elapsed().as_secs_f64() * 1e3;
+    let uplinks = moved.export.uplinks.len();
+    moved.export.commit();
+    log::info!(
+        "upgrade: pid {} serves {} vNIC(s) and {uplinks} uplink(s), moved one by one in {blackout_ms:.1} ms; the switch's own blackout {switch_ms:.1} ms",
+        committed.pid,
+        names.len()
+    );
+    Ok(UpgradeReport::new(
+        committed,
+        version,
+        names.len(),
+        uplinks,
+        blackout_ms,
+        Some(switch_ms),
+    ))
+}
+
+/// Sends a vNIC's step and waits for the new process's bridge.
+fn send_step(ours: &Channel, step: &VnicStep) -> Result<(FreeShare, Vec<OwnedFd>), ChannelError> {
+    ours.send_message("vnic", &step.moved, &borrowed(&step.fds))?;
+    ours.send_message("bridge", &step.share, &step.ring_fds())?;
+    ours.recv_message("bridge")
+}
+
+/// The new process failed during step `k`: its vNIC serves on here. Before
+/// the first step completed that is a rollback; after it, vNICs that moved
+/// are gone with the new process.
+fn roll_back_step(daemon: &mut Daemon, step: VnicStep, k: usize, why: String) -> UpgradeError {
+    let stopped_at = step.stopped_at;
+    daemon.resume_vnic_step(step);
+    if k == 0 {
+        let why = format!(
+            "{why}; the vNICs serve again after a {:.1} ms blackout",
+            stopped_at.elapsed().as_secs_f64() * 1e3
+        );
+        log::warn!("upgrade: rolled back: {why}");
+        UpgradeError::RolledBack(why)
+    } else {
+        UpgradeError::Failed(format!(
+            "{why}; {k} vNIC(s) had moved to the new process, which is gone"
+        ))
+    }
+}
+
+/// The new process's half, from `steps` on; `channel` has its step timeout.
+pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon, Channel), String> {
+    let (steps, _): (Steps, _) = channel.recv_message("steps").map_err(text)?;
+    fail_point("state")?;
+    for name in &steps.vnics {
+        let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
+        fail_point("vnic")?;
+        let (share, to_old): (FreeShare, Vec<OwnedFd>) =
+            channel.recv_message("bridge").map_err(text)?;
+        daemon.take_free_share(&share).map_err(text)?;
+        let (takeover, back) = daemon
+            .take_over_vnic_step(moved, fds, to_old)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let mut replayed = daemon.replay_taken_over(vec![takeover]).map_err(text)?;
+        fail_point("adopted")?;
+        channel
+            .send_message("bridge", &daemon.free_share(), &borrowed(&back))
+            .map_err(text)?;
+        channel.recv_message::<Serve>("serve").map_err(text)?;
+        daemon
+            .serve_vnic_step(replayed.pop().expect("one"))
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    channel.recv_message::<SwitchStop>("switch").map_err(text)?;
+    daemon.stop_step_bridges().map_err(text)?;
+    channel
+        .send_message("bridges-stopped", &BridgesStopped {}, &[])
+        .map_err(text)?;
+    let (state, _): (DaemonState, _) = channel.recv_message("state").map_err(text)?;
+    let since = Instant::now();
+    daemon.take_free_frames(&state).map_err(text)?;
+    let mut frames = Vec::with_capacity(state.vnics);
+    for _ in 0..state.vnics {
+        let (f, _): (VnicFrames, _) = channel.recv_message("vnic-frames").map_err(text)?;
+        frames.push(f);
+    }
+    let uplinks = receive_uplinks(&channel, &mut daemon, state.uplinks)?;
+    let (fdb, ports) = (state.fdb, state.ports);
+    daemon
+        .finish_switch_move(frames, |d| {
+            let skipped = d.import_fdb(fdb)?;
+            if skipped > 0 {
+                log::warn!("upgrade: {skipped} FDB entries not taken over");
+            }
+            d.import_port_counters(&ports)
+        })
+        .map_err(text)?;
+    log_phase("new process: the switch moved, since the state came", since);
+    channel
+        .send_message("adopted", &Adopted {}, &[])
+        .map_err(text)?;
+    channel.recv_message::<Serve>("serve").map_err(text)?;
+    daemon.serve_taken_over_uplinks(uplinks).map_err(text)?;
+    Ok((daemon, channel))
+}
