@@ -701,6 +701,12 @@ where
     T: Send,
     R: Send,
 {
+    let mut items: Vec<T> = items.into_iter().collect();
+    if items.len() == 1 {
+        // One item (a step-by-step upgrade's vNIC): no thread to wait for.
+        let item = items.pop().expect("one");
+        return vec![std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))];
+    }
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
     let take = |slot: &Mutex<Option<T>>| {
         slot.lock()
