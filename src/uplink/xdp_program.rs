@@ -150,6 +150,12 @@ impl UplinkProgram {
         })
     }
 
+    /// Whether [`Self::handover_fds`] can hand the program over (it was
+    /// attached through a bpf_link this process holds).
+    pub fn can_hand_over(&self) -> bool {
+        self.link.is_some()
+    }
+
     /// Copies of the link and map fds for an upgrade's new process (see
     /// [`HANDOVER_FDS`] for the order).
     pub fn handover_fds(&self) -> Result<Vec<OwnedFd>, XdpProgramError> {

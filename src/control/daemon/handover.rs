@@ -196,11 +196,7 @@ impl Daemon {
     /// the state. On an error before anything was taken apart, every vNIC
     /// serves on as before ([`UpgradeRefused`]).
     pub fn export_for_upgrade(&mut self) -> Result<UpgradeExport, UpgradeRefused> {
-        if self.switch.shard_count() > 1 {
-            // Frames waiting in the peer links between shards are not
-            // drained yet.
-            return Err(refused("a sharded switch is not handed over yet"));
-        }
+        self.check_movable()?;
         let stopped_at = Instant::now();
         let all: Vec<usize> = (0..self.vnics.len()).collect();
         let (paused, engines) = self.stop_vnics(&all, stopped_at)?;
@@ -267,6 +263,22 @@ impl Daemon {
             uplinks,
             stopped_at,
         })
+    }
+
+    /// Refuses an upgrade that could not finish, before anything stops.
+    pub fn check_movable(&self) -> Result<(), UpgradeRefused> {
+        if self.switch.shard_count() > 1 {
+            // Frames waiting in the peer links between shards are not
+            // drained yet.
+            return Err(refused("a sharded switch is not handed over yet"));
+        }
+        if let Some(u) = self.uplinks.iter().find(|u| !u.program.can_hand_over()) {
+            return Err(refused(format!(
+                "uplink {}: its XDP program was attached without a bpf_link (kernel before 5.9), which cannot be handed over",
+                u.config.name
+            )));
+        }
+        Ok(())
     }
 
     /// Pauses vNICs `which` (side by side, one thread each: a pause waits
@@ -705,7 +717,9 @@ where
     if items.len() == 1 {
         // One item (a step-by-step upgrade's vNIC): no thread to wait for.
         let item = items.pop().expect("one");
-        return vec![std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))];
+        return vec![std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || f(item),
+        ))];
     }
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
     let take = |slot: &Mutex<Option<T>>| {

@@ -57,6 +57,9 @@ pub(super) fn hand_over(
         let _ = child.wait();
         why
     };
+    if let Err(r) = daemon.check_movable() {
+        return Err(UpgradeError::NotStarted(abandon(r.error.to_string())));
+    }
     let names: Vec<String> = daemon
         .config()
         .vnics
