@@ -87,7 +87,15 @@ pub(super) fn hand_over(
             }
             Err(r) => return Err(UpgradeError::Failed(abandon(r.error.to_string()))),
         };
+        log::debug!(
+            "upgrade: {name}: stopped: {:.2} ms",
+            step.stopped_at.elapsed().as_secs_f64() * 1e3
+        );
         let answer = within(ours, ADOPT_TIMEOUT, deadline).and_then(|()| send_step(ours, &step));
+        log::debug!(
+            "upgrade: {name}: built in the new process: {:.2} ms",
+            step.stopped_at.elapsed().as_secs_f64() * 1e3
+        );
         let (back, to_new) = match answer {
             Ok(a) => a,
             Err(e) => return Err(roll_back_step(daemon, step, k, abandon(text(e)))),
@@ -95,9 +103,14 @@ pub(super) fn hand_over(
         if let Err(e) = daemon.take_free_share(&back) {
             log::warn!("upgrade: free frames from the new process not taken: {e}");
         }
+        let t0 = step.stopped_at;
         if let Err((step, e)) = daemon.bridge_vnic_step(step, to_new) {
             return Err(roll_back_step(daemon, *step, k, abandon(e.to_string())));
         }
+        log::debug!(
+            "upgrade: {name}: bridged: {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         if let Err(e) = ours.send_message("serve", &Serve {}, &[]) {
             return Err(UpgradeError::Failed(abandon(text(e))));
         }
@@ -178,6 +191,7 @@ pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon,
     fail_point("state")?;
     for name in &steps.vnics {
         let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
+        let t0 = Instant::now();
         fail_point("vnic")?;
         let (share, to_old): (FreeShare, Vec<OwnedFd>) =
             channel.recv_message("bridge").map_err(text)?;
@@ -185,15 +199,31 @@ pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon,
         let (takeover, back) = daemon
             .take_over_vnic_step(moved, fds, to_old)
             .map_err(|e| format!("{name}: {e}"))?;
+        log::debug!(
+            "upgrade: new process: {name}: built: {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let mut replayed = daemon.replay_taken_over(vec![takeover]).map_err(text)?;
+        log::debug!(
+            "upgrade: new process: {name}: replayed: {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         fail_point("adopted")?;
         channel
             .send_message("bridge", &daemon.free_share(), &borrowed(&back))
             .map_err(text)?;
         channel.recv_message::<Serve>("serve").map_err(text)?;
+        log::debug!(
+            "upgrade: new process: {name}: told to serve: {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         daemon
             .serve_vnic_step(replayed.pop().expect("one"))
             .map_err(|e| format!("{name}: {e}"))?;
+        log::debug!(
+            "upgrade: new process: {name}: serving: {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
     channel.recv_message::<SwitchStop>("switch").map_err(text)?;
     daemon.stop_step_bridges().map_err(text)?;
