@@ -273,7 +273,6 @@ pub fn upgrade(
             format!("the new process did not get ready: {e}"),
         )));
     }
-    let _priority = HandoverPriority::raise();
     if protocol >= 4 {
         return steps::hand_over(daemon, &mut ours, &mut child, hello.version, deadline);
     }
@@ -337,45 +336,6 @@ pub fn upgrade(
             ))
         }
         Err(e) => Err(UpgradeError::Failed(abandon(&mut child, text(e)))),
-    }
-}
-
-/// The calling thread at real-time priority (SCHED_FIFO 1) while it lives,
-/// back to the ordinary policy after. A hand-over is a chain of messages
-/// and replies between two processes' threads, each of which otherwise
-/// waits for a CPU behind the engines' spinning threads: on this two-CPU
-/// machine a reply took 2-3 ms to be read when the work behind it took
-/// 0.6 ms. Without the privilege it is a no-op (logged once).
-struct HandoverPriority {
-    raised: bool,
-}
-
-impl HandoverPriority {
-    fn raise() -> Self {
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-        // SCHED_RESET_ON_FORK: a process this thread starts (the new
-        // binary) begins with the ordinary policy.
-        let rc = unsafe {
-            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
-        };
-        if rc != 0 {
-            log::info!(
-                "upgrade: no real-time priority for the hand-over ({})",
-                std::io::Error::last_os_error()
-            );
-        }
-        Self { raised: rc == 0 }
-    }
-}
-
-impl Drop for HandoverPriority {
-    fn drop(&mut self) {
-        if self.raised {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: as in `raise`.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
-        }
     }
 }
 
@@ -534,7 +494,6 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
     let mut daemon =
         Daemon::start_taking_over(&prepare.config, &prepare.pool, memfd).map_err(text)?;
     fail_point("ready")?;
-    let _priority = HandoverPriority::raise();
     channel
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
