@@ -245,10 +245,7 @@ impl Daemon {
                 error,
                 serving: false,
             })?;
-        if let Err(e) = self.switch.release_caches() {
-            log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
-        }
-        let (free_small, free_large) = self.pool.take_free(usize::MAX, usize::MAX);
+        let (free_small, free_large) = self.take_every_free_frame();
         log_phase("exported", stopped_at);
         Ok(UpgradeExport {
             state: DaemonState {
@@ -426,6 +423,15 @@ impl Daemon {
         let replayed = self.replay_taken_over(taken)?;
         self.serve_taken_over(replayed)?;
         self.serve_taken_over_uplinks(uplinks)
+    }
+
+    /// Every free frame, for the new process: the switch's caches first go
+    /// back to the pool.
+    pub(super) fn take_every_free_frame(&self) -> (Vec<u32>, Vec<u32>) {
+        if let Err(e) = self.switch.release_caches() {
+            log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
+        }
+        self.pool.take_free(usize::MAX, usize::MAX)
     }
 
     /// Every port's counters, by the name an upgrade carries it under.

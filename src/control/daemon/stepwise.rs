@@ -363,7 +363,7 @@ impl Daemon {
             held.push(queues);
         }
         let uplink_engines = self.take_uplink_engines()?;
-        log_phase_since("switch move: engines out of their groups", stopped_at);
+        super::log_phase("switch move: engines out of their groups", stopped_at);
         self.drain_toward_switch(|| {
             held.iter()
                 .flatten()
@@ -403,11 +403,8 @@ impl Daemon {
             })
             .collect::<Vec<_>>();
         let uplinks = self.export_uplinks(uplink_engines)?;
-        if let Err(e) = self.switch.release_caches() {
-            log::warn!("upgrade: switch caches not released ({e}): their frames stay here");
-        }
-        let (free_small, free_large) = self.pool.take_free(usize::MAX, usize::MAX);
-        log_phase_since("switch move: exported", stopped_at);
+        let (free_small, free_large) = self.take_every_free_frame();
+        super::log_phase("switch move: exported", stopped_at);
         Ok(SwitchMove {
             export: UpgradeExport {
                 state: DaemonState {
@@ -556,7 +553,3 @@ type SendOver = (
     Vec<FrameHandle>,
     crate::packet::LinkRx,
 );
-
-fn log_phase_since(what: &str, since: Instant) {
-    super::log_phase(what, since);
-}
