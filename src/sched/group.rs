@@ -79,6 +79,8 @@ pub(super) struct Worker {
     wake: Doorbell,
     /// Kernel thread id, for CPU accounting from /proc.
     tid: AtomicI32,
+    /// The group's [`EngineGroup::share_cpus`].
+    sharing: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -111,6 +113,8 @@ pub struct EngineGroup {
     history: Mutex<Vec<(f64, usize)>>,
     started: std::time::Instant,
     controller: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// Set while another process's engines run on the same CPUs.
+    sharing: Arc<AtomicBool>,
 }
 
 impl EngineGroup {
@@ -165,6 +169,7 @@ impl EngineGroup {
             history: Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
             controller: Mutex::new(None),
+            sharing: Arc::new(AtomicBool::new(false)),
         });
         let initial = match policy {
             Policy::Dedicated => threads,
@@ -214,6 +219,7 @@ impl EngineGroup {
                 source,
             })?,
             tid: AtomicI32::new(0),
+            sharing: self.sharing.clone(),
         });
         let i = self.next_cpu.fetch_add(1, Ordering::Relaxed);
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[i % self.cpus.len()]);
@@ -245,6 +251,16 @@ impl EngineGroup {
             worker,
             thread: Some(thread),
         })
+    }
+
+    /// While `on`, every thread of the group gives its CPU up after each
+    /// round, busy or not. During an upgrade the old and the new process
+    /// each run engines on the same CPUs, and each step of it waits for a
+    /// thread of one of them to answer a request (let go of a vring, take
+    /// an engine): without this it waits for the other process's busy
+    /// thread to use up its time slice, milliseconds, rather than a round.
+    pub fn share_cpus(&self, on: bool) {
+        self.sharing.store(on, Ordering::Relaxed);
     }
 
     pub fn name(&self) -> &str {
@@ -643,6 +659,7 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         if cpu.due(t0) {
             cpu.share(engines.iter().map(|p| &p.stats));
         }
+        let sharing = worker.sharing.load(Ordering::Relaxed);
         let (Some(co), Some(p)) = (coalesce.as_mut(), poller.as_mut()) else {
             // Dedicated (or no epoll): poll on.
             if work == 0 {
@@ -662,16 +679,22 @@ fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
                         wait_readable(worker.wake.as_raw_fd(), EMPTY_WORKER_WAIT);
                     }
                     worker.wake.disarm();
-                } else if idle_rounds % YIELD_EVERY_IDLE_ROUNDS == 0 {
+                } else if sharing || idle_rounds % YIELD_EVERY_IDLE_ROUNDS == 0 {
                     yield_cpu();
                 }
             } else {
                 idle_rounds = 0;
+                if sharing {
+                    yield_cpu();
+                }
             }
             continue;
         };
         if work > 0 {
             co.work(t0);
+            if sharing {
+                yield_cpu();
+            }
             continue;
         }
         // Nothing left to do (every hop between this worker's engines is

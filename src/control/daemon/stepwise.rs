@@ -101,6 +101,19 @@ pub(super) struct NewBridge {
     lanes: Vec<Lane>,
 }
 
+/// Every engine group of a daemon sharing its CPUs with the other
+/// process's (`EngineGroup::share_cpus`) until dropped: a step waits for
+/// engine threads of both processes, which run on the same CPUs.
+pub struct SharedCpus(Vec<std::sync::Arc<crate::sched::EngineGroup>>);
+
+impl Drop for SharedCpus {
+    fn drop(&mut self) {
+        for g in &self.0 {
+            g.share_cpus(false);
+        }
+    }
+}
+
 /// The producers of a bridge's rings toward the peer, from its fds (a ring
 /// and a wake-up eventfd per queue pair).
 fn producers(
@@ -132,6 +145,16 @@ fn consumers(queues: usize) -> Result<Vec<BridgeRx>, DaemonError> {
 }
 
 impl Daemon {
+    /// Its engine groups share their CPUs with the other process's until
+    /// the guard drops.
+    pub fn share_cpus(&self) -> SharedCpus {
+        let groups: Vec<_> = self.groups.iter().map(|g| g.group.clone()).collect();
+        for g in &groups {
+            g.share_cpus(true);
+        }
+        SharedCpus(groups)
+    }
+
     /// The old process: stops vNIC `name` alone and prepares its step. Its
     /// switch port stays, and the frames for its guest wait in its links.
     /// On an error it serves on as before (`serving`).

@@ -60,6 +60,7 @@ pub(super) fn hand_over(
     if let Err(r) = daemon.check_movable() {
         return Err(UpgradeError::NotStarted(abandon(r.error.to_string())));
     }
+    let _sharing = daemon.share_cpus();
     let names: Vec<String> = daemon
         .config()
         .vnics
@@ -188,6 +189,8 @@ fn roll_back_step(daemon: &mut Daemon, step: VnicStep, k: usize, why: String) ->
 /// The new process's half, from `steps` on; `channel` has its step timeout.
 pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon, Channel), String> {
     let (steps, _): (Steps, _) = channel.recv_message("steps").map_err(text)?;
+    // Until the switch has moved: then the old process runs no engine.
+    let sharing = daemon.share_cpus();
     fail_point("state")?;
     for name in &steps.vnics {
         let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
@@ -255,5 +258,6 @@ pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon,
         .map_err(text)?;
     channel.recv_message::<Serve>("serve").map_err(text)?;
     daemon.serve_taken_over_uplinks(uplinks).map_err(text)?;
+    drop(sharing);
     Ok((daemon, channel))
 }
