@@ -503,6 +503,28 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     finish(&control, &mut guests, &mut old);
 }
 
+/// Hand-over protocol 5: once the new process has answered for a vNIC's
+/// step it serves that vNIC, so a new process that dies then cannot be
+/// rolled back; the old one says so and exits with status 1, for its
+/// supervisor to start a fresh daemon, rather than serve rings the new one
+/// may have moved on.
+#[test]
+fn a_new_process_that_dies_once_it_answered_ends_the_old_one() {
+    let dir = TempDir::new("upgrade-answered");
+    let (mut old, control, _old_pid, mut guests, _notify) = start_daemon(&dir, "dedicated");
+    guests.run_for(Duration::from_millis(200));
+    let wrapper = wrapper(&dir, "fail-at-answered", "SNAPNET_UPGRADE_FAIL_AT=answered");
+    let e = upgrade_under_traffic(&control, json!({ "binary": wrapper }), &mut guests)
+        .expect_err("a new process that dies must not take over");
+    let e = e.to_string();
+    assert!(e.contains("after the hand-over began"), "{e}");
+    let child = old.0.as_mut().unwrap();
+    wait_until("the old process to exit", || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(1));
+}
+
 /// An upgrade to a build with another version string and back: the same
 /// code, but nothing may depend on the two versions being equal. The second
 /// build comes from scripts/test-all.sh (`SNAPNET_VERSION=... cargo build`,

@@ -66,8 +66,10 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// from a binary of protocol 1 works as it did then. 3: uplinks cross (one
 /// `uplink` message each, after the vNICs'); a daemon with uplinks is not
 /// handed to a binary of protocol 1 or 2. 4: the vNICs move one at a
-/// time, the switch and the uplinks last (`steps`).
-const PROTOCOL: u32 = 4;
+/// time, the switch and the uplinks last (`steps`). 5: the new process
+/// serves a vNIC as soon as it has answered its step, without waiting for
+/// `serve` (a round trip less per vNIC's blackout).
+const PROTOCOL: u32 = 5;
 
 /// The protocol this binary claims to speak: [`PROTOCOL`], or lower when
 /// `SNAPNET_UPGRADE_PROTOCOL` says so (to test an upgrade to an older
@@ -274,7 +276,14 @@ pub fn upgrade(
         )));
     }
     if protocol >= 4 {
-        return steps::hand_over(daemon, &mut ours, &mut child, hello.version, deadline);
+        return steps::hand_over(
+            daemon,
+            &mut ours,
+            &mut child,
+            hello.version,
+            protocol,
+            deadline,
+        );
     }
     let export = match daemon.export_for_upgrade() {
         Ok(x) => x,
@@ -498,7 +507,7 @@ pub fn take_over(fd: OwnedFd) -> Result<TakenOver, String> {
         .send_message("ready", &Ready {}, &[])
         .map_err(text)?;
     if prepare.protocol >= 4 {
-        let (daemon, channel) = steps::take_over(daemon, channel)?;
+        let (daemon, channel) = steps::take_over(daemon, channel, prepare.protocol)?;
         return Ok(TakenOver {
             daemon,
             control,

@@ -215,6 +215,22 @@ impl Channel {
         }
     }
 
+    /// Whether the other process sent anything not received yet. Asked
+    /// once it is gone: it tells whether it got as far as a message.
+    pub fn has_unread(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into `byte`, which outlives the call.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// Receives one message: its body and its fds (close-on-exec).
     pub fn recv(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ChannelError> {
         // Room for the longest packet the protocol sends (tag and chunk): a
@@ -342,6 +358,18 @@ mod tests {
     struct State {
         name: String,
         blob: Vec<u8>,
+    }
+
+    #[test]
+    fn has_unread_tells_whether_the_peer_got_as_far_as_a_message() {
+        let (a, b) = Channel::pair().unwrap();
+        assert!(!b.has_unread());
+        a.send_message("answer", &1u32, &[]).unwrap();
+        drop(a);
+        assert!(b.has_unread(), "sent before it hung up");
+        let (n, _): (u32, _) = b.recv_message("answer").unwrap();
+        assert_eq!(n, 1);
+        assert!(!b.has_unread(), "a hang-up is not a message");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! travels in (`format`), the replay of a vhost-user connection's
 //! negotiation to the new process's own handler (`replay`), and the shared
 //! ring bridge engines pass frames over while the engines are split between
-//! the two processes (`bridge`), those engines (`bridge_engine`), and the
+//! the two processes (`bridge`), those engines (`bridge_engine`), sets of
+//! free frames as bitmaps (`frame_set`), and the
 //! hand-over of one vNIC, connection and engines (`vnic_handover`),
 //! rehearsed inside one process by the tests and the benchmark
 //! (`rehearsal`).
@@ -16,6 +17,7 @@ pub mod bridge;
 pub mod bridge_engine;
 pub mod channel;
 pub mod format;
+pub mod frame_set;
 pub mod rehearsal;
 pub mod replay;
 pub mod vnic_handover;

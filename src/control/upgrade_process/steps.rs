@@ -7,10 +7,15 @@
 //!    vNIC alone) and `bridge` (the rings the old process's bridge
 //!    receives on, and half its free frames); new -> old `bridge` once it
 //!    has built and replayed the vNIC, touching no ring (its rings, and
-//!    half its free frames); old -> new `serve`. Up to the first vNIC's
-//!    `serve` a failure of the new process is rolled back; after it, some
-//!    vNICs live in the new process only, and a failure ends the old one
-//!    (exit status 1) so that its supervisor starts a fresh daemon.
+//!    half its free frames). Protocol 5: the new process serves the vNIC
+//!    from there on. Protocol 4: it waits for old -> new `serve`, a round
+//!    trip more in the vNIC's blackout. Up to the first vNIC's answer
+//!    (protocol 4: its `serve`) a failure of the new process is rolled
+//!    back; after it, some vNICs live in the new process only, and a
+//!    failure ends the old one (exit status 1) so that its supervisor
+//!    starts a fresh daemon. Which side of that line a failure fell on,
+//!    the old process tells once the new one is reaped: by whether the
+//!    answer is in the channel.
 //! 3. old -> new `switch`; new -> old `bridges-stopped`; old -> new
 //!    `state` (free frames, FDB, counters), one `vnic-frames` per vNIC
 //!    (what was in flight) and one `uplink` per uplink; new -> old
@@ -50,6 +55,7 @@ pub(super) fn hand_over(
     ours: &mut Channel,
     child: &mut Child,
     version: String,
+    protocol: u32,
     deadline: Instant,
 ) -> Result<UpgradeReport, UpgradeError> {
     let mut abandon = |why: String| {
@@ -81,7 +87,7 @@ pub(super) fn hand_over(
         return Err(UpgradeError::NotStarted(abandon(text(e))));
     }
     for (k, name) in names.iter().enumerate() {
-        let step = match daemon.export_vnic_step(name) {
+        let step = match daemon.export_vnic_step(name, protocol) {
             Ok(s) => s,
             Err(r) if r.serving && k == 0 => {
                 return Err(UpgradeError::NotStarted(abandon(r.error.to_string())))
@@ -99,21 +105,40 @@ pub(super) fn hand_over(
         );
         let (back, to_new) = match answer {
             Ok(a) => a,
-            Err(e) => return Err(roll_back_step(daemon, step, k, abandon(text(e)))),
+            Err(e) => {
+                let garbled = matches!(e, ChannelError::Protocol(_) | ChannelError::Format(_));
+                let why = abandon(text(e));
+                // Reaped: whatever it sent is in the channel. Protocol 5
+                // serves once it answered, so an answer (or part of one)
+                // means the guest's rings may have moved on there.
+                if protocol >= 5 && (garbled || ours.has_unread()) {
+                    return Err(UpgradeError::Failed(format!(
+                        "{why}; the new process had answered for {name} and may have served it"
+                    )));
+                }
+                return Err(roll_back_step(daemon, step, k, why));
+            }
         };
         if let Err(e) = daemon.take_free_share(&back) {
             log::warn!("upgrade: free frames from the new process not taken: {e}");
         }
         let t0 = step.stopped_at;
         if let Err((step, e)) = daemon.bridge_vnic_step(step, to_new) {
+            if protocol >= 5 {
+                return Err(UpgradeError::Failed(abandon(format!(
+                    "{name}: {e}; the new process serves it"
+                ))));
+            }
             return Err(roll_back_step(daemon, *step, k, abandon(e.to_string())));
         }
         log::debug!(
             "upgrade: {name}: bridged: {:.2} ms",
             t0.elapsed().as_secs_f64() * 1e3
         );
-        if let Err(e) = ours.send_message("serve", &Serve {}, &[]) {
-            return Err(UpgradeError::Failed(abandon(text(e))));
+        if protocol < 5 {
+            if let Err(e) = ours.send_message("serve", &Serve {}, &[]) {
+                return Err(UpgradeError::Failed(abandon(text(e))));
+            }
         }
     }
     log_phase("every vNIC moved", first_stop);
@@ -187,7 +212,11 @@ fn roll_back_step(daemon: &mut Daemon, step: VnicStep, k: usize, why: String) ->
 }
 
 /// The new process's half, from `steps` on; `channel` has its step timeout.
-pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon, Channel), String> {
+pub(super) fn take_over(
+    mut daemon: Daemon,
+    channel: Channel,
+    protocol: u32,
+) -> Result<(Daemon, Channel), String> {
     let (steps, _): (Steps, _) = channel.recv_message("steps").map_err(text)?;
     // Until the switch has moved: then the old process runs no engine.
     let sharing = daemon.share_cpus();
@@ -213,13 +242,16 @@ pub(super) fn take_over(mut daemon: Daemon, channel: Channel) -> Result<(Daemon,
         );
         fail_point("adopted")?;
         channel
-            .send_message("bridge", &daemon.free_share(), &borrowed(&back))
+            .send_message("bridge", &daemon.free_share(protocol), &borrowed(&back))
             .map_err(text)?;
-        channel.recv_message::<Serve>("serve").map_err(text)?;
-        log::debug!(
-            "upgrade: new process: {name}: told to serve: {:.2} ms",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
+        fail_point("answered")?;
+        if protocol < 5 {
+            channel.recv_message::<Serve>("serve").map_err(text)?;
+            log::debug!(
+                "upgrade: new process: {name}: told to serve: {:.2} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
         daemon
             .serve_vnic_step(replayed.pop().expect("one"))
             .map_err(|e| format!("{name}: {e}"))?;
