@@ -50,7 +50,7 @@ mod uplink_handover;
 pub use handover::{
     log_phase, DaemonState, ExportedVnic, UpgradeExport, UpgradeRefused, VnicMove, VnicTakeover,
 };
-pub use stepwise::{FreeShare, SharedCpus, SwitchMove, VnicFrames, VnicStep};
+pub use stepwise::{SharedCpus, SwitchMove, VnicFrames, VnicStep};
 pub use uplink_handover::{ExportedUplink, UplinkMove, UplinkTakeover};
 
 #[derive(Debug, Error)]

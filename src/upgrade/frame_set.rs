@@ -78,6 +78,46 @@ impl FrameSet {
     }
 }
 
+/// Free frames of both classes, as one process of an upgrade hands them to
+/// the other: lists of indices for a peer of hand-over protocol 4 or
+/// earlier, bitmaps from 5.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FreeFrames {
+    #[serde(default)]
+    small: Vec<u32>,
+    #[serde(default)]
+    large: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sets: Option<(FrameSet, FrameSet)>,
+}
+
+impl FreeFrames {
+    /// `small` and `large` for a peer of hand-over `protocol`.
+    pub fn new(small: Vec<u32>, large: Vec<u32>, protocol: u32) -> Self {
+        if protocol >= 5 {
+            if let (Ok(s), Ok(l)) = (FrameSet::new(&small), FrameSet::new(&large)) {
+                return Self {
+                    sets: Some((s, l)),
+                    ..Self::default()
+                };
+            }
+        }
+        Self {
+            small,
+            large,
+            sets: None,
+        }
+    }
+
+    /// The frames (small, large), in whichever form they came.
+    pub fn frames(&self) -> Result<(Vec<u32>, Vec<u32>), FrameSetError> {
+        match &self.sets {
+            Some((s, l)) => Ok((s.frames()?, l.frames()?)),
+            None => Ok((self.small.clone(), self.large.clone())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +144,24 @@ mod tests {
         let set = FrameSet::new(&frames).unwrap();
         assert!(set.bits.len() < 16_000, "{} bytes", set.bits.len());
         assert_eq!(set.frames().unwrap(), frames);
+    }
+
+    #[test]
+    fn free_frames_travel_as_lists_to_protocol_4_and_as_sets_from_5() {
+        let (small, large) = (vec![9, 3, 4], vec![70_001, 70_000]);
+        let four = serde_json::to_value(FreeFrames::new(small.clone(), large.clone(), 4)).unwrap();
+        assert_eq!(four["small"], serde_json::json!([9, 3, 4]), "{four}");
+        assert!(four.get("sets").is_none(), "{four}");
+        let five = serde_json::to_value(FreeFrames::new(small, large, 5)).unwrap();
+        assert_eq!(five["small"], serde_json::json!([]), "{five}");
+        for v in [four, five] {
+            let back: FreeFrames = serde_json::from_value(v).unwrap();
+            let (s, mut l) = back.frames().unwrap();
+            let mut s = s;
+            s.sort();
+            l.sort();
+            assert_eq!((s, l), (vec![3, 4, 9], vec![70_000, 70_001]));
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::packet::{FrameHandle, FramePool, LinkRx, LinkTx, PoolConfig};
 use crate::switch::fdb::FdbEntryState;
 use crate::switch::{PortCounters, PortDrop, PortId};
 use crate::upgrade::bridge::WireHandle;
+use crate::upgrade::frame_set::FreeFrames;
 use crate::upgrade::vnic_handover::{
     adopt_vnic, export_vnic, pause_vnic, replay_vnic, PausedVnic, ReplayedVnic, VnicHandover,
 };
@@ -49,8 +50,13 @@ pub struct VnicMove {
 /// What the old process hands over beside its vNICs, once they stopped.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DaemonState {
+    /// Every free frame; empty when `free` holds them (protocol 5).
+    #[serde(default)]
     pub free_small: Vec<u32>,
+    #[serde(default)]
     pub free_large: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<FreeFrames>,
     pub fdb: Vec<FdbEntryState>,
     /// How many vNIC messages follow.
     pub vnics: usize,
@@ -251,6 +257,7 @@ impl Daemon {
             state: DaemonState {
                 free_small,
                 free_large,
+                free: None,
                 fdb,
                 vnics: vnics.len(),
                 uplinks: uplinks.len(),
@@ -537,9 +544,30 @@ impl Daemon {
         Self::start_on_pool(cfg, pool)
     }
 
+    /// Half of this process's free frames, for the other side, which
+    /// speaks hand-over `protocol` (the frames of a guest's traffic are
+    /// freed where it ends, so either side may run low).
+    pub fn free_share(&self, protocol: u32) -> FreeFrames {
+        let (small, large) = self.pool.free_frames();
+        let (small, large) = self.pool.take_free(small / 2, large / 2);
+        FreeFrames::new(small, large, protocol)
+    }
+
+    /// Free frames the other side handed over.
+    pub fn take_free_share(&self, share: &FreeFrames) -> Result<(), DaemonError> {
+        let (small, large) = share
+            .frames()
+            .map_err(|e| DaemonError::Upgrade(format!("free frames: {e}")))?;
+        Ok(self.pool.give_free(&small, &large)?)
+    }
+
     /// The new process: the free frames the old one handed over.
     pub fn take_free_frames(&self, state: &DaemonState) -> Result<(), DaemonError> {
-        Ok(self.pool.give_free(&state.free_small, &state.free_large)?)
+        self.pool.give_free(&state.free_small, &state.free_large)?;
+        state
+            .free
+            .as_ref()
+            .map_or(Ok(()), |f| self.take_free_share(f))
     }
 
     /// The new process: adds a vNIC the old process exported, all but its

@@ -32,26 +32,11 @@ use crate::sched::EngineId;
 use crate::switch::{PortNetwork, SwitchPort};
 use crate::upgrade::bridge::{consumer, producer, BridgeRx, WireHandle};
 use crate::upgrade::bridge_engine::{BridgeEngine, Lane};
-use crate::upgrade::frame_set::FrameSet;
+use crate::upgrade::frame_set::FreeFrames;
 use crate::upgrade::vnic_handover::{preview_vnic, PausedVnic};
 use crate::vnic::VnicEngine;
 
 use super::handover::{ReplayedTakeover, VnicTakeover};
-
-/// Free frames one side hands the other with a step: the frames of a
-/// guest's traffic are freed where it ends, so either side may run low.
-/// Hand-over protocol 4 lists them (`small`, `large`); from 5 they travel
-/// as bitmaps (`sets`), which take a fraction of the time to write and
-/// read, inside the vNIC's blackout.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct FreeShare {
-    #[serde(default)]
-    small: Vec<u32>,
-    #[serde(default)]
-    large: Vec<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sets: Option<(FrameSet, FrameSet)>,
-}
 
 /// What crosses for one vNIC when the switch moves: per queue pair, the
 /// frames its engine had sent that no switch took yet, and those the old
@@ -75,7 +60,7 @@ pub struct VnicStep {
     engines: Vec<VnicEngine>,
     pub moved: super::VnicMove,
     pub fds: Vec<OwnedFd>,
-    pub share: FreeShare,
+    pub share: FreeFrames,
     rings_in: Vec<BridgeRx>,
     /// When its engines began to stop.
     pub stopped_at: Instant,
@@ -221,38 +206,6 @@ impl Daemon {
         }
     }
 
-    /// Half of this process's free frames, for the other side, which
-    /// speaks hand-over `protocol`.
-    pub fn free_share(&self, protocol: u32) -> FreeShare {
-        let (small, large) = self.pool.free_frames();
-        let (small, large) = self.pool.take_free(small / 2, large / 2);
-        if protocol >= 5 {
-            if let (Ok(s), Ok(l)) = (FrameSet::new(&small), FrameSet::new(&large)) {
-                return FreeShare {
-                    sets: Some((s, l)),
-                    ..FreeShare::default()
-                };
-            }
-        }
-        FreeShare {
-            small,
-            large,
-            sets: None,
-        }
-    }
-
-    /// Frames the other side handed over with a step.
-    pub fn take_free_share(&self, share: &FreeShare) -> Result<(), DaemonError> {
-        let Some((small, large)) = &share.sets else {
-            return Ok(self.pool.give_free(&share.small, &share.large)?);
-        };
-        let frames = |set: &FrameSet| {
-            set.frames()
-                .map_err(|e| DaemonError::Upgrade(format!("free frames: {e}")))
-        };
-        Ok(self.pool.give_free(&frames(small)?, &frames(large)?)?)
-    }
-
     /// The old process, once the new one built the vNIC of `step` and sent
     /// its bridge's rings (`to_new`): the engines are taken apart, the
     /// vNIC's old switch port is bridged to the new process over their
@@ -392,7 +345,7 @@ impl Daemon {
     /// own bridges, the uplinks and (having let it forward what they sent)
     /// the switch, and exports what is in flight with the FDB, the port
     /// counters, the uplinks and every free frame.
-    pub fn export_switch_move(&mut self) -> Result<SwitchMove, DaemonError> {
+    pub fn export_switch_move(&mut self, protocol: u32) -> Result<SwitchMove, DaemonError> {
         let stopped_at = Instant::now();
         let mut held = Vec::with_capacity(self.vnics.len());
         for i in 0..self.vnics.len() {
@@ -458,13 +411,23 @@ impl Daemon {
             })
             .collect::<Vec<_>>();
         let uplinks = self.export_uplinks(uplink_engines)?;
-        let (free_small, free_large) = self.take_every_free_frame();
+        let (small, large) = self.take_every_free_frame();
+        // A peer of protocol 4 reads the lists only.
+        let (free_small, free_large, free) = match protocol {
+            ..=4 => (small, large, None),
+            _ => (
+                Vec::new(),
+                Vec::new(),
+                Some(FreeFrames::new(small, large, protocol)),
+            ),
+        };
         super::log_phase("switch move: exported", stopped_at);
         Ok(SwitchMove {
             export: UpgradeExport {
                 state: DaemonState {
                     free_small,
                     free_large,
+                    free,
                     fdb,
                     vnics: frames.len(),
                     uplinks: uplinks.len(),

@@ -31,9 +31,8 @@ use super::{
     fail_point, receive_uplinks, text, within, Adopted, CommitMessage, Serve, UpgradeError,
     UpgradeReport, ADOPT_TIMEOUT, STEP_TIMEOUT, UPGRADE_TIMEOUT,
 };
-use crate::control::daemon::{
-    log_phase, Daemon, DaemonState, FreeShare, VnicFrames, VnicMove, VnicStep,
-};
+use crate::control::daemon::{log_phase, Daemon, DaemonState, VnicFrames, VnicMove, VnicStep};
+use crate::upgrade::frame_set::FreeFrames;
 use crate::upgrade::vnic_handover::borrowed;
 use crate::upgrade::{Channel, ChannelError};
 
@@ -149,7 +148,7 @@ pub(super) fn hand_over(
         return Err(UpgradeError::Failed(abandon(text(e))));
     }
     let moved = daemon
-        .export_switch_move()
+        .export_switch_move(protocol)
         .map_err(|e| UpgradeError::Failed(abandon(e.to_string())))?;
     let switch_stopped = moved.export.stopped_at;
     let committed = within(ours, UPGRADE_TIMEOUT, deadline).and_then(|()| {
@@ -185,7 +184,7 @@ pub(super) fn hand_over(
 }
 
 /// Sends a vNIC's step and waits for the new process's bridge.
-fn send_step(ours: &Channel, step: &VnicStep) -> Result<(FreeShare, Vec<OwnedFd>), ChannelError> {
+fn send_step(ours: &Channel, step: &VnicStep) -> Result<(FreeFrames, Vec<OwnedFd>), ChannelError> {
     ours.send_message("vnic", &step.moved, &borrowed(&step.fds))?;
     ours.send_message("bridge", &step.share, &step.ring_fds())?;
     ours.recv_message("bridge")
@@ -225,7 +224,7 @@ pub(super) fn take_over(
         let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
         let t0 = Instant::now();
         fail_point("vnic")?;
-        let (share, to_old): (FreeShare, Vec<OwnedFd>) =
+        let (share, to_old): (FreeFrames, Vec<OwnedFd>) =
             channel.recv_message("bridge").map_err(text)?;
         daemon.take_free_share(&share).map_err(text)?;
         let (takeover, back) = daemon
