@@ -23,7 +23,7 @@ use thiserror::Error;
 use super::replay::{replay, ConnectionState, ReplayError, VringPosition};
 use crate::packet::{LinkRx, LinkTx};
 use crate::vnic::connection::{self, ConnectionError, PausedHandler};
-use crate::vnic::device::{DeviceError, QueueSink};
+use crate::vnic::device::DeviceError;
 use crate::vnic::engine::EngineState;
 use crate::vnic::{Connection, EngineSink, VnicDevice, VnicEngine};
 
@@ -340,9 +340,8 @@ pub fn adopt_vnic(
         vnic: name.to_string(),
         source,
     };
-    // The replay attached every vring it started; an engine whose RX vring
-    // it did not start drops frames for its guest again, as before.
-    device.sink().hold_frames(false).map_err(device_err)?;
+    // One mailbox call per engine: it also stops holding frames for the
+    // guest (`VnicEngine::open_gate`).
     device.sink().open_gates().map_err(device_err)?;
     Connection::adopt(device.clone(), path, replayed.listener, replayed.handler).map_err(|source| {
         undo(device);

@@ -54,6 +54,22 @@ pub trait QueueSink: Send + Sync + 'static {
     /// Keep frames for the guest while its vrings are detached for a
     /// hand-over (they move to the new process), or no longer.
     fn hold_frames(&self, on: bool) -> Result<(), DeviceError>;
+    /// A hand-over: hold frames for the guest and detach vrings `indices`
+    /// (attached ones, in order). Returns how many of them were detached
+    /// (all but on an error). A sink whose engines serve several vrings
+    /// does it in one request each, since each request waits for an
+    /// engine thread.
+    fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
+        if let Err(e) = self.hold_frames(true) {
+            return (0, Err(e));
+        }
+        for (n, &i) in indices.iter().enumerate() {
+            if let Err(e) = self.detach(i) {
+                return (n, Err(e));
+            }
+        }
+        (indices.len(), Ok(()))
+    }
 }
 
 /// Engine mailboxes, one per queue pair.
@@ -152,6 +168,30 @@ impl QueueSink for EngineSink {
 
     fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
         self.configure(move |e: &mut VnicEngine| e.hold_frames(on))
+    }
+
+    fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
+        let mut done = 0;
+        for (qp, engine) in self.engines.iter().enumerate() {
+            // This engine's vrings: the next ones of `indices` (in order).
+            let mine = indices[done..].iter().take_while(|&&i| i / 2 == qp).count();
+            let sides: Vec<Side> = indices[done..done + mine]
+                .iter()
+                .map(|&i| Side::of_vring(i))
+                .collect();
+            let called = engine.call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
+                e.hold_frames(true);
+                for side in sides {
+                    e.detach(side);
+                }
+            });
+            if let Err(source) = called {
+                let index = qp * 2;
+                return (done, Err(DeviceError::Engine { index, source }));
+            }
+            done += mine;
+        }
+        (done, Ok(()))
     }
 }
 
@@ -350,15 +390,18 @@ impl<S: QueueSink> VnicDevice<S> {
     /// vrings for the state the new process replays. The vhost-user
     /// handler must be paused first, so that nothing starts a vring again.
     pub fn hand_over_vrings(&self) -> Result<(), DeviceError> {
-        self.sink.hold_frames(true)?;
-        for index in 0..self.num_vrings() {
-            let Some(vring) = lock(&self.serving)[index].clone() else {
-                continue;
-            };
-            self.stop_vring(index)?;
-            lock(&self.handed_over)[index] = Some(vring);
+        let attached: Vec<usize> = (0..self.num_vrings())
+            .filter(|&i| lock(&self.serving)[i].is_some())
+            .collect();
+        // On an error, those detached before it are the vrings
+        // `take_back_vrings` gives back.
+        let (done, result) = self.sink.detach_holding(&attached);
+        for &index in &attached[..done] {
+            self.attached[index].store(false, Ordering::Release);
+            lock(&self.handed_over)[index] = lock(&self.serving)[index].take();
+            log::debug!("{}: vring {index} detached for a hand-over", self.name);
         }
-        Ok(())
+        result
     }
 
     /// The hand-over was rolled back: the engines take the vrings again

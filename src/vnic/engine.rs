@@ -618,6 +618,9 @@ impl VnicEngine {
     /// to the rings, with no kick needed).
     pub fn open_gate(&mut self) {
         self.gated = false;
+        // Every vring the replay started is attached: an engine whose RX
+        // vring it did not start drops frames for its guest again.
+        self.holding = false;
     }
 
     /// Takes over a vring (mailbox request from the vhost-user side).
