@@ -18,7 +18,8 @@
 #   --serial-log FILE      serial console to FILE (default: stdout)
 #   --timeout SECONDS      kill QEMU after SECONDS (QEMU runs under `timeout`)
 #   --pidfile FILE         QEMU writes its pid there
-#   --accel auto|kvm|tcg   default auto: KVM when a probe works, else TCG
+#   --accel auto|kvm|tcg   default auto: KVM when the guest kernel boots under
+#                          it (probed once per host boot), else TCG
 #   --kernel F --initrd F  guest files (default: $GUEST_KERNEL/$GUEST_INITRD or
 #                          the output of build-guest.sh)
 #   --name NAME            QEMU -name
@@ -90,16 +91,36 @@ ver=$("$qemu" --version | sed -n 's/^QEMU emulator version \([0-9]*\)\.\([0-9]*\
 [ -n "$ver" ] || die "cannot parse '$qemu --version'"
 read -r vmaj vmin <<<"$ver"
 
-# KVM probe: /dev/kvm may exist without being usable (nested paravirtual
-# hosts abort with "failed to set MSR"). Creating and resetting a machine
-# with -S and quitting takes a fraction of a second.
+# KVM probe: /dev/kvm may exist without being usable. Some nested
+# paravirtual hosts abort at once ("failed to set MSR"), which creating and
+# resetting a machine with -S shows in a fraction of a second; others pass
+# that and then stop the guest kernel early in its boot at a KVM emulation
+# failure. So the guest kernel itself boots, without an initrd, until it
+# panics for want of a root file system (about a second where KVM works);
+# the answer is kept for this boot of the host.
+kvm_boots_kernel() {
+    local probe_log
+    probe_log=$(mktemp /tmp/snapnet-kvm-probe.XXXXXX)
+    (ulimit -c 0; timeout 10 "$qemu" -accel kvm -M pc -cpu host -m 256 -nodefaults \
+        -display none -no-reboot -kernel "$kernel" -append "console=ttyS0 panic=-1" \
+        -serial "file:$probe_log" >/dev/null 2>&1) 2>/dev/null
+    local ok=1
+    grep -q "Kernel panic" "$probe_log" && ok=0
+    rm -f "$probe_log"
+    return $ok
+}
 if [ "$accel" = auto ]; then
     accel=tcg
-    if [ -r /dev/kvm ] && [ -w /dev/kvm ] \
+    verdict=/tmp/snapnet-kvm-probe-$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+    if [ -f "$verdict" ]; then
+        accel=$(cat "$verdict")
+    elif [ -r /dev/kvm ] && [ -w /dev/kvm ] \
         && (ulimit -c 0; echo quit | timeout 10 "$qemu" -accel kvm -M pc -cpu host -nodefaults \
-            -display none -S -monitor stdio >/dev/null 2>&1) 2>/dev/null; then
+            -display none -S -monitor stdio >/dev/null 2>&1) 2>/dev/null \
+        && [ -n "$kernel" ] && kvm_boots_kernel; then
         accel=kvm
     fi
+    [ -f "$verdict" ] || echo "$accel" >"$verdict"
 fi
 
 vectors=""
