@@ -3,7 +3,7 @@
 # any failed. A missing prerequisite is a failure, not a skip.
 set -uo pipefail
 cd "$(dirname "$0")"
-bash ../scripts/install-prereqs.sh qemu-system-x86 busybox-static iperf3 cpio xz-utils kmod iputils-ping ethtool
+bash ../scripts/install-prereqs.sh qemu-system-x86 busybox-static iperf3 cpio xz-utils kmod iputils-ping ethtool dpdk-dev
 failed=0
 for t in two-guests qemu10 multiqueue mtu qemu-restart snapnet-restart upgrade uplink overlay packed packed-dpdk; do
     if ! bash "./$t.sh"; then failed=$((failed + 1)); fi
