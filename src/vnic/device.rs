@@ -171,27 +171,29 @@ impl QueueSink for EngineSink {
     }
 
     fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
-        let mut done = 0;
-        for (qp, engine) in self.engines.iter().enumerate() {
-            // This engine's vrings: the next ones of `indices` (in order).
-            let mine = indices[done..].iter().take_while(|&&i| i / 2 == qp).count();
-            let sides: Vec<Side> = indices[done..done + mine]
+        let result = self.configure_each(|qp| {
+            let sides: Vec<Side> = indices
                 .iter()
+                .filter(|&&i| i / 2 == qp)
                 .map(|&i| Side::of_vring(i))
                 .collect();
-            let called = engine.call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
+            move |e: &mut VnicEngine| {
                 e.hold_frames(true);
                 for side in sides {
                     e.detach(side);
                 }
-            });
-            if let Err(source) = called {
-                let index = qp * 2;
-                return (done, Err(DeviceError::Engine { index, source }));
             }
-            done += mine;
-        }
-        (done, Ok(()))
+        });
+        // `configure_each` stops at the first engine that failed: the
+        // vrings of the engines before it were detached.
+        let done = match &result {
+            Ok(()) => indices.len(),
+            Err(DeviceError::Engine { index, .. }) => {
+                indices.iter().filter(|&&i| i < *index).count()
+            }
+            Err(_) => 0,
+        };
+        (done, result)
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::handover::{refused, take_out_of, DaemonState, UpgradeExport, UpgradeRefused};
 use super::{place_engines, Daemon, DaemonError, LINK_CAPACITY};
 use crate::packet::{link, FrameHandle};
-use crate::sched::EngineId;
+use crate::sched::{EngineGroup, EngineId};
 use crate::switch::{PortNetwork, SwitchPort};
 use crate::upgrade::bridge::{consumer, producer, BridgeRx, WireHandle};
 use crate::upgrade::bridge_engine::{BridgeEngine, Lane};
@@ -97,7 +97,7 @@ pub(super) struct NewBridge {
 /// Every engine group of a daemon sharing its CPUs with the other
 /// process's (`EngineGroup::share_cpus`) until dropped: a step waits for
 /// engine threads of both processes, which run on the same CPUs.
-pub struct SharedCpus(Vec<std::sync::Arc<crate::sched::EngineGroup>>);
+pub struct SharedCpus(Vec<Arc<EngineGroup>>);
 
 impl Drop for SharedCpus {
     fn drop(&mut self) {
