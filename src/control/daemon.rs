@@ -444,7 +444,12 @@ impl Daemon {
             v.mac,
             v.mtu,
             v.queue_pairs,
-            EngineSink::new(senders),
+            // Taken over: its engines are gated until the old process has
+            // let go, and so is what the replay asks of them.
+            match takeover {
+                Some(_) => EngineSink::gated(senders),
+                None => EngineSink::new(senders),
+            },
         ));
         // The socket last: a frontend may connect as soon as it exists.
         let shard = self.shard_for(v.shard);

@@ -75,19 +75,68 @@ pub trait QueueSink: Send + Sync + 'static {
 /// Engine mailboxes, one per queue pair.
 pub struct EngineSink {
     engines: Vec<MailboxSender<VnicEngine>>,
+    /// While the engines of a vNIC taken over in an upgrade are gated (they
+    /// leave the guest's rings alone until the old process let go), what
+    /// the replay of its connection asks of each: run in the one mailbox
+    /// call per engine that opens its gate ([`Self::open_gates`]). Each
+    /// call waits for the engine's thread, which shares its CPU with the
+    /// other process's while the vNICs move.
+    deferred: Mutex<Option<Vec<Vec<EngineRequest>>>>,
 }
+
+/// A change made on an engine's thread.
+type EngineRequest = Box<dyn FnOnce(&mut VnicEngine) + Send>;
 
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl EngineSink {
     pub fn new(engines: Vec<MailboxSender<VnicEngine>>) -> Self {
-        Self { engines }
+        Self {
+            engines,
+            deferred: Mutex::new(None),
+        }
     }
 
-    fn engine(&self, index: usize) -> Result<&MailboxSender<VnicEngine>, DeviceError> {
-        self.engines
-            .get(index / 2)
-            .ok_or(DeviceError::NoSuchVring(index))
+    /// For gated engines (an upgrade's take-over): the vhost-user side's
+    /// requests wait for [`Self::open_gates`].
+    pub fn gated(engines: Vec<MailboxSender<VnicEngine>>) -> Self {
+        let deferred = Some(engines.iter().map(|_| Vec::new()).collect());
+        Self {
+            engines,
+            deferred: Mutex::new(deferred),
+        }
+    }
+
+    /// Runs `f` on the engine of vring `index`, now or (gated) when the
+    /// gates open.
+    fn request(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut VnicEngine) + Send + 'static,
+    ) -> Result<(), DeviceError> {
+        let qp = index / 2;
+        let engine = self
+            .engines
+            .get(qp)
+            .ok_or(DeviceError::NoSuchVring(index))?;
+        if let Some(deferred) = lock(&self.deferred).as_mut() {
+            deferred[qp].push(Box::new(f));
+            return Ok(());
+        }
+        engine
+            .call(ENGINE_TIMEOUT, f)
+            .map_err(|source| DeviceError::Engine { index, source })
+    }
+
+    /// [`Self::request`] on every queue pair's engine.
+    fn request_all(
+        &self,
+        f: impl Fn(&mut VnicEngine) + Clone + Send + 'static,
+    ) -> Result<(), DeviceError> {
+        (0..self.engines.len()).try_for_each(|qp| {
+            let f = f.clone();
+            self.request(qp * 2, move |e: &mut VnicEngine| f(e))
+        })
     }
 }
 
@@ -123,8 +172,29 @@ impl EngineSink {
 
     /// Every queue's engine serves its guest's rings from now on (after an
     /// upgrade's take-over: [`VnicEngine::open_gate`]).
+    /// What the replay asked of an engine runs first, in the same call.
     pub fn open_gates(&self) -> Result<(), DeviceError> {
-        self.configure(|e: &mut VnicEngine| e.open_gate())
+        // Held throughout: a request made meanwhile waits, then runs
+        // after the deferred ones.
+        let mut deferred = lock(&self.deferred);
+        let waiting: Vec<Mutex<Vec<EngineRequest>>> = deferred
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        self.configure_each(|qp| {
+            let requests = waiting
+                .get(qp)
+                .map(|w| std::mem::take(&mut *lock(w)))
+                .unwrap_or_default();
+            move |e: &mut VnicEngine| {
+                for r in requests {
+                    r(e);
+                }
+                e.open_gate();
+            }
+        })
     }
 }
 
@@ -139,35 +209,27 @@ impl QueueSink for EngineSink {
     ) -> Result<(), DeviceError> {
         let side = Side::of_vring(index);
         let queue = AttachedQueue::new(vring, mem).with_kick(kick);
-        self.engine(index)?
-            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
-                e.attach(side, queue, features)
-            })
-            .map_err(|source| DeviceError::Engine { index, source })
+        self.request(index, move |e: &mut VnicEngine| {
+            e.attach(side, queue, features)
+        })
     }
 
     fn detach(&self, index: usize) -> Result<(), DeviceError> {
         let side = Side::of_vring(index);
-        self.engine(index)?
-            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| e.detach(side))
-            .map_err(|source| DeviceError::Engine { index, source })
+        self.request(index, move |e: &mut VnicEngine| e.detach(side))
     }
 
     fn set_kick(&self, index: usize, kick: Option<EventConsumer>) -> Result<(), DeviceError> {
         let side = Side::of_vring(index);
-        self.engine(index)?
-            .call(ENGINE_TIMEOUT, move |e: &mut VnicEngine| {
-                e.set_kick(side, kick)
-            })
-            .map_err(|source| DeviceError::Engine { index, source })
+        self.request(index, move |e: &mut VnicEngine| e.set_kick(side, kick))
     }
 
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        self.configure(move |e: &mut VnicEngine| e.set_mtu(mtu))
+        self.request_all(move |e: &mut VnicEngine| e.set_mtu(mtu))
     }
 
     fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
-        self.configure(move |e: &mut VnicEngine| e.hold_frames(on))
+        self.request_all(move |e: &mut VnicEngine| e.hold_frames(on))
     }
 
     fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
@@ -604,5 +666,61 @@ pub(crate) mod tests {
         );
         assert_eq!(dev.read_config(0, 6), vec![2, 0, 0, 0, 0, 7]);
         assert_eq!(dev.read_config(10, 2), 9000u16.to_le_bytes().to_vec());
+    }
+
+    #[test]
+    fn a_gated_sink_runs_what_it_was_asked_in_the_call_that_opens_the_gates() {
+        use crate::packet::{link, FramePool, PoolConfig};
+        use crate::vnic::antispoof::SpoofGuard;
+        use crate::vnic::engine::VnicEngineConfig;
+        use crate::vnic::guest_log::{self, GuestLog};
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let (to_switch, _switch_in) = link(8).unwrap();
+        let (_switch_out, from_switch) = link(8).unwrap();
+        let cfg = VnicEngineConfig {
+            name: "t".into(),
+            mtu: 1500,
+            guard: SpoofGuard::new(MacAddr([2, 0, 0, 0, 0, 1]), None),
+            shaping: Default::default(),
+            log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
+        };
+        let (mut engine, sender, _counters) =
+            VnicEngine::new(cfg, &pool, to_switch, from_switch).unwrap();
+        let sink = EngineSink::gated(vec![sender]);
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let note = |what: &'static str| {
+            let done = done.clone();
+            move |_: &mut VnicEngine| lock(&done).push(what)
+        };
+        // No thread serves the engine yet: a request that waited for it
+        // would time out.
+        sink.request(0, note("rx")).unwrap();
+        sink.set_mtu(1400).unwrap();
+        sink.request(1, note("tx")).unwrap();
+        assert!(lock(&done).is_empty(), "nothing runs before the gates open");
+        assert!(matches!(
+            sink.request(2, note("none")),
+            Err(DeviceError::NoSuchVring(2))
+        ));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    crate::engine::Engine::poll(&mut engine, 8);
+                }
+            })
+        };
+        sink.open_gates().unwrap();
+        assert_eq!(*lock(&done), ["rx", "tx"], "in order, in the opening call");
+        // Open: a request runs before it returns.
+        sink.request(1, note("after")).unwrap();
+        assert_eq!(*lock(&done), ["rx", "tx", "after"]);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 }
