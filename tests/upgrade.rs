@@ -287,6 +287,9 @@ fn finish(control: &Path, guests: &mut Guests, old: &mut Process) {
     old.1 = None;
 }
 
+/// What the new process logs for a vNIC whose preview was stale.
+const REPLAYED_AGAIN: &str = "changed since its preview: replayed again";
+
 /// Every (direction, queue pair) received more than `before`.
 fn flowed_since(guests: &Guests, before: [[u32; QPS as usize]; 2]) -> bool {
     guests
@@ -348,6 +351,10 @@ fn an_upgrade_moves_every_vnic_to_a_new_process_losing_nothing() {
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
     assert_eq!(report["vnics"], 3, "{report}");
+    // Each vNIC went on from its preview (protocol 6), none replayed again.
+    let log = std::fs::read_to_string(dir.path("snapnet.log")).unwrap();
+    assert!(log.contains("every vNIC prepared"), "a brownout ran");
+    assert!(!log.contains(REPLAYED_AGAIN), "no preview was stale");
     // Each vNIC's own blackout, none longer than the daemon's.
     let each = report["vnic_blackouts_ms"].as_object().expect("per vNIC");
     assert_eq!(each.len(), 3, "{report}");
@@ -462,7 +469,10 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     for (step, outcome) in [
         ("hello", "not started"),
         ("ready", "not started"),
-        ("state", "rolled back"),
+        // Protocol 6: the vNICs are previewed before any stops, so a new
+        // process that dies before it prepared them all started nothing.
+        ("state", "not started"),
+        ("prepared", "not started"),
         ("vnic", "rolled back"),
         ("adopted", "rolled back"),
         // Every connection replayed, then an error rather than a crash.
@@ -494,11 +504,33 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
         counters_match(&control, &guests);
     }
 
+    // Every preview taken for stale, as when a frontend changed something
+    // during the brownout: each step replays its vNIC again, on the
+    // engines it prepared.
+    let stale = wrapper(&dir, "stale-previews", "SNAPNET_UPGRADE_STALE_PREVIEWS=1");
+    let report = upgrade_under_traffic(&control, json!({ "binary": stale }), &mut guests)
+        .expect("an upgrade whose previews are all stale succeeds");
+    let stale_pid = report["pid"].as_u64().expect("a pid") as u32;
+    // Only here, once per vNIC: the upgrades the fail points ended found
+    // their previews right.
+    let log = std::fs::read_to_string(dir.path("snapnet.log")).unwrap();
+    assert_eq!(log.matches(REPLAYED_AGAIN).count(), 2, "each vNIC once");
+    old.1 = Some(stale_pid);
+    let before = guests.got;
+    guests.run_for(Duration::from_millis(200));
+    assert!(
+        flowed_since(&guests, before),
+        "frames flow after the stale previews' upgrade"
+    );
+    guests.drain();
+    counters_match(&control, &guests);
+
     let report =
         upgrade_under_traffic(&control, json!({}), &mut guests).expect("the upgrade succeeds");
     let new_pid = report["pid"].as_u64().expect("a pid") as u32;
     old.1 = Some(new_pid);
     assert_ne!(new_pid, old_pid);
+    assert_ne!(new_pid, stale_pid);
     guests.run_for(Duration::from_millis(200));
     finish(&control, &mut guests, &mut old);
 }

@@ -205,6 +205,7 @@ pub struct Daemon {
     /// The new process of a step-by-step upgrade: the bridges of the vNICs
     /// that moved, until the switch moves too.
     step_bridges: Vec<stepwise::NewBridge>,
+    prepared_steps: Vec<stepwise::PreparedStep>,
 }
 
 impl Daemon {
@@ -246,6 +247,7 @@ impl Daemon {
             vnics: Vec::new(),
             uplinks: Vec::new(),
             step_bridges: Vec::new(),
+            prepared_steps: Vec::new(),
         };
         daemon.config.groups.clear();
         daemon.config.uplinks.clear();

@@ -68,8 +68,11 @@ const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// handed to a binary of protocol 1 or 2. 4: the vNICs move one at a
 /// time, the switch and the uplinks last (`steps`). 5: the new process
 /// serves a vNIC as soon as it has answered its step, without waiting for
-/// `serve` (a round trip less per vNIC's blackout).
-const PROTOCOL: u32 = 5;
+/// `serve` (a round trip less per vNIC's blackout). 6: a brownout first:
+/// the new process builds and replays every vNIC from a `preview` while
+/// the old one serves on, and a step moves only what the engines moved
+/// since (`upgrade::preview`).
+const PROTOCOL: u32 = 6;
 
 /// The protocol this binary claims to speak: [`PROTOCOL`], or lower when
 /// `SNAPNET_UPGRADE_PROTOCOL` says so (to test an upgrade to an older

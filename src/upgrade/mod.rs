@@ -9,7 +9,8 @@
 //! ring bridge engines pass frames over while the engines are split between
 //! the two processes (`bridge`), those engines (`bridge_engine`), sets of
 //! free frames as bitmaps (`frame_set`), and the
-//! hand-over of one vNIC, connection and engines (`vnic_handover`),
+//! hand-over of one vNIC, connection and engines (`vnic_handover`), its
+//! preview in a step-by-step upgrade's brownout (`preview`),
 //! rehearsed inside one process by the tests and the benchmark
 //! (`rehearsal`).
 
@@ -18,6 +19,7 @@ pub mod bridge_engine;
 pub mod channel;
 pub mod format;
 pub mod frame_set;
+pub mod preview;
 pub mod rehearsal;
 pub mod replay;
 pub mod vnic_handover;

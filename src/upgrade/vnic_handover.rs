@@ -115,12 +115,7 @@ pub fn pause_vnic(
     device: &Device,
     timeout: Duration,
 ) -> Result<PausedVnic, HandoverError> {
-    let handler = connection
-        .pause(timeout)
-        .map_err(|source| HandoverError::Connection {
-            vnic: name.to_string(),
-            source,
-        })?;
+    let handler = pause_handler(name, connection, timeout)?;
     let engines_stopping = Instant::now();
     let engines_stopping_ns = super::monotonic_ns();
     if let Err(source) = device.hand_over_vrings() {
@@ -143,6 +138,21 @@ pub fn pause_vnic(
         engines_stopping,
         engines_stopping_ns,
     })
+}
+
+/// vNIC `name`'s handler, paused between two vhost-user messages
+/// (`None`: no frontend is connected).
+pub fn pause_handler(
+    name: &str,
+    connection: &Connection,
+    timeout: Duration,
+) -> Result<Option<PausedHandler>, HandoverError> {
+    connection
+        .pause(timeout)
+        .map_err(|source| HandoverError::Connection {
+            vnic: name.to_string(),
+            source,
+        })
 }
 
 /// An export that failed, with what it was given: nothing was taken apart,

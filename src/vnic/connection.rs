@@ -285,10 +285,20 @@ impl Connection {
     pub fn pause(&self, timeout: Duration) -> Result<Option<PausedHandler>, ConnectionError> {
         {
             let mut slot = lock(&self.handover.slot);
-            if !matches!(*slot, Slot::Serving) {
-                return Err(ConnectionError::HandoverUnderWay);
+            match std::mem::replace(&mut *slot, Slot::Requested) {
+                Slot::Serving => {}
+                // Resumed a moment ago (an upgrade's preview), and the
+                // thread, still parked, has not gone on yet: the handler
+                // is ours again as it was.
+                Slot::Resume(handler) => {
+                    *slot = Slot::Taken;
+                    return Ok(handler);
+                }
+                other => {
+                    *slot = other;
+                    return Err(ConnectionError::HandoverUnderWay);
+                }
             }
-            *slot = Slot::Requested;
         }
         if let Some((_, Some(pause))) = lock(&self.current).as_ref() {
             pause.pause();

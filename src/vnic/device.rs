@@ -25,6 +25,8 @@ use crate::packet::wire::MacAddr;
 pub enum DeviceError {
     #[error("vring {0} does not exist")]
     NoSuchVring(usize),
+    #[error("vring {0} is not attached")]
+    NotAttached(usize),
     #[error("vring {index}: engine did not answer: {source}")]
     Engine { index: usize, source: MailboxError },
     #[error("MTU {0} is below the minimum of 68")]
@@ -126,6 +128,15 @@ impl EngineSink {
         engine
             .call(ENGINE_TIMEOUT, f)
             .map_err(|source| DeviceError::Engine { index, source })
+    }
+
+    /// [`Self::request`] on every queue pair's engine, with a change made
+    /// for each (`f(queue pair)`).
+    pub fn request_each<G>(&self, f: impl Fn(usize) -> G) -> Result<(), DeviceError>
+    where
+        G: FnOnce(&mut VnicEngine) + Send + 'static,
+    {
+        (0..self.engines.len()).try_for_each(|qp| self.request(qp * 2, f(qp)))
     }
 
     /// [`Self::request`] on every queue pair's engine.
@@ -485,6 +496,25 @@ impl<S: QueueSink> VnicDevice<S> {
         }
         let released = self.sink.hold_frames(false);
         first_error.map_or(released, Err)
+    }
+
+    /// An attached vring goes on from `next_avail` / `next_used` (an
+    /// upgrade prepared before the old process's engines stopped: the
+    /// engines here are gated, so nothing else touches the vring).
+    pub fn reposition_vring(
+        &self,
+        index: usize,
+        next_avail: u16,
+        next_used: u16,
+    ) -> Result<(), DeviceError> {
+        let serving = lock(&self.serving);
+        let vring = serving
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or(DeviceError::NotAttached(index))?;
+        vring.set_queue_next_avail(next_avail);
+        vring.set_queue_next_used(next_used);
+        Ok(())
     }
 
     /// Device reset or frontend gone: every engine lets go of its vrings.

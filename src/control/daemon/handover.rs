@@ -156,13 +156,7 @@ impl VnicTakeover {
     /// The old process's connection, replayed to a handler of this one
     /// that does not serve yet.
     fn replay(self, device: &Arc<VnicDevice<EngineSink>>) -> Result<ReplayedTakeover, DaemonError> {
-        let replayed = replay_vnic(&self.handover, self.fds, device, ENGINE_CALL_TIMEOUT)
-            .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
-        Ok(ReplayedTakeover {
-            name: self.handover.name,
-            replayed,
-            stopped_ns: self.stopped_ns,
-        })
+        ReplayedTakeover::replay_to(device, self.handover, self.fds, self.stopped_ns)
     }
 }
 
@@ -175,9 +169,32 @@ pub struct ReplayedTakeover {
 }
 
 impl ReplayedTakeover {
+    /// `handover`'s connection replayed to a handler of `device` that does
+    /// not serve yet.
+    pub(super) fn replay_to(
+        device: &Arc<VnicDevice<EngineSink>>,
+        handover: VnicHandover,
+        fds: Vec<OwnedFd>,
+        stopped_ns: Option<u64>,
+    ) -> Result<Self, DaemonError> {
+        let replayed = replay_vnic(&handover, fds, device, ENGINE_CALL_TIMEOUT)
+            .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
+        Ok(ReplayedTakeover {
+            name: handover.name,
+            replayed,
+            stopped_ns,
+        })
+    }
+
     /// The vNIC's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// When the old process stopped the vNIC's engines (its blackout).
+    pub(super) fn stopped(mut self, stopped_ns: Option<u64>) -> Self {
+        self.stopped_ns = stopped_ns;
+        self
     }
 }
 

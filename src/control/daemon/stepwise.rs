@@ -26,17 +26,18 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::handover::{refused, take_out_of, DaemonState, UpgradeExport, UpgradeRefused};
-use super::{place_engines, Daemon, DaemonError, LINK_CAPACITY};
-use crate::packet::{link, FrameHandle};
+use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT, LINK_CAPACITY};
+use crate::packet::{link, FrameHandle, LinkRx, LinkTx};
 use crate::sched::{EngineGroup, EngineId};
 use crate::switch::{PortNetwork, SwitchPort};
 use crate::upgrade::bridge::{consumer, producer, BridgeRx, WireHandle};
 use crate::upgrade::bridge_engine::{BridgeEngine, Lane};
 use crate::upgrade::frame_set::FreeFrames;
-use crate::upgrade::vnic_handover::{preview_vnic, PausedVnic};
+use crate::upgrade::preview::{continue_engines, preview_running, reposition, unchanged_since};
+use crate::upgrade::vnic_handover::{preview_vnic, PausedVnic, VnicHandover};
 use crate::vnic::VnicEngine;
 
-use super::handover::{ReplayedTakeover, VnicTakeover};
+use super::handover::ReplayedTakeover;
 
 /// What crosses for one vNIC when the switch moves: per queue pair, the
 /// frames its engine had sent that no switch took yet, and those the old
@@ -94,6 +95,18 @@ pub(super) struct NewBridge {
     lanes: Vec<Lane>,
 }
 
+/// A vNIC the new process built and replayed, gated, from the old one's
+/// preview in the brownout (protocol 6), until its step.
+pub(super) struct PreparedStep {
+    preview: VnicHandover,
+    /// Copies of the preview's fds, to tell whether the step's are the
+    /// same files.
+    fds: Vec<OwnedFd>,
+    replayed: ReplayedTakeover,
+    /// The switch's ends of its engines' links (for its bridge).
+    switch_ends: Vec<(LinkRx, LinkTx)>,
+}
+
 /// Every engine group of a daemon sharing its CPUs with the other
 /// process's (`EngineGroup::share_cpus`) until dropped: a step waits for
 /// engine threads of both processes, which run on the same CPUs.
@@ -146,6 +159,55 @@ impl Daemon {
             g.share_cpus(true);
         }
         SharedCpus(groups)
+    }
+
+    /// The old process, in the brownout (protocol 6): vNIC `name` as it
+    /// stands, for the new process to prepare while it serves on here.
+    pub fn preview_vnic_step(
+        &self,
+        name: &str,
+    ) -> Result<(super::VnicMove, Vec<OwnedFd>), DaemonError> {
+        let v = &self.vnics[self.vnic_index(name)?];
+        let c = v
+            .connection
+            .as_ref()
+            .ok_or_else(|| DaemonError::Upgrade(format!("{name} has no connection")))?;
+        let queues = usize::from(v.config.queue_pairs);
+        let (handover, fds) = preview_running(name, c, c.listener(), queues, ENGINE_CALL_TIMEOUT)
+            .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
+        let moved = super::VnicMove {
+            config: v.config.clone(),
+            handover,
+            for_guest: vec![Vec::new(); queues],
+            stopped_ns: None,
+        };
+        Ok((moved, fds))
+    }
+
+    /// The new process, in the brownout: builds and replays a previewed
+    /// vNIC, its engines gated, for its step
+    /// ([`Self::take_over_vnic_step`]).
+    pub fn prepare_vnic_step(
+        &mut self,
+        moved: super::VnicMove,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), DaemonError> {
+        let copies = fds
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(super::io("fd"))?;
+        let preview = moved.handover.clone();
+        let mut takeover = self.take_over_vnic_as(moved, fds, true)?;
+        let switch_ends = std::mem::take(&mut takeover.switch_ends);
+        let replayed = self.replay_taken_over(vec![takeover])?.pop().expect("one");
+        self.prepared_steps.push(PreparedStep {
+            preview,
+            fds: copies,
+            replayed,
+            switch_ends,
+        });
+        Ok(())
     }
 
     /// The old process: stops vNIC `name` alone and prepares its step. Its
@@ -263,14 +325,18 @@ impl Daemon {
 
     /// The new process: builds the vNIC of a step (as a taken-over one,
     /// but with its links to a bridge toward the old process's port,
-    /// `to_old`: a ring fd pair per queue pair). Returns it, to be
-    /// replayed, and the fds of the rings the old process's bridge sends on.
+    /// `to_old`: a ring fd pair per queue pair) and replays its connection,
+    /// or continues the one prepared from its preview if that is still
+    /// right (`trust_preview`: else it is replayed again). Returns it, not
+    /// serving yet, and the fds of the rings the old process's bridge
+    /// sends on.
     pub fn take_over_vnic_step(
         &mut self,
         moved: super::VnicMove,
         fds: Vec<OwnedFd>,
         to_old: Vec<OwnedFd>,
-    ) -> Result<(VnicTakeover, Vec<OwnedFd>), DaemonError> {
+        trust_preview: bool,
+    ) -> Result<(ReplayedTakeover, Vec<OwnedFd>), DaemonError> {
         let name = moved.config.name.clone();
         let queues = usize::from(moved.config.queue_pairs);
         let to_old = producers(to_old, queues)?;
@@ -282,8 +348,21 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(super::io("bridge ring"))?;
         let group = self.config.group_of(&moved.config).to_string();
-        let mut takeover = self.take_over_vnic_as(moved, fds, true)?;
-        let lanes = std::mem::take(&mut takeover.switch_ends)
+        let prepared = self
+            .prepared_steps
+            .iter()
+            .position(|p| p.preview.name == name)
+            .map(|k| self.prepared_steps.swap_remove(k));
+        let (replayed, switch_ends) = match prepared {
+            Some(p) => self.continue_prepared_step(p, moved, fds, trust_preview)?,
+            None => {
+                let mut takeover = self.take_over_vnic_as(moved, fds, true)?;
+                let ends = std::mem::take(&mut takeover.switch_ends);
+                let replayed = self.replay_taken_over(vec![takeover])?.pop();
+                (replayed.expect("one"), ends)
+            }
+        };
+        let lanes = switch_ends
             .into_iter()
             .zip(from_old)
             .zip(to_old)
@@ -302,7 +381,42 @@ impl Daemon {
             id: None,
             lanes: Vec::new(),
         });
-        Ok((takeover, back))
+        Ok((replayed, back))
+    }
+
+    /// A prepared vNIC at its step: its vrings and engines go on from where
+    /// the old process's stopped, or, if the frontend changed anything
+    /// else since the preview, its connection is replayed again (on the
+    /// same device and engines, still gated).
+    fn continue_prepared_step(
+        &mut self,
+        p: PreparedStep,
+        moved: super::VnicMove,
+        fds: Vec<OwnedFd>,
+        trust_preview: bool,
+    ) -> Result<(ReplayedTakeover, Vec<(LinkRx, LinkTx)>), DaemonError> {
+        let name = moved.handover.name.clone();
+        if moved.for_guest.iter().any(|q| !q.is_empty()) {
+            // A step's frames for the guest wait in the old port's links.
+            return Err(DaemonError::Upgrade(format!(
+                "{name}: frames for the guest in a step"
+            )));
+        }
+        let device = self.vnics[self.vnic_index(&name)?].device.clone();
+        let upgrade =
+            |e: crate::upgrade::vnic_handover::HandoverError| DaemonError::Upgrade(e.to_string());
+        let fresh = (&moved.handover, fds.as_slice());
+        let replayed = if trust_preview && unchanged_since((&p.preview, &p.fds), fresh) {
+            reposition(&device, &moved.handover).map_err(upgrade)?;
+            p.replayed
+        } else {
+            log::info!("upgrade: {name}: changed since its preview: replayed again");
+            drop(p.replayed);
+            device.disconnected();
+            ReplayedTakeover::replay_to(&device, moved.handover.clone(), fds, None)?
+        };
+        continue_engines(&device, &moved.handover).map_err(upgrade)?;
+        Ok((replayed.stopped(moved.stopped_ns), p.switch_ends))
     }
 
     /// The new process, told to serve a step's vNIC: its guest's rings and

@@ -16,6 +16,13 @@
 //!    starts a fresh daemon. Which side of that line a failure fell on,
 //!    the old process tells once the new one is reaped: by whether the
 //!    answer is in the channel.
+//!
+//!    Protocol 6 begins with a brownout: per vNIC, old -> new `preview`
+//!    (the vNIC as it stands, serving on in the old process); the new
+//!    process builds and replays each, its engines gated, then new -> old
+//!    `prepared`. A step then only moves on what the running engines
+//!    moved (`upgrade::preview`), unless the frontend changed something
+//!    since the preview: then the step replays the vNIC again.
 //! 3. old -> new `switch`; new -> old `bridges-stopped`; old -> new
 //!    `state` (free frames, FDB, counters), one `vnic-frames` per vNIC
 //!    (what was in flight) and one `uplink` per uplink; new -> old
@@ -41,6 +48,14 @@ use crate::upgrade::{Channel, ChannelError};
 struct Steps {
     vnics: Vec<String>,
 }
+
+/// The new process built and replayed every previewed vNIC.
+#[derive(Serialize, Deserialize)]
+struct Prepared {}
+
+/// Set (to anything), the new process takes every preview for stale and
+/// replays each vNIC in its step, as protocol 5 does: a test of that path.
+const STALE_PREVIEWS: &str = "SNAPNET_UPGRADE_STALE_PREVIEWS";
 
 #[derive(Serialize, Deserialize)]
 struct SwitchStop {}
@@ -82,9 +97,28 @@ pub(super) fn hand_over(
             &[],
         )
     });
-    if let Err(e) = sent {
-        return Err(UpgradeError::NotStarted(abandon(text(e))));
+    let previewed = sent.map_err(text).and_then(|()| {
+        if protocol < 6 {
+            return Ok(());
+        }
+        for name in &names {
+            let (moved, fds) = daemon.preview_vnic_step(name).map_err(|e| e.to_string())?;
+            ours.send_message("preview", &moved, &borrowed(&fds))
+                .map_err(text)?;
+        }
+        within(ours, STEP_TIMEOUT, deadline)
+            .and_then(|()| ours.recv_message::<Prepared>("prepared"))
+            .map(drop)
+            .map_err(text)
+    });
+    if let Err(e) = previewed {
+        return Err(UpgradeError::NotStarted(abandon(e)));
     }
+    log_phase(
+        "brownout: every vNIC prepared in the new process",
+        first_stop,
+    );
+    let first_stop = Instant::now();
     for (k, name) in names.iter().enumerate() {
         let step = match daemon.export_vnic_step(name, protocol) {
             Ok(s) => s,
@@ -220,6 +254,25 @@ pub(super) fn take_over(
     // Until the switch has moved: then the old process runs no engine.
     let sharing = daemon.share_cpus();
     fail_point("state")?;
+    if protocol >= 6 {
+        let since = Instant::now();
+        for name in &steps.vnics {
+            let (moved, fds): (VnicMove, Vec<OwnedFd>) =
+                channel.recv_message("preview").map_err(text)?;
+            if moved.handover.name != *name {
+                return Err(format!("preview of {} for {name}", moved.handover.name));
+            }
+            daemon
+                .prepare_vnic_step(moved, fds)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        fail_point("prepared")?;
+        channel
+            .send_message("prepared", &Prepared {}, &[])
+            .map_err(text)?;
+        log_phase("new process: every vNIC prepared", since);
+    }
+    let trust_previews = std::env::var_os(STALE_PREVIEWS).is_none();
     for name in &steps.vnics {
         let (moved, fds): (VnicMove, Vec<OwnedFd>) = channel.recv_message("vnic").map_err(text)?;
         let t0 = Instant::now();
@@ -227,16 +280,11 @@ pub(super) fn take_over(
         let (share, to_old): (FreeFrames, Vec<OwnedFd>) =
             channel.recv_message("bridge").map_err(text)?;
         daemon.take_free_share(&share).map_err(text)?;
-        let (takeover, back) = daemon
-            .take_over_vnic_step(moved, fds, to_old)
+        let (replayed, back) = daemon
+            .take_over_vnic_step(moved, fds, to_old, trust_previews)
             .map_err(|e| format!("{name}: {e}"))?;
         log::debug!(
-            "upgrade: new process: {name}: built: {:.2} ms",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-        let mut replayed = daemon.replay_taken_over(vec![takeover]).map_err(text)?;
-        log::debug!(
-            "upgrade: new process: {name}: replayed: {:.2} ms",
+            "upgrade: new process: {name}: built and replayed: {:.2} ms",
             t0.elapsed().as_secs_f64() * 1e3
         );
         fail_point("adopted")?;
@@ -252,7 +300,7 @@ pub(super) fn take_over(
             );
         }
         daemon
-            .serve_vnic_step(replayed.pop().expect("one"))
+            .serve_vnic_step(replayed)
             .map_err(|e| format!("{name}: {e}"))?;
         log::debug!(
             "upgrade: new process: {name}: serving: {:.2} ms",
