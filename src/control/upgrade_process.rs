@@ -119,8 +119,8 @@ struct Hello {
 #[derive(Serialize, Deserialize)]
 struct CommitMessage {
     pid: u32,
-    /// Each vNIC's blackout (ms): its engines stopping in the old process
-    /// to its connection replayed in the new one.
+    /// Each vNIC's blackout (ms): its engines beginning to stop in the old
+    /// process to its engines serving in the new one.
     #[serde(default)]
     blackouts_ms: Vec<(String, f64)>,
 }

@@ -340,26 +340,30 @@ pub fn replay_vnic(
 /// The new process, second half, once the old one has let go: the engines
 /// serve the guest's rings (what it posted meanwhile first), and the
 /// connection goes on serving the frontend's own stream, and its socket.
+/// Returns it, and when the last engine began to serve (the end of the
+/// vNIC's blackout).
 pub fn adopt_vnic(
     name: &str,
     replayed: ReplayedVnic,
     device: &Device,
     path: &Path,
-) -> Result<Connection, HandoverError> {
+) -> Result<(Connection, Instant), HandoverError> {
     let device_err = |source| HandoverError::Device {
         vnic: name.to_string(),
         source,
     };
     // One mailbox call per engine: it also stops holding frames for the
     // guest (`VnicEngine::open_gate`).
-    device.sink().open_gates().map_err(device_err)?;
-    Connection::adopt(device.clone(), path, replayed.listener, replayed.handler).map_err(|source| {
+    let serving = device.sink().open_gates().map_err(device_err)?;
+    let connection = Connection::adopt(device.clone(), path, replayed.listener, replayed.handler)
+        .map_err(|source| {
         undo(device);
         HandoverError::Connection {
             vnic: name.to_string(),
             source,
         }
-    })
+    })?;
+    Ok((connection, serving))
 }
 
 /// Both halves at once, where nobody can take the vNIC back in between
@@ -372,7 +376,7 @@ pub fn import_vnic(
     timeout: Duration,
 ) -> Result<Connection, HandoverError> {
     let replayed = replay_vnic(handover, fds, device, timeout)?;
-    adopt_vnic(&handover.name, replayed, device, path)
+    adopt_vnic(&handover.name, replayed, device, path).map(|(c, _)| c)
 }
 
 /// A failed import lets go of every vring the replay attached, so that the

@@ -9,8 +9,8 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
@@ -184,7 +184,8 @@ impl EngineSink {
     /// Every queue's engine serves its guest's rings from now on (after an
     /// upgrade's take-over: [`VnicEngine::open_gate`]).
     /// What the replay asked of an engine runs first, in the same call.
-    pub fn open_gates(&self) -> Result<(), DeviceError> {
+    /// Returns when the last engine opened its gate (on its own thread).
+    pub fn open_gates(&self) -> Result<Instant, DeviceError> {
         // Held throughout: a request made meanwhile waits, then runs
         // after the deferred ones.
         let mut deferred = lock(&self.deferred);
@@ -194,18 +195,24 @@ impl EngineSink {
             .into_iter()
             .map(Mutex::new)
             .collect();
+        let opened = Arc::new(Mutex::new(Instant::now()));
         self.configure_each(|qp| {
             let requests = waiting
                 .get(qp)
                 .map(|w| std::mem::take(&mut *lock(w)))
                 .unwrap_or_default();
+            let opened = opened.clone();
             move |e: &mut VnicEngine| {
                 for r in requests {
                     r(e);
                 }
                 e.open_gate();
+                *lock(&opened) = Instant::now();
             }
-        })
+        })?;
+        // The calls run one after the other: the last one set it.
+        let at = *lock(&opened);
+        Ok(at)
     }
 }
 

@@ -6,10 +6,10 @@
 //! vNIC) and the largest gap any guest saw between two frames; over the
 //! run, frames lost, duplicated or reordered (must be 0).
 //!
-//! Per vNIC too (the daemon's report): from its engines stopping in the old
-//! process to its connection replayed in the new one. Every vNIC stops at
-//! about the same time in this version, so the two differ by how long the
-//! pauses and replays of the others take.
+//! Per vNIC too (the daemon's report): from its engines beginning to stop
+//! in the old process (before the mailbox call that detaches its vrings)
+//! to the last of its engines in the new one serving the guest's vrings
+//! (in the mailbox call that opens its gate).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -42,7 +42,7 @@ pub struct VnicMove {
     /// Per queue pair, the frames that waited for the guest, in order.
     pub for_guest: Vec<Vec<WireHandle>>,
     /// When the vNIC's engines began to stop (CLOCK_MONOTONIC ns): its
-    /// blackout ends when the new process has replayed its connection.
+    /// blackout ends when the new process's engines serve its vrings.
     #[serde(default)]
     pub stopped_ns: Option<u64>,
 }
@@ -667,12 +667,15 @@ impl Daemon {
         let vnics = &self.vnics;
         let served = side_by_side(replayed.into_iter().zip(&at), |(r, &i)| {
             let v = &vnics[i];
-            let connection = adopt_vnic(&r.name, r.replayed, &v.device, &v.socket)
+            let (connection, serving) = adopt_vnic(&r.name, r.replayed, &v.device, &v.socket)
                 .map_err(|e| DaemonError::Upgrade(e.to_string()))?;
-            // Its engines serve the guest's vrings again from here.
+            // From its old engines beginning to stop to its new ones
+            // serving the guest's vrings again.
+            let serving_ns = crate::upgrade::monotonic_ns()
+                .saturating_sub(serving.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
             let blackout = r
                 .stopped_ns
-                .map(|s| Duration::from_nanos(crate::upgrade::monotonic_ns().saturating_sub(s)));
+                .map(|s| Duration::from_nanos(serving_ns.saturating_sub(s)));
             Ok((connection, blackout))
         })
         .into_iter()
@@ -693,8 +696,8 @@ impl Daemon {
     }
 
     /// Each vNIC's blackout in the upgrade that brought it here: from its
-    /// engines stopping in the old process to its connection replayed in
-    /// this one.
+    /// engines beginning to stop in the old process to the last of its
+    /// engines here serving the guest's vrings.
     pub fn upgrade_blackouts(&self) -> Vec<(String, Duration)> {
         self.vnics
             .iter()
