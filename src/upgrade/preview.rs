@@ -115,7 +115,7 @@ pub fn continue_engines(
     let states = fresh.engines.clone();
     device
         .sink()
-        .request_each(|qp| {
+        .configure_each(|qp| {
             let state = states.get(qp).cloned().unwrap_or_default();
             move |e: &mut VnicEngine| e.take_over(&state)
         })
@@ -162,12 +162,7 @@ mod tests {
     }
 
     fn eventfd() -> OwnedFd {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new
-        // fd that nothing else owns.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(fd >= 0, "eventfd");
-        // SAFETY: `fd` is open and owned by nothing else (above).
-        unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+        crate::vnic::device::tests::eventfd_file().into()
     }
 
     #[test]

@@ -130,29 +130,8 @@ impl EngineSink {
             .map_err(|source| DeviceError::Engine { index, source })
     }
 
-    /// [`Self::request`] on every queue pair's engine, with a change made
-    /// for each (`f(queue pair)`).
-    pub fn request_each<G>(&self, f: impl Fn(usize) -> G) -> Result<(), DeviceError>
-    where
-        G: FnOnce(&mut VnicEngine) + Send + 'static,
-    {
-        (0..self.engines.len()).try_for_each(|qp| self.request(qp * 2, f(qp)))
-    }
-
-    /// [`Self::request`] on every queue pair's engine.
-    fn request_all(
-        &self,
-        f: impl Fn(&mut VnicEngine) + Clone + Send + 'static,
-    ) -> Result<(), DeviceError> {
-        (0..self.engines.len()).try_for_each(|qp| {
-            let f = f.clone();
-            self.request(qp * 2, move |e: &mut VnicEngine| f(e))
-        })
-    }
-}
-
-impl EngineSink {
-    /// Runs `f` on every queue pair's engine, through its mailbox.
+    /// Runs `f` on every queue pair's engine, through its mailbox (gated:
+    /// when the gates open).
     pub fn configure(
         &self,
         f: impl Fn(&mut VnicEngine) + Clone + Send + 'static,
@@ -166,6 +145,15 @@ impl EngineSink {
     /// Like [`Self::configure`], with a change made for each queue pair
     /// (`f(queue pair)`).
     pub fn configure_each<G>(&self, f: impl Fn(usize) -> G) -> Result<(), DeviceError>
+    where
+        G: FnOnce(&mut VnicEngine) + Send + 'static,
+    {
+        (0..self.engines.len()).try_for_each(|qp| self.request(qp * 2, f(qp)))
+    }
+
+    /// Runs `f(queue pair)` on every engine now, gated or not, one call
+    /// after the other, stopping at the first engine that fails.
+    fn call_each<G>(&self, f: impl Fn(usize) -> G) -> Result<(), DeviceError>
     where
         G: FnOnce(&mut VnicEngine) + Send + 'static,
     {
@@ -196,7 +184,7 @@ impl EngineSink {
             .map(Mutex::new)
             .collect();
         let opened = Arc::new(Mutex::new(Instant::now()));
-        self.configure_each(|qp| {
+        self.call_each(|qp| {
             let requests = waiting
                 .get(qp)
                 .map(|w| std::mem::take(&mut *lock(w)))
@@ -243,15 +231,15 @@ impl QueueSink for EngineSink {
     }
 
     fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        self.request_all(move |e: &mut VnicEngine| e.set_mtu(mtu))
+        self.configure(move |e: &mut VnicEngine| e.set_mtu(mtu))
     }
 
     fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
-        self.request_all(move |e: &mut VnicEngine| e.hold_frames(on))
+        self.configure(move |e: &mut VnicEngine| e.hold_frames(on))
     }
 
     fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
-        let result = self.configure_each(|qp| {
+        let result = self.call_each(|qp| {
             let sides: Vec<Side> = indices
                 .iter()
                 .filter(|&&i| i / 2 == qp)
@@ -264,7 +252,7 @@ impl QueueSink for EngineSink {
                 }
             }
         });
-        // `configure_each` stops at the first engine that failed: the
+        // `call_each` stops at the first engine that failed: the
         // vrings of the engines before it were detached.
         let done = match &result {
             Ok(()) => indices.len(),
@@ -666,7 +654,7 @@ pub(crate) mod tests {
     }
 
     /// A kick eventfd as a frontend sends it.
-    fn eventfd_file() -> std::fs::File {
+    pub(crate) fn eventfd_file() -> std::fs::File {
         let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
         // SAFETY: the fd is released by `fd` and owned by the file alone.
         unsafe {
