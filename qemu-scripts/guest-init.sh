@@ -8,7 +8,7 @@
 #   snapnet.mtu=N              eth0 MTU
 #   snapnet.queues=N           ethtool -L eth0 combined N (default: driver's choice)
 #   snapnet.tests=a,b,c        run in order: features ping ping-big-fail pingloop
-#                              iperf-server iperf-client hold
+#                              iperf-server iperf-client hold recvfile sendfile
 #   snapnet.wait_peer=20       seconds to wait until the peer answers a ping
 #   snapnet.ping_count=5 snapnet.ping_size=56 snapnet.ping_interval=0.2 snapnet.df=1
 #   snapnet.big_size=N         ping-big-fail size (default: snapnet.ping_size)
@@ -22,6 +22,13 @@
 #   snapnet.iperf_min_gbps=X   iperf-client fails below X Gbit/s
 #   snapnet.hold=30            hold: seconds to stay up
 #   snapnet.hold_until=iperf   hold: end early once this guest's iperf3 server finished
+#                              (=sendfile: once its file was sent)
+#   snapnet.file_port=5001     recvfile listens / sendfile connects on this TCP port
+#   snapnet.file_mb=64         sendfile: size of the random file sent
+#   snapnet.file_pause=0.1     sendfile: pause after each MiB (spreads the stream)
+#   recvfile: receives one file over TCP (busybox nc) and reports its sha256;
+#   sendfile: sends a random file to snapnet.peer in the background and
+#   reports its sha256 at once (status=started)
 #
 # Output on the console (ttyS0), one line each:
 #   SNAPNET-READY ip=... mac=... mtu=... carrier=0|1 kernel=... uptime=S
@@ -308,6 +315,46 @@ t_iperf_client() {
     fi
 }
 
+t_recvfile() {
+    port=$(get file_port 5001)
+    printf '#!/bin/sh\ncat >/tmp/recvfile\n' >/tmp/recvfile.sh
+    chmod +x /tmp/recvfile.sh
+    log "recvfile listening on $port"
+    # -e: nc ends when the sender closes (a plain listener would also end
+    # at EOF on its own stdin).
+    if nc -l -p "$port" -e /tmp/recvfile.sh 2>/tmp/recvfile.err; then
+        sum=$(sha256sum /tmp/recvfile | cut -d' ' -f1)
+        result recvfile pass "sha256=$sum bytes=$(wc -c </tmp/recvfile) uptime=$(uptime_s)"
+    else
+        result recvfile fail "reason=$(tr ' ' '_' </tmp/recvfile.err)"
+    fi
+}
+
+t_sendfile() {
+    port=$(get file_port 5001)
+    mb=$(get file_mb 64)
+    pause=$(get file_pause 0.1)
+    if [ -z "$PEER" ]; then result sendfile fail reason=no-peer-parameter; return; fi
+    if ! wait_peer; then
+        result sendfile fail reason=peer-unreachable "waited=$WAITED"
+        return
+    fi
+    dd if=/dev/urandom of=/tmp/sendfile bs=1M count="$mb" 2>/dev/null
+    sum=$(sha256sum /tmp/sendfile | cut -d' ' -f1)
+    rm -f /tmp/sendfile.rc
+    (
+        i=0
+        start=$(now)
+        while [ $i -lt "$mb" ]; do
+            dd if=/tmp/sendfile bs=1M skip=$i count=1 2>/dev/null
+            i=$((i + 1))
+            sleep "$pause"
+        done | nc -w 20 "$PEER" "$port" 2>/tmp/sendfile.err
+        echo "$? $(($(now) - start))" >/tmp/sendfile.rc
+    ) &
+    result sendfile started "sha256=$sum bytes=$((mb * 1048576))"
+}
+
 t_hold() {
     h=$(get hold 30)
     hu=$(get hold_until "")
@@ -318,11 +365,19 @@ t_hold() {
             why=iperf-server-done
             break
         fi
+        if [ "$hu" = sendfile ] && [ -f /tmp/sendfile.rc ]; then
+            why=sendfile-done
+            break
+        fi
         sleep 0.2
     done
     f="held=$(($(now) - start)) ended=$why"
     if [ -f /tmp/iperf-server.rc ]; then
         f="$f iperf_server_rc=$(cat /tmp/iperf-server.rc)"
+    fi
+    if [ -f /tmp/sendfile.rc ]; then
+        read -r _rc _secs </tmp/sendfile.rc
+        f="$f sendfile_rc=$_rc sendfile_secs=$_secs"
     fi
     result hold pass "$f"
 }
@@ -336,6 +391,8 @@ for t in $(get tests "" | tr ',' ' '); do
         iperf-server) t_iperf_server ;;
         iperf-client) t_iperf_client ;;
         hold) t_hold ;;
+        recvfile) t_recvfile ;;
+        sendfile) t_sendfile ;;
         *) result "$t" fail reason=unknown-test ;;
     esac
 done

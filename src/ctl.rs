@@ -85,6 +85,11 @@ enum VnicCmd {
         /// No anti-spoofing at all (router and firewall VMs).
         #[arg(long)]
         no_port_security: bool,
+        /// This vNIC is the destination of a live migration on this host
+        /// from vNIC NAME: it shares NAME's MAC (and network) and takes the
+        /// MAC's frames once its guest's rings start.
+        #[arg(long = "incoming-for", value_name = "NAME")]
+        incoming_for: Option<String>,
     },
     Remove {
         name: String,
@@ -269,6 +274,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                 allowed_ips: ips,
                 address_pairs: pairs,
                 no_port_security,
+                incoming_for,
             } => (
                 "vnic.add".into(),
                 obj(vec![
@@ -285,6 +291,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                     ("allowed_ips", allowed_ips(&ips)),
                     ("allowed_address_pairs", address_pairs(&pairs)),
                     ("port_security", no_port_security.then_some(false.into())),
+                    ("incoming_for", incoming_for.map(Into::into)),
                 ]),
             ),
             VnicCmd::Remove { name } => ("vnic.remove".into(), json!({ "name": name })),

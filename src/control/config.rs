@@ -222,6 +222,12 @@ pub struct VnicConfig {
     /// fewest ports). Its engines run on that shard's thread.
     #[serde(default)]
     pub shard: Option<u16>,
+    /// The destination of a live migration on this host: the vNIC named
+    /// here is the guest's source, whose MAC this one shares while both
+    /// exist. The switch sends the MAC's frames to whichever of the two
+    /// started its rings last (docs/migration.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming_for: Option<String>,
 }
 
 /// An extra MAC a vNIC's guest may send from (OpenStack's allowed address
@@ -238,6 +244,15 @@ pub struct AddressPair {
 }
 
 impl VnicConfig {
+    /// Whether this vNIC and `other` are the two ends of a live migration
+    /// on this host (one is `incoming_for` the other, with its MAC).
+    pub fn migrates_with(&self, other: &VnicConfig) -> bool {
+        self.mac == other.mac
+            && self.name != other.name
+            && (self.incoming_for.as_deref() == Some(other.name.as_str())
+                || other.incoming_for.as_deref() == Some(self.name.as_str()))
+    }
+
     /// The anti-spoofing guard this vNIC's engines enforce.
     pub fn spoof_guard(&self) -> crate::vnic::antispoof::SpoofGuard {
         let own = self.allowed_ips.as_deref();
@@ -550,9 +565,10 @@ impl Config {
                     format!("{} is not a unicast address", v.mac),
                 ));
             }
-            if !macs.insert(v.mac) {
+            if !macs.insert(v.mac) && !self.migration_pair(v) {
                 return Err(duplicate(at("mac"), format!("MAC {} is used twice", v.mac)));
             }
+            self.check_incoming_for(v, &at("incoming_for"))?;
             if !(MIN_MTU..=MAX_MTU).contains(&v.mtu) {
                 return Err(invalid(
                     at("mtu"),
@@ -665,6 +681,47 @@ impl Config {
             Some(why) => Err(invalid("frame_pool", why)),
             None => Ok(()),
         }
+    }
+
+    /// Whether `v` shares its MAC with exactly one other vNIC, the other
+    /// end of its live migration on this host.
+    fn migration_pair(&self, v: &VnicConfig) -> bool {
+        let same: Vec<&VnicConfig> = self.vnics.iter().filter(|w| w.mac == v.mac).collect();
+        same.len() == 2 && same.iter().any(|w| v.migrates_with(w))
+    }
+
+    /// `incoming_for`: names another vNIC, which (while it exists) has the
+    /// same MAC and network and is no migration's destination itself, and
+    /// for which no other vNIC is the destination.
+    fn check_incoming_for(&self, v: &VnicConfig, at: &str) -> Result<(), ConfigError> {
+        let Some(source) = v.incoming_for.as_deref() else {
+            return Ok(());
+        };
+        let bad = |m: String| Err(invalid(at, m));
+        if source == v.name {
+            return bad("a vNIC cannot be its own migration's source".into());
+        }
+        if let Some(s) = self.vnics.iter().find(|w| w.name == source) {
+            if s.mac != v.mac || s.network != v.network {
+                return bad(format!(
+                    "the source '{source}' has MAC {} in network {}; a migration's destination takes both ({} in network {} given)",
+                    s.mac, s.network, v.mac, v.network
+                ));
+            }
+            if s.incoming_for.is_some() {
+                return bad(format!("'{source}' is itself a migration's destination"));
+            }
+        }
+        if self
+            .vnics
+            .iter()
+            .any(|w| w.name != v.name && w.incoming_for.as_deref() == Some(source))
+        {
+            return bad(format!(
+                "another vNIC is already the destination for '{source}'"
+            ));
+        }
+        Ok(())
     }
 
     fn validate_frame_pool(&self) -> Result<(), ConfigError> {

@@ -391,11 +391,26 @@ impl Daemon {
         v: VnicConfig,
         mut takeover: Option<VnicTakeover>,
     ) -> Result<Option<VnicTakeover>, DaemonError> {
+        if let (Some(source), None) = (v.incoming_for.as_deref(), takeover.as_ref()) {
+            if self.vnic_index(source).is_err() {
+                return Err(DaemonError::NotFound(format!(
+                    "vNIC '{source}' (the source of the migration '{}' is incoming for)",
+                    v.name
+                )));
+            }
+        }
         let mut next = self.config.clone();
         next.vnics.push(v.clone());
         next.validate()?;
         next.fits_pool(self.pool.total_frames().0)?;
         let socket = next.socket_path(&v);
+        // The other end of a migration keeps the MAC's frames until this
+        // one's rings start.
+        let static_macs = if self.migration_partner(&v).is_some() {
+            Vec::new()
+        } else {
+            vec![v.mac]
+        };
         // A client only connects: nothing of its frontend's is created or
         // removed. A server binds, replacing a socket left by an earlier run
         // (and nothing else).
@@ -466,7 +481,7 @@ impl Daemon {
                 shard,
                 SwitchPort::new(&v.name, PortNetwork::Only(v.network), inputs, outputs)
                     .with_weight(v.weight),
-                vec![v.mac],
+                static_macs,
             )?,
         };
         let group = self.group(&group_name)?;
@@ -518,7 +533,43 @@ impl Daemon {
             upgrade_blackout: None,
         });
         self.config = next;
+        if takeover.is_none() {
+            self.arm_migration_pair(self.vnics.len() - 1);
+        }
         Ok(takeover)
+    }
+
+    /// The running vNIC that is the other end of `v`'s live migration on
+    /// this host, if any.
+    fn migration_partner(&self, v: &VnicConfig) -> Option<usize> {
+        self.vnics.iter().position(|w| v.migrates_with(&w.config))
+    }
+
+    /// vNIC `i` and the other end of its migration (if there is one) each
+    /// take the MAC's frames when their guest's rings start: the guest
+    /// runs where its rings run (the destination once QEMU moved it, the
+    /// source again after a migration that failed at the end).
+    pub(super) fn arm_migration_pair(&self, i: usize) {
+        let Some(j) = self.migration_partner(&self.vnics[i].config) else {
+            return;
+        };
+        for k in [i, j] {
+            let v = &self.vnics[k];
+            let switch = self.switch.clone();
+            let (name, network, mac, port) = (
+                v.config.name.clone(),
+                v.config.network,
+                v.config.mac,
+                v.port,
+            );
+            v.device.on_rings_started(Some(Arc::new(move || {
+                match switch.fdb_add_static(network, mac, port) {
+                    Ok(true) => log::info!("{name}: its guest's rings started: {mac} goes to it"),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("{name}: cannot move {mac} to it: {e}"),
+                }
+            })));
+        }
     }
 
     /// Disconnects the guest, stops the vNIC's engines and frees its frames.
@@ -529,6 +580,17 @@ impl Daemon {
         let unused = self.unused_macs(v.config.macs());
         self.redirect_macs(name, unused.into_iter(), false);
         self.teardown(&mut v);
+        // The other end of its migration is the MAC's only port now.
+        if let Some(j) = self.migration_partner(&v.config) {
+            let w = &self.vnics[j];
+            w.device.on_rings_started(None);
+            if let Err(e) = self
+                .switch
+                .fdb_add_static(w.config.network, w.config.mac, w.port)
+            {
+                log::warn!("{}: cannot take {}: {e}", w.config.name, w.config.mac);
+            }
+        }
         log::info!("{name}: removed");
         Ok(())
     }

@@ -39,6 +39,8 @@ pub enum ReplayError {
     NoPosition(usize),
     #[error("the frontend is resetting the device (packed rings, features not set)")]
     Resetting,
+    #[error("a live migration is logging the guest's dirty pages")]
+    Migrating,
     #[error("cannot duplicate an fd: {0}")]
     Dup(std::io::Error),
 }
@@ -159,10 +161,13 @@ impl ConnectionState {
 }
 
 /// The protocol features whose state a replay carries over. The others
-/// (a backend-request channel, an inflight area, a dirty log, postcopy,
-/// shared objects, device state transfer) hold state of their own.
+/// (a backend-request channel, an inflight area, postcopy, shared objects,
+/// device state transfer) hold state of their own. LOG_SHMFD holds state
+/// only while a live migration runs, and no vNIC is handed over then
+/// (`vnic_handover::pause_vnic`; `replay` refuses a state with LOG_ALL).
 fn replayable() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::LOG_SHMFD
         | VhostUserProtocolFeatures::MTU
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
@@ -209,6 +214,12 @@ pub fn replay(
     }
     if state.acked_features.is_none() && state.packed_rings {
         return Err(ReplayError::Resetting);
+    }
+    if state
+        .acked_features
+        .is_some_and(|f| f & crate::vnic::features::LOG_ALL != 0)
+    {
+        return Err(ReplayError::Migrating);
     }
     let stream = stream.try_clone().map_err(ReplayError::Dup)?;
     let mut fe = Frontend::from_stream(stream, state.vrings.len() as u64);
@@ -643,12 +654,20 @@ mod tests {
         started.vrings[0].position = None;
         let r = replay_to_handler(&started, &[memfd(1 << 20)]);
         assert!(matches!(r, Err(ReplayError::NoPosition(0))), "{r:?}");
-        let mut logging = before_the_driver();
-        logging.acked_protocol_features |= VhostUserProtocolFeatures::LOG_SHMFD.bits();
+        let mut postcopy = before_the_driver();
+        postcopy.acked_protocol_features |= VhostUserProtocolFeatures::PAGEFAULT.bits();
         let (ours, _theirs) = UnixStream::pair().unwrap();
         assert!(matches!(
-            replay(&logging, &[], &ours),
+            replay(&postcopy, &[], &ours),
             Err(ReplayError::UnsupportedProtocolFeatures(_))
+        ));
+        let mut logging = before_the_driver();
+        logging.acked_protocol_features |= VhostUserProtocolFeatures::LOG_SHMFD.bits();
+        logging.acked_features =
+            Some(logging.acked_features.unwrap_or(0) | crate::vnic::features::LOG_ALL);
+        assert!(matches!(
+            replay(&logging, &[], &ours),
+            Err(ReplayError::Migrating)
         ));
     }
 

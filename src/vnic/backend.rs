@@ -1,6 +1,7 @@
 //! The `VhostUserBackend` implementation: it only dispatches to [`VnicDevice`]
 //! and converts errors to `io::Error` at this boundary.
 
+use std::fs::File;
 use std::io;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -13,6 +14,7 @@ use vmm_sys_util::event::{
 use super::device::{QueueSink, VnicDevice};
 use super::engine::GuestMemory;
 use super::features;
+use crate::packet::wire::MacAddr;
 
 /// Largest virtqueue snapnet accepts: the split-ring maximum. QEMU offers at
 /// most 1024 entries; DPDK and other frontends may use more.
@@ -83,6 +85,25 @@ impl<S: QueueSink> VhostUserBackend for VnicDevice<S> {
 
     fn set_mtu(&self, mtu: u16) -> io::Result<()> {
         VnicDevice::set_mtu(self, mtu).map_err(io::Error::other)
+    }
+
+    fn owns_log(&self) -> bool {
+        // The engines write guest memory through their own pointers, which
+        // the crate's vm-memory bitmap never sees.
+        true
+    }
+
+    fn set_log_base(&self, mmap_size: u64, mmap_offset: u64, file: File) -> io::Result<()> {
+        VnicDevice::set_log_base(self, &file, mmap_size, mmap_offset).map_err(io::Error::other)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+        // Not an error for the connection if the engine is busy: the guest
+        // also announces itself (GUEST_ANNOUNCE).
+        if let Err(e) = self.announce(MacAddr(mac)) {
+            log::warn!("{}: SEND_RARP: {e}", self.name());
+        }
+        Ok(())
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -16,6 +16,7 @@ use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
 use vmm_sys_util::event::EventConsumer;
 
+use super::dirty_log::{DirtyLog, DirtyLogError};
 use super::engine::{AttachedQueue, GuestMemory, Side, VnicEngine};
 use super::features::{self, ConfigSpace, Negotiated};
 use crate::engine::{MailboxError, MailboxSender};
@@ -36,6 +37,8 @@ pub enum DeviceError {
         index: usize,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    DirtyLog(#[from] DirtyLogError),
 }
 
 /// Where the device sends vrings: the engines (or a mock in tests).
@@ -56,6 +59,12 @@ pub trait QueueSink: Send + Sync + 'static {
     /// Keep frames for the guest while its vrings are detached for a
     /// hand-over (they move to the new process), or no longer.
     fn hold_frames(&self, on: bool) -> Result<(), DeviceError>;
+    /// Mark every write into guest memory in `log` from now on (a live
+    /// migration), or stop (`None`). Returns once no engine writes to a
+    /// log it was given before.
+    fn set_dirty_log(&self, log: Option<Arc<DirtyLog>>) -> Result<(), DeviceError>;
+    /// Announce `mac` into the switch from the vNIC's port (SEND_RARP).
+    fn announce(&self, mac: MacAddr) -> Result<(), DeviceError>;
     /// A hand-over: hold frames for the guest and detach vrings `indices`
     /// (attached ones, in order). Returns how many of them were detached
     /// (all but on an error). A sink whose engines serve several vrings
@@ -238,6 +247,16 @@ impl QueueSink for EngineSink {
         self.configure(move |e: &mut VnicEngine| e.hold_frames(on))
     }
 
+    fn set_dirty_log(&self, log: Option<Arc<DirtyLog>>) -> Result<(), DeviceError> {
+        self.configure(move |e: &mut VnicEngine| e.set_dirty_log(log.clone()))
+    }
+
+    fn announce(&self, mac: MacAddr) -> Result<(), DeviceError> {
+        self.request(0, move |e: &mut VnicEngine| {
+            e.announce(mac);
+        })
+    }
+
     fn detach_holding(&self, indices: &[usize]) -> (usize, Result<(), DeviceError>) {
         let result = self.call_each(|qp| {
             let sides: Vec<Side> = indices
@@ -282,8 +301,37 @@ pub struct VnicDevice<S: QueueSink> {
     serving: Mutex<Vec<Option<VringRwLock>>>,
     /// Vrings taken from the engines for a hand-over.
     handed_over: Mutex<Vec<Option<VringRwLock>>>,
+    /// The dirty-page log the frontend shared (SET_LOG_BASE), and whether
+    /// it asked for logging (VHOST_F_LOG_ALL acked): the engines mark it
+    /// while both hold.
+    dirty_log: Mutex<DirtyLogState>,
+    /// When the last announcement (SEND_RARP) went out: at most one per
+    /// [`ANNOUNCE_INTERVAL`], whatever the frontend sends.
+    last_announce: Mutex<Option<Instant>>,
+    /// Run when the first queue pair's RX vring starts: a vNIC sharing its
+    /// MAC with the other end of a live migration takes the MAC's frames.
+    on_rings_started: Mutex<Option<RingsStarted>>,
     sink: S,
 }
+
+/// See [`VnicDevice::on_rings_started`].
+pub type RingsStarted = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct DirtyLogState {
+    log: Option<Arc<DirtyLog>>,
+    logging: bool,
+}
+
+impl DirtyLogState {
+    /// The log the engines mark now.
+    fn active(&self) -> Option<Arc<DirtyLog>> {
+        self.log.clone().filter(|_| self.logging)
+    }
+}
+
+/// Shortest time between two announcements of one vNIC.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 
 impl<S: QueueSink> VnicDevice<S> {
     pub fn new(name: &str, mac: MacAddr, mtu: u16, queue_pairs: u16, sink: S) -> Self {
@@ -305,6 +353,9 @@ impl<S: QueueSink> VnicDevice<S> {
             waiting: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
             serving: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
             handed_over: Mutex::new(vec![None; usize::from(queue_pairs) * 2]),
+            dirty_log: Mutex::new(DirtyLogState::default()),
+            last_announce: Mutex::new(None),
+            on_rings_started: Mutex::new(None),
             sink,
         }
     }
@@ -323,6 +374,17 @@ impl<S: QueueSink> VnicDevice<S> {
 
     pub fn set_acked_features(&self, acked: u64) {
         self.acked.store(acked, Ordering::Relaxed);
+        // A migration turns logging on and off with SET_FEATURES while the
+        // rings run; the other bits do not change then.
+        // The frontend frees its log once logging ends, and shares a new one
+        // (SET_LOG_BASE) before it logs again.
+        self.update_dirty_log(|s| {
+            let on = acked & features::LOG_ALL != 0;
+            if s.logging && !on {
+                s.log = None;
+            }
+            s.logging = on;
+        });
         let rings = if Negotiated::from_bits(acked).packed {
             "packed"
         } else {
@@ -332,6 +394,93 @@ impl<S: QueueSink> VnicDevice<S> {
             "{}: features {acked:#x} acked, {rings} virtqueues",
             self.name
         );
+    }
+
+    /// SET_LOG_BASE: the frontend's dirty-page log (first or a larger
+    /// one). Returns once the engines mark the new one, if logging is on:
+    /// the frontend frees the old log when this is answered.
+    pub fn set_log_base(
+        &self,
+        file: &std::fs::File,
+        size: u64,
+        offset: u64,
+    ) -> Result<(), DeviceError> {
+        let log = Arc::new(DirtyLog::map(file, size, offset)?);
+        log::info!(
+            "{}: dirty log of {size} bytes mapped (guest memory up to {} MiB)",
+            self.name,
+            log.covers() >> 20
+        );
+        self.update_dirty_log(|s| s.log = Some(log));
+        Ok(())
+    }
+
+    /// Whether a live migration is logging this vNIC's writes (or has a
+    /// log mapped for one).
+    pub fn migrating(&self) -> bool {
+        let s = lock(&self.dirty_log);
+        s.logging || s.log.is_some()
+    }
+
+    /// Changes the log state and tells the engines when what they must
+    /// mark changed.
+    fn update_dirty_log(&self, change: impl FnOnce(&mut DirtyLogState)) {
+        let mut state = lock(&self.dirty_log);
+        let before = state.active();
+        change(&mut state);
+        let after = state.active();
+        let same = match (&before, &after) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if state.logging && state.log.is_none() {
+            log::warn!(
+                "{}: logging asked for before a dirty log was given",
+                self.name
+            );
+        }
+        let on = after.is_some();
+        // Under the state's lock: two changes reach the engines in order.
+        match self.sink.set_dirty_log(after) {
+            Ok(()) => log::info!(
+                "{}: dirty-page logging {}",
+                self.name,
+                if on { "on" } else { "off" }
+            ),
+            Err(e) => log::warn!("{}: dirty-page logging: {e}", self.name),
+        }
+    }
+
+    /// SEND_RARP: announce the guest's MAC from this vNIC's port after a
+    /// migration. The frontend names the MAC; only the vNIC's own is ever
+    /// sent (a frontend cannot make the switch move another tenant's
+    /// address), and at most one per [`ANNOUNCE_INTERVAL`].
+    pub fn announce(&self, mac: MacAddr) -> Result<(), DeviceError> {
+        let own = lock(&self.config).mac;
+        if mac != own {
+            log::warn!(
+                "{}: SEND_RARP for {mac}, not the vNIC's {own}: announcing {own}",
+                self.name
+            );
+        }
+        {
+            let mut last = lock(&self.last_announce);
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < ANNOUNCE_INTERVAL) {
+                log::debug!(
+                    "{}: SEND_RARP again within {ANNOUNCE_INTERVAL:?}: ignored",
+                    self.name
+                );
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        log::info!("{}: announcing {own} (SEND_RARP)", self.name);
+        self.sink.announce(own)
     }
 
     pub fn negotiated(&self) -> Negotiated {
@@ -431,7 +580,19 @@ impl<S: QueueSink> VnicDevice<S> {
         flag.store(true, Ordering::Release);
         lock(&self.serving)[index] = Some(vring.clone());
         log::debug!("{}: vring {index} attached", self.name);
+        if index == 0 {
+            let hook = lock(&self.on_rings_started).clone();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
         Ok(())
+    }
+
+    /// Sets (or clears) what runs each time the guest's first RX vring
+    /// starts (see the field).
+    pub fn on_rings_started(&self, hook: Option<RingsStarted>) {
+        *lock(&self.on_rings_started) = hook;
     }
 
     /// GET_VRING_BASE: the engine must let go before the state is read.
@@ -521,6 +682,7 @@ impl<S: QueueSink> VnicDevice<S> {
         }
         lock(&self.handed_over).iter_mut().for_each(|v| *v = None);
         self.acked.store(0, Ordering::Relaxed);
+        self.update_dirty_log(|s| *s = DirtyLogState::default());
     }
 
     /// The frontend disconnected: reset and forget its memory.
@@ -601,6 +763,14 @@ pub(crate) mod tests {
         }
         fn hold_frames(&self, on: bool) -> Result<(), DeviceError> {
             lock(&self.calls).push(format!("hold {on}"));
+            Ok(())
+        }
+        fn set_dirty_log(&self, log: Option<Arc<DirtyLog>>) -> Result<(), DeviceError> {
+            lock(&self.calls).push(format!("log {}", log.is_some()));
+            Ok(())
+        }
+        fn announce(&self, mac: MacAddr) -> Result<(), DeviceError> {
+            lock(&self.calls).push(format!("announce {mac}"));
             Ok(())
         }
     }

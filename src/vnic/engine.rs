@@ -15,6 +15,7 @@ use vmm_sys_util::event::EventConsumer;
 
 use super::any_ring::GuestRing;
 use super::chain::{Segment, MAX_SEGMENTS};
+use super::dirty_log::{DirtyLog, DirtyPages};
 use super::features::Negotiated;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingAddrs;
@@ -51,6 +52,7 @@ use super::antispoof::SpoofGuard;
 use super::guest_log::{self, GuestLog};
 use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
+use crate::packet::wire::{rarp, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::token_bucket::BucketLevels;
 use crate::shaping::{SharedBucket, VnicShaping, WakeTimer};
@@ -104,6 +106,10 @@ pub struct AttachedQueue {
     /// stays valid while the engine may sleep on it, whatever the frontend
     /// does with its copy.
     kick: Option<EventConsumer>,
+    /// The device-written part of the ring (used ring, or packed
+    /// descriptors and event area) may have been written since the dirty
+    /// log last heard of it.
+    ring_written: bool,
 }
 
 impl AttachedQueue {
@@ -121,6 +127,7 @@ impl AttachedQueue {
             seen_avail: None,
             quick_polls: 0,
             kick: None,
+            ring_written: false,
         }
     }
 
@@ -180,6 +187,7 @@ impl AttachedQueue {
             seen_avail,
             quick_polls,
             kick: _,
+            ring_written,
         } = self;
         *seen_avail = None;
         *quick_polls = 0;
@@ -226,6 +234,7 @@ impl AttachedQueue {
             *broken = Some(Broken::Addresses(addrs));
             return Err(DropReason::AddressOutOfRange);
         };
+        *ring_written = true;
         let (n, interrupt) = f(q, ring, map);
         *seen_avail = Some(q.next_avail());
         if interrupt {
@@ -238,11 +247,29 @@ impl AttachedQueue {
     fn set_kicks(&mut self, event_idx: bool, enable: bool) {
         self.kicks = enable;
         self.event_idx = event_idx;
-        let AttachedQueue { vring, view, .. } = self;
+        let AttachedQueue {
+            vring,
+            view,
+            ring_written,
+            ..
+        } = self;
         let state = vring.get_mut();
         if let Some((_, ring)) = view.as_ref() {
             ring.set_kicks(event_idx, enable, state.get_queue().next_avail());
+            *ring_written = true;
         }
+    }
+
+    /// Marks in the dirty log what the engine wrote into this queue's
+    /// guest memory since the last call: the buffers `pages` collected and
+    /// the ring. Called after the writes (see `dirty_log`).
+    fn log_writes(&mut self, pages: &mut DirtyPages) {
+        if std::mem::take(&mut self.ring_written) {
+            if let Some((addrs, _)) = self.view.as_ref() {
+                pages.wrote_ring(addrs, self.packed);
+            }
+        }
+        pages.flush(self.map.as_ref());
     }
 
     /// Stops serving this ring, whose avail index is corrupt, until the
@@ -324,6 +351,9 @@ pub(super) struct DataPath {
     pub ring_corrupt: bool,
     /// The vNIC's guest-triggered log lines (shared by its queue pairs).
     pub log: Arc<GuestLog>,
+    /// While a live migration logs dirty pages: the guest buffers written
+    /// in the current batch.
+    pub dirty_pages: Option<DirtyPages>,
     name: String,
 }
 
@@ -354,6 +384,7 @@ impl DataPath {
             dirty: false,
             ring_corrupt: false,
             log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
+            dirty_pages: None,
             name: name.to_string(),
         }
     }
@@ -672,6 +703,60 @@ impl VnicEngine {
         self.dp.mtu = mtu;
     }
 
+    /// Starts marking what the engine writes into guest memory in `log`
+    /// (a live migration), or stops (`None`). Runs between batches: nothing
+    /// written before is left unmarked in a log, since every batch marks
+    /// its writes before it ends.
+    pub fn set_dirty_log(&mut self, log: Option<Arc<DirtyLog>>) {
+        self.dp.dirty_pages = log.map(DirtyPages::new);
+        // The rings' last writes (kick suppression) predate the log: mark
+        // them once in the new one.
+        for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+            q.ring_written = true;
+        }
+        self.log_ring_writes();
+    }
+
+    /// Marks ring writes made outside a batch (kick suppression) in the
+    /// dirty log, while there is one.
+    fn log_ring_writes(&mut self) {
+        if let Some(pages) = self.dp.dirty_pages.as_mut() {
+            for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
+                q.log_writes(pages);
+            }
+        }
+    }
+
+    /// Announces the guest's MAC from here after a live migration (the
+    /// frontend's SEND_RARP): a RARP broadcast into the switch, so that
+    /// forwarding tables everywhere learn where the MAC went. Returns
+    /// false when no frame or link slot was free (counted as a drop).
+    pub fn announce(&mut self, mac: MacAddr) -> bool {
+        let dp = &mut self.dp;
+        let Some(mut frame) = dp.cache.alloc(rarp::ANNOUNCE_LEN) else {
+            dp.counters.drop(DropReason::AnnounceDropped);
+            return false;
+        };
+        let start = usize::from(frame.offset);
+        let buf = &mut dp.pool.frame_mut(&mut frame)[start..start + rarp::ANNOUNCE_LEN];
+        rarp::write_announce(buf, mac);
+        frame.len = rarp::ANNOUNCE_LEN as u32;
+        frame.offload = Default::default();
+        match dp.to_switch.push(frame) {
+            Ok(()) => {
+                dp.to_switch.flush();
+                dp.counters.tx_packets += 1;
+                dp.counters.tx_bytes += rarp::ANNOUNCE_LEN as u64;
+                true
+            }
+            Err(frame) => {
+                dp.cache.free(frame);
+                dp.counters.drop(DropReason::AnnounceDropped);
+                false
+            }
+        }
+    }
+
     /// Changes what the guest may send as.
     pub fn set_guard(&mut self, guard: SpoofGuard) {
         self.dp.guard = guard;
@@ -703,6 +788,9 @@ impl VnicEngine {
                 0
             }
         };
+        if let Some(pages) = self.dp.dirty_pages.as_mut() {
+            q.log_writes(pages);
+        }
         if std::mem::take(&mut self.dp.ring_corrupt) {
             q.mark_broken();
         }
@@ -740,6 +828,9 @@ impl VnicEngine {
                 0
             }
         };
+        if let Some(pages) = self.dp.dirty_pages.as_mut() {
+            q.log_writes(pages);
+        }
         if std::mem::take(&mut self.dp.ring_corrupt) {
             q.mark_broken();
         }
@@ -849,6 +940,7 @@ impl Engine for VnicEngine {
         for q in self.rx.iter_mut().chain(self.tx.iter_mut()) {
             q.set_kicks(event_idx, true);
         }
+        self.log_ring_writes();
         // Re-check after arming. Frames waiting for the guest only count as
         // work when the guest has buffers for them, or when they are to be
         // dropped (no driver at all, or one stalled past RX_STALL: the timer
@@ -878,6 +970,7 @@ impl Engine for VnicEngine {
             q.set_kicks(event_idx, false);
             q.drain_kick();
         }
+        self.log_ring_writes();
     }
 
     fn backlog(&mut self) -> f64 {

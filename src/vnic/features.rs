@@ -28,7 +28,14 @@ pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
     | bit(VIRTIO_NET_F_GUEST_TSO6)
     | bit(VIRTIO_NET_F_HOST_TSO4)
-    | bit(VIRTIO_NET_F_HOST_TSO6);
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    // After a live migration the guest announces itself (gratuitous ARP /
+    // unsolicited NA); QEMU drives it through its own control queue.
+    | bit(VIRTIO_NET_F_GUEST_ANNOUNCE);
+
+/// VHOST_F_LOG_ALL: the frontend turns dirty-page logging on by acking it
+/// during a live migration (docs/migration.md).
+pub const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 /// Feature bits for `queue_pairs` queue pairs, plus PROTOCOL_FEATURES.
 pub fn offered(queue_pairs: u16) -> u64 {
@@ -37,11 +44,12 @@ pub fn offered(queue_pairs: u16) -> u64 {
     } else {
         0
     };
-    OFFERED | mq | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    OFFERED | mq | LOG_ALL | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// vhost-user protocol features snapnet offers. STATUS and NET_MTU need the
-/// patched `vhost` crates (vendor/PATCHES.md).
+/// vhost-user protocol features snapnet offers. STATUS, NET_MTU, RARP and
+/// LOG_SHMFD (snapnet maps the log itself) need the patched `vhost` crates
+/// (vendor/PATCHES.md).
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::MTU
@@ -49,6 +57,8 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::STATUS
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 /// The negotiated features that change how the data path works, decoded once

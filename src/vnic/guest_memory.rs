@@ -71,6 +71,16 @@ impl GuestMap {
         None
     }
 
+    /// The guest-physical address of host address `host`, when it lies in
+    /// guest memory (the dirty log marks pages by their guest address).
+    #[inline]
+    pub fn gpa_of(&self, host: *const u8) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = (host as usize).wrapping_sub(r.host as usize) as u64;
+            (off < r.len).then_some(r.gpa + off)
+        })
+    }
+
     /// Host address of `[gpa, gpa+len)` when the whole range lies in one region.
     #[inline]
     pub fn contiguous(&self, gpa: u64, len: u64) -> Option<*mut u8> {

@@ -260,7 +260,11 @@ pub(super) fn deliver(
         for seg in &dp.segs[seg_start..c.seg_end] {
             // SAFETY: `seg` is guest memory kept mapped by the GuestMap
             // snapshot and device-writable, `seg.len` bytes long.
-            written += unsafe { src.copy_to(seg.ptr, seg.len as usize) };
+            let n = unsafe { src.copy_to(seg.ptr, seg.len as usize) };
+            if let Some(pages) = dp.dirty_pages.as_mut() {
+                pages.wrote(seg.ptr, n as u32);
+            }
+            written += n;
         }
         seg_start = c.seg_end;
         put_used(c, written as u32);

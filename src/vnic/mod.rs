@@ -15,6 +15,7 @@ mod backend;
 pub(crate) mod chain;
 pub mod connection;
 pub mod device;
+pub mod dirty_log;
 pub mod engine;
 pub mod features;
 pub mod guest_log;

@@ -74,10 +74,13 @@ pub enum DropReason {
     BadCsumOffsets,
     /// TX: hdr_len claims more headers than the frame holds.
     BadHdrLen,
+    /// A migrated guest's announcement (SEND_RARP) was not sent: asked for
+    /// again too soon, or no frame or link slot was free.
+    AnnounceDropped,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::BadDescIndex,
         DropReason::ChainTooLong,
         DropReason::AddressOutOfRange,
@@ -105,6 +108,7 @@ impl DropReason {
         DropReason::CsumNotNegotiated,
         DropReason::BadCsumOffsets,
         DropReason::BadHdrLen,
+        DropReason::AnnounceDropped,
     ];
 
     /// Stable name used in RPC, metrics and logs.
@@ -137,6 +141,7 @@ impl DropReason {
             DropReason::CsumNotNegotiated => "csum_not_negotiated",
             DropReason::BadCsumOffsets => "bad_csum_offsets",
             DropReason::BadHdrLen => "bad_hdr_len",
+            DropReason::AnnounceDropped => "announce_dropped",
         }
     }
 }

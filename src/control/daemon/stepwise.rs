@@ -644,6 +644,7 @@ impl Daemon {
         let v = &mut self.vnics[i];
         v.port = port;
         v.port_counters = counters;
+        self.arm_migration_pair(i);
         Ok(moves)
     }
 

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-const DST: std::ops::Range<usize> = 0..6;
-const SRC: std::ops::Range<usize> = 6..12;
-const ETHERTYPE: std::ops::Range<usize> = 12..14;
+pub(crate) const DST: std::ops::Range<usize> = 0..6;
+pub(crate) const SRC: std::ops::Range<usize> = 6..12;
+pub(crate) const ETHERTYPE: std::ops::Range<usize> = 12..14;
 /// Length of the Ethernet II header.
 pub const HEADER_LEN: usize = 14;
 

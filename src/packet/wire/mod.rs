@@ -6,6 +6,7 @@ pub mod ethernet;
 pub mod flow;
 pub mod icmpv6;
 pub mod ip;
+pub mod rarp;
 pub mod virtio_net;
 pub mod virtq_packed;
 pub mod vlan;

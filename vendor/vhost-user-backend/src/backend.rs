@@ -176,6 +176,29 @@ pub trait VhostUserBackend: Send + Sync {
         Ok(())
     }
 
+    /// snapnet patch: whether the backend takes the dirty-page log of a live
+    /// migration itself (`set_log_base`) instead of this crate mapping it
+    /// into `Self::Bitmap`, which only sees writes made through vm-memory's
+    /// accessors. When `true`, SET_LOG_BASE goes to `set_log_base`.
+    fn owns_log(&self) -> bool {
+        false
+    }
+
+    /// snapnet patch: for a backend that `owns_log`: SET_LOG_BASE with the
+    /// log's memfd, to be mapped `mmap_size` bytes from `mmap_offset`. It may
+    /// be sent again (a larger log); the frontend frees the old one as soon
+    /// as this returns, so the backend must have stopped writing to it.
+    fn set_log_base(&self, _mmap_size: u64, _mmap_offset: u64, _file: File) -> Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
+    /// snapnet patch: SEND_RARP (the RARP protocol feature): announce `mac`
+    /// from the device's new place after a migration. An error ends the
+    /// connection.
+    fn send_rarp(&self, _mac: [u8; 6]) -> Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -366,6 +389,29 @@ pub trait VhostUserBackendMut: Send + Sync {
         Ok(())
     }
 
+    /// snapnet patch: whether the backend takes the dirty-page log of a live
+    /// migration itself (`set_log_base`) instead of this crate mapping it
+    /// into `Self::Bitmap`, which only sees writes made through vm-memory's
+    /// accessors. When `true`, SET_LOG_BASE goes to `set_log_base`.
+    fn owns_log(&self) -> bool {
+        false
+    }
+
+    /// snapnet patch: for a backend that `owns_log`: SET_LOG_BASE with the
+    /// log's memfd, to be mapped `mmap_size` bytes from `mmap_offset`. It may
+    /// be sent again (a larger log); the frontend frees the old one as soon
+    /// as this returns, so the backend must have stopped writing to it.
+    fn set_log_base(&mut self, _mmap_size: u64, _mmap_offset: u64, _file: File) -> Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
+    /// snapnet patch: SEND_RARP (the RARP protocol feature): announce `mac`
+    /// from the device's new place after a migration. An error ends the
+    /// connection.
+    fn send_rarp(&mut self, _mac: [u8; 6]) -> Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+
     /// Handle IO events for backend registered file descriptors.
     ///
     /// This function gets called if the backend registered some additional listeners onto specific
@@ -502,6 +548,18 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
         self.deref().stop_vring(queue_index)
     }
 
+    fn owns_log(&self) -> bool {
+        self.deref().owns_log()
+    }
+
+    fn set_log_base(&self, mmap_size: u64, mmap_offset: u64, file: File) -> Result<()> {
+        self.deref().set_log_base(mmap_size, mmap_offset, file)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.deref().send_rarp(mac)
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -615,6 +673,18 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.lock().unwrap().stop_vring(queue_index)
+    }
+
+    fn owns_log(&self) -> bool {
+        self.lock().unwrap().owns_log()
+    }
+
+    fn set_log_base(&self, mmap_size: u64, mmap_offset: u64, file: File) -> Result<()> {
+        self.lock().unwrap().set_log_base(mmap_size, mmap_offset, file)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.lock().unwrap().send_rarp(mac)
     }
 
     fn handle_event(
@@ -733,6 +803,18 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.write().unwrap().stop_vring(queue_index)
+    }
+
+    fn owns_log(&self) -> bool {
+        self.read().unwrap().owns_log()
+    }
+
+    fn set_log_base(&self, mmap_size: u64, mmap_offset: u64, file: File) -> Result<()> {
+        self.write().unwrap().set_log_base(mmap_size, mmap_offset, file)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.write().unwrap().send_rarp(mac)
     }
 
     fn handle_event(

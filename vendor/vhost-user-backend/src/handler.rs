@@ -646,7 +646,13 @@ where
             // be to receive the 'used' index in SET_VRING_BASE, as is done when using packed VQs.
             // snapnet patch: a packed ring has no used index in memory (the
             // "used" address is the device event area); SET_VRING_BASE set it.
-            if !self.packed() {
+            //
+            // snapnet patch: not while the ring runs either. A frontend
+            // resends SET_VRING_ADDR to a started ring (QEMU does when a
+            // migration turns dirty logging on or off), and a backend
+            // thread may publish used entries between the read and the
+            // store here, which would move the ring's used index back.
+            if !self.packed() && !vring.get_ref().get_queue().ready() {
                 let idx = vring
                     .queue_used_idx()
                     .map_err(|_| VhostUserError::BackendInternalError)?;
@@ -1158,7 +1164,21 @@ where
     // TODO: We ignore the `LOG_ALL` flag on `SET_FEATURES`, so we will continue marking pages as
     // dirty even if the migration fails. We need to disable the logging after receiving  a
     // `SET_FEATURE` without the `LOG_ALL` flag.
+    // snapnet patch: SEND_RARP goes to the backend.
+    fn send_rarp(&mut self, mac: [u8; 6]) -> VhostUserResult<()> {
+        self.backend
+            .send_rarp(mac)
+            .map_err(VhostUserError::ReqHandlerError)
+    }
+
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostUserResult<()> {
+        // snapnet patch: see `VhostUserBackend::owns_log`.
+        if self.backend.owns_log() {
+            return self
+                .backend
+                .set_log_base(log.mmap_size, log.mmap_offset, file)
+                .map_err(VhostUserError::ReqHandlerError);
+        }
         let mem = self.atomic_mem.memory();
 
         let logmem = Arc::new(

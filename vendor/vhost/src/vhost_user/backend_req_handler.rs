@@ -108,6 +108,17 @@ pub trait VhostUserBackendReqHandler {
     fn net_set_mtu(&self, _mtu: u16) -> Result<()> {
         Err(Error::InvalidOperation("NET_SET_MTU is not supported"))
     }
+    /// snapnet patch: VHOST_USER_SET_LOG_FD (LOG_SHMFD). The fd is the
+    /// frontend's log-write notifier; a backend that never signals it may
+    /// just close it, as this default does.
+    fn set_log_fd(&self, _fd: File) -> Result<()> {
+        Ok(())
+    }
+    /// snapnet patch: VHOST_USER_SEND_RARP (RARP protocol feature): announce
+    /// `mac` to the network as the guest's new place after a migration.
+    fn send_rarp(&self, _mac: [u8; 6]) -> Result<()> {
+        Err(Error::InvalidOperation("SEND_RARP is not supported"))
+    }
     #[cfg(feature = "postcopy")]
     fn postcopy_advice(&self) -> Result<File>;
     #[cfg(feature = "postcopy")]
@@ -197,6 +208,14 @@ pub trait VhostUserBackendReqHandlerMut {
     /// snapnet patch: VHOST_USER_NET_SET_MTU.
     fn net_set_mtu(&mut self, _mtu: u16) -> Result<()> {
         Err(Error::InvalidOperation("NET_SET_MTU is not supported"))
+    }
+    /// snapnet patch: VHOST_USER_SET_LOG_FD (see the immutable trait).
+    fn set_log_fd(&mut self, _fd: File) -> Result<()> {
+        Ok(())
+    }
+    /// snapnet patch: VHOST_USER_SEND_RARP (see the immutable trait).
+    fn send_rarp(&mut self, _mac: [u8; 6]) -> Result<()> {
+        Err(Error::InvalidOperation("SEND_RARP is not supported"))
     }
     #[cfg(feature = "postcopy")]
     fn postcopy_advice(&mut self) -> Result<File>;
@@ -367,6 +386,14 @@ impl<T: VhostUserBackendReqHandlerMut> VhostUserBackendReqHandler for Mutex<T> {
 
     fn net_set_mtu(&self, mtu: u16) -> Result<()> {
         self.lock().unwrap().net_set_mtu(mtu)
+    }
+
+    fn set_log_fd(&self, fd: File) -> Result<()> {
+        self.lock().unwrap().set_log_fd(fd)
+    }
+
+    fn send_rarp(&self, mac: [u8; 6]) -> Result<()> {
+        self.lock().unwrap().send_rarp(mac)
     }
 
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
@@ -691,6 +718,23 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
                 let res = u16::try_from(msg.value)
                     .map_err(|_| Error::InvalidParam)
                     .and_then(|mtu| self.backend.net_set_mtu(mtu));
+                self.send_ack_message(&hdr, res)?;
+            }
+            // snapnet patch: the frontend's log-write notifier (LOG_SHMFD).
+            Ok(FrontendReq::SET_LOG_FD) => {
+                self.check_proto_feature(VhostUserProtocolFeatures::LOG_SHMFD)?;
+                let file = take_single_file(files).ok_or(Error::IncorrectFds)?;
+                let res = self.backend.set_log_fd(file);
+                self.send_ack_message(&hdr, res)?;
+            }
+            // snapnet patch: RARP protocol feature; the MAC is the first six
+            // bytes of the u64 payload.
+            Ok(FrontendReq::SEND_RARP) => {
+                self.check_proto_feature(VhostUserProtocolFeatures::RARP)?;
+                let msg = self.extract_request_body::<VhostUserU64>(&hdr, size, &buf)?;
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&msg.value.to_le_bytes()[..6]);
+                let res = self.backend.send_rarp(mac);
                 self.send_ack_message(&hdr, res)?;
             }
             // snapnet patch: STATUS protocol feature.
