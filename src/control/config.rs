@@ -888,6 +888,50 @@ mod tests {
     }
 
     #[test]
+    fn a_migrations_destination_shares_its_sources_mac_and_nothing_else_does() {
+        let m = "02:00:00:00:00:01";
+        let doc = |vnics: &str| format!(r#"{{"vnics":[{vnics}]}}"#);
+        let src = format!(r#"{{"name":"a","mac":"{m}"}}"#);
+        let dst = |name: &str, of: &str, mac: &str| {
+            format!(r#"{{"name":"{name}","mac":"{mac}","incoming_for":"{of}"}}"#)
+        };
+        let c = Config::from_json(&doc(&format!("{src},{}", dst("a-in", "a", m)))).unwrap();
+        assert!(c.vnics[1].migrates_with(&c.vnics[0]) && c.vnics[0].migrates_with(&c.vnics[1]));
+        // The source may be gone already (the migration's end).
+        assert!(Config::from_json(&doc(&dst("a-in", "a", m))).is_ok());
+        let e = err(&doc(&format!(
+            "{src},{}",
+            dst("a-in", "a", "02:00:00:00:00:02")
+        )));
+        assert!(
+            e.contains("vnics[1].incoming_for") && e.contains("MAC"),
+            "{e}"
+        );
+        let e = err(&doc(&dst("a", "a", m)));
+        assert!(
+            e.contains("vnics[0].incoming_for") && e.contains("own"),
+            "{e}"
+        );
+        // Two destinations for one source (gone already, so their MACs
+        // are not checked against it).
+        let e = err(&doc(&format!(
+            "{},{}",
+            dst("a-in", "a", m),
+            dst("a-in2", "a", "02:00:00:00:00:02")
+        )));
+        assert!(e.contains("already the destination"), "{e}");
+        // A chain: b is a's destination and c's source.
+        let e = err(&doc(&format!("{},{}", dst("b", "a", m), dst("c", "b", m))));
+        assert!(e.contains("'b' is itself a migration's destination"), "{e}");
+        // A third vNIC with the MAC and no migration is still refused.
+        let e = err(&doc(&format!(
+            r#"{src},{},{{"name":"x","mac":"{m}"}}"#,
+            dst("a-in", "a", m)
+        )));
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
     fn sockets_stay_inside_the_runtime_dir_or_socket_dirs() {
         let vnic = |socket: &str, role: &str| {
             format!(

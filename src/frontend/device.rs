@@ -151,10 +151,12 @@ struct Layout {
 pub struct Frontend {
     // Field order is drop order: rings first, then the socket, then memory (Arc).
     qps: QueuePairs,
-    vu: VuFrontend,
+    pub(super) vu: VuFrontend,
     mem: Arc<GuestMemory>,
-    features: u64,
-    protocol_features: VhostUserProtocolFeatures,
+    pub(super) features: u64,
+    /// What the backend offered (GET_FEATURES).
+    pub(super) offered_features: u64,
+    pub(super) protocol_features: VhostUserProtocolFeatures,
     mac: [u8; 6],
     mtu: u16,
     hdr_len: usize,
@@ -291,7 +293,9 @@ impl Frontend {
                     | VhostUserProtocolFeatures::REPLY_ACK
                     | VhostUserProtocolFeatures::CONFIG
                     | VhostUserProtocolFeatures::MTU
-                    | VhostUserProtocolFeatures::STATUS);
+                    | VhostUserProtocolFeatures::STATUS
+                    | VhostUserProtocolFeatures::LOG_SHMFD
+                    | VhostUserProtocolFeatures::RARP);
             vu.set_protocol_features(pf)
                 .map_err(e("SET_PROTOCOL_FEATURES"))?;
         }
@@ -473,6 +477,7 @@ impl Frontend {
             vu,
             mem,
             features,
+            offered_features: offered,
             protocol_features: pf,
             mac,
             mtu,

@@ -14,6 +14,7 @@
 //! * [`queue`]: virtio-net TX/RX on top of a ring (buffers, copy, merged RX),
 //! * `device`: the connected device, handshake and public API ([`Frontend`]),
 //! * `hdr`: [`VirtioNetHdr`] and [`RawDesc`], `error`: [`FrontendError`],
+//! * [`migration`]: a migration's dirty-page log and SEND_RARP,
 //! * [`raw_request`]: requests the `vhost` crate's frontend cannot send as needed.
 //!
 //! Ring index `2k` is RX of queue pair `k`, `2k + 1` is its TX.
@@ -22,6 +23,7 @@ mod device;
 mod error;
 mod hdr;
 pub mod memory;
+pub mod migration;
 pub mod packed_ring;
 pub mod queue;
 pub mod raw_request;

@@ -1,6 +1,6 @@
 //! vhost-user requests with a u64 payload, sent by hand: the `vhost` crate's
 //! frontend has no call for SET_STATUS or NET_SET_MTU, and its SET_VRING_BASE
-//! takes only the 16-bit base a split ring needs. Used by the frontend and by
+//! takes only the 16-bit base a split ring needs, and it has no SEND_RARP. Used by the frontend and by
 //! the upgrade's replay.
 
 use std::io;
@@ -10,6 +10,8 @@ use super::FrontendError;
 
 /// VHOST_USER_SET_VRING_BASE.
 pub const SET_VRING_BASE: u32 = 10;
+/// VHOST_USER_SEND_RARP (the MAC in the payload's first six bytes).
+pub const SEND_RARP: u32 = 19;
 /// VHOST_USER_NET_SET_MTU.
 pub const NET_SET_MTU: u32 = 20;
 /// VHOST_USER_SET_STATUS.

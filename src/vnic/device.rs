@@ -851,6 +851,61 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn engines_mark_a_log_only_while_the_frontend_both_shared_it_and_acked_log_all() {
+        use crate::vnic::dirty_log::tests::log_file;
+        let dev = VnicDevice::new(
+            "t",
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            1500,
+            1,
+            MockSink::default(),
+        );
+        let base = features::offered(1) & !features::LOG_ALL;
+        dev.set_acked_features(base);
+        assert!(!dev.migrating());
+        // LOG_ALL before a log: nothing to mark yet.
+        dev.set_acked_features(base | features::LOG_ALL);
+        assert!(dev.migrating());
+        let f = log_file(64);
+        dev.set_log_base(&f, 64, 0).unwrap();
+        // A larger log while logging: the engines move to it.
+        let g = log_file(128);
+        dev.set_log_base(&g, 128, 0).unwrap();
+        // The same features again change nothing.
+        dev.set_acked_features(base | features::LOG_ALL);
+        // Logging ends: the frontend frees its log, the engines stop.
+        dev.set_acked_features(base);
+        assert!(!dev.migrating());
+        // A log shared without LOG_ALL is kept, but not marked.
+        dev.set_log_base(&f, 64, 0).unwrap();
+        assert!(dev.migrating());
+        // A bad log is refused with an error, the old one stays.
+        assert!(dev.set_log_base(&f, 12, 0).is_err());
+        dev.disconnected();
+        assert!(!dev.migrating());
+        assert_eq!(
+            *lock(&dev.sink.calls),
+            ["log true", "log true", "log false"]
+        );
+    }
+
+    #[test]
+    fn send_rarp_announces_only_the_vnics_own_mac_at_a_bounded_rate() {
+        let own = MacAddr([2, 0, 0, 0, 0, 1]);
+        let dev = VnicDevice::new("t", own, 1500, 1, MockSink::default());
+        // Another tenant's MAC: the vNIC's own goes out instead.
+        dev.announce(MacAddr([2, 0, 0, 0, 0, 9])).unwrap();
+        // Again at once: dropped.
+        dev.announce(own).unwrap();
+        std::thread::sleep(ANNOUNCE_INTERVAL);
+        dev.announce(own).unwrap();
+        assert_eq!(
+            *lock(&dev.sink.calls),
+            [format!("announce {own}"), format!("announce {own}")]
+        );
+    }
+
+    #[test]
     fn config_space_reports_mac_and_mtu() {
         let dev = VnicDevice::new(
             "t",
