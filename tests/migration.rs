@@ -4,7 +4,7 @@
 //! MRG_RXBUF, packed rings), nothing after logging ends; SEND_RARP
 //! announces the vNIC's own MAC only; and a vNIC that is a migration's
 //! destination (`incoming_for`) takes its source's MAC once its guest's
-//! rings start. The VM tier (`vm-tests/migration.sh`) migrates real QEMU
+//! rings start; after GET_VRING_BASE nothing more is written. The VM tier (`vm-tests/migration.sh`) migrates real QEMU
 //! guests.
 
 mod common;
@@ -142,6 +142,34 @@ fn logs_every_page_it_writes(name: &str, fcfg: FrontendConfig) {
         late.is_empty(),
         "{name}: {} pages marked after logging ended",
         late.len()
+    );
+
+    // The end of a migration: the rings stop (GET_VRING_BASE) while frames
+    // for the guest are on their way; afterwards snapnet writes nothing.
+    let _log = b.start_dirty_log().expect("logging starts again");
+    let burst = frame(MAC1, MAC0, 800, 0);
+    a.prepare_blast(0, &burst);
+    a.blast(0, 64);
+    let bases = b.stop_rings().expect("GET_VRING_BASE");
+    assert_eq!(bases.len(), 2, "{name}");
+    let stopped = memory(&b);
+    for _ in 0..20 {
+        a.blast(0, 32);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let late: Vec<usize> = stopped
+        .chunks(pages)
+        .zip(memory(&b).chunks(pages))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{name}: {} pages written after GET_VRING_BASE, first {:#x}",
+        late.len(),
+        late[0] * pages
     );
 }
 

@@ -762,6 +762,14 @@ impl Frontend {
         {
             self.set_status(0)?;
         }
+        self.stop_rings()
+    }
+
+    /// GET_VRING_BASE on every ring (RX0, TX0, RX1, ...), as QEMU stops a
+    /// device at the end of a live migration: returns the bases (see
+    /// [`Self::shutdown_with_bases`]); the backend writes nothing into
+    /// guest memory afterwards. The device stays connected.
+    pub fn stop_rings(&self) -> Result<Vec<u32>, FrontendError> {
         self.vu.set_hdr_flags(VhostUserHeaderFlag::empty());
         (0..2 * self.queue_pairs() as usize)
             .map(|r| {
