@@ -525,6 +525,25 @@ fn a_new_process_that_dies_at_any_step_is_rolled_back() {
     guests.drain();
     counters_match(&control, &guests);
 
+    // A guest being live-migrated: its dirty log marks what this process
+    // writes, so no upgrade starts; the guests keep their network.
+    let log = guests.fes[1].start_dirty_log().expect("logging starts");
+    let e = upgrade_under_traffic(&control, json!({}), &mut guests)
+        .expect_err("no upgrade while a guest migrates");
+    assert!(e.to_string().contains("live-migrat"), "{e}");
+    let before = guests.got;
+    guests.run_for(Duration::from_millis(200));
+    assert!(
+        flowed_since(&guests, before),
+        "frames flow while it migrates"
+    );
+    assert!(
+        !log.dirty_pages().is_empty(),
+        "the old process marks the log"
+    );
+    guests.fes[1].stop_dirty_log().expect("logging stops");
+    guests.drain();
+
     let report =
         upgrade_under_traffic(&control, json!({}), &mut guests).expect("the upgrade succeeds");
     let new_pid = report["pid"].as_u64().expect("a pid") as u32;

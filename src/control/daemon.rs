@@ -539,6 +539,16 @@ impl Daemon {
         Ok(takeover)
     }
 
+    /// The vNICs whose guests are being live-migrated (dirty-page logging
+    /// on, or a log mapped for it).
+    pub fn migrating_vnics(&self) -> Vec<&str> {
+        self.vnics
+            .iter()
+            .filter(|v| v.device.migrating())
+            .map(|v| v.config.name.as_str())
+            .collect()
+    }
+
     /// The running vNIC that is the other end of `v`'s live migration on
     /// this host, if any.
     fn migration_partner(&self, v: &VnicConfig) -> Option<usize> {

@@ -230,6 +230,13 @@ pub fn upgrade(
     metrics: Option<BorrowedFd<'_>>,
 ) -> Result<UpgradeReport, UpgradeError> {
     let not_started = |e: String| UpgradeError::NotStarted(e);
+    // A migration's dirty log marks what this process writes; a successor
+    // would not know it (docs/migration.md).
+    if let Some(name) = daemon.migrating_vnics().first() {
+        return Err(not_started(format!(
+            "vNIC {name}: its guest is being live-migrated (dirty-page logging is on): upgrade once the migration ended"
+        )));
+    }
     let deadline = Instant::now() + UPGRADE_TIMEOUT;
     let (mut ours, theirs) = Channel::pair().map_err(|e| not_started(text(e)))?;
     within(&mut ours, STEP_TIMEOUT, deadline).map_err(|e| not_started(text(e)))?;

@@ -52,7 +52,7 @@ pub struct IsolationArgs {
 /// queue pairs gets frames on every queue.
 const FLOWS: u16 = 256;
 
-fn connect(path: &Path, cfg: &FrontendConfig) -> Result<Frontend, String> {
+pub(super) fn connect(path: &Path, cfg: &FrontendConfig) -> Result<Frontend, String> {
     Frontend::connect(path, cfg, Duration::from_secs(10))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -123,7 +123,7 @@ fn start_flood(
 
 /// The steady pair's received rate (Mpps) over `seconds`, and the bench
 /// thread's CPU share.
-fn steady_rate(tx: &mut Frontend, rx: &mut Frontend, seconds: f64) -> (f64, f64) {
+pub(super) fn steady_rate(tx: &mut Frontend, rx: &mut Frontend, seconds: f64) -> (f64, f64) {
     let warm_end = Instant::now() + WARMUP;
     let step = |tx: &mut Frontend, rx: &mut Frontend| {
         tx.blast(0, 32);
@@ -162,7 +162,7 @@ fn print_phase(phase: &str, round: usize, mpps: f64, cpu: f64) {
     );
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

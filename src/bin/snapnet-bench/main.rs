@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod dirty_log;
 mod guests;
 mod handover;
 mod isolation;
@@ -55,6 +56,9 @@ enum Cmd {
     /// A steady pair's rate alone and while guests with no RX buffers are
     /// flooded, interleaved rounds, medians and ratio.
     Isolation(isolation::IsolationArgs),
+    /// A steady pair's rate with a live migration's dirty-page logging
+    /// off and on, interleaved rounds, medians and ratio.
+    DirtyLog(dirty_log::DirtyLogArgs),
     /// Upgrade blackout per vNIC, in-process rehearsal of the hand-over:
     /// p50/p99/max, the largest gap a guest saw, frames lost.
     Handover(handover::HandoverArgs),
@@ -884,6 +888,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Pair(a) => run_pair(a),
         Cmd::Isolation(a) => isolation::run_isolation(a),
+        Cmd::DirtyLog(a) => dirty_log::run_dirty_log(a),
         Cmd::Handover(a) => handover::run_handover(a),
         Cmd::Upgrade(a) => upgrade::run_upgrade(a),
         Cmd::Tx(a) => run_tx(a),
