@@ -183,8 +183,22 @@ impl DirtyPages {
     }
 
     /// The per-packet code wrote `len` bytes of guest buffer at `host`.
+    /// Writes that touch or overlap the previous one (the next buffer of
+    /// a ring, the next part of a merged frame) extend it, so a batch
+    /// usually leaves a few ranges to translate, not one per frame.
     #[inline]
     pub fn wrote(&mut self, host: *const u8, len: u32) {
+        if let Some(last) = self.written.last_mut() {
+            let (start, end) = (last.0 as usize, last.0 as usize + last.1 as usize);
+            let at = host as usize;
+            if (start..=end).contains(&at) {
+                let grown = (at + len as usize).max(end) - start;
+                if let Ok(grown) = u32::try_from(grown) {
+                    last.1 = grown;
+                    return;
+                }
+            }
+        }
         self.written.push((host, len));
     }
 
@@ -219,9 +233,20 @@ impl DirtyPages {
     /// table the buffers were translated with.
     pub fn flush(&mut self, map: Option<&GuestMap>) {
         let written = std::mem::take(&mut self.written);
-        for &(host, len) in &written {
-            if let Some(gpa) = map.and_then(|m| m.gpa_of(host)) {
-                self.wrote_gpa(gpa, u64::from(len));
+        if let Some(map) = map {
+            for &(host, len) in &written {
+                // A range may run from one region's mapping into the next
+                // one's: each part is marked at its own guest address.
+                let (mut host, mut len) = (host, u64::from(len));
+                while len > 0 {
+                    let Some((gpa, left)) = map.gpa_range_of(host) else {
+                        break;
+                    };
+                    let n = len.min(left);
+                    self.wrote_gpa(gpa, n);
+                    host = host.wrapping_add(n as usize);
+                    len -= n;
+                }
             }
         }
         self.written = written;
@@ -317,6 +342,28 @@ pub(crate) mod tests {
         }
         for p in [0x102, 0x105, 4, 8, 0] {
             assert!(!log.is_marked(p), "page {p:#x}");
+        }
+    }
+
+    #[test]
+    fn adjacent_writes_merge_and_still_mark_every_page() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap());
+        let map = GuestMap::new(mem);
+        let f = log_file(8);
+        let log = Arc::new(DirtyLog::map(&f, 8, 0).unwrap());
+        let mut pages = DirtyPages::new(log.clone());
+        let (base, _) = map.translate(0, 0x40000).unwrap();
+        let at = |off: usize| base.wrapping_add(off).cast_const();
+        // Pages 3..=5 in three touching or overlapping writes.
+        pages.wrote(at(3 * 4096 + 100), 4000);
+        pages.wrote(at(3 * 4096 + 4100), 1000);
+        pages.wrote(at(3 * 4096 + 2000), 7000);
+        // A write elsewhere starts a range of its own.
+        pages.wrote(at(9 * 4096), 10);
+        assert_eq!(pages.written.len(), 2);
+        pages.flush(Some(&map));
+        for p in 0..16 {
+            assert_eq!(log.is_marked(p), matches!(p, 3..=5 | 9), "page {p}");
         }
     }
 }

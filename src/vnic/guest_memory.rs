@@ -75,9 +75,16 @@ impl GuestMap {
     /// guest memory (the dirty log marks pages by their guest address).
     #[inline]
     pub fn gpa_of(&self, host: *const u8) -> Option<u64> {
+        self.gpa_range_of(host).map(|(gpa, _)| gpa)
+    }
+
+    /// [`Self::gpa_of`], and how many bytes from `host` on lie in the same
+    /// region (contiguous in guest-physical space).
+    #[inline]
+    pub fn gpa_range_of(&self, host: *const u8) -> Option<(u64, u64)> {
         self.regions.iter().find_map(|r| {
             let off = (host as usize).wrapping_sub(r.host as usize) as u64;
-            (off < r.len).then_some(r.gpa + off)
+            (off < r.len).then_some((r.gpa + off, r.len - off))
         })
     }
 
