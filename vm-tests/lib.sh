@@ -117,11 +117,11 @@ vm_guest() {
     local name=$1 sock=$2 mac=$3 cmdline=$4
     shift 4
     # In a subshell that outlives QEMU, so killing QEMU on purpose is not
-    # reported as a killed job.
+    # reported as a killed job (and its own notice of it goes nowhere).
     (bash "$VM_ROOT/qemu-scripts/launch-guest.sh" --socket "$sock" --mac "$mac" --qemu "$VM_QEMU" \
         --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" \
         --cmdline "$cmdline" --serial-log "$VM_DIR/$name.log" --timeout "${VM_GUEST_TIMEOUT:-120}" \
-        --pidfile "$VM_DIR/$name.pid" "$@" >"$VM_DIR/$name.qemu.log" 2>&1 || true) &
+        --pidfile "$VM_DIR/$name.pid" "$@" >"$VM_DIR/$name.qemu.log" 2>&1 || true) 2>/dev/null &
     VM_PIDS+=($!)
     eval "VM_GUEST_PID_$name=$!"
 }
@@ -166,3 +166,21 @@ vm_count() {
 
 # vm_field LINE KEY: the value of key=value in a result line.
 vm_field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
+
+# vm_qmp SOCKET COMMAND-JSON...: runs the commands on a QEMU's QMP socket
+# after the handshake and prints QEMU's replies, one JSON object per line.
+vm_qmp() {
+    local sock=$1
+    shift
+    { echo '{"execute":"qmp_capabilities"}'; printf '%s\n' "$@"; sleep 0.3; } |
+        timeout 10 socat - "UNIX-CONNECT:$sock"
+}
+
+# vm_migration_status SOCKET: the source QEMU's migration status
+# (active, completed, failed, cancelled, ...) and, once completed, the
+# downtime: "STATUS [DOWNTIME_MS]".
+vm_migration_status() {
+    local reply
+    reply=$(vm_qmp "$1" '{"execute":"query-migrate"}' | grep '"status"' | tail -1) || true
+    echo "$(echo "$reply" | sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p' | tail -1) $(echo "$reply" | sed -n 's/.*"downtime": *\([0-9]*\).*/\1/p')"
+}

@@ -21,19 +21,10 @@ SNAPNET=$VM_ROOT/target/release/snapnet
 PINGS=3000
 MAC_A=52:54:00:5a:00:01
 
-# qmp SOCKET COMMAND-JSON...: runs the commands after the handshake and prints
-# QEMU's replies, one JSON object per line.
-qmp() {
-    local sock=$1
-    shift
-    { echo '{"execute":"qmp_capabilities"}'; printf '%s\n' "$@"; sleep 0.3; } |
-        timeout 10 socat - "UNIX-CONNECT:$sock"
-}
-
 # migrate_once LABEL QEMU: one whole scenario on a fresh snapnet; sets
 # RESULT to "LABEL: downtime=..ms ..." on success.
 migrate_once() {
-    local label=$1 qemu=$2 control dir i reply status downtime r sent received gap sum_a sum_b
+    local label=$1 qemu=$2 control dir i reply status downtime="" r sent received gap sum_a sum_b
     dir=$VM_DIR/$label
     mkdir -p "$dir"
     control=$dir/control.sock
@@ -71,18 +62,16 @@ JSON
         -- -incoming "unix:$dir/migrate.sock"
     for i in $(seq 100); do [ -S "$dir/migrate.sock" ] && break; sleep 0.1; done
     [ -S "$dir/migrate.sock" ] || vm_fail "$label: the destination QEMU is not listening"
-    reply=$(qmp "$dir/a.qmp" '{"execute":"migrate","arguments":{"uri":"unix:'"$dir"'/migrate.sock"}}')
+    reply=$(vm_qmp "$dir/a.qmp" '{"execute":"migrate","arguments":{"uri":"unix:'"$dir"'/migrate.sock"}}')
     echo "$reply" | grep -q '"error"' && vm_fail "$label: migrate refused: $reply"
     status=""
     for i in $(seq 600); do
-        reply=$(qmp "$dir/a.qmp" '{"execute":"query-migrate"}' | grep '"status"' | tail -1)
-        status=$(echo "$reply" | sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p' | tail -1)
+        read -r status downtime <<<"$(vm_migration_status "$dir/a.qmp")"
         case "$status" in completed|failed|cancelled) break ;; esac
         sleep 0.1
     done
-    [ "$status" = completed ] || vm_fail "$label: migration ended as '$status': $reply"
-    downtime=$(echo "$reply" | sed -n 's/.*"downtime": *\([0-9]*\).*/\1/p')
-    qmp "$dir/a.qmp" '{"execute":"quit"}' >/dev/null 2>&1 || true
+    [ "$status" = completed ] || vm_fail "$label: migration ended as '$status'"
+    vm_qmp "$dir/a.qmp" '{"execute":"quit"}' >/dev/null 2>&1 || true
     # The guest runs on a-in now: the control plane removes the source.
     "$SNAPNET" ctl --socket "$control" vnic remove vnic0 >/dev/null ||
         vm_fail "$label: vnic remove vnic0 failed"
