@@ -145,7 +145,7 @@ vm_wait() {
 }
 
 # vm_result NAME TEST: the guest's result line for TEST (empty if none).
-vm_result() { grep -a "SNAPNET-RESULT test=$2 " "$VM_DIR/$1.log" | tail -1 | tr -d '\r'; }
+vm_result() { { grep -a "SNAPNET-RESULT test=$2 " "$VM_DIR/$1.log" || true; } | tail -1 | tr -d '\r'; }
 
 # vm_expect NAME TEST: fails the scenario unless TEST passed in guest NAME.
 vm_expect() {
