@@ -36,7 +36,18 @@ pub struct Seen {
     /// Per epoch, the largest gap any guest saw (a gap counts in the epoch
     /// in which it ended).
     pub epoch_gaps: Vec<Duration>,
+    /// The same, less the time this thread itself did not run within the
+    /// gap (a round of its loop longer than [`OWN_STALL`]): the part of a
+    /// gap the daemon is answerable for, since a guest that is not polled
+    /// sees nothing either.
+    pub epoch_daemon_gaps: Vec<Duration>,
+    /// Per epoch, the longest round of this thread's loop.
+    pub epoch_own_stalls: Vec<Duration>,
 }
+
+/// A round of the driving loop this long means the thread was not running
+/// (a round polls every guest once: microseconds).
+const OWN_STALL: Duration = Duration::from_millis(1);
 
 /// Who each guest is and whom it sends to, and the flags the measuring
 /// thread sets.
@@ -77,6 +88,13 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
     let mut records: Vec<GuestRecord> = fes.iter().map(|_| GuestRecord::default()).collect();
     let mut last_rx: Vec<Option<Instant>> = vec![None; fes.len()];
     let mut epoch_gaps = vec![Duration::ZERO];
+    let mut epoch_daemon_gaps = vec![Duration::ZERO];
+    let mut epoch_own_stalls = vec![Duration::ZERO];
+    // This thread's stalls so far, and their total at each guest's last
+    // frame.
+    let mut stalled = Duration::ZERO;
+    let mut stalled_at_rx = vec![Duration::ZERO; fes.len()];
+    let mut last_round = Instant::now();
     let hdr = VirtioNetHdr::default();
     let mut draining_since = None;
     loop {
@@ -86,8 +104,19 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
         let epoch = d.epoch.load(Ordering::Relaxed);
         if epoch >= epoch_gaps.len() {
             epoch_gaps.resize(epoch + 1, Duration::ZERO);
+            epoch_daemon_gaps.resize(epoch + 1, Duration::ZERO);
+            epoch_own_stalls.resize(epoch + 1, Duration::ZERO);
         }
         let measuring = d.measuring.load(Ordering::Relaxed);
+        let round_start = Instant::now();
+        let round = round_start - last_round;
+        last_round = round_start;
+        if round > OWN_STALL {
+            stalled += round;
+        }
+        if measuring {
+            epoch_own_stalls[epoch] = epoch_own_stalls[epoch].max(round);
+        }
         for i in 0..fes.len() {
             // The peer receives only this guest's frames.
             let delivered = records[d.peers[i]].received;
@@ -114,8 +143,11 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
                 if let (Some(t), true) = (last_rx[i], measuring) {
                     r.largest_gap = r.largest_gap.max(now - t);
                     epoch_gaps[epoch] = epoch_gaps[epoch].max(now - t);
+                    let daemon = (now - t).saturating_sub(stalled - stalled_at_rx[i]);
+                    epoch_daemon_gaps[epoch] = epoch_daemon_gaps[epoch].max(daemon);
                 }
                 last_rx[i] = Some(now);
+                stalled_at_rx[i] = stalled;
             }
         }
         if !d.flowing.load(Ordering::Relaxed) && records.iter().all(|r| r.received > 0) {
@@ -129,6 +161,8 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
                 return Ok(Seen {
                     guests: records,
                     epoch_gaps,
+                    epoch_daemon_gaps,
+                    epoch_own_stalls,
                 });
             }
         }

@@ -4,7 +4,10 @@
 //! while it is upgraded again and again. Per upgrade: the daemon's blackout
 //! (its report: the first engine stopping to the new process serving every
 //! vNIC) and the largest gap any guest saw between two frames; over the
-//! run, frames lost, duplicated or reordered (must be 0).
+//! run, frames lost, duplicated or reordered (must be 0). A gap is also
+//! given less the time the guests' own thread did not run within it (the
+//! daemon gap: two cores host both processes and this thread), with that
+//! thread's longest stall.
 //!
 //! Per vNIC too (the daemon's report): from its engines beginning to stop
 //! in the old process (before the mailbox call that detaches its vrings)
@@ -229,20 +232,27 @@ fn measure(a: &UpgradeArgs, binary: &Path, dir: &Path, n: usize) -> Result<(), S
     let lost = sent.saturating_sub(frames);
     // Epoch 0 is the traffic before the first upgrade.
     let mut gaps: Vec<Duration> = seen.epoch_gaps.iter().skip(1).copied().collect();
-    for (u, (b, g)) in blackouts.iter().zip(&gaps).enumerate() {
+    let mut daemon_gaps: Vec<Duration> = seen.epoch_daemon_gaps.iter().skip(1).copied().collect();
+    let mut stalls: Vec<Duration> = seen.epoch_own_stalls.iter().skip(1).copied().collect();
+    for (u, b) in blackouts.iter().enumerate() {
+        let at = |v: &[Duration]| us(v.get(u).copied().unwrap_or_default());
         println!(
-            "round test=upgrade vnics={n} upgrade={u} blackout_us={} largest_guest_gap_us={}",
+            "round test=upgrade vnics={n} upgrade={u} blackout_us={} largest_guest_gap_us={} largest_daemon_gap_us={} bench_stall_us={}",
             us(*b),
-            us(*g)
+            at(&gaps),
+            at(&daemon_gaps),
+            at(&stalls)
         );
     }
     let steady = seen.epoch_gaps.first().copied().unwrap_or_default();
     blackouts.sort();
     engine_blackouts.sort();
     gaps.sort();
+    daemon_gaps.sort();
+    stalls.sort();
     let q = |v: &[Duration], x| us(quantile(v, x));
     println!(
-        "result test=upgrade vnics={n} upgrades={} engine_blackout_p50_us={} engine_blackout_p99_us={} engine_blackout_max_us={} daemon_blackout_p50_us={} daemon_blackout_p99_us={} daemon_blackout_max_us={} guest_gap_p50_us={} guest_gap_p99_us={} guest_gap_max_us={} steady_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
+        "result test=upgrade vnics={n} upgrades={} engine_blackout_p50_us={} engine_blackout_p99_us={} engine_blackout_max_us={} daemon_blackout_p50_us={} daemon_blackout_p99_us={} daemon_blackout_max_us={} guest_gap_p50_us={} guest_gap_p99_us={} guest_gap_max_us={} daemon_gap_p50_us={} daemon_gap_p99_us={} daemon_gap_max_us={} bench_stall_max_us={} steady_gap_max_us={} frames={frames} lost={lost} out_of_order={out_of_order}",
         blackouts.len(),
         q(&engine_blackouts, 0.5),
         q(&engine_blackouts, 0.99),
@@ -253,6 +263,10 @@ fn measure(a: &UpgradeArgs, binary: &Path, dir: &Path, n: usize) -> Result<(), S
         q(&gaps, 0.5),
         q(&gaps, 0.99),
         q(&gaps, 1.0),
+        q(&daemon_gaps, 0.5),
+        q(&daemon_gaps, 0.99),
+        q(&daemon_gaps, 1.0),
+        q(&stalls, 1.0),
         us(steady),
     );
     Ok(())
