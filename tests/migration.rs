@@ -158,7 +158,11 @@ fn logs_every_page_it_writes(name: &str, fcfg: FrontendConfig) {
         for (r, base) in [&rx, &tx].iter().zip(&bases) {
             let mut idx = [0u8; 2];
             b.read_guest(r.used + 2, &mut idx);
-            assert_eq!(*base, u32::from(u16::from_le_bytes(idx)), "{name}: base vs used idx");
+            assert_eq!(
+                *base,
+                u32::from(u16::from_le_bytes(idx)),
+                "{name}: base vs used idx"
+            );
         }
     }
     let stopped = memory(&b);

@@ -37,16 +37,17 @@ pub struct Seen {
     /// in which it ended).
     pub epoch_gaps: Vec<Duration>,
     /// The same, less the time this thread itself did not run within the
-    /// gap (a round of its loop longer than [`OWN_STALL`]): the part of a
+    /// gap (a pause between two looks at the clock longer than
+    /// [`OWN_STALL`]): the part of a
     /// gap the daemon is answerable for, since a guest that is not polled
     /// sees nothing either.
     pub epoch_daemon_gaps: Vec<Duration>,
-    /// Per epoch, the longest round of this thread's loop.
+    /// Per epoch, the longest pause between two looks at the clock.
     pub epoch_own_stalls: Vec<Duration>,
 }
 
-/// A round of the driving loop this long means the thread was not running
-/// (a round polls every guest once: microseconds).
+/// A pause this long between two looks at the clock means the thread was
+/// not running (it sends to or polls one guest in between: microseconds).
 const OWN_STALL: Duration = Duration::from_millis(1);
 
 /// Who each guest is and whom it sends to, and the flags the measuring
@@ -94,7 +95,7 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
     // frame.
     let mut stalled = Duration::ZERO;
     let mut stalled_at_rx = vec![Duration::ZERO; fes.len()];
-    let mut last_round = Instant::now();
+    let mut last_tick = Instant::now();
     let hdr = VirtioNetHdr::default();
     let mut draining_since = None;
     loop {
@@ -108,15 +109,21 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
             epoch_own_stalls.resize(epoch + 1, Duration::ZERO);
         }
         let measuring = d.measuring.load(Ordering::Relaxed);
-        let round_start = Instant::now();
-        let round = round_start - last_round;
-        last_round = round_start;
-        if round > OWN_STALL {
-            stalled += round;
-        }
-        if measuring {
-            epoch_own_stalls[epoch] = epoch_own_stalls[epoch].max(round);
-        }
+        // Time since the last look at the clock; a long one is a stall of
+        // this thread, counted before the next frame's gap is judged.
+        let mut tick = |stalled: &mut Duration| {
+            let now = Instant::now();
+            let since = now - last_tick;
+            last_tick = now;
+            if since > OWN_STALL {
+                *stalled += since;
+            }
+            if measuring {
+                epoch_own_stalls[epoch] = epoch_own_stalls[epoch].max(since);
+            }
+            now
+        };
+        tick(&mut stalled);
         for i in 0..fes.len() {
             // The peer receives only this guest's frames.
             let delivered = records[d.peers[i]].received;
@@ -129,7 +136,7 @@ pub fn drive(d: Drive) -> Result<Seen, String> {
             }
         }
         for (i, (fe, r)) in fes.iter_mut().zip(&mut records).enumerate() {
-            let now = Instant::now();
+            let now = tick(&mut stalled);
             let n = fe.recv(0, |_, p| {
                 let seq = u64::from_be_bytes(p[14..22].try_into().unwrap_or_default());
                 // One lost frame counts once, not for every frame after it.
