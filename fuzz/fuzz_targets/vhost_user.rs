@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use snapnet::engine::Engine;
+use snapnet::packet::wire::MacAddr;
 use snapnet::packet::{link, LinkRx, LinkTx};
 use snapnet::shaping::RateLimit;
 use snapnet::vnic::device::{DeviceError, QueueSink};
+use snapnet::vnic::dirty_log::DirtyLog;
 use snapnet::vnic::engine::{AttachedQueue, GuestMemory, Side};
 use snapnet::vnic::features::Negotiated;
 use snapnet::vnic::{VnicDevice, VnicEngine};
@@ -118,6 +120,20 @@ impl QueueSink for Sink {
         let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
         engines.iter_mut().for_each(|e| e.hold_frames(on));
         Ok(())
+    }
+
+    fn set_dirty_log(&self, log: Option<Arc<DirtyLog>>) -> Result<(), DeviceError> {
+        let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        engines
+            .iter_mut()
+            .for_each(|e| e.set_dirty_log(log.clone()));
+        Ok(())
+    }
+
+    fn announce(&self, mac: MacAddr) -> Result<(), DeviceError> {
+        self.with(0, |e| {
+            e.announce(mac);
+        })
     }
 }
 
