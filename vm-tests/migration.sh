@@ -110,7 +110,7 @@ JSON
 
 # SNAPNET_MIGRATION_QEMU=72, 10 or both (the default: 10). With QEMU 7.2
 # (TCG, INTx: launch-guest.sh gives it vectors=0) the destination guest's
-# kernel crashed right after resuming in 4 of 8 runs (list corruption, a
+# kernel crashed right after resuming in 4 of 7 runs (list corruption, a
 # NULL call in an interrupt, a soft lockup in the idle task), with or
 # without snapnet's batching of dirty-page marks; QEMU 10 passed every run.
 # Until the cause is known (docs/migration.md), CI runs QEMU 10.
