@@ -110,10 +110,9 @@ JSON
 
 # SNAPNET_MIGRATION_QEMU=72, 10 or both (the default: 10). With QEMU 7.2
 # (TCG, INTx: launch-guest.sh gives it vectors=0) the destination guest's
-# kernel crashed right after resuming in 4 of 7 runs (list corruption, a
-# NULL call in an interrupt, a soft lockup in the idle task), with or
-# without snapnet's batching of dirty-page marks; QEMU 10 passed every run.
-# Until the cause is known (docs/migration.md), CI runs QEMU 10.
+# kernel crashed right after resuming in 4 of 7 runs, and in 1 of 4 runs of
+# the same scenario through QEMU 7.2's own virtio-net without snapnet
+# (docs/migration.md): a QEMU 7.2 TCG migration problem. CI runs QEMU 10.
 results=()
 want=${SNAPNET_MIGRATION_QEMU:-10}
 if [ "$want" = 72 ] || [ "$want" = both ]; then
