@@ -168,11 +168,12 @@ vm_count() {
 vm_field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
 
 # vm_qmp SOCKET COMMAND-JSON...: runs the commands on a QEMU's QMP socket
-# after the handshake and prints QEMU's replies, one JSON object per line.
+# after the handshake and prints QEMU's replies, one JSON object per line
+# (it waits VM_QMP_WAIT seconds, default 0.3, for them).
 vm_qmp() {
     local sock=$1
     shift
-    { echo '{"execute":"qmp_capabilities"}'; printf '%s\n' "$@"; sleep 0.3; } |
+    { echo '{"execute":"qmp_capabilities"}'; printf '%s\n' "$@"; sleep "${VM_QMP_WAIT:-0.3}"; } |
         timeout 10 socat - "UNIX-CONNECT:$sock"
 }
 
