@@ -185,3 +185,33 @@ vm_migration_status() {
     reply=$(vm_qmp "$1" '{"execute":"query-migrate"}' | grep '"status"' | tail -1) || true
     echo "$(echo "$reply" | sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p' | tail -1) $(echo "$reply" | sed -n 's/.*"downtime": *\([0-9]*\).*/\1/p')"
 }
+
+# vm_two_hosts PREFIX SUBNET: two snapnet "hosts", network namespaces
+# ${PREFIX}a and ${PREFIX}b, whose interface `fabric` (SUBNET.1 and SUBNET.2)
+# is a veth into a third namespace ${PREFIX}f holding a bridge. Sets VM_HOST_A,
+# VM_HOST_B, VM_FABRIC_NS and the fabric MACs VM_UNDERLAY_A/B; the namespaces
+# and a second snapnet whose PID is in VM_SNAPNET_B go at cleanup.
+VM_SNAPNET_B=""
+vm_two_hosts() {
+    local p=$1 net=$2 h ns
+    VM_HOST_A=${p}a VM_HOST_B=${p}b VM_FABRIC_NS=${p}f
+    vm_cleanup_hook() {
+        [ -n "$VM_SNAPNET_B" ] && kill -9 "$VM_SNAPNET_B" 2>/dev/null
+        ip netns del "$VM_HOST_A" 2>/dev/null
+        ip netns del "$VM_HOST_B" 2>/dev/null
+        ip netns del "$VM_FABRIC_NS" 2>/dev/null
+    }
+    ip netns add "$VM_HOST_A" && ip netns add "$VM_HOST_B" && ip netns add "$VM_FABRIC_NS" ||
+        vm_fail "cannot create namespaces"
+    ip -n "$VM_FABRIC_NS" link add br0 type bridge && ip -n "$VM_FABRIC_NS" link set br0 up
+    for h in a b; do
+        ns=$VM_HOST_A; [ "$h" = b ] && ns=$VM_HOST_B
+        ip link add "${p}u$h" netns "$ns" type veth peer name "${p}f$h" netns "$VM_FABRIC_NS" || vm_fail "no veth"
+        ip -n "$VM_FABRIC_NS" link set "${p}f$h" master br0 && ip -n "$VM_FABRIC_NS" link set "${p}f$h" up
+        ip -n "$ns" link set "${p}u$h" name fabric && ip -n "$ns" link set fabric up && ip -n "$ns" link set lo up
+    done
+    ip -n "$VM_HOST_A" addr add "$net.1/24" dev fabric
+    ip -n "$VM_HOST_B" addr add "$net.2/24" dev fabric
+    VM_UNDERLAY_A=$(ip netns exec "$VM_HOST_A" cat /sys/class/net/fabric/address)
+    VM_UNDERLAY_B=$(ip netns exec "$VM_HOST_B" cat /sys/class/net/fabric/address)
+}

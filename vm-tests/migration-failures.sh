@@ -18,15 +18,7 @@ SNAPNET=$VM_ROOT/target/release/snapnet
 MAC_A=52:54:00:5a:00:01
 dir=$VM_DIR
 control=$dir/control.sock
-cat >"$dir/config.json" <<JSON
-{ "runtime_dir": "$dir", "vnics": [
-    { "name": "vnic0", "mac": "$MAC_A" },
-    { "name": "vnic1", "mac": "52:54:00:5a:00:02" } ],
-  "groups": [ { "name": "default", "policy": "dedicated", "threads": 1 } ] }
-JSON
-"$SNAPNET" serve --config "$dir/config.json" >>"$dir/snapnet.log" 2>&1 &
-VM_SNAPNET_PID=$!
-for i in $(seq 100); do grep -q "running" "$dir/snapnet.log" 2>/dev/null && break; sleep 0.05; done
+vm_snapnet "$(vm_two_vnics)"
 vm_guest a "$dir/vnic0.sock" "$MAC_A" "snapnet.ip=10.0.0.1/24 snapnet.tests=hold snapnet.hold=150" \
     -- -qmp "unix:$dir/a.qmp,server=on,wait=off"
 vm_guest b "$dir/vnic1.sock" 52:54:00:5a:00:02 \

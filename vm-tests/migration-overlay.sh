@@ -17,27 +17,9 @@ out=$(bash "$VM_ROOT/qemu-scripts/fetch-qemu10.sh") || vm_fail "cannot fetch QEM
 eval "$(echo "$out" | grep -E '^QEMU10=')"
 VM_QEMU=$QEMU10
 SNAPNET=$VM_ROOT/target/release/snapnet
-tag=$$
-A=snvma$tag B=snvmb$tag F=snvmf$tag
-SNAPNET_B=""
-vm_cleanup_hook() {
-    [ -n "$SNAPNET_B" ] && kill -9 "$SNAPNET_B" 2>/dev/null
-    ip netns del "$A" 2>/dev/null
-    ip netns del "$B" 2>/dev/null
-    ip netns del "$F" 2>/dev/null
-}
-ip netns add "$A" && ip netns add "$B" && ip netns add "$F" || vm_fail "cannot create namespaces"
-ip -n "$F" link add br0 type bridge && ip -n "$F" link set br0 up
-for h in a b; do
-    ns=$A; [ "$h" = b ] && ns=$B
-    ip link add "m$h$tag" netns "$ns" type veth peer name "g$h$tag" netns "$F" || vm_fail "no veth"
-    ip -n "$F" link set "g$h$tag" master br0 && ip -n "$F" link set "g$h$tag" up
-    ip -n "$ns" link set "m$h$tag" name fabric && ip -n "$ns" link set fabric up && ip -n "$ns" link set lo up
-done
-ip -n "$A" addr add 192.168.61.1/24 dev fabric
-ip -n "$B" addr add 192.168.61.2/24 dev fabric
-UNDERLAY_A=$(ip netns exec "$A" cat /sys/class/net/fabric/address)
-UNDERLAY_B=$(ip netns exec "$B" cat /sys/class/net/fabric/address)
+vm_two_hosts "snvm$$" 192.168.61
+A=$VM_HOST_A B=$VM_HOST_B
+UNDERLAY_A=$VM_UNDERLAY_A UNDERLAY_B=$VM_UNDERLAY_B
 MAC_A=52:54:00:61:00:0a
 MAC_C=52:54:00:61:00:0c
 PINGS=3000
@@ -60,7 +42,7 @@ host_config a "$(overlay 192.168.61.1 192.168.61.2 "$UNDERLAY_B")" \
 host_config b "$(overlay 192.168.61.2 192.168.61.1 "$UNDERLAY_A" "{ \"network\": 100, \"mac\": \"$MAC_A\", \"remote\": \"192.168.61.1\" }")" ""
 VM_NETNS=$A vm_snapnet "$VM_DIR/a.json"
 ip netns exec "$B" "$SNAPNET" serve --config "$VM_DIR/b.json" >>"$VM_DIR/snapnet-b.log" 2>&1 &
-SNAPNET_B=$!
+VM_SNAPNET_B=$!
 for _ in $(seq 100); do [ -S "$VM_DIR/b-control.sock" ] && break; sleep 0.05; done
 [ -S "$VM_DIR/b-control.sock" ] || vm_fail "host B's snapnet did not start"
 vm_guest a "$VM_DIR/a/vma.sock" "$MAC_A" \

@@ -7,27 +7,9 @@
 # 50 bytes of VXLAN on a 1500 B fabric.
 source "$(dirname "$0")/lib.sh"
 vm_setup
-tag=$$
-A=snvoa$tag B=snvob$tag F=snvof$tag
-SNAPNET_B=""
-vm_cleanup_hook() {
-    [ -n "$SNAPNET_B" ] && kill -9 "$SNAPNET_B" 2>/dev/null
-    ip netns del "$A" 2>/dev/null
-    ip netns del "$B" 2>/dev/null
-    ip netns del "$F" 2>/dev/null
-}
-ip netns add "$A" && ip netns add "$B" && ip netns add "$F" || vm_fail "cannot create namespaces"
-ip -n "$F" link add br0 type bridge && ip -n "$F" link set br0 up
-for h in a b; do
-    ns=$A; [ "$h" = b ] && ns=$B
-    ip link add "u$h$tag" netns "$ns" type veth peer name "f$h$tag" netns "$F" || vm_fail "no veth"
-    ip -n "$F" link set "f$h$tag" master br0 && ip -n "$F" link set "f$h$tag" up
-    ip -n "$ns" link set "u$h$tag" name fabric && ip -n "$ns" link set fabric up && ip -n "$ns" link set lo up
-done
-ip -n "$A" addr add 192.168.60.1/24 dev fabric
-ip -n "$B" addr add 192.168.60.2/24 dev fabric
-MAC_A=$(ip netns exec "$A" cat /sys/class/net/fabric/address)
-MAC_B=$(ip netns exec "$B" cat /sys/class/net/fabric/address)
+vm_two_hosts "snvo$$" 192.168.60
+A=$VM_HOST_A B=$VM_HOST_B
+MAC_A=$VM_UNDERLAY_A MAC_B=$VM_UNDERLAY_B
 host_config() { # name local remote remote_mac guest_mac
     cat > "$VM_DIR/$1.json" <<JSON
 { "runtime_dir": "$VM_DIR", "control_socket": "$VM_DIR/$1-control.sock",
@@ -41,7 +23,7 @@ host_config a 192.168.60.1 192.168.60.2 "$MAC_B" 52:54:00:60:00:0a
 host_config b 192.168.60.2 192.168.60.1 "$MAC_A" 52:54:00:60:00:0b
 VM_NETNS=$A vm_snapnet "$VM_DIR/a.json"
 ip netns exec "$B" "$VM_ROOT/target/release/snapnet" serve --config "$VM_DIR/b.json" >>"$VM_DIR/snapnet-b.log" 2>&1 &
-SNAPNET_B=$!
+VM_SNAPNET_B=$!
 for _ in $(seq 100); do [ -S "$VM_DIR/vmb.sock" ] && break; sleep 0.05; done
 vm_guest a "$VM_DIR/vma.sock" 52:54:00:60:00:0a \
     "snapnet.ip=10.60.0.1/24 snapnet.peer=10.60.0.2 snapnet.mtu=1450 snapnet.tests=ping,iperf-server,hold snapnet.hold=90 snapnet.hold_until=iperf"
