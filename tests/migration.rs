@@ -50,6 +50,18 @@ fn memory(f: &Frontend) -> Vec<u8> {
     m
 }
 
+/// The guest pages whose bytes differ between two copies of its memory.
+fn changed_pages(before: &[u8], after: &[u8]) -> Vec<u64> {
+    let page = LOG_PAGE as usize;
+    before
+        .chunks(page)
+        .zip(after.chunks(page))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(p, _)| p as u64)
+        .collect()
+}
+
 fn logs_every_page_it_writes(name: &str, fcfg: FrontendConfig) {
     let dir = TempDir::new(name);
     let cfg = two_vnics(&dir, 1, "");
@@ -87,14 +99,7 @@ fn logs_every_page_it_writes(name: &str, fcfg: FrontendConfig) {
         .iter()
         .flat_map(|r| driver_pages(r, packed))
         .collect();
-    let pages = LOG_PAGE as usize;
-    let changed: Vec<u64> = before
-        .chunks(pages)
-        .zip(after.chunks(pages))
-        .enumerate()
-        .filter(|(_, (x, y))| x != y)
-        .map(|(p, _)| p as u64)
-        .collect();
+    let changed = changed_pages(&before, &after);
     let written: Vec<u64> = changed
         .iter()
         .copied()
@@ -171,18 +176,12 @@ fn logs_every_page_it_writes(name: &str, fcfg: FrontendConfig) {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let late: Vec<usize> = stopped
-        .chunks(pages)
-        .zip(memory(&b).chunks(pages))
-        .enumerate()
-        .filter(|(_, (x, y))| x != y)
-        .map(|(p, _)| p)
-        .collect();
+    let late = changed_pages(&stopped, &memory(&b));
     assert!(
         late.is_empty(),
         "{name}: {} pages written after GET_VRING_BASE, first {:#x}",
         late.len(),
-        late[0] * pages
+        late[0] * LOG_PAGE
     );
 }
 
