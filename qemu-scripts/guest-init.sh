@@ -18,8 +18,13 @@
 #                              reply (-c N -W 2) instead of stopping at -w
 #   snapnet.loop_quiet=1       pingloop prints no SNAPNET-PING lines
 #   snapnet.max_gap=N          pingloop fails when more than N icmp_seq are missing in a row
+#                              (pingloop reports it as max_seq_gap, and the last
+#                              icmp_seq answered as last_seq)
 #   snapnet.iperf_time=5 snapnet.iperf_streams=1 snapnet.iperf_reverse=1
 #   snapnet.iperf_min_gbps=X   iperf-client fails below X Gbit/s
+#   snapnet.iperf_bitrate=100M iperf-client's target rate (iperf3 -b; default: as fast as it can)
+#   snapnet.iperf_background=1 iperf-client runs beside the tests after it; the
+#                              guest reports it and powers off once it ended
 #   snapnet.hold=30            hold: seconds to stay up
 #   snapnet.hold_until=iperf   hold: end early once this guest's iperf3 server finished
 #                              (=sendfile: once its file was sent)
@@ -248,8 +253,9 @@ t_pingloop() {
         NR == 1 {m = $1 - 1; p = $1; next}
         {g = $1 - p - 1; if (g > m) m = g; p = $1}
         END {print (NR ? m : -1)}')
+    last=$(echo "$out" | sed -n 's/.*icmp_seq=\([0-9]*\).*/\1/p' | tail -n 1)
     rttmax=$(echo "$out" | sed -n 's|.*min/avg/max[^=]*= [0-9.]*/[0-9.]*/\([0-9.]*\)/.*|\1|p')
-    f="sent=$SENT received=$RECV max_seq_gap=$gap rtt_avg_ms=$AVG rtt_max_ms=${rttmax:--} duration=$dur"
+    f="sent=$SENT received=$RECV max_seq_gap=$gap last_seq=${last:--} rtt_avg_ms=$AVG rtt_max_ms=${rttmax:--} duration=$dur"
     f="$f interval=$iv waited=$WAITED"
     maxgap=$(get max_gap "")
     if [ "$RECV" -gt 0 ] && { [ -z "$maxgap" ] || [ "$gap" -le "$maxgap" ]; }; then
@@ -278,13 +284,14 @@ t_iperf_client() {
     fi
     rev=""
     [ "$(get iperf_reverse 0)" = 1 ] && rev=-R
+    bitrate=$(get iperf_bitrate "")
     limit=$(get wait_peer 20)
     start=$(now)
     # Retry while the server port is closed or busy (the peer may start its
     # server later); a refused connection does not consume `iperf3 -s -1`.
     while :; do
         # shellcheck disable=SC2086 # $rev is empty or one word
-        out=$(iperf3 -c "$PEER" -t "$tm" -P "$streams" $rev -J 2>&1)
+        out=$(iperf3 -c "$PEER" -t "$tm" -P "$streams" $rev ${bitrate:+-b "$bitrate"} -J 2>&1)
         if echo "$out" | grep -q -e '"error"' -e 'error -'; then
             if echo "$out" | grep -q -e 'unable to connect' -e 'busy' && [ $(($(now) - start)) -lt "$limit" ]; then
                 sleep 0.5
@@ -389,11 +396,19 @@ for t in $(get tests "" | tr ',' ' '); do
         ping-big-fail) t_ping ping-big-fail ;;
         pingloop) t_pingloop ;;
         iperf-server) t_iperf_server ;;
-        iperf-client) t_iperf_client ;;
+        iperf-client)
+            if [ "$(get iperf_background 0)" = 1 ]; then
+                t_iperf_client &
+                IPERF_CLIENT_PID=$!
+            else
+                t_iperf_client
+            fi
+            ;;
         hold) t_hold ;;
         recvfile) t_recvfile ;;
         sendfile) t_sendfile ;;
         *) result "$t" fail reason=unknown-test ;;
     esac
 done
+[ -n "${IPERF_CLIENT_PID-}" ] && wait "$IPERF_CLIENT_PID"
 finish

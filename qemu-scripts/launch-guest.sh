@@ -131,6 +131,18 @@ if [ "$vmaj" -lt 8 ] && [ "$accel" != kvm ]; then
     vectors=",vectors=0"
 fi
 
+# QEMU < 9.0 under TCG loses guest writes during live migration: when a RAM
+# block's length is a multiple of 64 pages, its dirty-bitmap sync takes a
+# word-at-a-time path that clears dirty bits without flushing the TCG TLB,
+# so stores through cached TLB entries are never marked dirty again and the
+# destination resumes with stale pages (fixed in QEMU 9.0 by "physmem: Fix
+# migration dirty bitmap coherency with TCG memory access").
+# 8 KiB more RAM keeps such QEMUs on the page-at-a-time path, which flushes.
+mem_size="${mem}M"
+if [ "$vmaj" -lt 9 ] && [ "$accel" != kvm ]; then
+    mem_size="$((mem * 1024 + 8))K"
+fi
+
 if [ "$queues" -gt 1 ] && { [ "$vmaj" -lt 8 ] || { [ "$vmaj" -eq 8 ] && [ "$vmin" -lt 1 ]; }; }; then
     # Seen with 7.2: each queue pair's vhost device sends its own ADD_MEM_REG
     # for the same regions; snapnet (CONFIGURE_MEM_SLOTS) rejects the duplicate
@@ -174,8 +186,8 @@ else
 fi
 [ "$queues" -gt 1 ] && cmd+=(-smp "$queues")
 # shellcheck disable=SC2054 # commas belong to QEMU option values
-cmd+=(-m "${mem}M"
-    -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem
+cmd+=(-m "$mem_size"
+    -object "memory-backend-memfd,id=mem,size=$mem_size,share=on" -numa node,memdev=mem
     -chardev "$chardev" -netdev "$netdev" -device "$device"
     -kernel "$kernel" -initrd "$initrd"
     -append "console=ttyS0 quiet panic=-1 $cmdline")

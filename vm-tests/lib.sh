@@ -85,11 +85,13 @@ vm_two_vnics() {
 # vm_snapnet CONFIG: starts snapnet, waits for its sockets. With VM_NETNS set
 # it runs in that network namespace (`ip netns exec` execs it: same PID).
 vm_snapnet() {
+    local i before
+    # A restart appends to the same log: wait for this process's line.
+    before=$(grep -c " running; control socket" "$VM_DIR/snapnet.log" 2>/dev/null || true)
     ${VM_NETNS:+ip netns exec "$VM_NETNS"} "$VM_ROOT/target/release/snapnet" serve --config "$1" >>"$VM_DIR/snapnet.log" 2>&1 &
     VM_SNAPNET_PID=$!
-    local i
     for i in $(seq 100); do
-        grep -q "running" "$VM_DIR/snapnet.log" 2>/dev/null && return 0
+        [ "$(grep -c " running; control socket" "$VM_DIR/snapnet.log" 2>/dev/null || true)" -gt "${before:-0}" ] && return 0
         kill -0 "$VM_SNAPNET_PID" 2>/dev/null || vm_fail "snapnet exited at start"
         sleep 0.05
     done
@@ -214,4 +216,73 @@ vm_two_hosts() {
     ip -n "$VM_HOST_B" addr add "$net.2/24" dev fabric
     VM_UNDERLAY_A=$(ip netns exec "$VM_HOST_A" cat /sys/class/net/fabric/address)
     VM_UNDERLAY_B=$(ip netns exec "$VM_HOST_B" cat /sys/class/net/fabric/address)
+}
+
+# vm_migration_rounds FUNC: runs `FUNC LABEL QEMU` once per QEMU version
+# chosen by SNAPNET_MIGRATION_QEMU (72, 10 or both, the default), label
+# qemu72 or qemu10; each round sets RESULT. VM_RESULTS gets them all,
+# separated by ';'.
+vm_migration_rounds() {
+    local want=${SNAPNET_MIGRATION_QEMU:-both} results=() out
+    if [ "$want" = 72 ] || [ "$want" = both ]; then
+        "$1" qemu72 qemu-system-x86_64
+        vm_log "$RESULT"
+        results+=("$RESULT")
+    fi
+    if [ "$want" = 10 ] || [ "$want" = both ]; then
+        out=$(bash "$VM_ROOT/qemu-scripts/fetch-qemu10.sh") || vm_fail "cannot fetch QEMU 10"
+        eval "$(echo "$out" | grep -E '^QEMU10=')"
+        "$1" qemu10 "$QEMU10"
+        vm_log "$RESULT"
+        results+=("$RESULT")
+    fi
+    [ "${#results[@]}" -gt 0 ] || vm_fail "SNAPNET_MIGRATION_QEMU must be 72, 10 or both, not '$want'"
+    VM_RESULTS=$(IFS=';'; echo "${results[*]}")
+}
+
+# vm_migrated_file SENDER DEST: once SENDER (sendfile) ended and DEST, the
+# migrated guest, reported recvfile, fails unless DEST received the file
+# SENDER sent (sha256). Sets VM_FILE_SUM.
+vm_migrated_file() {
+    local sender=$1 dest=$2 i sent recv
+    vm_wait "$sender" 180
+    for i in $(seq 600); do
+        [ -n "$(vm_result "$dest" recvfile)" ] && break
+        sleep 0.1
+    done
+    vm_expect "$dest" recvfile
+    sent=$(vm_result "$sender" sendfile)
+    recv=$(vm_result "$dest" recvfile)
+    VM_FILE_SUM=$(vm_field "$recv" sha256)
+    [ -n "$(vm_field "$sent" sha256)" ] && [ "$VM_FILE_SUM" = "$(vm_field "$sent" sha256)" ] ||
+        vm_fail "$dest: the file changed on its way: sent $(vm_field "$sent" sha256) ($(vm_field "$sent" bytes) B), received $VM_FILE_SUM ($(vm_field "$recv" bytes) B)"
+}
+
+# vm_pingloop_figures GUEST: its pingloop's sent, received and longest run
+# lost as VM_PINGS_SENT, VM_PINGS_RECEIVED, VM_PINGS_GAP; fails if none came
+# back.
+vm_pingloop_figures() {
+    local r
+    r=$(vm_result "$1" pingloop)
+    VM_PINGS_SENT=$(vm_field "$r" sent)
+    VM_PINGS_RECEIVED=$(vm_field "$r" received)
+    VM_PINGS_GAP=$(vm_field "$r" max_seq_gap)
+    [ -n "$VM_PINGS_RECEIVED" ] && [ "$VM_PINGS_RECEIVED" -gt 0 ] || vm_fail "$1: no ping answered: $r"
+}
+
+# vm_migrate QMP SOCKET: once the destination QEMU listens on SOCKET, tells
+# the source (QMP socket QMP) to migrate there and waits until it ended,
+# polling quickly (the control plane's reaction after the end counts in the
+# guest's gap). Fails unless it completed; sets VM_DOWNTIME (ms).
+vm_migrate() {
+    local qmp=$1 sock=$2 i reply status=""
+    for i in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || vm_fail "the destination QEMU is not listening on $sock"
+    reply=$(vm_qmp "$qmp" '{"execute":"migrate","arguments":{"uri":"unix:'"$sock"'"}}')
+    echo "$reply" | grep -q '"error"' && vm_fail "migrate refused: $reply"
+    for i in $(seq 1200); do
+        read -r status VM_DOWNTIME <<<"$(VM_QMP_WAIT=0.05 vm_migration_status "$qmp")"
+        case "$status" in completed|failed|cancelled) break ;; esac
+    done
+    [ "$status" = completed ] || vm_fail "the migration ended as '$status'"
 }
