@@ -5,7 +5,9 @@
 # it needs first. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev
+# systemd: systemd-socket-activate and systemd-analyze for tests/systemd.rs
+# (installing the package does not make it init).
+bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev systemd
 export RUST_BACKTRACE=1
 # A few reserved hugetlb pages, so that the frame pool's hugetlb path runs in
 # the tests too (daemons that find none left fall back to shared 4 KiB or
@@ -22,6 +24,8 @@ cp target/release/snapnet target/snapnet-next
 export SNAPNET_NEXT_BINARY=$PWD/target/snapnet-next
 echo "== unit and integration tests"
 cargo test --release --all-targets -- --test-threads=2
+echo "== Debian package (build, dpkg -i, check, remove)"
+bash packaging/deb/test.sh
 echo "== fuzz smoke (every fuzz target for a few seconds, docs/fuzzing.md)"
 bash scripts/fuzz-smoke.sh "${SNAPNET_FUZZ_SECONDS:-5}"
 if [ -n "${SNAPNET_SKIP_VM_TESTS:-}" ]; then

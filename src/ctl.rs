@@ -1,22 +1,25 @@
 //! `snapnet ctl`: one subcommand per control method; tables for people,
 //! `--json` for scripts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 use snapnet::control::rpc::client::{Client, ClientError};
+use snapnet::control::Config;
 
 #[derive(Args)]
 pub struct CtlArgs {
-    /// The daemon's control socket.
-    #[arg(
-        long,
-        env = "SNAPNET_CONTROL_SOCKET",
-        default_value = "/run/snapnet/control.sock"
-    )]
-    socket: PathBuf,
+    /// The daemon's control socket [default: $SNAPNET_CONTROL, else the
+    /// control socket of --config, else the embedded default config's,
+    /// /run/snapnet/control.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The daemon's config file, to find its control socket
+    /// (`control_socket`, or `runtime_dir`/control.sock).
+    #[arg(long, env = "SNAPNET_CONFIG")]
+    config: Option<PathBuf>,
     /// Print the raw JSON result.
     #[arg(long)]
     json: bool,
@@ -422,7 +425,39 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
     })
 }
 
+/// Where the daemon listens: `--socket`, else `SNAPNET_CONTROL`, else the
+/// config's control socket (`--config` or `SNAPNET_CONFIG`, else the
+/// embedded default, as `snapnet serve` without `--config`).
+fn control_socket(
+    socket: Option<PathBuf>,
+    env: Option<std::ffi::OsString>,
+    config: Option<&Path>,
+) -> Result<PathBuf, String> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    if let Some(s) = env.filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(s));
+    }
+    let cfg = match config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::embedded_default(),
+    };
+    Ok(cfg.control_socket_path())
+}
+
 pub fn run(args: CtlArgs) -> ExitCode {
+    let socket = match control_socket(
+        args.socket,
+        std::env::var_os("SNAPNET_CONTROL"),
+        args.config.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("snapnet ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (method, params) = match request(args.command) {
         Ok(r) => r,
         Err(e) => {
@@ -430,7 +465,7 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = Client::connect(&args.socket).and_then(|mut c| c.call(&method, params));
+    let result = Client::connect(&socket).and_then(|mut c| c.call(&method, params));
     match result {
         Ok(v) => {
             if args.json {
@@ -653,6 +688,41 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{e}"));
         request(cli.ctl.command).unwrap()
+    }
+
+    #[test]
+    fn control_socket_flag_then_environment_then_config_then_default() {
+        let dir = std::env::temp_dir().join(format!("snapnet-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_socket = dir.join("a.json");
+        std::fs::write(&with_socket, r#"{"control_socket":"/run/a/ctl.sock"}"#).unwrap();
+        let with_dir = dir.join("b.json");
+        std::fs::write(&with_dir, r#"{"runtime_dir":"/run/b"}"#).unwrap();
+        let flag = Some(PathBuf::from("/flag.sock"));
+        let env = Some(std::ffi::OsString::from("/env.sock"));
+        let resolve = |s: Option<PathBuf>, e: Option<std::ffi::OsString>, c: Option<&Path>| {
+            control_socket(s, e, c).map(|p| p.display().to_string())
+        };
+        assert_eq!(
+            resolve(flag, env.clone(), Some(&with_socket)).unwrap(),
+            "/flag.sock"
+        );
+        assert_eq!(resolve(None, env, Some(&with_socket)).unwrap(), "/env.sock");
+        assert_eq!(
+            resolve(None, Some("".into()), Some(&with_socket)).unwrap(),
+            "/run/a/ctl.sock"
+        );
+        assert_eq!(
+            resolve(None, None, Some(&with_dir)).unwrap(),
+            "/run/b/control.sock"
+        );
+        assert_eq!(
+            resolve(None, None, None).unwrap(),
+            "/run/snapnet/control.sock"
+        );
+        let err = resolve(None, None, Some(&dir.join("missing.json"))).unwrap_err();
+        assert!(err.contains("missing.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -25,3 +25,10 @@ pub const VERSION: &str = match option_env!("SNAPNET_VERSION") {
     Some(v) => v,
     None => env!("CARGO_PKG_VERSION"),
 };
+
+/// The git revision this build came from (`build.rs`; "unknown" when built
+/// outside a git checkout).
+pub const GIT_REVISION: &str = env!("SNAPNET_GIT_REVISION");
+
+/// `VERSION (git GIT_REVISION)`, what `snapnet --version` prints.
+pub const VERSION_LINE: &str = env!("SNAPNET_VERSION_LINE");

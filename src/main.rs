@@ -1,5 +1,6 @@
 //! `snapnet`: the daemon (`serve`) and its control client (`ctl`).
 
+mod assets;
 mod ctl;
 
 use std::os::fd::FromRawFd;
@@ -14,13 +15,14 @@ use snapnet::control::metrics::MetricsServer;
 use snapnet::control::rpc::server::RpcServer;
 use snapnet::control::rpc::{Context, UpgradeFailure, UpgradeHook};
 use snapnet::control::signals::{Signal, Signals};
+use snapnet::control::systemd::{self, Heartbeat};
 use snapnet::control::upgrade_process::{self, UpgradeError};
 use snapnet::control::{Config, Daemon};
 
 #[derive(Parser)]
 #[command(
     name = "snapnet",
-    version,
+    version = snapnet::VERSION_LINE,
     about = "Userspace host networking for VMs: vhost-user virtio-net vNICs, Snap-style engines, an edge switch"
 )]
 struct Cli {
@@ -48,7 +50,11 @@ enum Command {
         takeover_fd: Option<i32>,
     },
     /// Talk to a running daemon over its control socket.
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
+    /// Write man pages (DIR/man) and shell completions (DIR/completions),
+    /// for packaging.
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -79,7 +85,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Ctl(args) => ctl::run(args),
+        Command::Ctl(args) => ctl::run(*args),
+        Command::GenerateAssets { dir } => {
+            match assets::generate(<Cli as clap::CommandFactory>::command(), &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("snapnet: {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -162,8 +177,16 @@ impl<'a> From<Option<&'a str>> for Metrics<'a> {
 /// How the control socket comes to be.
 enum Listen {
     Bind(Option<u32>),
+    /// Handed over by the process an upgrade replaced.
     Adopt(std::os::unix::net::UnixListener),
+    /// Passed by systemd's socket activation: the path is the socket unit's.
+    Activated(std::os::unix::net::UnixListener),
 }
+
+/// Set (and inherited by the successor an upgrade starts) when the control
+/// socket came from systemd's socket activation: its path is the socket
+/// unit's to keep, even after the process that took it over stops.
+const CONTROL_FROM_SYSTEMD: &str = "SNAPNET_CONTROL_FROM_SYSTEMD";
 
 fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
     let signals = match Signals::block() {
@@ -180,6 +203,18 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let listen = match systemd::activated_control_socket() {
+        Ok(Some(listener)) => {
+            // Before any thread starts: the environment is not yet shared.
+            std::env::set_var(CONTROL_FROM_SYSTEMD, "1");
+            Listen::Activated(listener)
+        }
+        Ok(None) => Listen::Bind(gid),
+        Err(e) => {
+            eprintln!("snapnet: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let daemon = match Daemon::start(cfg) {
         Ok(d) => d,
         Err(e) => {
@@ -187,13 +222,7 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    run(
-        cfg,
-        daemon,
-        Listen::Bind(gid),
-        Metrics::from(metrics_listen),
-        signals,
-    )
+    run(cfg, daemon, listen, Metrics::from(metrics_listen), signals)
 }
 
 /// Sends SIGTERM to this process; the main thread takes it.
@@ -247,6 +276,26 @@ fn upgrade_hook(
     })
 }
 
+/// What `systemctl status` shows: how many vNICs, how many with a guest.
+fn status_line(ctx: &Context) -> String {
+    match ctx
+        .daemon
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        Some(d) => {
+            let report = d.report();
+            let attached = report.iter().filter(|v| v.rings_attached > 0).count();
+            format!(
+                "serving {} vNIC(s), {attached} with a guest attached",
+                report.len()
+            )
+        }
+        None => "handing over to a new process".into(),
+    }
+}
+
 /// This process's binary, even when the file was replaced since it started
 /// (the usual way a new version is installed).
 fn this_binary() -> std::io::Result<PathBuf> {
@@ -279,10 +328,34 @@ fn run(
         )),
         accept_paused: Default::default(),
     });
-    let control_path = cfg.control_socket_path();
+    let mut control_path = cfg.control_socket_path();
+    let heartbeat = Heartbeat::from_env(matches!(listen, Listen::Adopt(_)));
+    let keep_path = std::env::var_os(CONTROL_FROM_SYSTEMD).is_some();
     let started = match listen {
         Listen::Bind(gid) => RpcServer::start(&control_path, gid, ctx.clone()),
-        Listen::Adopt(listener) => RpcServer::adopt(listener, &control_path, ctx.clone()),
+        Listen::Adopt(listener) => {
+            RpcServer::adopt(listener, &control_path, ctx.clone()).map(|mut s| {
+                if keep_path {
+                    s.keep_path();
+                }
+                s
+            })
+        }
+        Listen::Activated(listener) => {
+            // The name systemd bound (ours binds under a temporary name and
+            // renames, so only an activated socket's own name is its path).
+            if let Some(p) = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Into::into))
+            {
+                control_path = p;
+            }
+            RpcServer::adopt(listener, &control_path, ctx.clone()).map(|mut s| {
+                s.keep_path();
+                s
+            })
+        }
     };
     if let Ok(s) = &started {
         if let Ok(fd) = s.listener().try_clone_to_owned() {
@@ -322,16 +395,20 @@ fn run(
         }
     }
     // systemd's Type=notify: the sockets are up.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        log::warn!("sd_notify READY failed: {e}");
-    }
+    systemd::notify_ready(&status_line(&ctx));
     log::info!(
         "snapnet {} running; control socket {}; SIGUSR1 prints counters, SIGINT/SIGTERM stop",
-        snapnet::VERSION,
+        snapnet::VERSION_LINE,
         control_path.display()
     );
     loop {
-        match signals.wait() {
+        let Some(signal) = signals.wait_timeout(heartbeat.interval()) else {
+            // The main loop runs and the daemon answers (its lock is free
+            // between control requests): tell systemd's watchdog so.
+            heartbeat.beat(&status_line(&ctx));
+            continue;
+        };
+        match signal {
             Signal::Stop => {
                 let code = *exit_after_upgrade.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(code) = code {

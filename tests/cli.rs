@@ -14,6 +14,17 @@ fn snapnet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snapnet"))
 }
 
+/// `snapnet serve --config CFG`, its counters (stdout) to `stdout`.
+fn serve(cfg: &std::path::Path, stdout: Stdio) -> std::process::Child {
+    snapnet()
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn unknown_key_and_bad_value_are_refused_at_start_and_named() {
     let dir = TempDir::new("cli-bad");
@@ -54,22 +65,8 @@ fn unknown_key_and_bad_value_are_refused_at_start_and_named() {
 fn sigterm_and_sigint_stop_cleanly_and_peers_see_a_disconnect() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let dir = TempDir::new("cli-sig");
-        let cfg = dir.path("c.json");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"{{"runtime_dir":"{}","vnics":[{{"name":"vnic0","mac":"52:54:00:5a:00:01"}}]}}"#,
-                dir.0.display()
-            ),
-        )
-        .unwrap();
-        let mut child = snapnet()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let cfg = one_vnic_config_file(&dir);
+        let mut child = serve(&cfg, Stdio::piped());
         let sock = dir.path("vnic0.sock");
         assert!(
             wait_for(Duration::from_secs(10), || sock.exists()),
@@ -97,19 +94,58 @@ fn sigterm_and_sigint_stop_cleanly_and_peers_see_a_disconnect() {
     }
 }
 
-fn wait_child(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+#[test]
+fn version_names_the_git_revision() {
+    let out = snapnet().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("snapnet {} (git {revision})", snapnet::VERSION)
+    );
+}
+
+#[test]
+fn ctl_finds_the_socket_and_fails_with_the_daemons_message() {
+    let dir = TempDir::new("cli-ctl");
+    let cfg = one_vnic_config_file(&dir);
+    let mut child = serve(&cfg, Stdio::null());
+    let control = dir.path("control.sock");
+    let up = wait_for(Duration::from_secs(10), || control.exists());
+    let ctl = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = snapnet();
+        c.arg("ctl").args(args).env_remove("SNAPNET_CONFIG");
+        match env {
+            Some(p) => c.env("SNAPNET_CONTROL", p),
+            None => c.env_remove("SNAPNET_CONTROL"),
+        };
+        c.output().unwrap()
+    };
+    let by_config = ctl(&["--config", cfg.to_str().unwrap(), "status"], None);
+    let by_env = ctl(&["vnic", "get", "vnic0"], Some(&control));
+    let refused = ctl(&["vnic", "remove", "nosuch"], Some(&control));
+    let unreachable = ctl(&["--socket", "/nonexistent/ctl.sock", "status"], None);
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_child(&mut child, Duration::from_secs(5)).expect("daemon exits");
+    assert!(up, "control socket never appeared");
+    assert!(by_config.status.success(), "--config: {by_config:?}");
+    assert!(by_env.status.success(), "SNAPNET_CONTROL: {by_env:?}");
+    assert!(String::from_utf8_lossy(&by_env.stdout).contains("vnic0"));
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("vnic.remove: ") && err.contains("nosuch") && err.contains("(error "),
+        "the daemon's message and code: {err}"
+    );
+    assert_eq!(unreachable.status.code(), Some(1), "{unreachable:?}");
+    assert!(String::from_utf8_lossy(&unreachable.stderr)
+        .contains("cannot reach the daemon at /nonexistent/ctl.sock"));
 }

@@ -8,6 +8,7 @@ pub mod pool_sizing;
 pub mod rpc;
 pub mod signals;
 pub mod socket_path;
+pub mod systemd;
 pub mod upgrade_process;
 
 pub use config::{Config, ConfigError};

@@ -3,6 +3,7 @@
 //! thread starts, so no handler runs in an arbitrary thread.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 pub enum Signal {
     Stop,
@@ -32,19 +33,29 @@ impl Signals {
         }
     }
 
-    /// Waits for the next signal.
-    pub fn wait(&self) -> Signal {
+    /// Waits for the next signal, or `timeout` (then None).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Signal> {
+        let deadline = Instant::now() + timeout;
         loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` was initialised in `block`; `sig` is a valid out pointer.
-            let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-            if rc != 0 {
-                continue;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `set` was initialised in `block`; a null siginfo
+            // pointer is allowed; `ts` is a valid timespec.
+            let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if sig < 0 {
+                // EAGAIN: the time is up; EINTR: another signal, wait on.
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return None;
             }
-            return match sig {
+            return Some(match sig {
                 libc::SIGUSR1 => Signal::Report,
                 _ => Signal::Stop,
-            };
+            });
         }
     }
 }

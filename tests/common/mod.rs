@@ -44,6 +44,21 @@ impl Drop for TempDir {
     }
 }
 
+/// A config file `dir/c.json` for the `snapnet` binary: one vNIC, vnic0,
+/// with its sockets (and the control socket) in `dir`.
+pub fn one_vnic_config_file(dir: &TempDir) -> PathBuf {
+    let cfg = dir.path("c.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"runtime_dir":"{}","vnics":[{{"name":"vnic0","mac":"52:54:00:5a:00:01"}}]}}"#,
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// A config of two vNICs in `dir` with `queue_pairs` each.
 pub fn two_vnics(dir: &TempDir, queue_pairs: u16, extra: &str) -> Config {
     let text = format!(
@@ -186,4 +201,23 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     f()
+}
+
+/// Waits for `child` to exit; kills it after `timeout` (then None).
+pub fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

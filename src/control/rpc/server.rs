@@ -80,6 +80,12 @@ impl RpcServer {
         })
     }
 
+    /// Stopping leaves the socket's path: it is systemd's (socket
+    /// activation), which keeps listening there for the next start.
+    pub fn keep_path(&mut self) {
+        self.unlink = false;
+    }
+
     /// The listening socket, to hand over.
     pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
