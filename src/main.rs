@@ -15,6 +15,7 @@ use snapnet::control::metrics::MetricsServer;
 use snapnet::control::rpc::server::RpcServer;
 use snapnet::control::rpc::{Context, UpgradeFailure, UpgradeHook};
 use snapnet::control::signals::{Signal, Signals};
+use snapnet::control::socket_group;
 use snapnet::control::systemd::{self, Heartbeat};
 use snapnet::control::upgrade_process::{self, UpgradeError};
 use snapnet::control::{Config, Daemon};
@@ -96,18 +97,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn group_id(name: &str) -> Result<u32, String> {
-    let c = std::ffi::CString::new(name).map_err(|_| format!("bad group name '{name}'"))?;
-    // SAFETY: `c` is a valid C string; getgrnam returns null or a pointer to
-    // static storage that we read once, before any other getgr* call.
-    let g = unsafe { libc::getgrnam(c.as_ptr()) };
-    if g.is_null() {
-        return Err(format!("control_group: no unix group named '{name}'"));
-    }
-    // SAFETY: non-null result of getgrnam points to a valid struct group.
-    Ok(unsafe { (*g).gr_gid })
 }
 
 /// The new process of an upgrade: takes the running daemon over from the
@@ -196,7 +185,12 @@ fn serve(cfg: &Config, metrics_listen: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let gid = match cfg.control_group.as_deref().map(group_id).transpose() {
+    let gid = match cfg
+        .control_group
+        .as_deref()
+        .map(|g| socket_group::group_id("control_group", g))
+        .transpose()
+    {
         Ok(g) => g,
         Err(e) => {
             eprintln!("snapnet: {e}");

@@ -79,3 +79,44 @@ fn a_frontend_vanishing_mid_burst_harms_no_one() {
     daemon.stop();
     assert_eq!(pool.free_frames(), pool.total_frames(), "frames leaked");
 }
+
+#[test]
+fn vnic_socket_group_opens_listening_sockets_to_that_group_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("sockgroup");
+    let frontend_socket = dir.path("fe.sock");
+    let config = |group: &str| {
+        Config::from_json(&format!(
+            r#"{{ "runtime_dir": "{}", "vnic_socket_group": "{group}",
+                 "vnics": [ {{ "name": "vnic0", "mac": "52:54:00:5a:00:01" }},
+                            {{ "name": "vnic1", "mac": "52:54:00:5a:00:02", "role": "client",
+                               "socket": "{}" }} ] }}"#,
+            dir.0.display(),
+            frontend_socket.display()
+        ))
+        .unwrap()
+    };
+    // The frontend's own listening socket (client role): snapnet leaves it.
+    let listener = std::os::unix::net::UnixListener::bind(&frontend_socket).unwrap();
+    std::fs::set_permissions(&frontend_socket, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let daemon = start(&config("root"));
+    let meta = std::fs::metadata(dir.path("vnic0.sock")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "mode {:o}", meta.mode());
+    assert_eq!(meta.gid(), 0);
+    let theirs = std::fs::metadata(&frontend_socket).unwrap();
+    assert_eq!(
+        theirs.mode() & 0o777,
+        0o700,
+        "a client-role socket is the frontend's"
+    );
+    daemon.stop();
+    drop(listener);
+    let err = Daemon::start(&config("no-such-group-snapnet"))
+        .err()
+        .expect("an unknown group is refused")
+        .to_string();
+    assert!(
+        err.contains("vnic_socket_group") && err.contains("no-such-group-snapnet"),
+        "{err}"
+    );
+}

@@ -89,6 +89,11 @@ pub struct Config {
     /// it the socket is root-only (0600).
     #[serde(default)]
     pub control_group: Option<String>,
+    /// Unix group allowed to connect to the vNIC sockets snapnet listens on
+    /// (mode 0660; e.g. `kvm`, libvirt's QEMU group on Debian); without it
+    /// they are root's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnic_socket_group: Option<String>,
     /// Address learning in the switch's forwarding database.
     #[serde(default)]
     pub fdb: FdbConfig,

@@ -9,6 +9,7 @@ use thiserror::Error;
 use super::config::{
     AddressPair, Config, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig,
 };
+use super::socket_group;
 use super::socket_path::{self, SocketPathError};
 use crate::engine::{MailboxError, MailboxSender};
 use crate::packet::wire::MacAddr;
@@ -404,6 +405,17 @@ impl Daemon {
         next.validate()?;
         next.fits_pool(self.pool.total_frames().0)?;
         let socket = next.socket_path(&v);
+        let socket_gid = match (&next.vnic_socket_group, v.role) {
+            (Some(group), SocketRole::Server) => Some(
+                socket_group::group_id("vnic_socket_group", group).map_err(|message| {
+                    ConfigError::Invalid {
+                        path: "vnic_socket_group".into(),
+                        message,
+                    }
+                })?,
+            ),
+            _ => None,
+        };
         // The other end of a migration keeps the MAC's frames until this
         // one's rings start.
         let static_macs = if self.migration_partner(&v).is_some() {
@@ -494,7 +506,7 @@ impl Daemon {
         };
         let connection = match takeover {
             Some(_) => None,
-            None => match Connection::spawn(device.clone(), &socket, v.role) {
+            None => match Connection::spawn(device.clone(), &socket, v.role, socket_gid) {
                 Ok(c) => Some(c),
                 Err(source) => {
                     let _ = self.switch.remove_port(port);

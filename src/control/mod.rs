@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod pool_sizing;
 pub mod rpc;
 pub mod signals;
+pub mod socket_group;
 pub mod socket_path;
 pub mod systemd;
 pub mod upgrade_process;

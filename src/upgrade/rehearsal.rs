@@ -219,8 +219,8 @@ impl Rehearsal {
                 .into_iter()
                 .map(|engine| old_group.add(Box::new(engine)).map_err(other))
                 .collect::<Result<_, _>>()?;
-            let connection =
-                Connection::spawn(device.clone(), &socket, SocketRole::Server).map_err(other)?;
+            let connection = Connection::spawn(device.clone(), &socket, SocketRole::Server, None)
+                .map_err(other)?;
             all_ends.extend(e.switch_ends);
             list.push(RehearsedVnic {
                 name,

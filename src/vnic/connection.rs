@@ -6,6 +6,7 @@
 //! reset when a connection ends.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,14 +190,34 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn spawn(device: Device, path: &Path, role: SocketRole) -> Result<Self, ConnectionError> {
+    /// Serves `path`: listens there (server role; with `group`, the socket
+    /// is that group's to connect to, mode 0660) or connects to it.
+    pub fn spawn(
+        device: Device,
+        path: &Path,
+        role: SocketRole,
+        group: Option<u32>,
+    ) -> Result<Self, ConnectionError> {
         let listener = match role {
             SocketRole::Server => {
                 let _ = std::fs::remove_file(path);
-                let bound = UnixListener::bind(path).map_err(|e| ConnectionError::Listen {
+                let listen_error = |e| ConnectionError::Listen {
                     path: path.to_path_buf(),
                     source: vhost::vhost_user::Error::SocketError(e),
-                })?;
+                };
+                let bound = UnixListener::bind(path).map_err(listen_error)?;
+                // Until this is done the socket is root's alone (the
+                // process's umask): nothing is ever looser than asked.
+                if let Some(gid) = group {
+                    std::os::unix::fs::chown(path, None, Some(gid))
+                        .and_then(|()| {
+                            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                        })
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(path);
+                            listen_error(e)
+                        })?;
+                }
                 Some(bound)
             }
             SocketRole::Client => None,
