@@ -188,7 +188,7 @@ pub struct VnicConfig {
     pub socket: Option<PathBuf>,
     #[serde(default)]
     pub role: SocketRole,
-    #[serde(with = "mac_string")]
+    #[serde(with = "crate::packet::wire::mac_string")]
     pub mac: MacAddr,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
@@ -240,7 +240,7 @@ pub struct VnicConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddressPair {
-    #[serde(with = "mac_string")]
+    #[serde(with = "crate::packet::wire::mac_string")]
     pub mac: MacAddr,
     /// Addresses frames from `mac` may carry; absent: the vNIC's
     /// `allowed_ips` apply (and, when that is absent too, none are checked).
@@ -386,20 +386,6 @@ fn default_groups() -> Vec<GroupConfig> {
         cpus: Vec::new(),
         latency_bound_us: default_latency_bound_us(),
     }]
-}
-
-pub(crate) mod mac_string {
-    use super::MacAddr;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&m.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// The embedded default: two vNICs, one dedicated thread, no uplink.

@@ -3,13 +3,17 @@
 //! and queueing delay, adds a thread and moves engines onto it when a thread
 //! is overloaded or an engine waits longer than the bound, and folds the
 //! least loaded thread's engines back when the rest can carry them.
+//!
+//! Pure policy: `decide` sees workers and engines only as opaque keys with
+//! loads, so it is tested without threads; `group.rs` runs the controller
+//! thread and carries its plans out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::group::{EngineGroup, Worker};
 use super::stats::{EngineStats, BUCKETS};
 use super::EngineId;
 
@@ -90,26 +94,28 @@ impl ControlState {
     }
 }
 
-/// A decision.
-pub(super) enum Plan {
+/// A decision, over worker keys `W` and engine keys `E`.
+#[derive(Debug, PartialEq)]
+pub(super) enum Plan<W, E> {
     Stay,
     /// Start a thread and move these engines onto it.
-    Spread(Vec<EngineId>),
+    Spread(Vec<E>),
     /// Move every engine of `from` onto the given threads, then stop `from`.
     Fold {
-        from: Arc<Worker>,
-        onto: Vec<(EngineId, Arc<Worker>)>,
+        from: W,
+        onto: Vec<(E, W)>,
     },
 }
 
-/// Decides from the current placement and loads.
-pub(super) fn decide(
+/// Decides from the current placement (each worker with its engines) and
+/// the engines' loads.
+pub(super) fn decide<W: Clone, E: Copy + Eq + Hash>(
     st: &mut ControlState,
-    workers: &[(Arc<Worker>, Vec<EngineId>)],
-    loads: &HashMap<EngineId, Load>,
+    workers: &[(W, Vec<E>)],
+    loads: &HashMap<E, Load>,
     max_threads: usize,
-) -> Plan {
-    let load_of = |id: &EngineId| loads.get(id).map_or(0.0, |l| l.busy);
+) -> Plan<W, E> {
+    let load_of = |id: &E| loads.get(id).map_or(0.0, |l| l.busy);
     let worker_load: Vec<f64> = workers
         .iter()
         .map(|(_, es)| es.iter().map(load_of).sum())
@@ -126,7 +132,7 @@ pub(super) fn decide(
             })
             .max_by(|a, b| a.1.total_cmp(b.1));
         if let Some(((_, es), load)) = overloaded {
-            let mut by_load: Vec<EngineId> = es.clone();
+            let mut by_load: Vec<E> = es.clone();
             by_load.sort_by(|a, b| load_of(b).total_cmp(&load_of(a)));
             let mut moved = Vec::new();
             let mut moved_load = 0.0;
@@ -179,14 +185,68 @@ pub(super) fn decide(
     Plan::Stay
 }
 
-/// The controller thread of a compacting group.
-pub(super) fn control(group: Weak<EngineGroup>, stop: Arc<AtomicBool>) {
-    let mut st = ControlState::default();
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(WINDOW);
-        let Some(g) = group.upgrade() else {
-            return;
-        };
-        g.rebalance(&mut st);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(l: &[(u32, f64)]) -> HashMap<u32, Load> {
+        l.iter()
+            .map(|&(e, busy)| (e, Load { busy, late: false }))
+            .collect()
+    }
+
+    #[test]
+    fn an_overloaded_thread_gives_about_half_its_load_to_a_new_one() {
+        let mut st = ControlState::default();
+        let workers = vec![("w0", vec![1u32, 2, 3, 4])];
+        let plan = decide(
+            &mut st,
+            &workers,
+            &loads(&[(1, 0.3), (2, 0.3), (3, 0.2), (4, 0.1)]),
+            4,
+        );
+        // The busiest engine stays; the next ones go until half has moved.
+        assert_eq!(plan, Plan::Spread(vec![2, 3]));
+        // At the thread limit nothing grows.
+        let plan = decide(
+            &mut st,
+            &workers,
+            &loads(&[(1, 0.3), (2, 0.3), (3, 0.2), (4, 0.1)]),
+            1,
+        );
+        assert_eq!(plan, Plan::Stay);
+    }
+
+    #[test]
+    fn a_late_engine_spreads_its_thread_even_when_not_busy() {
+        let mut st = ControlState::default();
+        let workers = vec![("w0", vec![1u32, 2])];
+        let mut l = loads(&[(1, 0.1), (2, 0.1)]);
+        l.get_mut(&2).unwrap().late = true;
+        assert_eq!(decide(&mut st, &workers, &l, 2), Plan::Spread(vec![2]));
+    }
+
+    #[test]
+    fn light_load_folds_the_least_loaded_thread_after_calm_windows_only() {
+        let mut st = ControlState::default();
+        let workers = vec![("w0", vec![1u32]), ("w1", vec![2, 3])];
+        let l = loads(&[(1, 0.05), (2, 0.1), (3, 0.1)]);
+        for _ in 1..CALM_WINDOWS {
+            assert_eq!(decide(&mut st, &workers, &l, 2), Plan::Stay);
+        }
+        assert_eq!(
+            decide(&mut st, &workers, &l, 2),
+            Plan::Fold {
+                from: "w0",
+                onto: vec![(1, "w1")]
+            }
+        );
+        // A busy window in between starts the count again.
+        let busy = loads(&[(1, 0.4), (2, 0.4), (3, 0.1)]);
+        for _ in 1..CALM_WINDOWS {
+            decide(&mut st, &workers, &l, 2);
+        }
+        assert_eq!(decide(&mut st, &workers, &busy, 2), Plan::Stay);
+        assert_eq!(decide(&mut st, &workers, &l, 2), Plan::Stay);
     }
 }

@@ -5,8 +5,11 @@ mod coalesce;
 mod compact;
 mod cpu_share;
 pub mod group;
+mod nap;
+mod os;
 mod placement;
 pub mod stats;
+mod worker;
 
 pub use group::{EngineGroup, Policy};
 pub use placement::{EngineId, GroupError};

@@ -60,7 +60,7 @@ pub struct RemoteHost {
     pub ip: Ipv4Addr,
     /// The underlay next hop's MAC for this host (the host itself on one
     /// L2 segment, the router otherwise).
-    #[serde(with = "crate::control::config::mac_string")]
+    #[serde(with = "crate::packet::wire::mac_string")]
     pub mac: MacAddr,
     pub networks: Vec<u32>,
 }
@@ -69,7 +69,7 @@ pub struct RemoteHost {
 #[serde(deny_unknown_fields)]
 pub struct RemoteMac {
     pub network: u32,
-    #[serde(with = "crate::control::config::mac_string")]
+    #[serde(with = "crate::packet::wire::mac_string")]
     pub mac: MacAddr,
     /// The remote host (one of `remotes`).
     pub remote: Ipv4Addr,

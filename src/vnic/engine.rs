@@ -14,23 +14,15 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::EventConsumer;
 
 use super::any_ring::GuestRing;
-use super::chain::{Segment, MAX_SEGMENTS};
+
+use super::data_path::DataPath;
 use super::dirty_log::{DirtyLog, DirtyPages};
 use super::features::Negotiated;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingAddrs;
-use super::guest_rx::{self, RxChain, MAX_RX_CHAINS};
-use super::guest_tx::{self, TxChain};
+use super::guest_rx;
+use super::guest_tx;
 use super::{packed_rx, packed_tx};
-
-/// Most TX chains walked ahead in one batch.
-const TX_BATCH: usize = 64;
-
-/// Descriptors a batch may walk per unit of the poll budget (which counts
-/// chains or frames): 16 per chain is above what drivers use, so only a
-/// hostile ring is cut short, one chain ([`super::chain::MAX_CHAIN_DESCS`])
-/// past the budget at most. Counted per chain, not per descriptor.
-const DESCS_PER_BUDGET: usize = 16;
 
 /// How long frames may wait for a guest that takes none of them (it posts
 /// no RX buffers: stuck, paused, or a driver that never fills its ring). A
@@ -43,19 +35,14 @@ const DESCS_PER_BUDGET: usize = 16;
 /// that is not, nor a sender kept waiting behind it.
 const RX_STALL: Duration = Duration::from_millis(100);
 
-/// The descriptors a batch of `budget` may walk.
-#[inline]
-pub(super) fn desc_budget(budget: usize) -> u32 {
-    u32::try_from(budget.saturating_mul(DESCS_PER_BUDGET)).unwrap_or(u32::MAX)
-}
 use super::antispoof::SpoofGuard;
-use super::guest_log::{self, GuestLog};
+use super::guest_log::GuestLog;
 use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::wire::{rarp, MacAddr};
-use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx};
+use crate::packet::{FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::token_bucket::BucketLevels;
-use crate::shaping::{SharedBucket, VnicShaping, WakeTimer};
+use crate::shaping::{VnicShaping, WakeTimer};
 
 /// Guest memory as vhost-user-backend hands it over.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -320,134 +307,6 @@ impl Broken {
         match self {
             Broken::Corrupt(at) => at != addrs,
             Broken::Addresses(at) => at != addrs || new_memory,
-        }
-    }
-}
-
-/// Everything the per-packet code touches, apart from the rings.
-pub(super) struct DataPath {
-    pub pool: Arc<FramePool>,
-    pub cache: FrameCache,
-    pub to_switch: LinkTx,
-    pub from_switch: LinkRx,
-    pub counters: QueueCounters,
-    pub segs: Vec<Segment>,
-    pub tx_chains: Vec<TxChain>,
-    pub rx_chains: Vec<RxChain>,
-    pub features: Negotiated,
-    pub mtu: u16,
-    pub guard: SpoofGuard,
-    /// Guest egress: chains wait in the TX ring while it is out of tokens
-    /// (shared with the vNIC's other queues).
-    pub egress: Option<SharedBucket>,
-    /// Guest ingress: frames over the limit are dropped (shared as well).
-    pub ingress: Option<SharedBucket>,
-    /// Set by a TX batch stopped by `egress`: when tokens will be there.
-    pub egress_blocked_until: Option<Instant>,
-    /// A drop was counted in a poll that may have done no work.
-    pub dirty: bool,
-    /// The ring just processed had a corrupt avail index (set by the
-    /// per-packet code, acted on by the engine after the batch).
-    pub ring_corrupt: bool,
-    /// The vNIC's guest-triggered log lines (shared by its queue pairs).
-    pub log: Arc<GuestLog>,
-    /// While a live migration logs dirty pages: the guest buffers written
-    /// in the current batch.
-    pub dirty_pages: Option<DirtyPages>,
-    name: String,
-}
-
-impl DataPath {
-    pub fn new(
-        name: &str,
-        pool: &Arc<FramePool>,
-        mtu: u16,
-        guard: SpoofGuard,
-        to_switch: LinkTx,
-        from_switch: LinkRx,
-    ) -> Self {
-        Self {
-            guard,
-            egress: None,
-            ingress: None,
-            egress_blocked_until: None,
-            pool: pool.clone(),
-            cache: pool.cache(),
-            to_switch,
-            from_switch,
-            counters: QueueCounters::default(),
-            segs: Vec::with_capacity(2 * MAX_SEGMENTS),
-            tx_chains: Vec::with_capacity(TX_BATCH),
-            rx_chains: Vec::with_capacity(MAX_RX_CHAINS),
-            features: Negotiated::default(),
-            mtu,
-            dirty: false,
-            ring_corrupt: false,
-            log: Arc::new(GuestLog::new(guest_log::INTERVAL)),
-            dirty_pages: None,
-            name: name.to_string(),
-        }
-    }
-
-    /// Drops every frame waiting for the guest, counted as `reason`.
-    #[cold]
-    fn drop_waiting(&mut self, reason: DropReason) -> usize {
-        let mut n = 0;
-        while let Some(frame) = self.from_switch.pop() {
-            self.counters.drop(reason);
-            self.cache.free(frame);
-            n += 1;
-        }
-        self.dirty = true;
-        n
-    }
-
-    /// Counts a guest error and logs it, rate-limited.
-    #[cold]
-    pub fn malformed(&mut self, reason: DropReason, head: u16) {
-        self.counters.drop(reason);
-        self.dirty = true;
-        if reason == DropReason::SpoofedMac {
-            self.explain_spoofed_mac();
-            return;
-        }
-        if let Some(suppressed) = self.log.allow() {
-            let what = match reason {
-                DropReason::TooBig
-                | DropReason::BadGso
-                | DropReason::GsoSizeTooSmall
-                | DropReason::BadGsoHeaders
-                | DropReason::CsumNotNegotiated
-                | DropReason::BadCsumOffsets
-                | DropReason::BadHdrLen
-                | DropReason::SpoofedIp
-                | DropReason::SpoofedArp
-                | DropReason::SpoofedNd
-                | DropReason::Unverifiable => "guest frame dropped",
-                _ => "malformed descriptor chain returned",
-            };
-            log::warn!(
-                "{}: {what} (head {head}): {} ({suppressed} similar messages suppressed)",
-                self.name,
-                reason.as_str()
-            );
-        }
-    }
-
-    /// A guest on the wrong MAC loses every frame and cannot tell why:
-    /// say it once per connection, with both MACs and the usual causes.
-    #[cold]
-    fn explain_spoofed_mac(&self) {
-        if let Some(suppressed) = self.log.mac_hint() {
-            let (sent, own) = (self.guard.refused_src(), self.guard.mac());
-            log::warn!(
-                "{}: dropping the guest's frames from MAC {sent}: the vNIC's MAC is {own} \
-                 (counted as spoofed_mac; said once per guest connection). A guest on \
-                 QEMU's default MAC 52:54:00:12:34:56 needs -device virtio-net-pci,mac={own}; \
-                 a DPDK virtio-user frontend needs mac={own} in its devargs \
-                 ({suppressed} other messages suppressed)",
-                self.name
-            );
         }
     }
 }
@@ -983,6 +842,7 @@ impl Engine for VnicEngine {
 
 #[cfg(test)]
 mod tests {
+    use super::super::guest_log;
     use super::*;
     use vhost_user_backend::VringT;
     use virtio_queue::mock::MockSplitQueue;

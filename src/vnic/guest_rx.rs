@@ -5,7 +5,7 @@
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction, MAX_CHAIN_DESCS};
-use super::engine::{desc_budget, DataPath};
+use super::data_path::{desc_budget, DataPath, RxChain};
 use super::features::{Negotiated, VNET_HDR_LEN};
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
@@ -18,20 +18,6 @@ use crate::packet::wire::virtio_net::{
 };
 use crate::packet::{FrameHandle, FramePool, Offload};
 use crate::shaping::Cost;
-
-/// Most guest buffers one frame may be spread over: each takes at least one
-/// descriptor, and a frame at most [`MAX_CHAIN_DESCS`].
-pub(super) const MAX_RX_CHAINS: usize = MAX_CHAIN_DESCS as usize;
-
-/// One guest RX chain collected for the frame being delivered.
-#[derive(Clone, Copy)]
-pub(super) struct RxChain {
-    /// Split: the head index; packed: the buffer id.
-    pub(super) head: u16,
-    /// Ring slots the chain takes (packed; 1 for split rings).
-    pub(super) slots: u16,
-    pub(super) seg_end: usize,
-}
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.

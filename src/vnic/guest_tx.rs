@@ -6,7 +6,7 @@ use std::time::Instant;
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{walk, Direction, MAX_SEGMENTS};
-use super::engine::{desc_budget, DataPath};
+use super::data_path::{desc_budget, DataPath, TxChain};
 use super::features::VNET_HDR_LEN;
 use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
@@ -123,18 +123,6 @@ pub(super) fn drain(
         n,
         ring.needs_interrupt(dp.features.event_idx, old_used, next_used),
     )
-}
-
-/// A TX chain walked in pass 1.
-#[derive(Clone, Copy)]
-pub(super) struct TxChain {
-    /// Split: the head index; packed: the buffer id.
-    pub head: u16,
-    /// Ring slots the chain takes (packed; 1 for split rings).
-    pub slots: u16,
-    seg_start: usize,
-    seg_end: usize,
-    walked: Result<usize, DropReason>,
 }
 
 /// Records a chain walked in pass 1 (split or packed), prefetching its first

@@ -14,6 +14,7 @@ mod any_ring;
 mod backend;
 pub(crate) mod chain;
 pub mod connection;
+mod data_path;
 pub mod device;
 pub mod dirty_log;
 pub mod engine;

@@ -6,11 +6,11 @@
 use virtio_queue::Queue;
 
 use super::chain::{Direction, MAX_CHAIN_DESCS};
-use super::engine::{desc_budget, DataPath};
+use super::data_path::{desc_budget, DataPath, RxChain};
 use super::guest_memory::GuestMap;
 use super::guest_rx::{
     deliver, gathered, next_frame, prefetch_rx_buffer, rx_buffer, rx_prefetch_span, Gathered,
-    NextFrame, RxChain, PREFETCH_AHEAD, SPANS_AHEAD,
+    NextFrame, PREFETCH_AHEAD, SPANS_AHEAD,
 };
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};

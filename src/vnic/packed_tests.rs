@@ -545,7 +545,7 @@ fn engine_sees_new_work_and_backlog_on_a_packed_ring() {
 pub(super) mod data_path {
     use virtio_queue::{Queue, QueueT};
 
-    use super::super::engine::DataPath;
+    use super::super::data_path::DataPath;
     use super::super::features::{self, VNET_HDR_LEN};
     use super::super::packed_rx;
     use super::super::packed_tx;
@@ -841,7 +841,7 @@ pub(super) mod data_path {
             d.chain(&[(t, len, DESC_F_INDIRECT)], i, None);
         }
         let (n, _) = d.tx(&mut q, &mut dp);
-        let budget = super::super::engine::desc_budget(64) as usize;
+        let budget = super::super::data_path::desc_budget(64) as usize;
         let chains = budget.div_ceil(MAX_CHAIN_DESCS as usize + 1);
         assert!(
             n <= chains,
@@ -937,7 +937,7 @@ pub(super) mod data_path {
             push_frame(&pool, &mut dp, &mut sw, &packet(100, 2), Offload::default());
         }
         let (n, _) = d.rx(&mut q, &mut dp);
-        let budget = super::super::engine::desc_budget(64) as usize;
+        let budget = super::super::data_path::desc_budget(64) as usize;
         assert!(n <= budget.div_ceil(201), "{n} frames of 201 descriptors");
         assert_eq!(dp.counters.rx_packets, n as u64);
     }

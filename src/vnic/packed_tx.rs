@@ -12,7 +12,7 @@
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{Direction, MAX_SEGMENTS};
-use super::engine::{desc_budget, DataPath};
+use super::data_path::{desc_budget, DataPath};
 use super::guest_memory::GuestMap;
 use super::guest_tx::{record_walked, send_walked, start_sending, throttled};
 use super::packed_chain::{walk_packed, PackedWalk};

@@ -10,7 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::engine::DataPath;
+use super::data_path::DataPath;
 use super::features::{self, Negotiated, VNET_HDR_LEN};
 use super::guest_memory::GuestMap;
 use super::guest_ring::{
@@ -778,7 +778,7 @@ fn tx_batch_walks_a_bounded_number_of_descriptors() {
         g.publish(&[(t, len, VIRTQ_DESC_F_INDIRECT, None)]);
     }
     let (n, _) = g.tx(&mut dp);
-    let budget = super::engine::desc_budget(64) as usize;
+    let budget = super::data_path::desc_budget(64) as usize;
     let chains = budget.div_ceil(MAX_CHAIN_DESCS as usize + 1);
     assert!(
         n <= chains,
@@ -892,7 +892,7 @@ fn rx_frame_and_batch_walk_a_bounded_number_of_descriptors() {
         push_frame(&pool, &mut dp, &mut sw, &packet(100, 2), Offload::default());
     }
     let (n, _) = g.rx(&mut dp);
-    let budget = super::engine::desc_budget(64) as usize;
+    let budget = super::data_path::desc_budget(64) as usize;
     assert!(n <= budget.div_ceil(201), "{n} frames of 201 descriptors");
     assert_eq!(dp.counters.rx_packets, n as u64);
 }

@@ -12,7 +12,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
 
-use super::engine::DataPath;
+use super::data_path::DataPath;
 use super::packed_tests::data_path::tx_one as packed_tx_one;
 use super::stats::DropReason;
 use super::tests::{

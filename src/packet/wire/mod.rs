@@ -11,4 +11,4 @@ pub mod virtio_net;
 pub mod virtq_packed;
 pub mod vlan;
 
-pub use ethernet::{EthernetFrame, MacAddr};
+pub use ethernet::{mac_string, EthernetFrame, MacAddr};
