@@ -324,29 +324,28 @@ fn run(
     });
     let mut control_path = cfg.control_socket_path();
     let heartbeat = Heartbeat::from_env(matches!(listen, Listen::Adopt(_)));
+    // Set by `serve` for an activated socket, inherited by an upgrade's successor.
     let keep_path = std::env::var_os(CONTROL_FROM_SYSTEMD).is_some();
+    let activated = matches!(listen, Listen::Activated(_));
     let started = match listen {
         Listen::Bind(gid) => RpcServer::start(&control_path, gid, ctx.clone()),
-        Listen::Adopt(listener) => {
+        Listen::Adopt(listener) | Listen::Activated(listener) => {
+            if activated {
+                // The name systemd bound (ours binds under a temporary name
+                // and renames, so only an activated socket's own name is its
+                // path).
+                if let Some(p) = listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Into::into))
+                {
+                    control_path = p;
+                }
+            }
             RpcServer::adopt(listener, &control_path, ctx.clone()).map(|mut s| {
                 if keep_path {
                     s.keep_path();
                 }
-                s
-            })
-        }
-        Listen::Activated(listener) => {
-            // The name systemd bound (ours binds under a temporary name and
-            // renames, so only an activated socket's own name is its path).
-            if let Some(p) = listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Into::into))
-            {
-                control_path = p;
-            }
-            RpcServer::adopt(listener, &control_path, ctx.clone()).map(|mut s| {
-                s.keep_path();
                 s
             })
         }
