@@ -8,7 +8,6 @@
 
 pub mod control;
 pub mod engine;
-pub mod frontend;
 pub mod packet;
 pub mod sched;
 pub mod shaping;

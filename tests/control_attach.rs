@@ -11,7 +11,7 @@ use common::rpc::*;
 use common::*;
 use serde_json::json;
 use snapnet::control::Config;
-use snapnet::frontend::FrontendConfig;
+use snapnet_frontend::FrontendConfig;
 
 #[test]
 fn attach_pass_traffic_detach_while_flowing_and_attach_again() {

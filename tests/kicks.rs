@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use snapnet::control::{Config, Daemon};
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 /// vNIC names of each test's own: the vhost-user threads are named after
 /// them, and tests run side by side in this process.

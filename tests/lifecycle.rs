@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use snapnet::control::{Config, Daemon};
-use snapnet::frontend::{Frontend, FrontendConfig};
+use snapnet_frontend::{Frontend, FrontendConfig};
 
 fn rings(daemon: &Daemon, vnic: usize) -> usize {
     daemon.report()[vnic].rings_attached

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::rpc::*;
 use common::*;
 use snapnet::control::metrics::MetricsServer;
-use snapnet::frontend::FrontendConfig;
+use snapnet_frontend::FrontendConfig;
 
 fn scrape(addr: std::net::SocketAddr) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();

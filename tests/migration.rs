@@ -15,8 +15,8 @@ use common::rpc::*;
 use common::*;
 use serde_json::json;
 use snapnet::control::Config;
-use snapnet::frontend::migration::LOG_PAGE;
-use snapnet::frontend::{Frontend, FrontendConfig, RingInfo, VirtioNetHdr};
+use snapnet_frontend::migration::LOG_PAGE;
+use snapnet_frontend::{Frontend, FrontendConfig, RingInfo, VirtioNetHdr};
 
 /// Guest pages holding the parts of a ring the driver writes (descriptor
 /// table and avail ring; packed: the descriptor ring, written by both, and

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::packets::tcp4_super_frame;
 use common::{connect, drops, frame, start, two_vnics, wait_for, wait_ready, TempDir, MAC0, MAC1};
 use snapnet::control::Daemon;
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use snapnet::vnic::DropReason;
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 /// Sends `f` with `hdr` from `a` and returns the header and bytes `b`
 /// received, or `None` when nothing came within a second.

@@ -17,7 +17,7 @@ use common::guest::Guest;
 use common::netns::{can_run, run, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::{wait_for, TempDir};
-use snapnet::frontend::{Frontend, FrontendConfig};
+use snapnet_frontend::{Frontend, FrontendConfig};
 
 const A100: [u8; 6] = [0x52, 0x54, 0x00, 0xa0, 0x01, 0x00];
 const A200: [u8; 6] = [0x52, 0x54, 0x00, 0xa0, 0x02, 0x00];

@@ -13,8 +13,8 @@ use common::packets::tcp4_super_frame;
 use common::{connect, drops, frame, start, wait_ready, TempDir, MAC0, MAC1};
 use snapnet::control::config::RateLimit;
 use snapnet::control::Config;
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use snapnet::vnic::DropReason;
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 fn config(dir: &TempDir) -> Config {
     Config::from_json(&format!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use snapnet::control::Config;
-use snapnet::frontend::FrontendConfig;
+use snapnet_frontend::FrontendConfig;
 
 fn spreading(dir: &TempDir) -> Config {
     Config::from_json(&format!(

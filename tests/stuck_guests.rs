@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use snapnet::control::daemon::LINK_CAPACITY;
 use snapnet::control::{Config, Daemon};
-use snapnet::frontend::{FrontendConfig, VirtioNetHdr};
 use snapnet::vnic::DropReason;
+use snapnet_frontend::{FrontendConfig, VirtioNetHdr};
 
 const STEADY0: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
 const STEADY1: [u8; 6] = [2, 0, 0, 0, 0, 0x11];

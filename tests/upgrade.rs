@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use snapnet::control::rpc::client::{Client, ClientError};
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 const QPS: u16 = 2;
 /// Frames per (direction, queue pair) not yet received, at most: they fit

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::packets::{arp, BROADCAST};
 use common::{connect, frame, start, wait_ready, TempDir};
 use snapnet::control::Config;
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use snapnet::vnic::DropReason;
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 const A: [u8; 6] = [0x52, 0x54, 0x00, 0x6e, 0x00, 0x0a];
 const B: [u8; 6] = [0x52, 0x54, 0x00, 0x6e, 0x00, 0x0b];
@@ -162,7 +162,7 @@ fn networks_are_isolated_and_guests_send_only_as_themselves() {
 fn address_pairs_qinq_and_port_security_off() {
     use snapnet::control::config::AddressPair;
     use snapnet::control::daemon::PortSecurityChange;
-    use snapnet::packet::wire::MacAddr;
+    use snapnet_wire::MacAddr;
     const VMAC: [u8; 6] = [0, 0, 0x5e, 0, 1, 7];
     let dir = TempDir::new("portsec");
     let mut daemon = start(&config(&dir));

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use snapnet::frontend::{FrontendConfig, RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use snapnet::vnic::DropReason;
+use snapnet_frontend::{FrontendConfig, RawDesc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 fn round_trip(fcfg: &FrontendConfig, sizes: &[usize]) {
     let dir = TempDir::new("rt");

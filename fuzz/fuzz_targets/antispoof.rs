@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use snapnet::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 use snapnet::vnic::antispoof::SpoofGuard;
 use snapnet_fuzz::Input;
 

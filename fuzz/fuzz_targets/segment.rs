@@ -4,7 +4,7 @@
 //! header checksum; the pool gets every frame back.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use snapnet::packet::checksum::ones_sum;
+use snapnet_wire::checksum::ones_sum;
 use snapnet::packet::pool::HEADROOM;
 use snapnet::packet::segment::{finish_checksum, segment};
 use snapnet::packet::{FrameHandle, FramePool, Offload};

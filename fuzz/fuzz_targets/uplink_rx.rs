@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
 use snapnet::engine::Engine;
-use snapnet::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 use snapnet::packet::{link, FrameCache, FrameHandle, LinkRx, LinkTx, UmemLoans};
 use snapnet::switch::{PortNetwork, SwitchEngine, SwitchPort};
 use snapnet::uplink::overlay::{OverlayConfig, OverlayTable, RemoteHost};

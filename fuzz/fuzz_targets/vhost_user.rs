@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use snapnet::engine::Engine;
-use snapnet::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 use snapnet::packet::{link, LinkRx, LinkTx};
 use snapnet::shaping::RateLimit;
 use snapnet::vnic::device::{DeviceError, QueueSink};

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use snapnet::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 use snapnet::uplink::overlay::{OverlayConfig, OverlayTable, RemoteHost, OVERHEAD};
 use snapnet_fuzz::{assert_frame_fits, assert_no_frame_leaked, pool, Input};
 

@@ -4,10 +4,10 @@
 use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
-use snapnet::packet::wire::flow::Parsed;
-use snapnet::packet::wire::ip::{l4_ports, Ipv4Packet, Ipv6Packet};
-use snapnet::packet::wire::virtq_packed::need_event;
-use snapnet::packet::wire::{EthernetFrame, MacAddr};
+use snapnet_wire::flow::Parsed;
+use snapnet_wire::ip::{l4_ports, Ipv4Packet, Ipv6Packet};
+use snapnet_wire::virtq_packed::need_event;
+use snapnet_wire::{EthernetFrame, MacAddr};
 use snapnet_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {

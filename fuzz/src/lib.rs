@@ -8,7 +8,7 @@ pub mod rpc;
 
 use std::sync::{Arc, OnceLock};
 
-use snapnet::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 use snapnet::packet::{FramePool, PoolConfig};
 use snapnet::shaping::RateLimit;
 use snapnet::vnic::antispoof::SpoofGuard;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::socket_path::{check_inside, check_plain_absolute};
-use crate::packet::wire::MacAddr;
 use crate::vnic::SocketRole;
+use snapnet_wire::MacAddr;
 
 /// Where sockets go when a vNIC names none.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/snapnet";
@@ -188,7 +188,7 @@ pub struct VnicConfig {
     pub socket: Option<PathBuf>,
     #[serde(default)]
     pub role: SocketRole,
-    #[serde(with = "crate::packet::wire::mac_string")]
+    #[serde(with = "snapnet_wire::mac_string")]
     pub mac: MacAddr,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
@@ -240,7 +240,7 @@ pub struct VnicConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddressPair {
-    #[serde(with = "crate::packet::wire::mac_string")]
+    #[serde(with = "snapnet_wire::mac_string")]
     pub mac: MacAddr,
     /// Addresses frames from `mac` may carry; absent: the vNIC's
     /// `allowed_ips` apply (and, when that is absent too, none are checked).

@@ -12,7 +12,6 @@ use super::config::{
 use super::socket_group;
 use super::socket_path::{self, SocketPathError};
 use crate::engine::{MailboxError, MailboxSender};
-use crate::packet::wire::MacAddr;
 use crate::packet::{link, FramePool, PoolError};
 use crate::sched::stats::EngineStatsSnapshot;
 use crate::sched::{EngineGroup, EngineId, GroupError};
@@ -34,6 +33,7 @@ use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, VnicDevice, VnicEngine,
     VnicEngineConfig,
 };
+use snapnet_wire::MacAddr;
 
 /// How long a control request to a running engine may take.
 const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -777,7 +777,7 @@ impl Daemon {
             let (mut switch_out, from_switch) = link(LINK_CAPACITY).map_err(io("link"))?;
             let cfg = UplinkQueueConfig {
                 name: format!("{}/q{q}", u.name),
-                max_frame: usize::from(u.mtu) + crate::packet::wire::ethernet::HEADER_LEN,
+                max_frame: usize::from(u.mtu) + snapnet_wire::ethernet::HEADER_LEN,
                 tx_limit: u.tx_limit.unwrap_or_default(),
                 tap: parts.tap,
                 overlay: overlay.clone(),

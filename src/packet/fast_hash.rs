@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::OnceLock;
 
-use super::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 /// A hash map keyed with this run's key.
 pub type FastMap<K, V> = HashMap<K, V, FastState>;

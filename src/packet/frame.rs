@@ -1,29 +1,9 @@
 //! The frame handle: what engines pass to each other instead of bytes.
 
-use super::wire::flow::Parsed;
-use super::wire::virtio_net;
+use snapnet_wire::flow::Parsed;
+pub use snapnet_wire::virtio_net::Offload;
+
 use super::FramePool;
-
-/// Offload metadata from the virtio-net header, carried with the frame so that
-/// checksum and segmentation offload survive vNIC -> vNIC switching.
-///
-/// Field meanings are those of `struct virtio_net_hdr` (virtio 1.x, 5.1.6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Offload {
-    pub flags: u8,
-    pub gso_type: u8,
-    pub hdr_len: u16,
-    pub gso_size: u16,
-    pub csum_start: u16,
-    pub csum_offset: u16,
-}
-
-impl Offload {
-    /// True when the frame is a segmentation-offload super-frame.
-    pub fn is_gso(&self) -> bool {
-        self.gso_type & !virtio_net::GSO_ECN != virtio_net::GSO_NONE
-    }
-}
 
 /// Owns one frame of the pool until it is handed on or freed.
 ///

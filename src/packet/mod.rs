@@ -2,7 +2,6 @@
 //! frame handles with offload metadata, SPSC links between engines, and checked
 //! views of the wire formats the switch looks at.
 
-pub mod checksum;
 pub mod fast_hash;
 pub mod frame;
 pub mod link;
@@ -11,7 +10,6 @@ pub mod pool_memory;
 pub mod prefetch;
 pub mod segment;
 pub mod umem_loans;
-pub mod wire;
 
 pub use frame::{FrameHandle, Offload};
 pub use link::{link, LinkRx, LinkTx};

@@ -13,63 +13,21 @@
 //! before use, and checksums are computed from scratch instead of finished
 //! from the guest's pseudo-header seed.
 
-use super::checksum::{complete_partial, ones_sum};
 use super::pool::HEADROOM;
-use super::wire::ethernet::HEADER_LEN as ETH_HEADER_LEN;
-use super::wire::ip::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
-use super::wire::virtio_net::{F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use super::{FrameCache, FrameHandle, FramePool, Offload};
+use snapnet_wire::checksum::{complete_partial, ones_sum};
+use snapnet_wire::ip::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
+use snapnet_wire::ipv4::{self, Ipv4Packet};
+use snapnet_wire::ipv6::{self, Ipv6Packet};
+use snapnet_wire::tcp::{self, flags as tcp_flags, TcpPacket};
+use snapnet_wire::udp::{self, UdpPacket};
+use snapnet_wire::virtio_net::{F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
+use snapnet_wire::vlan;
 
 /// Largest segment a small frame holds. Segments go to the AF_XDP UMEM, which
 /// registers only the small class (one 4 KiB chunk per frame), so a segment
 /// must never need a large frame.
 const SEGMENT_MAX: usize = 4096 - HEADROOM as usize;
-
-mod eth {
-    /// EtherType field of the untagged header.
-    pub const ETHERTYPE: usize = 12;
-    /// TPID of an 802.1Q tag.
-    pub const TPID_8021Q: u16 = 0x8100;
-    /// Bytes an 802.1Q tag adds (TCI + inner EtherType).
-    pub const VLAN_TAG_LEN: usize = 4;
-}
-
-mod ipv4 {
-    pub const VER_IHL: usize = 0;
-    pub const TOTAL_LEN: usize = 2;
-    pub const IDENT: usize = 4;
-    pub const FRAG: usize = 6;
-    pub const PROTO: usize = 9;
-    pub const CHECKSUM: usize = 10;
-    pub const ADDRS: std::ops::Range<usize> = 12..20;
-    pub const MIN_LEN: usize = 20;
-    /// More-fragments flag and fragment offset (DF excluded).
-    pub const FRAG_MASK: u16 = 0x3fff;
-}
-
-mod ipv6 {
-    pub const PAYLOAD_LEN: usize = 4;
-    pub const NEXT_HEADER: usize = 6;
-    pub const ADDRS: std::ops::Range<usize> = 8..40;
-    pub const HEADER_LEN: usize = 40;
-}
-
-mod tcp {
-    pub const SEQ: usize = 4;
-    pub const DATA_OFF: usize = 12;
-    pub const FLAGS: usize = 13;
-    pub const CHECKSUM: usize = 16;
-    pub const MIN_LEN: usize = 20;
-    pub const FIN: u8 = 0x01;
-    pub const PSH: u8 = 0x08;
-    pub const CWR: u8 = 0x80;
-}
-
-mod udp {
-    pub const LENGTH: usize = 4;
-    pub const CHECKSUM: usize = 6;
-    pub const HEADER_LEN: usize = 8;
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SegmentError {
@@ -219,8 +177,8 @@ pub fn gso_headers(packet: &[u8], gso_type: u8) -> Result<GsoHeaders, SegmentErr
     Ok(GsoHeaders {
         l4_start: layout.l4_start,
         csum_offset: match layout.l4 {
-            L4::Tcp => tcp::CHECKSUM,
-            L4::Udp => udp::CHECKSUM,
+            L4::Tcp => tcp::field::CHECKSUM,
+            L4::Udp => udp::field::CHECKSUM,
         },
         header_len: layout.header_len,
     })
@@ -261,41 +219,22 @@ impl Layout {
             GSO_UDP => return Err(Malformed("ufo unsupported")),
             _ => return Err(Malformed("unknown gso type")),
         };
-        let mut ethertype =
-            be16_at(packet, eth::ETHERTYPE).ok_or(Malformed("truncated ethernet header"))?;
-        let mut l3_start = ETH_HEADER_LEN;
-        if ethertype == eth::TPID_8021Q {
-            ethertype = be16_at(packet, eth::ETHERTYPE + eth::VLAN_TAG_LEN)
-                .ok_or(Malformed("truncated vlan tag"))?;
-            l3_start += eth::VLAN_TAG_LEN;
-        }
+        let (ethertype, l3_start) = vlan::ethertype_under_one_ctag(packet)
+            .map_err(|_| Malformed("truncated ethernet header or vlan tag"))?;
+        let l3 = packet.get(l3_start..).unwrap_or(&[]);
         let (ip, proto, l4_start) = match ethertype {
             ETHERTYPE_IPV4 => {
-                let ver_ihl = *packet
-                    .get(l3_start + ipv4::VER_IHL)
-                    .ok_or(Malformed("truncated ipv4 header"))?;
-                let ihl = usize::from(ver_ihl & 0x0f) * 4;
-                if ver_ihl >> 4 != 4 || ihl < ipv4::MIN_LEN {
-                    return Err(Malformed("bad ipv4 version or header length"));
-                }
-                if packet.len() < l3_start + ihl {
-                    return Err(Malformed("truncated ipv4 header"));
-                }
-                let frag = be16_at(packet, l3_start + ipv4::FRAG)
-                    .ok_or(Malformed("truncated ipv4 header"))?;
-                if frag & ipv4::FRAG_MASK != 0 {
+                let ip =
+                    Ipv4Packet::new_checked(l3).ok_or(Malformed("bad or truncated ipv4 header"))?;
+                if ip.is_fragment() {
                     return Err(Malformed("ipv4 fragment"));
                 }
-                (Ip::V4, packet[l3_start + ipv4::PROTO], l3_start + ihl)
+                (Ip::V4, ip.protocol(), l3_start + ip.header_len())
             }
             ETHERTYPE_IPV6 => {
-                let header = packet
-                    .get(l3_start..l3_start + ipv6::HEADER_LEN)
-                    .ok_or(Malformed("truncated ipv6 header"))?;
-                if header[0] >> 4 != 6 {
-                    return Err(Malformed("bad ipv6 version"));
-                }
-                let next = header[ipv6::NEXT_HEADER];
+                let ip =
+                    Ipv6Packet::new_checked(l3).ok_or(Malformed("bad or truncated ipv6 header"))?;
+                let next = ip.next_header();
                 if next != PROTO_TCP && next != PROTO_UDP {
                     return Err(Malformed("ipv6 extension headers unsupported"));
                 }
@@ -309,17 +248,11 @@ impl Layout {
             }
             _ => {}
         }
+        let l4_bytes = packet.get(l4_start..).unwrap_or(&[]);
         let l4_len = match l4 {
-            L4::Tcp if proto == PROTO_TCP => {
-                let data_off = *packet
-                    .get(l4_start + tcp::DATA_OFF)
-                    .ok_or(Malformed("truncated tcp header"))?;
-                let len = usize::from(data_off >> 4) * 4;
-                if len < tcp::MIN_LEN {
-                    return Err(Malformed("bad tcp data offset"));
-                }
-                len
-            }
+            L4::Tcp if proto == PROTO_TCP => TcpPacket::new_checked(l4_bytes)
+                .ok_or(Malformed("bad or truncated tcp header"))?
+                .header_len(),
             L4::Udp if proto == PROTO_UDP => udp::HEADER_LEN,
             _ => return Err(Malformed("ip protocol does not match gso type")),
         };
@@ -339,8 +272,8 @@ impl Layout {
     /// Source and destination address, as the pseudo-header sums them.
     fn addrs(&self) -> std::ops::Range<usize> {
         let r = match self.ip {
-            Ip::V4 => ipv4::ADDRS,
-            Ip::V6 => ipv6::ADDRS,
+            Ip::V4 => ipv4::field::ADDRS,
+            Ip::V6 => ipv6::field::ADDRS,
         };
         self.l3_start + r.start..self.l3_start + r.end
     }
@@ -360,43 +293,47 @@ impl Layout {
         let l3 = self.l3_start;
         let l4 = self.l4_start;
         let l4_len = seg.len() - l4;
+        let (head, l4_bytes) = seg.split_at_mut(l4);
+        let l3_bytes = &mut head[l3..];
+        // The views cannot fail: `parse` checked these headers, and `seg`
+        // starts with a copy of them.
         let proto = match self.ip {
             Ip::V4 => {
-                put16(seg, l3 + ipv4::TOTAL_LEN, (seg.len() - l3) as u16);
+                let mut ip = Ipv4Packet::new_checked(l3_bytes).expect("checked by parse");
+                ip.set_total_len((l4 - l3 + l4_len) as u16);
                 // Linux numbers the segments' IDs on from the super-frame's,
                 // which keeps them distinct for a receiver that reassembles.
-                let id = be16(seg, l3 + ipv4::IDENT).wrapping_add(index as u16);
-                put16(seg, l3 + ipv4::IDENT, id);
-                put16(seg, l3 + ipv4::CHECKSUM, 0);
-                let sum = ones_sum(&seg[l3..l4]);
-                put16(seg, l3 + ipv4::CHECKSUM, !sum);
-                seg[l3 + ipv4::PROTO]
+                ip.set_ident(ip.ident().wrapping_add(index as u16));
+                ip.fill_checksum();
+                ip.protocol()
             }
             Ip::V6 => {
-                put16(seg, l3 + ipv6::PAYLOAD_LEN, l4_len as u16);
-                seg[l3 + ipv6::NEXT_HEADER]
+                let mut ip = Ipv6Packet::new_checked(l3_bytes).expect("checked by parse");
+                ip.set_payload_len(l4_len as u16);
+                ip.next_header()
             }
         };
         let csum_at = match self.l4 {
             L4::Tcp => {
-                let seq = be32(seg, l4 + tcp::SEQ).wrapping_add(offset as u32);
-                seg[l4 + tcp::SEQ..l4 + tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+                let mut tcp = TcpPacket::new_checked(&mut *l4_bytes).expect("checked by parse");
+                tcp.set_seq(tcp.seq().wrapping_add(offset as u32));
                 // FIN and PSH end the guest's write, so only the segment that
                 // ends it carries them; CWR acknowledges one window reduction
                 // (RFC 3168), so it must not be repeated on every segment.
-                let mut flags = seg[l4 + tcp::FLAGS];
+                let mut flags = tcp.flags();
                 if index + 1 != count {
-                    flags &= !(tcp::FIN | tcp::PSH);
+                    flags &= !(tcp_flags::FIN | tcp_flags::PSH);
                 }
                 if index != 0 {
-                    flags &= !tcp::CWR;
+                    flags &= !tcp_flags::CWR;
                 }
-                seg[l4 + tcp::FLAGS] = flags;
-                l4 + tcp::CHECKSUM
+                tcp.set_flags(flags);
+                l4 + tcp::field::CHECKSUM
             }
             L4::Udp => {
-                put16(seg, l4 + udp::LENGTH, l4_len as u16);
-                l4 + udp::CHECKSUM
+                let mut udp = UdpPacket::new_checked(&mut *l4_bytes).expect("checked by parse");
+                udp.set_length(l4_len as u16);
+                l4 + udp::field::CHECKSUM
             }
         };
         // The guest's seed in the checksum field is a pseudo-header sum over
@@ -424,22 +361,6 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// A big-endian u16 at `at`, or `None` past the end (for untrusted offsets).
-fn be16_at(b: &[u8], at: usize) -> Option<u16> {
-    let v = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([v[0], v[1]]))
-}
-
-/// A big-endian u16 at an offset already checked against [`Layout`].
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// A big-endian u32 at an offset already checked against [`Layout`].
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// Writes a big-endian u16 at an offset already checked against [`Layout`].
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
@@ -453,12 +374,23 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::packet::PoolConfig;
+    use snapnet_wire::ethernet::HEADER_LEN as ETH_HEADER_LEN;
+
+    /// A big-endian u16 at `at`.
+    fn be16(b: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([b[at], b[at + 1]])
+    }
+
+    /// A big-endian u32 at `at`.
+    fn be32(b: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
 
     const MAC_DST: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x02];
     const MAC_SRC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x01];
     const SEQ0: u32 = 0xffff_f000; // wraps during the test
     const ID0: u16 = 0xfffe; // wraps during the test
-    const FLAGS_ALL: u8 = tcp::CWR | 0x10 /* ACK */ | tcp::PSH | tcp::FIN;
+    const FLAGS_ALL: u8 = tcp_flags::CWR | tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN;
 
     /// What a test super-frame is.
     #[derive(Clone, Copy)]
@@ -634,9 +566,9 @@ pub(crate) mod tests {
                 L4::Tcp => {
                     assert_eq!(be32(p, l4 + 4), SEQ0.wrapping_add(payload.len() as u32));
                     let flags = p[l4 + 13];
-                    assert_eq!(flags & (tcp::FIN | tcp::PSH) != 0, last);
-                    assert_eq!(flags & tcp::FIN != 0, last);
-                    assert_eq!(flags & tcp::CWR != 0, i == 0);
+                    assert_eq!(flags & (tcp_flags::FIN | tcp_flags::PSH) != 0, last);
+                    assert_eq!(flags & tcp_flags::FIN != 0, last);
+                    assert_eq!(flags & tcp_flags::CWR != 0, i == 0);
                     assert_ne!(flags & 0x10, 0, "ACK kept");
                     assert_eq!(p[l4 + 20..hl], orig[l4 + 20..hl], "options kept");
                 }
@@ -1123,7 +1055,11 @@ pub(crate) mod tests {
         for (i, seg) in segs.iter().enumerate() {
             let p = pool.bytes(seg);
             assert!(l4_verifies(p, Ip::V4, 14, 34));
-            assert_eq!(p[34 + 13] & tcp::FIN, 0, "segment {i} is not the last");
+            assert_eq!(
+                p[34 + 13] & tcp_flags::FIN,
+                0,
+                "segment {i} is not the last"
+            );
         }
         for h in segs.into_iter().chain(held) {
             cache.free(h);

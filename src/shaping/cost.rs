@@ -47,7 +47,7 @@ impl Cost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::wire::virtio_net::{F_NEEDS_CSUM, GSO_TCPV4};
+    use snapnet_wire::virtio_net::{F_NEEDS_CSUM, GSO_TCPV4};
 
     #[test]
     fn a_super_frame_costs_its_segments() {

@@ -12,9 +12,9 @@ use super::fdb::{Fdb, FdbLimits, DEFAULT_CAPACITY};
 use super::peer::{PeerRx, PeerTag, PeerTx};
 use super::port::{PortDrop, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{Engine, Mailbox};
-use crate::packet::wire::flow::Parsed;
-use crate::packet::wire::{EthernetFrame, MacAddr};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx};
+use snapnet_wire::flow::Parsed;
+use snapnet_wire::{EthernetFrame, MacAddr};
 
 /// Bytes a port of weight 1 may forward per deficit-round-robin round.
 const QUANTUM: i64 = 16 * 1024;

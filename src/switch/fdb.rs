@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PortId;
 use crate::packet::fast_hash::{FastMap, NetMac};
-use crate::packet::wire::MacAddr;
 use crate::sched::clock::{self, Stamp};
+use snapnet_wire::MacAddr;
 
 /// Entries the table has room for before it grows (growing happens only
 /// while learning new addresses, bounded by the limits).

@@ -11,7 +11,7 @@ use super::engine::{RemotePort, SwitchEngine};
 use super::fdb::{FdbEntry, FdbEntryState};
 use super::port::{PortCounters, PortId, PortNetwork, SharedPortCounters, SwitchPort};
 use crate::engine::{MailboxError, MailboxSender};
-use crate::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 

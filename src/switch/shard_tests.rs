@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::engine::tests::{frame, A, B, C};
 use super::*;
 use crate::engine::Engine;
-use crate::packet::wire::MacAddr;
 use crate::packet::{link, FrameCache, FramePool, LinkRx, LinkTx, PoolConfig};
+use snapnet_wire::MacAddr;
 
 struct Port {
     id: PortId,

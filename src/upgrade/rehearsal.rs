@@ -19,7 +19,6 @@ use super::vnic_handover::{
 };
 use super::Channel;
 use crate::engine::MailboxSender;
-use crate::packet::wire::MacAddr;
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, PoolConfig};
 use crate::sched::{EngineGroup, EngineId, Policy};
 use crate::vnic::antispoof::SpoofGuard;
@@ -28,6 +27,7 @@ use crate::vnic::{
     Connection, EngineSink, QueueCounters, SharedQueueCounters, SocketRole, VnicDevice, VnicEngine,
     VnicEngineConfig,
 };
+use snapnet_wire::MacAddr;
 
 /// Frame handles a link and a bridge ring hold (as in the daemon).
 const CAPACITY: usize = 1024;

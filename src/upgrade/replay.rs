@@ -19,8 +19,8 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_backend::{Negotiated, VringAddrs};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::frontend::raw_request::{send_u64, NET_SET_MTU, SET_STATUS, SET_VRING_BASE};
-use crate::frontend::FrontendError;
+use snapnet_frontend::raw_request::{send_u64, NET_SET_MTU, SET_STATUS, SET_VRING_BASE};
+use snapnet_frontend::FrontendError;
 
 #[derive(Debug, Error)]
 pub enum ReplayError {

@@ -6,11 +6,11 @@ use std::time::Duration;
 use vhost_user_backend::{PausedConnection, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::frontend::{Frontend, FrontendConfig};
-use crate::packet::wire::MacAddr;
 use crate::upgrade::{format, Channel};
 use crate::vnic::device::tests::MockSink;
 use crate::vnic::VnicDevice;
+use snapnet_frontend::{Frontend, FrontendConfig};
+use snapnet_wire::MacAddr;
 
 type Device = Arc<VnicDevice<MockSink>>;
 
@@ -184,7 +184,7 @@ fn a_replayed_packed_connection_keeps_both_positions() {
 
 /// The fd of `len` bytes of fresh guest memory (the frontend's memfd).
 fn memfd(len: u64) -> OwnedFd {
-    let mem = crate::frontend::memory::GuestMemory::new(len as usize, false).unwrap();
+    let mem = snapnet_frontend::memory::GuestMemory::new(len as usize, false).unwrap();
     // SAFETY: the fd is the memory's own, open while `mem` lives.
     unsafe { BorrowedFd::borrow_raw(mem.fd()) }
         .try_clone_to_owned()

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 use crate::upgrade::rehearsal::{mac_of, Rehearsal};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 const QPS: u16 = 2;
 /// Frames per queue.

@@ -16,10 +16,10 @@ use super::xsk::ring::ProducerRing;
 use super::xsk::XskSocket;
 use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
-use crate::packet::wire::virtio_net::F_NEEDS_CSUM;
-use crate::packet::wire::MacAddr;
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
 use crate::shaping::{Cost, RateLimit, TokenBucket, WakeTimer};
+use snapnet_wire::virtio_net::F_NEEDS_CSUM;
+use snapnet_wire::MacAddr;
 
 /// Fill-ring entries posted at once: fewer syscalls and cache refills than
 /// topping up one by one.

@@ -15,6 +15,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use snapnet_wire::{ethernet, vlan};
+
 /// Ring slots: room for a burst of ARP/ND while the engine is busy.
 const SLOTS: u32 = 256;
 /// One slot: the tpacket2 header, the link address, and a frame of up to the
@@ -207,8 +209,8 @@ impl GroupTap {
         let hdr = unsafe { self.slot().read() };
         let max = SLOT_SIZE as usize;
         let (at, len) = (usize::from(hdr.tp_mac), hdr.tp_snaplen as usize);
-        let vlan = status & libc::TP_STATUS_VLAN_VALID != 0 && len >= 12;
-        let total = len + if vlan { 4 } else { 0 };
+        let vlan = status & libc::TP_STATUS_VLAN_VALID != 0 && len >= ethernet::ETHERTYPE.start;
+        let total = len + if vlan { vlan::TAG_LEN } else { 0 };
         if at + len <= max && total <= buf.len() {
             // SAFETY: `at + len` is within the slot (checked), the slot within
             // the mapping.
@@ -218,12 +220,9 @@ impl GroupTap {
                 let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
                     hdr.tp_vlan_tpid
                 } else {
-                    0x8100
+                    vlan::TPID_8021Q
                 };
-                buf[..12].copy_from_slice(&frame[..12]);
-                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
-                buf[14..16].copy_from_slice(&hdr.tp_vlan_tci.to_be_bytes());
-                buf[16..total].copy_from_slice(&frame[12..]);
+                vlan::copy_with_tag(buf, frame, tpid, hdr.tp_vlan_tci);
             } else {
                 buf[..len].copy_from_slice(frame);
             }

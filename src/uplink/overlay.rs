@@ -13,32 +13,18 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::packet::checksum::ones_sum;
 use crate::packet::fast_hash::{FastMap, NetMac};
-use crate::packet::wire::flow::Parsed;
-use crate::packet::wire::MacAddr;
 use crate::packet::{FrameHandle, FramePool};
+use snapnet_wire::ethernet::{self, EthernetFrame, MacAddr};
+use snapnet_wire::flow::Parsed;
+use snapnet_wire::ip::{ETHERTYPE_IPV4, PROTO_UDP};
+use snapnet_wire::ipv4::{self, Ipv4Packet};
+use snapnet_wire::udp::{self, UdpPacket};
+use snapnet_wire::vxlan::{self, VxlanHeader};
 
-/// Outer Ethernet + IPv4 + UDP + VXLAN.
-pub const OVERHEAD: usize = 14 + 20 + 8 + 8;
-pub const VXLAN_PORT: u16 = 4789;
-
-mod off {
-    pub const ETHERTYPE: usize = 12;
-    pub const IP: usize = 14;
-    pub const IP_TOTAL_LEN: usize = IP + 2;
-    pub const IP_PROTO: usize = IP + 9;
-    pub const IP_SRC: usize = IP + 12;
-    pub const IP_DST: usize = IP + 16;
-    pub const UDP: usize = IP + 20;
-    pub const UDP_DPORT: usize = UDP + 2;
-    pub const UDP_LEN: usize = UDP + 4;
-    pub const VXLAN: usize = UDP + 8;
-    pub const VNI: usize = VXLAN + 4;
-}
-
-/// VXLAN flags: the VNI is valid.
-const FLAG_VNI: u8 = 0x08;
+/// Outer Ethernet + IPv4 (no options) + UDP + VXLAN.
+pub const OVERHEAD: usize =
+    ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
 
 /// An overlay as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +46,7 @@ pub struct RemoteHost {
     pub ip: Ipv4Addr,
     /// The underlay next hop's MAC for this host (the host itself on one
     /// L2 segment, the router otherwise).
-    #[serde(with = "crate::packet::wire::mac_string")]
+    #[serde(with = "snapnet_wire::mac_string")]
     pub mac: MacAddr,
     pub networks: Vec<u32>,
 }
@@ -69,7 +55,7 @@ pub struct RemoteHost {
 #[serde(deny_unknown_fields)]
 pub struct RemoteMac {
     pub network: u32,
-    #[serde(with = "crate::packet::wire::mac_string")]
+    #[serde(with = "snapnet_wire::mac_string")]
     pub mac: MacAddr,
     /// The remote host (one of `remotes`).
     pub remote: Ipv4Addr,
@@ -162,34 +148,25 @@ impl OverlayTable {
             return false;
         };
         let inner = frame.len as usize;
-        let vni = frame.network.to_be_bytes();
         let Some(start) = usize::from(frame.offset).checked_sub(OVERHEAD) else {
             return false;
         };
-        let buf = &mut pool.frame_mut(frame)[start..start + OVERHEAD];
-        buf[..6].copy_from_slice(&remote_mac.0);
-        buf[6..12].copy_from_slice(&self.local_mac.0);
-        buf[off::ETHERTYPE..off::ETHERTYPE + 2].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip_len = (20 + 8 + 8 + inner) as u16;
-        let ip = &mut buf[off::IP..off::UDP];
-        ip.copy_from_slice(&[
-            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]);
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[12..16].copy_from_slice(&self.local_ip);
-        ip[16..20].copy_from_slice(&remote_ip);
-        let csum = !ones_sum(ip);
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
-        // The source port carries the inner flow's entropy (RFC 7348), so the
-        // fabric spreads flows; the UDP checksum is zero (allowed over IPv4).
-        let sport = 49152 | (entropy & 0x3fff);
-        let udp = &mut buf[off::UDP..off::VXLAN];
-        udp[0..2].copy_from_slice(&sport.to_be_bytes());
-        udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-        udp[4..6].copy_from_slice(&(8 + 8 + inner as u16).to_be_bytes());
-        udp[6..8].copy_from_slice(&[0, 0]);
-        buf[off::VXLAN..off::VXLAN + 8]
-            .copy_from_slice(&[FLAG_VNI, 0, 0, 0, vni[1], vni[2], vni[3], 0]);
+        let outer = OuterHeaders {
+            remote_mac,
+            local_mac: self.local_mac,
+            remote_ip,
+            local_ip: self.local_ip,
+            // The source port carries the inner flow's entropy (RFC 7348),
+            // so the fabric spreads flows.
+            src_port: 49152 | (entropy & 0x3fff),
+            vni: frame.network,
+        };
+        if outer
+            .write(&mut pool.frame_mut(frame)[start..start + OVERHEAD], inner)
+            .is_none()
+        {
+            return false;
+        }
         frame.offset = start as u16;
         frame.len += OVERHEAD as u32;
         frame.parsed = Parsed::NOT_YET;
@@ -199,39 +176,13 @@ impl OverlayTable {
     /// Checks a received frame and strips its outer headers; the frame's
     /// network becomes its VNI.
     pub fn decap(&self, pool: &FramePool, frame: &mut FrameHandle) -> Result<(), DecapError> {
-        let b = pool.bytes(frame);
-        if b.len() < OVERHEAD + 14
-            || b[off::ETHERTYPE..off::ETHERTYPE + 2] != [0x08, 0x00]
-            || b[off::IP] != 0x45
-            || b[off::IP_PROTO] != 17
-            || b[off::UDP_DPORT..off::UDP_DPORT + 2] != VXLAN_PORT.to_be_bytes()
-            || b[off::IP_DST..off::IP_DST + 4] != self.local_ip
-            || b[off::VXLAN] & FLAG_VNI == 0
-        {
-            return Err(DecapError::Malformed);
-        }
-        let ip_total = usize::from(u16::from_be_bytes([
-            b[off::IP_TOTAL_LEN],
-            b[off::IP_TOTAL_LEN + 1],
-        ]));
-        let udp_len = usize::from(u16::from_be_bytes([b[off::UDP_LEN], b[off::UDP_LEN + 1]]));
-        if ip_total + 14 > b.len() || udp_len + 20 != ip_total || udp_len < 16 + 14 {
-            return Err(DecapError::Malformed);
-        }
-        let network = u32::from_be_bytes([0, b[off::VNI], b[off::VNI + 1], b[off::VNI + 2]]);
-        let src: [u8; 4] = [
-            b[off::IP_SRC],
-            b[off::IP_SRC + 1],
-            b[off::IP_SRC + 2],
-            b[off::IP_SRC + 3],
-        ];
+        let (network, src, inner) = self.outer_of(pool.bytes(frame))?;
         let Some(list) = self.by_network.get(&network) else {
             return Err(DecapError::UnknownNetwork);
         };
         if !list.iter().any(|h| self.hosts[*h].0 == src) {
             return Err(DecapError::UnknownRemote);
         }
-        let inner = udp_len - 16;
         frame.offset += OVERHEAD as u16;
         frame.len = inner as u32;
         frame.network = network;
@@ -240,10 +191,73 @@ impl OverlayTable {
     }
 }
 
+impl OverlayTable {
+    /// The VNI, outer source and inner length of a VXLAN frame to this
+    /// host: IPv4 without options, UDP to the VXLAN port, the VNI flag set,
+    /// lengths that agree with each other and with the frame, and an inner
+    /// frame of at least an Ethernet header.
+    fn outer_of(&self, b: &[u8]) -> Result<(u32, [u8; 4], usize), DecapError> {
+        let eth = EthernetFrame::new_checked(b)
+            .filter(|e| e.ethertype() == ETHERTYPE_IPV4)
+            .ok_or(DecapError::Malformed)?;
+        let ip = Ipv4Packet::new_checked(eth.payload())
+            .filter(|ip| {
+                ip.header_len() == ipv4::MIN_HEADER_LEN
+                    && ip.protocol() == PROTO_UDP
+                    && ip.dst() == self.local_ip
+            })
+            .ok_or(DecapError::Malformed)?;
+        let udp = UdpPacket::new_checked(ip.payload())
+            .filter(|u| u.dst_port() == vxlan::PORT)
+            .ok_or(DecapError::Malformed)?;
+        let vxlan = VxlanHeader::new_checked(&ip.payload()[udp::HEADER_LEN..])
+            .filter(|v| v.has_vni())
+            .ok_or(DecapError::Malformed)?;
+        let (ip_total, udp_len) = (usize::from(ip.total_len()), usize::from(udp.length()));
+        let outer_l4 = udp::HEADER_LEN + vxlan::HEADER_LEN;
+        if b.len() < OVERHEAD + ethernet::HEADER_LEN
+            || ip_total + ethernet::HEADER_LEN > b.len()
+            || udp_len + ipv4::MIN_HEADER_LEN != ip_total
+            || udp_len < outer_l4 + ethernet::HEADER_LEN
+        {
+            return Err(DecapError::Malformed);
+        }
+        Ok((vxlan.vni(), ip.src(), udp_len - outer_l4))
+    }
+}
+
+/// The outer headers of one encapsulated frame.
+struct OuterHeaders {
+    remote_mac: MacAddr,
+    local_mac: MacAddr,
+    remote_ip: [u8; 4],
+    local_ip: [u8; 4],
+    src_port: u16,
+    vni: u32,
+}
+
+impl OuterHeaders {
+    /// Writes them into `buf` ([`OVERHEAD`] bytes) for an inner frame of
+    /// `inner` bytes; the UDP checksum is zero (allowed over IPv4).
+    fn write(&self, buf: &mut [u8], inner: usize) -> Option<()> {
+        let (eth, rest) = buf.split_at_mut(ethernet::HEADER_LEN);
+        let (ip, rest) = rest.split_at_mut(ipv4::MIN_HEADER_LEN);
+        let (udp, vxlan) = rest.split_at_mut(udp::HEADER_LEN);
+        let udp_len = u16::try_from(udp::HEADER_LEN + vxlan::HEADER_LEN + inner).ok()?;
+        let ip_len = udp_len.checked_add(ipv4::MIN_HEADER_LEN as u16)?;
+        EthernetFrame::emit(eth, self.remote_mac, self.local_mac, ETHERTYPE_IPV4)?;
+        Ipv4Packet::emit(ip, ip_len, PROTO_UDP, self.local_ip, self.remote_ip)?;
+        UdpPacket::emit(udp, self.src_port, vxlan::PORT, udp_len)?;
+        VxlanHeader::emit(vxlan, self.vni)?;
+        Some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::packet::PoolConfig;
+    use snapnet_wire::checksum::ones_sum;
 
     const LOCAL: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const REMOTE: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);

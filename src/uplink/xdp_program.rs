@@ -15,7 +15,7 @@ use aya::programs::{Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
-use crate::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 /// The compiled program, rebuilt by `xdp/build.sh` (a test checks it matches
 /// the source).

@@ -18,11 +18,13 @@
 use std::net::IpAddr;
 
 use super::stats::DropReason;
-use crate::packet::wire::ip::{
+use snapnet_wire::arp::{self, ArpPacket};
+use snapnet_wire::icmpv6::{self, NdMessage};
+use snapnet_wire::ip::{
     Ipv4Packet, Ipv6Packet, UpperLayer, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMPV6,
 };
-use crate::packet::wire::vlan::{self, TagError};
-use crate::packet::wire::{arp, icmpv6, MacAddr};
+use snapnet_wire::vlan::{self, TagError};
+use snapnet_wire::MacAddr;
 
 /// The identity a vNIC's guest must keep to.
 #[derive(Clone, Debug)]
@@ -139,13 +141,9 @@ fn check_addresses(frame: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), D
             ok_if(ips.v4.contains(&ip.src()), DropReason::SpoofedIp)
         }
         arp::ETHERTYPE_ARP => {
-            if l3.len() < arp::LEN {
-                return Err(DropReason::SpoofedArp);
-            }
-            let sender = &l3[arp::SENDER_MAC..arp::SENDER_MAC + 6];
-            let ip = array::<4>(l3, arp::SENDER_IP).ok_or(DropReason::SpoofedArp)?;
+            let arp = ArpPacket::new_checked(l3).ok_or(DropReason::SpoofedArp)?;
             ok_if(
-                sender == mac.0 && ips.v4.contains(&ip),
+                arp.sender_mac() == mac && ips.v4.contains(&arp.sender_ip()),
                 DropReason::SpoofedArp,
             )
         }
@@ -167,12 +165,12 @@ fn check_ipv6(l3: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReaso
             bytes,
             fragmented,
         }) => {
-            let kind = bytes.get(icmpv6::TYPE).copied();
+            let kind = icmpv6::message_type(bytes);
             // Receivers ignore fragmented neighbour discovery (RFC 6980),
             // and its options could hide in a later fragment. A first
             // fragment must show its type: a later fragment starts at least
             // 8 bytes in, so it can never supply or rewrite the type.
-            if fragmented && kind.is_none_or(is_nd) {
+            if fragmented && kind.is_none_or(icmpv6::is_nd) {
                 return Err(DropReason::Unverifiable);
             }
             check_nd(bytes, mac, ips)
@@ -183,35 +181,22 @@ fn check_ipv6(l3: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReaso
     }
 }
 
-fn is_nd(kind: u8) -> bool {
-    kind == icmpv6::ND_SOLICIT || kind == icmpv6::ND_ADVERT
-}
-
 /// Neighbour discovery: an advertisement may only announce an allowed
 /// address, and a link-layer address option must be the sender's MAC.
 fn check_nd(icmp: &[u8], mac: MacAddr, ips: &AllowedIps) -> Result<(), DropReason> {
-    let kind = icmp.get(icmpv6::TYPE).copied();
-    if !kind.is_some_and(is_nd) {
+    let Some(kind) = icmpv6::message_type(icmp).filter(|k| icmpv6::is_nd(*k)) else {
         return Ok(());
+    };
+    let Some(nd) = NdMessage::new_checked(icmp) else {
+        // Too short to hold its target: an advertisement of nothing we can
+        // check; a solicitation without options (no receiver takes either).
+        return ok_if(kind != icmpv6::ND_ADVERT, DropReason::SpoofedNd);
+    };
+    if kind == icmpv6::ND_ADVERT && !ips.v6.contains(&nd.target()) {
+        return Err(DropReason::SpoofedNd);
     }
-    if kind == Some(icmpv6::ND_ADVERT) {
-        let target = array::<16>(icmp, icmpv6::ND_TARGET).ok_or(DropReason::SpoofedNd)?;
-        if !ips.v6.contains(&target) {
-            return Err(DropReason::SpoofedNd);
-        }
-    }
-    let mut opts = icmp.get(icmpv6::ND_OPTIONS..).unwrap_or(&[]);
-    while opts.len() >= 2 {
-        let (kind, len) = (opts[0], usize::from(opts[1]) * icmpv6::OPT_LEN_UNIT);
-        if len == 0 || len > opts.len() {
-            return Err(DropReason::SpoofedNd);
-        }
-        if (kind == icmpv6::OPT_SOURCE_LLADDR || kind == icmpv6::OPT_TARGET_LLADDR)
-            && opts.get(icmpv6::OPT_LLADDR) != Some(&mac.0[..])
-        {
-            return Err(DropReason::SpoofedNd);
-        }
-        opts = &opts[len..];
+    for lladdr in nd.lladdr_options() {
+        ok_if(lladdr == Ok(mac), DropReason::SpoofedNd)?;
     }
     Ok(())
 }
@@ -232,10 +217,6 @@ fn ok_if(ok: bool, reason: DropReason) -> Result<(), DropReason> {
     } else {
         Err(reason)
     }
-}
-
-fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
-    b.get(at..at + N)?.try_into().ok()
 }
 
 #[cfg(test)]

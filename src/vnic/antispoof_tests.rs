@@ -1,9 +1,9 @@
 //! Tests of `antispoof.rs`.
 use super::*;
-use crate::packet::wire::arp::ETHERTYPE_ARP;
-use crate::packet::wire::icmpv6::{ND_ADVERT, ND_SOLICIT, OPT_TARGET_LLADDR};
-use crate::packet::wire::ip::{ext, PROTO_UDP};
-use crate::packet::wire::vlan::{TPID_8021AD, TPID_8021Q, TPID_QINQ_9100};
+use snapnet_wire::arp::ETHERTYPE_ARP;
+use snapnet_wire::icmpv6::{ND_ADVERT, ND_SOLICIT, OPT_TARGET_LLADDR};
+use snapnet_wire::ip::{ext, PROTO_UDP};
+use snapnet_wire::vlan::{TPID_8021AD, TPID_8021Q, TPID_QINQ_9100};
 
 const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 const OTHER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);

@@ -14,7 +14,7 @@ use vmm_sys_util::event::{
 use super::device::{QueueSink, VnicDevice};
 use super::engine::GuestMemory;
 use super::features;
-use crate::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 /// Largest virtqueue snapnet accepts: the split-ring maximum. QEMU offers at
 /// most 1024 entries; DPDK and other frontends may use more.

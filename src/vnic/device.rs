@@ -20,7 +20,7 @@ use super::dirty_log::{DirtyLog, DirtyLogError};
 use super::engine::{AttachedQueue, GuestMemory, Side, VnicEngine};
 use super::features::{self, ConfigSpace, Negotiated};
 use crate::engine::{MailboxError, MailboxSender};
-use crate::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 #[derive(Debug, Error)]
 pub enum DeviceError {

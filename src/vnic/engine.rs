@@ -39,10 +39,10 @@ use super::antispoof::SpoofGuard;
 use super::guest_log::GuestLog;
 use super::stats::{CountersState, DropReason, QueueCounters, SharedQueueCounters};
 use crate::engine::{Engine, Mailbox, MailboxSender};
-use crate::packet::wire::{rarp, MacAddr};
 use crate::packet::{FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::token_bucket::BucketLevels;
 use crate::shaping::{VnicShaping, WakeTimer};
+use snapnet_wire::{rarp, MacAddr};
 
 /// Guest memory as vhost-user-backend hands it over.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;

@@ -61,9 +61,9 @@ fn an_unchanged_ring_is_skipped_without_the_lock_but_never_for_long() {
 /// about to sleep.
 #[test]
 fn a_throttled_sender_arms_its_timer_only_when_the_worker_sleeps() {
-    use crate::packet::wire::MacAddr;
     use crate::packet::{link, PoolConfig};
     use crate::shaping::{Cost, RateLimit};
+    use snapnet_wire::MacAddr;
     use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use vm_memory::Bytes;
@@ -126,8 +126,8 @@ fn a_throttled_sender_arms_its_timer_only_when_the_worker_sleeps() {
 
 #[test]
 fn sent_over_a_fresh_link_the_frames_keep_their_order() {
-    use crate::packet::wire::MacAddr;
     use crate::packet::{link, PoolConfig};
+    use snapnet_wire::MacAddr;
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let mut cache = pool.cache();
     let (to_switch, switch_in) = link(8).unwrap();

@@ -6,7 +6,7 @@ use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VI
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::packet::wire::MacAddr;
+use snapnet_wire::MacAddr;
 
 const fn bit(b: u32) -> u64 {
     1 << b
@@ -107,7 +107,7 @@ impl Negotiated {
 
 /// The virtio-net header length: 12 bytes with VERSION_1 or MRG_RXBUF, which
 /// every frontend snapnet serves negotiates (VERSION_1 is required).
-pub const VNET_HDR_LEN: usize = crate::packet::wire::virtio_net::HEADER_LEN;
+pub const VNET_HDR_LEN: usize = snapnet_wire::virtio_net::HEADER_LEN;
 
 /// `struct virtio_net_config` as far as snapnet fills it.
 #[derive(Clone, Copy, Debug)]

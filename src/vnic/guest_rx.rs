@@ -11,13 +11,11 @@ use super::guest_memory::GuestMap;
 use super::guest_ring::RingView;
 use super::guest_tx::max_wire_frame;
 use super::stats::DropReason;
-use crate::packet::checksum::complete_partial;
 use crate::packet::prefetch::prefetch_write_span;
-use crate::packet::wire::virtio_net::{
-    self, F_NEEDS_CSUM as NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6,
-};
 use crate::packet::{FrameHandle, FramePool, Offload};
 use crate::shaping::Cost;
+use snapnet_wire::checksum::complete_partial;
+use snapnet_wire::virtio_net::{self, F_NEEDS_CSUM as NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6};
 
 /// Delivers up to `budget` frames. Returns frames handled and whether the
 /// guest wants an interrupt.

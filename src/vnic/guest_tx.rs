@@ -14,12 +14,11 @@ use super::stats::DropReason;
 use super::tx_offload::sanitise;
 use crate::packet::pool::MAX_PACKET;
 use crate::packet::prefetch::prefetch_span;
-use crate::packet::wire::ethernet::HEADER_LEN as ETH_HLEN;
-use crate::packet::wire::virtio_net;
 use crate::shaping::Cost;
+use snapnet_wire::ethernet::HEADER_LEN as ETH_HLEN;
+use snapnet_wire::virtio_net;
+use snapnet_wire::vlan::TAG_LEN as VLAN_TAG_LEN;
 
-/// VLAN tag allowance on top of MTU + Ethernet header.
-const VLAN_LEN: usize = 4;
 /// Lines of each TX buffer asked for ahead: a 1500 B frame and its header.
 const TX_PREFETCH_LINES: usize = 32;
 
@@ -27,7 +26,8 @@ const TX_PREFETCH_LINES: usize = 32;
 /// without GSO may be, and what a super-frame's segments are cut to.
 #[inline]
 pub(super) fn max_wire_frame(mtu: u16) -> usize {
-    usize::from(mtu) + ETH_HLEN + VLAN_LEN
+    // One VLAN tag is allowed on top of MTU + Ethernet header.
+    usize::from(mtu) + ETH_HLEN + VLAN_TAG_LEN
 }
 
 /// Moves up to `budget` chains from the TX ring to the switch link. Returns

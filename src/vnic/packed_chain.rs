@@ -15,7 +15,7 @@ use super::guest_memory::GuestMap;
 use super::guest_ring::Desc;
 use super::packed_ring::{PackedDesc, PackedView, Pos};
 use super::stats::DropReason;
-use crate::packet::wire::virtq_packed::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_SIZE};
+use snapnet_wire::virtq_packed::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_SIZE};
 
 /// What the walk found at a position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The device side of a packed virtqueue (VIRTIO_F_RING_PACKED, virtio 1.1+
 //! 2.8), read and written through host pointers bounds-checked once when the
-//! view is built. Layout: [`crate::packet::wire::virtq_packed`].
+//! view is built. Layout: [`snapnet_wire::virtq_packed`].
 //!
 //! Ordering: a descriptor's flags are loaded with Acquire before its other
 //! fields (the driver stores them last, with Release). Used descriptors are
@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::guest_memory::GuestMap;
 use super::guest_ring::{desc_field, read_desc_words, RingAddrs};
-use crate::packet::wire::virtq_packed::{
+use snapnet_wire::virtq_packed::{
     self as vp, DESC_ADDR, DESC_FLAGS, DESC_ID, DESC_LEN, DESC_SIZE, EVENT_FLAGS, EVENT_F_DESC,
     EVENT_F_DISABLE, EVENT_F_ENABLE, EVENT_OFF_WRAP, EVENT_SIZE,
 };

@@ -11,7 +11,7 @@ use super::guest_ring::RingAddrs;
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};
 use super::stats::DropReason;
-use crate::packet::wire::virtq_packed::{
+use snapnet_wire::virtq_packed::{
     self as vp, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, EVENT_F_DESC, EVENT_F_DISABLE,
     EVENT_F_ENABLE,
 };

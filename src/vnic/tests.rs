@@ -20,8 +20,8 @@ use super::stats::DropReason;
 use super::{guest_rx, guest_tx};
 use crate::packet::segment::tests as seg;
 use crate::packet::segment::{Ip, L4};
-use crate::packet::wire::virtio_net;
 use crate::packet::{link, FrameHandle, FramePool, LinkRx, LinkTx, Offload, PoolConfig};
+use snapnet_wire::virtio_net;
 
 const QSIZE: u16 = 16;
 /// (address, length, flags, explicit next).
@@ -633,7 +633,7 @@ fn rx_completes_checksum_and_refuses_tso_for_guests_without_offloads() {
     let got = g.read(b, 112);
     assert_eq!(got[0], 0, "NEEDS_CSUM cleared");
     assert_eq!(
-        !crate::packet::checksum::ones_sum(&got[12 + 34..]),
+        !snapnet_wire::checksum::ones_sum(&got[12 + 34..]),
         0,
         "checksum completed"
     );
@@ -740,7 +740,7 @@ fn tx_waits_instead_of_dropping_when_the_pool_is_empty() {
 
 /// The guard of the test vNIC: `packet()` sends from 02:00:00:00:00:01.
 fn guard() -> super::antispoof::SpoofGuard {
-    super::antispoof::SpoofGuard::new(crate::packet::wire::MacAddr([2, 0, 0, 0, 0, 1]), None)
+    super::antispoof::SpoofGuard::new(snapnet_wire::MacAddr([2, 0, 0, 0, 0, 1]), None)
 }
 
 /// An indirect table of `entries` (address, length, flags), chained in

@@ -27,8 +27,8 @@
 use super::features::Negotiated;
 use super::stats::DropReason;
 use crate::packet::segment::gso_headers;
-use crate::packet::wire::virtio_net::{F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
 use crate::packet::Offload;
+use snapnet_wire::virtio_net::{F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
 
 /// Smallest `gso_size` accepted: Linux's default `tcp_min_snd_mss` (48),
 /// below which no real TCP stack segments. Without a floor, `gso_size = 1`

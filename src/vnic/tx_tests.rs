@@ -21,11 +21,11 @@ use super::tests::{
 };
 use super::tx_offload::MIN_GSO_SIZE;
 use crate::packet::segment::{Ip, L4};
-use crate::packet::wire::virtio_net::{
-    F_DATA_VALID, F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
-};
 use crate::packet::{FramePool, Offload};
 use crate::shaping::{RateLimit, SharedBucket};
+use snapnet_wire::virtio_net::{
+    F_DATA_VALID, F_NEEDS_CSUM, F_RSC_INFO, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
+};
 
 /// A partial TCP checksum in `packet(60, _)`, as a guest asks for it.
 const CSUM: Offload = Offload {

@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use snapnet::frontend::{Frontend, VirtioNetHdr};
+use snapnet_frontend::{Frontend, VirtioNetHdr};
 
 use super::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo};
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use snapnet::control::{Config, Daemon};
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 pub const MAC0: [u8; 6] = [0x52, 0x54, 0x00, 0x5a, 0x00, 0x01];
 pub const MAC1: [u8; 6] = [0x52, 0x54, 0x00, 0x5a, 0x00, 0x02];

@@ -1,6 +1,6 @@
 //! ARP, ICMP echo and TCP super-frames as a guest sends and answers them.
 
-use snapnet::packet::checksum::ones_sum;
+use snapnet_wire::checksum::ones_sum;
 
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 

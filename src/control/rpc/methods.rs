@@ -15,11 +15,11 @@ use crate::control::config::{
     AddressPair, ConfigError, GroupConfig, RateLimit, UplinkConfig, VnicConfig,
 };
 use crate::control::daemon::{Daemon, DaemonError, PortSecurityChange, UplinkReport, VnicReport};
-use crate::packet::wire::MacAddr;
 use crate::switch::{PortCounters, PortDrop};
 use crate::uplink::xsk::XskKernelStats;
 use crate::uplink::{UplinkCounter, UplinkCounters};
 use crate::vnic::{DropReason, QueueCounters};
+use snapnet_wire::MacAddr;
 
 /// Every method the server answers (the OpenRPC document lists the same).
 pub const METHODS: &[&str] = &[

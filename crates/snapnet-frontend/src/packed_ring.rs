@@ -1,5 +1,5 @@
 //! Driver side of one virtio 1.1+ packed virtqueue (VIRTIO_F_RING_PACKED) in shared guest
-//! memory; the layout is in [`crate::packet::wire::virtq_packed`].
+//! memory; the layout is in [`snapnet_wire::virtq_packed`].
 //!
 //! Descriptor indices and buffer ids: as with the split ring, a chain is a list of ids from
 //! a free list (LIFO), and id `d` names packet buffer `d`. A chain of `n` ids fills the next
@@ -28,7 +28,7 @@ use super::memory::GuestMemory;
 use super::ring::DriverRing;
 use super::split_ring::{HeadKind, RingAddrs, RingStats};
 use super::RawDesc;
-use crate::packet::wire::virtq_packed::{
+use snapnet_wire::virtq_packed::{
     self as vp, DESC_ADDR, DESC_FLAGS, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE,
     DESC_ID, DESC_LEN, DESC_SIZE, EVENT_FLAGS, EVENT_F_DESC, EVENT_F_DISABLE, EVENT_F_ENABLE,
     EVENT_OFF_WRAP, EVENT_SIZE,

@@ -2,12 +2,34 @@
 //! 5.1.6): its layout, flag and GSO type values, and its little-endian
 //! encoding to and from [`Offload`].
 
-use crate::packet::Offload;
+/// Offload metadata from the virtio-net header, carried with the frame so that
+/// checksum and segmentation offload survive vNIC -> vNIC switching.
+///
+/// Field meanings are those of `struct virtio_net_hdr` (virtio 1.x, 5.1.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// True when the frame is a segmentation-offload super-frame.
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !GSO_ECN != GSO_NONE
+    }
+}
 
 /// Header length with VERSION_1 or MRG_RXBUF (which carry `num_buffers`).
 pub const HEADER_LEN: usize = 12;
+/// Header length of a legacy device without MRG_RXBUF (no `num_buffers`).
+pub const LEGACY_HEADER_LEN: usize = 10;
 
-mod field {
+/// Field offsets (little-endian fields).
+pub mod field {
     pub const FLAGS: usize = 0;
     pub const GSO_TYPE: usize = 1;
     pub const HDR_LEN: usize = 2;
@@ -55,6 +77,12 @@ pub fn parse(h: &[u8]) -> Offload {
     }
 }
 
+/// The `num_buffers` field of the first [`HEADER_LEN`] bytes of `h`.
+#[inline]
+pub fn num_buffers(h: &[u8]) -> u16 {
+    u16::from_le_bytes([h[field::NUM_BUFFERS], h[field::NUM_BUFFERS + 1]])
+}
+
 /// The header for `o` with `num_buffers`, as two little-endian words (bytes
 /// 0..8 and 8..12) computed in registers: guest RX writes them with two
 /// stores and no load (see `vnic::guest_rx::CopySource`).
@@ -86,6 +114,40 @@ pub fn write(h: &mut [u8], o: &Offload, num_buffers: u16) {
     h[..HEADER_LEN].copy_from_slice(&bytes_of(words(o, num_buffers)));
 }
 
+/// A checked view of a virtio-net header (the [`HEADER_LEN`]-byte form) at
+/// the start of `buffer`, over [`parse`] and [`write`].
+#[derive(Debug, Clone, Copy)]
+pub struct VirtioNetHeader<T> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> VirtioNetHeader<T> {
+    /// `None` when `buffer` cannot hold the header.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Option<Self> {
+        (buffer.as_ref().len() >= HEADER_LEN).then_some(Self { buffer })
+    }
+
+    /// The offload request (or, on RX, report) the header carries.
+    #[inline]
+    pub fn offload(&self) -> Offload {
+        parse(self.buffer.as_ref())
+    }
+
+    #[inline]
+    pub fn num_buffers(&self) -> u16 {
+        num_buffers(self.buffer.as_ref())
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> VirtioNetHeader<T> {
+    /// Writes the whole header.
+    #[inline]
+    pub fn set(&mut self, offload: &Offload, num_buffers: u16) {
+        write(self.buffer.as_mut(), offload, num_buffers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +165,12 @@ mod tests {
         let mut h = [0u8; HEADER_LEN];
         write(&mut h, &o, 3);
         assert_eq!(parse(&h), o);
+        assert_eq!(num_buffers(&h), 3);
         assert_eq!(h, [1, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 3, 0]);
+        let mut v = VirtioNetHeader::new_checked(&mut h[..]).unwrap();
+        assert_eq!((v.offload(), v.num_buffers()), (o, 3));
+        v.set(&Offload::default(), 1);
+        assert_eq!(h, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert!(VirtioNetHeader::new_checked(&h[..11]).is_none());
     }
 }

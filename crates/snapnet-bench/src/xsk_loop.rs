@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use snapnet::packet::wire::MacAddr;
 use snapnet::packet::{FramePool, PoolConfig, UmemLoans};
 use snapnet::uplink::xsk::{BindMode, RingSizes, UmemArea, XskSocket};
 use snapnet::uplink::{UplinkProgram, XdpMode};
+use snapnet_wire::MacAddr;
 
 const WARMUP: Duration = Duration::from_millis(500);
 /// Frames kept circulating between the loop and the kernel.

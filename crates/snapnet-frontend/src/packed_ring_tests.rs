@@ -1,8 +1,8 @@
 //! Tests of `packed_ring.rs`.
 use super::fake::FakePackedDevice;
 use super::*;
-use crate::frontend::queue::{RxQueue, TxQueue};
-use crate::frontend::VirtioNetHdr;
+use crate::queue::{RxQueue, TxQueue};
+use crate::VirtioNetHdr;
 
 fn ring(size: u16, event_idx: bool) -> PackedRing {
     let mut mem = GuestMemory::new(1 << 20, false).unwrap();

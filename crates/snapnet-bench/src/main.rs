@@ -1,4 +1,4 @@
-//! snapnet-bench: a vhost-user load generator built on `snapnet::frontend`.
+//! snapnet-bench: a vhost-user load generator built on `snapnet_frontend`.
 //!
 //! Every subcommand prints one machine-readable line `result key=value ...` and one line for
 //! humans. The bench thread's CPU share (from /proc/thread-self/schedstat) is reported so runs
@@ -17,7 +17,7 @@ mod pingpong;
 mod plot;
 mod upgrade;
 mod xsk_loop;
-use snapnet::frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
 
 /// EtherType of generated frames (IEEE 802.1 local experimental).
 const ETHERTYPE: u16 = 0x88b5;

@@ -19,7 +19,7 @@ use super::queue::{QueueStats, RxQueue, TxQueue};
 use super::ring::DriverRing;
 use super::split_ring::{RingAddrs, SplitRing};
 use super::{FrontendConfig, RawDesc, VirtioNetHdr, SCRATCH_LEN};
-use crate::packet::wire::virtq_packed::WRAP_BIT;
+use snapnet_wire::virtq_packed::WRAP_BIT;
 
 /// ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK.
 const STATUS_RUNNING: u8 = 1 | 2 | 4 | 8;

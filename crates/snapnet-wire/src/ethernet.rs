@@ -3,9 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-pub(crate) const DST: std::ops::Range<usize> = 0..6;
-pub(crate) const SRC: std::ops::Range<usize> = 6..12;
-pub(crate) const ETHERTYPE: std::ops::Range<usize> = 12..14;
+use crate::bytes::{get_u16, set_u16};
+
+/// Field ranges.
+pub const DST: std::ops::Range<usize> = 0..6;
+pub const SRC: std::ops::Range<usize> = 6..12;
+pub const ETHERTYPE: std::ops::Range<usize> = 12..14;
 /// Length of the Ethernet II header.
 pub const HEADER_LEN: usize = 14;
 
@@ -14,7 +17,7 @@ pub const HEADER_LEN: usize = 14;
 pub struct MacAddr(pub [u8; 6]);
 
 /// `"52:54:00:5a:00:01"` in JSON (configs, the overlay table), for
-/// `#[serde(with = "crate::packet::wire::mac_string")]`.
+/// `#[serde(with = "crate::mac_string")]`.
 pub mod mac_string {
     use super::MacAddr;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -87,35 +90,71 @@ impl FromStr for MacAddr {
     }
 }
 
-/// A view of an Ethernet II frame.
-pub struct EthernetFrame<'a> {
-    bytes: &'a [u8],
+/// A checked view of an Ethernet II header at the start of `buffer`.
+#[derive(Debug, Clone, Copy)]
+pub struct EthernetFrame<T> {
+    buffer: T,
 }
 
-impl<'a> EthernetFrame<'a> {
-    /// `None` when `bytes` cannot hold an Ethernet header.
+impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    /// `None` when `buffer` cannot hold an Ethernet header.
     #[inline]
-    pub fn new_checked(bytes: &'a [u8]) -> Option<Self> {
-        (bytes.len() >= HEADER_LEN).then_some(Self { bytes })
+    pub fn new_checked(buffer: T) -> Option<Self> {
+        (buffer.as_ref().len() >= HEADER_LEN).then_some(Self { buffer })
     }
 
     #[inline]
     pub fn dst(&self) -> MacAddr {
-        MacAddr(self.bytes[DST].try_into().expect("length checked"))
+        MacAddr(
+            self.buffer.as_ref()[DST]
+                .try_into()
+                .expect("length checked"),
+        )
     }
 
     #[inline]
     pub fn src(&self) -> MacAddr {
-        MacAddr(self.bytes[SRC].try_into().expect("length checked"))
+        MacAddr(
+            self.buffer.as_ref()[SRC]
+                .try_into()
+                .expect("length checked"),
+        )
     }
 
     #[inline]
     pub fn ethertype(&self) -> u16 {
-        u16::from_be_bytes([self.bytes[ETHERTYPE.start], self.bytes[ETHERTYPE.start + 1]])
+        get_u16(self.buffer.as_ref(), ETHERTYPE.start)
+    }
+}
+
+impl<'a> EthernetFrame<&'a [u8]> {
+    /// What follows the header (the first VLAN tag, if there is one).
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        &self.buffer[HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    /// Writes a header into the first [`HEADER_LEN`] bytes of `buffer`;
+    /// `None` when it is shorter.
+    #[inline]
+    pub fn emit(mut buffer: T, dst: MacAddr, src: MacAddr, ethertype: u16) -> Option<Self> {
+        let h = buffer.as_mut().get_mut(..HEADER_LEN)?;
+        h[DST].copy_from_slice(&dst.0);
+        h[SRC].copy_from_slice(&src.0);
+        set_u16(h, ETHERTYPE.start, ethertype);
+        Some(Self { buffer })
     }
 
-    pub fn payload(&self) -> &'a [u8] {
-        &self.bytes[HEADER_LEN..]
+    #[inline]
+    pub fn set_dst(&mut self, mac: MacAddr) {
+        self.buffer.as_mut()[DST].copy_from_slice(&mac.0)
+    }
+
+    #[inline]
+    pub fn set_src(&mut self, mac: MacAddr) {
+        self.buffer.as_mut()[SRC].copy_from_slice(&mac.0)
     }
 }
 
@@ -142,12 +181,21 @@ mod tests {
 
     #[test]
     fn short_frame_has_no_view() {
-        assert!(EthernetFrame::new_checked(&[0; 13]).is_none());
+        assert!(EthernetFrame::new_checked(&[0; 13][..]).is_none());
         let mut f = [0u8; 14];
         f[0] = 1;
         f[12] = 0x08;
-        let v = EthernetFrame::new_checked(&f).unwrap();
+        let v = EthernetFrame::new_checked(&f[..]).unwrap();
         assert!(v.dst().is_group());
         assert_eq!(v.ethertype(), 0x0800);
+        let m = MacAddr([2, 0, 0, 0, 0, 9]);
+        let mut e = EthernetFrame::emit(&mut f[..], MacAddr::BROADCAST, m, 0x86dd).unwrap();
+        e.set_src(MacAddr([2; 6]));
+        e.set_dst(m);
+        assert_eq!(
+            (e.dst(), e.src(), e.ethertype()),
+            (m, MacAddr([2; 6]), 0x86dd)
+        );
+        assert!(EthernetFrame::emit(&mut f[..13], m, m, 0).is_none());
     }
 }

@@ -1,4 +1,6 @@
-//! The virtio-net packet header and raw descriptors.
+//! The virtio-net packet header as the frontend API shows it, and raw descriptors.
+
+use snapnet_wire::virtio_net::{self, Offload};
 
 /// `struct virtio_net_hdr_v1` (12 bytes, little-endian on the wire). Without VERSION_1 and
 /// without MRG_RXBUF the legacy header is the first 10 bytes (no `num_buffers`).
@@ -23,56 +25,54 @@ pub struct VirtioNetHdr {
 
 impl VirtioNetHdr {
     /// Size of the header with VERSION_1 or MRG_RXBUF.
-    pub const LEN: usize = 12;
+    pub const LEN: usize = virtio_net::HEADER_LEN;
     /// Size of the legacy header without MRG_RXBUF.
-    pub const LEGACY_LEN: usize = 10;
+    pub const LEGACY_LEN: usize = virtio_net::LEGACY_HEADER_LEN;
     /// `flags`: the checksum at csum_start/csum_offset must be computed.
-    pub const F_NEEDS_CSUM: u8 = 1;
+    pub const F_NEEDS_CSUM: u8 = virtio_net::F_NEEDS_CSUM;
     /// `flags`: the checksum is known to be valid.
-    pub const F_DATA_VALID: u8 = 2;
+    pub const F_DATA_VALID: u8 = virtio_net::F_DATA_VALID;
     /// `gso_type`: no segmentation.
-    pub const GSO_NONE: u8 = 0;
+    pub const GSO_NONE: u8 = virtio_net::GSO_NONE;
     /// `gso_type`: TCP over IPv4.
-    pub const GSO_TCPV4: u8 = 1;
+    pub const GSO_TCPV4: u8 = virtio_net::GSO_TCPV4;
     /// `gso_type`: UDP (UFO).
-    pub const GSO_UDP: u8 = 3;
+    pub const GSO_UDP: u8 = virtio_net::GSO_UDP;
     /// `gso_type`: TCP over IPv6.
-    pub const GSO_TCPV6: u8 = 4;
+    pub const GSO_TCPV6: u8 = virtio_net::GSO_TCPV6;
     /// `gso_type` bit: ECN.
-    pub const GSO_ECN: u8 = 0x80;
+    pub const GSO_ECN: u8 = virtio_net::GSO_ECN;
 
-    /// Wire representation.
+    /// Wire representation (the layout is `snapnet_wire::virtio_net`'s).
     #[inline]
-    pub fn to_bytes(&self) -> [u8; 12] {
-        let mut b = [0u8; 12];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
-        b
+    pub fn to_bytes(&self) -> [u8; virtio_net::HEADER_LEN] {
+        let offload = Offload {
+            flags: self.flags,
+            gso_type: self.gso_type,
+            hdr_len: self.hdr_len,
+            gso_size: self.gso_size,
+            csum_start: self.csum_start,
+            csum_offset: self.csum_offset,
+        };
+        virtio_net::bytes_of(virtio_net::words(&offload, self.num_buffers))
     }
 
-    /// Parses the first 10 or 12 bytes of `b` (`num_buffers` is 0 when `b` is shorter).
+    /// Parses the first 10 or 12 bytes of `b` (fields `b` does not reach,
+    /// `num_buffers` of a legacy header among them, are 0).
     #[inline]
     pub fn from_bytes(b: &[u8]) -> VirtioNetHdr {
-        let u = |i: usize| {
-            if b.len() >= i + 2 {
-                u16::from_le_bytes([b[i], b[i + 1]])
-            } else {
-                0
-            }
-        };
+        let mut full = [0u8; virtio_net::HEADER_LEN];
+        let n = b.len().min(full.len());
+        full[..n].copy_from_slice(&b[..n]);
+        let o = virtio_net::parse(&full);
         VirtioNetHdr {
-            flags: b.first().copied().unwrap_or(0),
-            gso_type: b.get(1).copied().unwrap_or(0),
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-            num_buffers: u(10),
+            flags: o.flags,
+            gso_type: o.gso_type,
+            hdr_len: o.hdr_len,
+            gso_size: o.gso_size,
+            csum_start: o.csum_start,
+            csum_offset: o.csum_offset,
+            num_buffers: virtio_net::num_buffers(&full),
         }
     }
 }

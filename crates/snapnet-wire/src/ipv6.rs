@@ -1,12 +1,20 @@
-//! IPv4 and IPv6 header views, as far as flow steering needs them.
+//! IPv6 header view (RFC 8200), with the walk over extension headers.
 
-/// EtherType of IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of IPv6.
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
+use crate::bytes::{get_u16, set_u16};
+
+/// Field offsets within the fixed header.
+pub mod field {
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+    /// Source and destination together, as the pseudo-header sums them.
+    pub const ADDRS: std::ops::Range<usize> = 8..40;
+}
+
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 40;
 
 /// IPv6 extension headers that may stand between the fixed header and the
 /// upper-layer header (RFC 8200 section 4; AH from RFC 4302).
@@ -28,95 +36,67 @@ pub mod ext {
     pub const MAX_HEADERS: usize = 8;
 }
 
-mod v4 {
-    pub const MIN_LEN: usize = 20;
-    pub const VER_IHL: usize = 0;
-    pub const FRAG: usize = 6;
-    pub const PROTO: usize = 9;
-    pub const SRC: usize = 12;
-    pub const DST: usize = 16;
-}
-
-mod v6 {
-    pub const LEN: usize = 40;
-    pub const NEXT: usize = 6;
-    pub const SRC: usize = 8;
-    pub const DST: usize = 24;
-}
-
-/// A checked view of an IPv4 header.
-pub struct Ipv4Packet<'a> {
-    bytes: &'a [u8],
-    header_len: usize,
-}
-
-impl<'a> Ipv4Packet<'a> {
-    /// `None` unless `bytes` holds a version-4 header of a valid length.
-    pub fn new_checked(bytes: &'a [u8]) -> Option<Self> {
-        let first = *bytes.get(v4::VER_IHL)?;
-        let header_len = usize::from(first & 0x0f) * 4;
-        (first >> 4 == 4 && header_len >= v4::MIN_LEN && bytes.len() >= header_len)
-            .then_some(Self { bytes, header_len })
-    }
-
-    pub fn protocol(&self) -> u8 {
-        self.bytes[v4::PROTO]
-    }
-
-    pub fn src(&self) -> [u8; 4] {
-        self.bytes[v4::SRC..v4::SRC + 4]
-            .try_into()
-            .expect("length checked")
-    }
-
-    pub fn dst(&self) -> [u8; 4] {
-        self.bytes[v4::DST..v4::DST + 4]
-            .try_into()
-            .expect("length checked")
-    }
-
-    /// True for any fragment (more-fragments set or a non-zero offset).
-    pub fn is_fragment(&self) -> bool {
-        u16::from_be_bytes([self.bytes[v4::FRAG], self.bytes[v4::FRAG + 1]]) & 0x3fff != 0
-    }
-
-    pub fn payload(&self) -> &'a [u8] {
-        &self.bytes[self.header_len..]
-    }
-}
-
 /// A checked view of an IPv6 fixed header.
-pub struct Ipv6Packet<'a> {
-    bytes: &'a [u8],
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv6Packet<T> {
+    buffer: T,
 }
 
-impl<'a> Ipv6Packet<'a> {
-    pub fn new_checked(bytes: &'a [u8]) -> Option<Self> {
-        (bytes.len() >= v6::LEN && bytes[0] >> 4 == 6).then_some(Self { bytes })
+impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    /// `None` unless `buffer` holds a version-6 fixed header.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Option<Self> {
+        let b = buffer.as_ref();
+        (b.len() >= HEADER_LEN && b[0] >> 4 == 6).then_some(Self { buffer })
     }
 
+    #[inline]
+    pub fn payload_len(&self) -> u16 {
+        get_u16(self.buffer.as_ref(), field::PAYLOAD_LEN)
+    }
+
+    #[inline]
     pub fn next_header(&self) -> u8 {
-        self.bytes[v6::NEXT]
+        self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
-    pub fn src(&self) -> &'a [u8] {
-        &self.bytes[v6::SRC..v6::SRC + 16]
+    #[inline]
+    pub fn src(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::SRC..field::SRC + 16]
     }
 
-    pub fn dst(&self) -> &'a [u8] {
-        &self.bytes[v6::DST..v6::DST + 16]
+    #[inline]
+    pub fn dst(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::DST..field::DST + 16]
     }
 
+    /// Source and destination, for a pseudo-header sum.
+    #[inline]
+    pub fn addrs(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::ADDRS]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    #[inline]
+    pub fn set_payload_len(&mut self, v: u16) {
+        set_u16(self.buffer.as_mut(), field::PAYLOAD_LEN, v)
+    }
+}
+
+impl<'a> Ipv6Packet<&'a [u8]> {
+    /// What follows the fixed header.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
-        &self.bytes[v6::LEN..]
+        &self.buffer[HEADER_LEN..]
     }
 
     /// Walks the extension headers (at most [`ext::MAX_HEADERS`]) to the
     /// upper-layer header.
     pub fn upper_layer(&self) -> Result<UpperLayer<'a>, ExtError> {
-        let b = self.bytes;
+        let b = self.buffer;
         let mut next = self.next_header();
-        let mut at = v6::LEN;
+        let mut at = HEADER_LEN;
         let mut fragmented = false;
         for _ in 0..=ext::MAX_HEADERS {
             let len = match next {
@@ -180,39 +160,10 @@ pub enum ExtError {
     TooMany,
 }
 
-/// Source and destination ports of a TCP or UDP header, if long enough.
-pub fn l4_ports(payload: &[u8]) -> Option<(u16, u16)> {
-    let p = payload.get(0..4)?;
-    Some((
-        u16::from_be_bytes([p[0], p[1]]),
-        u16::from_be_bytes([p[2], p[3]]),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv4_view_checks_version_and_length() {
-        let mut h = [0u8; 24];
-        h[0] = 0x45;
-        h[9] = PROTO_TCP;
-        h[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        h[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        h[20..24].copy_from_slice(&[0x1f, 0x90, 0x00, 0x50]);
-        let p = Ipv4Packet::new_checked(&h).unwrap();
-        assert_eq!(p.protocol(), PROTO_TCP);
-        assert_eq!(p.src(), [10, 0, 0, 1]);
-        assert_eq!(l4_ports(p.payload()), Some((8080, 80)));
-        assert!(!p.is_fragment());
-        h[0] = 0x4f; // IHL 60 > 24 bytes
-        assert!(Ipv4Packet::new_checked(&h).is_none());
-        h[0] = 0x65;
-        assert!(Ipv4Packet::new_checked(&h).is_none());
-        assert!(Ipv4Packet::new_checked(&[]).is_none());
-        assert!(Ipv6Packet::new_checked(&h).is_none());
-    }
+    use crate::ip::{PROTO_ICMPV6, PROTO_UDP};
 
     /// A fixed IPv6 header followed by `exts` (next header, bytes) and an
     /// upper-layer header of `proto`.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use snapnet::frontend::FrontendConfig;
+use snapnet_frontend::FrontendConfig;
 
 use super::isolation::{connect, median, steady_rate};
 use super::{build_frame, kv};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 use super::pingpong::pin;
 

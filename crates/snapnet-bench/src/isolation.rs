@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use snapnet::frontend::{Frontend, FrontendConfig, VirtioNetHdr};
+use snapnet_frontend::{Frontend, FrontendConfig, VirtioNetHdr};
 
 use super::{build_frame, kv, sum_stats, CpuMeter, WARMUP};
 
