@@ -2,7 +2,8 @@
 # Prints, for each room (top-level module of src/), the other rooms it
 # imports from (`crate::<room>` uses outside #[cfg(test)] files), with
 # counts: the picture in docs/architecture.md. Exits 1 if two rooms import
-# each other.
+# each other, or if two sibling files of any crate in the workspace do
+# (`super::<file>` or `crate::<path>::<file>` both ways; test files left out).
 set -euo pipefail
 cd "$(dirname "$0")/../src"
 rooms=$(find . -mindepth 1 -maxdepth 1 -type d ! -name bin -printf '%f\n' | sort)
@@ -21,6 +22,26 @@ for a in $rooms; do
             echo "cycle: $a <-> $b"
             cycle=1
         fi
+    done
+done
+# Sibling files: a file "imports" a sibling when it names it through
+# `super::` (or, from the crate root's modules, by its full `crate::` path).
+cd ..
+for dir in $(find src crates/*/src -type d); do
+    files=$(find "$dir" -maxdepth 1 -name '*.rs' ! -name '*tests.rs' ! -name mod.rs ! -name lib.rs ! -name main.rs -printf '%f\n' | sed 's/\.rs$//' | sort)
+    modpath=$(echo "$dir" | sed -E 's#^(crates/[^/]+/)?src/?##; s#/#::#g')
+    for a in $files; do
+        for b in $files; do
+            [[ "$a" < "$b" ]] || continue
+            names() { # does file $1 name sibling $2?
+                grep -v '^\s*//' "$dir/$1.rs" | sed '/^#\[cfg(test)\]/,$d' |
+                    grep -qE "super::$2\b|crate::${modpath:+$modpath::}$2\b"
+            }
+            if names "$a" "$b" && names "$b" "$a"; then
+                echo "cycle: $dir/$a.rs <-> $dir/$b.rs"
+                cycle=1
+            fi
+        done
     done
 done
 exit $cycle

@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         };
         OverlayTable::new(&cfg, LOCAL_MAC).expect("overlay")
     });
-    let (mut switch, _handle) = SwitchEngine::new(pool).expect("switch");
+    let (mut switch, _handle) = snapnet::switch::shards::single(pool).expect("switch");
     let (mut uplink, uplink_id) = port(
         &mut switch,
         if overlay {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::pool_sizing;
 use super::socket_path::{check_inside, check_plain_absolute};
 use crate::vnic::SocketRole;
 use snapnet_wire::MacAddr;
@@ -139,7 +140,7 @@ pub struct FramePoolConfig {
     #[serde(default = "default_spare_queue_pairs")]
     pub spare_queue_pairs: u16,
     /// Large frames (TSO/USO super-frames of up to 64 KiB).
-    #[serde(default = "super::pool_sizing::default_large_frames")]
+    #[serde(default = "default_large_frames")]
     pub large_frames: u32,
     /// The pages behind the pool: `auto` (hugetlb where reserved, else
     /// transparent huge pages where the kernel allows them for shared
@@ -148,12 +149,17 @@ pub struct FramePoolConfig {
     pub pages: crate::packet::pool_memory::PageChoice,
 }
 
+/// Large frames when the config says nothing.
+fn default_large_frames() -> u32 {
+    crate::packet::pool::DEFAULT_LARGE_FRAMES
+}
+
 impl Default for FramePoolConfig {
     fn default() -> Self {
         Self {
             frames: None,
             spare_queue_pairs: default_spare_queue_pairs(),
-            large_frames: super::pool_sizing::default_large_frames(),
+            large_frames: default_large_frames(),
             pages: Default::default(),
         }
     }
@@ -665,10 +671,36 @@ impl Config {
         self.validate_frame_pool()
     }
 
+    /// The ports the frame pool is sized for.
+    pub fn pool_ports(&self) -> pool_sizing::Ports {
+        pool_sizing::Ports {
+            vnic_queue_pairs: self.vnics.iter().map(|v| usize::from(v.queue_pairs)).sum(),
+            uplink_queues: self.uplinks.iter().map(|u| u.queues.len()).sum(),
+            switch_shards: usize::from(self.switch_shards),
+        }
+    }
+
+    /// The small frames the pool gets: as configured, or what the ports
+    /// need plus the spare queue pairs' worth (`control::pool_sizing`).
+    pub fn pool_frames(&self) -> usize {
+        let p = &self.frame_pool;
+        pool_sizing::pool_frames(self.pool_ports(), p.frames, p.spare_queue_pairs)
+    }
+
+    /// The pool to create (for a config `validate` accepted).
+    pub fn pool_config(&self) -> crate::packet::PoolConfig {
+        crate::packet::PoolConfig {
+            frames: self.pool_frames().min(pool_sizing::MAX_FRAMES) as u32,
+            large_frames: self.frame_pool.large_frames,
+            pages: self.frame_pool.pages,
+            ..Default::default()
+        }
+    }
+
     /// Whether the ports fit a running pool of `frames` small frames (a
     /// pool is sized once, at start).
     pub fn fits_pool(&self, frames: usize) -> Result<(), ConfigError> {
-        match super::pool_sizing::shortfall(self, frames) {
+        match pool_sizing::shortfall(self.pool_ports(), frames) {
             Some(why) => Err(invalid("frame_pool", why)),
             None => Ok(()),
         }
@@ -716,12 +748,15 @@ impl Config {
     }
 
     fn validate_frame_pool(&self) -> Result<(), ConfigError> {
-        use super::pool_sizing::{pool_frames, shortfall, MAX_FRAMES};
+        use pool_sizing::MAX_FRAMES;
         let p = &self.frame_pool;
-        if let Some(why) = p.frames.and_then(|f| shortfall(self, f as usize)) {
+        if let Some(why) = p
+            .frames
+            .and_then(|f| pool_sizing::shortfall(self.pool_ports(), f as usize))
+        {
             return Err(invalid("frame_pool.frames", why));
         }
-        if pool_frames(self) > MAX_FRAMES {
+        if self.pool_frames() > MAX_FRAMES {
             return Err(invalid(
                 "frame_pool",
                 format!("more than {MAX_FRAMES} frames: fewer queues, or fewer spare_queue_pairs"),

@@ -38,8 +38,7 @@ use snapnet_wire::MacAddr;
 /// How long a control request to a running engine may take.
 const ENGINE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Frame handles a link holds.
-pub const LINK_CAPACITY: usize = 1024;
+pub use super::pool_sizing::LINK_CAPACITY;
 
 /// The port of a vNIC that has none on this switch yet (moving step by
 /// step: its links go to a bridge until the switch moves).
@@ -212,7 +211,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
         cfg.validate()?;
-        let pool = FramePool::new(&super::pool_sizing::pool_config(cfg))?;
+        let pool = FramePool::new(&cfg.pool_config())?;
         let mut daemon = Self::start_on_pool(cfg, pool)?;
         for v in &cfg.vnics {
             if let Err(e) = daemon.add_vnic(v.clone()) {
@@ -1252,6 +1251,33 @@ fn interface_mac(name: &str) -> std::io::Result<MacAddr> {
     text.trim()
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
+}
+
+/// Takes engines `ids` (all of type `E`) out of `group`. On an error the
+/// ones taken so far go back, and `ids` names the group's engines again.
+fn take_out_of<E: crate::engine::Engine + 'static>(
+    group: &crate::sched::EngineGroup,
+    ids: &mut Vec<crate::sched::EngineId>,
+) -> Result<Vec<E>, DaemonError> {
+    let all = std::mem::take(ids);
+    let mut engines = Vec::with_capacity(all.len());
+    for (n, id) in all.iter().enumerate() {
+        let removed = group.remove(*id).map_err(DaemonError::from).and_then(|e| {
+            e.into_any()
+                .downcast::<E>()
+                .map_err(|_| DaemonError::Upgrade(format!("not a {}", std::any::type_name::<E>())))
+        });
+        match removed {
+            Ok(e) => engines.push(*e),
+            Err(err) => {
+                let back = place_engines(group, engines.into_iter().map(Box::new).collect(), None);
+                *ids = back.unwrap_or_default();
+                ids.extend_from_slice(&all[n..]);
+                return Err(err);
+            }
+        }
+    }
+    Ok(engines)
 }
 
 /// Adds every engine to `group` (on the thread of engine `near`, when

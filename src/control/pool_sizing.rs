@@ -16,15 +16,23 @@
 //! Large frames (TSO super-frames) are a class of their own, not budgeted per
 //! port: a frame waits for a guest at most `RX_STALL` before it is dropped.
 
-use super::config::{Config, FramePoolConfig};
-use super::daemon::LINK_CAPACITY;
-use crate::packet::pool::{CACHE_FRAMES, DEFAULT_LARGE_FRAMES};
-use crate::packet::PoolConfig;
+use crate::packet::pool::CACHE_FRAMES;
 use crate::switch::shards::PEER_LINK_CAPACITY;
 use crate::uplink::xsk::RingSizes;
 
+/// Frame handles a link into or out of the switch holds.
+pub const LINK_CAPACITY: usize = 1024;
+
 /// Most small frames a pool may have (16 GiB of 4 KiB frames).
 pub const MAX_FRAMES: usize = 1 << 22;
+
+/// The ports a pool is sized for (`Config::pool_ports` counts them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub vnic_queue_pairs: usize,
+    pub uplink_queues: usize,
+    pub switch_shards: usize,
+}
 
 /// Small frames one vNIC queue pair may hold.
 pub fn vnic_queue_frames() -> usize {
@@ -43,49 +51,27 @@ pub fn switch_frames(shards: usize) -> usize {
     shards * (CACHE_FRAMES + shards.saturating_sub(1) * PEER_LINK_CAPACITY)
 }
 
-/// Small frames the ports and switch of `cfg` may hold together.
-pub fn frames_needed(cfg: &Config) -> usize {
-    let vnic_queues: usize = cfg.vnics.iter().map(|v| usize::from(v.queue_pairs)).sum();
-    let uplink_queues: usize = cfg.uplinks.iter().map(|u| u.queues.len()).sum();
-    switch_frames(usize::from(cfg.switch_shards))
-        + vnic_queues * vnic_queue_frames()
-        + uplink_queues * uplink_queue_frames()
+/// Small frames `ports` and their switch may hold together.
+pub fn frames_needed(ports: Ports) -> usize {
+    switch_frames(ports.switch_shards)
+        + ports.vnic_queue_pairs * vnic_queue_frames()
+        + ports.uplink_queues * uplink_queue_frames()
 }
 
-/// The small frames a pool for `cfg` gets: as configured, or what its ports
-/// need plus `spare_queue_pairs` vNIC queue pairs' worth for ports added at
-/// run time.
-pub fn pool_frames(cfg: &Config) -> usize {
-    let FramePoolConfig {
-        frames,
-        spare_queue_pairs,
-        ..
-    } = cfg.frame_pool;
-    frames.map_or_else(
-        || frames_needed(cfg) + usize::from(spare_queue_pairs) * vnic_queue_frames(),
+/// The small frames a pool for `ports` gets: `configured`, or what the
+/// ports need plus `spare_queue_pairs` vNIC queue pairs' worth for ports
+/// added at run time.
+pub fn pool_frames(ports: Ports, configured: Option<u32>, spare_queue_pairs: u16) -> usize {
+    configured.map_or_else(
+        || frames_needed(ports) + usize::from(spare_queue_pairs) * vnic_queue_frames(),
         |f| f as usize,
     )
 }
 
-/// The pool to create for `cfg` (which `Config::validate` checked).
-pub fn pool_config(cfg: &Config) -> PoolConfig {
-    PoolConfig {
-        frames: pool_frames(cfg).min(MAX_FRAMES) as u32,
-        large_frames: cfg.frame_pool.large_frames,
-        pages: cfg.frame_pool.pages,
-        ..PoolConfig::default()
-    }
-}
-
-/// Large frames when the config says nothing.
-pub fn default_large_frames() -> u32 {
-    DEFAULT_LARGE_FRAMES
-}
-
-/// Why the ports of `cfg` cannot run on a pool of `frames` small frames
-/// (`None`: they can).
-pub fn shortfall(cfg: &Config, frames: usize) -> Option<String> {
-    let need = frames_needed(cfg);
+/// Why `ports` cannot run on a pool of `frames` small frames (`None`: they
+/// can).
+pub fn shortfall(ports: Ports, frames: usize) -> Option<String> {
+    let need = frames_needed(ports);
     (need > frames).then(|| {
         format!(
             "the ports need {need} frames and the pool has {frames} \
@@ -100,28 +86,29 @@ pub fn shortfall(cfg: &Config, frames: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Config;
 
     #[test]
     fn the_pool_holds_every_quota_and_spares() {
         let mut cfg = Config::embedded_default();
         let two_queues = switch_frames(1) + 2 * vnic_queue_frames();
-        assert_eq!(frames_needed(&cfg), two_queues);
+        assert_eq!(frames_needed(cfg.pool_ports()), two_queues);
         let spare = usize::from(cfg.frame_pool.spare_queue_pairs) * vnic_queue_frames();
-        assert_eq!(pool_frames(&cfg), two_queues + spare);
-        assert!(shortfall(&cfg, pool_frames(&cfg)).is_none());
+        assert_eq!(cfg.pool_frames(), two_queues + spare);
+        assert!(shortfall(cfg.pool_ports(), cfg.pool_frames()).is_none());
         // vNICs added at run time fit in the spare room, and no more.
-        let frames = pool_frames(&cfg);
+        let frames = cfg.pool_frames();
         let mut big = cfg.vnics[0].clone();
         big.name = "big".into();
         big.queue_pairs = cfg.frame_pool.spare_queue_pairs;
         cfg.vnics.push(big);
-        assert!(shortfall(&cfg, frames).is_none());
+        assert!(shortfall(cfg.pool_ports(), frames).is_none());
         cfg.vnics.last_mut().unwrap().queue_pairs += 1;
-        let why = shortfall(&cfg, frames).expect("one queue pair too many");
+        let why = shortfall(cfg.pool_ports(), frames).expect("one queue pair too many");
         assert!(why.contains("frame_pool"), "{why}");
         // An uplink queue counts what its socket lends the kernel.
         assert!(uplink_queue_frames() >= vnic_queue_frames() + 3 * 1024);
         cfg.frame_pool.frames = Some(1000);
-        assert_eq!(pool_config(&cfg).frames, 1000);
+        assert_eq!(cfg.pool_config().frames, 1000);
     }
 }

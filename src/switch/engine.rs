@@ -60,13 +60,6 @@ pub struct SwitchEngine {
 }
 
 impl SwitchEngine {
-    /// One switch (a single shard) and the control plane's handle on it.
-    pub fn new(pool: &Arc<FramePool>) -> std::io::Result<(Self, super::SwitchHandle)> {
-        let (mut shards, handle) = super::shards::shards(pool, 1)?;
-        let engine = shards.pop().expect("one shard was made");
-        Ok((engine, handle))
-    }
-
     /// Shard `shard` of `count`, not yet linked to the others.
     pub(super) fn shard(
         pool: &Arc<FramePool>,
@@ -834,7 +827,7 @@ pub(super) mod tests {
     fn unicast_flood_learn_and_every_drop_reason() {
         let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
         let mut cache = pool.cache();
-        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut sw, _h) = crate::switch::shards::single(&pool).unwrap();
         let (mut pa, a) = add(&mut sw, "a", Some(A));
         let (mut pb, b) = add(&mut sw, "b", Some(B));
         let (mut pc, c) = add(&mut sw, "c", None);
@@ -928,7 +921,7 @@ pub(super) mod tests {
     fn a_congested_output_is_shared_by_weight() {
         let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
         let mut cache = pool.cache();
-        let (mut sw, h) = SwitchEngine::new(&pool).unwrap();
+        let (mut sw, h) = crate::switch::shards::single(&pool).unwrap();
         let (mut pa, a) = add(&mut sw, "a", Some(A));
         let (mut pb, b) = add(&mut sw, "b", Some(B));
         let (mut pc, _) = add(&mut sw, "c", Some(C));
@@ -1012,7 +1005,7 @@ pub(super) mod tests {
     fn a_frame_is_parsed_once_and_waits_for_the_queue_it_will_take() {
         let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
         let mut cache = pool.cache();
-        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut sw, _h) = crate::switch::shards::single(&pool).unwrap();
         let (mut pa, a) = add(&mut sw, "a", Some(A));
         let (mut to_b, mut from_b, _) = add_queues(&mut sw, B, 2);
         let queue_of = |f: &FrameHandle| Parsed::of(pool.bytes(f)).unwrap().hash as usize % 2;
@@ -1088,7 +1081,7 @@ pub(super) mod tests {
     fn a_frame_to_its_own_sender_is_routed_after_learning() {
         let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
         let mut cache = pool.cache();
-        let (mut sw, _h) = SwitchEngine::new(&pool).unwrap();
+        let (mut sw, _h) = crate::switch::shards::single(&pool).unwrap();
         let (mut pa, a) = add(&mut sw, "a", None);
         let (mut pc, c) = add(&mut sw, "c", None);
         // X is learned behind c, then moves to a with a frame addressed to

@@ -28,6 +28,13 @@ pub fn shards(
     linked(pool, count, PEER_LINK_CAPACITY)
 }
 
+/// One switch (a single shard) and the control plane's handle on it.
+pub fn single(pool: &Arc<FramePool>) -> std::io::Result<(SwitchEngine, SwitchHandle)> {
+    let (mut shards, handle) = shards(pool, 1)?;
+    let engine = shards.pop().expect("one shard was made");
+    Ok((engine, handle))
+}
+
 /// [`shards`] with peer links of `capacity` frames.
 pub(super) fn linked(
     pool: &Arc<FramePool>,

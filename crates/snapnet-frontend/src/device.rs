@@ -17,7 +17,8 @@ use super::memory::GuestMemory;
 use super::packed_ring::{alloc_packed, PackedRing};
 use super::queue::{QueueStats, RxQueue, TxQueue};
 use super::ring::DriverRing;
-use super::split_ring::{RingAddrs, SplitRing};
+use super::ring::RingAddrs;
+use super::split_ring::SplitRing;
 use super::{FrontendConfig, RawDesc, VirtioNetHdr, SCRATCH_LEN};
 use snapnet_wire::virtq_packed::WRAP_BIT;
 

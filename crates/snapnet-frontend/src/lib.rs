@@ -169,7 +169,7 @@ impl FrontendConfig {
     /// Guest memory needed for a given RX buffer size.
     pub fn mem_needed(&self, rx_buf_len: u32, indirect: bool) -> usize {
         let n = self.queue_size as usize;
-        let per_qp = 2 * split_ring::RingAddrs::footprint(self.queue_size)
+        let per_qp = 2 * ring::RingAddrs::footprint(self.queue_size)
             + 64
             + n * self.tx_buf_len as usize
             + 64

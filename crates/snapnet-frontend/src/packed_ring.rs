@@ -25,8 +25,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::GuestMemory;
-use super::ring::DriverRing;
-use super::split_ring::{HeadKind, RingAddrs, RingStats};
+use super::ring::{DriverRing, HeadKind, RingAddrs, RingStats};
 use super::RawDesc;
 use snapnet_wire::virtq_packed::{
     self as vp, DESC_ADDR, DESC_FLAGS, DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE,

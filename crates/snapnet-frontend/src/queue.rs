@@ -17,10 +17,8 @@
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use super::ring::DriverRing;
-use super::split_ring::{
-    HeadKind, SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use super::ring::{DriverRing, HeadKind};
+use super::split_ring::{SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use super::{RawDesc, VirtioNetHdr};
 
 /// Per-queue-pair counters.

@@ -1,7 +1,8 @@
 //! Tests of `queue.rs`.
 use super::super::memory::GuestMemory;
+use super::super::ring::RingAddrs;
 use super::super::split_ring::fake::FakeDevice;
-use super::super::split_ring::{RingAddrs, VRING_USED_F_NO_NOTIFY};
+use super::super::split_ring::VRING_USED_F_NO_NOTIFY;
 use super::*;
 use std::sync::Arc;
 

@@ -11,8 +11,41 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::GuestMemory;
-use super::split_ring::{HeadKind, RingAddrs, RingStats};
 use super::RawDesc;
+
+/// Guest-physical addresses of the three parts of a virtqueue (split: the
+/// descriptor table, avail and used rings; packed: the descriptor ring and
+/// the driver and device event areas). Split sizes: `split_ring`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingAddrs {
+    /// Descriptor table (16-byte aligned).
+    pub desc: u64,
+    /// Avail ring (2-byte aligned).
+    pub avail: u64,
+    /// Used ring (4-byte aligned).
+    pub used: u64,
+}
+
+/// Counters of one ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Kick eventfd writes.
+    pub kicks: u64,
+    /// Used entries naming a descriptor that is not the head of an in-flight chain, or a used
+    /// index that moved more than the ring size (the ring is then considered broken).
+    pub bad_used: u64,
+}
+
+/// What a used-ring id refers to, per the driver's shadow state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// Out of range, or not the head of an in-flight chain.
+    Invalid,
+    /// A chain posted through `SplitRing::post_raw_chain`.
+    Raw,
+    /// A chain posted by the normal data path.
+    Normal,
+}
 
 /// The driver side of one virtqueue, split or packed.
 pub trait DriverRing {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::GuestMemory;
-use super::ring::DriverRing;
+use super::ring::{DriverRing, HeadKind, RingAddrs, RingStats};
 use super::RawDesc;
 
 /// Descriptor continues via `next`.
@@ -39,17 +39,6 @@ pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Largest queue size allowed by the virtio spec for split rings.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
-
-/// Guest-physical addresses of the three parts of a split ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingAddrs {
-    /// Descriptor table (16-byte aligned).
-    pub desc: u64,
-    /// Avail ring (2-byte aligned).
-    pub avail: u64,
-    /// Used ring (4-byte aligned).
-    pub used: u64,
-}
 
 impl RingAddrs {
     /// Bytes of each part for a ring of `size` entries (desc, avail, used), with event fields.
@@ -81,27 +70,6 @@ impl RingAddrs {
 #[inline]
 pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
-/// Counters of one ring.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RingStats {
-    /// Kick eventfd writes.
-    pub kicks: u64,
-    /// Used entries naming a descriptor that is not the head of an in-flight chain, or a used
-    /// index that moved more than the ring size (the ring is then considered broken).
-    pub bad_used: u64,
-}
-
-/// What a used-ring id refers to, per the driver's shadow state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeadKind {
-    /// Out of range, or not the head of an in-flight chain.
-    Invalid,
-    /// A chain posted through [`SplitRing::post_raw_chain`].
-    Raw,
-    /// A chain posted by the normal data path.
-    Normal,
 }
 
 /// The driver side of one split virtqueue.

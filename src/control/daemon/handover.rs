@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::uplink_handover::{port_name, ExportedUplink};
-use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
+use super::{place_engines, take_out_of, Daemon, DaemonError, ENGINE_CALL_TIMEOUT};
 use crate::control::config::{Config, VnicConfig};
 use crate::packet::{FrameHandle, FramePool, LinkRx, LinkTx, PoolConfig};
 use crate::switch::fdb::FdbEntryState;
@@ -726,33 +726,6 @@ impl Daemon {
         let ids = self.port_names().map(|(id, n)| (n, id)).collect();
         Ok(self.switch.fdb_import(entries, ids)?)
     }
-}
-
-/// Takes engines `ids` (all of type `E`) out of `group`. On an error the
-/// ones taken so far go back, and `ids` names the group's engines again.
-pub(super) fn take_out_of<E: crate::engine::Engine + 'static>(
-    group: &crate::sched::EngineGroup,
-    ids: &mut Vec<crate::sched::EngineId>,
-) -> Result<Vec<E>, DaemonError> {
-    let all = std::mem::take(ids);
-    let mut engines = Vec::with_capacity(all.len());
-    for (n, id) in all.iter().enumerate() {
-        let removed = group.remove(*id).map_err(DaemonError::from).and_then(|e| {
-            e.into_any()
-                .downcast::<E>()
-                .map_err(|_| DaemonError::Upgrade(format!("not a {}", std::any::type_name::<E>())))
-        });
-        match removed {
-            Ok(e) => engines.push(*e),
-            Err(err) => {
-                let back = place_engines(group, engines.into_iter().map(Box::new).collect(), None);
-                *ids = back.unwrap_or_default();
-                ids.extend_from_slice(&all[n..]);
-                return Err(err);
-            }
-        }
-    }
-    Ok(engines)
 }
 
 /// Runs `f` on every item, each in a thread of its own, and returns the

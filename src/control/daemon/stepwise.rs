@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::handover::{refused, take_out_of, DaemonState, UpgradeExport, UpgradeRefused};
+use super::handover::{refused, DaemonState, UpgradeExport, UpgradeRefused};
+use super::take_out_of;
 use super::{place_engines, Daemon, DaemonError, ENGINE_CALL_TIMEOUT, LINK_CAPACITY};
 use crate::packet::{link, FrameHandle, LinkRx, LinkTx};
 use crate::sched::{EngineGroup, EngineId};

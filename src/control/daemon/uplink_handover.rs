@@ -14,7 +14,7 @@ use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
-use super::handover::take_out_of;
+use super::take_out_of;
 use super::{
     interface_index, place_engines, uplink_err, Daemon, DaemonError, QueueParts, RunningUplink,
 };
