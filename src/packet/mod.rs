@@ -1,6 +1,6 @@
-//! Frames and how they move: the frame pool (the future AF_XDP UMEM), move-only
-//! frame handles with offload metadata, SPSC links between engines, and checked
-//! views of the wire formats the switch looks at.
+//! Frames and how they move: the frame pool (also the AF_XDP UMEM), move-only
+//! frame handles with offload metadata, SPSC links between engines, and GSO
+//! segmentation. The wire formats themselves are the `snapnet_wire` crate's.
 
 pub mod fast_hash;
 pub mod frame;

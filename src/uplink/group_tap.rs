@@ -222,7 +222,8 @@ impl GroupTap {
                 } else {
                     vlan::TPID_8021Q
                 };
-                vlan::copy_with_tag(buf, frame, tpid, hdr.tp_vlan_tci);
+                let copied = vlan::copy_with_tag(buf, frame, tpid, hdr.tp_vlan_tci);
+                debug_assert_eq!(copied, Some(total), "bounds checked above");
             } else {
                 buf[..len].copy_from_slice(frame);
             }

@@ -136,7 +136,8 @@ impl OverlayTable {
     }
 
     /// Puts the outer headers for remote host `host` in front of `frame`
-    /// (whose network is the VNI). False when the headroom is too small.
+    /// (whose network is the VNI). False when the headroom is too small, or
+    /// the frame too long for the outer IPv4 and UDP length fields.
     pub fn encap(
         &self,
         pool: &FramePool,

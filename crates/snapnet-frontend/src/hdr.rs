@@ -62,7 +62,12 @@ impl VirtioNetHdr {
     #[inline]
     pub fn from_bytes(b: &[u8]) -> VirtioNetHdr {
         let mut full = [0u8; virtio_net::HEADER_LEN];
-        let n = b.len().min(full.len());
+        // Whole 16-bit fields only (the flags and GSO type bytes are single).
+        let n = if b.len() < 2 {
+            b.len()
+        } else {
+            b.len().min(full.len()) & !1
+        };
         full[..n].copy_from_slice(&b[..n]);
         let o = virtio_net::parse(&full);
         VirtioNetHdr {
@@ -114,6 +119,9 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(&b[2..4], &[2, 1]);
         assert_eq!(VirtioNetHdr::from_bytes(&b), h);
+        let half = VirtioNetHdr::from_bytes(&b[..3]);
+        assert_eq!((half.flags, half.gso_type, half.hdr_len), (1, 4, 0));
+        assert_eq!(VirtioNetHdr::from_bytes(&b[..11]).num_buffers, 0);
         let legacy = VirtioNetHdr::from_bytes(&b[..10]);
         assert_eq!(legacy.num_buffers, 0);
         assert_eq!(legacy.csum_offset, 16);

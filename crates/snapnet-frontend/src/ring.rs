@@ -15,7 +15,8 @@ use super::RawDesc;
 
 /// Guest-physical addresses of the three parts of a virtqueue (split: the
 /// descriptor table, avail and used rings; packed: the descriptor ring and
-/// the driver and device event areas). Split sizes: `split_ring`.
+/// the driver and device event areas). Split sizes:
+/// [`RingAddrs::part_sizes`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingAddrs {
     /// Descriptor table (16-byte aligned).

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::GuestMemory;
-use super::ring::{DriverRing, HeadKind, RingAddrs, RingStats};
+use super::ring::DriverRing;
+// Shared with packed rings; kept here too, where the crate first exported them.
+pub use super::ring::{HeadKind, RingAddrs, RingStats};
 use super::RawDesc;
 
 /// Descriptor continues via `next`.

@@ -17,7 +17,7 @@ pub const HEADER_LEN: usize = 14;
 pub struct MacAddr(pub [u8; 6]);
 
 /// `"52:54:00:5a:00:01"` in JSON (configs, the overlay table), for
-/// `#[serde(with = "crate::mac_string")]`.
+/// `#[serde(with = "snapnet_wire::mac_string")]`.
 pub mod mac_string {
     use super::MacAddr;
     use serde::{Deserialize, Deserializer, Serializer};
