@@ -8,7 +8,7 @@
 # (e.g. --qemu for another QEMU, --queues 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-prereqs.sh build-essential pkg-config qemu-system-x86 ca-certificates
+bash scripts/install-prereqs.sh protobuf-compiler build-essential pkg-config qemu-system-x86 ca-certificates
 if [ -S /run/snapnet/vnic0.sock ] && pgrep -x snapnet >/dev/null; then
     echo "demo: a snapnet is already serving /run/snapnet; stop it first" >&2
     exit 1

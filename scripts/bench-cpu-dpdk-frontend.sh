@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 POLICIES=${POLICIES:-compacting spreading}
 SECS=${SECS:-5}
-bash scripts/install-prereqs.sh dpdk-dev
+bash scripts/install-prereqs.sh protobuf-compiler dpdk-dev
 if [ -z "${SNAPNET:-}" ]; then
     cargo build --release --bin snapnet >/dev/null 2>&1 || cargo build --release --bin snapnet
     SNAPNET=$PWD/target/release/snapnet

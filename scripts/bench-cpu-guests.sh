@@ -23,7 +23,7 @@ WINDOW=${WINDOW:-20}
 INTERVAL=${INTERVAL:-0.01}
 QEMU=${QEMU:-qemu-system-x86_64}
 
-bash scripts/install-prereqs.sh qemu-system-x86 procps
+bash scripts/install-prereqs.sh protobuf-compiler qemu-system-x86 procps
 if [ -z "${SNAPNET:-}" ]; then
     cargo build --release --bin snapnet >/dev/null 2>&1 || cargo build --release --bin snapnet
     SNAPNET=$ROOT/target/release/snapnet

@@ -16,7 +16,7 @@ SECS=${SECS:-3}
 # Virtqueue entries of the tool's devices (QEMU allows up to 1024 with
 # vhost-user). A napping backend can batch no more than its rings hold.
 QUEUE_SIZE=${QUEUE_SIZE:-1024}
-bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config fonts-dejavu-core
+bash scripts/install-prereqs.sh protobuf-compiler dpdk-dev build-essential pkg-config fonts-dejavu-core
 cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet --bin snapnet-bench
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench

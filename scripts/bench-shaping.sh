@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 CAP=${CAP:-25}
-bash scripts/install-prereqs.sh iproute2 ethtool >/dev/null
+bash scripts/install-prereqs.sh protobuf-compiler iproute2 ethtool >/dev/null
 cargo build --release --bins >/dev/null 2>&1
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench

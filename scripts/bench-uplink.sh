@@ -29,7 +29,7 @@ REV_FRONTEND_CPU=${REV_FRONTEND_CPU:-0}
 # Its ring size: it shares CPU 0 with the generator, so it must buffer a
 # scheduler time slice of traffic.
 REV_RING=${REV_RING:-4096}
-bash scripts/install-prereqs.sh dpdk-dev iproute2 ethtool >/dev/null
+bash scripts/install-prereqs.sh protobuf-compiler dpdk-dev iproute2 ethtool >/dev/null
 cargo build --release --bins >/dev/null 2>&1
 SN=$PWD/target/release/snapnet
 BENCH=$PWD/target/release/snapnet-bench

@@ -35,7 +35,7 @@ ROUNDS=${1:-5}
 SECS=${2:-3}
 FRONTEND=${FRONTEND:-dpdk}
 if [ "$FRONTEND" = dpdk ]; then CAP=100; SIZES=${SIZES:-"64 1500 rtt"}; else CAP=${CAP:-25}; SIZES=${SIZES:-"64 1500"}; fi
-bash scripts/install-prereqs.sh dpdk-dev build-essential pkg-config
+bash scripts/install-prereqs.sh protobuf-compiler dpdk-dev build-essential pkg-config
 if [ -n "${THIS:-}" ]; then
     cargo build --release --bin snapnet-bench >/dev/null 2>&1 || cargo build --release --bin snapnet-bench
 else

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-5}"
 shift || true
-bash scripts/install-prereqs.sh build-essential
+bash scripts/install-prereqs.sh build-essential protobuf-compiler
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
     cargo install cargo-fuzz --locked

@@ -4,6 +4,6 @@
 # Extra arguments go to `snapnet serve` (e.g. --config FILE). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-prereqs.sh build-essential pkg-config
+bash scripts/install-prereqs.sh protobuf-compiler build-essential pkg-config
 cargo build --release --bin snapnet
 exec ./target/release/snapnet serve "$@"

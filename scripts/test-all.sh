@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # systemd: systemd-socket-activate and systemd-analyze for tests/systemd.rs
 # (installing the package does not make it init).
-bash scripts/install-prereqs.sh build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev systemd
+bash scripts/install-prereqs.sh protobuf-compiler build-essential pkg-config iproute2 iputils-ping ethtool clang libbpf-dev systemd etcd-server etcd-client
 export RUST_BACKTRACE=1
 # The tests need the release profile's optimisation, not its link-time
 # optimisation or debug info: without them each of the ~25 test binaries

@@ -41,6 +41,9 @@ enum CtlCommand {
     /// The switch's forwarding database.
     #[command(subcommand)]
     Fdb(FdbCmd),
+    /// The overlay directory in etcd (docs/directory.md).
+    #[command(subcommand)]
+    Directory(DirectoryCmd),
     /// Version, uptime, counts.
     Status,
     /// Hand the daemon over to a new binary; guests keep their sockets
@@ -57,6 +60,12 @@ enum CtlCommand {
         method: String,
         params: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCmd {
+    /// Synced or degraded (and why), the table's size, counters.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -404,6 +413,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             }
             FdbCmd::Remove { mac } => ("switch.fdb.remove".into(), json!({ "mac": mac })),
         },
+        CtlCommand::Directory(DirectoryCmd::Status) => ("directory.status".into(), json!({})),
         CtlCommand::Status => ("daemon.status".into(), json!({})),
         CtlCommand::Upgrade { binary } => (
             "daemon.upgrade".into(),
@@ -622,6 +632,28 @@ fn human(method: &str, v: &Value) -> String {
                 v["switch_port"]["tx_packets"],
                 nonzero_drops(&v["switch_port"]["drops"])
             );
+            out
+        }
+        "directory.status" => {
+            let mut out = format!(
+                "directory: {} for {}s{}\nhost {} on uplink {}, lease {}, revision {}\n",
+                cell(&v["state"]),
+                v["state_seconds"]
+                    .as_f64()
+                    .map_or("?".into(), |s| format!("{s:.0}")),
+                v["reason"]
+                    .as_str()
+                    .map_or(String::new(), |r| format!(" ({r})")),
+                cell(&v["host_id"]),
+                cell(&v["uplink"]),
+                cell(&v["lease_id"]),
+                cell(&v["revision"]),
+            );
+            out += &format!(
+                "hosts {} (remote {}), remote MACs {}, local MACs {}\n",
+                v["hosts"], v["remote_hosts"], v["remote_macs"], v["local_macs"]
+            );
+            out += &format!("counters: {}\n", nonzero_drops(&v["counters"]));
             out
         }
         "switch.fdb.list" => table(

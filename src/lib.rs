@@ -7,6 +7,7 @@
 //! scheduled by `sched`; the `control` module builds them from the config.
 
 pub mod control;
+pub mod directory;
 pub mod engine;
 pub mod packet;
 pub mod sched;

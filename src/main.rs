@@ -321,7 +321,23 @@ fn run(
             exit_after_upgrade.clone(),
         )),
         accept_paused: Default::default(),
+        directory: Default::default(),
     });
+    // Before the control socket serves, so that no vNIC change can come
+    // between the directory's first look at the vNICs and its start.
+    match snapnet::control::directory_start::start(&ctx) {
+        Ok(Some(dir)) => {
+            let _ = ctx.directory.set(dir);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("snapnet: {e}");
+            if let Some(d) = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                d.stop();
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     let mut control_path = cfg.control_socket_path();
     let heartbeat = Heartbeat::from_env(matches!(listen, Listen::Adopt(_)));
     // Set by `serve` for an activated socket, inherited by an upgrade's successor.
@@ -412,6 +428,11 @@ fn run(
                         m.stop();
                     }
                     server.release();
+                    // The successor writes this host's keys again under
+                    // its own lease: leave them to this one's lease.
+                    if let Some(dir) = ctx.directory.get() {
+                        dir.stop(false);
+                    }
                     // The client that asked gets its answer first.
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     log::info!("handed over; exiting");
@@ -436,6 +457,11 @@ fn run(
         m.stop();
     }
     server.stop();
+    // This host's keys go now, not a lease later: other hosts stop
+    // sending to guests that are going away.
+    if let Some(dir) = ctx.directory.get() {
+        dir.stop(true);
+    }
     let daemon = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(d) = daemon {
         let report = d.report();

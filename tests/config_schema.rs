@@ -57,7 +57,12 @@ fn shipped_configs_match_schema_and_parse() {
 /// Keys the serde types leave out while unset, so that a config written by
 /// this version (an upgrade's state) still reads in an older snapnet that
 /// never knew them (a downgrade).
-const OMITTED_WHEN_UNSET: &[&str] = &["incoming_for", "vnic_socket_group"];
+const OMITTED_WHEN_UNSET: &[&str] = &[
+    "incoming_for",
+    "vnic_socket_group",
+    "directory",
+    "next_hop_mac",
+];
 
 /// Compares the keys of every object the schema describes with the keys the
 /// serde types produce for a config that sets every field.
@@ -122,16 +127,21 @@ fn keys_omitted_while_unset_are_written_once_set() {
     let set = Config::from_json(
         r#"{"vnic_socket_group": "kvm",
             "vnics": [{"name": "a", "mac": "02:00:00:00:00:01"},
-                      {"name": "a-in", "mac": "02:00:00:00:00:01", "incoming_for": "a"}]}"#,
+                      {"name": "a-in", "mac": "02:00:00:00:00:01", "incoming_for": "a"}],
+            "uplinks": [{"name": "fabric", "interface": "eth1"}],
+            "directory": {"endpoints": ["http://10.0.0.9:2379"], "host_id": "a",
+                          "underlay_ip": "10.0.0.1", "uplink": "fabric",
+                          "next_hop_mac": "02:00:00:00:00:fe"}}"#,
     )
     .unwrap();
     let unset =
         Config::from_json(r#"{"vnics": [{"name": "a", "mac": "02:00:00:00:00:01"}]}"#).unwrap();
     let set = serde_json::to_value(&set).unwrap();
     let unset = serde_json::to_value(&unset).unwrap();
-    // Written at the top or in some vNIC.
+    // Written at the top, in the directory or in some vNIC.
     let written = |doc: &Value, key: &str| {
         doc.get(key).is_some()
+            || doc.get("directory").is_some_and(|d| d.get(key).is_some())
             || doc["vnics"]
                 .as_array()
                 .into_iter()

@@ -429,6 +429,7 @@ fn control_socket_never_replaces_a_file() {
         request_shutdown: Box::new(|| {}),
         upgrade: None,
         accept_paused: Default::default(),
+        directory: Default::default(),
     });
     let e = snapnet::control::rpc::server::RpcServer::start(&dir.path("ctl"), None, ctx.clone())
         .err()

@@ -166,6 +166,7 @@ fn worker(interfaces: Interfaces) -> &'static Worker {
                     request_shutdown: Box::new(|| {}),
                     upgrade: None,
                     accept_paused: Default::default(),
+                    directory: Default::default(),
                 };
                 for data in input_rx {
                     run_input(&data, &ctx);

@@ -10,7 +10,7 @@ fail() { echo "FAIL deb: $*"; exit 1; }
 if dpkg-query -W -f='${Status}' snapnet 2>/dev/null | grep -q "install ok installed"; then
     fail "a snapnet package is already installed; remove it first (dpkg -r snapnet)"
 fi
-bash "$root/scripts/install-prereqs.sh" man-db systemd dpkg-dev
+bash "$root/scripts/install-prereqs.sh" man-db systemd dpkg-dev protobuf-compiler
 deb=$(bash "$root/packaging/deb/build.sh" | tail -1)
 [ -f "$deb" ] || fail "build.sh printed no package"
 trap 'dpkg --purge snapnet >/dev/null 2>&1 || true' EXIT

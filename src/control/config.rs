@@ -101,6 +101,10 @@ pub struct Config {
     /// The shared frame pool's size (see `control::pool_sizing`).
     #[serde(default)]
     pub frame_pool: FramePoolConfig,
+    /// The overlay directory in etcd (docs/directory.md): absent, overlay
+    /// tables are only what the config and `uplink.update` give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -414,7 +418,17 @@ impl Config {
             path: e.path().to_string(),
             message: e.inner().to_string(),
         })?;
+        let mut cfg = cfg;
+        cfg.give_directory_uplink_an_overlay();
         cfg.validate()?;
+        if let Some(d) = &cfg.directory {
+            if cfg.directory_uplink().is_none() {
+                return Err(invalid(
+                    "directory.uplink",
+                    format!("no uplink '{}'", d.uplink),
+                ));
+            }
+        }
         Ok(cfg)
     }
 
@@ -668,7 +682,57 @@ impl Config {
                 ));
             }
         }
+        self.validate_directory()?;
         self.validate_frame_pool()
+    }
+
+    /// The directory's uplink needs no `overlay` section of its own: the
+    /// directory's underlay address is its `local_ip`, the directory fills
+    /// its table.
+    fn give_directory_uplink_an_overlay(&mut self) {
+        let Some(d) = &self.directory else { return };
+        if let Some(u) = self.uplinks.iter_mut().find(|u| u.name == d.uplink) {
+            u.overlay
+                .get_or_insert_with(|| crate::uplink::overlay::OverlayConfig {
+                    local_ip: d.underlay_ip,
+                    remotes: Vec::new(),
+                    macs: Vec::new(),
+                });
+        }
+    }
+
+    /// The uplink the directory programs, if the config has a directory.
+    pub fn directory_uplink(&self) -> Option<&UplinkConfig> {
+        let d = self.directory.as_ref()?;
+        self.uplinks.iter().find(|u| u.name == d.uplink)
+    }
+
+    fn validate_directory(&self) -> Result<(), ConfigError> {
+        let Some(d) = &self.directory else {
+            return Ok(());
+        };
+        d.check()
+            .map_err(|(field, m)| invalid(format!("directory.{field}"), m))?;
+        // A daemon builds its config an uplink at a time (at start, in an
+        // upgrade, in a rollback): that the uplink exists is checked of a
+        // whole config (`from_json`), and its removal is refused.
+        let Some(u) = self.directory_uplink() else {
+            return Ok(());
+        };
+        match &u.overlay {
+            Some(o) if o.local_ip == d.underlay_ip => Ok(()),
+            Some(o) => Err(invalid(
+                "directory.underlay_ip",
+                format!(
+                    "{} differs from uplink '{}''s overlay local_ip {}",
+                    d.underlay_ip, u.name, o.local_ip
+                ),
+            )),
+            None => Err(invalid(
+                "directory.uplink",
+                format!("uplink '{}' is not an overlay uplink", u.name),
+            )),
+        }
     }
 
     /// The ports the frame pool is sized for.

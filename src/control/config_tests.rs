@@ -203,3 +203,39 @@ fn the_guard_follows_the_config() {
     let mut fw = c.vnics[1].spoof_guard();
     assert_eq!(fw.check(&ipv4([2, 0, 0, 0, 0, 3], [192, 0, 2, 1])), Ok(()));
 }
+
+#[test]
+fn a_directory_names_an_overlay_uplink_with_its_underlay_address() {
+    let doc = |uplink: &str, dir_extra: &str| {
+        format!(
+            r#"{{"uplinks":[{uplink}],
+                "directory":{{"endpoints":["http://10.0.0.9:2379"],"host_id":"h1",
+                              "underlay_ip":"10.0.0.1","uplink":"fabric"{dir_extra}}}}}"#
+        )
+    };
+    // Without an overlay section the uplink gets one with the underlay address.
+    let c = Config::from_json(&doc(r#"{"name":"fabric","interface":"eth1"}"#, "")).unwrap();
+    let o = c.directory_uplink().unwrap().overlay.as_ref().unwrap();
+    assert_eq!(o.local_ip.to_string(), "10.0.0.1");
+    assert!(o.remotes.is_empty() && o.macs.is_empty());
+    let e = err(&doc(r#"{"name":"other","interface":"eth1"}"#, ""));
+    assert!(
+        e.contains("directory.uplink") && e.contains("fabric"),
+        "{e}"
+    );
+    let e = err(&doc(
+        r#"{"name":"fabric","interface":"eth1","overlay":{"local_ip":"10.0.0.2"}}"#,
+        "",
+    ));
+    assert!(e.contains("directory.underlay_ip"), "{e}");
+    let e = err(&doc(
+        r#"{"name":"fabric","interface":"eth1"}"#,
+        r#","lease_ttl_seconds":0"#,
+    ));
+    assert!(e.contains("directory.lease_ttl_seconds"), "{e}");
+    let e = err(&doc(
+        r#"{"name":"fabric","interface":"eth1"}"#,
+        r#","bogus":1"#,
+    ));
+    assert!(e.contains("directory") && e.contains("bogus"), "{e}");
+}

@@ -869,6 +869,11 @@ impl Daemon {
     /// program: the interface is the kernel's alone again.
     pub fn remove_uplink(&mut self, name: &str) -> Result<(), DaemonError> {
         let i = self.uplink_index(name)?;
+        if self.is_directory_uplink(name) {
+            return Err(DaemonError::InUse(format!(
+                "uplink '{name}' is the directory's (directory.uplink)"
+            )));
+        }
         let u = self.uplinks.remove(i);
         self.teardown_uplink(u);
         self.config.uplinks.retain(|c| c.name != name);
@@ -890,6 +895,63 @@ impl Daemon {
     /// its engines' mailboxes: traffic goes on, the next frame uses the new
     /// table. (A flat uplink cannot become an overlay here: remove and add it.)
     pub fn update_uplink(
+        &mut self,
+        name: &str,
+        overlay: Option<crate::uplink::overlay::OverlayConfig>,
+        tx_limit: Option<Option<RateLimit>>,
+    ) -> Result<(), DaemonError> {
+        if overlay.is_some() && self.is_directory_uplink(name) {
+            return Err(DaemonError::InUse(format!(
+                "uplink '{name}''s overlay table is the directory's (directory.uplink)"
+            )));
+        }
+        self.change_uplink(name, overlay, tx_limit)
+    }
+
+    /// Gives the directory's uplink the table the directory derived.
+    pub fn program_directory_table(
+        &mut self,
+        table: &crate::uplink::overlay::OverlayConfig,
+    ) -> Result<(), DaemonError> {
+        let Some(name) = self.config.directory.as_ref().map(|d| d.uplink.clone()) else {
+            return Err(DaemonError::NotFound("a directory section".into()));
+        };
+        self.change_uplink(&name, Some(table.clone()), None)
+    }
+
+    fn is_directory_uplink(&self, name: &str) -> bool {
+        self.config
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.uplink == name)
+    }
+
+    /// This host's guests as the directory publishes them: every vNIC's
+    /// MAC and allowed-address-pair MACs in its network, with the addresses
+    /// each may use. A vNIC incoming for a local migration shares its
+    /// source's MAC, so it adds nothing.
+    pub fn directory_entries(&self) -> crate::directory::LocalEntries {
+        let mut out = crate::directory::LocalEntries::default();
+        for v in &self.config.vnics {
+            out.insert(v.network, v.mac, v.allowed_ips.clone());
+            for p in &v.allowed_address_pairs {
+                let ips = p.ips.clone().or_else(|| v.allowed_ips.clone());
+                out.insert(v.network, p.mac, ips);
+            }
+        }
+        out
+    }
+
+    /// The MAC other hosts send the directory's uplink's frames to.
+    pub fn directory_uplink_mac(&self) -> Result<MacAddr, DaemonError> {
+        let u = self
+            .config
+            .directory_uplink()
+            .ok_or_else(|| DaemonError::NotFound("the directory's uplink".into()))?;
+        interface_mac(&u.interface).map_err(io("interface address"))
+    }
+
+    fn change_uplink(
         &mut self,
         name: &str,
         overlay: Option<crate::uplink::overlay::OverlayConfig>,

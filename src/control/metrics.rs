@@ -31,7 +31,11 @@ fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Lab
 }
 
 /// The exposition text for the daemon's current counters.
-pub fn render(d: &Daemon, uptime: f64) -> String {
+pub fn render(
+    d: &Daemon,
+    uptime: f64,
+    directory: Option<&crate::directory::StatusReport>,
+) -> String {
     let mut r = Registry::with_prefix("snapnet");
     let vnic_packets = counter_family(
         &mut r,
@@ -227,11 +231,72 @@ pub fn render(d: &Daemon, uptime: f64) -> String {
                 .inc_by(secs);
         }
     }
+    if let Some(status) = directory {
+        directory_metrics(&mut r, status);
+    }
     let mut out = String::new();
     if encode(&mut out, &r).is_err() {
         out.clear();
     }
     out
+}
+
+/// The overlay directory's state (one gauge per state, 1 for the current
+/// one), the table's size, and its counters.
+fn directory_metrics(r: &mut Registry, status: &crate::directory::StatusReport) {
+    use crate::directory::State;
+    let state = Family::<Labels, Gauge>::default();
+    r.register(
+        "directory_state",
+        "The overlay directory's state: 1 for the current one (degraded: etcd unreachable, forwarding with the last table)",
+        state.clone(),
+    );
+    for (name, s) in [
+        ("connecting", State::Connecting),
+        ("synced", State::Synced),
+        ("degraded", State::Degraded),
+    ] {
+        state
+            .get_or_create(&vec![("state", name.to_string())])
+            .set(i64::from(status.state == s));
+    }
+    let size = Family::<Labels, Gauge>::default();
+    r.register(
+        "directory_entries",
+        "Hosts and guest MACs in the directory's table (hosts, remote_hosts, remote_macs, local_macs)",
+        size.clone(),
+    );
+    for (name, v) in [
+        ("hosts", status.hosts),
+        ("remote_hosts", status.remote_hosts),
+        ("remote_macs", status.remote_macs),
+        ("local_macs", status.local_macs),
+    ] {
+        size.get_or_create(&vec![("kind", name.to_string())])
+            .set(v as i64);
+    }
+    let counters = counter_family(
+        r,
+        "directory_events",
+        "The overlay directory's counters by name (watch events, resyncs, publishes, programs, failures)",
+    );
+    let c = &status.counters;
+    for (name, v) in [
+        ("events", c.events),
+        ("malformed", c.malformed),
+        ("resyncs", c.resyncs),
+        ("lease_regrants", c.lease_regrants),
+        ("publishes", c.publishes),
+        ("publish_failures", c.publish_failures),
+        ("repairs", c.repairs),
+        ("claimed_elsewhere", c.claimed_elsewhere),
+        ("programs", c.programs),
+        ("program_failures", c.program_failures),
+    ] {
+        counters
+            .get_or_create(&vec![("counter", name.to_string())])
+            .inc_by(v);
+    }
 }
 
 /// The HTTP endpoint serving `/metrics`.
@@ -301,9 +366,10 @@ fn answer(stream: TcpStream, ctx: &Context) -> io::Result<()> {
     }
     let body = {
         let guard = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .map(|d| render(d, ctx.started.elapsed().as_secs_f64()))
+        guard.as_ref().map(|d| {
+            let directory = ctx.directory.get().map(|dir| dir.status());
+            render(d, ctx.started.elapsed().as_secs_f64(), directory.as_ref())
+        })
     };
     // No daemon: it is stopping, or it was handed over to a new process
     // that serves on the same listener. A failed scrape, never figures from

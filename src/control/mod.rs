@@ -3,6 +3,7 @@
 pub mod background;
 pub mod config;
 pub mod daemon;
+pub mod directory_start;
 pub mod metrics;
 pub mod pool_sizing;
 pub mod rpc;

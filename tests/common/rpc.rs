@@ -27,6 +27,7 @@ impl Control {
             request_shutdown: Box::new(|| {}),
             upgrade: None,
             accept_paused: Default::default(),
+            directory: Default::default(),
         });
         let socket = cfg.control_socket_path();
         let server = RpcServer::start(&socket, None, ctx.clone()).expect("control socket");

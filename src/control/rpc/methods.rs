@@ -41,6 +41,7 @@ pub const METHODS: &[&str] = &[
     "switch.fdb.list",
     "switch.fdb.add",
     "switch.fdb.remove",
+    "directory.status",
     "daemon.status",
     "daemon.upgrade",
     "daemon.shutdown",
@@ -61,6 +62,9 @@ pub struct Context {
     /// backlog for whichever process serves afterwards (a client this one
     /// accepted would only be told that it is going away).
     pub accept_paused: std::sync::atomic::AtomicBool,
+    /// The overlay directory, when the config has one (set once, before
+    /// the control socket serves).
+    pub directory: std::sync::OnceLock<crate::directory::Directory>,
 }
 
 /// Hands `daemon` over to the binary at the path (or this one's): the new
@@ -212,12 +216,13 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             let name = v.name.clone();
             let at = format!("vnics[{}].", d.config().vnics.len());
             d.add_vnic(v).map_err(|e| as_params(e, &at))?;
-            vnic_info(d, &name)
+            let answer = vnic_info(d, &name)?;
+            Ok(publish_vnics(ctx, guard, answer))
         }
         "vnic.remove" => {
             let NameParams { name } = params(p)?;
             d.remove_vnic(&name)?;
-            Ok(json!({ "removed": name }))
+            Ok(publish_vnics(ctx, guard, json!({ "removed": name })))
         }
         "vnic.list" => {
             let NoParams {} = params(p)?;
@@ -268,7 +273,8 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             if u.tx_limit.is_some() || u.rx_limit.is_some() || u.weight.is_some() {
                 d.set_vnic_shaping(&u.name, u.tx_limit, u.rx_limit, u.weight)?;
             }
-            vnic_info(d, &u.name)
+            let answer = vnic_info(d, &u.name)?;
+            Ok(publish_vnics(ctx, guard, answer))
         }
         "group.add" => {
             let g: GroupConfig = params(p)?;
@@ -379,6 +385,16 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             d.fdb_remove(r.network, m)?;
             Ok(json!({ "removed": m.to_string() }))
         }
+        "directory.status" => {
+            let NoParams {} = params(p)?;
+            let Some(dir) = ctx.directory.get() else {
+                return Err(RpcError::new(
+                    NOT_FOUND,
+                    "no directory: the config has no `directory` section",
+                ));
+            };
+            Ok(serde_json::to_value(dir.status()).unwrap_or_default())
+        }
         "daemon.status" => {
             let NoParams {} = params(p)?;
             let (free, _) = d.pool().free_frames();
@@ -390,6 +406,7 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 "uplinks": d.config().uplinks.len(),
                 "groups": d.config().groups.len(),
                 "pool": { "frames": total, "free_in_shared_list": free },
+                "directory": ctx.directory.get().map(|dir| dir.status().state),
             }))
         }
         "daemon.upgrade" => {
@@ -429,6 +446,31 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
             format!("no method '{method}' (see schemas/openrpc.json)"),
         )),
     }
+}
+
+/// After a change to this host's vNICs: hands their new state to the
+/// directory (numbered under the daemon's lock, written outside it, so
+/// that the directory may take the lock to program the uplink meanwhile)
+/// and says in the answer whether etcd has it. The local change stays made
+/// either way; the directory writes it once etcd answers again.
+fn publish_vnics(
+    ctx: &Context,
+    guard: std::sync::MutexGuard<'_, Option<Daemon>>,
+    mut answer: Value,
+) -> Value {
+    let (Some(dir), Some(d)) = (ctx.directory.get(), guard.as_ref()) else {
+        return answer;
+    };
+    let snapshot = dir.snapshot(d.directory_entries());
+    drop(guard);
+    let outcome = match dir.publish(snapshot) {
+        Ok(()) => json!({ "published": true }),
+        Err(e) => json!({ "published": false, "error": e.to_string() }),
+    };
+    if let Value::Object(m) = &mut answer {
+        m.insert("directory".into(), outcome);
+    }
+    answer
 }
 
 /// The index of vNIC `name` in the config (how config errors name it).
