@@ -475,6 +475,68 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
         });
     }
 
+    // A guest moves from host 2 to host 1 (a live migration across hosts):
+    // the destination's vNIC does not claim the MAC until its guest's rings
+    // start there; then every host re-points the MAC, and the source's
+    // removal leaves the new claim alone.
+    let m_mac = guest_mac(2, 100, 5);
+    let m_ip = guest_ip(2, 5);
+    let owner = |t: &Value| -> Option<String> {
+        t["macs"]
+            .as_array()?
+            .iter()
+            .find(|e| e["mac"] == mac_str(m_mac))
+            .map(|e| e["remote"].as_str().unwrap_or("").to_string())
+    };
+    add_vnic(&lab.control(2), "h2m", m_mac, 100, &lab.socket("h2m"));
+    let src_stop = Arc::new(AtomicBool::new(false));
+    let src = responder(
+        vec![guest(&lab.socket("h2m"), m_mac, m_ip)],
+        src_stop.clone(),
+    );
+    assert_eq!(
+        resolve_and_ping(&mut a100, m_ip, Duration::from_secs(5)),
+        Some(m_mac)
+    );
+    let added = add_vnic(&lab.control(1), "h1m", m_mac, 100, &lab.socket("h1m"));
+    assert_eq!(added["directory"]["published"], true, "{added}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        owner(&lab.table(0)),
+        Some(host_ip(2)),
+        "claimed before the guest runs on host 1"
+    );
+    assert_eq!(lab.status(1)["deferred_claims"], 1);
+    src_stop.store(true, Ordering::Relaxed);
+    drop(src.join().unwrap());
+    let dst_stop = Arc::new(AtomicBool::new(false));
+    let dst = responder(
+        vec![guest(&lab.socket("h1m"), m_mac, m_ip)],
+        dst_stop.clone(),
+    );
+    lab.wait_table(
+        0,
+        "the MAC re-pointed to host 1",
+        Duration::from_secs(3),
+        |t| owner(t) == Some(host_ip(1)),
+    );
+    assert_eq!(
+        ping(&mut a100, m_mac, m_ip, 2),
+        Some(()),
+        "the migrated guest answers on host 1"
+    );
+    let removed = Checked::connect(&lab.control(2)).ok("vnic.remove", json!({ "name": "h2m" }));
+    assert_eq!(removed["directory"]["published"], true, "{removed}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        owner(&lab.table(0)),
+        Some(host_ip(1)),
+        "the source's removal took the destination's claim"
+    );
+    assert_eq!(lab.status(1)["deferred_claims"], 0);
+    dst_stop.store(true, Ordering::Relaxed);
+    drop(dst.join().unwrap());
+
     // One etcd member of three dies: the hosts go on following.
     lab.kill_etcd(0);
     let y_mac = guest_mac(1, 100, 7);

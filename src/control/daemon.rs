@@ -206,7 +206,13 @@ pub struct Daemon {
     /// that moved, until the switch moves too.
     step_bridges: Vec<stepwise::NewBridge>,
     prepared_steps: Vec<stepwise::PreparedStep>,
+    /// Told the network and MACs of a vNIC whose guest's rings start (the
+    /// directory claims them: a guest that migrated here runs here now).
+    guest_started: Option<GuestStarted>,
 }
+
+/// See [`Daemon::set_guest_started_observer`].
+pub type GuestStarted = Arc<dyn Fn(u32, &[MacAddr]) + Send + Sync>;
 
 impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
@@ -248,6 +254,7 @@ impl Daemon {
             uplinks: Vec::new(),
             step_bridges: Vec::new(),
             prepared_steps: Vec::new(),
+            guest_started: None,
         };
         daemon.config.groups.clear();
         daemon.config.uplinks.clear();
@@ -545,7 +552,7 @@ impl Daemon {
         });
         self.config = next;
         if takeover.is_none() {
-            self.arm_migration_pair(self.vnics.len() - 1);
+            self.arm_rings_started(self.vnics.len() - 1);
         }
         Ok(takeover)
     }
@@ -566,28 +573,46 @@ impl Daemon {
         self.vnics.iter().position(|w| v.migrates_with(&w.config))
     }
 
-    /// vNIC `i` and the other end of its migration (if there is one) each
-    /// take the MAC's frames when their guest's rings start: the guest
-    /// runs where its rings run (the destination once QEMU moved it, the
-    /// source again after a migration that failed at the end).
-    pub(super) fn arm_migration_pair(&self, i: usize) {
-        let Some(j) = self.migration_partner(&self.vnics[i].config) else {
-            return;
-        };
-        for k in [i, j] {
+    /// Runs `observer` each time a vNIC's guest starts its rings, with the
+    /// vNIC's network and MACs (from the vhost-user thread: it must not
+    /// wait for the daemon).
+    pub fn set_guest_started_observer(&mut self, observer: GuestStarted) {
+        self.guest_started = Some(observer);
+        for i in 0..self.vnics.len() {
+            self.arm_rings_started(i);
+        }
+    }
+
+    /// What runs when vNIC `i`'s guest starts its rings, set on it and on
+    /// the other end of its migration on this host (if there is one): each
+    /// end takes the MAC's frames when its guest's rings start (the guest
+    /// runs where its rings run: the destination once QEMU moved it, the
+    /// source again after a migration that failed at the end), and the
+    /// observer (the directory) hears of it.
+    pub(super) fn arm_rings_started(&self, i: usize) {
+        let partner = self.migration_partner(&self.vnics[i].config);
+        for k in std::iter::once(i).chain(partner) {
             let v = &self.vnics[k];
-            let switch = self.switch.clone();
-            let (name, network, mac, port) = (
-                v.config.name.clone(),
-                v.config.network,
-                v.config.mac,
-                v.port,
-            );
+            let moves_mac = partner.is_some().then(|| self.switch.clone());
+            let observer = self.guest_started.clone();
+            if moves_mac.is_none() && observer.is_none() {
+                v.device.on_rings_started(None);
+                continue;
+            }
+            let (name, network, port) = (v.config.name.clone(), v.config.network, v.port);
+            let (mac, macs): (MacAddr, Vec<MacAddr>) = (v.config.mac, v.config.macs().collect());
             v.device.on_rings_started(Some(Arc::new(move || {
-                match switch.fdb_add_static(network, mac, port) {
-                    Ok(true) => log::info!("{name}: its guest's rings started: {mac} goes to it"),
-                    Ok(false) => {}
-                    Err(e) => log::warn!("{name}: cannot move {mac} to it: {e}"),
+                if let Some(switch) = &moves_mac {
+                    match switch.fdb_add_static(network, mac, port) {
+                        Ok(true) => {
+                            log::info!("{name}: its guest's rings started: {mac} goes to it")
+                        }
+                        Ok(false) => {}
+                        Err(e) => log::warn!("{name}: cannot move {mac} to it: {e}"),
+                    }
+                }
+                if let Some(observe) = &observer {
+                    observe(network, &macs);
                 }
             })));
         }
@@ -603,8 +628,8 @@ impl Daemon {
         self.teardown(&mut v);
         // The other end of its migration is the MAC's only port now.
         if let Some(j) = self.migration_partner(&v.config) {
+            self.arm_rings_started(j);
             let w = &self.vnics[j];
-            w.device.on_rings_started(None);
             if let Err(e) = self
                 .switch
                 .fdb_add_static(w.config.network, w.config.mac, w.port)

@@ -24,6 +24,7 @@ pub fn start(ctx: &Arc<Context>) -> Result<Option<Directory>, String> {
     let entries = d.directory_entries();
     drop(guard);
     let weak = Arc::downgrade(ctx);
+    let observer = weak.clone();
     let program: Program = Box::new(move |table| {
         let Some(ctx) = weak.upgrade() else {
             return Err("the daemon has stopped".into());
@@ -41,7 +42,19 @@ pub fn start(ctx: &Arc<Context>) -> Result<Option<Directory>, String> {
         cfg.endpoints.join(","),
         cfg.uplink
     );
-    Directory::start(cfg, mac, entries, program)
-        .map(Some)
-        .map_err(|e| format!("directory: cannot start its thread: {e}"))
+    let dir = Directory::start(cfg, mac, entries, program)
+        .map_err(|e| format!("directory: cannot start its thread: {e}"))?;
+    // A guest whose rings start here runs here: the directory claims its
+    // MACs (a migration's destination takes them from the source host).
+    let mut guard = ctx.daemon.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = guard.as_mut() {
+        d.set_guest_started_observer(Arc::new(move |network, macs| {
+            if let Some(ctx) = observer.upgrade() {
+                if let Some(dir) = ctx.directory.get() {
+                    dir.guest_started(network, macs);
+                }
+            }
+        }));
+    }
+    Ok(Some(dir))
 }

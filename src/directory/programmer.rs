@@ -15,12 +15,14 @@ pub type Program = Box<dyn FnMut(&OverlayConfig) -> Result<(), String> + Send>;
 
 #[derive(Default)]
 struct Slot {
-    newest: Option<OverlayConfig>,
+    /// The newest table and the etcd revision it reflects.
+    newest: Option<(OverlayConfig, i64)>,
     stop: bool,
 }
 
 pub struct Programmer {
     slot: Arc<(Mutex<Slot>, Condvar)>,
+    status: Arc<Status>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -28,12 +30,13 @@ impl Programmer {
     pub fn start(mut program: Program, status: Arc<Status>) -> std::io::Result<Self> {
         let slot: Arc<(Mutex<Slot>, Condvar)> = Arc::default();
         let shared = slot.clone();
+        let reporting = status.clone();
         let thread = std::thread::Builder::new()
             .name("snapnet-dir-prog".into())
             .spawn(move || {
                 let mut failing = false;
                 loop {
-                    let table = {
+                    let (table, revision) = {
                         let (lock, cond) = &*shared;
                         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
                         loop {
@@ -47,9 +50,10 @@ impl Programmer {
                         }
                     };
                     let result = program(&table);
-                    status.update(|r| match &result {
+                    reporting.update(|r| match &result {
                         Ok(()) => {
                             r.counters.programs += 1;
+                            r.programmed_revision = r.programmed_revision.max(revision);
                             r.remote_hosts = table.remotes.len();
                             r.remote_macs = table.macs.len();
                         }
@@ -70,15 +74,28 @@ impl Programmer {
             })?;
         Ok(Self {
             slot,
+            status,
             thread: Some(thread),
         })
     }
 
-    /// Leaves `table` to be programmed (replacing one not yet programmed).
-    pub fn offer(&self, table: OverlayConfig) {
+    /// Leaves `table` (the directory at `revision`) to be programmed,
+    /// replacing one not yet programmed.
+    pub fn offer(&self, table: OverlayConfig, revision: i64) {
         let (lock, cond) = &*self.slot;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).newest = Some(table);
+        lock.lock().unwrap_or_else(|e| e.into_inner()).newest = Some((table, revision));
         cond.notify_one();
+    }
+
+    /// The directory moved to `revision` without changing the table: the
+    /// uplink's table is that revision's too, once nothing waits.
+    pub fn unchanged_at(&self, revision: i64) {
+        let (lock, _) = &*self.slot;
+        let s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if s.newest.is_none() {
+            self.status
+                .update(|r| r.programmed_revision = r.programmed_revision.max(revision));
+        }
     }
 }
 

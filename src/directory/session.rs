@@ -53,6 +53,12 @@ enum Command {
         snapshot: Snapshot,
         done: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
     },
+    /// A guest's rings started here: its MACs are claimed now, whoever
+    /// holds them (the guest migrated here, or back after a failed
+    /// migration).
+    GuestStarted {
+        macs: Vec<(u32, MacAddr)>,
+    },
     Stop {
         revoke: bool,
     },
@@ -98,6 +104,7 @@ impl Directory {
             wanted_seq: 0,
             claimed: BTreeMap::new(),
             confirmed: BTreeSet::new(),
+            force: BTreeSet::new(),
             table: DirectoryTable::default(),
             last_offered: None,
             lease: None,
@@ -160,6 +167,13 @@ impl Directory {
         }
     }
 
+    /// Tells the directory that a guest's rings started here (see
+    /// [`Command::GuestStarted`]); does not wait.
+    pub fn guest_started(&self, network: u32, macs: &[MacAddr]) {
+        let macs = macs.iter().map(|m| (network, *m)).collect();
+        let _ = self.commands.send(Command::GuestStarted { macs });
+    }
+
     pub fn status(&self) -> StatusReport {
         self.status.report()
     }
@@ -199,6 +213,8 @@ struct Worker {
     claimed: BTreeMap<Key, Vec<u8>>,
     /// Claimed keys known to be in etcd under this session's lease.
     confirmed: BTreeSet<Key>,
+    /// MAC keys to claim whoever holds them (their guest started here).
+    force: BTreeSet<Key>,
     table: DirectoryTable,
     last_offered: Option<OverlayConfig>,
     lease: Option<i64>,
@@ -275,8 +291,15 @@ impl Worker {
                             let _ = d.try_send(Err(reason.to_string()));
                         }
                     }
+                    Some(Command::GuestStarted { macs }) => self.claim(macs),
                 },
             }
+        }
+    }
+
+    fn claim(&mut self, macs: Vec<(u32, MacAddr)>) {
+        for (network, mac) in macs {
+            self.force.insert(Key::Mac { network, mac });
         }
     }
 
@@ -333,9 +356,11 @@ impl Worker {
         let lease = self.lease.unwrap_or_default();
         self.confirmed.clear();
         self.status.update(|s| s.lease_id = Some(lease));
-        self.write_local(&mut client, lease).await?;
 
-        // The whole directory, then a watch from the revision after it.
+        // The whole directory, this host's keys written where they are
+        // missing (the read says which MACs another host claims now), then
+        // a watch from the revision after the read (this host's writes
+        // come back as events).
         let prefix = format!("{}/", self.cfg.prefix);
         let all = within(
             t,
@@ -361,7 +386,8 @@ impl Worker {
                 s.counters.resyncs += 1;
             }
         });
-        self.offer_table();
+        self.offer_table(revision);
+        self.write_local(&mut client, lease).await?;
         let mut events = within(
             t,
             "watch",
@@ -412,6 +438,10 @@ impl Worker {
                             let _ = w.try_send(Ok(()));
                         }
                     }
+                    Some(Command::GuestStarted { macs }) => {
+                        self.claim(macs);
+                        self.write_local(&mut client, lease).await?;
+                    }
                 },
                 msg = events.message() => {
                     let resp = match msg {
@@ -458,7 +488,7 @@ impl Worker {
                         s.counters.events += n;
                         s.counters.malformed += malformed;
                     });
-                    self.offer_table();
+                    self.offer_table(revision);
                     if lost_own {
                         self.write_local(&mut client, lease).await?;
                     }
@@ -484,11 +514,13 @@ impl Worker {
 
     /// Sends the uplink the table the directory now means, if it differs
     /// from the last one sent.
-    fn offer_table(&mut self) {
+    fn offer_table(&mut self, revision: i64) {
         let table = self.table.overlay(&self.me);
         if self.last_offered.as_ref() != Some(&table) {
             self.last_offered = Some(table.clone());
-            self.programmer.offer(table);
+            self.programmer.offer(table, revision);
+        } else {
+            self.programmer.unchanged_at(revision);
         }
     }
 
@@ -504,6 +536,7 @@ impl Worker {
         let mut wrote = 0u64;
         let mut repaired = 0u64;
         let mut elsewhere = 0u64;
+        let mut deferred = 0usize;
         let result: Res<()> = async {
             for (k, v) in &wanted {
                 let key = self.key(k);
@@ -514,7 +547,15 @@ impl Worker {
                         Some(PutOptions::new().with_lease(lease)),
                     )
                 };
-                if self.claimed.get(k) != Some(v) {
+                let forced = self.force.contains(k);
+                if !forced && self.claimed.get(k) != Some(v) && self.held_elsewhere(k) {
+                    // A guest with this MAC runs on another live host: the
+                    // vNIC here is a migration's destination, whose claim
+                    // waits for its guest's rings to start.
+                    deferred += 1;
+                    continue;
+                }
+                if forced || self.claimed.get(k) != Some(v) {
                     within(t, "write", client.txn(Txn::new().and_then([put()]))).await?;
                     wrote += 1;
                 } else if !self.confirmed.contains(k) {
@@ -537,7 +578,9 @@ impl Worker {
                 }
                 self.claimed.insert(k.clone(), v.clone());
                 self.confirmed.insert(k.clone());
+                self.force.remove(k);
             }
+            self.force.retain(|k| wanted.contains_key(k));
             let gone: Vec<(Key, Vec<u8>)> = self
                 .claimed
                 .iter()
@@ -563,11 +606,22 @@ impl Worker {
             s.counters.publishes += wrote;
             s.counters.repairs += repaired;
             s.counters.claimed_elsewhere += elsewhere;
+            s.deferred_claims = deferred;
             if failed {
                 s.counters.publish_failures += 1;
             }
         });
         result
+    }
+
+    /// Whether the table has MAC key `k` claimed by another live host.
+    fn held_elsewhere(&self, k: &Key) -> bool {
+        let Key::Mac { network, mac } = k else {
+            return false;
+        };
+        self.table
+            .mac(*network, *mac)
+            .is_some_and(|c| c.host != self.me.host_id && self.table.has_host(&c.host))
     }
 
     /// Whether a `get` answer shows a MAC key claimed by another host.

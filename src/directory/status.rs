@@ -61,6 +61,12 @@ pub struct StatusReport {
     pub remote_macs: usize,
     /// Guest MACs this host publishes.
     pub local_macs: usize,
+    /// Of them, MACs not claimed because a guest with the MAC runs on
+    /// another live host (a migration's destination, until its guest's
+    /// rings start here).
+    pub deferred_claims: usize,
+    /// The etcd revision of the table the uplink has now.
+    pub programmed_revision: i64,
     /// Seconds since the state last changed.
     pub state_seconds: f64,
     pub counters: Counters,

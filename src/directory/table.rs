@@ -48,6 +48,10 @@ impl DirectoryTable {
         self.macs.len()
     }
 
+    pub fn has_host(&self, id: &str) -> bool {
+        self.hosts.contains_key(id)
+    }
+
     /// The claim on a guest MAC, if any.
     pub fn mac(&self, network: u32, mac: MacAddr) -> Option<&MacValue> {
         self.macs.get(&(network, mac))

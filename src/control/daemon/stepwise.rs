@@ -645,7 +645,7 @@ impl Daemon {
         let v = &mut self.vnics[i];
         v.port = port;
         v.port_counters = counters;
-        self.arm_migration_pair(i);
+        self.arm_rings_started(i);
         Ok(moves)
     }
 
