@@ -933,7 +933,10 @@ impl Daemon {
         self.change_uplink(name, overlay, tx_limit)
     }
 
-    /// Gives the directory's uplink the table the directory derived.
+    /// Gives the directory's uplink the table the directory derived. Only
+    /// the overlay changes, so only it is checked (by building it), not the
+    /// whole config: this runs at every change in the directory, with
+    /// tables of thousands of entries.
     pub fn program_directory_table(
         &mut self,
         table: &crate::uplink::overlay::OverlayConfig,
@@ -941,7 +944,24 @@ impl Daemon {
         let Some(name) = self.config.directory.as_ref().map(|d| d.uplink.clone()) else {
             return Err(DaemonError::NotFound("a directory section".into()));
         };
-        self.change_uplink(&name, Some(table.clone()), None)
+        let i = self.uplink_index(&name)?;
+        let mac =
+            interface_mac(&self.uplinks[i].config.interface).map_err(io("interface address"))?;
+        let built = OverlayTable::new(table, mac).map_err(uplink_err(&name))?;
+        for q in &self.uplinks[i].queues {
+            let built = built.clone();
+            let old = q
+                .mailbox
+                .call(ENGINE_CALL_TIMEOUT, move |e: &mut UplinkQueueEngine| {
+                    e.set_overlay(Some(built))
+                })?;
+            drop(old);
+        }
+        self.uplinks[i].config.overlay = Some(table.clone());
+        if let Some(c) = self.config.uplinks.iter_mut().find(|c| c.name == name) {
+            c.overlay = Some(table.clone());
+        }
+        Ok(())
     }
 
     fn is_directory_uplink(&self, name: &str) -> bool {
@@ -1017,7 +1037,8 @@ impl Daemon {
             q.mailbox
                 .call(ENGINE_CALL_TIMEOUT, move |e: &mut UplinkQueueEngine| {
                     if table.is_some() {
-                        e.set_overlay(table);
+                        // Freed on this side, not on the engine's thread.
+                        drop(e.set_overlay(table));
                     }
                     if change_limit {
                         e.set_tx_limit(&limit);

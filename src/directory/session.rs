@@ -25,7 +25,6 @@ use super::local::LocalEntries;
 use super::programmer::{Program, Programmer};
 use super::status::{State, Status, StatusReport};
 use super::table::{Applied, DirectoryTable, ThisHost};
-use crate::uplink::overlay::OverlayConfig;
 
 /// Why a local change did not reach the directory.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +105,6 @@ impl Directory {
             confirmed: BTreeSet::new(),
             force: BTreeSet::new(),
             table: DirectoryTable::default(),
-            last_offered: None,
             lease: None,
             sessions: 0,
             status: status.clone(),
@@ -216,7 +214,6 @@ struct Worker {
     /// MAC keys to claim whoever holds them (their guest started here).
     force: BTreeSet<Key>,
     table: DirectoryTable,
-    last_offered: Option<OverlayConfig>,
     lease: Option<i64>,
     sessions: u64,
     status: Arc<Status>,
@@ -386,7 +383,7 @@ impl Worker {
                 s.counters.resyncs += 1;
             }
         });
-        self.offer_table(revision);
+        self.offer_table(revision, true);
         self.write_local(&mut client, lease).await?;
         let mut events = within(
             t,
@@ -461,6 +458,7 @@ impl Worker {
                     }
                     let mut malformed = 0;
                     let mut lost_own = false;
+                    let mut changed = false;
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let applied = match ev.event_type() {
@@ -477,8 +475,10 @@ impl Worker {
                                 self.table.delete(&self.cfg.prefix, kv.key())
                             }
                         };
-                        if applied == Applied::Malformed {
-                            malformed += 1;
+                        match applied {
+                            Applied::Malformed => malformed += 1,
+                            Applied::Changed => changed = true,
+                            Applied::Unchanged => {}
                         }
                     }
                     let n = resp.events().len() as u64;
@@ -488,7 +488,7 @@ impl Worker {
                         s.counters.events += n;
                         s.counters.malformed += malformed;
                     });
-                    self.offer_table(revision);
+                    self.offer_table(revision, changed);
                     if lost_own {
                         self.write_local(&mut client, lease).await?;
                     }
@@ -514,14 +514,13 @@ impl Worker {
 
     /// Sends the uplink the table the directory now means, if it differs
     /// from the last one sent.
-    fn offer_table(&mut self, revision: i64) {
-        let table = self.table.overlay(&self.me);
-        if self.last_offered.as_ref() != Some(&table) {
-            self.last_offered = Some(table.clone());
-            self.programmer.offer(table, revision);
-        } else {
+    fn offer_table(&mut self, revision: i64, changed: bool) {
+        if !changed {
             self.programmer.unchanged_at(revision);
+            return;
         }
+        self.programmer
+            .offer(self.table.overlay(&self.me), revision);
     }
 
     /// Brings etcd to this host's wanted keys: new and changed keys are

@@ -503,8 +503,10 @@ impl UplinkQueueEngine {
     }
 
     /// Replaces the overlay table (mailbox request from the control plane).
-    pub fn set_overlay(&mut self, overlay: Option<OverlayTable>) {
-        self.overlay = overlay;
+    /// Replaces the overlay table; returns the old one, for the caller to
+    /// free off the data path (a directory's table can be large).
+    pub fn set_overlay(&mut self, overlay: Option<OverlayTable>) -> Option<OverlayTable> {
+        std::mem::replace(&mut self.overlay, overlay)
     }
 
     /// Replaces the egress limit (a fresh bucket).

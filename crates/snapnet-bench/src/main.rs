@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+mod directory;
 mod dirty_log;
 mod guests;
 mod handover;
@@ -66,6 +67,14 @@ enum Cmd {
     /// traffic: blackout per upgrade (p50/p99/max), the largest gap a guest
     /// saw, frames lost.
     Upgrade(upgrade::UpgradeArgs),
+    /// From `vnic.add` on one host until a guest on another reaches the new
+    /// guest through the directory: p50/p99 over many adds.
+    DirectoryConvergence(directory::ConvergenceArgs),
+    /// One snapnet following a large simulated directory: convergence, CPU,
+    /// memory; then recovery after an outage with changes missed.
+    DirectoryScale(directory::ScaleArgs),
+    /// The overlay's per-frame lookup with many entries against few.
+    OverlayLookup(directory::LookupArgs),
 }
 
 #[derive(Args, Debug)]
@@ -891,6 +900,9 @@ fn main() -> ExitCode {
         Cmd::DirtyLog(a) => dirty_log::run_dirty_log(a),
         Cmd::Handover(a) => handover::run_handover(a),
         Cmd::Upgrade(a) => upgrade::run_upgrade(a),
+        Cmd::DirectoryConvergence(a) => directory::run_convergence(a),
+        Cmd::DirectoryScale(a) => directory::run_scale(a),
+        Cmd::OverlayLookup(a) => directory::run_lookup(a),
         Cmd::Tx(a) => run_tx(a),
         Cmd::Rx(a) => run_rx(a),
         Cmd::Load(a) => run_load(a),
