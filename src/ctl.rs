@@ -87,6 +87,9 @@ enum VnicCmd {
         role: Option<String>,
         #[arg(long)]
         group: Option<String>,
+        /// The virtual network (the VNI on an overlay uplink).
+        #[arg(long)]
+        network: Option<u32>,
         /// Addresses the guest may send from, e.g. 10.0.0.5,2001:db8::5.
         #[arg(long, value_delimiter = ',')]
         allowed_ips: Vec<String>,
@@ -283,6 +286,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                 vhost_socket,
                 role,
                 group,
+                network,
                 allowed_ips: ips,
                 address_pairs: pairs,
                 no_port_security,
@@ -300,6 +304,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
                     ),
                     ("role", role.map(Into::into)),
                     ("group", group.map(Into::into)),
+                    ("network", network.map(Into::into)),
                     ("allowed_ips", allowed_ips(&ips)),
                     ("allowed_address_pairs", address_pairs(&pairs)),
                     ("port_security", no_port_security.then_some(false.into())),

@@ -84,15 +84,17 @@ impl Directory {
         program: Program,
     ) -> std::io::Result<Self> {
         let status = Arc::new(Status::new(&cfg.host_id, &cfg.uplink));
-        let programmer = Programmer::start(program, status.clone())?;
+        let me = ThisHost {
+            host_id: cfg.host_id.clone(),
+            underlay_ip: cfg.underlay_ip,
+            next_hop_mac: cfg.next_hop_mac,
+        };
+        let table: Arc<Mutex<DirectoryTable>> = Arc::default();
+        let programmer = Programmer::start(program, table.clone(), me.clone(), status.clone())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let deadline = Duration::from_millis(u64::from(cfg.request_timeout_ms) + 500);
         let worker = Worker {
-            me: ThisHost {
-                host_id: cfg.host_id.clone(),
-                underlay_ip: cfg.underlay_ip,
-                next_hop_mac: cfg.next_hop_mac,
-            },
+            me,
             host_value: HostValue {
                 underlay_ip: cfg.underlay_ip,
                 mac: uplink_mac,
@@ -104,7 +106,7 @@ impl Directory {
             claimed: BTreeMap::new(),
             confirmed: BTreeSet::new(),
             force: BTreeSet::new(),
-            table: DirectoryTable::default(),
+            table,
             lease: None,
             sessions: 0,
             status: status.clone(),
@@ -213,7 +215,9 @@ struct Worker {
     confirmed: BTreeSet<Key>,
     /// MAC keys to claim whoever holds them (their guest started here).
     force: BTreeSet<Key>,
-    table: DirectoryTable,
+    /// Shared with the programming thread, which derives the uplink's
+    /// table from it.
+    table: Arc<Mutex<DirectoryTable>>,
     lease: Option<i64>,
     sessions: u64,
     status: Arc<Status>,
@@ -366,18 +370,22 @@ impl Worker {
         )
         .await?;
         let mut revision = all.header().map(|h| h.revision()).unwrap_or(0);
-        self.table.clear();
         let mut malformed = 0;
-        for kv in all.kvs() {
-            if self.table.put(&self.cfg.prefix, kv.key(), kv.value()) == Applied::Malformed {
-                malformed += 1;
+        let hosts = {
+            let mut table = self.table();
+            table.clear();
+            for kv in all.kvs() {
+                if table.put(&self.cfg.prefix, kv.key(), kv.value()) == Applied::Malformed {
+                    malformed += 1;
+                }
             }
-        }
+            table.hosts()
+        };
         self.sessions += 1;
         let resync = self.sessions > 1;
         self.status.update(|s| {
             s.revision = revision;
-            s.hosts = self.table.hosts();
+            s.hosts = hosts;
             s.counters.malformed += malformed;
             if resync {
                 s.counters.resyncs += 1;
@@ -459,10 +467,11 @@ impl Worker {
                     let mut malformed = 0;
                     let mut lost_own = false;
                     let mut changed = false;
+                    let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let applied = match ev.event_type() {
-                            EventType::Put => self.table.put(&self.cfg.prefix, kv.key(), kv.value()),
+                            EventType::Put => table.put(&self.cfg.prefix, kv.key(), kv.value()),
                             EventType::Delete => {
                                 // One of ours gone (its lease expired in an
                                 // outage, or someone deleted it): write it
@@ -472,7 +481,7 @@ impl Worker {
                                         lost_own = true;
                                     }
                                 }
-                                self.table.delete(&self.cfg.prefix, kv.key())
+                                table.delete(&self.cfg.prefix, kv.key())
                             }
                         };
                         match applied {
@@ -481,10 +490,12 @@ impl Worker {
                             Applied::Unchanged => {}
                         }
                     }
+                    let hosts = table.hosts();
+                    drop(table);
                     let n = resp.events().len() as u64;
                     self.status.update(|s| {
                         s.revision = revision;
-                        s.hosts = self.table.hosts();
+                        s.hosts = hosts;
                         s.counters.events += n;
                         s.counters.malformed += malformed;
                     });
@@ -512,15 +523,18 @@ impl Worker {
         }
     }
 
-    /// Sends the uplink the table the directory now means, if it differs
-    /// from the last one sent.
+    /// Tells the programming thread that the directory is at `revision`,
+    /// and whether its table changed (then the uplink's is derived anew).
     fn offer_table(&mut self, revision: i64, changed: bool) {
-        if !changed {
+        if changed {
+            self.programmer.changed_at(revision);
+        } else {
             self.programmer.unchanged_at(revision);
-            return;
         }
-        self.programmer
-            .offer(self.table.overlay(&self.me), revision);
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, DirectoryTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Brings etcd to this host's wanted keys: new and changed keys are
@@ -618,9 +632,10 @@ impl Worker {
         let Key::Mac { network, mac } = k else {
             return false;
         };
-        self.table
+        let table = self.table();
+        table
             .mac(*network, *mac)
-            .is_some_and(|c| c.host != self.me.host_id && self.table.has_host(&c.host))
+            .is_some_and(|c| c.host != self.me.host_id && table.has_host(&c.host))
     }
 
     /// Whether a `get` answer shows a MAC key claimed by another host.

@@ -15,6 +15,9 @@ pub struct DirectoryTable {
     hosts: BTreeMap<String, HostValue>,
     members: BTreeMap<u32, BTreeSet<String>>,
     macs: BTreeMap<(u32, MacAddr), MacValue>,
+    /// The same MACs by the host claiming them: the overlay is derived a
+    /// host at a time, with no look-up per MAC.
+    macs_of: BTreeMap<String, BTreeSet<(u32, MacAddr)>>,
 }
 
 /// What one put or delete did to the table.
@@ -81,9 +84,26 @@ impl DirectoryTable {
                 }
             }
             Key::Mac { network, mac } => match serde_json::from_slice::<MacValue>(value) {
-                Ok(v) => set(&mut self.macs, (network, mac), v),
+                Ok(v) => {
+                    let key = (network, mac);
+                    if let Some(old) = self.macs.get(&key).filter(|old| old.host != v.host) {
+                        let old_host = old.host.clone();
+                        self.forget_claim(&old_host, key);
+                    }
+                    self.macs_of.entry(v.host.clone()).or_default().insert(key);
+                    set(&mut self.macs, key, v)
+                }
                 Err(_) => Applied::Malformed,
             },
+        }
+    }
+
+    fn forget_claim(&mut self, host: &str, key: (u32, MacAddr)) {
+        if let Some(set) = self.macs_of.get_mut(host) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.macs_of.remove(host);
+            }
         }
     }
 
@@ -101,7 +121,13 @@ impl DirectoryTable {
                 }
                 removed
             }
-            Some(Key::Mac { network, mac }) => self.macs.remove(&(network, mac)).is_some(),
+            Some(Key::Mac { network, mac }) => match self.macs.remove(&(network, mac)) {
+                Some(old) => {
+                    self.forget_claim(&old.host, (network, mac));
+                    true
+                }
+                None => false,
+            },
         };
         if removed {
             Applied::Changed
@@ -128,27 +154,24 @@ impl DirectoryTable {
                 networks_of.entry(h.as_str()).or_default().push(*network);
             }
         }
-        let mut ip_of: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+        let mut addresses = BTreeSet::new();
         for (id, host) in &self.hosts {
             if *id == me.host_id
                 || host.underlay_ip == me.underlay_ip
-                || out.remotes.iter().any(|r| r.ip == host.underlay_ip)
+                || !addresses.insert(host.underlay_ip)
             {
                 continue;
             }
-            ip_of.insert(id, host.underlay_ip);
             out.remotes.push(RemoteHost {
                 ip: host.underlay_ip,
                 mac: me.next_hop_mac.unwrap_or(host.mac),
                 networks: networks_of.remove(id.as_str()).unwrap_or_default(),
             });
-        }
-        for ((network, mac), claim) in &self.macs {
-            if let Some(ip) = ip_of.get(claim.host.as_str()) {
+            for (network, mac) in self.macs_of.get(id).into_iter().flatten() {
                 out.macs.push(RemoteMac {
                     network: *network,
                     mac: *mac,
-                    remote: *ip,
+                    remote: host.underlay_ip,
                 });
             }
         }
@@ -257,6 +280,24 @@ mod tests {
         let o = t.overlay(&me());
         assert_eq!(o.remotes.len(), 1);
         assert!(o.remotes[0].networks.is_empty());
+    }
+
+    #[test]
+    fn a_claim_moves_between_hosts() {
+        let mut t = DirectoryTable::default();
+        host(&mut t, "b", "10.0.0.2", 0xb);
+        host(&mut t, "c", "10.0.0.3", 0xc);
+        let key = format!("{P}/macs/1/{}", mac(7));
+        for (owner, ip) in [("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+            let v = format!(r#"{{"host":"{owner}"}}"#);
+            assert_eq!(t.put(P, key.as_bytes(), v.as_bytes()), Applied::Changed);
+            let o = t.overlay(&me());
+            assert_eq!(o.macs.len(), 1, "{o:?}");
+            assert_eq!(o.macs[0].remote.to_string(), ip);
+        }
+        assert_eq!(t.delete(P, key.as_bytes()), Applied::Changed);
+        assert!(t.overlay(&me()).macs.is_empty());
+        assert!(t.macs_of.is_empty(), "{:?}", t.macs_of);
     }
 
     #[test]

@@ -97,9 +97,16 @@ impl OverlayTable {
                 by_network.entry(*n).or_default().push(i);
             }
         }
+        // A directory's table has thousands of MACs over a hundred hosts.
+        let host_of: FastMap<u32, usize> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, _))| (u32::from_be_bytes(*ip), i))
+            .collect();
         let mut by_mac = FastMap::default();
+        by_mac.reserve(cfg.macs.len());
         for (i, m) in cfg.macs.iter().enumerate() {
-            let Some(h) = hosts.iter().position(|(ip, _)| *ip == m.remote.octets()) else {
+            let Some(&h) = host_of.get(&u32::from(m.remote)) else {
                 return Err(format!("macs[{i}]: {} is not among the remotes", m.remote));
             };
             by_mac.insert(NetMac::new(m.network, m.mac), h);
