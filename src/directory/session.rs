@@ -464,34 +464,8 @@ impl Worker {
                     if let Some(h) = resp.header() {
                         revision = revision.max(h.revision());
                     }
-                    let mut malformed = 0;
-                    let mut lost_own = false;
-                    let mut changed = false;
-                    let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let applied = match ev.event_type() {
-                            EventType::Put => table.put(&self.cfg.prefix, kv.key(), kv.value()),
-                            EventType::Delete => {
-                                // One of ours gone (its lease expired in an
-                                // outage, or someone deleted it): write it
-                                // again if this host still has it.
-                                if let Some(k) = Key::decode(&self.cfg.prefix, kv.key()) {
-                                    if self.confirmed.remove(&k) {
-                                        lost_own = true;
-                                    }
-                                }
-                                table.delete(&self.cfg.prefix, kv.key())
-                            }
-                        };
-                        match applied {
-                            Applied::Malformed => malformed += 1,
-                            Applied::Changed => changed = true,
-                            Applied::Unchanged => {}
-                        }
-                    }
-                    let hosts = table.hosts();
-                    drop(table);
+                    let Applying { malformed, lost_own, changed, hosts } =
+                        self.apply(resp.events());
                     let n = resp.events().len() as u64;
                     self.status.update(|s| {
                         s.revision = revision;
@@ -521,6 +495,36 @@ impl Worker {
                 },
             }
         }
+    }
+
+    /// Applies one watch response's events to the table.
+    fn apply(&mut self, events: &[etcd_client::Event]) -> Applying {
+        let mut out = Applying::default();
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let applied = match ev.event_type() {
+                EventType::Put => table.put(&self.cfg.prefix, kv.key(), kv.value()),
+                EventType::Delete => {
+                    // One of ours gone (its lease expired in an outage, or
+                    // someone deleted it): written again if this host
+                    // still has it.
+                    if let Some(k) = Key::decode(&self.cfg.prefix, kv.key()) {
+                        if self.confirmed.remove(&k) {
+                            out.lost_own = true;
+                        }
+                    }
+                    table.delete(&self.cfg.prefix, kv.key())
+                }
+            };
+            match applied {
+                Applied::Malformed => out.malformed += 1,
+                Applied::Changed => out.changed = true,
+                Applied::Unchanged => {}
+            }
+        }
+        out.hosts = table.hosts();
+        out
     }
 
     /// Tells the programming thread that the directory is at `revision`,
@@ -652,6 +656,17 @@ impl Worker {
             _ => false,
         })
     }
+}
+
+/// What one watch response did.
+#[derive(Default)]
+struct Applying {
+    malformed: u64,
+    /// A key of this host was deleted.
+    lost_own: bool,
+    changed: bool,
+    /// Live hosts after it.
+    hosts: usize,
 }
 
 enum SessionError {
