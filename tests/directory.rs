@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use common::netns::{can_run, run};
+use common::netns::{can_run, run, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::rpc::Checked;
 use common::{wait_for, TempDir};
@@ -537,6 +537,29 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
     dst_stop.store(true, Ordering::Relaxed);
     drop(dst.join().unwrap());
 
+    // Host 0 is upgraded to a new process: it writes host 0's keys again
+    // under its own lease, so when the old process's lease has run out,
+    // host 0's guests are still in the other tables, and reachable.
+    let mut successor = Successor(None);
+    let r = Checked::connect(&lab.control(0)).ok("daemon.upgrade", json!({}));
+    successor.follow(&r);
+    lab.wait_status(0, "synced after the upgrade", Duration::from_secs(10), |s| {
+        s["state"] == "synced"
+    });
+    thread::sleep(Duration::from_secs(TTL + 2));
+    for h in 1..HOSTS {
+        let t = lab.table(h);
+        assert!(
+            has_mac(&t, guest_mac(0, 100, 0)) && remotes(&t).contains(&host_ip(0)),
+            "host {h} lost host 0 after its upgrade: {t}"
+        );
+    }
+    assert_eq!(
+        ping(&mut a100, guest_mac(1, 100, 0), guest_ip(1, 0), 2),
+        Some(()),
+        "host 0's guest reaches host 1's across the upgrade"
+    );
+
     // One etcd member of three dies: the hosts go on following.
     lab.kill_etcd(0);
     let y_mac = guest_mac(1, 100, 7);
@@ -627,4 +650,5 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
     let counters = lab.status(0)["counters"].clone();
     assert!(counters["resyncs"].as_u64().unwrap() >= 1, "{counters}");
     assert_eq!(counters["program_failures"], 0, "{counters}");
+    drop(successor);
 }
