@@ -128,20 +128,35 @@ fn keys_omitted_while_unset_are_written_once_set() {
         r#"{"vnic_socket_group": "kvm",
             "vnics": [{"name": "a", "mac": "02:00:00:00:00:01"},
                       {"name": "a-in", "mac": "02:00:00:00:00:01", "incoming_for": "a"}],
-            "uplinks": [{"name": "fabric", "interface": "eth1"}],
+            "uplinks": [{"name": "fabric", "interface": "eth1", "overlay": {"local_ip": "10.0.0.1",
+                "remotes": [{"ip": "10.0.0.2", "mac": "02:00:00:00:00:02", "networks": [0]}],
+                "macs": [{"network": 0, "mac": "52:54:00:00:00:09", "remote": "10.0.0.2",
+                          "ips": ["10.9.0.9"]}]}}],
             "directory": {"endpoints": ["http://10.0.0.9:2379"], "host_id": "a",
                           "underlay_ip": "10.0.0.1", "uplink": "fabric",
                           "next_hop_mac": "02:00:00:00:00:fe"}}"#,
     )
     .unwrap();
-    let unset =
-        Config::from_json(r#"{"vnics": [{"name": "a", "mac": "02:00:00:00:00:01"}]}"#).unwrap();
+    let unset = Config::from_json(
+        r#"{"vnics": [{"name": "a", "mac": "02:00:00:00:00:01"}],
+            "uplinks": [{"name": "fabric", "interface": "eth1", "overlay": {"local_ip": "10.0.0.1",
+                "remotes": [{"ip": "10.0.0.2", "mac": "02:00:00:00:00:02", "networks": [0]}],
+                "macs": [{"network": 0, "mac": "52:54:00:00:00:09", "remote": "10.0.0.2"}]}}]}"#,
+    )
+    .unwrap();
     let set = serde_json::to_value(&set).unwrap();
     let unset = serde_json::to_value(&unset).unwrap();
-    // Written at the top, in the directory or in some vNIC.
+    // Written at the top, in the directory, in an overlay's MAC or in some
+    // vNIC.
     let written = |doc: &Value, key: &str| {
         doc.get(key).is_some()
             || doc.get("directory").is_some_and(|d| d.get(key).is_some())
+            || doc["uplinks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|u| u["overlay"]["macs"].as_array().into_iter().flatten())
+                .any(|m| m.get(key).is_some())
             || doc["vnics"]
                 .as_array()
                 .into_iter()

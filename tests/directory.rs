@@ -187,8 +187,17 @@ impl Lab {
             .iter()
             .map(|net| {
                 let name = format!("h{h}n{net}");
+                // Network 100's guests declare their address: the others
+                // answer ARP for them from the directory (network 200's
+                // requests cross the fabric).
+                let ips = if *net == 100 {
+                    let [a, b, c, d] = guest_ip(h, 0);
+                    format!(r#", "allowed_ips": ["{a}.{b}.{c}.{d}"]"#)
+                } else {
+                    String::new()
+                };
                 format!(
-                    r#"{{ "name": "{name}", "mac": "{}", "network": {net}, "socket": "{}" }}"#,
+                    r#"{{ "name": "{name}", "mac": "{}", "network": {net}, "socket": "{}"{ips} }}"#,
                     mac_str(guest_mac(h, *net, 0)),
                     self.socket(&name).display()
                 )
@@ -449,6 +458,13 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
         parse_icmp_echo(f).is_some_and(|e| e.kind == 0 && e.id == 9)
     });
     assert!(leaked.is_none(), "a frame crossed from network 100 to 200");
+    // Host 0 answered network 100's ARP requests itself (the remote guests
+    // declared their addresses); network 200's crossed the fabric.
+    let stats = Checked::connect(&lab.control(0)).ok("uplink.stats", json!({ "name": "fabric" }));
+    assert!(
+        stats["arp_suppressed"].as_u64().unwrap_or(0) >= 2,
+        "{stats}"
+    );
 
     // A vNIC added on host 2 becomes reachable from host 0; its RPC says
     // the directory has it.
@@ -543,9 +559,12 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
     let mut successor = Successor(None);
     let r = Checked::connect(&lab.control(0)).ok("daemon.upgrade", json!({}));
     successor.follow(&r);
-    lab.wait_status(0, "synced after the upgrade", Duration::from_secs(10), |s| {
-        s["state"] == "synced"
-    });
+    lab.wait_status(
+        0,
+        "synced after the upgrade",
+        Duration::from_secs(10),
+        |s| s["state"] == "synced",
+    );
     thread::sleep(Duration::from_secs(TTL + 2));
     for h in 1..HOSTS {
         let t = lab.table(h);
@@ -647,6 +666,11 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
     // Host 1's network-200 guest answered host 0's network-200 pings, not
     // the one sent from network 100.
     assert_eq!(far[1].answered_echo, 2, "h1n200");
+    assert_eq!(
+        far[0].answered_arp, 0,
+        "h1n100's address was answered for on host 0"
+    );
+    assert!(far[1].answered_arp >= 1, "h1n200 answered its own ARP");
     let counters = lab.status(0)["counters"].clone();
     assert!(counters["resyncs"].as_u64().unwrap() >= 1, "{counters}");
     assert_eq!(counters["program_failures"], 0, "{counters}");

@@ -167,11 +167,17 @@ impl DirectoryTable {
                 mac: me.next_hop_mac.unwrap_or(host.mac),
                 networks: networks_of.remove(id.as_str()).unwrap_or_default(),
             });
-            for (network, mac) in self.macs_of.get(id).into_iter().flatten() {
+            for key in self.macs_of.get(id).into_iter().flatten() {
+                let ips = self
+                    .macs
+                    .get(key)
+                    .and_then(|c| c.allowed_ips.clone())
+                    .unwrap_or_default();
                 out.macs.push(RemoteMac {
-                    network: *network,
-                    mac: *mac,
+                    network: key.0,
+                    mac: key.1,
                     remote: host.underlay_ip,
+                    ips,
                 });
             }
         }

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::arp_proxy;
 use super::group_tap::GroupTap;
 use super::handover::{UplinkQueueHandover, UplinkQueueState};
 use super::overlay::{DecapError, OverlayTable, OVERHEAD};
@@ -18,6 +19,7 @@ use crate::engine::{Engine, Mailbox, MailboxSender};
 use crate::packet::segment::{self, SegmentError};
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx, UmemLoans};
 use crate::shaping::{Cost, RateLimit, TokenBucket, WakeTimer};
+use snapnet_wire::flow::Parsed;
 use snapnet_wire::virtio_net::F_NEEDS_CSUM;
 use snapnet_wire::MacAddr;
 
@@ -252,6 +254,7 @@ impl UplinkQueueEngine {
         let mut done = 0;
         let mut sent = 0u64;
         let mut bytes = 0u64;
+        let mut answered = 0u64;
         if let Some(b) = self.egress.as_mut() {
             b.refill(Instant::now());
             self.egress_blocked_until = None;
@@ -362,12 +365,25 @@ impl UplinkQueueEngine {
                 sent: &mut sent,
                 bytes: &mut bytes,
             };
-            for f in self.wire.drain(..) {
+            for mut f in self.wire.drain(..) {
                 match &self.overlay {
                     None => out.push(f),
-                    Some(o) => replicate(o, &self.pool, &mut self.targets, f, &mut out),
+                    Some(o) => {
+                        // ARP for a remote guest whose addresses the table
+                        // knows: answered here, back through the switch.
+                        if self.to_switch.free() > 0 && answer_arp(o, &self.pool, &mut f) {
+                            let _ = self.to_switch.push(f);
+                            answered += 1;
+                            continue;
+                        }
+                        replicate(o, &self.pool, &mut self.targets, f, &mut out)
+                    }
                 }
             }
+        }
+        if answered > 0 {
+            self.to_switch.flush();
+            self.counters.add(UplinkCounter::ArpSuppressed, answered);
         }
         if sent > 0 {
             xsk.tx.commit();
@@ -502,8 +518,8 @@ impl UplinkQueueEngine {
         n
     }
 
-    /// Replaces the overlay table (mailbox request from the control plane).
-    /// Replaces the overlay table; returns the old one, for the caller to
+    /// Replaces the overlay table (a mailbox request from the control
+    /// plane); returns the old one, for the caller to
     /// free off the data path (a directory's table can be large).
     pub fn set_overlay(&mut self, overlay: Option<OverlayTable>) -> Option<OverlayTable> {
         std::mem::replace(&mut self.overlay, overlay)
@@ -610,6 +626,20 @@ fn replicate(
 }
 
 #[inline]
+/// [`arp_proxy::answer_arp`] on a frame of the pool.
+fn answer_arp(overlay: &OverlayTable, pool: &FramePool, frame: &mut FrameHandle) -> bool {
+    let (start, len) = (usize::from(frame.offset), frame.len as usize);
+    let network = frame.network;
+    let Some(bytes) = pool.frame_mut(frame).get_mut(start..start + len) else {
+        return false;
+    };
+    if !arp_proxy::answer_arp(overlay, network, bytes) {
+        return false;
+    }
+    frame.parsed = Parsed::NOT_YET;
+    true
+}
+
 fn desc(addr: u64, len: u32) -> libc::xdp_desc {
     libc::xdp_desc {
         addr,

@@ -7,6 +7,7 @@
 //! from a guest: switch -> `engine` (software segmentation of GSO frames) ->
 //! AF_XDP TX ring -> NIC.
 
+pub mod arp_proxy;
 pub mod engine;
 pub mod group_tap;
 pub mod handover;

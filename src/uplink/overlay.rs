@@ -59,6 +59,14 @@ pub struct RemoteMac {
     pub mac: MacAddr,
     /// The remote host (one of `remotes`).
     pub remote: Ipv4Addr,
+    /// The guest's addresses: ARP requests for its IPv4 ones are answered
+    /// on this host instead of crossing the fabric (`arp_proxy.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+fn neighbour_key(network: u32, ip: [u8; 4]) -> u64 {
+    u64::from(network) << 32 | u64::from(u32::from_be_bytes(ip))
 }
 
 /// Why a received VXLAN frame was refused.
@@ -80,6 +88,8 @@ pub struct OverlayTable {
     hosts: Vec<([u8; 4], MacAddr)>,
     by_network: FastMap<u32, Vec<usize>>,
     by_mac: FastMap<NetMac, usize>,
+    /// (network << 32 | IPv4 address) -> the remote guest's MAC.
+    neighbours: FastMap<u64, MacAddr>,
     max_fanout: usize,
 }
 
@@ -105,11 +115,17 @@ impl OverlayTable {
             .collect();
         let mut by_mac = FastMap::default();
         by_mac.reserve(cfg.macs.len());
+        let mut neighbours = FastMap::default();
         for (i, m) in cfg.macs.iter().enumerate() {
             let Some(&h) = host_of.get(&u32::from(m.remote)) else {
                 return Err(format!("macs[{i}]: {} is not among the remotes", m.remote));
             };
             by_mac.insert(NetMac::new(m.network, m.mac), h);
+            for ip in &m.ips {
+                if let std::net::IpAddr::V4(v4) = ip {
+                    neighbours.insert(neighbour_key(m.network, v4.octets()), m.mac);
+                }
+            }
         }
         let max_fanout = by_network.values().map(Vec::len).max().unwrap_or(0);
         Ok(Self {
@@ -118,8 +134,19 @@ impl OverlayTable {
             hosts,
             by_network,
             by_mac,
+            neighbours,
             max_fanout: max_fanout.max(1),
         })
+    }
+
+    /// The MAC of the remote guest of `network` with IPv4 address `ip`, if
+    /// the table knows its addresses.
+    #[inline]
+    pub fn neighbour(&self, network: u32, ip: [u8; 4]) -> Option<MacAddr> {
+        if self.neighbours.is_empty() {
+            return None;
+        }
+        self.neighbours.get(&neighbour_key(network, ip)).copied()
     }
 
     /// Most copies one frame can become (head-end replication).
@@ -289,6 +316,7 @@ mod tests {
                     network: 100,
                     mac: GUEST,
                     remote: Ipv4Addr::from(remote),
+                    ips: vec![],
                 }],
             },
             local_mac,

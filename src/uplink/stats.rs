@@ -52,10 +52,13 @@ pub enum UplinkCounter {
     TxRingFull,
     /// Event: the switch link was full; frames waited in the RX ring.
     RxLinkFull,
+    /// Event (overlay): a guest's ARP request for a remote guest answered
+    /// here from the directory's addresses, not replicated to the fabric.
+    ArpSuppressed,
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 19] = [
+    pub const ALL: [UplinkCounter; 20] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -75,6 +78,7 @@ impl UplinkCounter {
         UplinkCounter::FillPoolEmpty,
         UplinkCounter::TxRingFull,
         UplinkCounter::RxLinkFull,
+        UplinkCounter::ArpSuppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl UplinkCounter {
             UplinkCounter::FillPoolEmpty => "fill_pool_empty",
             UplinkCounter::TxRingFull => "tx_ring_full",
             UplinkCounter::RxLinkFull => "rx_link_full",
+            UplinkCounter::ArpSuppressed => "arp_suppressed",
         }
     }
 }

@@ -528,6 +528,7 @@ fn lookup_table(macs: u32) -> (OverlayTable, Vec<MacAddr>) {
                 network: 7000,
                 mac: *m,
                 remote: remotes[i % remotes.len()].ip,
+                ips: vec![],
             })
             .collect(),
         remotes,

@@ -43,6 +43,17 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         (buffer.as_ref().len() >= LEN).then_some(Self { buffer })
     }
 
+    /// Ethernet hardware addresses and IPv4 protocol addresses, of the
+    /// lengths those have: the only ARP snapnet reads further.
+    #[inline]
+    pub fn is_ethernet_ipv4(&self) -> bool {
+        let b = self.buffer.as_ref();
+        get_u16(b, field::HTYPE) == HTYPE_ETHERNET
+            && get_u16(b, field::PTYPE) == ETHERTYPE_IPV4
+            && b[field::HLEN] == 6
+            && b[field::PLEN] == 4
+    }
+
     #[inline]
     pub fn operation(&self) -> u16 {
         get_u16(self.buffer.as_ref(), field::OPER)
@@ -124,7 +135,10 @@ mod tests {
         assert_eq!(p.operation(), OPER_REPLY);
         assert_eq!((p.sender_mac(), p.sender_ip()), (a, [10, 0, 0, 1]));
         assert_eq!((p.target_mac(), p.target_ip()), (b, [10, 0, 0, 2]));
+        assert!(p.is_ethernet_ipv4());
         assert_eq!(&buf[..8], &[0, 1, 8, 0, 6, 4, 0, 2]);
+        buf[5] = 16;
+        assert!(!ArpPacket::new_checked(&buf[..]).unwrap().is_ethernet_ipv4());
         assert!(ArpPacket::new_checked(&buf[..LEN - 1]).is_none());
     }
 }
