@@ -44,6 +44,54 @@ fn guest_ip(host: usize, n: u8) -> [u8; 4] {
     [10, 61, n, host as u8 + 1]
 }
 
+/// Host h's network-100 guest's IPv6 address, fd61::(h+1).
+fn guest_ip6(host: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfd, 0x61]);
+    a[15] = host as u8 + 1;
+    a
+}
+
+/// `g` sends a neighbour solicitation for `target` (from `src`); the
+/// target link-layer address of the advertisement that answers it.
+fn solicit(g: &mut Guest, src: [u8; 16], target: [u8; 16]) -> Option<[u8; 6]> {
+    use snapnet_wire::checksum::ones_sum;
+    let mut f = vec![0u8; 14 + 40 + 32];
+    f[..6].copy_from_slice(&[0x33, 0x33, 0xff, target[13], target[14], target[15]]);
+    f[6..12].copy_from_slice(&g.mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[14..];
+    ip[0] = 0x60;
+    ip[5] = 32;
+    ip[6] = 58;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..26].copy_from_slice(&[0xff, 0x02]);
+    ip[35..40].copy_from_slice(&[1, 0xff, target[13], target[14], target[15]]);
+    let (header, icmp) = ip.split_at_mut(40);
+    icmp[0] = 135;
+    icmp[8..24].copy_from_slice(&target);
+    icmp[24..26].copy_from_slice(&[1, 1]);
+    icmp[26..32].copy_from_slice(&g.mac);
+    let pseudo = [0, 0, 0, 32, 0, 0, 0, 58];
+    let mut sum = u32::from(ones_sum(&header[8..40]))
+        + u32::from(ones_sum(&pseudo))
+        + u32::from(ones_sum(icmp));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    g.send(&f);
+    let na = g.serve_until(Duration::from_secs(2), |r| {
+        r.len() >= 14 + 40 + 32
+            && r[12..14] == [0x86, 0xdd]
+            && r[14 + 6] == 58
+            && r[54] == 136
+            && r[54 + 8..54 + 24] == target
+    })?;
+    (na[54 + 24] == 2).then(|| na[54 + 26..54 + 32].try_into().unwrap())
+}
+
 fn mac_str(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -192,7 +240,8 @@ impl Lab {
                 // requests cross the fabric).
                 let ips = if *net == 100 {
                     let [a, b, c, d] = guest_ip(h, 0);
-                    format!(r#", "allowed_ips": ["{a}.{b}.{c}.{d}"]"#)
+                    let v6 = std::net::Ipv6Addr::from(guest_ip6(h));
+                    format!(r#", "allowed_ips": ["{a}.{b}.{c}.{d}", "{v6}"]"#)
                 } else {
                     String::new()
                 };
@@ -460,11 +509,18 @@ fn hosts_form_an_overlay_from_the_directory_alone() {
     assert!(leaked.is_none(), "a frame crossed from network 100 to 200");
     // Host 0 answered network 100's ARP requests itself (the remote guests
     // declared their addresses); network 200's crossed the fabric.
+    // Likewise a neighbour solicitation for host 1's guest's IPv6 address.
+    assert_eq!(
+        solicit(&mut a100, guest_ip6(0), guest_ip6(1)),
+        Some(guest_mac(1, 100, 0)),
+        "host 0 answers neighbour discovery for host 1's guest"
+    );
     let stats = Checked::connect(&lab.control(0)).ok("uplink.stats", json!({ "name": "fabric" }));
     assert!(
         stats["arp_suppressed"].as_u64().unwrap_or(0) >= 2,
         "{stats}"
     );
+    assert!(stats["nd_suppressed"].as_u64().unwrap_or(0) >= 1, "{stats}");
 
     // A vNIC added on host 2 becomes reachable from host 0; its RPC says
     // the directory has it.

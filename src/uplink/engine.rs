@@ -8,9 +8,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::arp_proxy;
 use super::group_tap::GroupTap;
 use super::handover::{UplinkQueueHandover, UplinkQueueState};
+use super::neighbour_proxy;
 use super::overlay::{DecapError, OverlayTable, OVERHEAD};
 use super::stats::{SharedUplinkCounters, UplinkCounter, UplinkCounters};
 use super::xsk::ring::ProducerRing;
@@ -254,7 +254,7 @@ impl UplinkQueueEngine {
         let mut done = 0;
         let mut sent = 0u64;
         let mut bytes = 0u64;
-        let mut answered = 0u64;
+        let (mut arp_answered, mut nd_answered) = (0u64, 0u64);
         if let Some(b) = self.egress.as_mut() {
             b.refill(Instant::now());
             self.egress_blocked_until = None;
@@ -369,21 +369,28 @@ impl UplinkQueueEngine {
                 match &self.overlay {
                     None => out.push(f),
                     Some(o) => {
-                        // ARP for a remote guest whose addresses the table
-                        // knows: answered here, back through the switch.
-                        if self.to_switch.free() > 0 && answer_arp(o, &self.pool, &mut f) {
-                            let _ = self.to_switch.push(f);
-                            answered += 1;
-                            continue;
+                        // ARP or ND for a remote guest whose addresses the
+                        // table knows: answered here, back through the switch.
+                        if self.to_switch.free() > 0 {
+                            if let Some(c) = answer_neighbour(o, &self.pool, &mut f) {
+                                let _ = self.to_switch.push(f);
+                                match c {
+                                    UplinkCounter::ArpSuppressed => arp_answered += 1,
+                                    _ => nd_answered += 1,
+                                }
+                                continue;
+                            }
                         }
                         replicate(o, &self.pool, &mut self.targets, f, &mut out)
                     }
                 }
             }
         }
-        if answered > 0 {
+        if arp_answered + nd_answered > 0 {
             self.to_switch.flush();
-            self.counters.add(UplinkCounter::ArpSuppressed, answered);
+            self.counters
+                .add(UplinkCounter::ArpSuppressed, arp_answered);
+            self.counters.add(UplinkCounter::NdSuppressed, nd_answered);
         }
         if sent > 0 {
             xsk.tx.commit();
@@ -626,18 +633,24 @@ fn replicate(
 }
 
 #[inline]
-/// [`arp_proxy::answer_arp`] on a frame of the pool.
-fn answer_arp(overlay: &OverlayTable, pool: &FramePool, frame: &mut FrameHandle) -> bool {
+/// [`neighbour_proxy`] on a frame of the pool: the counter of what it
+/// answered, if it did.
+fn answer_neighbour(
+    overlay: &OverlayTable,
+    pool: &FramePool,
+    frame: &mut FrameHandle,
+) -> Option<UplinkCounter> {
     let (start, len) = (usize::from(frame.offset), frame.len as usize);
     let network = frame.network;
-    let Some(bytes) = pool.frame_mut(frame).get_mut(start..start + len) else {
-        return false;
+    let bytes = pool.frame_mut(frame).get_mut(start..start + len)?;
+    let answered = if neighbour_proxy::answer_arp(overlay, network, bytes) {
+        UplinkCounter::ArpSuppressed
+    } else {
+        frame.len = neighbour_proxy::answer_nd(overlay, network, bytes)? as u32;
+        UplinkCounter::NdSuppressed
     };
-    if !arp_proxy::answer_arp(overlay, network, bytes) {
-        return false;
-    }
     frame.parsed = Parsed::NOT_YET;
-    true
+    Some(answered)
 }
 
 fn desc(addr: u64, len: u32) -> libc::xdp_desc {

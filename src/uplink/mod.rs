@@ -7,10 +7,10 @@
 //! from a guest: switch -> `engine` (software segmentation of GSO frames) ->
 //! AF_XDP TX ring -> NIC.
 
-pub mod arp_proxy;
 pub mod engine;
 pub mod group_tap;
 pub mod handover;
+pub mod neighbour_proxy;
 pub mod overlay;
 pub mod stats;
 pub mod xdp_program;

@@ -59,8 +59,9 @@ pub struct RemoteMac {
     pub mac: MacAddr,
     /// The remote host (one of `remotes`).
     pub remote: Ipv4Addr,
-    /// The guest's addresses: ARP requests for its IPv4 ones are answered
-    /// on this host instead of crossing the fabric (`arp_proxy.rs`).
+    /// The guest's addresses: ARP requests and neighbour solicitations for
+    /// them are answered on this host instead of crossing the fabric
+    /// (`neighbour_proxy.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<std::net::IpAddr>,
 }
@@ -90,6 +91,8 @@ pub struct OverlayTable {
     by_mac: FastMap<NetMac, usize>,
     /// (network << 32 | IPv4 address) -> the remote guest's MAC.
     neighbours: FastMap<u64, MacAddr>,
+    /// (network, IPv6 address) -> the remote guest's MAC.
+    neighbours6: FastMap<(u32, u128), MacAddr>,
     max_fanout: usize,
 }
 
@@ -116,14 +119,20 @@ impl OverlayTable {
         let mut by_mac = FastMap::default();
         by_mac.reserve(cfg.macs.len());
         let mut neighbours = FastMap::default();
+        let mut neighbours6 = FastMap::default();
         for (i, m) in cfg.macs.iter().enumerate() {
             let Some(&h) = host_of.get(&u32::from(m.remote)) else {
                 return Err(format!("macs[{i}]: {} is not among the remotes", m.remote));
             };
             by_mac.insert(NetMac::new(m.network, m.mac), h);
             for ip in &m.ips {
-                if let std::net::IpAddr::V4(v4) = ip {
-                    neighbours.insert(neighbour_key(m.network, v4.octets()), m.mac);
+                match ip {
+                    std::net::IpAddr::V4(v4) => {
+                        neighbours.insert(neighbour_key(m.network, v4.octets()), m.mac);
+                    }
+                    std::net::IpAddr::V6(v6) => {
+                        neighbours6.insert((m.network, u128::from(*v6)), m.mac);
+                    }
                 }
             }
         }
@@ -135,6 +144,7 @@ impl OverlayTable {
             by_network,
             by_mac,
             neighbours,
+            neighbours6,
             max_fanout: max_fanout.max(1),
         })
     }
@@ -147,6 +157,18 @@ impl OverlayTable {
             return None;
         }
         self.neighbours.get(&neighbour_key(network, ip)).copied()
+    }
+
+    /// The MAC of the remote guest of `network` with IPv6 address `ip`, if
+    /// the table knows its addresses.
+    #[inline]
+    pub fn neighbour6(&self, network: u32, ip: [u8; 16]) -> Option<MacAddr> {
+        if self.neighbours6.is_empty() {
+            return None;
+        }
+        self.neighbours6
+            .get(&(network, u128::from_be_bytes(ip)))
+            .copied()
     }
 
     /// Most copies one frame can become (head-end replication).

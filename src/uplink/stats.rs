@@ -55,10 +55,12 @@ pub enum UplinkCounter {
     /// Event (overlay): a guest's ARP request for a remote guest answered
     /// here from the directory's addresses, not replicated to the fabric.
     ArpSuppressed,
+    /// Event (overlay): the same for an IPv6 neighbour solicitation.
+    NdSuppressed,
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 20] = [
+    pub const ALL: [UplinkCounter; 21] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -79,6 +81,7 @@ impl UplinkCounter {
         UplinkCounter::TxRingFull,
         UplinkCounter::RxLinkFull,
         UplinkCounter::ArpSuppressed,
+        UplinkCounter::NdSuppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +106,7 @@ impl UplinkCounter {
             UplinkCounter::TxRingFull => "tx_ring_full",
             UplinkCounter::RxLinkFull => "rx_link_full",
             UplinkCounter::ArpSuppressed => "arp_suppressed",
+            UplinkCounter::NdSuppressed => "nd_suppressed",
         }
     }
 }
