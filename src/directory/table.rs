@@ -2,7 +2,7 @@
 //! for this host.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use snapnet_wire::MacAddr;
 
@@ -17,7 +17,8 @@ pub struct DirectoryTable {
     macs: BTreeMap<(u32, MacAddr), MacValue>,
     /// The same MACs by the host claiming them: the overlay is derived a
     /// host at a time, with no look-up per MAC.
-    macs_of: BTreeMap<String, BTreeSet<(u32, MacAddr)>>,
+    /// With each MAC its addresses, for the uplink's ARP/ND answers.
+    macs_of: BTreeMap<String, BTreeMap<(u32, MacAddr), Vec<IpAddr>>>,
 }
 
 /// What one put or delete did to the table.
@@ -90,7 +91,11 @@ impl DirectoryTable {
                         let old_host = old.host.clone();
                         self.forget_claim(&old_host, key);
                     }
-                    self.macs_of.entry(v.host.clone()).or_default().insert(key);
+                    let ips = v.allowed_ips.clone().unwrap_or_default();
+                    self.macs_of
+                        .entry(v.host.clone())
+                        .or_default()
+                        .insert(key, ips);
                     set(&mut self.macs, key, v)
                 }
                 Err(_) => Applied::Malformed,
@@ -167,17 +172,12 @@ impl DirectoryTable {
                 mac: me.next_hop_mac.unwrap_or(host.mac),
                 networks: networks_of.remove(id.as_str()).unwrap_or_default(),
             });
-            for key in self.macs_of.get(id).into_iter().flatten() {
-                let ips = self
-                    .macs
-                    .get(key)
-                    .and_then(|c| c.allowed_ips.clone())
-                    .unwrap_or_default();
+            for (key, ips) in self.macs_of.get(id).into_iter().flatten() {
                 out.macs.push(RemoteMac {
                     network: key.0,
                     mac: key.1,
                     remote: host.underlay_ip,
-                    ips,
+                    ips: ips.clone(),
                 });
             }
         }
