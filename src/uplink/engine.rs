@@ -371,7 +371,9 @@ impl UplinkQueueEngine {
                     Some(o) => {
                         // ARP or ND for a remote guest whose addresses the
                         // table knows: answered here, back through the switch.
-                        if self.to_switch.free() > 0 {
+                        // Only broadcast and multicast frames can ask.
+                        let group = self.pool.bytes(&f).first().is_some_and(|b| b & 1 != 0);
+                        if group && o.knows_addresses() && self.to_switch.free() > 0 {
                             if let Some(c) = answer_neighbour(o, &self.pool, &mut f) {
                                 let _ = self.to_switch.push(f);
                                 match c {

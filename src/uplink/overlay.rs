@@ -149,6 +149,13 @@ impl OverlayTable {
         })
     }
 
+    /// Whether any remote guest's addresses are known (else no ARP or ND
+    /// can be answered here).
+    #[inline]
+    pub fn knows_addresses(&self) -> bool {
+        !self.neighbours.is_empty() || !self.neighbours6.is_empty()
+    }
+
     /// The MAC of the remote guest of `network` with IPv4 address `ip`, if
     /// the table knows its addresses.
     #[inline]
