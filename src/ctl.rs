@@ -44,6 +44,9 @@ enum CtlCommand {
     /// The overlay directory in etcd (docs/directory.md).
     #[command(subcommand)]
     Directory(DirectoryCmd),
+    /// Pony Express for host applications (docs/pony.md).
+    #[command(subcommand)]
+    Pony(PonyCmd),
     /// Version, uptime, counts.
     Status,
     /// Hand the daemon over to a new binary; guests keep their sockets
@@ -65,6 +68,13 @@ enum CtlCommand {
 #[derive(Subcommand)]
 enum DirectoryCmd {
     /// Synced or degraded (and why), the table's size, counters.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum PonyCmd {
+    /// Applications, connections and flows (window, RTT, retransmissions),
+    /// and the engine's counters.
     Status,
 }
 
@@ -419,6 +429,7 @@ fn request(cmd: CtlCommand) -> Result<(String, Value), String> {
             FdbCmd::Remove { mac } => ("switch.fdb.remove".into(), json!({ "mac": mac })),
         },
         CtlCommand::Directory(DirectoryCmd::Status) => ("directory.status".into(), json!({})),
+        CtlCommand::Pony(PonyCmd::Status) => ("pony.status".into(), json!({})),
         CtlCommand::Status => ("daemon.status".into(), json!({})),
         CtlCommand::Upgrade { binary } => (
             "daemon.upgrade".into(),
@@ -659,6 +670,60 @@ fn human(method: &str, v: &Value) -> String {
                 v["hosts"], v["remote_hosts"], v["remote_macs"], v["local_macs"]
             );
             out += &format!("counters: {}\n", nonzero_drops(&v["counters"]));
+            out
+        }
+        "pony.status" => {
+            let mut out = format!(
+                "pony {} on {}\ncounters: {}\n",
+                cell(&v["engine"]),
+                cell(&v["address"]),
+                nonzero_drops(&v["counters"])
+            );
+            let rows = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+            out += "applications:\n";
+            out += &table(
+                &rows("apps"),
+                &[
+                    "id",
+                    "name",
+                    "service",
+                    "connections",
+                    "regions",
+                    "operations",
+                    "rx_used_bytes",
+                ],
+            );
+            out += "connections:\n";
+            out += &table(
+                &rows("connections"),
+                &[
+                    "id",
+                    "app",
+                    "peer",
+                    "peer_conn",
+                    "open",
+                    "tx_messages",
+                    "rx_messages",
+                    "tx_bytes",
+                    "rx_bytes",
+                ],
+            );
+            out += "flows:\n";
+            out += &table(
+                &rows("flows"),
+                &[
+                    "peer",
+                    "connections",
+                    "window",
+                    "srtt_us",
+                    "rto_us",
+                    "in_flight",
+                    "sent",
+                    "retransmit_timeout",
+                    "retransmit_loss",
+                    "duplicates",
+                ],
+            );
             out
         }
         "switch.fdb.list" => table(

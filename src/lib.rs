@@ -10,6 +10,7 @@ pub mod control;
 pub mod directory;
 pub mod engine;
 pub mod packet;
+pub mod pony;
 pub mod sched;
 pub mod shaping;
 pub mod switch;

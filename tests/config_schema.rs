@@ -62,6 +62,7 @@ const OMITTED_WHEN_UNSET: &[&str] = &[
     "vnic_socket_group",
     "directory",
     "next_hop_mac",
+    "pony",
 ];
 
 /// Compares the keys of every object the schema describes with the keys the
@@ -134,7 +135,9 @@ fn keys_omitted_while_unset_are_written_once_set() {
                           "ips": ["10.9.0.9"]}]}}],
             "directory": {"endpoints": ["http://10.0.0.9:2379"], "host_id": "a",
                           "underlay_ip": "10.0.0.1", "uplink": "fabric",
-                          "next_hop_mac": "02:00:00:00:00:fe"}}"#,
+                          "next_hop_mac": "02:00:00:00:00:fe"},
+            "pony": {"socket": "/run/snapnet/pony.sock", "uplink": "fabric",
+                     "address": "10.0.0.1"}}"#,
     )
     .unwrap();
     let unset = Config::from_json(

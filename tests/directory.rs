@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use common::netns::{can_run, run, Successor};
+use common::netns::{can_run, run, serve_in, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::rpc::Checked;
 use common::{wait_for, TempDir};
@@ -277,19 +277,7 @@ impl Lab {
 
     fn start_daemon(&mut self, h: usize) {
         let cfg = self.config(h);
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.hosts[h],
-                env!("CARGO_BIN_EXE_snapnet"),
-            ])
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = serve_in(&self.hosts[h], &cfg);
         if self.daemons.len() <= h {
             self.daemons.resize_with(h + 1, || None);
         }

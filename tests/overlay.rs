@@ -7,14 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::guest::Guest;
-use common::netns::{can_run, run, Successor};
+use common::netns::{can_run, run, serve_in, Successor};
 use common::packets::{arp, icmp_echo, parse_arp, parse_icmp_echo, BROADCAST};
 use common::{wait_for, TempDir};
 use snapnet_frontend::{Frontend, FrontendConfig};
@@ -85,20 +85,7 @@ impl Fabric {
     }
 
     fn start(&mut self, host: usize, config: &Path) {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[host],
-                env!("CARGO_BIN_EXE_snapnet"),
-                "serve",
-                "--config",
-            ])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = serve_in(&self.ns[host], config);
         self.daemons.push(child);
     }
 }

@@ -38,9 +38,11 @@ struct {
 	__type(value, __u8);
 } snapnet_guest_macs SEC(".maps");
 
-// On an overlay uplink: this host's underlay IPv4 addresses (network byte
-// order). VXLAN (UDP 4789) to one of them is redirected to snapnet, which
-// checks and decapsulates it.
+// This host's underlay IPv4 addresses (network byte order) that snapnet
+// serves, each with what it serves there: VTEP_VXLAN, VXLAN (UDP 4789) on an
+// overlay uplink, which snapnet checks and decapsulates; VTEP_PONY, Pony
+// Express (UDP 7471, docs/pony.md). A value of 1 (VXLAN) is what programs
+// before Pony wrote, so a program handed over in an upgrade reads the same.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16);
@@ -51,13 +53,17 @@ struct {
 #define ETH_HLEN 14
 #define ETH_P_IPV4_BE 0x0008 /* 0x0800 as it lies in memory */
 #define VXLAN_PORT_BE 0xb512 /* 4789 as it lies in memory */
+#define PONY_PORT_BE 0x2f1d /* 7471 as it lies in memory */
+#define VTEP_VXLAN 1
+#define VTEP_PONY 2
 
-static __always_inline int is_vxlan_to_us(const unsigned char *data,
+static __always_inline int is_udp_to_us(const unsigned char *data,
 					  const unsigned char *data_end)
 {
 	const unsigned char *ip = data + ETH_HLEN;
 	__u32 dst;
 	__u16 dport;
+	__u8 *served;
 	int ihl;
 
 	if (*(const __u16 *)(data + 12) != ETH_P_IPV4_BE)
@@ -68,10 +74,15 @@ static __always_inline int is_vxlan_to_us(const unsigned char *data,
 	if (ihl < 20 || ip + ihl + 8 > data_end)
 		return 0;
 	__builtin_memcpy(&dport, ip + ihl + 2, 2);
-	if (dport != VXLAN_PORT_BE)
+	if (dport != VXLAN_PORT_BE && dport != PONY_PORT_BE)
 		return 0;
 	__builtin_memcpy(&dst, ip + 16, 4);
-	return bpf_map_lookup_elem(&snapnet_vteps, &dst) != 0;
+	served = bpf_map_lookup_elem(&snapnet_vteps, &dst);
+	if (!served)
+		return 0;
+	if (dport == VXLAN_PORT_BE)
+		return (*served & VTEP_VXLAN) != 0;
+	return (*served & VTEP_PONY) != 0;
 }
 
 SEC("xdp")
@@ -83,7 +94,7 @@ int snapnet_uplink(struct xdp_md *ctx)
 
 	if (data + ETH_HLEN > data_end)
 		return XDP_PASS;
-	if (is_vxlan_to_us(data, data_end))
+	if (is_udp_to_us(data, data_end))
 		return bpf_redirect_map(&snapnet_xsks, ctx->rx_queue_index, XDP_PASS);
 	// Group bit of the destination: broadcast or multicast.
 	if (data[0] & 1)

@@ -105,6 +105,9 @@ pub struct Config {
     /// tables are only what the config and `uplink.update` give.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<crate::directory::DirectoryConfig>,
+    /// Pony Express for host applications (docs/pony.md): absent, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pony: Option<crate::pony::PonyConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -421,6 +424,11 @@ impl Config {
         let mut cfg = cfg;
         cfg.give_directory_uplink_an_overlay();
         cfg.validate()?;
+        if let Some(p) = &cfg.pony {
+            if !cfg.uplinks.iter().any(|u| u.name == p.uplink) {
+                return Err(invalid("pony.uplink", format!("no uplink '{}'", p.uplink)));
+            }
+        }
         if let Some(d) = &cfg.directory {
             if cfg.directory_uplink().is_none() {
                 return Err(invalid(
@@ -683,6 +691,7 @@ impl Config {
             }
         }
         self.validate_directory()?;
+        self.validate_pony()?;
         self.validate_frame_pool()
     }
 
@@ -733,6 +742,22 @@ impl Config {
                 format!("uplink '{}' is not an overlay uplink", u.name),
             )),
         }
+    }
+
+    fn validate_pony(&self) -> Result<(), ConfigError> {
+        let Some(p) = &self.pony else {
+            return Ok(());
+        };
+        p.check()
+            .map_err(|(field, m)| invalid(format!("pony.{field}"), m))?;
+        if let Some(g) = &p.group {
+            if !self.groups.iter().any(|x| &x.name == g) {
+                return Err(invalid("pony.group", format!("no engine group '{g}'")));
+            }
+        }
+        // As for the directory, the uplink's existence is checked of a whole
+        // config (`from_json`) and its removal refused.
+        Ok(())
     }
 
     /// The ports the frame pool is sized for.

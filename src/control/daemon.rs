@@ -45,6 +45,7 @@ pub use super::pool_sizing::LINK_CAPACITY;
 const UNPLUGGED: PortId = PortId(u16::MAX);
 
 mod handover;
+mod pony;
 mod stepwise;
 mod uplink_handover;
 pub use handover::{
@@ -209,6 +210,8 @@ pub struct Daemon {
     /// Told the network and MACs of a vNIC whose guest's rings start (the
     /// directory claims them: a guest that migrated here runs here now).
     guest_started: Option<GuestStarted>,
+    /// Pony Express, when the config has a `pony` section.
+    pony: Option<pony::RunningPony>,
 }
 
 /// See [`Daemon::set_guest_started_observer`].
@@ -227,6 +230,12 @@ impl Daemon {
         }
         for u in &cfg.uplinks {
             if let Err(e) = daemon.add_uplink(u.clone()) {
+                daemon.stop();
+                return Err(e);
+            }
+        }
+        if let Some(p) = &cfg.pony {
+            if let Err(e) = daemon.start_pony(p) {
                 daemon.stop();
                 return Err(e);
             }
@@ -255,6 +264,7 @@ impl Daemon {
             step_bridges: Vec::new(),
             prepared_steps: Vec::new(),
             guest_started: None,
+            pony: None,
         };
         daemon.config.groups.clear();
         daemon.config.uplinks.clear();
@@ -899,6 +909,11 @@ impl Daemon {
                 "uplink '{name}' is the directory's (directory.uplink)"
             )));
         }
+        if self.pony_uses(name) {
+            return Err(DaemonError::InUse(format!(
+                "uplink '{name}' carries Pony Express (pony.uplink)"
+            )));
+        }
         let u = self.uplinks.remove(i);
         self.teardown_uplink(u);
         self.config.uplinks.retain(|c| c.name != name);
@@ -1296,6 +1311,7 @@ impl Daemon {
 
     /// Disconnects every frontend, stops every engine, removes the sockets.
     pub fn stop(mut self) {
+        self.stop_pony();
         let mut vnics = std::mem::take(&mut self.vnics);
         for v in vnics.iter_mut() {
             if let Some(c) = v.connection.take() {

@@ -234,11 +234,41 @@ pub fn render(
     if let Some(status) = directory {
         directory_metrics(&mut r, status);
     }
+    if let Ok(status) = d.pony_status() {
+        pony_metrics(&mut r, &status);
+    }
     let mut out = String::new();
     if encode(&mut out, &r).is_err() {
         out.clear();
     }
     out
+}
+
+/// Pony Express: the engine's counters, and how many applications,
+/// connections and flows it has.
+fn pony_metrics(r: &mut Registry, status: &crate::pony::PonyStatus) {
+    let packets = counter_family(
+        r,
+        "pony_packets",
+        "Pony engine counters: packets, ACKs, retransmissions, duplicates, drops by reason",
+    );
+    for (name, v) in status.counters.named() {
+        packets.get_or_create(&vec![("counter", name)]).inc_by(v);
+    }
+    let size = Family::<Labels, Gauge>::default();
+    r.register(
+        "pony_objects",
+        "Pony applications, connections and flows",
+        size.clone(),
+    );
+    for (name, v) in [
+        ("apps", status.apps.len()),
+        ("connections", status.connections.len()),
+        ("flows", status.flows.len()),
+    ] {
+        size.get_or_create(&vec![("kind", name.to_string())])
+            .set(v as i64);
+    }
 }
 
 /// The overlay directory's state (one gauge per state, 1 for the current

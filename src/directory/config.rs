@@ -29,7 +29,7 @@ pub struct DirectoryConfig {
     /// without it frames go straight to the remote host's uplink MAC.
     #[serde(
         default,
-        with = "optional_mac",
+        with = "snapnet_wire::optional_mac_string",
         skip_serializing_if = "Option::is_none"
     )]
     pub next_hop_mac: Option<MacAddr>,
@@ -109,24 +109,6 @@ impl DirectoryConfig {
             return Err(("next_hop_mac", "must be a unicast MAC".into()));
         }
         Ok(())
-    }
-}
-
-mod optional_mac {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use snapnet_wire::MacAddr;
-
-    pub fn serialize<S: Serializer>(m: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
-        match m {
-            Some(m) => s.serialize_str(&m.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

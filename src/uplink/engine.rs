@@ -49,6 +49,15 @@ pub struct UplinkQueueConfig {
     pub overlay: Option<OverlayTable>,
 }
 
+/// Where Pony Express's packets (docs/pony.md) leave and join a queue: UDP
+/// to this host's Pony address and port goes to the Pony engine instead of
+/// the switch, and whole wire frames from it go to the TX ring as they are.
+pub struct PonyPort {
+    pub address: std::net::Ipv4Addr,
+    pub to_pony: LinkTx,
+    pub from_pony: LinkRx,
+}
+
 pub struct UplinkQueueEngine {
     name: String,
     /// Control requests (overlay table, limits) from the control plane.
@@ -82,6 +91,7 @@ pub struct UplinkQueueEngine {
     egress: Option<TokenBucket>,
     egress_blocked_until: Option<Instant>,
     timer: WakeTimer,
+    pony: Option<PonyPort>,
 }
 
 /// A queue engine as made: the engine, its mailbox and its counters.
@@ -171,6 +181,7 @@ impl UplinkQueueEngine {
             egress: TokenBucket::new(&tx_limit),
             egress_blocked_until: None,
             timer: WakeTimer::new()?,
+            pony: None,
         };
         Ok((engine, sender, shared))
     }
@@ -416,6 +427,7 @@ impl UplinkQueueEngine {
         };
         let room = self.to_switch.free().min(budget);
         let mut n = 0;
+        let mut pony = 0u64;
         let mut bytes = 0u64;
         while n < room {
             let Some(d) = xsk.rx.pop() else {
@@ -427,6 +439,18 @@ impl UplinkQueueEngine {
                 continue;
             };
             bytes += u64::from(d.len);
+            if let Some(p) = self.pony.as_mut() {
+                if is_pony(self.pool.bytes(&frame), p.address) {
+                    match p.to_pony.push(frame) {
+                        Ok(()) => pony += 1,
+                        Err(frame) => {
+                            self.cache.free(frame);
+                            self.counters.add(UplinkCounter::DropPonyLinkFull, 1);
+                        }
+                    }
+                    continue;
+                }
+            }
             if let Some(o) = &self.overlay {
                 if let Err(e) = o.decap(&self.pool, &mut frame) {
                     self.cache.free(frame);
@@ -443,6 +467,12 @@ impl UplinkQueueEngine {
             }
             // Room was checked.
             let _ = self.to_switch.push(frame);
+        }
+        if pony > 0 {
+            if let Some(p) = &self.pony {
+                p.to_pony.flush();
+            }
+            self.counters.add(UplinkCounter::PonyRxPackets, pony);
         }
         if n > 0 {
             xsk.rx.release();
@@ -525,6 +555,49 @@ impl UplinkQueueEngine {
             self.dirty = true;
         }
         n
+    }
+
+    /// Pony engine -> wire: its frames are whole wire frames (checked by
+    /// their builder), sent as they are while the TX ring has room.
+    fn transmit_pony(&mut self, budget: usize) -> usize {
+        let (Some(xsk), Some(p)) = (self.xsk.as_mut(), self.pony.as_mut()) else {
+            return 0;
+        };
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        let mut out = TxOut {
+            tx: &mut xsk.tx,
+            loans: &mut self.loans,
+            cache: &mut self.cache,
+            counters: &mut self.counters,
+            sent: &mut sent,
+            bytes: &mut bytes,
+        };
+        let mut done = 0;
+        while done < budget && out.tx.free(1) > 0 {
+            let Some(frame) = p.from_pony.pop() else {
+                break;
+            };
+            out.push(frame);
+            done += 1;
+        }
+        if sent > 0 {
+            xsk.tx.commit();
+            self.counters.add(UplinkCounter::PonyTxPackets, sent);
+            self.counters.add(UplinkCounter::TxPackets, sent);
+            self.counters.add(UplinkCounter::TxBytes, bytes);
+            xsk.kick_tx();
+        }
+        if done > 0 {
+            self.dirty = true;
+        }
+        done
+    }
+
+    /// Plugs the Pony engine in (or out, with `None`); returns the port it
+    /// replaces, for the caller to drop off the data path.
+    pub fn set_pony(&mut self, port: Option<PonyPort>) -> Option<PonyPort> {
+        std::mem::replace(&mut self.pony, port)
     }
 
     /// Replaces the overlay table (a mailbox request from the control
@@ -673,7 +746,34 @@ impl Drop for UplinkQueueEngine {
         while let Some(frame) = self.from_switch.pop() {
             self.cache.free(frame);
         }
+        if let Some(mut p) = self.pony.take() {
+            while let Some(frame) = p.from_pony.pop() {
+                self.cache.free(frame);
+            }
+        }
     }
+}
+
+/// Whether a received wire frame is UDP to `address`'s Pony port (the XDP
+/// program redirected it for that; VXLAN and guests' frames come the same
+/// way and are told apart here).
+#[inline]
+fn is_pony(frame: &[u8], address: std::net::Ipv4Addr) -> bool {
+    use snapnet_wire::{ethernet, ipv4::Ipv4Packet, udp::UdpPacket};
+    let Some(eth) = snapnet_wire::EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != 0x0800 {
+        return false;
+    }
+    let Some(ip) = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) else {
+        return false;
+    };
+    if ip.protocol() != 17 || ip.dst() != address.octets() || ip.is_fragment() {
+        return false;
+    }
+    let l4 = &frame[ethernet::HEADER_LEN + ip.header_len()..];
+    UdpPacket::new_checked(l4).is_some_and(|u| u.dst_port() == snapnet_wire::pony::PORT)
 }
 
 impl Engine for UplinkQueueEngine {
@@ -688,6 +788,7 @@ impl Engine for UplinkQueueEngine {
         }
         let mut work = self.reclaim_completions();
         work += self.transmit(budget);
+        work += self.transmit_pony(budget);
         self.timer.clear_due();
         work += self.receive(budget);
         self.refill();
@@ -710,6 +811,11 @@ impl Engine for UplinkQueueEngine {
         ];
         fds.extend(self.xsk.as_ref().map(|x| x.as_raw_fd()));
         fds.extend(self.tap.as_ref().map(|t| t.as_raw_fd()));
+        fds.extend(
+            self.pony
+                .as_ref()
+                .map(|p| p.from_pony.doorbell().as_raw_fd()),
+        );
         fds
     }
 
@@ -723,6 +829,12 @@ impl Engine for UplinkQueueEngine {
             return true;
         }
         self.from_switch.doorbell().arm();
+        if let Some(p) = &self.pony {
+            p.from_pony.doorbell().arm();
+            if !p.from_pony.is_empty() {
+                return true;
+            }
+        }
         let Some(xsk) = self.xsk.as_mut() else {
             return !self.from_switch.is_empty();
         };
@@ -741,6 +853,9 @@ impl Engine for UplinkQueueEngine {
     fn disarm(&mut self) {
         self.mailbox.doorbell().disarm();
         self.from_switch.doorbell().disarm();
+        if let Some(p) = &self.pony {
+            p.from_pony.doorbell().disarm();
+        }
     }
 
     fn backlog(&mut self) -> f64 {

@@ -57,10 +57,16 @@ pub enum UplinkCounter {
     ArpSuppressed,
     /// Event (overlay): the same for an IPv6 neighbour solicitation.
     NdSuppressed,
+    /// Pony Express packets from the wire handed to the Pony engine.
+    PonyRxPackets,
+    /// Pony Express packets the Pony engine sent to the wire.
+    PonyTxPackets,
+    /// Drop: the link to the Pony engine was full (it retransmits).
+    DropPonyLinkFull,
 }
 
 impl UplinkCounter {
-    pub const ALL: [UplinkCounter; 21] = [
+    pub const ALL: [UplinkCounter; 24] = [
         UplinkCounter::RxPackets,
         UplinkCounter::RxBytes,
         UplinkCounter::GroupRxPackets,
@@ -82,6 +88,9 @@ impl UplinkCounter {
         UplinkCounter::RxLinkFull,
         UplinkCounter::ArpSuppressed,
         UplinkCounter::NdSuppressed,
+        UplinkCounter::PonyRxPackets,
+        UplinkCounter::PonyTxPackets,
+        UplinkCounter::DropPonyLinkFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +116,9 @@ impl UplinkCounter {
             UplinkCounter::RxLinkFull => "rx_link_full",
             UplinkCounter::ArpSuppressed => "arp_suppressed",
             UplinkCounter::NdSuppressed => "nd_suppressed",
+            UplinkCounter::PonyRxPackets => "pony_rx_packets",
+            UplinkCounter::PonyTxPackets => "pony_tx_packets",
+            UplinkCounter::DropPonyLinkFull => "drop_pony_link_full",
         }
     }
 }

@@ -25,6 +25,10 @@ const PROGRAM: &str = "snapnet_uplink";
 const XSK_MAP: &str = "snapnet_xsks";
 const MAC_MAP: &str = "snapnet_guest_macs";
 const VTEP_MAP: &str = "snapnet_vteps";
+/// What a local address's entry in the address map serves (bits; the
+/// program's VTEP_VXLAN and VTEP_PONY).
+const SERVES_VXLAN: u8 = 1;
+const SERVES_PONY: u8 = 2;
 
 /// How the program hooks into the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -216,8 +220,42 @@ impl UplinkProgram {
 
     /// VXLAN to `ip` (this host's underlay address) is redirected to snapnet.
     pub fn add_vtep(&mut self, ip: std::net::Ipv4Addr) -> Result<(), XdpProgramError> {
+        self.serve_address(ip, SERVES_VXLAN, true)
+    }
+
+    /// Pony Express (UDP to its port) to `ip` is redirected to snapnet
+    /// (`on`), or goes to the kernel again.
+    pub fn set_pony_address(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        on: bool,
+    ) -> Result<(), XdpProgramError> {
+        self.serve_address(ip, SERVES_PONY, on)
+    }
+
+    /// Sets or clears what the program redirects for one local address (a
+    /// bit of its entry in the address map; no bits left, no entry).
+    fn serve_address(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        bit: u8,
+        on: bool,
+    ) -> Result<(), XdpProgramError> {
         let mut vteps = BpfHashMap::<_, u32, u8>::try_from(&mut self.vteps)?;
-        Ok(vteps.insert(u32::from_ne_bytes(ip.octets()), 1, 0)?)
+        let key = u32::from_ne_bytes(ip.octets());
+        let old = match vteps.get(&key, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let new = if on { old | bit } else { old & !bit };
+        if new == 0 {
+            return match vteps.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Ok(vteps.insert(key, new, 0)?)
     }
 
     /// Frames to `mac` go to the kernel again.

@@ -33,6 +33,19 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
+/// `snapnet serve --config <config>` inside namespace `ns`, its log on the
+/// test's stderr.
+pub fn serve_in(ns: &str, config: &std::path::Path) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_snapnet")])
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("snapnet serve in {ns}: {e}"))
+}
+
 fn must(args: &[&str]) {
     let out = run(args);
     assert!(

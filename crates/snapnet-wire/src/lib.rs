@@ -10,6 +10,7 @@ pub mod icmpv6;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod pony;
 pub mod rarp;
 pub mod tcp;
 pub mod udp;
@@ -18,4 +19,4 @@ pub mod virtq_packed;
 pub mod vlan;
 pub mod vxlan;
 
-pub use ethernet::{mac_string, EthernetFrame, MacAddr};
+pub use ethernet::{mac_string, optional_mac_string, EthernetFrame, MacAddr};

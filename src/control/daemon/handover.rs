@@ -220,6 +220,12 @@ impl Daemon {
     /// serves on as before ([`UpgradeRefused`]).
     pub fn export_for_upgrade(&mut self) -> Result<UpgradeExport, UpgradeRefused> {
         self.check_movable()?;
+        if self.pony.is_some() {
+            // Its applications' queues live in this process (docs/pony.md).
+            return Err(refused(
+                "Pony Express cannot be handed over yet: stop its applications and remove the pony section first",
+            ));
+        }
         let stopped_at = Instant::now();
         let all: Vec<usize> = (0..self.vnics.len()).collect();
         let (paused, engines) = self.stop_vnics(&all, stopped_at)?;

@@ -42,6 +42,7 @@ pub const METHODS: &[&str] = &[
     "switch.fdb.add",
     "switch.fdb.remove",
     "directory.status",
+    "pony.status",
     "daemon.status",
     "daemon.upgrade",
     "daemon.shutdown",
@@ -394,6 +395,11 @@ pub fn call(ctx: &Context, method: &str, p: Value) -> Result<Value, RpcError> {
                 ));
             };
             Ok(serde_json::to_value(dir.status()).unwrap_or_default())
+        }
+        "pony.status" => {
+            let NoParams {} = params(p)?;
+            let status = d.pony_status()?;
+            Ok(serde_json::to_value(status).unwrap_or_default())
         }
         "daemon.status" => {
             let NoParams {} = params(p)?;

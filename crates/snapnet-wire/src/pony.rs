@@ -1,0 +1,378 @@
+//! Pony Express packets (docs/pony.md, "Wire format"): the payload of a UDP
+//! datagram to the host's Pony port. Every packet starts with the flow
+//! header; a DATA packet then carries an operation header and a slice of the
+//! operation's bytes, an ACK packet a selective acknowledgement.
+//!
+//! Everything here comes from the wire, so `parse` checks every length and
+//! value range before anything reads it; what it returns can be trusted to
+//! be self-consistent (not to name anything that exists).
+
+use crate::bytes::{get_u16, get_u32, get_u64, set_u16, set_u32, set_u64};
+
+/// UDP port Pony listens on, on the host's underlay address.
+pub const PORT: u16 = 7471;
+/// `"PX"`.
+pub const MAGIC: u16 = 0x5058;
+pub const VERSION: u8 = 1;
+
+/// Flow header field offsets.
+pub mod field {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 2;
+    pub const KIND: usize = 3;
+    pub const SRC_EPOCH: usize = 4;
+    pub const DST_EPOCH: usize = 8;
+    /// DATA: the packet's sequence number; ACK: the next sequence number
+    /// expected (everything before it arrived).
+    pub const SEQ: usize = 12;
+    /// DATA: the sender's clock when it sent; ACK: that of the newest DATA
+    /// packet that caused the ACK, echoed.
+    pub const TIMESTAMP: usize = 16;
+    /// ACK: nanoseconds the receiver held that packet before acking.
+    pub const HOLD: usize = 24;
+    pub const RESERVED: usize = 28;
+    /// ACK: bitmap of packets received after the cumulative point.
+    pub const SACK: usize = 32;
+
+    /// Operation header offsets (DATA).
+    pub const OP: usize = 32;
+    pub const OP_FLAGS: usize = 33;
+    pub const STREAM: usize = 34;
+    pub const DST_CONN: usize = 36;
+    pub const SRC_CONN: usize = 40;
+    pub const TOTAL_LEN: usize = 44;
+    pub const OP_ID: usize = 48;
+    pub const OFFSET: usize = 56;
+    pub const REGION: usize = 60;
+    pub const ADDR: usize = 64;
+    pub const AUX: usize = 72;
+}
+
+/// Bytes of the flow header.
+pub const FLOW_HEADER_LEN: usize = 32;
+/// Bits in an ACK's selective acknowledgement.
+pub const SACK_BITS: usize = 256;
+/// Bytes of an ACK packet.
+pub const ACK_LEN: usize = field::SACK + SACK_BITS / 8;
+/// Bytes of a DATA packet's headers, before its payload.
+pub const DATA_HEADER_LEN: usize = 80;
+
+/// Packet kinds.
+pub mod kind {
+    pub const DATA: u8 = 1;
+    pub const ACK: u8 = 2;
+}
+
+/// Operations a DATA packet carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Open a connection to service `aux`; `src_conn` is the opener's id.
+    Connect = 1,
+    /// Connection accepted: `dst_conn` the opener's id, `src_conn` ours.
+    Accept = 2,
+    /// No such service (`dst_conn` the opener's id).
+    Refuse = 3,
+    /// The connection `dst_conn` is closed by its peer.
+    Close = 4,
+    /// A slice of message `op_id` on `stream`.
+    Message = 5,
+    /// A slice of a write to region `region` at `addr`.
+    Write = 6,
+    /// A write `op_id` finished (`flags`: status).
+    WriteDone = 7,
+    /// Read `total_len` bytes at `addr` of region `region`.
+    ReadRequest = 8,
+    /// A slice of the answer to read `op_id` (`flags`: status; `total_len`:
+    /// the bytes the answer has).
+    ReadResponse = 9,
+    /// Indirect read: entry `addr` of table region `region`, data in region
+    /// `aux`, at most `total_len` bytes.
+    IndirectReadRequest = 10,
+    /// Nothing: a retransmission whose bytes are gone (their application
+    /// exited) still has to fill its sequence number.
+    Nop = 11,
+}
+
+impl Op {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Op::Connect,
+            2 => Op::Accept,
+            3 => Op::Refuse,
+            4 => Op::Close,
+            5 => Op::Message,
+            6 => Op::Write,
+            7 => Op::WriteDone,
+            8 => Op::ReadRequest,
+            9 => Op::ReadResponse,
+            10 => Op::IndirectReadRequest,
+            11 => Op::Nop,
+            _ => return None,
+        })
+    }
+
+    /// Whether the packet carries part of the operation's bytes.
+    pub fn has_payload(self) -> bool {
+        matches!(self, Op::Message | Op::Write | Op::ReadResponse)
+    }
+}
+
+/// The flow header every packet has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowHeader {
+    pub kind: u8,
+    pub src_epoch: u32,
+    pub dst_epoch: u32,
+    pub seq: u32,
+    pub timestamp: u64,
+    pub hold: u32,
+}
+
+/// The operation header of a DATA packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpHeader {
+    pub op: Op,
+    pub flags: u8,
+    pub stream: u16,
+    pub dst_conn: u32,
+    pub src_conn: u32,
+    pub total_len: u32,
+    pub op_id: u64,
+    pub offset: u32,
+    pub region: u32,
+    pub addr: u64,
+    pub aux: u64,
+}
+
+/// A parsed packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    Data {
+        flow: FlowHeader,
+        op: OpHeader,
+        payload: &'a [u8],
+    },
+    Ack {
+        flow: FlowHeader,
+        sack: [u64; SACK_BITS / 64],
+    },
+}
+
+/// Why a packet was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than its headers.
+    Truncated,
+    /// Not a Pony packet of this version.
+    BadMagic,
+    UnknownKind,
+    UnknownOp,
+    /// The payload does not fit inside the operation (`offset + len >
+    /// total_len`), or an operation without payload carries some.
+    BadLength,
+}
+
+/// Parses a UDP payload.
+pub fn parse(b: &[u8]) -> Result<Packet<'_>, ParseError> {
+    if b.len() < FLOW_HEADER_LEN {
+        return Err(ParseError::Truncated);
+    }
+    if get_u16(b, field::MAGIC) != MAGIC || b[field::VERSION] != VERSION {
+        return Err(ParseError::BadMagic);
+    }
+    let flow = FlowHeader {
+        kind: b[field::KIND],
+        src_epoch: get_u32(b, field::SRC_EPOCH),
+        dst_epoch: get_u32(b, field::DST_EPOCH),
+        seq: get_u32(b, field::SEQ),
+        timestamp: get_u64(b, field::TIMESTAMP),
+        hold: get_u32(b, field::HOLD),
+    };
+    match flow.kind {
+        kind::ACK => {
+            if b.len() < ACK_LEN {
+                return Err(ParseError::Truncated);
+            }
+            let mut sack = [0u64; SACK_BITS / 64];
+            for (i, w) in sack.iter_mut().enumerate() {
+                *w = get_u64(b, field::SACK + 8 * i);
+            }
+            Ok(Packet::Ack { flow, sack })
+        }
+        kind::DATA => {
+            if b.len() < DATA_HEADER_LEN {
+                return Err(ParseError::Truncated);
+            }
+            let op = Op::from_u8(b[field::OP]).ok_or(ParseError::UnknownOp)?;
+            let h = OpHeader {
+                op,
+                flags: b[field::OP_FLAGS],
+                stream: get_u16(b, field::STREAM),
+                dst_conn: get_u32(b, field::DST_CONN),
+                src_conn: get_u32(b, field::SRC_CONN),
+                total_len: get_u32(b, field::TOTAL_LEN),
+                op_id: get_u64(b, field::OP_ID),
+                offset: get_u32(b, field::OFFSET),
+                region: get_u32(b, field::REGION),
+                addr: get_u64(b, field::ADDR),
+                aux: get_u64(b, field::AUX),
+            };
+            let payload = &b[DATA_HEADER_LEN..];
+            let fits = u64::from(h.offset) + payload.len() as u64 <= u64::from(h.total_len);
+            if (op.has_payload() && !fits) || (!op.has_payload() && !payload.is_empty()) {
+                return Err(ParseError::BadLength);
+            }
+            Ok(Packet::Data {
+                flow,
+                op: h,
+                payload,
+            })
+        }
+        _ => Err(ParseError::UnknownKind),
+    }
+}
+
+/// Writes a flow header at the start of `out` (at least
+/// [`FLOW_HEADER_LEN`] bytes).
+pub fn emit_flow(f: &FlowHeader, out: &mut [u8]) {
+    set_u16(out, field::MAGIC, MAGIC);
+    out[field::VERSION] = VERSION;
+    out[field::KIND] = f.kind;
+    set_u32(out, field::SRC_EPOCH, f.src_epoch);
+    set_u32(out, field::DST_EPOCH, f.dst_epoch);
+    set_u32(out, field::SEQ, f.seq);
+    set_u64(out, field::TIMESTAMP, f.timestamp);
+    set_u32(out, field::HOLD, f.hold);
+    set_u32(out, field::RESERVED, 0);
+}
+
+/// Writes an ACK packet (flow header with `kind` ACK, then the bitmap) into
+/// `out` (at least [`ACK_LEN`] bytes).
+pub fn emit_ack(f: &FlowHeader, sack: &[u64; SACK_BITS / 64], out: &mut [u8]) {
+    emit_flow(
+        &FlowHeader {
+            kind: kind::ACK,
+            ..*f
+        },
+        out,
+    );
+    for (i, w) in sack.iter().enumerate() {
+        set_u64(out, field::SACK + 8 * i, *w);
+    }
+}
+
+/// Writes a DATA packet's headers into `out` (at least
+/// [`DATA_HEADER_LEN`] bytes); the payload goes after them.
+pub fn emit_data(f: &FlowHeader, h: &OpHeader, out: &mut [u8]) {
+    emit_flow(
+        &FlowHeader {
+            kind: kind::DATA,
+            ..*f
+        },
+        out,
+    );
+    out[field::OP] = h.op as u8;
+    out[field::OP_FLAGS] = h.flags;
+    set_u16(out, field::STREAM, h.stream);
+    set_u32(out, field::DST_CONN, h.dst_conn);
+    set_u32(out, field::SRC_CONN, h.src_conn);
+    set_u32(out, field::TOTAL_LEN, h.total_len);
+    set_u64(out, field::OP_ID, h.op_id);
+    set_u32(out, field::OFFSET, h.offset);
+    set_u32(out, field::REGION, h.region);
+    set_u64(out, field::ADDR, h.addr);
+    set_u64(out, field::AUX, h.aux);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_header(op: Op, total: u32, offset: u32) -> OpHeader {
+        OpHeader {
+            op,
+            flags: 0,
+            stream: 3,
+            dst_conn: 4,
+            src_conn: 5,
+            total_len: total,
+            op_id: 6,
+            offset,
+            region: 7,
+            addr: 8,
+            aux: 9,
+        }
+    }
+
+    fn flow() -> FlowHeader {
+        FlowHeader {
+            kind: kind::DATA,
+            src_epoch: 1,
+            dst_epoch: 2,
+            seq: 77,
+            timestamp: 123_456,
+            hold: 0,
+        }
+    }
+
+    #[test]
+    fn data_round_trips() {
+        let mut b = vec![0u8; DATA_HEADER_LEN + 10];
+        let h = data_header(Op::Message, 100, 90);
+        emit_data(&flow(), &h, &mut b);
+        b[DATA_HEADER_LEN..].copy_from_slice(&[0xab; 10]);
+        match parse(&b).unwrap() {
+            Packet::Data {
+                flow: f,
+                op,
+                payload,
+            } => {
+                assert_eq!(f, flow());
+                assert_eq!(op, h);
+                assert_eq!(payload, &[0xab; 10]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ack_round_trips() {
+        let mut b = vec![0u8; ACK_LEN];
+        let sack = [1, 2, 3, u64::MAX];
+        let f = FlowHeader {
+            kind: kind::ACK,
+            hold: 55,
+            ..flow()
+        };
+        emit_ack(&f, &sack, &mut b);
+        assert_eq!(parse(&b).unwrap(), Packet::Ack { flow: f, sack });
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        let mut b = vec![0u8; DATA_HEADER_LEN + 10];
+        emit_data(&flow(), &data_header(Op::Message, 100, 91), &mut b);
+        assert_eq!(parse(&b), Err(ParseError::BadLength));
+        emit_data(&flow(), &data_header(Op::ReadRequest, 100, 0), &mut b);
+        assert_eq!(parse(&b), Err(ParseError::BadLength));
+        emit_data(
+            &flow(),
+            &data_header(Op::Message, u32::MAX, u32::MAX),
+            &mut b,
+        );
+        assert_eq!(parse(&b), Err(ParseError::BadLength));
+        assert_eq!(parse(&b[..DATA_HEADER_LEN - 1]), Err(ParseError::Truncated));
+        assert_eq!(parse(&b[..10]), Err(ParseError::Truncated));
+        let mut bad = b.clone();
+        bad[field::OP] = 0;
+        assert_eq!(parse(&bad), Err(ParseError::UnknownOp));
+        bad[field::KIND] = 9;
+        assert_eq!(parse(&bad), Err(ParseError::UnknownKind));
+        bad[0] = 0;
+        assert_eq!(parse(&bad), Err(ParseError::BadMagic));
+        let mut ack = vec![0u8; ACK_LEN];
+        emit_ack(&flow(), &[0; 4], &mut ack);
+        assert_eq!(parse(&ack[..ACK_LEN - 1]), Err(ParseError::Truncated));
+    }
+}
