@@ -358,6 +358,34 @@ def uplink_seeds():
     return {"flat": flat, "overlay": over}
 
 
+def pony_packet(op=None, seq=0, payload=b"", dst_conn=0, src_conn=5, total_len=0,
+                op_id=0, offset=0, region=0, addr=0, aux=0, sack=None):
+    """One packet of fuzz_targets/pony_rx.rs: peer 0, flow epoch 1, the
+    destination epoch left 0 (unknown yet); DATA with `op`, or an ACK."""
+    b = u8(0) + (u8(2) if op is None else u8(1)) + u8(1) + u8(1) + u16(seq) + u64(1000) + u32(0)
+    if op is None:
+        return b + b"".join(u64(w) for w in (sack or [0, 0, 0, 0]))
+    return (b + u8(op) + u8(len(payload)) + payload + u8(0) + u8(0) + u8(dst_conn)
+            + u8(src_conn) + u32(total_len) + u8(op_id) + u32(offset) + u8(region)
+            + u64(addr) + u64(aux))
+
+
+def pony_seeds():
+    connect = pony_packet(op=1, aux=7)
+    return {
+        "connect_message": connect + pony_packet(op=5, seq=1, payload=b"0123456789", dst_conn=1,
+                                                 total_len=20, op_id=1)
+        + pony_packet(op=5, seq=2, payload=b"abcdefghij", dst_conn=1, total_len=20, op_id=1,
+                      offset=10) + pony_packet(seq=0, sack=[1, 0, 0, 0]),
+        "one_sided": connect + pony_packet(op=8, seq=1, dst_conn=1, total_len=64, op_id=2,
+                                           region=1, addr=128)
+        + pony_packet(op=10, seq=2, dst_conn=1, total_len=64, op_id=3, region=2, aux=1)
+        + pony_packet(op=6, seq=3, payload=bytes(range(16)), dst_conn=1, total_len=16, op_id=4,
+                      region=1, addr=256),
+        "refused_and_raw": pony_packet(op=1, aux=8) + u8(1) + u8(0) + u8(5) + b"PX\x01",
+    }
+
+
 def main():
     out = sys.argv[1]
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -384,6 +412,7 @@ def main():
         "segment": segment_seeds(),
         "vxlan_decap": vxlan_seeds(),
         "uplink_rx": uplink_seeds(),
+        "pony_rx": pony_seeds(),
     }
     for target, files in seeds.items():
         d = os.path.join(out, target)
