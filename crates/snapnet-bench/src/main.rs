@@ -16,6 +16,7 @@ mod handover;
 mod isolation;
 mod pingpong;
 mod plot;
+mod pony;
 mod upgrade;
 mod xsk_loop;
 use snapnet_frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
@@ -75,6 +76,16 @@ enum Cmd {
     DirectoryScale(directory::ScaleArgs),
     /// The overlay's per-frame lookup with many entries against few.
     OverlayLookup(directory::LookupArgs),
+    /// A Pony Express server application: echoes messages, serves a lookup
+    /// table to indirect reads (scripts/bench-pony.sh).
+    PonyServer(pony::PonyServerArgs),
+    /// A Pony Express client: RTT, bulk, indirect reads or paced load.
+    PonyClient(pony::PonyClientArgs),
+    /// The TCP request/response lookup server Pony's indirect reads are
+    /// compared with.
+    TcpLookupServer(pony::TcpLookupServerArgs),
+    /// Its client: pipelined lookups per second.
+    TcpLookupClient(pony::TcpLookupClientArgs),
 }
 
 #[derive(Args, Debug)]
@@ -910,6 +921,10 @@ fn main() -> ExitCode {
         Cmd::XskRx(a) => xsk_loop::run_xsk_rx(a),
         Cmd::Plot(a) => plot::run_plot(a),
         Cmd::Pingpong(a) => pingpong::run_pingpong(a),
+        Cmd::PonyServer(a) => pony::run_pony_server(a),
+        Cmd::PonyClient(a) => pony::run_pony_client(a),
+        Cmd::TcpLookupServer(a) => pony::run_tcp_lookup_server(a),
+        Cmd::TcpLookupClient(a) => pony::run_tcp_lookup_client(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Pony Express against kernel TCP on one veth pair between two network
+# namespaces made for the run (docs/pony.md, "Figures"); interleaved rounds,
+# medians, ratios. Host A (the client side) runs on CPU 0, host B (the
+# server side) on CPU 1: each host's snapnet engine group, and its
+# application or TCP tool.
+#
+#   RTT of 64 B messages, p50 and p99: snapnet-bench pony-client --mode rtt
+#       (blocking application, then spinning) against sockperf ping-pong
+#       over TCP (--full-rtt).
+#   Bulk: 64 KiB messages, 16 under way, against iperf3 (one TCP stream):
+#       Gbit/s, and Gbit/s per busy core (all the machine's busy CPU time
+#       during the run, from /proc/stat: engines, applications, softirqs).
+#   Lookups: one-sided indirect reads of 64 B values (16 under way) against
+#       a TCP request/response server doing the same lookup (16 pipelined):
+#       operations per second and per busy core.
+#   CPU against offered message rate (with --cpu-vs-load): 64 B messages,
+#       echoed, at fixed rates under compacting and spreading groups; both
+#       daemons' CPU (/proc/PID/stat), written as CSV and plotted.
+#
+# Usage: scripts/bench-pony.sh [rounds] [seconds] [--cpu-vs-load]   (as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-4}
+CPU_VS_LOAD=${3:-}
+POLICY=${POLICY:-compacting}
+bash scripts/install-prereqs.sh iproute2 sockperf iperf3 fonts-dejavu-core >/dev/null
+cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 ||
+    cargo build --release --bin snapnet --bin snapnet-bench
+SN=$PWD/target/release/snapnet
+BENCH=$PWD/target/release/snapnet-bench
+tag=$$
+A=snpa$tag B=snpb$tag DA=pa$tag DB=pb$tag
+IP_A=10.98.$((tag % 200 + 20)).1 IP_B=10.98.$((tag % 200 + 20)).2
+WORK=$(mktemp -d /tmp/snapnet-bench-pony.XXXXXX)
+HZ=$(getconf CLK_TCK)
+NCPU=$(nproc)
+cleanup() {
+    local rc=$?
+    if [ $rc != 0 ]; then
+        for f in "$WORK"/*.log; do echo "== $f"; tail -5 "$f"; done
+        for h in 0 1; do
+            [ -S "$WORK/control$h.sock" ] && "$SN" ctl --socket "$WORK/control$h.sock" pony status 2>&1 | head -40
+        done
+    fi
+    ip netns pids "$A" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns pids "$B" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    sleep 0.2
+    ip netns del "$A" 2>/dev/null || true
+    ip netns del "$B" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add "$A"; ip netns add "$B"
+ip link add "$DA" netns "$A" type veth peer name "$DB" netns "$B"
+ip -n "$A" addr add "$IP_A/24" dev "$DA"; ip -n "$B" addr add "$IP_B/24" dev "$DB"
+for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+ip -n "$A" link set "$DA" up; ip -n "$B" link set "$DB" up
+
+DAEMONS=()
+start_daemons() { # policy
+    DAEMONS=()
+    for h in 0 1; do
+        local ns dev ip
+        ns=$([ $h = 0 ] && echo "$A" || echo "$B")
+        dev=$([ $h = 0 ] && echo "$DA" || echo "$DB")
+        ip=$([ $h = 0 ] && echo "$IP_A" || echo "$IP_B")
+        rm -f "$WORK/pony$h.sock" "$WORK/control$h.sock"
+        cat > "$WORK/host$h.json" <<JSON
+{ "runtime_dir": "$WORK", "control_socket": "$WORK/control$h.sock",
+  "uplinks": [ { "name": "wire", "interface": "$dev" } ],
+  "groups": [ { "name": "g", "policy": "$1", "threads": 1, "cpus": [$h] } ],
+  "pony": { "socket": "$WORK/pony$h.sock", "uplink": "wire", "address": "$ip" } }
+JSON
+        ip netns exec "$ns" taskset -c $h "$SN" serve --config "$WORK/host$h.json" \
+            >/dev/null 2>"$WORK/daemon$h.log" &
+        DAEMONS+=($!)
+    done
+    for _ in $(seq 100); do
+        [ -S "$WORK/pony0.sock" ] && [ -S "$WORK/pony1.sock" ] && return 0
+        sleep 0.1
+    done
+    echo "daemons did not start"; cat "$WORK"/daemon*.log; exit 1
+}
+stop_daemons() {
+    for p in "${DAEMONS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    for p in "${DAEMONS[@]}"; do wait "$p" 2>/dev/null || true; done
+    DAEMONS=()
+}
+inA() { ip netns exec "$A" taskset -c 0 "$@"; }
+inB() { ip netns exec "$B" taskset -c 1 "$@"; }
+
+# Busy jiffies and all jiffies of the whole machine.
+cpu_now() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+# Busy cores between two cpu_now readings.
+busy_cores() { # "b0 t0" "b1 t1"
+    awk -v a="$1" -v b="$2" -v n="$NCPU" 'BEGIN{split(a,x," "); split(b,y," ");
+        t=y[2]-x[2]; if (t<=0) {print 0} else {printf "%.3f", (y[1]-x[1])/t*n}}'
+}
+field() { # key line
+    sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2" | head -1
+}
+median() { sort -g | awk '{v[NR]=$1} END{if(NR==0){print "nan"} else if(NR%2){print v[(NR+1)/2]} else {print (v[NR/2]+v[NR/2+1])/2}}'; }
+
+start_daemons "$POLICY"
+# Servers on host B: Pony's (blocking), sockperf's, iperf3's, the lookup's.
+inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 7 2>>"$WORK/server.log" &
+inB sockperf sr --tcp -i "$IP_B" -p 11111 >/dev/null 2>&1 &
+inB iperf3 -s -p 5201 >/dev/null 2>&1 &
+inB "$BENCH" tcp-lookup-server --listen "$IP_B:7000" 2>>"$WORK/server.log" &
+sleep 1
+
+if [ -n "${SETUP_ONLY:-}" ]; then
+    # For trying things by hand: the hosts stay up until this is stopped.
+    echo "hosts up: A=$A ($IP_A, $WORK/pony0.sock, $WORK/control0.sock) B=$B ($IP_B)"
+    sleep infinity
+fi
+pony() { inA "$BENCH" pony-client --socket "$WORK/pony0.sock" --peer "$IP_B" --seconds "$SECS" "$@" 2>>"$WORK/client.log" | grep '^result'; }
+
+declare -A R
+add() { R[$1]+="$2 "; }
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round"
+    # RTT: blocking Pony, TCP, spinning Pony (its own spinning server,
+    # started for this run only: it holds CPU 1 while it lives).
+    l=$(pony --mode rtt --size 64)
+    add pony_rtt_p50 "$(field p50_us "$l")"; add pony_rtt_p99 "$(field p99_us "$l")"
+    out=$(inA sockperf pp --tcp -i "$IP_B" -p 11111 -m 64 -t "$SECS" --full-rtt 2>&1)
+    add tcp_rtt_p50 "$(sed -n 's/.*percentile 50.000 = *\([0-9.]*\).*/\1/p' <<<"$out")"
+    add tcp_rtt_p99 "$(sed -n 's/.*percentile 99.000 = *\([0-9.]*\).*/\1/p' <<<"$out")"
+    inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 8 --spin 2>>"$WORK/server.log" &
+    spin_server=$!
+    sleep 0.5
+    l=$(pony --service 8 --mode rtt --size 64 --spin)
+    add spin_rtt_p50 "$(field p50_us "$l")"; add spin_rtt_p99 "$(field p99_us "$l")"
+    kill "$spin_server" 2>/dev/null; wait "$spin_server" 2>/dev/null || true
+    # Bulk.
+    c0=$(cpu_now); l=$(pony --mode bulk --size 65536 --window 16); c1=$(cpu_now)
+    g=$(field gbps "$l"); add pony_gbps "$g"
+    add pony_gbps_core "$(awk -v g="$g" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.3f", c>0?g/c:0}')"
+    c0=$(cpu_now)
+    out=$(inA iperf3 -c "$IP_B" -p 5201 -t "$SECS" -J 2>/dev/null)
+    c1=$(cpu_now)
+    g=$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9,3))' <<<"$out")
+    add tcp_gbps "$g"
+    add tcp_gbps_core "$(awk -v g="$g" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.3f", c>0?g/c:0}')"
+    # Lookups.
+    c0=$(cpu_now); l=$(pony --mode indirect --window 16); c1=$(cpu_now)
+    r=$(field ops_per_sec "$l"); add pony_ops "$r"
+    add pony_ops_core "$(awk -v r="$r" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.0f", c>0?r/c:0}')"
+    c0=$(cpu_now)
+    l=$(inA "$BENCH" tcp-lookup-client --connect "$IP_B:7000" --seconds "$SECS" --window 16 | grep '^result')
+    c1=$(cpu_now)
+    r=$(field ops_per_sec "$l"); add tcp_ops "$r"
+    add tcp_ops_core "$(awk -v r="$r" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.0f", c>0?r/c:0}')"
+    echo "   rtt p50 pony $(echo ${R[pony_rtt_p50]} | awk '{print $NF}') spin $(echo ${R[spin_rtt_p50]} | awk '{print $NF}') tcp $(echo ${R[tcp_rtt_p50]} | awk '{print $NF}') us;" \
+        "bulk pony $(echo ${R[pony_gbps]} | awk '{print $NF}') tcp $(echo ${R[tcp_gbps]} | awk '{print $NF}') Gbit/s;" \
+        "lookups pony $(echo ${R[pony_ops]} | awk '{print $NF}') tcp $(echo ${R[tcp_ops]} | awk '{print $NF}') /s"
+done
+
+med() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
+ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" 'BEGIN{printf "%.2f", b>0?a/b:0}'; }
+echo
+echo "== medians of $ROUNDS rounds, $SECS s each ($POLICY groups; A on CPU 0, B on CPU 1)"
+printf '%-34s %12s %12s %8s\n' figure pony tcp ratio
+printf '%-34s %12s %12s %8s\n' "RTT 64 B p50 (us), blocking" "$(med pony_rtt_p50)" "$(med tcp_rtt_p50)" "$(ratio pony_rtt_p50 tcp_rtt_p50)"
+printf '%-34s %12s %12s %8s\n' "RTT 64 B p99 (us), blocking" "$(med pony_rtt_p99)" "$(med tcp_rtt_p99)" "$(ratio pony_rtt_p99 tcp_rtt_p99)"
+printf '%-34s %12s %12s %8s\n' "RTT 64 B p50 (us), spinning" "$(med spin_rtt_p50)" "$(med tcp_rtt_p50)" "$(ratio spin_rtt_p50 tcp_rtt_p50)"
+printf '%-34s %12s %12s %8s\n' "RTT 64 B p99 (us), spinning" "$(med spin_rtt_p99)" "$(med tcp_rtt_p99)" "$(ratio spin_rtt_p99 tcp_rtt_p99)"
+printf '%-34s %12s %12s %8s\n' "bulk (Gbit/s)" "$(med pony_gbps)" "$(med tcp_gbps)" "$(ratio pony_gbps tcp_gbps)"
+printf '%-34s %12s %12s %8s\n' "bulk (Gbit/s per busy core)" "$(med pony_gbps_core)" "$(med tcp_gbps_core)" "$(ratio pony_gbps_core tcp_gbps_core)"
+printf '%-34s %12s %12s %8s\n' "lookups (/s)" "$(med pony_ops)" "$(med tcp_ops)" "$(ratio pony_ops tcp_ops)"
+printf '%-34s %12s %12s %8s\n' "lookups (/s per busy core)" "$(med pony_ops_core)" "$(med tcp_ops_core)" "$(ratio pony_ops_core tcp_ops_core)"
+
+[ "$CPU_VS_LOAD" = "--cpu-vs-load" ] || exit 0
+# CPU against offered load: both daemons' CPU while the client sends 64 B
+# messages at each rate, under each policy.
+CSV=${CSV:-docs/pony-cpu-vs-load.csv}
+proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
+echo "backend,load_pct,offered_pps,achieved_pps,cores,rtt_p50_us,rtt_p99_us" > "$CSV"
+RATES=${RATES:-"0 100 1000 5000 20000"}
+MAX_RATE=${MAX_RATE:-20000}
+for policy in compacting spreading; do
+    pkill -f "pony-server --socket $WORK" 2>/dev/null || true
+    stop_daemons
+    start_daemons "$policy"
+    inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 7 2>>"$WORK/server.log" &
+    sleep 1
+    for rate in $RATES; do
+        j0=$(( $(proc_jiffies "${DAEMONS[0]}") + $(proc_jiffies "${DAEMONS[1]}") )); t0=$(date +%s.%N)
+        if [ "$rate" = 0 ]; then
+            sleep "$SECS"; l="result achieved=0 p50_us=0 p99_us=0"
+        else
+            l=$(pony --mode load --rate "$rate")
+        fi
+        j1=$(( $(proc_jiffies "${DAEMONS[0]}") + $(proc_jiffies "${DAEMONS[1]}") )); t1=$(date +%s.%N)
+        cores=$(awk -v j=$((j1 - j0)) -v hz="$HZ" -v t0="$t0" -v t1="$t1" 'BEGIN{printf "%.4f", j/hz/(t1-t0)}')
+        pct=$(awk -v r="$rate" -v m="$MAX_RATE" 'BEGIN{printf "%.1f", 100*r/m}')
+        echo "pony-$policy,$pct,$rate,$(field achieved "$l"),$cores,$(field p50_us "$l"),$(field p99_us "$l")" | tee -a "$CSV"
+    done
+done
+"$BENCH" plot --csv "$CSV" --out "${CSV%.csv}.png"
+echo "wrote $CSV and ${CSV%.csv}.png"
