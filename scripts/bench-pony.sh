@@ -7,7 +7,8 @@
 #
 #   RTT of 64 B messages, p50 and p99: snapnet-bench pony-client --mode rtt
 #       (blocking application, then spinning) against sockperf ping-pong
-#       over TCP (--full-rtt).
+#       over TCP (--full-rtt). With one CPU per host, the spinning
+#       application shares it with its engine, so it yields between polls.
 #   Bulk: 64 KiB messages, 16 under way, against iperf3 (one TCP stream):
 #       Gbit/s, and Gbit/s per busy core (all the machine's busy CPU time
 #       during the run, from /proc/stat: engines, applications, softirqs).
@@ -15,8 +16,12 @@
 #       a TCP request/response server doing the same lookup (16 pipelined):
 #       operations per second and per busy core.
 #   CPU against offered message rate (with --cpu-vs-load): 64 B messages,
-#       echoed, at fixed rates under compacting and spreading groups; both
-#       daemons' CPU (/proc/PID/stat), written as CSV and plotted.
+#       echoed, at fixed rates under compacting groups (the default delay
+#       bound, and 20 us) and spreading groups; both daemons' CPU
+#       (/proc/PID/stat), written as CSV and plotted.
+#
+# POLICY (default compacting) and LATENCY_BOUND_US (the daemon's default
+# when unset) choose the groups of the first part; MTU the veth pair's MTU.
 #
 # Usage: scripts/bench-pony.sh [rounds] [seconds] [--cpu-vs-load]   (as root)
 set -euo pipefail
@@ -25,6 +30,9 @@ ROUNDS=${1:-3}
 SECS=${2:-4}
 CPU_VS_LOAD=${3:-}
 POLICY=${POLICY:-compacting}
+# LATENCY_BOUND_US: the groups' queueing-delay bound (compacting naps
+# within it); the daemon's default when unset.
+BOUND_JSON=${LATENCY_BOUND_US:+, \"latency_bound_us\": $LATENCY_BOUND_US}
 bash scripts/install-prereqs.sh iproute2 sockperf iperf3 fonts-dejavu-core >/dev/null
 cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 ||
     cargo build --release --bin snapnet --bin snapnet-bench
@@ -44,6 +52,7 @@ cleanup() {
             [ -S "$WORK/control$h.sock" ] && "$SN" ctl --socket "$WORK/control$h.sock" pony status 2>&1 | head -40
         done
     fi
+    stop_daemons
     ip netns pids "$A" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns pids "$B" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     sleep 0.2
@@ -56,6 +65,11 @@ ip netns add "$A"; ip netns add "$B"
 ip link add "$DA" netns "$A" type veth peer name "$DB" netns "$B"
 ip -n "$A" addr add "$IP_A/24" dev "$DA"; ip -n "$B" addr add "$IP_B/24" dev "$DB"
 for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+# MTU: the veth pair's MTU (underlays often run jumbo frames; with XDP on
+# a veth, at most about 3500 bytes fit a page). TCP's segments are GSO-sized
+# on a veth whatever the MTU; every Pony packet is one frame.
+MTU=${MTU:-1500}
+ip -n "$A" link set "$DA" mtu "$MTU"; ip -n "$B" link set "$DB" mtu "$MTU"
 ip -n "$A" link set "$DA" up; ip -n "$B" link set "$DB" up
 
 DAEMONS=()
@@ -70,7 +84,7 @@ start_daemons() { # policy
         cat > "$WORK/host$h.json" <<JSON
 { "runtime_dir": "$WORK", "control_socket": "$WORK/control$h.sock",
   "uplinks": [ { "name": "wire", "interface": "$dev" } ],
-  "groups": [ { "name": "g", "policy": "$1", "threads": 1, "cpus": [$h] } ],
+  "groups": [ { "name": "g", "policy": "$1", "threads": 1, "cpus": [$h]$BOUND_JSON } ],
   "pony": { "socket": "$WORK/pony$h.sock", "uplink": "wire", "address": "$ip" } }
 JSON
         ip netns exec "$ns" taskset -c $h "$SN" serve --config "$WORK/host$h.json" \
@@ -84,8 +98,8 @@ JSON
     echo "daemons did not start"; cat "$WORK"/daemon*.log; exit 1
 }
 stop_daemons() {
-    for p in "${DAEMONS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    for p in "${DAEMONS[@]}"; do wait "$p" 2>/dev/null || true; done
+    for p in "${DAEMONS[@]+"${DAEMONS[@]}"}"; do kill -INT "$p" 2>/dev/null || true; done
+    for p in "${DAEMONS[@]+"${DAEMONS[@]}"}"; do wait "$p" 2>/dev/null || true; done
     DAEMONS=()
 }
 inA() { ip netns exec "$A" taskset -c 0 "$@"; }
@@ -103,66 +117,78 @@ field() { # key line
 }
 median() { sort -g | awk '{v[NR]=$1} END{if(NR==0){print "nan"} else if(NR%2){print v[(NR+1)/2]} else {print (v[NR/2]+v[NR/2+1])/2}}'; }
 
-start_daemons "$POLICY"
-# Servers on host B: Pony's (blocking), sockperf's, iperf3's, the lookup's.
-inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 7 2>>"$WORK/server.log" &
+# The TCP servers on host B (they block while idle).
 inB sockperf sr --tcp -i "$IP_B" -p 11111 >/dev/null 2>&1 &
 inB iperf3 -s -p 5201 >/dev/null 2>&1 &
 inB "$BENCH" tcp-lookup-server --listen "$IP_B:7000" 2>>"$WORK/server.log" &
-sleep 1
+# snapnet on both hosts, with host B's blocking Pony server.
+start_pony() {
+    start_daemons "$POLICY"
+    inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 7 2>>"$WORK/server.log" &
+    sleep 1
+}
+stop_pony() {
+    pkill -f "pony-server --socket $WORK" 2>/dev/null || true
+    stop_daemons
+}
 
 if [ -n "${SETUP_ONLY:-}" ]; then
     # For trying things by hand: the hosts stay up until this is stopped.
+    start_pony
     echo "hosts up: A=$A ($IP_A, $WORK/pony0.sock, $WORK/control0.sock) B=$B ($IP_B)"
     sleep infinity
 fi
 pony() { inA "$BENCH" pony-client --socket "$WORK/pony0.sock" --peer "$IP_B" --seconds "$SECS" "$@" 2>>"$WORK/client.log" | grep '^result'; }
+per_core() { # value "busy before" "busy after" [printf format]
+    awk -v v="$1" -v c="$(busy_cores "$2" "$3")" -v f="${4:-%.3f}" 'BEGIN{printf f, (c>0 ? v/c : 0)}'
+}
+last() { echo ${R[$1]} | awk '{print $NF}'; }
 
 declare -A R
 add() { R[$1]+="$2 "; }
 for round in $(seq "$ROUNDS"); do
     echo "== round $round"
-    # RTT: blocking Pony, TCP, spinning Pony (its own spinning server,
-    # started for this run only: it holds CPU 1 while it lives).
+    # Pony, then TCP with snapnet stopped: dedicated engines poll all the
+    # time, and TCP should not share its CPUs with them.
+    start_pony
+    # RTT: blocking, then spinning (a spinning server for this run only,
+    # on a service id of its own per round).
     l=$(pony --mode rtt --size 64)
     add pony_rtt_p50 "$(field p50_us "$l")"; add pony_rtt_p99 "$(field p99_us "$l")"
+    spin_service=$((100 + round))
+    ip netns exec "$B" taskset -c 1 "$BENCH" pony-server --socket "$WORK/pony1.sock" \
+        --service "$spin_service" --spin 2>>"$WORK/server.log" &
+    sleep 0.5
+    l=$(pony --service "$spin_service" --mode rtt --size 64 --spin)
+    add spin_rtt_p50 "$(field p50_us "$l")"; add spin_rtt_p99 "$(field p99_us "$l")"
+    # Bulk, then lookups.
+    c0=$(cpu_now); l=$(pony --mode bulk --size 65536 --window 16); c1=$(cpu_now)
+    g=$(field gbps "$l"); add pony_gbps "$g"; add pony_gbps_core "$(per_core "$g" "$c0" "$c1")"
+    c0=$(cpu_now); l=$(pony --mode indirect --window 16); c1=$(cpu_now)
+    r=$(field ops_per_sec "$l"); add pony_ops "$r"; add pony_ops_core "$(per_core "$r" "$c0" "$c1" %.0f)"
+    stop_pony
+
     out=$(inA sockperf pp --tcp -i "$IP_B" -p 11111 -m 64 -t "$SECS" --full-rtt 2>&1)
     add tcp_rtt_p50 "$(sed -n 's/.*percentile 50.000 = *\([0-9.]*\).*/\1/p' <<<"$out")"
     add tcp_rtt_p99 "$(sed -n 's/.*percentile 99.000 = *\([0-9.]*\).*/\1/p' <<<"$out")"
-    inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 8 --spin 2>>"$WORK/server.log" &
-    spin_server=$!
-    sleep 0.5
-    l=$(pony --service 8 --mode rtt --size 64 --spin)
-    add spin_rtt_p50 "$(field p50_us "$l")"; add spin_rtt_p99 "$(field p99_us "$l")"
-    kill "$spin_server" 2>/dev/null; wait "$spin_server" 2>/dev/null || true
-    # Bulk.
-    c0=$(cpu_now); l=$(pony --mode bulk --size 65536 --window 16); c1=$(cpu_now)
-    g=$(field gbps "$l"); add pony_gbps "$g"
-    add pony_gbps_core "$(awk -v g="$g" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.3f", c>0?g/c:0}')"
     c0=$(cpu_now)
     out=$(inA iperf3 -c "$IP_B" -p 5201 -t "$SECS" -J 2>/dev/null)
     c1=$(cpu_now)
     g=$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9,3))' <<<"$out")
-    add tcp_gbps "$g"
-    add tcp_gbps_core "$(awk -v g="$g" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.3f", c>0?g/c:0}')"
-    # Lookups.
-    c0=$(cpu_now); l=$(pony --mode indirect --window 16); c1=$(cpu_now)
-    r=$(field ops_per_sec "$l"); add pony_ops "$r"
-    add pony_ops_core "$(awk -v r="$r" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.0f", c>0?r/c:0}')"
+    add tcp_gbps "$g"; add tcp_gbps_core "$(per_core "$g" "$c0" "$c1")"
     c0=$(cpu_now)
     l=$(inA "$BENCH" tcp-lookup-client --connect "$IP_B:7000" --seconds "$SECS" --window 16 | grep '^result')
     c1=$(cpu_now)
-    r=$(field ops_per_sec "$l"); add tcp_ops "$r"
-    add tcp_ops_core "$(awk -v r="$r" -v c="$(busy_cores "$c0" "$c1")" 'BEGIN{printf "%.0f", c>0?r/c:0}')"
-    echo "   rtt p50 pony $(echo ${R[pony_rtt_p50]} | awk '{print $NF}') spin $(echo ${R[spin_rtt_p50]} | awk '{print $NF}') tcp $(echo ${R[tcp_rtt_p50]} | awk '{print $NF}') us;" \
-        "bulk pony $(echo ${R[pony_gbps]} | awk '{print $NF}') tcp $(echo ${R[tcp_gbps]} | awk '{print $NF}') Gbit/s;" \
-        "lookups pony $(echo ${R[pony_ops]} | awk '{print $NF}') tcp $(echo ${R[tcp_ops]} | awk '{print $NF}') /s"
+    r=$(field ops_per_sec "$l"); add tcp_ops "$r"; add tcp_ops_core "$(per_core "$r" "$c0" "$c1" %.0f)"
+    echo "   rtt p50 pony $(last pony_rtt_p50) spin $(last spin_rtt_p50) tcp $(last tcp_rtt_p50) us;" \
+        "bulk pony $(last pony_gbps) tcp $(last tcp_gbps) Gbit/s;" \
+        "lookups pony $(last pony_ops) tcp $(last tcp_ops) /s"
 done
 
 med() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
-ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" 'BEGIN{printf "%.2f", b>0?a/b:0}'; }
+ratio() { awk -v a="$(med "$1")" -v b="$(med "$2")" 'BEGIN{printf "%.2f", (b>0 ? a/b : 0)}'; }
 echo
-echo "== medians of $ROUNDS rounds, $SECS s each ($POLICY groups; A on CPU 0, B on CPU 1)"
+echo "== medians of $ROUNDS rounds, $SECS s each ($POLICY groups${LATENCY_BOUND_US:+, bound $LATENCY_BOUND_US us}; MTU $MTU; A on CPU 0, B on CPU 1)"
 printf '%-34s %12s %12s %8s\n' figure pony tcp ratio
 printf '%-34s %12s %12s %8s\n' "RTT 64 B p50 (us), blocking" "$(med pony_rtt_p50)" "$(med tcp_rtt_p50)" "$(ratio pony_rtt_p50 tcp_rtt_p50)"
 printf '%-34s %12s %12s %8s\n' "RTT 64 B p99 (us), blocking" "$(med pony_rtt_p99)" "$(med tcp_rtt_p99)" "$(ratio pony_rtt_p99 tcp_rtt_p99)"
@@ -181,12 +207,14 @@ proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
 echo "backend,load_pct,offered_pps,achieved_pps,cores,rtt_p50_us,rtt_p99_us" > "$CSV"
 RATES=${RATES:-"0 100 1000 5000 20000"}
 MAX_RATE=${MAX_RATE:-20000}
-for policy in compacting spreading; do
-    pkill -f "pony-server --socket $WORK" 2>/dev/null || true
-    stop_daemons
-    start_daemons "$policy"
-    inB "$BENCH" pony-server --socket "$WORK/pony1.sock" --service 7 2>>"$WORK/server.log" &
-    sleep 1
+# compacting:20 is compacting with a 20 us queueing-delay bound: what a
+# tighter bound costs in CPU, and gives in RTT.
+for series in compacting compacting:20 spreading; do
+    policy=${series%%:*}
+    bound=${series#"$policy"}; bound=${bound#:}
+    BOUND_JSON=${bound:+, \"latency_bound_us\": $bound}
+    POLICY=$policy
+    start_pony
     for rate in $RATES; do
         j0=$(( $(proc_jiffies "${DAEMONS[0]}") + $(proc_jiffies "${DAEMONS[1]}") )); t0=$(date +%s.%N)
         if [ "$rate" = 0 ]; then
@@ -197,8 +225,9 @@ for policy in compacting spreading; do
         j1=$(( $(proc_jiffies "${DAEMONS[0]}") + $(proc_jiffies "${DAEMONS[1]}") )); t1=$(date +%s.%N)
         cores=$(awk -v j=$((j1 - j0)) -v hz="$HZ" -v t0="$t0" -v t1="$t1" 'BEGIN{printf "%.4f", j/hz/(t1-t0)}')
         pct=$(awk -v r="$rate" -v m="$MAX_RATE" 'BEGIN{printf "%.1f", 100*r/m}')
-        echo "pony-$policy,$pct,$rate,$(field achieved "$l"),$cores,$(field p50_us "$l"),$(field p99_us "$l")" | tee -a "$CSV"
+        echo "pony-$policy${bound:+-${bound}us},$pct,$rate,$(field achieved "$l"),$cores,$(field p50_us "$l"),$(field p99_us "$l")" | tee -a "$CSV"
     done
+    stop_pony
 done
 "$BENCH" plot --csv "$CSV" --out "${CSV%.csv}.png"
 echo "wrote $CSV and ${CSV%.csv}.png"

@@ -3,11 +3,12 @@
 //! wire), each with a daemon whose uplink is its end of its pair and whose
 //! `pony` section serves applications. Applications (this test, through the
 //! `snapnet-pony` client library) exchange messages and one-sided
-//! operations; with loss and duplication on the wire (a tc program,
-//! `fixtures/impair.bpf.c`: this kernel has no netem) and a rate-limited
-//! bottleneck, every message still arrives once and in order per stream; an
-//! application killed mid-transfer leaves nothing behind; garbage from the
-//! wire is counted and dropped. Needs root; skipped otherwise.
+//! operations; with loss, duplication and reordering on the wire (a relay
+//! in the wire's namespace, `common::impaired_wire`: this kernel has no
+//! netem) and a rate-limited bottleneck, every message still arrives once
+//! and in order per stream; an application killed mid-transfer leaves
+//! nothing behind; garbage from the wire is counted and dropped. Needs root;
+//! skipped otherwise.
 
 mod common;
 
@@ -15,8 +16,10 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::impaired_wire::{ImpairedWire, Impairment};
 use common::netns::{can_run, run, serve_in};
 use common::rpc::Checked;
 use common::{wait_for, TempDir};
@@ -36,13 +39,15 @@ struct Hosts {
     ip: [Ipv4Addr; 2],
     dir: TempDir,
     daemons: Vec<Child>,
+    /// Relays frames between the wire's ends.
+    wire: Option<ImpairedWire>,
 }
 
 impl Hosts {
     fn new() -> Hosts {
         let id = std::process::id() % 100_000;
         let net = (std::process::id() % 200) as u8 + 20;
-        let h = Hosts {
+        let mut h = Hosts {
             ns: [format!("snpa{id}"), format!("snpb{id}")],
             dev: [format!("pa{id}"), format!("pb{id}")],
             wire_ns: format!("snpw{id}"),
@@ -50,18 +55,16 @@ impl Hosts {
             ip: [Ipv4Addr::new(10, 77, net, 1), Ipv4Addr::new(10, 77, net, 2)],
             dir: TempDir::new("pony"),
             daemons: Vec::new(),
+            wire: None,
         };
         let w = &h.wire_ns;
         sh(&format!(
             "ip netns add {} && ip netns add {} && ip netns add {w}",
             h.ns[0], h.ns[1]
         ));
-        sh(&format!(
-            "ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up"
-        ));
         for i in 0..2 {
             sh(&format!(
-                "ip link add {dev} netns {ns} type veth peer name {wdev} netns {w} && ip -n {w} link set {wdev} master br0 up",
+                "ip link add {dev} netns {ns} type veth peer name {wdev} netns {w} && ip -n {w} link set {wdev} up",
                 ns = h.ns[i],
                 dev = h.dev[i],
                 wdev = h.wire_dev[i],
@@ -75,6 +78,12 @@ impl Hosts {
                 ip = h.ip[i]
             ));
         }
+        let seed = u64::from(std::process::id());
+        h.wire = Some(ImpairedWire::start(
+            w,
+            [&h.wire_dev[0], &h.wire_dev[1]],
+            seed,
+        ));
         h
     }
 
@@ -122,38 +131,31 @@ impl Hosts {
         self.status(host)["counters"][name].as_u64().unwrap_or(0)
     }
 
-    /// Loss and duplication (per mille) of IPv4 frames entering the wire
-    /// from either host, and a 200 Mbit/s bottleneck towards each, or none.
-    fn impair(&self, rates: Option<(u32, u32)>) {
+    /// Loss, duplication and reordering on the wire, and a 200 Mbit/s
+    /// bottleneck towards each host, or none.
+    fn impair(&self, impairment: Option<Impairment>) {
         let w = &self.wire_ns;
         for dev in &self.wire_dev {
             let _ = run(&[
-                "ip", "netns", "exec", w, "tc", "qdisc", "del", "dev", dev, "clsact",
-            ]);
-            let _ = run(&[
                 "ip", "netns", "exec", w, "tc", "qdisc", "del", "dev", dev, "root",
             ]);
+            if impairment.is_some() {
+                sh(&format!(
+                    "ip netns exec {w} tc qdisc add dev {dev} root tbf rate 200mbit burst 64kb latency 20ms"
+                ));
+            }
         }
-        let Some((loss, dup)) = rates else {
-            return;
-        };
-        let object = self.dir.path("impair.bpf.o");
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/impair.bpf.c");
-        sh(&format!(
-            "clang -O2 -target bpf -I/usr/include/$(uname -m)-linux-gnu -DLOSS_PER_MILLE={loss} -DDUP_PER_MILLE={dup} -c {source} -o {}",
-            object.display()
-        ));
-        for dev in &self.wire_dev {
-            sh(&format!(
-                "ip netns exec {w} tc qdisc add dev {dev} clsact && ip netns exec {w} tc filter add dev {dev} ingress bpf direct-action obj {} sec tc && ip netns exec {w} tc qdisc add dev {dev} root tbf rate 200mbit burst 64kb latency 20ms",
-                object.display()
-            ));
-        }
+        self.wire().set(impairment.unwrap_or_default());
+    }
+
+    fn wire(&self) -> &ImpairedWire {
+        self.wire.as_ref().expect("the wire runs")
     }
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        self.wire.take();
         for c in self.daemons.iter_mut() {
             let _ = c.kill();
             let _ = c.wait();
@@ -434,11 +436,14 @@ fn pony_between_two_hosts() {
     let regions = serve_regions(&mut b);
     one_sided(&mut a, &b, conn, &regions, 20);
 
-    // 3. The same through 2 % loss and 2 % duplication both ways, and a
-    // bottleneck that queues and drops when full: what arrives out of order
-    // is whatever overtakes a lost frame's retransmission.
+    // 3. The same through 2 % loss, 2 % duplication and 2 % reordering both
+    // ways, and a bottleneck that queues and drops when full.
     let retransmits_before = h.counter(0, "retransmits");
-    h.impair(Some((20, 20)));
+    h.impair(Some(Impairment {
+        loss: 20,
+        duplicate: 20,
+        reorder: 20,
+    }));
     let mut lossy = Vec::new();
     for i in 0..300 {
         lossy.push(((i % 4) as u16, [10, 3000, 20_000, 200_000][i % 4]));
@@ -455,6 +460,14 @@ fn pony_between_two_hosts() {
     let dups = s0["counters"]["duplicates"].as_u64().unwrap()
         + s1["counters"]["duplicates"].as_u64().unwrap();
     assert!(dups > 0, "the wire duplicated nothing? {s0} {s1}");
+    let counts = &h.wire().counts;
+    for (what, n) in [
+        ("lost", &counts.lost),
+        ("duplicated", &counts.duplicated),
+        ("reordered", &counts.reordered),
+    ] {
+        assert!(n.load(Ordering::Relaxed) > 0, "the wire {what} nothing");
+    }
     let flow = &s0["flows"][0];
     assert_eq!(flow["peer"], h.ip[1].to_string());
     assert!(flow["srtt_us"].as_f64().unwrap() > 0.0, "{flow}");

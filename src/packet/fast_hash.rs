@@ -1,14 +1,15 @@
 //! The hasher of the tables the packet path looks up per frame (forwarding
-//! database, overlay): folded multiplies, as in foldhash, keyed with a random
-//! key chosen once per run. std's SipHash costs more than the lookup itself on
-//! keys of one or two words; an unkeyed fast hash would let a tenant pick MAC
+//! database, overlay, Pony's flows, connections and streams): folded
+//! multiplies, as in foldhash, keyed with a random key chosen once per run.
+//! std's SipHash costs more than the lookup itself on keys of one or two
+//! words; an unkeyed fast hash would let a tenant pick MAC
 //! addresses that collide and turn every lookup into a long probe.
 //!
 //! The key being secret is what keeps collisions out of a tenant's reach, so
 //! it never leaves the process (no logging, no counters).
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::OnceLock;
 
@@ -16,6 +17,8 @@ use snapnet_wire::MacAddr;
 
 /// A hash map keyed with this run's key.
 pub type FastMap<K, V> = HashMap<K, V, FastState>;
+/// A hash set keyed with this run's key.
+pub type FastSet<T> = HashSet<T, FastState>;
 
 /// The finishing multiplier: odd, and dense in bits (digits of pi).
 const FINISH: u64 = 0x082e_fa98_ec4e_6c89;

@@ -3,7 +3,7 @@
 //! flight, and what a connection reassembles. The engine owns all of it;
 //! nothing here does I/O except the application's eventfds.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use snapnet_pony::abi::{access, kind, Completion};
@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::region::SharedRegion;
 use super::rx_area::RxArea;
+use crate::packet::fast_hash::{FastMap, FastSet};
 
 /// Messages one connection may reassemble at once, and remote writes into
 /// one application in progress per connection: past these, packets wait
@@ -115,10 +116,10 @@ pub struct Conn {
     pub peer_conn: u32,
     pub state: ConnState,
     /// Next message id per stream (sending).
-    pub next_message: HashMap<u16, u64>,
-    pub streams: HashMap<u16, StreamOrder>,
-    pub reassembly: HashMap<(u16, u64), Reassembly>,
-    pub writes_in: HashMap<u64, WriteIn>,
+    pub next_message: FastMap<u16, u64>,
+    pub streams: FastMap<u16, StreamOrder>,
+    pub reassembly: FastMap<(u16, u64), Reassembly>,
+    pub writes_in: FastMap<u64, WriteIn>,
     pub tx_messages: u64,
     pub rx_messages: u64,
     pub tx_bytes: u64,
@@ -132,10 +133,10 @@ impl Conn {
             peer,
             peer_conn,
             state,
-            next_message: HashMap::new(),
-            streams: HashMap::new(),
-            reassembly: HashMap::new(),
-            writes_in: HashMap::new(),
+            next_message: FastMap::default(),
+            streams: FastMap::default(),
+            reassembly: FastMap::default(),
+            writes_in: FastMap::default(),
             tx_messages: 0,
             rx_messages: 0,
             tx_bytes: 0,
@@ -156,7 +157,7 @@ pub struct App {
     /// The engine writes it after adding completions (while the
     /// application waits).
     pub notify: EventFd,
-    pub conns: HashSet<u32>,
+    pub conns: FastSet<u32>,
     /// Registered regions by id - 1.
     pub regions: Vec<Option<Registered>>,
     pending: Vec<Option<Pending>>,
@@ -188,7 +189,7 @@ impl App {
             region,
             kick,
             notify,
-            conns: HashSet::new(),
+            conns: FastSet::default(),
             regions: Vec::new(),
             pending: Vec::new(),
             free_pending: Vec::new(),

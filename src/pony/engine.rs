@@ -2,7 +2,7 @@
 //! below, applications' operations above (their handlers are in `ops.rs`),
 //! frames to and from the uplink's queue engines through links.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
@@ -19,6 +19,7 @@ use super::flow::{Arrival, Receiver, Sender};
 use super::frames;
 use super::status::{AppStatus, ConnStatus, FlowStatus, PonyCounters, PonyStatus};
 use crate::engine::{Engine, Mailbox, MailboxSender};
+use crate::packet::fast_hash::FastMap;
 use crate::packet::{FrameCache, FrameHandle, FramePool, LinkRx, LinkTx};
 use crate::shaping::WakeTimer;
 
@@ -154,12 +155,12 @@ pub struct PonyEngine {
     from_uplink: Vec<LinkRx>,
     to_uplink: Vec<LinkTx>,
     pub(super) resolver: Resolver,
-    pub(super) apps: HashMap<u32, App>,
+    pub(super) apps: FastMap<u32, App>,
     /// Service id -> application.
-    pub(super) services: HashMap<u32, u32>,
-    pub(super) conns: HashMap<u32, Conn>,
+    pub(super) services: FastMap<u32, u32>,
+    pub(super) conns: FastMap<u32, Conn>,
     next_conn: u32,
-    pub(super) flows: HashMap<Ipv4Addr, Flow>,
+    pub(super) flows: FastMap<Ipv4Addr, Flow>,
     pub(super) counters: PonyCounters,
     epoch_seed: u64,
     started: Instant,
@@ -204,11 +205,11 @@ impl PonyEngine {
                 from_uplink: setup.from_uplink,
                 to_uplink: setup.to_uplink,
                 resolver: setup.resolver,
-                apps: HashMap::new(),
-                services: HashMap::new(),
-                conns: HashMap::new(),
+                apps: FastMap::default(),
+                services: FastMap::default(),
+                conns: FastMap::default(),
                 next_conn: 1,
-                flows: HashMap::new(),
+                flows: FastMap::default(),
                 counters: PonyCounters::default(),
                 epoch_seed: seed | 1,
                 started: Instant::now(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod impaired_wire;
 pub mod netns;
 pub mod packets;
 pub mod rpc;

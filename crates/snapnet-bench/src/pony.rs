@@ -119,7 +119,8 @@ fn data_byte(i: usize) -> u8 {
     (i.wrapping_mul(131) % 251) as u8
 }
 
-/// The next completion: spinning on the ring or blocking on the eventfd.
+/// The next completion: polling the ring (yielding the CPU between polls)
+/// or blocking on the eventfd.
 fn next(
     app: &mut App,
     spin: bool,
@@ -134,7 +135,10 @@ fn next(
             if until.is_some_and(|u| Instant::now() >= u) {
                 return Ok(None);
             }
-            std::hint::spin_loop();
+            // This machine has a CPU per host, shared by the host's engine
+            // and its application: a spinner that never gave its CPU up
+            // would hold the engine off for a whole time slice.
+            std::thread::yield_now();
         }
     }
     app.wait(timeout).map_err(err)
