@@ -2,8 +2,8 @@
 //! database, overlay, Pony's flows, connections and streams): folded
 //! multiplies, as in foldhash, keyed with a random key chosen once per run.
 //! std's SipHash costs more than the lookup itself on keys of one or two
-//! words; an unkeyed fast hash would let a tenant pick MAC
-//! addresses that collide and turn every lookup into a long probe.
+//! words; an unkeyed fast hash would let a tenant pick MAC addresses that
+//! collide and turn every lookup into a long probe.
 //!
 //! The key being secret is what keeps collisions out of a tenant's reach, so
 //! it never leaves the process (no logging, no counters).

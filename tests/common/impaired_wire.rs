@@ -197,27 +197,26 @@ fn relay(
         // SAFETY: `pfds` is an array of two initialised pollfds.
         unsafe { libc::poll(pfds.as_mut_ptr(), 2, 1) };
         let now = Instant::now();
+        let rates = *impairment.lock().unwrap();
         for from in 0..2 {
             let to = fds[1 - from];
-            if held[from]
-                .as_ref()
-                .is_some_and(|(_, at)| now.duration_since(*at) >= HOLD_LIMIT)
+            if let Some((late, _)) =
+                held[from].take_if(|(_, at)| now.duration_since(*at) >= HOLD_LIMIT)
             {
-                send(to, &held[from].take().unwrap().0);
+                send(to, &late);
             }
             for _ in 0..64 {
                 let Some(n) = receive(fds[from], &mut buf) else {
                     break;
                 };
-                let frame = &buf[..n];
                 if n == 0 {
                     continue;
                 }
+                let frame = &buf[..n];
                 if !is_ipv4(frame) {
                     send(to, frame);
                     continue;
                 }
-                let rates = *impairment.lock().unwrap();
                 let d = draw();
                 if d < rates.loss {
                     counts.lost.fetch_add(1, Ordering::Relaxed);
