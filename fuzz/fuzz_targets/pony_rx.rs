@@ -83,18 +83,26 @@ fn packet(inp: &mut Input, out: &mut Vec<u8>) -> Ipv4Addr {
     let peer = PEERS[usize::from(inp.u8() & 1)];
     out.clear();
     out.resize(frames::HEADERS_LEN, 0);
-    match inp.u8() % 3 {
+    let sack = |inp: &mut Input| {
+        let mut sack = [0u64; wire::SACK_BITS / 64];
+        for w in &mut sack {
+            *w = inp.u64();
+        }
+        sack
+    };
+    match inp.u8() % 4 {
         0 => out.extend_from_slice(inp.chunk()),
         kind => {
             let flow = FlowHeader {
-                kind: if kind == 1 { wire::kind::DATA } else { wire::kind::ACK },
+                kind: [wire::kind::DATA, wire::kind::ACK, wire::kind::DATA_ACK]
+                    [usize::from(kind) - 1],
                 src_epoch: u32::from(inp.u8() & 3),
                 dst_epoch: if inp.bool() { 0 } else { inp.u32() },
                 seq: u32::from(inp.u16()),
                 timestamp: inp.u64(),
                 hold: inp.u32(),
             };
-            if kind == 1 {
+            if kind != 2 {
                 let Some(op) = Op::from_u8(inp.u8() % 12) else {
                     return peer;
                 };
@@ -115,11 +123,20 @@ fn packet(inp: &mut Input, out: &mut Vec<u8>) -> Ipv4Addr {
                 out.resize(frames::HEADERS_LEN + wire::DATA_HEADER_LEN, 0);
                 wire::emit_data(&flow, &h, &mut out[frames::HEADERS_LEN..]);
                 out.extend_from_slice(payload);
-            } else {
-                let mut sack = [0u64; wire::SACK_BITS / 64];
-                for w in &mut sack {
-                    *w = inp.u64();
+                if kind == 3 {
+                    // A DATA_ACK: the acknowledgement trailer after the payload.
+                    let ack = wire::AckBlock {
+                        cumulative: u32::from(inp.u16()),
+                        hold: inp.u32(),
+                        echo: inp.u64(),
+                        sack: sack(inp),
+                    };
+                    let at = out.len();
+                    out.resize(at + wire::ACK_TRAILER_LEN, 0);
+                    wire::emit_ack_trailer(&ack, &mut out[at..]);
                 }
+            } else {
+                let sack = sack(inp);
                 out.resize(frames::HEADERS_LEN + wire::ACK_LEN, 0);
                 wire::emit_ack(&flow, &sack, &mut out[frames::HEADERS_LEN..]);
             }
@@ -174,7 +191,10 @@ fuzz_target!(|data: &[u8]| {
             engine.poll(64);
             while let Some(f) = from_engine.pop() {
                 assert_frame_fits(pool, &f);
-                assert!(f.len as usize >= frames::HEADERS_LEN, "a frame without headers");
+                assert!(
+                    f.len as usize >= frames::HEADERS_LEN,
+                    "a frame without headers"
+                );
                 cache.free(f);
             }
             let status = engine.status();

@@ -61,6 +61,15 @@ pub trait Engine: Send + IntoAny {
         0.0
     }
 
+    /// Whether the poll that just did work handed something to a thread of
+    /// this host that waits for it (an application's completions): a
+    /// spinning worker then offers its CPU once, so that such a thread on
+    /// the same CPU runs now rather than after the worker's idle rounds.
+    /// Asked only after a poll that did work; reading it clears it.
+    fn take_handoff(&mut self) -> bool {
+        false
+    }
+
     /// Whether the engine moves work between the other engines (the
     /// switch): a worker polls it right after any engine that did work, so
     /// a frame crosses the worker in one round.

@@ -301,14 +301,17 @@ impl App {
         }
     }
 
-    /// Wakes the application if completions came and it sleeps.
-    pub fn notify_if_waiting(&mut self) {
-        if self.completed {
-            self.completed = false;
-            if self.region.app_waiting() {
-                let _ = self.notify.write(1);
-            }
+    /// Wakes the application if completions came and it sleeps; returns
+    /// whether completions came (a spinning application has them too).
+    pub fn notify_if_waiting(&mut self) -> bool {
+        if !self.completed {
+            return false;
         }
+        self.completed = false;
+        if self.region.app_waiting() {
+            let _ = self.notify.write(1);
+        }
+        true
     }
 
     /// Whether the application's completion backlog is so long that new

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use snapnet_wire::MacAddr;
 
-use super::flow::FlowConfig;
+use super::flow::{AckPolicy, FlowConfig};
 use super::swift::SwiftConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +80,10 @@ pub struct PonyConfig {
     /// Timeouts of one packet before its flow is given up.
     #[serde(default = "default_max_retransmits")]
     pub max_retransmits: u32,
+    /// Longest an acknowledgement waits for data going back to the sender
+    /// to ride on (0: none waits).
+    #[serde(default = "default_ack_delay_us")]
+    pub ack_delay_us: u64,
 }
 
 fn default_max_apps() -> u32 {
@@ -130,6 +134,13 @@ fn default_rto_min_us() -> u64 {
 fn default_max_retransmits() -> u32 {
     15
 }
+fn default_ack_delay_us() -> u64 {
+    25
+}
+
+/// Packets that may wait for one delayed acknowledgement: the sender's
+/// window keeps moving when it is small.
+const ACK_EVERY_PACKETS: u32 = 4;
 
 /// The most packets a flow's window may hold: what an ACK's selective
 /// acknowledgement covers.
@@ -197,6 +208,9 @@ impl PonyConfig {
         within("target_delay_us", self.target_delay_us, 1, 10_000_000)?;
         within("rto_min_us", self.rto_min_us, 100, 10_000_000)?;
         within("max_retransmits", self.max_retransmits.into(), 1, 1000)?;
+        // Below the smallest retransmission timeout, so a delayed ACK never
+        // makes its sender time out.
+        within("ack_delay_us", self.ack_delay_us, 0, self.rto_min_us / 2)?;
         let fraction = |field: &'static str, v: f64, lo: f64, hi: f64| {
             if v.is_finite() && v >= lo && v <= hi {
                 Ok(())
@@ -224,6 +238,10 @@ impl PonyConfig {
                 max_decrease: self.max_decrease,
                 min_window: self.min_window,
                 max_window: self.max_window,
+            },
+            ack: AckPolicy {
+                delay_ns: self.ack_delay_us * 1000,
+                every: ACK_EVERY_PACKETS,
             },
             ..FlowConfig::default()
         }
@@ -253,6 +271,9 @@ mod tests {
         let mut bad = c.clone();
         bad.max_window = 1000.0;
         assert_eq!(bad.check().unwrap_err().0, "max_window");
+        let mut bad = c.clone();
+        bad.ack_delay_us = bad.rto_min_us;
+        assert_eq!(bad.check().unwrap_err().0, "ack_delay_us");
         let mut bad = c.clone();
         bad.beta = f64::NAN;
         assert_eq!(bad.check().unwrap_err().0, "beta");

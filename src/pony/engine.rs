@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snapnet_pony::abi::{kind, status, Completion};
-use snapnet_wire::pony::{self as wire, FlowHeader, Op, OpHeader, Packet, ParseError};
+use snapnet_wire::pony::{self as wire, AckBlock, FlowHeader, Op, OpHeader, Packet, ParseError};
 use snapnet_wire::MacAddr;
 
 use super::apps::{App, Conn};
@@ -79,7 +79,7 @@ impl Flow {
             epoch,
             peer_epoch: 0,
             sender: Sender::new(cfg.flow()),
-            receiver: Receiver::new(),
+            receiver: Receiver::with_policy(cfg.flow().ack),
             in_flight: Vec::new(),
             free_slots: Vec::new(),
             queue: VecDeque::new(),
@@ -119,8 +119,8 @@ impl Flow {
         }
     }
 
-    fn has_work(&self) -> bool {
-        self.receiver.ack_due()
+    fn has_work(&self, now_ns: u64) -> bool {
+        self.receiver.ack_due_now(now_ns)
             || (self.mac.is_some() && !self.queue.is_empty() && self.sender.can_send())
     }
 }
@@ -166,6 +166,9 @@ pub struct PonyEngine {
     started: Instant,
     timer: WakeTimer,
     wake_epoch: u64,
+    /// Completions reached an application since the worker last asked
+    /// ([`Engine::take_handoff`]).
+    handoff: bool,
     // Scratch, sized once.
     acked: Vec<u32>,
     resend: Vec<(u32, u32)>,
@@ -215,6 +218,7 @@ impl PonyEngine {
                 started: Instant::now(),
                 timer: WakeTimer::new()?,
                 wake_epoch: 0,
+                handoff: false,
                 acked: Vec::with_capacity(wire::SACK_BITS),
                 resend: Vec::with_capacity(wire::SACK_BITS),
                 ids: Vec::new(),
@@ -416,7 +420,7 @@ impl PonyEngine {
         }
         if let Some(flow) = self.flows.get_mut(&peer) {
             flow.sender = Sender::new(self.cfg.flow());
-            flow.receiver = Receiver::new();
+            flow.receiver = Receiver::with_policy(self.cfg.flow().ack);
             flow.in_flight.clear();
             flow.free_slots.clear();
             flow.queue.clear();
@@ -495,43 +499,88 @@ impl PonyEngine {
         flow.peer_epoch = flow_header.src_epoch;
         match packet {
             Packet::Ack { flow: f, sack } => {
-                self.counters.acks_received += 1;
-                self.acked.clear();
-                flow.sender
-                    .on_ack(f.seq, &sack, f.timestamp, f.hold, now, &mut self.acked);
-                let acked = std::mem::take(&mut self.acked);
-                for &slot in &acked {
-                    if let Some(p) = self.flows.get_mut(&peer).and_then(|f| f.release(slot)) {
-                        if let Some((app, op)) = p.credit {
-                            self.credit_packet(app, op);
-                        }
-                    }
-                }
-                self.acked = acked;
+                let ack = AckBlock {
+                    cumulative: f.seq,
+                    hold: f.hold,
+                    echo: f.timestamp,
+                    sack,
+                };
+                self.take_ack(peer, &ack, now);
             }
             Packet::Data {
                 flow: f,
                 op,
                 payload,
-            } => match flow.receiver.classify(f.seq) {
-                Arrival::Duplicate => {
-                    flow.receiver.duplicate(f.timestamp, now);
-                    self.counters.duplicates += 1;
+                ack,
+            } => {
+                // The acknowledgement first: what it frees (window, credit)
+                // is there for what the data asks.
+                if let Some(ack) = ack {
+                    self.take_ack(peer, &ack, now);
                 }
-                Arrival::OutOfWindow => {
-                    flow.receiver.count_out_of_window();
-                    self.counters.drop_out_of_window += 1;
+                self.take_data(peer, &f, &op, payload, now);
+            }
+        }
+    }
+
+    /// An acknowledgement from `peer` (an ACK packet or a DATA_ACK's
+    /// trailer): frees what it covers and credits its operations.
+    fn take_ack(&mut self, peer: Ipv4Addr, ack: &AckBlock, now: u64) {
+        let Some(flow) = self.flows.get_mut(&peer) else {
+            return;
+        };
+        self.counters.acks_received += 1;
+        self.acked.clear();
+        flow.sender.on_ack(
+            ack.cumulative,
+            &ack.sack,
+            ack.echo,
+            ack.hold,
+            now,
+            &mut self.acked,
+        );
+        let acked = std::mem::take(&mut self.acked);
+        for &slot in &acked {
+            if let Some(p) = self.flows.get_mut(&peer).and_then(|f| f.release(slot)) {
+                if let Some((app, op)) = p.credit {
+                    self.credit_packet(app, op);
                 }
-                Arrival::New => {
-                    if self.deliver(peer, &op, payload) {
-                        if let Some(flow) = self.flows.get_mut(&peer) {
-                            flow.receiver.accept(f.seq, f.timestamp, now);
-                        }
-                    } else {
-                        self.counters.held_no_room += 1;
+            }
+        }
+        self.acked = acked;
+    }
+
+    /// A DATA packet's operation: delivered once, unless it is a duplicate,
+    /// beyond the window, or finds no room (then unacknowledged).
+    fn take_data(
+        &mut self,
+        peer: Ipv4Addr,
+        f: &FlowHeader,
+        op: &OpHeader,
+        payload: &[u8],
+        now: u64,
+    ) {
+        let Some(flow) = self.flows.get_mut(&peer) else {
+            return;
+        };
+        match flow.receiver.classify(f.seq) {
+            Arrival::Duplicate => {
+                flow.receiver.duplicate(f.timestamp, now);
+                self.counters.duplicates += 1;
+            }
+            Arrival::OutOfWindow => {
+                flow.receiver.count_out_of_window();
+                self.counters.drop_out_of_window += 1;
+            }
+            Arrival::New => {
+                if self.deliver(peer, op, payload) {
+                    if let Some(flow) = self.flows.get_mut(&peer) {
+                        flow.receiver.accept(f.seq, f.timestamp, now);
                     }
+                } else {
+                    self.counters.held_no_room += 1;
                 }
-            },
+            }
         }
     }
 
@@ -584,7 +633,7 @@ impl PonyEngine {
                 continue;
             };
             let header = flow.data_header(seq, now);
-            if self.emit_data(dst_mac, peer, &header, &p) {
+            if self.emit_data(dst_mac, peer, &header, &p, None) {
                 self.counters.retransmits += 1;
                 sent += 1;
             }
@@ -634,13 +683,22 @@ impl PonyEngine {
             let slot = flow.store(p);
             let seq = flow.sender.sent(slot, now);
             let header = flow.data_header(seq, now);
-            if self.emit_data(dst_mac, peer, &header, &p) {
+            // What arrived from the peer is acknowledged on the way back
+            // when the packet has room for the trailer.
+            let ack = (flow.receiver.ack_due()
+                && p.len as usize + wire::ACK_TRAILER_LEN <= self.payload_max)
+                .then(|| flow.receiver.ack(now));
+            if self.emit_data(dst_mac, peer, &header, &p, ack.as_ref()) {
                 sent += 1;
+                if ack.is_some() {
+                    self.counters.acks_piggybacked += 1;
+                }
             }
         }
-        // 3. The ACK for what arrived.
+        // 3. An ACK of its own for what arrived, when it cannot wait for
+        // data going back any longer.
         if let Some(flow) = self.flows.get_mut(&peer) {
-            if flow.receiver.ack_due() {
+            if flow.receiver.ack_due_now(now) {
                 let a = flow.receiver.ack(now);
                 let header = FlowHeader {
                     kind: wire::kind::ACK,
@@ -691,9 +749,17 @@ impl PonyEngine {
         self.push_frame(frame)
     }
 
-    /// Builds and queues a DATA packet; a packet whose application went
-    /// away goes as a no-op, so that its sequence number still arrives.
-    fn emit_data(&mut self, mac: MacAddr, peer: Ipv4Addr, h: &FlowHeader, p: &InFlight) -> bool {
+    /// Builds and queues a DATA packet, with `ack` as its trailer (then a
+    /// DATA_ACK); a packet whose application went away goes as a no-op, so
+    /// that its sequence number still arrives.
+    fn emit_data(
+        &mut self,
+        mac: MacAddr,
+        peer: Ipv4Addr,
+        h: &FlowHeader,
+        p: &InFlight,
+        ack: Option<&AckBlock>,
+    ) -> bool {
         let source = p
             .source
             .filter(|(app, _)| p.len > 0 && self.apps.contains_key(app));
@@ -702,7 +768,12 @@ impl PonyEngine {
             None if p.len > 0 => (control(Op::Nop, 0, 0), 0),
             None => (p.header, 0),
         };
-        let pony_len = wire::DATA_HEADER_LEN + len;
+        let trailer = if ack.is_some() {
+            wire::ACK_TRAILER_LEN
+        } else {
+            0
+        };
+        let pony_len = wire::DATA_HEADER_LEN + len + trailer;
         let Some(mut frame) = self.cache.alloc(frames::HEADERS_LEN + pony_len) else {
             self.counters.drop_pool_empty += 1;
             return false;
@@ -711,9 +782,21 @@ impl PonyEngine {
         let total = frames::HEADERS_LEN + pony_len;
         let buf = &mut self.pool.frame_mut(&mut frame)[start..start + total];
         frames::write_headers(buf, self.mac, mac, self.address, peer, pony_len);
-        wire::emit_data(h, &op, &mut buf[frames::HEADERS_LEN..]);
+        let kind = if ack.is_some() {
+            wire::kind::DATA_ACK
+        } else {
+            wire::kind::DATA
+        };
+        wire::emit_data(
+            &FlowHeader { kind, ..*h },
+            &op,
+            &mut buf[frames::HEADERS_LEN..],
+        );
+        if let Some(a) = ack {
+            wire::emit_ack_trailer(a, &mut buf[total - trailer..]);
+        }
         if let Some((app, at)) = source {
-            let payload = &mut buf[frames::HEADERS_LEN + wire::DATA_HEADER_LEN..];
+            let payload = &mut buf[frames::HEADERS_LEN + wire::DATA_HEADER_LEN..total - trailer];
             if !self.apps[&app].region.arena_read(at, payload) {
                 // Checked when the operation was taken; the arena does not
                 // shrink, so this cannot happen.
@@ -777,7 +860,7 @@ impl PonyEngine {
         }
         for &id in &ids {
             if let Some(app) = self.apps.get_mut(&id) {
-                app.notify_if_waiting();
+                self.handoff |= app.notify_if_waiting();
             }
         }
         self.ids = ids;
@@ -789,7 +872,8 @@ impl PonyEngine {
         let ns = self
             .flows
             .values()
-            .filter_map(|f| f.sender.deadline())
+            .flat_map(|f| [f.sender.deadline(), f.receiver.ack_deadline()])
+            .flatten()
             .min()?;
         Some(self.started + Duration::from_nanos(ns))
     }
@@ -910,10 +994,14 @@ impl Engine for PonyEngine {
         work += self.transmit();
         if work > 0 {
             for app in self.apps.values_mut() {
-                app.notify_if_waiting();
+                self.handoff |= app.notify_if_waiting();
             }
         }
         work
+    }
+
+    fn take_handoff(&mut self) -> bool {
+        std::mem::take(&mut self.handoff)
     }
 
     fn wake_fds(&self) -> Vec<RawFd> {
@@ -942,7 +1030,10 @@ impl Engine for PonyEngine {
                 .apps
                 .values()
                 .any(|a| a.region.commands_pending() || !a.overflow.is_empty())
-            || self.flows.values().any(Flow::has_work)
+            || {
+                let now = self.now_ns();
+                self.flows.values().any(|f| f.has_work(now))
+            }
     }
 
     fn disarm(&mut self) {

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use snapnet_wire::pony::SACK_BITS;
+use snapnet_wire::pony::{AckBlock, SACK_BITS};
 
 use super::swift::{Swift, SwiftConfig};
 
@@ -34,6 +34,8 @@ pub struct FlowConfig {
     /// lost rather than reordered.
     pub reorder_threshold: u32,
     pub swift: SwiftConfig,
+    /// The receiving half's acknowledgements.
+    pub ack: AckPolicy,
 }
 
 impl Default for FlowConfig {
@@ -45,6 +47,7 @@ impl Default for FlowConfig {
             max_retransmits: 15,
             reorder_threshold: 3,
             swift: SwiftConfig::default(),
+            ack: AckPolicy::IMMEDIATE,
         }
     }
 }
@@ -511,19 +514,6 @@ pub enum Arrival {
     OutOfWindow,
 }
 
-/// The fields of an ACK packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AckFields {
-    /// Next sequence number expected: everything before it arrived.
-    pub cumulative: u32,
-    /// Bit i (word i / 64, bit i % 64): `cumulative + 1 + i` arrived.
-    pub sack: [u64; 4],
-    /// Timestamp of the packet that arrived last, echoed.
-    pub echo: u64,
-    /// Nanoseconds between that packet's arrival and the ACK.
-    pub hold: u32,
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
     pub received: u64,
@@ -540,8 +530,37 @@ pub struct Receiver {
     sack: [u64; SACK_WORDS],
     echo_timestamp: u64,
     echo_arrival_ns: u64,
+    /// Something arrived that the sender has not seen acknowledged.
     ack_due: bool,
+    /// The ACK should not wait (a duplicate or a gap: the sender needs to
+    /// know now).
+    ack_urgent: bool,
+    /// Packets accepted since the last ACK, and when the first arrived.
+    unacked: u32,
+    first_unacked_ns: u64,
+    policy: AckPolicy,
     stats: ReceiverStats,
+}
+
+/// How long an acknowledgement may wait for data going back to ride on
+/// (docs/pony.md, "Reliability"): a request's ACK then costs no packet of
+/// its own, and the requester hears of it and of the answer at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckPolicy {
+    /// The longest an acknowledgement waits; 0: it goes in the poll that
+    /// received the packet.
+    pub delay_ns: u64,
+    /// Acknowledge at once when this many packets wait for it (a sender's
+    /// window should not drain waiting for the delay).
+    pub every: u32,
+}
+
+impl AckPolicy {
+    /// Every ACK at once: in the poll that received its packet.
+    pub const IMMEDIATE: Self = Self {
+        delay_ns: 0,
+        every: 1,
+    };
 }
 
 impl Default for Receiver {
@@ -551,8 +570,16 @@ impl Default for Receiver {
 }
 
 impl Receiver {
+    /// A receiver that acknowledges at once.
     pub fn new() -> Self {
-        Self::starting_at(0)
+        Self::with_policy(AckPolicy::IMMEDIATE)
+    }
+
+    pub fn with_policy(policy: AckPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::starting_at(0)
+        }
     }
 
     /// A receiver expecting `seq` first.
@@ -563,6 +590,10 @@ impl Receiver {
             echo_timestamp: 0,
             echo_arrival_ns: 0,
             ack_due: false,
+            ack_urgent: false,
+            unacked: 0,
+            first_unacked_ns: 0,
+            policy: AckPolicy::IMMEDIATE,
             stats: ReceiverStats::default(),
         }
     }
@@ -608,6 +639,9 @@ impl Receiver {
             self.sack[bit / 64] |= 1 << (bit % 64);
         }
         self.stats.received += 1;
+        // A gap (this packet overtook another, or fills one with more
+        // missing behind it) is news for the sender's loss detection.
+        self.ack_urgent |= self.sack != [0; SACK_WORDS];
         self.remember_echo(timestamp, now_ns);
     }
 
@@ -615,6 +649,7 @@ impl Receiver {
     /// due at once, echoing this copy's timestamp (a fresh RTT sample).
     pub fn duplicate(&mut self, timestamp: u64, now_ns: u64) {
         self.stats.duplicates += 1;
+        self.ack_urgent = true;
         self.remember_echo(timestamp, now_ns);
     }
 
@@ -623,15 +658,37 @@ impl Receiver {
         self.stats.out_of_window += 1;
     }
 
+    /// Whether anything waits to be acknowledged: data going to the peer
+    /// takes the ACK along.
     pub fn ack_due(&self) -> bool {
         self.ack_due
     }
 
+    /// When the ACK must go in a packet of its own if no data has taken
+    /// it: now for an urgent one, else at the policy's delay after the
+    /// first packet it covers (or once `every` packets wait).
+    pub fn ack_deadline(&self) -> Option<u64> {
+        if !self.ack_due {
+            return None;
+        }
+        if self.ack_urgent || self.unacked >= self.policy.every {
+            return Some(self.first_unacked_ns);
+        }
+        Some(self.first_unacked_ns.saturating_add(self.policy.delay_ns))
+    }
+
+    /// Whether the ACK must go now, in a packet of its own.
+    pub fn ack_due_now(&self, now_ns: u64) -> bool {
+        self.ack_deadline().is_some_and(|d| d <= now_ns)
+    }
+
     /// The ACK to send now.
-    pub fn ack(&mut self, now_ns: u64) -> AckFields {
+    pub fn ack(&mut self, now_ns: u64) -> AckBlock {
         self.ack_due = false;
+        self.ack_urgent = false;
+        self.unacked = 0;
         let hold = now_ns.saturating_sub(self.echo_arrival_ns);
-        AckFields {
+        AckBlock {
             cumulative: self.cumulative,
             sack: self.sack,
             echo: self.echo_timestamp,
@@ -646,6 +703,10 @@ impl Receiver {
     fn remember_echo(&mut self, timestamp: u64, now_ns: u64) {
         self.echo_timestamp = timestamp;
         self.echo_arrival_ns = now_ns;
+        if !self.ack_due {
+            self.first_unacked_ns = now_ns;
+        }
+        self.unacked = self.unacked.saturating_add(1);
         self.ack_due = true;
     }
 }
@@ -743,7 +804,7 @@ mod tests {
             timestamp: u64,
             token: u32,
         },
-        Ack(AckFields),
+        Ack(AckBlock),
         ReceiverPoll,
     }
 
@@ -1361,6 +1422,45 @@ mod tests {
         receiver.accept(start.wrapping_add(1_000), 0, 4_000);
         assert_eq!(receiver.ack(4_000).cumulative, start.wrapping_add(66));
         assert_eq!(receiver.stats().received, 67);
+    }
+
+    #[test]
+    fn delayed_acks_wait_for_their_delay_or_count_and_never_for_news() {
+        let policy = AckPolicy {
+            delay_ns: 1_000,
+            every: 3,
+        };
+        let mut receiver = Receiver::with_policy(policy);
+        assert_eq!(receiver.ack_deadline(), None);
+        // In order: the ACK may wait the delay from the first packet...
+        receiver.accept(0, 10, 100);
+        receiver.accept(1, 20, 500);
+        assert!(receiver.ack_due());
+        assert_eq!(receiver.ack_deadline(), Some(1_100));
+        assert!(!receiver.ack_due_now(1_099));
+        assert!(receiver.ack_due_now(1_100));
+        // ...or until `every` packets wait.
+        receiver.accept(2, 30, 600);
+        assert!(receiver.ack_due_now(600));
+        let ack = receiver.ack(700);
+        assert_eq!((ack.cumulative, ack.echo, ack.hold), (3, 30, 100));
+        assert_eq!(receiver.ack_deadline(), None);
+        // A gap is news for the sender's loss detection: at once.
+        receiver.accept(5, 40, 2_000);
+        assert!(receiver.ack_due_now(2_000));
+        receiver.ack(2_000);
+        // So is a duplicate (our ACK was lost).
+        receiver.duplicate(10, 3_000);
+        assert!(receiver.ack_due_now(3_000));
+        // Filling the gap: the bitmap is clear again, the delay applies.
+        let mut in_order = Receiver::with_policy(policy);
+        in_order.accept(1, 1, 10);
+        assert!(in_order.ack_due_now(10));
+        in_order.ack(10);
+        in_order.accept(0, 2, 20);
+        assert_eq!(in_order.ack(20).cumulative, 2);
+        in_order.accept(2, 3, 30);
+        assert_eq!(in_order.ack_deadline(), Some(1_030));
     }
 
     #[test]

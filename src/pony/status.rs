@@ -12,7 +12,10 @@ pub struct PonyCounters {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
+    /// ACKs in packets of their own.
     pub acks_sent: u64,
+    /// ACKs carried by DATA packets going back (DATA_ACK).
+    pub acks_piggybacked: u64,
     pub acks_received: u64,
     pub retransmits: u64,
     /// DATA packets that arrived twice (acknowledged again, not delivered).

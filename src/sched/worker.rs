@@ -143,6 +143,7 @@ pub(super) fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             }
         }
         let mut work = 0;
+        let mut handoff = false;
         // One clock read per round, and one after each poll that did work
         // (see `clock` for why they are counted). An empty poll is taken to
         // end at the latest reading, which is off by at most the empty
@@ -153,6 +154,7 @@ pub(super) fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
             // A frame an engine just handed to the relay (the switch)
             // crosses it now rather than a round later.
             if n > 0 {
+                handoff |= engines[i].engine.take_handoff();
                 if let Some(r) = relay.filter(|r| *r != i) {
                     work += poll_one(&mut engines[r], &mut last_end[r], &mut t0);
                 }
@@ -187,7 +189,7 @@ pub(super) fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
                 }
             } else {
                 idle_rounds = 0;
-                if sharing {
+                if sharing || handoff {
                     yield_cpu();
                 }
             }
@@ -195,7 +197,7 @@ pub(super) fn run(worker: Arc<Worker>, cpu: Option<usize>, idle: Idle) {
         };
         if work > 0 {
             co.work(t0);
-            if sharing {
+            if sharing || handoff {
                 yield_cpu();
             }
             continue;

@@ -1,7 +1,10 @@
 //! Pony Express packets (docs/pony.md, "Wire format"): the payload of a UDP
 //! datagram to the host's Pony port. Every packet starts with the flow
 //! header; a DATA packet then carries an operation header and a slice of the
-//! operation's bytes, an ACK packet a selective acknowledgement.
+//! operation's bytes, an ACK packet a selective acknowledgement. A
+//! DATA_ACK packet is a DATA packet with an acknowledgement trailer: the
+//! sender's ACK rides on data going the same way instead of costing a
+//! packet of its own.
 //!
 //! Everything here comes from the wire, so `parse` checks every length and
 //! value range before anything reads it; what it returns can be trusted to
@@ -48,6 +51,19 @@ pub mod field {
     pub const AUX: usize = 72;
 }
 
+/// Offsets in the acknowledgement trailer, the last [`ACK_TRAILER_LEN`]
+/// bytes of a DATA_ACK packet.
+pub mod trailer {
+    /// Next sequence number expected (everything before it arrived).
+    pub const CUMULATIVE: usize = 0;
+    /// Nanoseconds the receiver held the echoed packet before acking.
+    pub const HOLD: usize = 4;
+    /// Timestamp of the newest DATA packet acknowledged, echoed.
+    pub const ECHO: usize = 8;
+    /// Bitmap of packets received after the cumulative point.
+    pub const SACK: usize = 16;
+}
+
 /// Bytes of the flow header.
 pub const FLOW_HEADER_LEN: usize = 32;
 /// Bits in an ACK's selective acknowledgement.
@@ -56,11 +72,15 @@ pub const SACK_BITS: usize = 256;
 pub const ACK_LEN: usize = field::SACK + SACK_BITS / 8;
 /// Bytes of a DATA packet's headers, before its payload.
 pub const DATA_HEADER_LEN: usize = 80;
+/// Bytes of the acknowledgement trailer of a DATA_ACK packet.
+pub const ACK_TRAILER_LEN: usize = trailer::SACK + SACK_BITS / 8;
 
 /// Packet kinds.
 pub mod kind {
     pub const DATA: u8 = 1;
     pub const ACK: u8 = 2;
+    /// DATA with an acknowledgement trailer after its payload.
+    pub const DATA_ACK: u8 = 3;
 }
 
 /// Operations a DATA packet carries.
@@ -145,6 +165,15 @@ pub struct OpHeader {
     pub aux: u64,
 }
 
+/// An acknowledgement: an ACK packet's fields, or a DATA_ACK's trailer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckBlock {
+    pub cumulative: u32,
+    pub hold: u32,
+    pub echo: u64,
+    pub sack: [u64; SACK_BITS / 64],
+}
+
 /// A parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
@@ -152,6 +181,8 @@ pub enum Packet<'a> {
         flow: FlowHeader,
         op: OpHeader,
         payload: &'a [u8],
+        /// The trailer of a DATA_ACK packet.
+        ack: Option<AckBlock>,
     },
     Ack {
         flow: FlowHeader,
@@ -200,7 +231,26 @@ pub fn parse(b: &[u8]) -> Result<Packet<'_>, ParseError> {
             }
             Ok(Packet::Ack { flow, sack })
         }
-        kind::DATA => {
+        kind::DATA | kind::DATA_ACK => {
+            let (b, ack) = if flow.kind == kind::DATA_ACK {
+                let Some(body) = b.len().checked_sub(ACK_TRAILER_LEN) else {
+                    return Err(ParseError::Truncated);
+                };
+                let (body, t) = b.split_at(body);
+                let mut sack = [0u64; SACK_BITS / 64];
+                for (i, w) in sack.iter_mut().enumerate() {
+                    *w = get_u64(t, trailer::SACK + 8 * i);
+                }
+                let ack = AckBlock {
+                    cumulative: get_u32(t, trailer::CUMULATIVE),
+                    hold: get_u32(t, trailer::HOLD),
+                    echo: get_u64(t, trailer::ECHO),
+                    sack,
+                };
+                (body, Some(ack))
+            } else {
+                (b, None)
+            };
             if b.len() < DATA_HEADER_LEN {
                 return Err(ParseError::Truncated);
             }
@@ -227,6 +277,7 @@ pub fn parse(b: &[u8]) -> Result<Packet<'_>, ParseError> {
                 flow,
                 op: h,
                 payload,
+                ack,
             })
         }
         _ => Err(ParseError::UnknownKind),
@@ -263,15 +314,16 @@ pub fn emit_ack(f: &FlowHeader, sack: &[u64; SACK_BITS / 64], out: &mut [u8]) {
 }
 
 /// Writes a DATA packet's headers into `out` (at least
-/// [`DATA_HEADER_LEN`] bytes); the payload goes after them.
+/// [`DATA_HEADER_LEN`] bytes); the payload goes after them. `f.kind` says
+/// whether it is DATA or DATA_ACK (then [`emit_ack_trailer`] writes the
+/// trailer after the payload); anything else is taken for DATA.
 pub fn emit_data(f: &FlowHeader, h: &OpHeader, out: &mut [u8]) {
-    emit_flow(
-        &FlowHeader {
-            kind: kind::DATA,
-            ..*f
-        },
-        out,
-    );
+    let kind = if f.kind == kind::DATA_ACK {
+        kind::DATA_ACK
+    } else {
+        kind::DATA
+    };
+    emit_flow(&FlowHeader { kind, ..*f }, out);
     out[field::OP] = h.op as u8;
     out[field::OP_FLAGS] = h.flags;
     set_u16(out, field::STREAM, h.stream);
@@ -283,6 +335,17 @@ pub fn emit_data(f: &FlowHeader, h: &OpHeader, out: &mut [u8]) {
     set_u32(out, field::REGION, h.region);
     set_u64(out, field::ADDR, h.addr);
     set_u64(out, field::AUX, h.aux);
+}
+
+/// Writes a DATA_ACK packet's trailer into `out` (exactly
+/// [`ACK_TRAILER_LEN`] bytes: the packet's last).
+pub fn emit_ack_trailer(a: &AckBlock, out: &mut [u8]) {
+    set_u32(out, trailer::CUMULATIVE, a.cumulative);
+    set_u32(out, trailer::HOLD, a.hold);
+    set_u64(out, trailer::ECHO, a.echo);
+    for (i, w) in a.sack.iter().enumerate() {
+        set_u64(out, trailer::SACK + 8 * i, *w);
+    }
 }
 
 #[cfg(test)]
@@ -327,10 +390,54 @@ mod tests {
                 flow: f,
                 op,
                 payload,
+                ack,
             } => {
                 assert_eq!(f, flow());
                 assert_eq!(op, h);
                 assert_eq!(payload, &[0xab; 10]);
+                assert_eq!(ack, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_with_an_ack_trailer_round_trips() {
+        let mut b = vec![0u8; DATA_HEADER_LEN + 10 + ACK_TRAILER_LEN];
+        let h = data_header(Op::Message, 100, 90);
+        let f = FlowHeader {
+            kind: kind::DATA_ACK,
+            ..flow()
+        };
+        let a = AckBlock {
+            cumulative: 41,
+            hold: 7,
+            echo: 99_999,
+            sack: [5, 0, 0, 1 << 63],
+        };
+        emit_data(&f, &h, &mut b);
+        b[DATA_HEADER_LEN..DATA_HEADER_LEN + 10].copy_from_slice(&[0xab; 10]);
+        emit_ack_trailer(&a, &mut b[DATA_HEADER_LEN + 10..]);
+        assert_eq!(
+            parse(&b),
+            Ok(Packet::Data {
+                flow: f,
+                op: h,
+                payload: &[0xab; 10],
+                ack: Some(a),
+            })
+        );
+        // The trailer is taken off the end before the payload is checked:
+        // cut short, the packet is truncated or its payload too short.
+        assert_eq!(
+            parse(&b[..DATA_HEADER_LEN + ACK_TRAILER_LEN - 1]),
+            Err(ParseError::Truncated)
+        );
+        assert_eq!(parse(&b[..FLOW_HEADER_LEN + 4]), Err(ParseError::Truncated));
+        match parse(&b[..b.len() - 1]) {
+            Ok(Packet::Data { payload, ack, .. }) => {
+                assert_eq!(payload.len(), 9);
+                assert!(ack.is_some());
             }
             other => panic!("{other:?}"),
         }
