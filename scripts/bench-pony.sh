@@ -12,9 +12,10 @@
 #   Bulk: 64 KiB messages, 16 under way, against iperf3 (one TCP stream):
 #       Gbit/s, and Gbit/s per busy core (all the machine's busy CPU time
 #       during the run, from /proc/stat: engines, applications, softirqs).
-#   Lookups: one-sided indirect reads of 64 B values (16 under way) against
-#       a TCP request/response server doing the same lookup (16 pipelined):
-#       operations per second and per busy core.
+#   Lookups: one-sided indirect reads of 64 B values (16, then 128 under
+#       way: LOOKUP_WINDOWS) against a TCP request/response server doing the
+#       same lookup (as many pipelined): operations per second and per busy
+#       core.
 #   CPU against offered message rate (with --cpu-vs-load): 64 B messages,
 #       echoed, at fixed rates under compacting groups (the default delay
 #       bound, and 20 us) and spreading groups; both daemons' CPU
@@ -30,14 +31,20 @@ ROUNDS=${1:-3}
 SECS=${2:-4}
 CPU_VS_LOAD=${3:-}
 POLICY=${POLICY:-compacting}
+LOOKUP_WINDOWS=${LOOKUP_WINDOWS:-16 128}
 # LATENCY_BOUND_US: the groups' queueing-delay bound (compacting naps
 # within it); the daemon's default when unset.
 BOUND_JSON=${LATENCY_BOUND_US:+, \"latency_bound_us\": $LATENCY_BOUND_US}
 bash scripts/install-prereqs.sh iproute2 sockperf iperf3 fonts-dejavu-core >/dev/null
-cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 ||
-    cargo build --release --bin snapnet --bin snapnet-bench
-SN=$PWD/target/release/snapnet
-BENCH=$PWD/target/release/snapnet-bench
+# BIN_DIR: where snapnet and snapnet-bench are (another build's, to compare
+# two builds by hand); this checkout's release build by default.
+if [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release --bin snapnet --bin snapnet-bench >/dev/null 2>&1 ||
+        cargo build --release --bin snapnet --bin snapnet-bench
+fi
+BIN_DIR=${BIN_DIR:-$PWD/target/release}
+SN=$BIN_DIR/snapnet
+BENCH=$BIN_DIR/snapnet-bench
 tag=$$
 A=snpa$tag B=snpb$tag DA=pa$tag DB=pb$tag
 IP_A=10.98.$((tag % 200 + 20)).1 IP_B=10.98.$((tag % 200 + 20)).2
@@ -164,8 +171,10 @@ for round in $(seq "$ROUNDS"); do
     # Bulk, then lookups.
     c0=$(cpu_now); l=$(pony --mode bulk --size 65536 --window 16); c1=$(cpu_now)
     g=$(field gbps "$l"); add pony_gbps "$g"; add pony_gbps_core "$(per_core "$g" "$c0" "$c1")"
-    c0=$(cpu_now); l=$(pony --mode indirect --window 16); c1=$(cpu_now)
-    r=$(field ops_per_sec "$l"); add pony_ops "$r"; add pony_ops_core "$(per_core "$r" "$c0" "$c1" %.0f)"
+    for w in $LOOKUP_WINDOWS; do
+        c0=$(cpu_now); l=$(pony --mode indirect --window "$w"); c1=$(cpu_now)
+        r=$(field ops_per_sec "$l"); add pony_ops_$w "$r"; add pony_ops_core_$w "$(per_core "$r" "$c0" "$c1" %.0f)"
+    done
     stop_pony
 
     out=$(inA sockperf pp --tcp -i "$IP_B" -p 11111 -m 64 -t "$SECS" --full-rtt 2>&1)
@@ -176,13 +185,15 @@ for round in $(seq "$ROUNDS"); do
     c1=$(cpu_now)
     g=$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9,3))' <<<"$out")
     add tcp_gbps "$g"; add tcp_gbps_core "$(per_core "$g" "$c0" "$c1")"
-    c0=$(cpu_now)
-    l=$(inA "$BENCH" tcp-lookup-client --connect "$IP_B:7000" --seconds "$SECS" --window 16 | grep '^result')
-    c1=$(cpu_now)
-    r=$(field ops_per_sec "$l"); add tcp_ops "$r"; add tcp_ops_core "$(per_core "$r" "$c0" "$c1" %.0f)"
+    for w in $LOOKUP_WINDOWS; do
+        c0=$(cpu_now)
+        l=$(inA "$BENCH" tcp-lookup-client --connect "$IP_B:7000" --seconds "$SECS" --window "$w" | grep '^result')
+        c1=$(cpu_now)
+        r=$(field ops_per_sec "$l"); add tcp_ops_$w "$r"; add tcp_ops_core_$w "$(per_core "$r" "$c0" "$c1" %.0f)"
+    done
     echo "   rtt p50 pony $(last pony_rtt_p50) spin $(last spin_rtt_p50) tcp $(last tcp_rtt_p50) us;" \
         "bulk pony $(last pony_gbps) tcp $(last tcp_gbps) Gbit/s;" \
-        "lookups pony $(last pony_ops) tcp $(last tcp_ops) /s"
+        "lookups$(for w in $LOOKUP_WINDOWS; do echo -n " x$w pony $(last pony_ops_$w) tcp $(last tcp_ops_$w)"; done) /s"
 done
 
 med() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
@@ -196,8 +207,10 @@ printf '%-34s %12s %12s %8s\n' "RTT 64 B p50 (us), spinning" "$(med spin_rtt_p50
 printf '%-34s %12s %12s %8s\n' "RTT 64 B p99 (us), spinning" "$(med spin_rtt_p99)" "$(med tcp_rtt_p99)" "$(ratio spin_rtt_p99 tcp_rtt_p99)"
 printf '%-34s %12s %12s %8s\n' "bulk (Gbit/s)" "$(med pony_gbps)" "$(med tcp_gbps)" "$(ratio pony_gbps tcp_gbps)"
 printf '%-34s %12s %12s %8s\n' "bulk (Gbit/s per busy core)" "$(med pony_gbps_core)" "$(med tcp_gbps_core)" "$(ratio pony_gbps_core tcp_gbps_core)"
-printf '%-34s %12s %12s %8s\n' "lookups (/s)" "$(med pony_ops)" "$(med tcp_ops)" "$(ratio pony_ops tcp_ops)"
-printf '%-34s %12s %12s %8s\n' "lookups (/s per busy core)" "$(med pony_ops_core)" "$(med tcp_ops_core)" "$(ratio pony_ops_core tcp_ops_core)"
+for w in $LOOKUP_WINDOWS; do
+    printf '%-34s %12s %12s %8s\n' "lookups x$w (/s)" "$(med pony_ops_$w)" "$(med tcp_ops_$w)" "$(ratio pony_ops_$w tcp_ops_$w)"
+    printf '%-34s %12s %12s %8s\n' "lookups x$w (/s per busy core)" "$(med pony_ops_core_$w)" "$(med tcp_ops_core_$w)" "$(ratio pony_ops_core_$w tcp_ops_core_$w)"
+done
 
 [ "$CPU_VS_LOAD" = "--cpu-vs-load" ] || exit 0
 # CPU against offered load: both daemons' CPU while the client sends 64 B

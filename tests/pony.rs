@@ -351,6 +351,65 @@ fn one_sided(
     a.free(into).unwrap();
 }
 
+/// `count` indirect reads and `count` small reads from A at once, so that
+/// the engines bundle them (and their answers) several to a packet; every
+/// answer is checked against B's data.
+fn one_sided_burst(
+    a: &mut App,
+    conn: u32,
+    regions: &(u32, u32, u32, Buffer, Vec<u8>),
+    count: usize,
+) {
+    let (data_region, table_region, _, _, data) = regions;
+    const SLOT: usize = 256;
+    let into = a.alloc(2 * count * SLOT).unwrap();
+    for k in 0..count {
+        let i = (k % 8) as u64;
+        a.indirect_read(
+            conn,
+            *table_region,
+            i,
+            *data_region,
+            &into.slice(2 * k * SLOT, SLOT),
+            (2 * k) as u64,
+        )
+        .unwrap();
+        let at = (k * 613) % 60_000;
+        a.read(
+            conn,
+            *data_region,
+            at as u64,
+            &into.slice((2 * k + 1) * SLOT, 40),
+            (2 * k + 1) as u64,
+        )
+        .unwrap();
+    }
+    let mut seen = vec![false; 2 * count];
+    for _ in 0..2 * count {
+        let c = next(a, 20);
+        let n = c.user_data as usize;
+        assert!(
+            n < 2 * count && !seen[n],
+            "completion {n} twice or unknown: {c:?}"
+        );
+        seen[n] = true;
+        assert_eq!(c.status, status::OK, "{c:?}");
+        let k = n / 2;
+        let (from, len) = if n % 2 == 0 {
+            assert_eq!(c.kind, kind::INDIRECT_READ_DONE, "{c:?}");
+            ((k % 8) * 4000, 100 + (k % 8) * 10)
+        } else {
+            assert_eq!(c.kind, kind::READ_DONE, "{c:?}");
+            ((k * 613) % 60_000, 40)
+        };
+        assert_eq!(c.len as usize, len, "{c:?}");
+        let mut got = vec![0u8; len];
+        a.read_bytes(&into, n * SLOT, &mut got).unwrap();
+        assert_eq!(got, data[from..from + len], "operation {n}");
+    }
+    a.free(into).unwrap();
+}
+
 /// The child that is killed mid-transfer: attaches to host A, connects to
 /// B, and sends large messages until it dies.
 #[test]
@@ -435,6 +494,21 @@ fn pony_between_two_hosts() {
     // 2. One-sided operations on a clean wire.
     let regions = serve_regions(&mut b);
     one_sided(&mut a, &b, conn, &regions, 20);
+    one_sided_burst(&mut a, conn, &regions, 100);
+    // The requests went several to a packet, and so did their answers; the
+    // answers carried the requests' acknowledgements.
+    for host in [0, 1] {
+        assert!(
+            h.counter(host, "ops_bundled") > 0,
+            "host {host}: nothing bundled: {}",
+            h.status(host)
+        );
+        assert!(
+            h.counter(host, "acks_piggybacked") > 0,
+            "host {host}: no ACK rode on data: {}",
+            h.status(host)
+        );
+    }
 
     // 3. The same through 2 % loss, 2 % duplication and 2 % reordering both
     // ways, and a bottleneck that queues and drops when full.
@@ -450,6 +524,11 @@ fn pony_between_two_hosts() {
     }
     exchange(&mut a, &mut b, conn, &lossy, 32);
     one_sided(&mut a, &b, conn, &regions, 50);
+    let bundled_before = h.counter(0, "ops_bundled");
+    for _ in 0..5 {
+        one_sided_burst(&mut a, conn, &regions, 100);
+    }
+    assert!(h.counter(0, "ops_bundled") > bundled_before);
     h.impair(None);
     let s0 = h.status(0);
     let s1 = h.status(1);

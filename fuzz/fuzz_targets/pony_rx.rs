@@ -77,6 +77,24 @@ fn app() -> App {
     app
 }
 
+/// An operation header from fuzzed fields, ids and offsets kept small so
+/// that they name things that exist.
+fn op_header(inp: &mut Input) -> Option<OpHeader> {
+    Some(OpHeader {
+        op: Op::from_u8(inp.u8() % 12)?,
+        flags: inp.u8(),
+        stream: u16::from(inp.u8() & 3),
+        dst_conn: u32::from(inp.u8() & 7),
+        src_conn: u32::from(inp.u8() & 7),
+        total_len: inp.u32() & 0x1f_ffff,
+        op_id: u64::from(inp.u8()),
+        offset: inp.u32() & 0x1f_ffff,
+        region: u32::from(inp.u8() & 3),
+        addr: inp.u64() & 0x1_ffff,
+        aux: inp.u64(),
+    })
+}
+
 /// A Pony packet to the engine: raw bytes, or headers built from fuzzed
 /// fields around a fuzzed payload.
 fn packet(inp: &mut Input, out: &mut Vec<u8>) -> Ipv4Addr {
@@ -101,28 +119,30 @@ fn packet(inp: &mut Input, out: &mut Vec<u8>) -> Ipv4Addr {
                 seq: u32::from(inp.u16()),
                 timestamp: inp.u64(),
                 hold: inp.u32(),
+                // Up to three operations bundled after the first.
+                more: u16::from(inp.u8() % 4),
             };
             if kind != 2 {
-                let Some(op) = Op::from_u8(inp.u8() % 12) else {
+                let Some(h) = op_header(inp) else {
                     return peer;
                 };
                 let payload = inp.chunk();
-                let h = OpHeader {
-                    op,
-                    flags: inp.u8(),
-                    stream: u16::from(inp.u8() & 3),
-                    dst_conn: u32::from(inp.u8() & 7),
-                    src_conn: u32::from(inp.u8() & 7),
-                    total_len: inp.u32() & 0x1f_ffff,
-                    op_id: u64::from(inp.u8()),
-                    offset: inp.u32() & 0x1f_ffff,
-                    region: u32::from(inp.u8() & 3),
-                    addr: inp.u64() & 0x1_ffff,
-                    aux: inp.u64(),
-                };
                 out.resize(frames::HEADERS_LEN + wire::DATA_HEADER_LEN, 0);
                 wire::emit_data(&flow, &h, &mut out[frames::HEADERS_LEN..]);
+                if flow.more > 0 {
+                    wire::set_first_len(payload.len() as u16, &mut out[frames::HEADERS_LEN..]);
+                }
                 out.extend_from_slice(payload);
+                for _ in 0..flow.more {
+                    let Some(h) = op_header(inp) else {
+                        return peer;
+                    };
+                    let payload = inp.chunk();
+                    let at = out.len();
+                    out.resize(at + wire::SEGMENT_OVERHEAD, 0);
+                    wire::emit_segment(&h, payload.len() as u16, &mut out[at..]);
+                    out.extend_from_slice(payload);
+                }
                 if kind == 3 {
                     // A DATA_ACK: the acknowledgement trailer after the payload.
                     let ack = wire::AckBlock {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snapnet_pony::abi::{kind, status, Completion};
-use snapnet_wire::pony::{self as wire, AckBlock, FlowHeader, Op, OpHeader, Packet, ParseError};
+use snapnet_wire::pony::{
+    self as wire, AckBlock, FlowHeader, Op, OpHeader, Packet, ParseError, Segments,
+};
 use snapnet_wire::MacAddr;
 
 use super::apps::{App, Conn};
@@ -25,6 +27,60 @@ use crate::shaping::WakeTimer;
 
 /// Packets a poll takes from the uplink, and commands from one application.
 const COMMANDS_PER_APP: usize = 64;
+
+/// Operations bundled after a DATA packet's first, at most (the packet's
+/// room bounds them too).
+const MAX_BUNDLE: usize = 64;
+
+/// What a segment puts on the wire: its operation, payload length and
+/// payload source, or a no-op when its application went away (its sequence
+/// number, or its place in a bundle, still has to arrive).
+fn wire_segment(apps: &FastMap<u32, App>, p: &InFlight) -> (OpHeader, usize, Option<(u32, u64)>) {
+    let source = p
+        .source
+        .filter(|(app, _)| p.len > 0 && apps.contains_key(app));
+    match source {
+        Some(_) => (p.header, p.len as usize, source),
+        None if p.len > 0 => (control(Op::Nop, 0, 0), 0, None),
+        None => (p.header, 0, None),
+    }
+}
+
+/// Copies a segment's payload from its application's arena.
+fn copy_payload(apps: &FastMap<u32, App>, source: Option<(u32, u64)>, out: &mut [u8]) -> bool {
+    match source {
+        Some((app, at)) => apps.get(&app).is_some_and(|a| a.region.arena_read(at, out)),
+        None => true,
+    }
+}
+
+/// `next` as a segment bundled into a packet with `room` payload bytes
+/// left: only an operation that can never wait at the receiver
+/// ([`Op::may_wait`]) and only whole.
+fn bundled_segment(next: &Outgoing, room: usize) -> Option<InFlight> {
+    let fits =
+        |h: &OpHeader, len: u32| !h.op.may_wait() && wire::SEGMENT_OVERHEAD + len as usize <= room;
+    match *next {
+        Outgoing::Control(header) if fits(&header, 0) => Some(InFlight {
+            header,
+            len: 0,
+            source: None,
+            credit: None,
+        }),
+        Outgoing::Bytes {
+            header,
+            app,
+            arena,
+            credit,
+        } if fits(&header, header.total_len - header.offset) => Some(InFlight {
+            header,
+            len: header.total_len - header.offset,
+            source: Some((app, arena + u64::from(header.offset))),
+            credit: credit.map(|c| (app, c)),
+        }),
+        _ => None,
+    }
+}
 
 /// A packet in flight: enough to send it again.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +119,11 @@ pub(super) struct Flow {
     pub peer_epoch: u32,
     pub sender: Sender<u32>,
     pub receiver: Receiver,
+    /// Each slot's packet: its first operation...
     pub in_flight: Vec<Option<InFlight>>,
+    /// ...and those bundled after it (kept apart, so that a slot's vector
+    /// keeps its capacity from packet to packet).
+    pub bundled: Vec<Vec<InFlight>>,
     pub free_slots: Vec<u32>,
     pub queue: VecDeque<Outgoing>,
     pub conns: usize,
@@ -81,6 +141,7 @@ impl Flow {
             sender: Sender::new(cfg.flow()),
             receiver: Receiver::with_policy(cfg.flow().ack),
             in_flight: Vec::new(),
+            bundled: Vec::new(),
             free_slots: Vec::new(),
             queue: VecDeque::new(),
             conns: 0,
@@ -88,23 +149,37 @@ impl Flow {
         }
     }
 
-    fn store(&mut self, p: InFlight) -> u32 {
-        match self.free_slots.pop() {
+    fn store(&mut self, p: InFlight, more: &[InFlight]) -> u32 {
+        let slot = match self.free_slots.pop() {
             Some(s) => {
                 self.in_flight[s as usize] = Some(p);
                 s
             }
             None => {
                 self.in_flight.push(Some(p));
+                self.bundled.push(Vec::new());
                 (self.in_flight.len() - 1) as u32
             }
-        }
+        };
+        let bundled = &mut self.bundled[slot as usize];
+        bundled.clear();
+        bundled.extend_from_slice(more);
+        slot
     }
 
-    fn release(&mut self, slot: u32) -> Option<InFlight> {
-        let p = self.in_flight.get_mut(slot as usize)?.take()?;
+    /// Frees an acknowledged packet's slot; the operations its
+    /// acknowledgement counts for go to `credits`.
+    fn release(&mut self, slot: u32, credits: &mut Vec<(u32, u64)>) {
+        let Some(p) = self.in_flight.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
         self.free_slots.push(slot);
-        Some(p)
+        let more = &self.bundled[slot as usize];
+        credits.extend(
+            p.credit
+                .iter()
+                .chain(more.iter().filter_map(|m| m.credit.as_ref())),
+        );
     }
 
     /// The header of a data packet sent now as `seq`.
@@ -116,6 +191,7 @@ impl Flow {
             seq,
             timestamp: now,
             hold: 0,
+            more: 0,
         }
     }
 
@@ -171,6 +247,8 @@ pub struct PonyEngine {
     handoff: bool,
     // Scratch, sized once.
     acked: Vec<u32>,
+    credits: Vec<(u32, u64)>,
+    bundle: Vec<InFlight>,
     resend: Vec<(u32, u32)>,
     ids: Vec<u32>,
     peers: Vec<Ipv4Addr>,
@@ -220,6 +298,8 @@ impl PonyEngine {
                 wake_epoch: 0,
                 handoff: false,
                 acked: Vec::with_capacity(wire::SACK_BITS),
+                credits: Vec::with_capacity(wire::SACK_BITS),
+                bundle: Vec::with_capacity(MAX_BUNDLE),
                 resend: Vec::with_capacity(wire::SACK_BITS),
                 ids: Vec::new(),
                 peers: Vec::new(),
@@ -422,6 +502,7 @@ impl PonyEngine {
             flow.sender = Sender::new(self.cfg.flow());
             flow.receiver = Receiver::with_policy(self.cfg.flow().ack);
             flow.in_flight.clear();
+            flow.bundled.clear();
             flow.free_slots.clear();
             flow.queue.clear();
             flow.peer_epoch = 0;
@@ -462,6 +543,7 @@ impl PonyEngine {
                 ParseError::UnknownKind => self.counters.drop_unknown_kind += 1,
                 ParseError::UnknownOp => self.counters.drop_unknown_op += 1,
                 ParseError::BadLength => self.counters.drop_bad_length += 1,
+                ParseError::BadBundle => self.counters.drop_bad_bundle += 1,
             },
             Ok(packet) => self.receive_packet(src_mac, src_ip, packet),
         }
@@ -512,13 +594,14 @@ impl PonyEngine {
                 op,
                 payload,
                 ack,
+                more,
             } => {
                 // The acknowledgement first: what it frees (window, credit)
                 // is there for what the data asks.
                 if let Some(ack) = ack {
                     self.take_ack(peer, &ack, now);
                 }
-                self.take_data(peer, &f, &op, payload, now);
+                self.take_data(peer, &f, (&op, payload), more, now);
             }
         }
     }
@@ -540,24 +623,30 @@ impl PonyEngine {
             &mut self.acked,
         );
         let acked = std::mem::take(&mut self.acked);
-        for &slot in &acked {
-            if let Some(p) = self.flows.get_mut(&peer).and_then(|f| f.release(slot)) {
-                if let Some((app, op)) = p.credit {
-                    self.credit_packet(app, op);
-                }
+        let mut credits = std::mem::take(&mut self.credits);
+        credits.clear();
+        if let Some(flow) = self.flows.get_mut(&peer) {
+            for &slot in &acked {
+                flow.release(slot, &mut credits);
             }
         }
+        for &(app, op) in &credits {
+            self.credit_packet(app, op);
+        }
         self.acked = acked;
+        self.credits = credits;
     }
 
-    /// A DATA packet's operation: delivered once, unless it is a duplicate,
-    /// beyond the window, or finds no room (then unacknowledged).
+    /// A DATA packet's operations: delivered once, unless it is a
+    /// duplicate, beyond the window, or its first finds no room (then
+    /// unacknowledged). The bundled ones cannot wait (`parse` checked), so
+    /// a packet is taken whole or not at all.
     fn take_data(
         &mut self,
         peer: Ipv4Addr,
         f: &FlowHeader,
-        op: &OpHeader,
-        payload: &[u8],
+        (op, payload): (&OpHeader, &[u8]),
+        more: Segments<'_>,
         now: u64,
     ) {
         let Some(flow) = self.flows.get_mut(&peer) else {
@@ -574,6 +663,9 @@ impl PonyEngine {
             }
             Arrival::New => {
                 if self.deliver(peer, op, payload) {
+                    for (op, payload) in more {
+                        self.deliver(peer, &op, payload);
+                    }
                     if let Some(flow) = self.flows.get_mut(&peer) {
                         flow.receiver.accept(f.seq, f.timestamp, now);
                     }
@@ -633,7 +725,12 @@ impl PonyEngine {
                 continue;
             };
             let header = flow.data_header(seq, now);
-            if self.emit_data(dst_mac, peer, &header, &p, None) {
+            let mut more = std::mem::take(&mut self.bundle);
+            more.clear();
+            more.extend_from_slice(&flow.bundled[slot as usize]);
+            let emitted = self.emit_data(dst_mac, peer, &header, &p, &more, None);
+            self.bundle = more;
+            if emitted {
                 self.counters.retransmits += 1;
                 sent += 1;
             }
@@ -680,20 +777,42 @@ impl PonyEngine {
                     p
                 }
             };
-            let slot = flow.store(p);
+            // What arrived from the peer is acknowledged on the way back
+            // when the packet has room for the trailer...
+            let trailer = if flow.receiver.ack_due() {
+                wire::ACK_TRAILER_LEN
+            } else {
+                0
+            };
+            let ack = trailer > 0 && p.len as usize + trailer <= self.payload_max;
+            // ...and small operations queued behind this one ride along,
+            // whole, while they fit.
+            let mut room = self
+                .payload_max
+                .saturating_sub(p.len as usize + if ack { trailer } else { 0 });
+            let mut more = std::mem::take(&mut self.bundle);
+            more.clear();
+            while more.len() < MAX_BUNDLE {
+                let Some(m) = flow.queue.front().and_then(|o| bundled_segment(o, room)) else {
+                    break;
+                };
+                flow.queue.pop_front();
+                room -= wire::SEGMENT_OVERHEAD + m.len as usize;
+                more.push(m);
+            }
+            let slot = flow.store(p, &more);
             let seq = flow.sender.sent(slot, now);
             let header = flow.data_header(seq, now);
-            // What arrived from the peer is acknowledged on the way back
-            // when the packet has room for the trailer.
-            let ack = (flow.receiver.ack_due()
-                && p.len as usize + wire::ACK_TRAILER_LEN <= self.payload_max)
-                .then(|| flow.receiver.ack(now));
-            if self.emit_data(dst_mac, peer, &header, &p, ack.as_ref()) {
+            let ack = ack.then(|| flow.receiver.ack(now));
+            let emitted = self.emit_data(dst_mac, peer, &header, &p, &more, ack.as_ref());
+            if emitted {
                 sent += 1;
+                self.counters.ops_bundled += more.len() as u64;
                 if ack.is_some() {
                     self.counters.acks_piggybacked += 1;
                 }
             }
+            self.bundle = more;
         }
         // 3. An ACK of its own for what arrived, when it cannot wait for
         // data going back any longer.
@@ -707,6 +826,7 @@ impl PonyEngine {
                     seq: a.cumulative,
                     timestamp: a.echo,
                     hold: a.hold,
+                    more: 0,
                 };
                 if self.emit_ack(dst_mac, peer, &header, &a.sack) {
                     self.counters.acks_sent += 1;
@@ -729,6 +849,7 @@ impl PonyEngine {
             seq: 0,
             timestamp: 0,
             hold: 0,
+            more: 0,
         };
         if self.emit_ack(mac, peer, &header, &[0; wire::SACK_BITS / 64]) {
             self.to_uplink[0].flush();
@@ -749,31 +870,29 @@ impl PonyEngine {
         self.push_frame(frame)
     }
 
-    /// Builds and queues a DATA packet, with `ack` as its trailer (then a
-    /// DATA_ACK); a packet whose application went away goes as a no-op, so
-    /// that its sequence number still arrives.
+    /// Builds and queues a DATA packet: `p`, then the operations of `more`
+    /// bundled after it, then `ack` as its trailer (a DATA_ACK).
     fn emit_data(
         &mut self,
         mac: MacAddr,
         peer: Ipv4Addr,
         h: &FlowHeader,
         p: &InFlight,
+        more: &[InFlight],
         ack: Option<&AckBlock>,
     ) -> bool {
-        let source = p
-            .source
-            .filter(|(app, _)| p.len > 0 && self.apps.contains_key(app));
-        let (op, len) = match source {
-            Some(_) => (p.header, p.len as usize),
-            None if p.len > 0 => (control(Op::Nop, 0, 0), 0),
-            None => (p.header, 0),
-        };
+        let apps = &self.apps;
+        let (op, len, source) = wire_segment(apps, p);
         let trailer = if ack.is_some() {
             wire::ACK_TRAILER_LEN
         } else {
             0
         };
-        let pony_len = wire::DATA_HEADER_LEN + len + trailer;
+        let bundled: usize = more
+            .iter()
+            .map(|m| wire::SEGMENT_OVERHEAD + wire_segment(apps, m).1)
+            .sum();
+        let pony_len = wire::DATA_HEADER_LEN + len + bundled + trailer;
         let Some(mut frame) = self.cache.alloc(frames::HEADERS_LEN + pony_len) else {
             self.counters.drop_pool_empty += 1;
             return false;
@@ -787,22 +906,34 @@ impl PonyEngine {
         } else {
             wire::kind::DATA
         };
-        wire::emit_data(
-            &FlowHeader { kind, ..*h },
-            &op,
-            &mut buf[frames::HEADERS_LEN..],
-        );
-        if let Some(a) = ack {
-            wire::emit_ack_trailer(a, &mut buf[total - trailer..]);
+        let flow = FlowHeader {
+            kind,
+            more: more.len() as u16,
+            ..*h
+        };
+        let pony = &mut buf[frames::HEADERS_LEN..];
+        wire::emit_data(&flow, &op, pony);
+        if !more.is_empty() {
+            wire::set_first_len(len as u16, pony);
         }
-        if let Some((app, at)) = source {
-            let payload = &mut buf[frames::HEADERS_LEN + wire::DATA_HEADER_LEN..total - trailer];
-            if !self.apps[&app].region.arena_read(at, payload) {
-                // Checked when the operation was taken; the arena does not
-                // shrink, so this cannot happen.
-                self.cache.free(frame);
-                return false;
-            }
+        let mut at = wire::DATA_HEADER_LEN;
+        let mut copied = copy_payload(apps, source, &mut pony[at..at + len]);
+        at += len;
+        for m in more {
+            let (op, len, source) = wire_segment(apps, m);
+            wire::emit_segment(&op, len as u16, &mut pony[at..]);
+            at += wire::SEGMENT_OVERHEAD;
+            copied &= copy_payload(apps, source, &mut pony[at..at + len]);
+            at += len;
+        }
+        if !copied {
+            // Checked when the operation was taken; the arena does not
+            // shrink, so this cannot happen.
+            self.cache.free(frame);
+            return false;
+        }
+        if let Some(a) = ack {
+            wire::emit_ack_trailer(a, &mut pony[at..at + trailer]);
         }
         frame.len = total as u32;
         self.push_frame(frame)

@@ -113,6 +113,8 @@ pub struct Sender<T> {
     rttvar_ns: u64,
     rto_ns: u64,
     failed: bool,
+    /// Scratch for `retransmits`: (slot offset, why) of what is due.
+    due: Vec<(usize, Resend)>,
     sent: u64,
     acked: u64,
     retransmit_timeout: u64,
@@ -140,6 +142,7 @@ impl<T: Copy> Sender<T> {
             rttvar_ns: 0,
             rto_ns: bound(cfg.rto_initial_ns, cfg.rto_min_ns, cfg.rto_max_ns),
             failed: false,
+            due: Vec::new(),
             sent: 0,
             acked: 0,
             retransmit_timeout: 0,
@@ -252,28 +255,35 @@ impl<T: Copy> Sender<T> {
         let srtt_ns = self.rtt_estimate_ns();
         let (rto_ns, rto_max_ns) = (self.rto_ns, self.cfg.rto_max_ns);
         let max_retransmits = self.cfg.max_retransmits;
+        // One walk over the window (it runs every poll) finds what is due.
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        for (offset, slot) in self.slots.iter().enumerate() {
+            if let Slot::Unacked(packet) = slot {
+                if let Some(why) = resend_reason(packet, now_ns, srtt_ns, rto_ns, rto_max_ns) {
+                    due.push((offset, why));
+                }
+            }
+        }
         // Decided before anything is resent, so a dying flow sends nothing
         // more and its counters stay true.
-        self.failed = self.slots.iter().any(|slot| match slot {
-            Slot::Unacked(packet) => {
-                resend_reason(packet, now_ns, srtt_ns, rto_ns, rto_max_ns) == Some(Resend::Timeout)
-                    && packet.timeouts >= max_retransmits
-            }
-            Slot::Acked { .. } => false,
+        self.failed = due.iter().any(|&(offset, why)| {
+            why == Resend::Timeout
+                && matches!(&self.slots[offset], Slot::Unacked(p) if p.timeouts >= max_retransmits)
         });
-        if self.failed {
+        if self.failed || due.is_empty() {
+            self.due = due;
             return;
         }
         let mut timed_out = false;
         let mut transmission = self.next_transmission;
-        for (offset, slot) in self.slots.iter_mut().enumerate() {
-            let Slot::Unacked(packet) = slot else {
+        for &(offset, why) in &due {
+            let Some(Slot::Unacked(packet)) = self.slots.get_mut(offset) else {
                 continue;
             };
-            match resend_reason(packet, now_ns, srtt_ns, rto_ns, rto_max_ns) {
-                None => continue,
-                Some(Resend::Loss) => self.retransmit_loss += 1,
-                Some(Resend::Timeout) => {
+            match why {
+                Resend::Loss => self.retransmit_loss += 1,
+                Resend::Timeout => {
                     packet.timeouts += 1;
                     timed_out = true;
                     self.retransmit_timeout += 1;
@@ -288,6 +298,7 @@ impl<T: Copy> Sender<T> {
             out.push((seq as u32, packet.token));
         }
         self.next_transmission = transmission;
+        self.due = due;
         if timed_out {
             self.swift.on_timeout(now_ns);
         }

@@ -16,6 +16,8 @@ pub struct PonyCounters {
     pub acks_sent: u64,
     /// ACKs carried by DATA packets going back (DATA_ACK).
     pub acks_piggybacked: u64,
+    /// Operations that rode in another's DATA packet (bundled).
+    pub ops_bundled: u64,
     pub acks_received: u64,
     pub retransmits: u64,
     /// DATA packets that arrived twice (acknowledged again, not delivered).
@@ -34,6 +36,7 @@ pub struct PonyCounters {
     pub drop_unknown_kind: u64,
     pub drop_unknown_op: u64,
     pub drop_bad_length: u64,
+    pub drop_bad_bundle: u64,
     pub drop_stale_epoch: u64,
     pub drop_out_of_window: u64,
     pub drop_unknown_conn: u64,

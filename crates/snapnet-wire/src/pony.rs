@@ -4,7 +4,9 @@
 //! operation's bytes, an ACK packet a selective acknowledgement. A
 //! DATA_ACK packet is a DATA packet with an acknowledgement trailer: the
 //! sender's ACK rides on data going the same way instead of costing a
-//! packet of its own.
+//! packet of its own. A DATA packet may bundle several small operations:
+//! the first as in a single-operation packet, the others after it, each
+//! behind a segment header (see [`field::MORE`]).
 //!
 //! Everything here comes from the wire, so `parse` checks every length and
 //! value range before anything reads it; what it returns can be trusted to
@@ -33,7 +35,13 @@ pub mod field {
     pub const TIMESTAMP: usize = 16;
     /// ACK: nanoseconds the receiver held that packet before acking.
     pub const HOLD: usize = 24;
-    pub const RESERVED: usize = 28;
+    /// DATA: operation segments bundled after the first (0: the packet
+    /// carries one operation, and all its bytes after the op header are
+    /// that operation's payload).
+    pub const MORE: usize = 28;
+    /// DATA with `MORE` > 0: the first operation's payload bytes; the
+    /// bundled segments follow them.
+    pub const FIRST_LEN: usize = 30;
     /// ACK: bitmap of packets received after the cumulative point.
     pub const SACK: usize = 32;
 
@@ -50,6 +58,22 @@ pub mod field {
     pub const ADDR: usize = 64;
     pub const AUX: usize = 72;
 }
+
+/// A bundled segment: a header of [`SEGMENT_HEADER_LEN`] bytes (the
+/// payload's length, then two reserved bytes), the operation header (the
+/// same fields as a DATA packet's, at [`field::OP`]-relative offsets), then
+/// the payload.
+pub mod segment {
+    pub const PAYLOAD_LEN: usize = 0;
+    pub const RESERVED: usize = 2;
+    pub const OP: usize = 4;
+}
+/// Bytes of a bundled segment's own header.
+pub const SEGMENT_HEADER_LEN: usize = segment::OP;
+/// Bytes of an operation header.
+pub const OP_HEADER_LEN: usize = DATA_HEADER_LEN - field::OP;
+/// Bytes a bundled segment takes besides its payload.
+pub const SEGMENT_OVERHEAD: usize = SEGMENT_HEADER_LEN + OP_HEADER_LEN;
 
 /// Offsets in the acknowledgement trailer, the last [`ACK_TRAILER_LEN`]
 /// bytes of a DATA_ACK packet.
@@ -136,6 +160,14 @@ impl Op {
     pub fn has_payload(self) -> bool {
         matches!(self, Op::Message | Op::Write | Op::ReadResponse)
     }
+
+    /// Whether the receiver may have to leave it for later (no room for a
+    /// message's or write's bytes, a connection's completion): only a
+    /// packet's first operation may, so that a bundle is either refused
+    /// whole or taken whole, and a retransmission never delivers twice.
+    pub fn may_wait(self) -> bool {
+        matches!(self, Op::Connect | Op::Message | Op::Write)
+    }
 }
 
 /// The flow header every packet has.
@@ -147,6 +179,8 @@ pub struct FlowHeader {
     pub seq: u32,
     pub timestamp: u64,
     pub hold: u32,
+    /// DATA: operation segments bundled after the first.
+    pub more: u16,
 }
 
 /// The operation header of a DATA packet.
@@ -174,6 +208,28 @@ pub struct AckBlock {
     pub sack: [u64; SACK_BITS / 64],
 }
 
+/// The operations bundled after a DATA packet's first, checked by `parse`
+/// (each fits, is a known operation, and cannot wait): iterating cannot
+/// fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segments<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Segments<'a> {
+    pub const EMPTY: Segments<'static> = Segments { bytes: &[] };
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = (OpHeader, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (h, payload, rest) = split_segment(self.bytes).ok()?;
+        self.bytes = rest;
+        Some((h, payload))
+    }
+}
+
 /// A parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
@@ -183,6 +239,8 @@ pub enum Packet<'a> {
         payload: &'a [u8],
         /// The trailer of a DATA_ACK packet.
         ack: Option<AckBlock>,
+        /// Operations bundled after the first.
+        more: Segments<'a>,
     },
     Ack {
         flow: FlowHeader,
@@ -202,6 +260,51 @@ pub enum ParseError {
     /// The payload does not fit inside the operation (`offset + len >
     /// total_len`), or an operation without payload carries some.
     BadLength,
+    /// A bundle's segments do not add up to the packet, or one after the
+    /// first is an operation that may wait.
+    BadBundle,
+}
+
+/// Reads an operation header from the start of `b` (at least
+/// [`OP_HEADER_LEN`] bytes) and checks `payload` against it.
+fn parse_op(b: &[u8], payload: &[u8]) -> Result<OpHeader, ParseError> {
+    let at = |f: usize| f - field::OP;
+    let op = Op::from_u8(b[at(field::OP)]).ok_or(ParseError::UnknownOp)?;
+    let h = OpHeader {
+        op,
+        flags: b[at(field::OP_FLAGS)],
+        stream: get_u16(b, at(field::STREAM)),
+        dst_conn: get_u32(b, at(field::DST_CONN)),
+        src_conn: get_u32(b, at(field::SRC_CONN)),
+        total_len: get_u32(b, at(field::TOTAL_LEN)),
+        op_id: get_u64(b, at(field::OP_ID)),
+        offset: get_u32(b, at(field::OFFSET)),
+        region: get_u32(b, at(field::REGION)),
+        addr: get_u64(b, at(field::ADDR)),
+        aux: get_u64(b, at(field::AUX)),
+    };
+    let fits = u64::from(h.offset) + payload.len() as u64 <= u64::from(h.total_len);
+    if (op.has_payload() && !fits) || (!op.has_payload() && !payload.is_empty()) {
+        return Err(ParseError::BadLength);
+    }
+    Ok(h)
+}
+
+/// The bundled segment at the start of `b`: its operation, payload, and
+/// the bytes after it.
+fn split_segment(b: &[u8]) -> Result<(OpHeader, &[u8], &[u8]), ParseError> {
+    if b.len() < SEGMENT_OVERHEAD {
+        return Err(ParseError::BadBundle);
+    }
+    let len = usize::from(get_u16(b, segment::PAYLOAD_LEN));
+    let Some(payload) = b.get(SEGMENT_OVERHEAD..SEGMENT_OVERHEAD + len) else {
+        return Err(ParseError::BadBundle);
+    };
+    let h = parse_op(&b[segment::OP..], payload)?;
+    if h.op.may_wait() {
+        return Err(ParseError::BadBundle);
+    }
+    Ok((h, payload, &b[SEGMENT_OVERHEAD + len..]))
 }
 
 /// Parses a UDP payload.
@@ -219,6 +322,7 @@ pub fn parse(b: &[u8]) -> Result<Packet<'_>, ParseError> {
         seq: get_u32(b, field::SEQ),
         timestamp: get_u64(b, field::TIMESTAMP),
         hold: get_u32(b, field::HOLD),
+        more: get_u16(b, field::MORE),
     };
     match flow.kind {
         kind::ACK => {
@@ -254,30 +358,32 @@ pub fn parse(b: &[u8]) -> Result<Packet<'_>, ParseError> {
             if b.len() < DATA_HEADER_LEN {
                 return Err(ParseError::Truncated);
             }
-            let op = Op::from_u8(b[field::OP]).ok_or(ParseError::UnknownOp)?;
-            let h = OpHeader {
-                op,
-                flags: b[field::OP_FLAGS],
-                stream: get_u16(b, field::STREAM),
-                dst_conn: get_u32(b, field::DST_CONN),
-                src_conn: get_u32(b, field::SRC_CONN),
-                total_len: get_u32(b, field::TOTAL_LEN),
-                op_id: get_u64(b, field::OP_ID),
-                offset: get_u32(b, field::OFFSET),
-                region: get_u32(b, field::REGION),
-                addr: get_u64(b, field::ADDR),
-                aux: get_u64(b, field::AUX),
+            let body = &b[DATA_HEADER_LEN..];
+            let (payload, rest) = if flow.more == 0 {
+                (body, &body[body.len()..])
+            } else {
+                let first = usize::from(get_u16(b, field::FIRST_LEN));
+                if first > body.len() {
+                    return Err(ParseError::BadBundle);
+                }
+                body.split_at(first)
             };
-            let payload = &b[DATA_HEADER_LEN..];
-            let fits = u64::from(h.offset) + payload.len() as u64 <= u64::from(h.total_len);
-            if (op.has_payload() && !fits) || (!op.has_payload() && !payload.is_empty()) {
-                return Err(ParseError::BadLength);
+            let h = parse_op(&b[field::OP..], payload)?;
+            // Every bundled segment checked now, so that the engine can
+            // iterate them without failing half way.
+            let mut left = rest;
+            for _ in 0..flow.more {
+                left = split_segment(left)?.2;
+            }
+            if !left.is_empty() {
+                return Err(ParseError::BadBundle);
             }
             Ok(Packet::Data {
                 flow,
                 op: h,
                 payload,
                 ack,
+                more: Segments { bytes: rest },
             })
         }
         _ => Err(ParseError::UnknownKind),
@@ -295,7 +401,8 @@ pub fn emit_flow(f: &FlowHeader, out: &mut [u8]) {
     set_u32(out, field::SEQ, f.seq);
     set_u64(out, field::TIMESTAMP, f.timestamp);
     set_u32(out, field::HOLD, f.hold);
-    set_u32(out, field::RESERVED, 0);
+    set_u16(out, field::MORE, f.more);
+    set_u16(out, field::FIRST_LEN, 0);
 }
 
 /// Writes an ACK packet (flow header with `kind` ACK, then the bitmap) into
@@ -324,17 +431,38 @@ pub fn emit_data(f: &FlowHeader, h: &OpHeader, out: &mut [u8]) {
         kind::DATA
     };
     emit_flow(&FlowHeader { kind, ..*f }, out);
-    out[field::OP] = h.op as u8;
-    out[field::OP_FLAGS] = h.flags;
-    set_u16(out, field::STREAM, h.stream);
-    set_u32(out, field::DST_CONN, h.dst_conn);
-    set_u32(out, field::SRC_CONN, h.src_conn);
-    set_u32(out, field::TOTAL_LEN, h.total_len);
-    set_u64(out, field::OP_ID, h.op_id);
-    set_u32(out, field::OFFSET, h.offset);
-    set_u32(out, field::REGION, h.region);
-    set_u64(out, field::ADDR, h.addr);
-    set_u64(out, field::AUX, h.aux);
+    emit_op(h, &mut out[field::OP..]);
+}
+
+/// Writes an operation header at the start of `out`.
+fn emit_op(h: &OpHeader, out: &mut [u8]) {
+    let at = |f: usize| f - field::OP;
+    out[at(field::OP)] = h.op as u8;
+    out[at(field::OP_FLAGS)] = h.flags;
+    set_u16(out, at(field::STREAM), h.stream);
+    set_u32(out, at(field::DST_CONN), h.dst_conn);
+    set_u32(out, at(field::SRC_CONN), h.src_conn);
+    set_u32(out, at(field::TOTAL_LEN), h.total_len);
+    set_u64(out, at(field::OP_ID), h.op_id);
+    set_u32(out, at(field::OFFSET), h.offset);
+    set_u32(out, at(field::REGION), h.region);
+    set_u64(out, at(field::ADDR), h.addr);
+    set_u64(out, at(field::AUX), h.aux);
+}
+
+/// Marks a DATA packet written by [`emit_data`] (with `f.more` segments
+/// bundled) as carrying `first_len` payload bytes for its first operation.
+pub fn set_first_len(first_len: u16, out: &mut [u8]) {
+    set_u16(out, field::FIRST_LEN, first_len);
+}
+
+/// Writes a bundled segment's headers at the start of `out` (at least
+/// [`SEGMENT_OVERHEAD`] bytes); its `payload_len` bytes of payload go
+/// after them.
+pub fn emit_segment(h: &OpHeader, payload_len: u16, out: &mut [u8]) {
+    set_u16(out, segment::PAYLOAD_LEN, payload_len);
+    set_u16(out, segment::RESERVED, 0);
+    emit_op(h, &mut out[segment::OP..]);
 }
 
 /// Writes a DATA_ACK packet's trailer into `out` (exactly
@@ -376,7 +504,114 @@ mod tests {
             seq: 77,
             timestamp: 123_456,
             hold: 0,
+            more: 0,
         }
+    }
+
+    /// A DATA packet bundling `ops` (header, payload) after its first,
+    /// with `ack` as trailer when given.
+    fn bundle(
+        first: (&OpHeader, &[u8]),
+        ops: &[(OpHeader, &[u8])],
+        ack: Option<&AckBlock>,
+    ) -> Vec<u8> {
+        let f = FlowHeader {
+            kind: if ack.is_some() {
+                kind::DATA_ACK
+            } else {
+                kind::DATA
+            },
+            more: ops.len() as u16,
+            ..flow()
+        };
+        let mut b = vec![0u8; DATA_HEADER_LEN];
+        emit_data(&f, first.0, &mut b);
+        set_first_len(first.1.len() as u16, &mut b);
+        b.extend_from_slice(first.1);
+        for (h, payload) in ops {
+            let at = b.len();
+            b.resize(at + SEGMENT_OVERHEAD, 0);
+            emit_segment(h, payload.len() as u16, &mut b[at..]);
+            b.extend_from_slice(payload);
+        }
+        if let Some(a) = ack {
+            let at = b.len();
+            b.resize(at + ACK_TRAILER_LEN, 0);
+            emit_ack_trailer(a, &mut b[at..]);
+        }
+        b
+    }
+
+    #[test]
+    fn bundles_round_trip_with_and_without_a_trailer() {
+        let first = data_header(Op::Message, 5, 0);
+        let read = data_header(Op::IndirectReadRequest, 64, 0);
+        let answer = data_header(Op::ReadResponse, 64, 0);
+        let ops = [(read, &[][..]), (answer, &[7u8; 64][..]), (read, &[][..])];
+        let ack = AckBlock {
+            cumulative: 3,
+            ..AckBlock::default()
+        };
+        for trailer in [None, Some(&ack)] {
+            let b = bundle((&first, b"hello"), &ops, trailer);
+            let Ok(Packet::Data {
+                flow: f,
+                op,
+                payload,
+                ack: got_ack,
+                more,
+            }) = parse(&b)
+            else {
+                panic!("{:?}", parse(&b));
+            };
+            assert_eq!((f.more, op, payload), (3, first, &b"hello"[..]));
+            assert_eq!(got_ack, trailer.copied());
+            assert_eq!(more.collect::<Vec<_>>(), ops.to_vec());
+        }
+        // A single-operation packet bundles nothing.
+        let mut b = vec![0u8; DATA_HEADER_LEN + 3];
+        emit_data(&flow(), &first, &mut b);
+        let Ok(Packet::Data { more, payload, .. }) = parse(&b) else {
+            panic!()
+        };
+        assert_eq!((more.count(), payload.len()), (0, 3));
+    }
+
+    #[test]
+    fn bundles_that_do_not_add_up_or_bundle_what_may_wait_are_refused() {
+        let first = data_header(Op::ReadRequest, 64, 0);
+        let read = data_header(Op::ReadRequest, 64, 0);
+        let ok = bundle((&first, &[]), &[(read, &[])], None);
+        assert!(parse(&ok).is_ok());
+        // A message, a write or a connect only ever comes first.
+        for op in [Op::Message, Op::Write, Op::Connect] {
+            let h = data_header(op, 64, 0);
+            let payload: &[u8] = if op.has_payload() { &[1u8; 4] } else { &[] };
+            let b = bundle((&first, &[]), &[(h, payload)], None);
+            assert_eq!(parse(&b), Err(ParseError::BadBundle), "{op:?}");
+        }
+        // Fewer segments than announced, more bytes than segments, a
+        // segment cut short, a first payload past the end.
+        let mut b = ok.clone();
+        set_u16(&mut b, field::MORE, 2);
+        assert_eq!(parse(&b), Err(ParseError::BadBundle));
+        let mut b = ok.clone();
+        b.push(0);
+        assert_eq!(parse(&b), Err(ParseError::BadBundle));
+        assert_eq!(parse(&ok[..ok.len() - 1]), Err(ParseError::BadBundle));
+        let mut b = ok.clone();
+        set_first_len(1000, &mut b);
+        assert_eq!(parse(&b), Err(ParseError::BadBundle));
+        // A segment's payload is checked against its operation too.
+        let b = bundle(
+            (&first, &[]),
+            &[(data_header(Op::ReadResponse, 4, 0), &[0u8; 5])],
+            None,
+        );
+        assert_eq!(parse(&b), Err(ParseError::BadLength));
+        let mut b = bundle((&first, &[]), &[(read, &[])], None);
+        b[DATA_HEADER_LEN + segment::OP] = 0;
+        assert_eq!(parse(&b), Err(ParseError::UnknownOp));
     }
 
     #[test]
@@ -391,7 +626,9 @@ mod tests {
                 op,
                 payload,
                 ack,
+                more,
             } => {
+                assert_eq!(more.count(), 0);
                 assert_eq!(f, flow());
                 assert_eq!(op, h);
                 assert_eq!(payload, &[0xab; 10]);
@@ -425,6 +662,7 @@ mod tests {
                 op: h,
                 payload: &[0xab; 10],
                 ack: Some(a),
+                more: Segments::EMPTY,
             })
         );
         // The trailer is taken off the end before the payload is checked:
