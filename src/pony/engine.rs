@@ -786,13 +786,15 @@ impl PonyEngine {
             };
             let ack = trailer > 0 && p.len as usize + trailer <= self.payload_max;
             // ...and small operations queued behind this one ride along,
-            // whole, while they fit.
+            // whole, while they fit. Not behind one that may wait at the
+            // receiver (a message, a write, a connect): refused, it would
+            // hold back everything riding with it, other tenants' included.
             let mut room = self
                 .payload_max
                 .saturating_sub(p.len as usize + if ack { trailer } else { 0 });
             let mut more = std::mem::take(&mut self.bundle);
             more.clear();
-            while more.len() < MAX_BUNDLE {
+            while more.len() < MAX_BUNDLE && !p.header.op.may_wait() {
                 let Some(m) = flow.queue.front().and_then(|o| bundled_segment(o, room)) else {
                     break;
                 };
@@ -803,13 +805,16 @@ impl PonyEngine {
             let slot = flow.store(p, &more);
             let seq = flow.sender.sent(slot, now);
             let header = flow.data_header(seq, now);
-            let ack = ack.then(|| flow.receiver.ack(now));
+            let ack = ack.then(|| flow.receiver.ack_fields(now));
             let emitted = self.emit_data(dst_mac, peer, &header, &p, &more, ack.as_ref());
             if emitted {
                 sent += 1;
                 self.counters.ops_bundled += more.len() as u64;
                 if ack.is_some() {
                     self.counters.acks_piggybacked += 1;
+                    if let Some(flow) = self.flows.get_mut(&peer) {
+                        flow.receiver.ack_sent();
+                    }
                 }
             }
             self.bundle = more;
@@ -818,7 +823,7 @@ impl PonyEngine {
         // data going back any longer.
         if let Some(flow) = self.flows.get_mut(&peer) {
             if flow.receiver.ack_due_now(now) {
-                let a = flow.receiver.ack(now);
+                let a = flow.receiver.ack_fields(now);
                 let header = FlowHeader {
                     kind: wire::kind::ACK,
                     src_epoch: flow.epoch,
@@ -831,6 +836,9 @@ impl PonyEngine {
                 if self.emit_ack(dst_mac, peer, &header, &a.sack) {
                     self.counters.acks_sent += 1;
                     sent += 1;
+                    if let Some(flow) = self.flows.get_mut(&peer) {
+                        flow.receiver.ack_sent();
+                    }
                 }
             }
         }

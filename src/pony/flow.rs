@@ -405,7 +405,13 @@ impl<T: Copy> Sender<T> {
             }
         };
         self.srtt_ns = Some(srtt_ns);
-        let rto_ns = srtt_ns.saturating_add(self.rttvar_ns.saturating_mul(4));
+        // Samples leave out how long the receiver held a packet, but an
+        // ACK may really come that much later (a delayed ACK): as QUIC's
+        // max_ack_delay, the receiver's delay (taken to be ours: hosts of
+        // one fabric share a config) is added to the timeout.
+        let rto_ns = srtt_ns
+            .saturating_add(self.rttvar_ns.saturating_mul(4))
+            .saturating_add(self.cfg.ack.delay_ns);
         self.rto_ns = bound(rto_ns, self.cfg.rto_min_ns, self.cfg.rto_max_ns);
     }
 
@@ -639,6 +645,9 @@ impl Receiver {
             return;
         }
         let offset = seq.wrapping_sub(self.cumulative) as usize;
+        // Filling a gap moves the cumulative point past what the sender
+        // may be about to retransmit: news as well.
+        let had_gap = self.sack != [0; SACK_WORDS];
         if offset == 0 {
             // The cumulative point moves past this packet and every packet
             // after it that already arrived.
@@ -652,7 +661,7 @@ impl Receiver {
         self.stats.received += 1;
         // A gap (this packet overtook another, or fills one with more
         // missing behind it) is news for the sender's loss detection.
-        self.ack_urgent |= self.sack != [0; SACK_WORDS];
+        self.ack_urgent |= had_gap || self.sack != [0; SACK_WORDS];
         self.remember_echo(timestamp, now_ns);
     }
 
@@ -693,11 +702,18 @@ impl Receiver {
         self.ack_deadline().is_some_and(|d| d <= now_ns)
     }
 
-    /// The ACK to send now.
+    /// The ACK to send now, taken as sent.
     pub fn ack(&mut self, now_ns: u64) -> AckBlock {
-        self.ack_due = false;
-        self.ack_urgent = false;
-        self.unacked = 0;
+        let a = self.ack_fields(now_ns);
+        self.ack_sent();
+        a
+    }
+
+    /// The ACK as it would go now; nothing changes until [`ack_sent`]
+    /// (so an ACK whose packet could not be built is not lost).
+    ///
+    /// [`ack_sent`]: Self::ack_sent
+    pub fn ack_fields(&self, now_ns: u64) -> AckBlock {
         let hold = now_ns.saturating_sub(self.echo_arrival_ns);
         AckBlock {
             cumulative: self.cumulative,
@@ -705,6 +721,13 @@ impl Receiver {
             echo: self.echo_timestamp,
             hold: u32::try_from(hold).unwrap_or(u32::MAX),
         }
+    }
+
+    /// What [`ack_fields`](Self::ack_fields) gave went out.
+    pub fn ack_sent(&mut self) {
+        self.ack_due = false;
+        self.ack_urgent = false;
+        self.unacked = 0;
     }
 
     pub fn stats(&self) -> ReceiverStats {
@@ -1095,6 +1118,18 @@ mod tests {
         sender.sent(0u32, 0);
         sender.on_ack(1, &[0; 4], 0, 0, 1_000, &mut acked);
         assert_eq!(sender.stats().rto_ns, 2_000_000);
+
+        // A receiver that may delay its ACKs: their delay is added.
+        let mut sender = Sender::new(FlowConfig {
+            ack: AckPolicy {
+                delay_ns: 5_000,
+                every: 4,
+            },
+            ..cfg
+        });
+        sender.sent(0u32, 1_000);
+        sender.on_ack(1, &[0; 4], 1_000, 200, 2_000, &mut acked);
+        assert_eq!(sender.stats().rto_ns, 2_400 + 5_000);
     }
 
     #[test]
@@ -1463,15 +1498,22 @@ mod tests {
         // So is a duplicate (our ACK was lost).
         receiver.duplicate(10, 3_000);
         assert!(receiver.ack_due_now(3_000));
-        // Filling the gap: the bitmap is clear again, the delay applies.
+        // Filling the gap is news too (the cumulative point jumps); after
+        // it the bitmap is clear again and the delay applies.
         let mut in_order = Receiver::with_policy(policy);
         in_order.accept(1, 1, 10);
         assert!(in_order.ack_due_now(10));
         in_order.ack(10);
         in_order.accept(0, 2, 20);
+        assert!(in_order.ack_due_now(20));
         assert_eq!(in_order.ack(20).cumulative, 2);
         in_order.accept(2, 3, 30);
         assert_eq!(in_order.ack_deadline(), Some(1_030));
+        // Fields taken without `ack_sent` leave the ACK due.
+        assert_eq!(in_order.ack_fields(40).cumulative, 3);
+        assert!(in_order.ack_due());
+        in_order.ack_sent();
+        assert!(!in_order.ack_due());
     }
 
     #[test]
