@@ -54,32 +54,37 @@ fn copy_payload(apps: &FastMap<u32, App>, source: Option<(u32, u64)>, out: &mut 
     }
 }
 
-/// `next` as a segment bundled into a packet with `room` payload bytes
-/// left: only an operation that can never wait at the receiver
-/// ([`Op::may_wait`]) and only whole.
-fn bundled_segment(next: &Outgoing, room: usize) -> Option<InFlight> {
-    let fits =
-        |h: &OpHeader, len: u32| !h.op.may_wait() && wire::SEGMENT_OVERHEAD + len as usize <= room;
-    match *next {
-        Outgoing::Control(header) if fits(&header, 0) => Some(InFlight {
+/// The next packet's worth of `out`: its operation and at most `max_len`
+/// of the bytes it has left.
+fn next_segment(out: &Outgoing, max_len: u32) -> InFlight {
+    match *out {
+        Outgoing::Control(header) => InFlight {
             header,
             len: 0,
             source: None,
             credit: None,
-        }),
+        },
         Outgoing::Bytes {
             header,
             app,
             arena,
             credit,
-        } if fits(&header, header.total_len - header.offset) => Some(InFlight {
+        } => InFlight {
             header,
-            len: header.total_len - header.offset,
+            len: (header.total_len - header.offset).min(max_len),
             source: Some((app, arena + u64::from(header.offset))),
             credit: credit.map(|c| (app, c)),
-        }),
-        _ => None,
+        },
     }
+}
+
+/// `next` as a segment bundled into a packet with `room` payload bytes
+/// left: only an operation that can never wait at the receiver
+/// ([`Op::may_wait`]) and only whole.
+fn bundled_segment(next: &Outgoing, room: usize) -> Option<InFlight> {
+    let whole = next_segment(next, u32::MAX);
+    (!whole.header.op.may_wait() && wire::SEGMENT_OVERHEAD + whole.len as usize <= room)
+        .then_some(whole)
 }
 
 /// A packet in flight: enough to send it again.
@@ -133,13 +138,14 @@ pub(super) struct Flow {
 
 impl Flow {
     fn new(peer: Ipv4Addr, mac: Option<MacAddr>, epoch: u32, cfg: &PonyConfig) -> Self {
+        let flow_cfg = cfg.flow();
         Self {
             peer,
             mac,
             epoch,
             peer_epoch: 0,
-            sender: Sender::new(cfg.flow()),
-            receiver: Receiver::with_policy(cfg.flow().ack),
+            sender: Sender::new(flow_cfg),
+            receiver: Receiver::with_policy(flow_cfg.ack),
             in_flight: Vec::new(),
             bundled: Vec::new(),
             free_slots: Vec::new(),
@@ -499,8 +505,9 @@ impl PonyEngine {
             self.close_conn(id, false, status::CLOSED, None);
         }
         if let Some(flow) = self.flows.get_mut(&peer) {
-            flow.sender = Sender::new(self.cfg.flow());
-            flow.receiver = Receiver::with_policy(self.cfg.flow().ack);
+            let flow_cfg = self.cfg.flow();
+            flow.sender = Sender::new(flow_cfg);
+            flow.receiver = Receiver::with_policy(flow_cfg.ack);
             flow.in_flight.clear();
             flow.bundled.clear();
             flow.free_slots.clear();
@@ -622,18 +629,14 @@ impl PonyEngine {
             now,
             &mut self.acked,
         );
-        let acked = std::mem::take(&mut self.acked);
         let mut credits = std::mem::take(&mut self.credits);
         credits.clear();
-        if let Some(flow) = self.flows.get_mut(&peer) {
-            for &slot in &acked {
-                flow.release(slot, &mut credits);
-            }
+        for &slot in &self.acked {
+            flow.release(slot, &mut credits);
         }
         for &(app, op) in &credits {
             self.credit_packet(app, op);
         }
-        self.acked = acked;
         self.credits = credits;
     }
 
@@ -744,54 +747,34 @@ impl PonyEngine {
             let Some(out) = flow.queue.pop_front() else {
                 break;
             };
-            let p = match out {
-                Outgoing::Control(header) => InFlight {
-                    header,
-                    len: 0,
-                    source: None,
-                    credit: None,
-                },
-                Outgoing::Bytes {
-                    mut header,
-                    app,
-                    arena,
-                    credit,
-                } => {
-                    let left = header.total_len - header.offset;
-                    let len = left.min(self.payload_max as u32);
-                    let p = InFlight {
+            let p = next_segment(&out, self.payload_max as u32);
+            if let Outgoing::Bytes {
+                mut header,
+                app,
+                arena,
+                credit,
+            } = out
+            {
+                header.offset += p.len;
+                if header.offset < header.total_len {
+                    flow.queue.push_back(Outgoing::Bytes {
                         header,
-                        len,
-                        source: Some((app, arena + u64::from(header.offset))),
-                        credit: credit.map(|c| (app, c)),
-                    };
-                    header.offset += len;
-                    if header.offset < header.total_len {
-                        flow.queue.push_back(Outgoing::Bytes {
-                            header,
-                            app,
-                            arena,
-                            credit,
-                        });
-                    }
-                    p
+                        app,
+                        arena,
+                        credit,
+                    });
                 }
-            };
+            }
             // What arrived from the peer is acknowledged on the way back
             // when the packet has room for the trailer...
-            let trailer = if flow.receiver.ack_due() {
-                wire::ACK_TRAILER_LEN
-            } else {
-                0
-            };
-            let ack = trailer > 0 && p.len as usize + trailer <= self.payload_max;
+            let ack = flow.receiver.ack_due()
+                && p.len as usize + wire::ACK_TRAILER_LEN <= self.payload_max;
+            let trailer = if ack { wire::ACK_TRAILER_LEN } else { 0 };
             // ...and small operations queued behind this one ride along,
             // whole, while they fit. Not behind one that may wait at the
             // receiver (a message, a write, a connect): refused, it would
             // hold back everything riding with it, other tenants' included.
-            let mut room = self
-                .payload_max
-                .saturating_sub(p.len as usize + if ack { trailer } else { 0 });
+            let mut room = self.payload_max.saturating_sub(p.len as usize + trailer);
             let mut more = std::mem::take(&mut self.bundle);
             more.clear();
             while more.len() < MAX_BUNDLE && !p.header.op.may_wait() {
