@@ -308,6 +308,67 @@ impl SwitchEngine {
         (route, blocked)
     }
 
+    /// Forwards frames from input `q` of port `p` along `run` while they
+    /// take it, have credit and fit their output, at most `max`: the inner
+    /// loop of [`Self::serve_inputs`] for the frames behind a routed one,
+    /// with both links borrowed once and the counters added once. Returns
+    /// the frames forwarded and why it stopped.
+    #[inline]
+    fn run_burst(&mut self, p: usize, q: usize, run: Run, max: usize) -> (usize, RunEnd) {
+        if self.fdb.generation() != run.generation {
+            return (0, RunEnd::Diverged);
+        }
+        let Some((Some(input), Some(output))) = two_mut(&mut self.ports, p, run.port) else {
+            return (0, RunEnd::Diverged);
+        };
+        let (Some(from), Some(to)) = (input.inputs.get_mut(q), output.outputs.get_mut(run.queue))
+        else {
+            return (0, RunEnd::Diverged);
+        };
+        let room = to.free();
+        let (mut sent, mut bytes) = (0usize, 0u64);
+        let end = loop {
+            if sent == max {
+                break RunEnd::Budget;
+            }
+            let Some(head) = from.peek() else {
+                break RunEnd::Empty;
+            };
+            let len = i64::from(head.len);
+            if input.deficit < len {
+                break RunEnd::NoCredit;
+            }
+            if !run.carries(self.pool.bytes(head)) {
+                break RunEnd::Diverged;
+            }
+            if sent == room {
+                input.counters.backpressure += 1;
+                break RunEnd::Blocked;
+            }
+            let Some(mut frame) = from.pop() else {
+                break RunEnd::Empty;
+            };
+            input.deficit -= len;
+            bytes += u64::from(frame.len);
+            frame.network = run.network;
+            if let Err(frame) = to.push(frame) {
+                // Cannot happen (room was counted), but is not a reason
+                // to lose the frame's accounting.
+                output.drop_frame(PortDrop::LinkFull);
+                self.cache.free(frame);
+                break RunEnd::Blocked;
+            }
+            sent += 1;
+        };
+        input.counters.rx_packets += sent as u64;
+        input.counters.rx_bytes += bytes;
+        output.counters.tx_packets += sent as u64;
+        output.counters.tx_bytes += bytes;
+        input.dirty = true;
+        output.dirty = true;
+        (sent, end)
+    }
+
     #[inline]
     fn output_full(&self, port: usize, queue: usize) -> bool {
         self.ports[port]
@@ -329,16 +390,28 @@ impl SwitchEngine {
             let mut waiting = false;
             for q in 0..queues {
                 let mut n = 0;
+                let mut run: Option<Run> = None;
                 while n < budget {
                     let port = port_mut(&mut self.ports, p);
-                    let Some(len) = port.inputs[q].peek().map(|f| i64::from(f.len)) else {
+                    let Some(head) = port.inputs[q].peek() else {
                         break;
                     };
+                    let len = i64::from(head.len);
                     waiting = true;
                     if port.deficit < len {
                         break;
                     }
                     credited = true;
+                    if let Some(r) = run {
+                        let (sent, end) = self.run_burst(p, q, r, budget - n);
+                        n += sent;
+                        if end != RunEnd::Diverged {
+                            break;
+                        }
+                        // The head is routed on its own below.
+                        run = None;
+                        continue;
+                    }
                     let (route, blocked) = self.head_route(p, q);
                     if blocked {
                         let port = port_mut(&mut self.ports, p);
@@ -351,6 +424,10 @@ impl SwitchEngine {
                         break;
                     };
                     port.deficit -= len;
+                    let head = self.pool.bytes(&frame);
+                    // Taken before the head's source is learned: if that
+                    // changes the FDB, the run ends at once.
+                    run = route.and_then(|r| Run::after(&self.ports, &self.fdb, p, &r, head));
                     self.forward(p, frame, route);
                     n += 1;
                 }
@@ -524,6 +601,80 @@ impl SwitchEngine {
     }
 }
 
+/// A route the frames behind a forwarded one may take without being routed
+/// again: a burst of one flow repeats the head's addresses, and routing
+/// (header read, lookups, learning) was most of the switch's per-frame cost.
+/// Only for a unicast to a port of this shard with one output queue (a
+/// multiqueue output picks the queue per flow) from a port of one network,
+/// while the FDB is unchanged.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Destination then source address, as the frames start.
+    addrs: [u8; ADDRS_LEN],
+    network: u32,
+    port: usize,
+    queue: usize,
+    generation: u64,
+}
+
+/// The destination and source addresses at an Ethernet frame's start.
+const ADDRS_LEN: usize = 12;
+
+impl Run {
+    /// The run that starts with `head` (the frame's bytes), routed along
+    /// `route` from port `input`, if its route can be reused.
+    #[inline]
+    fn after(
+        ports: &[Option<SwitchPort>],
+        fdb: &Fdb,
+        input: usize,
+        route: &Route,
+        head: &[u8],
+    ) -> Option<Run> {
+        let To::Port { port, queue } = route.to else {
+            return None;
+        };
+        let single_network = matches!(
+            ports[input].as_ref().map(|p| p.network),
+            Some(PortNetwork::Only(_))
+        );
+        let one_queue = ports[port].as_ref().is_some_and(|o| o.outputs.len() == 1);
+        if !single_network || !one_queue || route.src.is_group() {
+            return None;
+        }
+        Some(Run {
+            addrs: head.get(..ADDRS_LEN)?.try_into().ok()?,
+            network: route.network,
+            port,
+            queue,
+            generation: fdb.generation(),
+        })
+    }
+
+    /// Whether a frame starting with `bytes` takes this run's route: a
+    /// whole Ethernet header with the same addresses (the FDB is checked
+    /// once per burst, as nothing in a burst changes it).
+    #[inline]
+    fn carries(&self, bytes: &[u8]) -> bool {
+        bytes.len() >= snapnet_wire::ethernet::HEADER_LEN && bytes[..ADDRS_LEN] == self.addrs
+    }
+}
+
+/// Why [`SwitchEngine::run_burst`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunEnd {
+    /// It forwarded what it was allowed to.
+    Budget,
+    /// The input is empty.
+    Empty,
+    /// The head has no credit left this round.
+    NoCredit,
+    /// The head's output is full: it waits.
+    Blocked,
+    /// The head takes another route (or the FDB changed): route it alone.
+    Diverged,
+}
+
 /// Where a frame goes, decided once per frame (the backpressure check
 /// decides it, forwarding carries it out) from one read of its headers.
 #[derive(Clone, Copy)]
@@ -654,6 +805,22 @@ fn cached_lookup(
             *last = Some((network, dst, out, generation));
             out
         }
+    }
+}
+
+/// Two distinct elements of `v`, both mutable (`get_disjoint_mut` is
+/// newer than the crate's MSRV).
+#[inline]
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Option<(&mut T, &mut T)> {
+    if a == b || a.max(b) >= v.len() {
+        return None;
+    }
+    if a < b {
+        let (low, high) = v.split_at_mut(b);
+        Some((&mut low[a], &mut high[0]))
+    } else {
+        let (low, high) = v.split_at_mut(a);
+        Some((&mut high[0], &mut low[b]))
     }
 }
 
@@ -915,6 +1082,74 @@ pub(super) mod tests {
             pool.total_frames().0,
             "no frame leaked"
         );
+    }
+
+    /// Frames behind a routed one reuse its route only while they carry
+    /// its addresses and the FDB is unchanged: a burst that mixes flows,
+    /// and a head whose learning moves its own destination, go where the
+    /// FDB says for each frame, in order.
+    #[test]
+    fn a_burst_reuses_a_route_only_while_it_holds() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut sw, _h) = crate::switch::shards::single(&pool).unwrap();
+        let (mut pa, a) = add(&mut sw, "a", None);
+        let (mut pb, _) = add(&mut sw, "b", None);
+        let (mut pc, _) = add(&mut sw, "c", None);
+        // Learn B behind b and C behind c (each floods once).
+        for (p, mac) in [(&mut pb, B), (&mut pc, C)] {
+            p.to_switch
+                .push(frame(&mut cache, &pool, MacAddr::BROADCAST, mac, 60))
+                .unwrap();
+            sw.poll(64);
+        }
+        for p in [&mut pa, &mut pb, &mut pc] {
+            while let Some(f) = p.from_switch.pop() {
+                cache.free(f);
+            }
+        }
+        // A burst: B, B, C, B (lengths tell them apart at the outputs).
+        for (dst, len) in [(B, 60), (B, 61), (C, 62), (B, 63)] {
+            pa.to_switch
+                .push(frame(&mut cache, &pool, dst, A, len))
+                .unwrap();
+        }
+        sw.poll(64);
+        let lens = |p: &mut TestPort, cache: &mut FrameCache| {
+            let mut v = Vec::new();
+            while let Some(f) = p.from_switch.pop() {
+                v.push(f.len);
+                cache.free(f);
+            }
+            v
+        };
+        assert_eq!(lens(&mut pb, &mut cache), [60, 61, 63]);
+        assert_eq!(lens(&mut pc, &mut cache), [62]);
+        // A run towards a port of a lower id than its input's.
+        for len in [70, 71, 72] {
+            pc.to_switch
+                .push(frame(&mut cache, &pool, B, C, len))
+                .unwrap();
+        }
+        sw.poll(64);
+        assert_eq!(lens(&mut pb, &mut cache), [70, 71, 72]);
+        // B now sends from a to itself: learning the first frame's source
+        // moves B to a, so that frame and the two like it behind it are
+        // dropped as addressed to their own port, none reaches b.
+        for _ in 0..3 {
+            pa.to_switch
+                .push(frame(&mut cache, &pool, B, B, 60))
+                .unwrap();
+        }
+        sw.poll(64);
+        assert!(pb.from_switch.is_empty());
+        let ca = sw.ports[usize::from(a.0)]
+            .as_ref()
+            .unwrap()
+            .counters
+            .clone();
+        assert_eq!(ca.dropped(PortDrop::SamePort), 3);
+        assert_eq!(ca.rx_packets, 7);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod isolation;
 mod pingpong;
 mod plot;
 mod pony;
+mod switch_cost;
 mod upgrade;
 mod xsk_loop;
 use snapnet_frontend::{Frontend, FrontendConfig, QueueStats, VirtioNetHdr};
@@ -55,6 +56,8 @@ enum Cmd {
     Plot(plot::PlotArgs),
     /// Cache-line ping-pong between two CPUs: the vCPU placement of a run.
     Pingpong(pingpong::PingPongArgs),
+    /// The switch engine's cost per frame, in process on one thread.
+    SwitchCost(switch_cost::SwitchCostArgs),
     /// A steady pair's rate alone and while guests with no RX buffers are
     /// flooded, interleaved rounds, medians and ratio.
     Isolation(isolation::IsolationArgs),
@@ -921,6 +924,7 @@ fn main() -> ExitCode {
         Cmd::XskRx(a) => xsk_loop::run_xsk_rx(a),
         Cmd::Plot(a) => plot::run_plot(a),
         Cmd::Pingpong(a) => pingpong::run_pingpong(a),
+        Cmd::SwitchCost(a) => switch_cost::run_switch_cost(a),
         Cmd::PonyServer(a) => pony::run_pony_server(a),
         Cmd::PonyClient(a) => pony::run_pony_client(a),
         Cmd::TcpLookupServer(a) => pony::run_tcp_lookup_server(a),
