@@ -25,7 +25,8 @@ pub fn prefetch_read(p: *const u8) {
 /// so a read prefetch brought it in shared and the copy then paid a second
 /// crossing to own it. With the vCPUs far apart that is most of the RX
 /// side's time: 1.27x at 64 B far, 1.04x at 1500 B near, about even at 64 B
-/// near (docs/performance.md). Written out because `_MM_HINT_ET0` compiles
+/// near on Intel VMs; on an AMD EPYC VM read prefetches instead ran 0.48x
+/// at 64 B (docs/performance.md). Written out because `_MM_HINT_ET0` compiles
 /// to PREFETCHT0 unless the build enables `prfchw`; whether the CPU has it
 /// is asked once, of CPUID, as the kernel's own `prefetchw` does, and
 /// looked up once per span, not per line.
