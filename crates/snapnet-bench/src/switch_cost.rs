@@ -162,3 +162,24 @@ fn ethernet_frame(
     b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_runs_and_refuses_bad_arguments() {
+        let args = |frames, size| SwitchCostArgs {
+            frames,
+            size,
+            budget: 64,
+            seconds: 0.01,
+            samples: 1,
+            cpu: 0,
+        };
+        run_switch_cost(args(64, 64)).unwrap();
+        assert!(run_switch_cost(args(0, 64)).is_err());
+        assert!(run_switch_cost(args(64, 10)).is_err());
+        assert!(run_switch_cost(args(LINK_CAPACITY + 1, 64)).is_err());
+    }
+}
