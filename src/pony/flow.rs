@@ -702,7 +702,9 @@ impl Receiver {
         self.ack_deadline().is_some_and(|d| d <= now_ns)
     }
 
-    /// The ACK to send now, taken as sent.
+    /// The ACK to send now, taken as sent (the engine takes the fields and
+    /// marks them sent apart, once its packet went out).
+    #[cfg(test)]
     pub fn ack(&mut self, now_ns: u64) -> AckBlock {
         let a = self.ack_fields(now_ns);
         self.ack_sent();

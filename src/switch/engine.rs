@@ -424,10 +424,9 @@ impl SwitchEngine {
                         break;
                     };
                     port.deficit -= len;
-                    let head = self.pool.bytes(&frame);
                     // Taken before the head's source is learned: if that
                     // changes the FDB, the run ends at once.
-                    run = route.and_then(|r| Run::after(&self.ports, &self.fdb, p, &r, head));
+                    run = route.and_then(|r| Run::after(&self.ports, &self.fdb, p, &r));
                     self.forward(p, frame, route);
                     n += 1;
                 }
@@ -609,28 +608,19 @@ impl SwitchEngine {
 /// while the FDB is unchanged.
 #[derive(Clone, Copy)]
 struct Run {
-    /// Destination then source address, as the frames start.
-    addrs: [u8; ADDRS_LEN],
+    dst: MacAddr,
+    src: MacAddr,
     network: u32,
     port: usize,
     queue: usize,
     generation: u64,
 }
 
-/// The destination and source addresses at an Ethernet frame's start.
-const ADDRS_LEN: usize = 12;
-
 impl Run {
-    /// The run that starts with `head` (the frame's bytes), routed along
-    /// `route` from port `input`, if its route can be reused.
+    /// The run behind a frame routed along `route` from port `input`, if
+    /// its route can be reused.
     #[inline]
-    fn after(
-        ports: &[Option<SwitchPort>],
-        fdb: &Fdb,
-        input: usize,
-        route: &Route,
-        head: &[u8],
-    ) -> Option<Run> {
+    fn after(ports: &[Option<SwitchPort>], fdb: &Fdb, input: usize, route: &Route) -> Option<Run> {
         let To::Port { port, queue } = route.to else {
             return None;
         };
@@ -643,7 +633,8 @@ impl Run {
             return None;
         }
         Some(Run {
-            addrs: head.get(..ADDRS_LEN)?.try_into().ok()?,
+            dst: route.dst,
+            src: route.src,
             network: route.network,
             port,
             queue,
@@ -656,7 +647,8 @@ impl Run {
     /// once per burst, as nothing in a burst changes it).
     #[inline]
     fn carries(&self, bytes: &[u8]) -> bool {
-        bytes.len() >= snapnet_wire::ethernet::HEADER_LEN && bytes[..ADDRS_LEN] == self.addrs
+        EthernetFrame::new_checked(bytes)
+            .is_some_and(|eth| eth.dst() == self.dst && eth.src() == self.src)
     }
 }
 

@@ -13,7 +13,7 @@ use clap::Args;
 use snapnet::engine::Engine;
 use snapnet::packet::{link, FrameCache, FramePool, LinkRx, LinkTx, PoolConfig};
 use snapnet::switch::{PortNetwork, SwitchPort};
-use snapnet_wire::MacAddr;
+use snapnet_wire::{EthernetFrame, MacAddr};
 
 #[derive(Args, Debug)]
 pub struct SwitchCostArgs {
@@ -63,7 +63,7 @@ pub fn run_switch_cost(a: SwitchCostArgs) -> Result<(), String> {
     let pool = Arc::new(FramePool::new(&config).map_err(|e| e.to_string())?);
     let mut cache = pool.cache();
     let (mut sw, _handle) = snapnet::switch::shards::single(&pool).map_err(|e| e.to_string())?;
-    let mut sides = Vec::new();
+    let mut sides = Vec::with_capacity(2);
     for (i, mac) in MACS.iter().enumerate() {
         let (to_switch, input) = link(LINK_CAPACITY).map_err(|e| e.to_string())?;
         let (output, from_switch) = link(LINK_CAPACITY).map_err(|e| e.to_string())?;
@@ -87,6 +87,9 @@ pub fn run_switch_cost(a: SwitchCostArgs) -> Result<(), String> {
                 .map_err(|_| "link full while priming".to_string())?;
         }
     }
+    let Ok(mut sides) = <[Side; 2]>::try_from(sides) else {
+        return Err("two ports".into());
+    };
     let mut per_frame = Vec::new();
     for _ in 0..a.samples {
         let (frames, secs) = sample(&mut sw, &mut sides, a.budget, a.seconds)?;
@@ -111,7 +114,7 @@ pub fn run_switch_cost(a: SwitchCostArgs) -> Result<(), String> {
 /// switched and the time taken.
 fn sample(
     sw: &mut snapnet::switch::SwitchEngine,
-    sides: &mut [Side],
+    sides: &mut [Side; 2],
     budget: usize,
     seconds: f64,
 ) -> Result<(u64, f64), String> {
@@ -120,21 +123,9 @@ fn sample(
     loop {
         for _ in 0..64 {
             frames += sw.poll(budget) as u64;
-            for i in 0..2 {
-                // Out of port i came frames from port 1 - i: send them again.
-                let (out, back) = if i == 0 {
-                    let (a, b) = sides.split_at_mut(1);
-                    (&mut a[0], &mut b[0])
-                } else {
-                    let (a, b) = sides.split_at_mut(1);
-                    (&mut b[0], &mut a[0])
-                };
-                while let Some(f) = out.from_switch.pop() {
-                    back.to_switch
-                        .push(f)
-                        .map_err(|_| "link full while looping".to_string())?;
-                }
-            }
+            let [a, b] = sides;
+            send_back(a, b)?;
+            send_back(b, a)?;
         }
         let secs = start.elapsed().as_secs_f64();
         if secs >= seconds {
@@ -144,6 +135,17 @@ fn sample(
             return Ok((frames, secs));
         }
     }
+}
+
+/// What came out of `out`'s port came from the other: it goes in again there.
+fn send_back(out: &mut Side, other: &mut Side) -> Result<(), String> {
+    while let Some(f) = out.from_switch.pop() {
+        other
+            .to_switch
+            .push(f)
+            .map_err(|_| "link full while looping".to_string())?;
+    }
+    Ok(())
 }
 
 fn ethernet_frame(
@@ -156,10 +158,14 @@ fn ethernet_frame(
     let mut f = cache.alloc(len).ok_or("frame pool empty")?;
     f.len = len as u32;
     let off = usize::from(f.offset);
-    let b = &mut pool.frame_mut(&mut f)[off..off + len];
-    b[0..6].copy_from_slice(&dst.0);
-    b[6..12].copy_from_slice(&src.0);
-    b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ethertype = snapnet_wire::ip::ETHERTYPE_IPV4;
+    EthernetFrame::emit(
+        &mut pool.frame_mut(&mut f)[off..off + len],
+        dst,
+        src,
+        ethertype,
+    )
+    .ok_or("frame shorter than an Ethernet header")?;
     Ok(f)
 }
 
