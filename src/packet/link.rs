@@ -86,6 +86,37 @@ impl LinkRx {
         self.ring.peek().ok()
     }
 
+    /// Moves the oldest frames to `to`, in order, while `take` accepts
+    /// them, at most `max` and no more than `to` has room for; `on_move`
+    /// sees each frame on its way. Returns how many moved. Both links
+    /// publish their index once for the whole move rather than once per
+    /// frame: on the data path every store counts, as the engine waits
+    /// for room in the store buffer behind its stores into guest memory.
+    #[inline]
+    pub fn move_while(
+        &mut self,
+        to: &mut LinkTx,
+        max: usize,
+        mut take: impl FnMut(&FrameHandle) -> bool,
+        on_move: impl FnMut(FrameHandle) -> FrameHandle,
+    ) -> usize {
+        let n = max.min(self.ring.slots()).min(to.ring.slots());
+        let Ok(chunk) = self.ring.read_chunk(n) else {
+            return 0;
+        };
+        let (a, b) = chunk.as_slices();
+        let k = a.iter().chain(b).take_while(|f| take(f)).count();
+        if k == 0 {
+            return 0;
+        }
+        let Ok(out) = to.ring.write_chunk_uninit(k) else {
+            return 0;
+        };
+        // The chunk's iterator commits what it gave when dropped: exactly
+        // the `k` frames the output took.
+        out.fill_from_iter(chunk.into_iter().take(k).map(on_move))
+    }
+
     /// The doorbell a sleeping consumer waits on.
     pub fn doorbell(&self) -> &Arc<Doorbell> {
         &self.doorbell
@@ -118,5 +149,47 @@ mod tests {
             cache.free(f);
         }
         assert!(rx.pop().is_none());
+    }
+
+    #[test]
+    fn move_while_takes_a_prefix_within_room_and_keeps_the_rest_in_order() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut in_tx, mut in_rx) = link(8).unwrap();
+        let (mut out_tx, mut out_rx) = link(3).unwrap();
+        let mut indices = Vec::new();
+        for len in [60, 61, 62, 63, 64, 99, 65] {
+            let mut f = cache.alloc(128).unwrap();
+            f.len = len;
+            indices.push(f.index());
+            in_tx.push(f).unwrap();
+        }
+        // Stops where `take` refuses: the refused frame stays first.
+        let short = |f: &FrameHandle| f.len < 62;
+        assert_eq!(in_rx.move_while(&mut out_tx, 8, short, |f| f), 2);
+        assert_eq!(in_rx.peek().map(|f| f.len), Some(62));
+        // Stops at `max`, then at the output's room; `on_move` sees each.
+        let tag = |mut f: FrameHandle| {
+            f.network = 7;
+            f
+        };
+        assert_eq!(in_rx.move_while(&mut out_tx, 0, |_| true, tag), 0);
+        assert_eq!(in_rx.move_while(&mut out_tx, 8, |_| true, tag), 1);
+        assert_eq!(out_tx.free(), 0);
+        assert_eq!(in_rx.move_while(&mut out_tx, 8, |_| true, tag), 0);
+        let moved: Vec<_> = std::iter::from_fn(|| out_rx.pop()).collect();
+        assert_eq!(
+            moved
+                .iter()
+                .map(|f| (f.index(), f.network))
+                .collect::<Vec<_>>(),
+            vec![(indices[0], 0), (indices[1], 0), (indices[2], 7)]
+        );
+        let left: Vec<_> = std::iter::from_fn(|| in_rx.pop()).collect();
+        assert_eq!(
+            left.iter().map(FrameHandle::index).collect::<Vec<_>>(),
+            indices[3..]
+        );
+        moved.into_iter().chain(left).for_each(|f| cache.free(f));
     }
 }

@@ -325,40 +325,39 @@ impl SwitchEngine {
         else {
             return (0, RunEnd::Diverged);
         };
-        let room = to.free();
-        let (mut sent, mut bytes) = (0usize, 0u64);
-        let end = loop {
-            if sent == max {
-                break RunEnd::Budget;
-            }
-            let Some(head) = from.peek() else {
-                break RunEnd::Empty;
-            };
-            let len = i64::from(head.len);
-            if input.deficit < len {
-                break RunEnd::NoCredit;
-            }
-            if !run.carries(self.pool.bytes(head)) {
-                break RunEnd::Diverged;
-            }
-            if sent == room {
+        let pool = &self.pool;
+        let (mut deficit, mut bytes) = (input.deficit, 0u64);
+        let sent = from.move_while(
+            to,
+            max,
+            |f| {
+                let len = i64::from(f.len);
+                if deficit < len || !run.carries(pool.bytes(f)) {
+                    return false;
+                }
+                deficit -= len;
+                bytes += u64::from(f.len);
+                true
+            },
+            |mut f| {
+                f.network = run.network;
+                f
+            },
+        );
+        input.deficit = deficit;
+        // Why it stopped, from the frame it stopped at (once per burst).
+        let end = match from.peek() {
+            _ if sent == max => RunEnd::Budget,
+            None => RunEnd::Empty,
+            Some(head) if input.deficit < i64::from(head.len) => RunEnd::NoCredit,
+            Some(head) if !run.carries(pool.bytes(head)) => RunEnd::Diverged,
+            Some(_) if to.free() == 0 => {
                 input.counters.backpressure += 1;
-                break RunEnd::Blocked;
+                RunEnd::Blocked
             }
-            let Some(mut frame) = from.pop() else {
-                break RunEnd::Empty;
-            };
-            input.deficit -= len;
-            bytes += u64::from(frame.len);
-            frame.network = run.network;
-            if let Err(frame) = to.push(frame) {
-                // Cannot happen (room was counted), but is not a reason
-                // to lose the frame's accounting.
-                output.drop_frame(PortDrop::LinkFull);
-                self.cache.free(frame);
-                break RunEnd::Blocked;
-            }
-            sent += 1;
+            // It arrived after the move looked (the sender runs on another
+            // thread): routed on its own, it starts the next run.
+            Some(_) => RunEnd::Diverged,
         };
         input.counters.rx_packets += sent as u64;
         input.counters.rx_bytes += bytes;
