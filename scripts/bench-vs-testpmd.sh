@@ -16,7 +16,10 @@
 # frontend once (2 / rate), the single-frame latency.
 # Each round records the vCPU placement (cache-line ping-pong time between
 # CPU 0 and 1, before and after: FACTS.md) and medians are also printed per
-# placement.
+# placement. With the DPDK frontend, each snapnet round also prints where
+# the backend's time went: every engine's busy time per unit of its work
+# over the same interval (`snapnet-bench engine-cost` on two samples of
+# `snapnet ctl --json group stats default`), and their sum per frame.
 #
 # FRONTEND=own drives them with snapnet-bench pair (our frontend, TX + RX on
 # CPU 0). One frontend thread saturates at about the rate either backend
@@ -153,9 +156,11 @@ dpdk_frontend() {
     sleep 1
     echo "clear port stats all" >&7
     local t0; t0=$(date +%s.%N)
+    [ -n "${SAMPLE:-}" ] && $SAMPLE > "$WORK/stats0.json" 2>/dev/null
     sleep "$SECS"
     echo "show port stats all" >&7
     local t1; t1=$(date +%s.%N)
+    [ -n "${SAMPLE:-}" ] && $SAMPLE > "$WORK/stats1.json" 2>/dev/null
     sleep 0.3
     { echo "stop"; echo "quit"; } >&7
     exec 7>&-
@@ -171,8 +176,13 @@ run_snapnet_dpdk() {
     "$SN" serve --config "$WORK/sn.json" </dev/null >"$WORK/sn.log" 2>&1 &
     local pid=$!
     for _ in $(seq 50); do [ -S "$WORK/vnic1.sock" ] && break; sleep 0.1; done
-    dpdk_frontend "$WORK/vnic0.sock" "$WORK/vnic1.sock" "$1"
+    rm -f "$WORK"/stats*.json
+    SAMPLE="$SN ctl --socket $WORK/control.sock --json group stats default" \
+        dpdk_frontend "$WORK/vnic0.sock" "$WORK/vnic1.sock" "$1"
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    # Where the time went (an older build without the accounting: nothing).
+    "$BENCH" engine-cost --before "$WORK/stats0.json" --after "$WORK/stats1.json" \
+        --seconds "$SECS" 2>/dev/null | sed -n 's/^result //p' > "$WORK/cost" || true
 }
 
 run_base_dpdk() { SN=$BASE run_snapnet_dpdk "$1"; }
@@ -220,10 +230,16 @@ for size in $SIZES; do
         order="snapnet testpmd ${BASE:+base}"
         [ $((r % 2)) = 0 ] && order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
         for b in $order; do
+            rm -f "$WORK/cost"
             read -r rate where nsb nsa < <(one_round "$b" "$size")
             all[$b]="${all[$b]:-} $rate"
             all[$b.$where]="${all[$b.$where]:-} $rate"
             printf "%-6s %-8s round %d: %s Mpps (%s, %s/%s ns)\n" "$size" "$b" "$r" "$rate" "$where" "$nsb" "$nsa"
+            if [ -s "$WORK/cost" ]; then
+                printf "%-6s %-8s         engine cost: %s\n" "$size" "$b" "$(cat "$WORK/cost")"
+                ns=$(sed -n 's/.*busy_ns_per_frame=\([0-9.]*\).*/\1/p' "$WORK/cost")
+                all[$b.cost]="${all[$b.cost]:-} $ns"
+            fi
         done
     done
     for where in all near far; do
@@ -248,5 +264,10 @@ for size in $SIZES; do
                 printf "result size=%s placement=%s snapnet_mpps=%.3f base_mpps=%.3f ratio_to_base=%.3f\n", s, w, a, b, (b > 0 ? a/b : 0) }'
         fi
     done
+    if [ -n "${all[snapnet.cost]:-}" ] && [ -n "${all[base.cost]:-}" ]; then
+        sc=$(echo "${all[snapnet.cost]}" | median); bc=$(echo "${all[base.cost]}" | median)
+        awk -v s="$size" -v a="$sc" -v b="$bc" 'BEGIN {
+            printf "result size=%s snapnet_busy_ns_per_frame=%.1f base_busy_ns_per_frame=%.1f cost_ratio_to_base=%.3f (lower is cheaper)\n", s, a, b, (b > 0 ? a/b : 0) }'
+    fi
     unset all
 done

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 mod directory;
 mod dirty_log;
+mod engine_cost;
 mod guests;
 mod handover;
 mod isolation;
@@ -58,6 +59,9 @@ enum Cmd {
     Pingpong(pingpong::PingPongArgs),
     /// The switch engine's cost per frame, in process on one thread.
     SwitchCost(switch_cost::SwitchCostArgs),
+    /// Busy time per unit of work of each engine of a running daemon's
+    /// group, from two samples of `snapnet ctl --json group stats NAME`.
+    EngineCost(engine_cost::EngineCostArgs),
     /// A steady pair's rate alone and while guests with no RX buffers are
     /// flooded, interleaved rounds, medians and ratio.
     Isolation(isolation::IsolationArgs),
@@ -925,6 +929,7 @@ fn main() -> ExitCode {
         Cmd::Plot(a) => plot::run_plot(a),
         Cmd::Pingpong(a) => pingpong::run_pingpong(a),
         Cmd::SwitchCost(a) => switch_cost::run_switch_cost(a),
+        Cmd::EngineCost(a) => engine_cost::run_engine_cost(a),
         Cmd::PonyServer(a) => pony::run_pony_server(a),
         Cmd::PonyClient(a) => pony::run_pony_client(a),
         Cmd::TcpLookupServer(a) => pony::run_tcp_lookup_server(a),
