@@ -15,6 +15,17 @@ pub struct LinkTx {
     doorbell: Arc<Doorbell>,
 }
 
+/// Room for up to a batch's frames at the producer end of a link
+/// ([`LinkTx::batch`]): frames written into it become visible to the
+/// consumer all at once, with one store of the link's index, when it is
+/// dropped (whatever was written is published then, so no frame can be
+/// left behind in it).
+pub struct LinkBatch<'a> {
+    /// `None` once committed (in `drop`).
+    chunk: Option<rtrb::chunks::WriteChunkUninit<'a, FrameHandle>>,
+    written: usize,
+}
+
 /// Consumer end of a link.
 pub struct LinkRx {
     ring: rtrb::Consumer<FrameHandle>,
@@ -58,6 +69,51 @@ impl LinkTx {
     #[inline]
     pub fn flush(&self) {
         self.doorbell.ring();
+    }
+
+    /// Room for up to `max` frames (fewer if the link has fewer free
+    /// slots), published together when the batch is dropped. A data path
+    /// that pushed frame by frame stored the link's index (and its own copy
+    /// of it) after every frame, in an engine that waits for room in the
+    /// store buffer behind its stores into guest memory.
+    #[inline]
+    pub fn batch(&mut self, max: usize) -> LinkBatch<'_> {
+        let n = max.min(self.ring.slots());
+        LinkBatch {
+            chunk: self.ring.write_chunk_uninit(n).ok(),
+            written: 0,
+        }
+    }
+}
+
+impl LinkBatch<'_> {
+    /// Writes the next frame; gives it back when the batch is full.
+    #[inline]
+    pub fn push(&mut self, frame: FrameHandle) -> Result<(), FrameHandle> {
+        let Some(chunk) = self.chunk.as_mut() else {
+            return Err(frame);
+        };
+        let (first, second) = chunk.as_mut_slices();
+        let slot = match self.written.checked_sub(first.len()) {
+            None => first.get_mut(self.written),
+            Some(i) => second.get_mut(i),
+        };
+        let Some(slot) = slot else {
+            return Err(frame);
+        };
+        slot.write(frame);
+        self.written += 1;
+        Ok(())
+    }
+}
+
+impl Drop for LinkBatch<'_> {
+    fn drop(&mut self) {
+        if let Some(chunk) = self.chunk.take() {
+            // SAFETY: `push` wrote the chunk's slots in order, one per
+            // frame, and counted them: the first `written` are initialized.
+            unsafe { chunk.commit(self.written) };
+        }
     }
 }
 
@@ -191,5 +247,40 @@ mod tests {
             indices[3..]
         );
         moved.into_iter().chain(left).for_each(|f| cache.free(f));
+    }
+
+    #[test]
+    fn a_batch_publishes_its_frames_together_when_dropped() {
+        let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
+        let mut cache = pool.cache();
+        let (mut tx, mut rx) = link(4).unwrap();
+        tx.push(cache.alloc(64).unwrap()).unwrap();
+        let mut indices = Vec::new();
+        {
+            // Room for 3 (the link has 3 free slots), although 8 were asked.
+            let mut batch = tx.batch(8);
+            for _ in 0..3 {
+                let f = cache.alloc(64).unwrap();
+                indices.push(f.index());
+                batch.push(f).unwrap();
+            }
+            let extra = cache.alloc(64).unwrap();
+            cache.free(batch.push(extra).unwrap_err());
+            assert_eq!(
+                rx.len(),
+                1,
+                "nothing of the batch is visible before it ends"
+            );
+        }
+        assert_eq!(rx.len(), 4);
+        cache.free(rx.pop().unwrap());
+        for want in indices {
+            let f = rx.pop().unwrap();
+            assert_eq!(f.index(), want);
+            cache.free(f);
+        }
+        // An empty batch publishes nothing.
+        drop(tx.batch(2));
+        assert!(rx.is_empty());
     }
 }

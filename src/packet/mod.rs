@@ -12,6 +12,6 @@ pub mod segment;
 pub mod umem_loans;
 
 pub use frame::{FrameHandle, Offload};
-pub use link::{link, LinkRx, LinkTx};
+pub use link::{link, LinkBatch, LinkRx, LinkTx};
 pub use pool::{FrameCache, FramePool, PoolConfig, PoolError};
 pub use umem_loans::UmemLoans;

@@ -1,8 +1,11 @@
 //! A queue pair's data-path state that the per-packet code (guest TX and
-//! RX, split and packed) shares with its engine: the frame cache, links,
-//! counters, offload features, shaping buckets, and the per-batch scratch
-//! (segments and chains), sized once. The engine owns one; `guest_tx`,
-//! `guest_rx` and the packed paths borrow it for a batch.
+//! RX, split and packed) shares with its engine: the frame cache, the link
+//! from the switch, counters, offload features, shaping buckets, and the
+//! per-batch scratch (segments and chains), sized once. The engine owns
+//! one; `guest_tx`, `guest_rx` and the packed paths borrow it for a batch.
+//! The link toward the switch is the engine's own, lent to a TX batch
+//! beside this state: the batch holds room in it for its frames
+//! ([`crate::packet::LinkBatch`]) while the per-packet code uses the rest.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +16,7 @@ use super::dirty_log::DirtyPages;
 use super::features::Negotiated;
 use super::guest_log::{self, GuestLog};
 use super::stats::{DropReason, QueueCounters};
-use crate::packet::{FrameCache, FramePool, LinkRx, LinkTx};
+use crate::packet::{FrameCache, FramePool, LinkRx};
 use crate::shaping::SharedBucket;
 
 /// Most TX chains walked ahead in one batch.
@@ -61,7 +64,6 @@ pub(super) struct TxChain {
 pub(super) struct DataPath {
     pub pool: Arc<FramePool>,
     pub cache: FrameCache,
-    pub to_switch: LinkTx,
     pub from_switch: LinkRx,
     pub counters: QueueCounters,
     pub segs: Vec<Segment>,
@@ -96,7 +98,6 @@ impl DataPath {
         pool: &Arc<FramePool>,
         mtu: u16,
         guard: SpoofGuard,
-        to_switch: LinkTx,
         from_switch: LinkRx,
     ) -> Self {
         Self {
@@ -106,7 +107,6 @@ impl DataPath {
             egress_blocked_until: None,
             pool: pool.clone(),
             cache: pool.cache(),
-            to_switch,
             from_switch,
             counters: QueueCounters::default(),
             segs: Vec::with_capacity(2 * MAX_SEGMENTS),

@@ -359,6 +359,9 @@ pub struct VnicEngine {
     rx: Option<AttachedQueue>,
     tx: Option<AttachedQueue>,
     dp: DataPath,
+    /// Frames the guest sent, toward the switch (lent to each TX batch
+    /// beside `dp`).
+    to_switch: LinkTx,
     shared: Arc<SharedQueueCounters>,
     published: QueueCounters,
     /// Wakes a sleeping engine when its egress bucket has refilled.
@@ -393,7 +396,8 @@ impl VnicEngine {
             mailbox,
             rx: None,
             tx: None,
-            dp: DataPath::new(&cfg.name, pool, cfg.mtu, cfg.guard, to_switch, from_switch),
+            dp: DataPath::new(&cfg.name, pool, cfg.mtu, cfg.guard, from_switch),
+            to_switch,
             shared: shared.clone(),
             published: QueueCounters::default(),
             timer: WakeTimer::new()?,
@@ -434,7 +438,7 @@ impl VnicEngine {
         let (spare_tx, spare_rx) = spare;
         EngineHandover {
             state,
-            to_switch: std::mem::replace(&mut self.dp.to_switch, spare_tx),
+            to_switch: std::mem::replace(&mut self.to_switch, spare_tx),
             from_switch: std::mem::replace(&mut self.dp.from_switch, spare_rx),
         }
     }
@@ -470,12 +474,12 @@ impl VnicEngine {
             debug_assert!(pushed.is_ok(), "room was checked");
         }
         fresh.flush();
-        Ok(std::mem::replace(&mut self.dp.to_switch, fresh))
+        Ok(std::mem::replace(&mut self.to_switch, fresh))
     }
 
     /// Frames the engine sent that the switch has not taken yet.
     pub fn frames_toward_switch(&self) -> usize {
-        self.dp.to_switch.pending()
+        self.to_switch.pending()
     }
 
     /// Holds frames for the guest while its vrings are detached for a
@@ -601,9 +605,9 @@ impl VnicEngine {
         rarp::write_announce(buf, mac);
         frame.len = rarp::ANNOUNCE_LEN as u32;
         frame.offload = Default::default();
-        match dp.to_switch.push(frame) {
+        match self.to_switch.push(frame) {
             Ok(()) => {
-                dp.to_switch.flush();
+                self.to_switch.flush();
                 dp.counters.tx_packets += 1;
                 dp.counters.tx_bytes += rarp::ANNOUNCE_LEN as u64;
                 true
@@ -636,10 +640,10 @@ impl VnicEngine {
         if q.quick_idle() {
             return 0;
         }
-        let dp = &mut self.dp;
+        let (dp, out) = (&mut self.dp, &mut self.to_switch);
         let n = match q.batch(|q, ring, map| match ring {
-            GuestRing::Split(r) => guest_tx::drain(q, r, map, budget, dp),
-            GuestRing::Packed(r) => packed_tx::drain(q, r, map, budget, dp),
+            GuestRing::Split(r) => guest_tx::drain(q, r, map, budget, dp, out),
+            GuestRing::Packed(r) => packed_tx::drain(q, r, map, budget, dp, out),
         }) {
             Ok(n) => n,
             Err(reason) => {

@@ -150,7 +150,7 @@ fn sent_over_a_fresh_link_the_frames_keep_their_order() {
     };
     let earlier = vec![frame(1), frame(2)];
     for len in [3, 4] {
-        engine.dp.to_switch.push(frame(len)).unwrap();
+        engine.to_switch.push(frame(len)).unwrap();
     }
     let (small, mut small_rx) = link(3).unwrap();
     let refused = engine
@@ -170,7 +170,7 @@ fn sent_over_a_fresh_link_the_frames_keep_their_order() {
         panic!("16 slots hold the 4 frames");
     };
     drop(old);
-    engine.dp.to_switch.push(frame(5)).unwrap();
+    engine.to_switch.push(frame(5)).unwrap();
     let mut lens = Vec::new();
     while let Some(f) = fresh_rx.pop() {
         lens.push(f.len);

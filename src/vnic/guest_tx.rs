@@ -14,6 +14,7 @@ use super::stats::DropReason;
 use super::tx_offload::sanitise;
 use crate::packet::pool::MAX_PACKET;
 use crate::packet::prefetch::prefetch_span;
+use crate::packet::{FrameHandle, LinkBatch, LinkTx};
 use crate::shaping::Cost;
 use snapnet_wire::ethernet::HEADER_LEN as ETH_HLEN;
 use snapnet_wire::virtio_net;
@@ -30,8 +31,8 @@ pub(super) fn max_wire_frame(mtu: u16) -> usize {
     usize::from(mtu) + ETH_HLEN + VLAN_TAG_LEN
 }
 
-/// Moves up to `budget` chains from the TX ring to the switch link. Returns
-/// the chains consumed and whether the guest wants an interrupt.
+/// Moves up to `budget` chains from the TX ring to the switch link `out`.
+/// Returns the chains consumed and whether the guest wants an interrupt.
 ///
 /// Never inlined, like the other three ring loops (split and packed, TX
 /// and RX), and the per-frame helpers they call always are: with several
@@ -46,6 +47,7 @@ pub(super) fn drain(
     map: &GuestMap,
     budget: usize,
     dp: &mut DataPath,
+    out: &mut LinkTx,
 ) -> (usize, bool) {
     let mut next_avail = q.next_avail();
     let old_used = q.next_used();
@@ -62,7 +64,7 @@ pub(super) fn drain(
     // Backpressure: take no more than the link can hold.
     let n = usize::from(pending)
         .min(budget)
-        .min(dp.to_switch.free())
+        .min(out.free())
         .min(dp.tx_chains.capacity());
     // Pass 1: walk the batch's chains (their descriptors prefetched first)
     // and prefetch the start of each buffer, so the copies below find the
@@ -91,9 +93,10 @@ pub(super) fn drain(
     let walked = dp.tx_chains.len();
     let mut n = 0;
     start_sending(dp);
+    let mut to_switch = out.batch(walked);
     while n < walked {
         let c = dp.tx_chains[n];
-        if !send_walked(&c, dp) {
+        if !send_walked(&c, dp, &mut to_switch) {
             break;
         }
         // TX buffers are only read: the used length is 0 either way. In
@@ -112,13 +115,14 @@ pub(super) fn drain(
         dp.counters.backpressure += 1;
         next_avail = q.next_avail().wrapping_add(n as u16);
     }
+    drop(to_switch);
     if n == 0 {
         return (0, false);
     }
     ring.publish_used(next_used);
     q.set_next_avail(next_avail);
     q.set_next_used(next_used);
-    dp.to_switch.flush();
+    out.flush();
     (
         n,
         ring.needs_interrupt(dp.features.event_idx, old_used, next_used),
@@ -171,19 +175,26 @@ pub(super) fn start_sending(dp: &mut DataPath) {
     }
 }
 
-/// Pass 2 for one walked chain: copies it into a frame for the switch, or
-/// counts why it is dropped. False when the chain must stay in the ring (out
-/// of egress tokens or frames): the caller stops there and returns nothing
-/// from this chain on.
+/// Pass 2 for one walked chain: copies it into a frame for the switch (into
+/// `to_switch`, which the caller sized to the batch), or counts why it is
+/// dropped. False when the chain must stay in the ring (out of egress
+/// tokens or frames): the caller stops there and returns nothing from this
+/// chain on.
 ///
 /// Always inlined into the ring loops (see [`drain`]).
 #[inline(always)]
-pub(super) fn send_walked(c: &TxChain, dp: &mut DataPath) -> bool {
+pub(super) fn send_walked(c: &TxChain, dp: &mut DataPath, to_switch: &mut LinkBatch) -> bool {
     let result = c
         .walked
         .and_then(|total| one_chain(c.seg_start, c.seg_end, total, dp));
     match result {
-        Ok(Copied::Yes) => true,
+        Ok(Copied::Yes(frame)) => {
+            if let Err(frame) = to_switch.push(frame) {
+                // Cannot happen: the batch has room for every walked chain.
+                dp.cache.free(frame);
+            }
+            true
+        }
         // Backpressure: no frame free, or no egress tokens. Leave this chain
         // and the rest of the batch in the ring for a later poll rather than
         // drop (the guest's TCP sees a slow link, not loss).
@@ -197,7 +208,8 @@ pub(super) fn send_walked(c: &TxChain, dp: &mut DataPath) -> bool {
 
 /// What became of a well-formed chain.
 enum Copied {
-    Yes,
+    /// Copied and checked: the frame for the switch.
+    Yes(FrameHandle),
     /// The pool had no frame: the chain stays in the ring.
     PoolEmpty,
     /// The egress limit has no tokens for it yet: the chain stays in the
@@ -276,9 +288,5 @@ fn one_chain(
     frame.offload = offload;
     dp.counters.tx_packets += 1;
     dp.counters.tx_bytes += u64::from(len);
-    if let Err(frame) = dp.to_switch.push(frame) {
-        // Cannot happen: the batch was sized to the free slots.
-        dp.cache.free(frame);
-    }
-    Ok(Copied::Yes)
+    Ok(Copied::Yes(frame))
 }

@@ -545,11 +545,12 @@ fn engine_sees_new_work_and_backlog_on_a_packed_ring() {
 pub(super) mod data_path {
     use virtio_queue::{Queue, QueueT};
 
-    use super::super::data_path::DataPath;
     use super::super::features::{self, VNET_HDR_LEN};
     use super::super::packed_rx;
     use super::super::packed_tx;
-    use super::super::tests::{all_features, frame_bytes, hdr, packet, push_frame, setup};
+    use super::super::tests::{
+        all_features, frame_bytes, hdr, packet, push_frame, setup, TestPath,
+    };
     use super::*;
     use crate::packet::Offload;
     use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -573,18 +574,19 @@ pub(super) mod data_path {
             at
         }
 
-        fn tx(&self, q: &mut Queue, dp: &mut DataPath) -> (usize, bool) {
-            packed_tx::drain(q, &self.view, &self.map, 64, dp)
+        fn tx(&self, q: &mut Queue, dp: &mut TestPath) -> (usize, bool) {
+            let TestPath { dp, to_switch } = dp;
+            packed_tx::drain(q, &self.view, &self.map, 64, dp, to_switch)
         }
 
-        fn rx(&self, q: &mut Queue, dp: &mut DataPath) -> (usize, bool) {
+        fn rx(&self, q: &mut Queue, dp: &mut TestPath) -> (usize, bool) {
             packed_rx::fill(q, &self.view, &self.map, 64, dp)
         }
     }
 
     /// Sends `bytes` (virtio-net header included) as one chain through
     /// packed TX; returns the chains consumed.
-    pub(in crate::vnic) fn tx_one(dp: &mut DataPath, bytes: &[u8]) -> usize {
+    pub(in crate::vnic) fn tx_one(dp: &mut TestPath, bytes: &[u8]) -> usize {
         let mut d = Driver::new(QSIZE);
         let mut q = queue();
         let a = d.buffer(BUF, bytes);

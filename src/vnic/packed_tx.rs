@@ -18,6 +18,7 @@ use super::guest_tx::{record_walked, send_walked, start_sending, throttled};
 use super::packed_chain::{walk_packed, PackedWalk};
 use super::packed_ring::{PackedView, Pos};
 use super::stats::DropReason;
+use crate::packet::LinkTx;
 
 /// Descriptors per cache line, for prefetching the ring ahead.
 pub(super) const SLOTS_PER_LINE: usize = 4;
@@ -54,8 +55,9 @@ pub(super) fn finish(
     ring.needs_interrupt(dp.features.event_idx, first, used)
 }
 
-/// Moves up to `budget` chains from the packed TX ring to the switch link.
-/// Returns the chains consumed and whether the guest wants an interrupt.
+/// Moves up to `budget` chains from the packed TX ring to the switch link
+/// `out`. Returns the chains consumed and whether the guest wants an
+/// interrupt.
 /// Never inlined: see `guest_tx::drain`.
 #[inline(never)]
 pub(super) fn drain(
@@ -64,6 +66,7 @@ pub(super) fn drain(
     map: &GuestMap,
     budget: usize,
     dp: &mut DataPath,
+    out: &mut LinkTx,
 ) -> (usize, bool) {
     if throttled(dp) {
         return (0, false);
@@ -72,7 +75,7 @@ pub(super) fn drain(
         return (0, false);
     };
     // Backpressure: take no more than the link can hold.
-    let max = budget.min(dp.to_switch.free()).min(dp.tx_chains.capacity());
+    let max = budget.min(out.free()).min(dp.tx_chains.capacity());
     for i in (0..max.min(usize::from(ring.size()))).step_by(SLOTS_PER_LINE) {
         ring.prefetch(start.advance(i as u16, ring.size()).slot);
     }
@@ -115,9 +118,10 @@ pub(super) fn drain(
     let mut used = first_used;
     let in_order = dp.features.in_order;
     start_sending(dp);
+    let mut to_switch = out.batch(walked);
     while n < walked {
         let c = dp.tx_chains[n];
-        if !send_walked(&c, dp) {
+        if !send_walked(&c, dp, &mut to_switch) {
             break;
         }
         // TX buffers are only read: the used length is 0 either way.
@@ -134,12 +138,13 @@ pub(super) fn drain(
         // 1.1 2.8.9): fewer of the driver's lines to steal.
         ring.put_used(first_used, dp.tx_chains[n - 1].head, 0, true);
     }
+    drop(to_switch);
     if n < walked {
         dp.counters.backpressure += 1;
     }
     if n == 0 {
         return (0, false);
     }
-    dp.to_switch.flush();
+    out.flush();
     (n, finish(q, ring, avail, (first_used, used), dp))
 }

@@ -133,11 +133,12 @@ impl<'a> Guest<'a> {
             .unwrap();
     }
 
-    pub(super) fn tx(&mut self, dp: &mut DataPath) -> (usize, bool) {
-        guest_tx::drain(&mut self.queue, &self.view, &self.map, 64, dp)
+    pub(super) fn tx(&mut self, dp: &mut TestPath) -> (usize, bool) {
+        let TestPath { dp, to_switch } = dp;
+        guest_tx::drain(&mut self.queue, &self.view, &self.map, 64, dp, to_switch)
     }
 
-    fn rx(&mut self, dp: &mut DataPath) -> (usize, bool) {
+    fn rx(&mut self, dp: &mut TestPath) -> (usize, bool) {
         guest_rx::fill(&mut self.queue, &self.view, &self.map, 64, dp)
     }
 
@@ -148,16 +149,39 @@ impl<'a> Guest<'a> {
     }
 }
 
+/// The per-packet state with the link toward the switch that its engine
+/// lends each TX batch beside it (as `VnicEngine` does).
+pub(super) struct TestPath {
+    pub(super) dp: DataPath,
+    pub(super) to_switch: LinkTx,
+}
+
+impl std::ops::Deref for TestPath {
+    type Target = DataPath;
+    fn deref(&self) -> &DataPath {
+        &self.dp
+    }
+}
+
+impl std::ops::DerefMut for TestPath {
+    fn deref_mut(&mut self) -> &mut DataPath {
+        &mut self.dp
+    }
+}
+
 pub(super) struct Switch {
     pub(super) from_guest: LinkRx,
     pub(super) to_guest: LinkTx,
 }
 
-pub(super) fn setup(features: u64) -> (Arc<FramePool>, DataPath, Switch) {
+pub(super) fn setup(features: u64) -> (Arc<FramePool>, TestPath, Switch) {
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let (to_switch, from_guest) = link(64).unwrap();
     let (to_guest, from_switch) = link(64).unwrap();
-    let mut dp = DataPath::new("test", &pool, 1500, guard(), to_switch, from_switch);
+    let mut dp = TestPath {
+        dp: DataPath::new("test", &pool, 1500, guard(), from_switch),
+        to_switch,
+    };
     dp.features = Negotiated::from_bits(features);
     (
         pool,
@@ -439,7 +463,7 @@ fn a_guest_on_the_wrong_mac_is_told_once_per_connection_not_per_frame() {
     dp.log = Arc::new(super::guest_log::GuestLog::new(std::time::Duration::ZERO));
     let mut wrong = packet(60, 1);
     wrong[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x63]);
-    let send = |g: &mut Guest, n: usize, dp: &mut DataPath| {
+    let send = |g: &mut Guest, n: usize, dp: &mut TestPath| {
         for _ in 0..n {
             let a = g.buffer(&[hdr(&Offload::default(), 0), wrong.clone()].concat(), 0);
             g.publish(&[(a, 72, 0, None)]);
@@ -472,7 +496,10 @@ fn tx_backpressure_leaves_chains_in_the_ring() {
     let pool = FramePool::new(&PoolConfig::small_for_tests()).unwrap();
     let (to_switch, mut from_guest) = link(2).unwrap();
     let (_to_guest, from_switch) = link(4).unwrap();
-    let mut dp = DataPath::new("t", &pool, 1500, guard(), to_switch, from_switch);
+    let mut dp = TestPath {
+        dp: DataPath::new("t", &pool, 1500, guard(), from_switch),
+        to_switch,
+    };
     dp.features = Negotiated::from_bits(all_features());
     let a = g.buffer(&[hdr(&Offload::default(), 0), packet(60, 1)].concat(), 0);
     for _ in 0..5 {
@@ -490,7 +517,7 @@ fn tx_backpressure_leaves_chains_in_the_ring() {
 
 pub(super) fn push_frame(
     pool: &FramePool,
-    dp: &mut DataPath,
+    dp: &mut TestPath,
     sw: &mut Switch,
     bytes: &[u8],
     off: Offload,

@@ -12,12 +12,11 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
 
-use super::data_path::DataPath;
 use super::packed_tests::data_path::tx_one as packed_tx_one;
 use super::stats::DropReason;
 use super::tests::{
     all_features, frame_bytes, gso_frame, hdr, memory, packet, setup, tso_frame, without, Guest,
-    Switch,
+    Switch, TestPath,
 };
 use super::tx_offload::MIN_GSO_SIZE;
 use crate::packet::segment::{Ip, L4};
@@ -41,7 +40,7 @@ const CSUM: Offload = Offload {
 /// (its bytes checked unchanged), or the one drop it counted.
 fn outcome(
     pool: &FramePool,
-    dp: &mut DataPath,
+    dp: &mut TestPath,
     sw: &mut Switch,
     packet: &[u8],
 ) -> Result<Offload, DropReason> {
@@ -339,7 +338,7 @@ fn limited_guest<'a>(
     arc: &std::sync::Arc<vm_memory::GuestMemoryMmap>,
     limit: RateLimit,
     chains: &[&[u8]],
-) -> (Guest<'a>, DataPath, Switch) {
+) -> (Guest<'a>, TestPath, Switch) {
     let mut g = Guest::new(mem, arc);
     let (_pool, mut dp, sw) = setup(all_features());
     dp.egress = SharedBucket::new(&limit);
@@ -350,7 +349,7 @@ fn limited_guest<'a>(
     (g, dp, sw)
 }
 
-fn drain_frames(dp: &mut DataPath, sw: &mut Switch) -> usize {
+fn drain_frames(dp: &mut TestPath, sw: &mut Switch) -> usize {
     let mut n = 0;
     while let Some(f) = sw.from_guest.pop() {
         dp.cache.free(f);
