@@ -68,11 +68,17 @@ fn sigterm_and_sigint_stop_cleanly_and_peers_see_a_disconnect() {
         let cfg = one_vnic_config_file(&dir);
         let mut child = serve(&cfg, Stdio::piped());
         let sock = dir.path("vnic0.sock");
+        // The socket's file appears at bind, a moment before the daemon
+        // listens on it: wait for a connection, not for the file.
+        let mut peer = None;
         assert!(
-            wait_for(Duration::from_secs(10), || sock.exists()),
-            "socket never appeared"
+            wait_for(Duration::from_secs(10), || {
+                peer = UnixStream::connect(&sock).ok();
+                peer.is_some()
+            }),
+            "socket never accepted a connection"
         );
-        let mut peer = UnixStream::connect(&sock).unwrap();
+        let mut peer = peer.unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: sending a signal to our own child process.
